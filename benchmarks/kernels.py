@@ -1,0 +1,58 @@
+"""Check then time every Pallas kernel against its XLA path and outside baselines.
+
+    python benchmarks/kernels.py [--only NAME[,NAME]] [--quick] [--repeats 7] [--calls 10]
+    seqzoo bench kernels [...]
+
+Runs the cases of every module in benchmarks/kernel_cases/ (``--only`` picks modules by name),
+prints one line per variant as it goes, then a markdown table (the one quoted in
+benchmarks/RESULTS.md). ``--quick`` uses small shapes: on a CPU it exercises the kernels in
+Pallas interpret mode and checks their agreement; its times are no claim. Exit status 1 if any
+variant disagrees with its reference beyond the case's tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import jax  # noqa: E402
+import kernel_cases  # noqa: E402
+from kernel_harness import markdown, run_case  # noqa: E402
+
+
+def case_modules(only: list[str] | None):
+    names = sorted(m.name for m in pkgutil.iter_modules(kernel_cases.__path__))
+    unknown = set(only or ()) - set(names)
+    if unknown:
+        raise SystemExit(f"unknown case modules {sorted(unknown)}; available: {names}")
+    return [importlib.import_module(f"kernel_cases.{n}") for n in names if not only or n in only]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated case modules (default: all)")
+    parser.add_argument("--quick", action="store_true", help="small shapes (CPU smoke run)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=10, help="back-to-back calls per timing")
+    args = parser.parse_args(argv)
+    device = jax.devices()[0]
+    print(f"# {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
+    rows = []
+    for module in case_modules(args.only.split(",") if args.only else None):
+        for case in module.cases(args.quick):
+            case_rows = run_case(case, repeats=args.repeats, calls=args.calls)
+            for r in case_rows:
+                print(f"  {r.kernel} | {r.shape} | {r.variant}: {r.ms:.3f} ms, err {r.error:.1e}",
+                      flush=True)
+            rows.extend(case_rows)
+    print(markdown(rows))
+    return 0 if all(r.ok for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
