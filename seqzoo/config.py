@@ -25,17 +25,20 @@ from typing import Any
 class TaskConfig:
     """Which task to train on and its size (see ``seqzoo.tasks``).
 
-    ``num_kv_pairs`` is MQAR's; ``data_dir`` is read by tasks built from files (which keep
-    their released splits: ``num_train`` etc. are for generated tasks). ``resolution``
-    (32 / 64 / 128) and ``difficulty`` (``curv_baseline``, ``curv_contour_length_9``,
-    ``curv_contour_length_14``) pick the Pathfinder images; their sequence length is
-    ``resolution ** 2``, not ``seq_len``. ``permuted``: sequential (Fashion-)MNIST with the
-    pixels in a fixed random order drawn from ``seed`` (psMNIST).
+    ``num_kv_pairs`` is MQAR's, ``num_tokens`` selective copying's; ``data_dir`` is read by
+    tasks built from files (which keep their released splits: ``num_train`` etc. are for
+    generated tasks). ``resolution`` (32 / 64 / 128) and ``difficulty`` (``curv_baseline``,
+    ``curv_contour_length_9``, ``curv_contour_length_14``) pick the Pathfinder images; their
+    sequence length is ``resolution ** 2``, not ``seq_len``. ``permuted``: sequential
+    (Fashion-)MNIST with the pixels in a fixed random order drawn from ``seed`` (psMNIST).
+    ``test_seq_len`` (0: none) gives the test split of a synthetic task another length
+    (length extrapolation).
     """
 
     name: str = "mqar"
     seq_len: int = 64
     num_kv_pairs: int = 8
+    num_tokens: int = 16
     vocab_size: int = 128
     num_train: int = 40000
     num_val: int = 500
@@ -45,6 +48,7 @@ class TaskConfig:
     resolution: int = 32
     difficulty: str = "curv_contour_length_14"
     permuted: bool = False
+    test_seq_len: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +65,7 @@ class ModelConfig:
     mixer_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     bidirectional: bool = False
     mlp: str = "none"
+    mlp_ratio: float = 4.0  # MLP hidden width over d_model (LRA's mlp_dim / emb_dim)
     norm: str = "rms"
     dropout: float = 0.0
     max_length: int = 0  # learned position embeddings when > 0
@@ -90,7 +95,9 @@ class ExperimentConfig:
 
     Evaluation on the validation split every ``eval_every`` steps (the best one is kept as a
     checkpoint), training metrics every ``log_every``, a checkpoint every ``checkpoint_every``
-    (the last ``keep_checkpoints`` are kept) and at the end.
+    (the last ``keep_checkpoints`` are kept) and at the end. ``max_minutes`` (0: none) is a
+    wall-clock budget from the start of the run: training stops at the first step past it,
+    then the run evaluates and tests as at its last step.
     """
 
     name: str = "default"
@@ -100,6 +107,7 @@ class ExperimentConfig:
     log_every: int = 10
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
+    max_minutes: float = 0.0
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()

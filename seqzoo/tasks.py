@@ -5,8 +5,10 @@ Splits are as in ``seqzoo.data.dataset``: ``targets`` of shape (n,) are one labe
 (n, length) per-position labels with -100 where there is none; classification splits carry a
 mask (n, length), False on padding, for the classify head's masked-mean pooling. The synthetic
 tasks draw the three splits from the task seed plus fixed offsets, so they never share a row
-generator; ListOps and Pathfinder are generated (and cached in ``CACHE_DIR``) by their LRA
-generators; the other tasks read released files from ``task.data_dir``.
+generator, and build the test split at ``task.test_seq_len`` when it is set (to measure length
+extrapolation; the other tasks refuse it); ListOps and Pathfinder are generated (and cached in
+``CACHE_DIR``) by their LRA generators; the other tasks read released files from
+``task.data_dir``.
 
 Retrieval (``lra_retrieval``) is LRA's two-document matching task; here both documents sit in
 one row (document 1 in the first half, document 2 in the second) and the model classifies the
@@ -32,7 +34,7 @@ from seqzoo.data.lra_files import (
 )
 from seqzoo.data.mnist import FASHION_MNIST_DIR, load_mnist
 from seqzoo.data.pathfinder import generate_pathfinder
-from seqzoo.data.synthetic import associative_recall, induction_heads, mqar
+from seqzoo.data.synthetic import associative_recall, induction_heads, mqar, selective_copying
 
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 2_000_003, "test": 1_000_003}
 CACHE_DIR = DEFAULT_CACHE_DIR  # where generated ListOps / Pathfinder splits are cached
@@ -48,6 +50,7 @@ class Task:
     description: str
     data_files: str = ""
     default_dir: str = ""  # used when task.data_dir is not set
+    test_lengths: bool = False  # whether task.test_seq_len applies
 
 
 def data_dir(cfg: TaskConfig) -> str:
@@ -89,12 +92,15 @@ def _mnist(name: str, default_dir: str = "") -> Task:
 
 
 def generated(generate: Callable[[TaskConfig, int, int], Dataset]) -> Callable:
-    """A task builder from ``generate(cfg, num_examples, seed)`` (a one-split generator)."""
+    """A task builder from ``generate(cfg, num_examples, seed)`` (a one-split generator); the
+    test split is generated at ``cfg.test_seq_len`` when that is set."""
 
     def build(cfg: TaskConfig) -> Dataset:
         sizes = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}
+        configs = {split: cfg for split in sizes}
+        configs["test"] = dataclasses.replace(cfg, seq_len=cfg.test_seq_len or cfg.seq_len)
         parts = {
-            split: generate(cfg, n, cfg.seed + SPLIT_SEED_OFFSETS[split])
+            split: generate(configs[split], n, cfg.seed + SPLIT_SEED_OFFSETS[split])
             for split, n in sizes.items()
             if n > 0
         }
@@ -112,18 +118,31 @@ TASKS: dict[str, Task] = {
             )
         ),
         "multi-query associative recall (Zoology); seq_len, num_kv_pairs, vocab_size",
+        test_lengths=True,
     ),
     "induction_heads": Task(
         generated(
             lambda c, n, seed: induction_heads(n, c.seq_len, c.vocab_size, seed, cache_dir=None)
         ),
         "induction heads (Mamba 4.1.2): recall the token after the trigger; seq_len, vocab_size",
+        test_lengths=True,
+    ),
+    "selective_copying": Task(
+        generated(
+            lambda c, n, seed: selective_copying(
+                n, c.seq_len - 2 * c.num_tokens, c.num_tokens, c.vocab_size, seed, cache_dir=None
+            )
+        ),
+        "selective copying (Mamba 4.1.1): copy the scattered tokens in order; seq_len = blanks "
+        "+ 2 num_tokens (Mamba: 4096 + 32), num_tokens, vocab_size (Mamba: 16)",
+        test_lengths=True,
     ),
     "associative_recall": Task(
         generated(
             lambda c, n, seed: associative_recall(n, c.seq_len, c.vocab_size, seed, cache_dir=None)
         ),
         "single-query associative recall (H3); seq_len, vocab_size",
+        test_lengths=True,
     ),
     "listops": Task(
         sized(
@@ -195,4 +214,10 @@ def check_data_dir(cfg: TaskConfig) -> None:
 def build_task(cfg: TaskConfig) -> Dataset:
     """The ``Dataset`` of task ``cfg.name`` (splits ``train``, ``val`` if it has one, ``test``)."""
     check_data_dir(cfg)
-    return get_task(cfg.name).build(cfg)
+    task = get_task(cfg.name)
+    if cfg.test_seq_len and not task.test_lengths:
+        lengths = ", ".join(name for name, t in sorted(TASKS.items()) if t.test_lengths)
+        raise ValueError(
+            f"task.test_seq_len is for the synthetic tasks ({lengths}), not {cfg.name!r}"
+        )
+    return task.build(cfg)

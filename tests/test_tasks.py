@@ -162,6 +162,74 @@ def test_every_lra_model_is_within_10_percent_of_the_transformer(data_dirs):
         assert 0.9 <= ratio <= 1.1, f"{name}: {b.params_line()}"
 
 
+# LRA's Transformer configs (lra_benchmarks/*/configs/*transformer*, see each TOML's comment):
+# emb_dim, mlp_dim, qkv_dim, num_layers
+LRA_TRANSFORMERS = {
+    "listops": (512, 1024, 512, 4),
+    "text": (256, 1024, 256, 4),
+    "retrieval": (128, 512, 128, 4),
+    "image": (128, 128, 64, 1),
+    "pathfinder": (32, 32, 16, 4),
+}
+
+
+@pytest.mark.parametrize("task", sorted(LRA_TRANSFORMERS))
+def test_lra_transformers_have_lra_sizes(task, data_dirs):
+    emb, mlp, qkv, layers = LRA_TRANSFORMERS[task]
+    params = build(_toy(f"lra/{task}_transformer", data_dirs)).params_shape["params"]
+    blocks = [params[f"block_{i}"] for i in range(layers)]
+    assert f"block_{layers}" not in params
+    for block in blocks:
+        assert block["ffn"]["up"]["kernel"].shape == (emb, mlp)
+        assert block["mix"]["q_proj"]["kernel"].shape == (emb, qkv)
+        assert block["mix"]["o_proj"]["kernel"].shape == (qkv, emb)
+
+
+@pytest.mark.parametrize("task", ["selective_copying", "induction_heads", "mqar"])
+def test_test_seq_len_sets_the_length_of_the_test_split_only(task):
+    cfg = apply_overrides(
+        load_experiment("smoke"),
+        [
+            f"task.name={task}",
+            *TOY,
+            "task.seq_len=40",
+            "task.test_seq_len=160",
+            "task.num_tokens=4",
+            "task.num_kv_pairs=4",
+            "task.vocab_size=200",
+        ],
+    )
+    data = build(cfg).data
+    assert data.seq_len == 40
+    assert data["train"]["inputs"].shape[1] == data["val"]["inputs"].shape[1] == 40
+    assert data["test"]["inputs"].shape == data["test"]["targets"].shape == (8, 160)
+    assert (data["test"]["targets"] != -100).any(axis=1).all()
+
+
+def test_test_seq_len_is_refused_where_it_does_not_apply():
+    cfg = apply_overrides(load_experiment("smoke"), ["task.name=listops", "task.test_seq_len=64"])
+    with pytest.raises(ValueError, match="test_seq_len"):
+        build(cfg)
+
+
+def test_selective_copying_targets_are_the_data_tokens_in_order():
+    cfg = apply_overrides(
+        load_experiment("smoke"),
+        [
+            "task.name=selective_copying",
+            *TOY,
+            "task.seq_len=24",
+            "task.num_tokens=4",
+            "task.vocab_size=16",
+        ],
+    )
+    train = build(cfg).data["train"]
+    for inputs, targets in zip(train["inputs"], train["targets"], strict=True):
+        data_tokens = inputs[:20][inputs[:20] != 0]
+        assert (inputs[20:] == 15).all() and list(targets[20:]) == list(data_tokens)
+        assert (targets[:20] == -100).all()
+
+
 def test_every_experiment_loads_and_builds(data_dirs):
     for name in experiment_names():
         if name.startswith("lra/"):

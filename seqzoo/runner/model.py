@@ -41,6 +41,7 @@ def build_model(cfg: ExperimentConfig, data: Dataset) -> SequenceModel:
         output_dim=data.num_classes if label else None,
         max_length=m.max_length or None,
         mlp=m.mlp,
+        mlp_ratio=m.mlp_ratio,
         norm=m.norm,
         dropout=m.dropout,
         dtype=DTYPES[m.dtype],
