@@ -22,10 +22,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels import launch
+from seqzoo.kernels.chunked_linear_attention import linear_attention_kernel
 from seqzoo.ops.recurrence import segment_starts
 
 Array = jax.Array
-IMPLS = ("auto", "chunk", "parallel", "recurrent")
+IMPLS = ("auto", "chunk", "parallel", "recurrent", "pallas")
 _HI = jax.lax.Precision.HIGHEST
 
 
@@ -89,7 +91,10 @@ def linear_attention(
       chunk_size: block length of the chunked form; any ``length`` works (padded internally).
       segment_ids: ``(batch, length)`` int or None: packed sequences, state reset at each change.
       impl: ``"chunk"`` (Lightning-2 / GLA intra-chunk quadratic + inter-chunk state passing;
-        what ``"auto"`` picks), ``"parallel"`` (the quadratic form), ``"recurrent"`` (a scan).
+        what ``"auto"`` picks off GPU), ``"parallel"`` (the quadratic form), ``"recurrent"`` (a
+        scan), ``"pallas"`` (``seqzoo.kernels.chunked_linear_attention``, forward and backward
+        kernels; what ``"auto"`` picks on a GPU; its chunk is ``chunk_size`` capped at its tuned
+        size; with ``segment_ids`` it falls back to ``"chunk"``).
 
     Returns:
       ``o: (batch, length, heads, dv)`` in ``v``'s dtype, and ``S_T`` if asked. Computation is
@@ -99,6 +104,11 @@ def linear_attention(
     b, _, h, dk = q.shape
     dv = v.shape[-1]
     scale = dk**-0.5 if scale is None else scale
+    impl = _resolve(impl, segment_ids)
+    if impl == "pallas":
+        o, s_final = linear_attention_kernel(q, k, v, log_decay, scale=scale,
+                                             initial_state=initial_state, chunk_size=chunk_size)
+        return (o, s_final) if return_final_state else o
     g = _decay_per_key(log_decay, q)
     s0 = (
         jnp.zeros((b, h, dk, dv), jnp.float32)
@@ -116,6 +126,12 @@ def linear_attention(
         o, s_final = form(qf * scale, kf, vf, g, s0, runs)
     o = o.astype(v.dtype)
     return (o, s_final) if return_final_state else o
+
+
+def _resolve(impl: str, segment_ids: Array | None) -> str:
+    """``"auto"``: the kernel on a GPU, ``"chunk"`` elsewhere; packed sequences stay on XLA."""
+    impl = launch.pick(impl, kernel="pallas", xla="chunk")
+    return "chunk" if impl == "pallas" and segment_ids is not None else impl
 
 
 def linear_attention_step(

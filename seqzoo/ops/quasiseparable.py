@@ -21,9 +21,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels.chunked_ssd import quasiseparable_kernel
 from seqzoo.ops.recurrence import segment_starts
-from seqzoo.ops.selective_scan import check_shape
-from seqzoo.ops.ssd import check_ssd_inputs, ssd, ssd_matrix
+from seqzoo.ops.selective_scan import check_shape, discretize_step
+from seqzoo.ops.ssd import check_ssd_inputs, resolve_impl, ssd, ssd_matrix
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -104,7 +105,9 @@ def quasiseparable(
     upstream). A: (heads,), shared. B_fwd, C_fwd, B_bwd, C_bwd: (batch, length, g, n), g | heads.
     D: (heads,) or data-dependent (batch, length, heads). segment_ids: (batch, length) int;
     tokens mix only within their segment (each segment behaves as a separate sequence).
-    chunk_size, impl: as ``ssd`` (both directions run as one batched ``ssd`` call).
+    chunk_size, impl: as ``ssd`` (both directions run as one batched ``ssd`` call; with the
+    "pallas" kernel as one launch, the backward direction reading its inputs in place from the
+    end of the sequence, nothing flipped).
 
     Returns (batch, length, heads, headdim) in x's dtype, computed in f32.
     """
@@ -112,11 +115,16 @@ def quasiseparable(
         raise ValueError(f"x must be (batch, length, heads, headdim), got shape {x.shape}")
     _check(dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, dt_bias, x=x)
     b, l = x.shape[:2]
-    ids, starts = _stacked_starts(segment_ids, b, l)
-    dt, B, C = _stacked_params(dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd)
-    y = ssd(_stack_directions(x, x).astype(_F32), dt, A, B, C, chunk_size=chunk_size,
-            dt_bias=dt_bias, dt_softplus=dt_softplus, segment_ids=ids, impl=impl)
-    y = _merge_directions(_delay(y, 1, None if starts is None else starts[..., None, None]), (1,))
+    if resolve_impl(impl, segment_ids) == "pallas":
+        steps = (discretize_step(d, dt_bias, dt_softplus) for d in (dt_fwd, dt_bwd))
+        y = quasiseparable_kernel(x, *steps, A, B_fwd, C_fwd, B_bwd, C_bwd, chunk_size=chunk_size)
+    else:
+        ids, starts = _stacked_starts(segment_ids, b, l)
+        dt, B, C = _stacked_params(dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd)
+        y = ssd(_stack_directions(x, x).astype(_F32), dt, A, B, C, chunk_size=chunk_size,
+                dt_bias=dt_bias, dt_softplus=dt_softplus, segment_ids=ids, impl=impl)
+        starts = None if starts is None else starts[..., None, None]
+        y = _merge_directions(_delay(y, 1, starts), (1,))
     if D is not None:
         y = y + x.astype(_F32) * _diagonal(D)[..., None]
     return y.astype(x.dtype)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels import launch
+from seqzoo.kernels.chunked_ssd import ssd_kernel
 from seqzoo.ops.checks import check_stable
 from seqzoo.ops.recurrence import linear_recurrence, segment_starts
 from seqzoo.ops.selective_scan import (
@@ -31,7 +33,7 @@ from seqzoo.ops.selective_scan import (
 )
 
 Array = jax.Array
-IMPLS = ("auto", "chunked", "sequential")
+IMPLS = ("auto", "chunked", "sequential", "pallas")
 _F32 = jnp.float32
 _HI = jax.lax.Precision.HIGHEST
 
@@ -165,7 +167,10 @@ def ssd(
     resets wherever the id changes (packed sequences, like upstream's ``seq_idx`` for sorted
     ids; the first segment starts from ``initial_state``).
     chunk_size: a power of two; any length works (padded inside; the chunk shrinks to the
-    next power of two >= length for short inputs). impl: "chunked" (= "auto") or "sequential".
+    next power of two >= length for short inputs). impl: "chunked" (what "auto" picks off GPU),
+    "sequential", or "pallas" (``seqzoo.kernels.chunked_ssd``, forward and backward kernels;
+    what "auto" picks on a GPU; its chunk is chunk_size capped at its tuned size; with
+    segment_ids it falls back to "chunked").
 
     Returns out: (batch, length, heads, headdim) in x's dtype (computed in f32), and with
     ``return_final_state`` also H_{length-1}: (batch, heads, headdim, n) float32.
@@ -192,13 +197,22 @@ def ssd(
                                     impl="sequential")
         out, final = out.reshape(x.shape), final.reshape(b, h, p, -1)
     else:
-        chunk = min(chunk_size, 1 << max(l - 1, 0).bit_length())
-        seg = segment_index(segment_ids, b, l)
-        y, final = _ssd_chunked(x.astype(_F32), discretize_step(dt, dt_bias, dt_softplus),
-                                A.astype(_F32), B.astype(_F32), C.astype(_F32), seg,
-                                initial_state, chunk)
+        step = discretize_step(dt, dt_bias, dt_softplus)
+        if resolve_impl(impl, segment_ids) == "pallas":
+            y, final = ssd_kernel(x, step, A, B, C, initial_state, chunk_size=chunk_size)
+        else:
+            chunk = min(chunk_size, 1 << max(l - 1, 0).bit_length())
+            seg = segment_index(segment_ids, b, l)
+            y, final = _ssd_chunked(x.astype(_F32), step, A.astype(_F32), B.astype(_F32),
+                                    C.astype(_F32), seg, initial_state, chunk)
         out = _skip_and_gate(y, x, D, z).astype(x.dtype)
     return (out, final) if return_final_state else out
+
+
+def resolve_impl(impl: str, segment_ids: Array | None) -> str:
+    """"auto": the Pallas kernel on a GPU, "chunked" elsewhere; packed sequences stay on XLA."""
+    impl = launch.pick(impl, kernel="pallas", xla="chunked")
+    return "chunked" if impl == "pallas" and segment_ids is not None else impl
 
 
 def ssd_step(

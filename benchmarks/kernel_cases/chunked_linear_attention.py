@@ -1,0 +1,241 @@
+"""Chunked linear attention, Mamba-2 SSD and Hydra (issue 7, kernels 3 and 4).
+
+Variants: ``xla`` (the op's XLA path), ``pallas`` (``impl="pallas"``) and, when importable,
+flash-linear-attention 0.6.0's Triton kernels on the same inputs as torch tensors (layout
+(B, T, H, D) for both): ``chunk_linear_attn`` (no decay, ``normalize=False``),
+``chunk_simple_gla`` (a decay per head; refuses to run on Hopper with triton 3.6, reported as a
+failed variant) and ``chunk_gla`` (a decay per key). Forward, and forward+backward as the
+gradients of ``sum(o * do)`` w.r.t. q, k, v and the log decays. The floor is the larger of the
+memory floor (q, k, v, o, do, dq, dk, dv in bf16, log decays and their gradient in f32; forward:
+q, k, v, o and g) and the matmul floor (chunk 64; backward twice the forward's flops).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from kernel_harness import Case, floor_ms
+
+from seqzoo.kernels.chunked_linear_attention import gated_linear_attention
+from seqzoo.kernels.chunked_pass import Tiling
+from seqzoo.kernels.chunked_ssd import ssd_kernel
+from seqzoo.ops.linear_attention import linear_attention
+from seqzoo.ops.quasiseparable import quasiseparable
+from seqzoo.ops.ssd import ssd
+
+SHAPES = [(4, 2048, 16, 128), (4, 4096, 64, 128), (8, 1024, 8, 64)]
+SCALING = [(65536 // t, t, 16, 128) for t in (1024, 2048, 4096, 8192, 16384, 32768, 65536)]
+MAMBA2 = (2, 4096, 32, 64, 128)  # batch, length, heads, headdim p, state n (one group)
+QUICK_SHAPES, QUICK_MAMBA2 = [(1, 80, 2, 16)], (1, 80, 2, 16, 16)
+# Where the XLA path is timed too (its compilations take most of a run's time): the first
+# shape, and the per-key kind on the last (the only one where its (B, T/C, H, D, C, C) decays fit).
+XLA_AT = {(SHAPES[0], "none"), (SHAPES[0], "head"), (SHAPES[2], "key")}
+# Tilings tried on the large shape: (chunk, sub, block_v, num_warps, num_stages, slice).
+SWEEP = {
+    ("head", "fwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 64, 4, 1, 32), (64, 16, 64, 4, 3, 32),
+                      (64, 16, 64, 8, 2, 32), (64, 16, 128, 8, 2, 32), (128, 16, 64, 8, 2, 32),
+                      (32, 16, 64, 4, 2, 32), (64, 16, 32, 4, 2, 32)],
+    ("head", "fwd+bwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 64, 8, 2, 32),
+                          (64, 16, 128, 8, 2, 32)],
+    ("key", "fwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 64, 8, 2, 32), (64, 16, 128, 8, 2, 32),
+                     (64, 16, 64, 4, 2, 16), (32, 16, 64, 4, 2, 32)],
+    ("key", "fwd+bwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 64, 8, 2, 32)],
+    ("ssd", "fwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 32, 4, 2, 32)],
+    ("ssd", "fwd+bwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 32, 4, 2, 32)],
+}
+QUICK_SWEEP = [(16, 16, 16, 4, 2, 16), (32, 16, 16, 4, 2, 16)]
+FLA = {"none": "chunk_linear_attn", "head": "chunk_simple_gla", "key": "chunk_gla"}
+RTOL = {"fwd": 2e-2, "fwd+bwd": 5e-2}  # bf16 against the reference variant (relative L2)
+
+
+def _normal(key, shape, dtype=jnp.bfloat16):
+    return jax.random.normal(key, shape, jnp.float32).astype(dtype)
+
+
+@functools.cache
+def attention_inputs(shape, kind):
+    """q, k, v, do: (B, T, H, D) bf16; g = logsigmoid(normal) per head or key, f32, or None."""
+    b, t, h, d = shape
+    keys = jax.random.split(jax.random.PRNGKey(0), 5)
+    q, k, v, do = (_normal(keys[i], shape) for i in range(4))
+    g_shape = {"none": None, "head": (b, t, h), "key": shape}[kind]
+    g = None if g_shape is None else jax.nn.log_sigmoid(_normal(keys[4], g_shape, jnp.float32))
+    return q, k, v, g, do
+
+
+def _with_gradients(fn, cotangent):
+    """fn's gradients of sum(out * cotangent) w.r.t. every argument, jitted."""
+    def loss(*args):
+        return jnp.sum(fn(*args).astype(jnp.float32) * cotangent)
+
+    return lambda *args: jax.grad(loss, argnums=tuple(range(len(args))))(*args)
+
+
+def _jax_variant(fn, args, cotangent, mode):
+    run = jax.jit(fn if mode == "fwd" else _with_gradients(fn, cotangent))
+    return functools.partial(run, *args)
+
+
+def _fla_variant(kind, mode, q, k, v, g, do, scale=None):
+    """fla 0.6.0 on the same values as torch tensors; None where fla is not importable."""
+    try:
+        import torch
+        from fla.ops.gla import chunk_gla
+        from fla.ops.linear_attn import chunk_linear_attn
+        from fla.ops.simple_gla import chunk_simple_gla
+    except ImportError:
+        return None
+    leaves = [torch.from_dlpack(a).clone().requires_grad_(mode != "fwd")
+              for a in (q, k, v, g) if a is not None]
+    grad_out = torch.from_dlpack(do).clone()
+    fn = {"none": lambda q, k, v: chunk_linear_attn(q, k, v, scale, normalize=False)[0],
+          "head": lambda q, k, v, g: chunk_simple_gla(q, k, v, g, scale=scale)[0],
+          "key": lambda q, k, v, g: chunk_gla(q, k, v, g, scale)[0]}[kind]
+    if mode == "fwd":
+        return lambda: fn(*leaves)
+
+    def forward_backward():
+        for leaf in leaves:
+            leaf.grad = None
+        fn(*leaves).backward(grad_out)
+        return tuple(leaf.grad for leaf in leaves)
+
+    return forward_backward
+
+
+def _attention_floor(shape, kind, mode) -> float:
+    b, t, h, d = shape
+    g_bytes = {"none": 0, "head": 4 * b * t * h, "key": 4 * b * t * h * d}[kind]
+    tensors, flops = 4 * 2 * b * t * h * d + g_bytes, b * t * h * (2 * 64 * 2 * d + 4 * d * d)
+    if mode == "fwd+bwd":
+        tensors, flops = 2 * tensors, 3 * flops
+    return floor_ms(tensors, flops)
+
+
+def attention_case(shape, kind, mode, *, with_xla=True) -> Case:
+    """Linear attention with no decay, a decay per head or per key, bf16."""
+    q, k, v, g, do = attention_inputs(shape, kind)
+    args = (q, k, v) if g is None else (q, k, v, g)
+
+    def op(impl):
+        def fn(q, k, v, g=None):
+            return linear_attention(q, k, v, log_decay=g, chunk_size=64, impl=impl)
+        return fn
+
+    variants = {}
+    if with_xla:
+        variants["xla"] = _jax_variant(op("chunk"), args, do, mode)
+    variants["pallas"] = _jax_variant(op("pallas"), args, do, mode)
+    fla = _fla_variant(kind, mode, q, k, v, g, do)
+    if fla is not None:
+        variants[f"fla {FLA[kind]}"] = fla
+    b, t, h, d = shape
+    return Case(f"linear_attention {kind} {mode}", f"B{b} T{t} H{h} D{d} bf16", variants,
+                baseline=f"fla {FLA[kind]}" if fla is not None else "xla",
+                floor_ms=_attention_floor(shape, kind, mode), rtol=RTOL[mode])
+
+
+@functools.cache
+def ssd_inputs(shape):
+    """x, do (B, T, H, P) bf16; A (H,) < 0; per direction (2 of each): dt (B, T, H) > 0 f32,
+    B, C (B, T, 1, N) bf16."""
+    b, t, h, p, n = shape
+    keys = jax.random.split(jax.random.PRNGKey(1), 9)
+    x, do = _normal(keys[0], (b, t, h, p)), _normal(keys[1], (b, t, h, p))
+    A = -jnp.exp(_normal(keys[2], (h,), jnp.float32))
+    dt = [jax.nn.softplus(_normal(keys[3 + i], (b, t, h), jnp.float32) - 3.0) for i in (0, 1)]
+    bc = [_normal(keys[5 + i], (b, t, 1, n)) for i in range(4)]
+    return x, do, A, dt, bc[:2], bc[2:]
+
+
+def _ssm_floor(shape, mode, directions) -> float:
+    b, t, h, p, n = shape
+    tensors = 2 * 2 * b * t * h * p + directions * (2 * 2 * b * t * n + 4 * b * t * h)
+    flops = directions * b * t * h * (2 * 64 * (n + p) + 4 * n * p)
+    if mode == "fwd+bwd":
+        tensors, flops = 2 * tensors, 3 * flops
+    return floor_ms(tensors, flops)
+
+
+def ssm_case(shape, mode, *, hydra: bool) -> Case:
+    """Mamba-2's SSD (causal) or Hydra's quasiseparable mixer (both directions), bf16."""
+    x, do, A, dt, (B, C), (B_bwd, C_bwd) = ssd_inputs(shape)
+
+    def op(impl):
+        def mamba2(x, dt, B, C):
+            return ssd(x, dt, A, B, C, chunk_size=64, impl=impl)
+
+        def hydra_mixer(x, dt, dt_bwd, B, C, B_bwd, C_bwd):
+            return quasiseparable(x, dt, dt_bwd, A, B, C, B_bwd, C_bwd, chunk_size=64,
+                                  impl=impl)
+
+        return hydra_mixer if hydra else mamba2
+
+    args = (x, dt[0], dt[1], B, C, B_bwd, C_bwd) if hydra else (x, dt[0], B, C)
+    variants = {name: _jax_variant(op(impl), args, do, mode)
+                for name, impl in (("xla", "chunked"), ("pallas", "pallas"))}
+    if not hydra:  # SSD as simple GLA: q = C, k = B, v = x dt, g = dt A, scale 1
+        heads = shape[2]
+        fla = _fla_variant("head", mode, C.repeat(heads, 2), B.repeat(heads, 2),
+                           (x * dt[0][..., None]).astype(x.dtype), dt[0] * A, do, scale=1.0)
+        if fla is not None:
+            variants["fla chunk_simple_gla"] = fla
+    b, t, h, p, n = shape
+    name = "quasiseparable (Hydra)" if hydra else "ssd (Mamba-2)"
+    return Case(f"{name} {mode}", f"B{b} T{t} H{h} P{p} N{n} bf16", variants, baseline="xla",
+                floor_ms=_ssm_floor(shape, mode, 2 if hydra else 1), rtol=RTOL[mode])
+
+
+def tiling_case(shape, kind, mode, tilings) -> Case:
+    """The kernel alone (``gated_linear_attention``, or ``ssd_kernel`` for kind "ssd" on a
+    Mamba-2 shape) under several tilings; the first is the reference."""
+    if kind == "ssd":
+        x, do, A, dt, (B, C), _ = ssd_inputs(shape)
+        args = (x, dt[0], B, C)
+    else:
+        q, k, v, g, do = attention_inputs(shape, kind)
+        args = (q, k, v) if g is None else (q, k, v, g)
+    variants = {}
+    for t in tilings:
+        tiling = Tiling(*t)
+
+        def mamba2(x, dt, B, C, tiling=tiling):
+            return ssd_kernel(x, dt, A, B, C, tiling=tiling)[0]
+
+        def attention(q, k, v, g=None, tiling=tiling):
+            lead = [None if a is None else a[None] for a in (q, k, v, g)]
+            return gated_linear_attention(*lead, scale=q.shape[-1] ** -0.5, tiling=tiling)[0][0]
+
+        name = "pallas C{} sub{} bv{} w{} s{} sl{}".format(*t)
+        variants[name] = _jax_variant(mamba2 if kind == "ssd" else attention, args, do, mode)
+    if kind == "ssd":
+        b, t, h, p, n = shape
+        label, floor = f"B{b} T{t} H{h} P{p} N{n} bf16", _ssm_floor(shape, mode, 1)
+    else:
+        b, t, h, d = shape
+        label, floor = f"B{b} T{t} H{h} D{d} bf16", _attention_floor(shape, kind, mode)
+    return Case(f"{'ssd' if kind == 'ssd' else 'linear_attention ' + kind} {mode} tiling",
+                label, variants, baseline=next(iter(variants)), floor_ms=floor, rtol=RTOL[mode])
+
+
+def cases(quick: bool) -> list[Case]:
+    """In order of importance (a run cut short keeps the first ones): the three shapes, Mamba-2
+    and Hydra, the tiling sweep, the length sweep at a fixed number of tokens."""
+    shapes, scaling, mamba2 = ((QUICK_SHAPES, QUICK_SHAPES, QUICK_MAMBA2) if quick
+                               else (SHAPES, SCALING, MAMBA2))
+    out = []
+    for shape in shapes:
+        for kind in ("none", "head", "key"):
+            with_xla = quick or (shape, kind) in XLA_AT
+            out += [attention_case(shape, kind, mode, with_xla=with_xla)
+                    for mode in ("fwd", "fwd+bwd")]
+    for hydra in (False, True):
+        out += [ssm_case(mamba2, mode, hydra=hydra) for mode in ("fwd", "fwd+bwd")]
+    for (kind, mode), tilings in SWEEP.items():
+        shape = mamba2 if kind == "ssd" else shapes[min(1, len(shapes) - 1)]
+        out.append(tiling_case(shape, kind, mode, QUICK_SWEEP if quick else tilings))
+    out += [attention_case(shape, "none", mode, with_xla=False)
+            for shape in scaling for mode in ("fwd", "fwd+bwd")]
+    return out

@@ -1,0 +1,220 @@
+"""Chunked gated linear attention as Pallas kernels, forward and backward (``jax.custom_vjp``).
+
+    S_t = exp(g_t) S_{t-1} + ks_t k_t v_t^T        o_t = scale q_t S_t        (causal)
+
+(``exp(g_t)`` a scalar per head or one factor per key dimension; ``ks`` an optional key scale,
+Mamba-2's dt). A reverse direction runs the same recurrence from the end of the sequence, with
+``o_i`` collecting keys ``j >= i`` decayed by ``exp(g_{i+1} + ... + g_j)``: Hydra's backward
+scan, read in place instead of flipped.
+
+Every pass is one launch of ``chunked_pass`` (see there for the kernel). The backward pass is
+three more launches of the same kernel, with the roles of the inputs exchanged:
+
+    dq = pass(q=do, k=v,  v=k,  causal,  S_0^T)          decay on dq's columns
+    dv = pass(q=k,  k=q,  v=do, reverse, dS_T) * ks      its final state is dS_0
+    dk = pass(q=v,  k=do, v=q,  reverse, dS_T^T) * ks    decay on dk's columns
+
+("reverse" meaning the opposite direction of the forward's). The decays' gradient uses the
+standard identity for ``o`` depending on the cumulative log decay ``G_t = g_1 + ... + g_t``
+only through ``exp(G_i - G_j)`` between a query i and a key j (GLA, fla):
+
+    dG_t = +-(q_t . dq_t - ks_t k_t . dk_t) + [t = T] sum_v X . dX       dg_t = sum_{s >= t} dG_s
+
+(summed over the key dimension for scalar decays; + for causal; X = S_T for causal, the initial
+state for reverse), so no chunk state is ever stored.
+
+Tolerances against the float32 XLA op (``seqzoo.ops.linear_attention``): float32 inputs run
+float32 matmuls (IEEE) and agree to ~1e-5 relative; bf16 inputs run bf16 matmuls with float32
+accumulation, the state rounded to bf16 for the inter-chunk matmul, and agree to ~1e-2 relative
+(outputs and gradients), the same order as rounding the inputs to bf16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from seqzoo.kernels.chunked_pass import TUNED, Tiling, chunked_pass
+
+Array = jax.Array
+_F32 = jnp.float32
+_DUAL = {None: None, "scalar": "scalar", "key": "value"}  # the decay of the dq / dk passes
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    scale: float
+    reverse: tuple[bool, ...]
+    decay: str | None
+    tiling: Tiling
+
+
+def _chunk_cumsum(g: Array, chunk: int) -> Array:
+    """Inclusive cumulative sum along axis 2 restarting at every chunk of ``chunk`` steps."""
+    s = g.shape
+    blocks = g.reshape(*s[:2], s[2] // chunk, chunk, *s[3:])
+    return jnp.cumsum(blocks, axis=3).reshape(s)
+
+
+def _reverse_cumsum(x: Array, chunk: int) -> Array:
+    """``sum_{s >= t} x_s`` along axis 2: within chunks, then over the chunks' totals."""
+    s = x.shape
+    blocks = x.reshape(*s[:2], s[2] // chunk, chunk, *s[3:])
+    local = lax.cumsum(blocks, axis=3, reverse=True)
+    totals = local[:, :, :, 0]
+    later = lax.cumsum(totals, axis=2, reverse=True) - totals
+    return (local + later[:, :, :, None]).reshape(s)
+
+
+def _per_head(x: Array, heads: int) -> Array:
+    """``(D, B, T, H_x, ...)`` -> ``(D, B, T, heads, ...)``, head h reading ``h // (heads/H_x)``."""
+    return jnp.repeat(x, heads // x.shape[3], axis=3)
+
+
+def _like(grad: Array, x: Array, head_axis: int = 3) -> Array:
+    """A per-direction, per-head gradient summed back to ``x``'s directions and heads."""
+    dirs, heads = grad.shape[0], grad.shape[head_axis]
+    split = (*grad.shape[:head_axis], x.shape[head_axis], heads // x.shape[head_axis])
+    grad = grad.reshape(*split, *grad.shape[head_axis + 1:]).sum(head_axis + 1)
+    if x.shape[0] == 1 and dirs > 1:
+        grad = grad.sum(0, keepdims=True)
+    return grad.astype(x.dtype)
+
+
+def _transposed(state: Array | None) -> Array | None:
+    return None if state is None else jnp.swapaxes(state, -1, -2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _chunked(q, k, v, g, ks, s0, st: _Static):
+    return _forward(q, k, v, g, ks, s0, st)[0]
+
+
+def _forward(q, k, v, g, ks, s0, st: _Static):
+    cum = None if g is None else _chunk_cumsum(g, st.tiling.chunk)
+    out = chunked_pass(q, k, v, cum, ks, None, s0, scale=st.scale, reverse=st.reverse,
+                       decay=st.decay, tiling=st.tiling)
+    return out, (q, k, v, g, cum, ks, s0, out[1])
+
+
+def _backward(st: _Static, res, cotangents):
+    q, k, v, g, cum, ks, s0, s_final = res
+    do, ds_final = cotangents
+    flipped = tuple(not r for r in st.reverse)
+    common = dict(scale=st.scale, tiling=st.tiling, out_dtype=_F32)
+    dq, _ = chunked_pass(do, v, k, cum, ks, None, _transposed(s0), reverse=st.reverse,
+                         decay=_DUAL[st.decay], **common)
+    dv, ds0 = chunked_pass(k, q, do, cum, None, ks, ds_final / st.scale, reverse=flipped,
+                           decay=st.decay, **common)
+    dk_eff, _ = chunked_pass(v, do, q, cum, None, None, _transposed(ds_final) / st.scale,
+                             reverse=flipped, decay=_DUAL[st.decay], **common)
+    ds0 = ds0 * st.scale
+    heads = dq.shape[3]
+    k_heads = _per_head(k, heads).astype(_F32)
+    dk = dk_eff if ks is None else dk_eff * _per_head(ks, heads)[..., None]
+    grads_g = None
+    if g is not None:
+        sign = jnp.where(jnp.asarray(st.reverse), -1.0, 1.0).reshape(-1, 1, 1, 1, 1)
+        dcum = sign * (_per_head(q, heads).astype(_F32) * dq - k_heads * dk)
+        rev = jnp.asarray(st.reverse).reshape(-1, 1, 1, 1, 1)
+        start = jnp.zeros_like(s_final) if s0 is None else s0
+        boundary = jnp.sum(jnp.where(rev, start * ds0, s_final * ds_final), axis=-1)
+        if st.decay == "scalar":
+            dcum, boundary = dcum.sum(-1), boundary.sum(-1)
+        dcum = dcum.at[:, :, -1].add(boundary)
+        grads_g = _like(_reverse_cumsum(dcum, st.tiling.chunk), g)
+    grads_ks = None if ks is None else _like(jnp.sum(k_heads * dk_eff, axis=-1), ks)
+    grads_s0 = None if s0 is None else _like(ds0, s0, head_axis=2)
+    return (_like(dq, q), _like(dk, k), _like(dv, v), grads_g, grads_ks, grads_s0)
+
+
+_chunked.defvjp(_forward, _backward)
+
+
+def _padded(x: Array | None, sizes: dict[int, int]) -> Array | None:
+    """``x`` zero-padded at the end of each axis in ``sizes`` to that size."""
+    if x is None:
+        return None
+    pad = [(0, 0)] * x.ndim
+    for axis, size in sizes.items():
+        pad[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, pad) if any(p[1] for p in pad) else x
+
+
+def _width(d: int) -> int:
+    """The smallest power of two >= max(d, 16): what Triton's matmuls take."""
+    return max(16, 1 << (d - 1).bit_length())
+
+
+def gated_linear_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    g: Array | None = None,
+    key_scale: Array | None = None,
+    initial_state: Array | None = None,
+    *,
+    scale: float,
+    reverse: tuple[bool, ...] = (False,),
+    tiling: Tiling = TUNED,
+) -> tuple[Array, Array]:
+    """Chunked gated linear attention in one or two directions, differentiable in every input.
+
+    Layout (a leading direction axis D: 1 = shared, or ``len(reverse)``; heads of q, k, g,
+    key_scale dividing v's H, Mamba-2's groups):
+      q, k: (D, B, T, H_qk, dk); v: (D, B, T, H, dv); any T, dk, dv.
+      g: log decays <= 0, None, (D, B, T, H_g) (scalar per head) or (D, B, T, H_g, dk) (per key).
+      key_scale: (D, B, T, H_s) multiplies k_t (Mamba-2's dt); initial_state: (D, B, H, dk, dv).
+      reverse: per direction, whether it runs from the end of the sequence.
+    Returns ``o: (len(reverse), B, T, H, dv)`` in v's dtype and the final states
+    ``(len(reverse), B, H, dk, dv)`` float32 (for a reverse direction: the state before t=0).
+    """
+    length, dk, dv = q.shape[2], q.shape[-1], v.shape[-1]
+    if scale == 0:
+        raise ValueError("scale must be non-zero")
+    chunk = min(tiling.chunk, max(16, 1 << (length - 1).bit_length()))
+    tiling = dataclasses.replace(tiling, chunk=chunk, sub=min(tiling.sub, chunk))
+    steps, wk, wv = -(-length // chunk) * chunk, _width(dk), _width(dv)
+    decay = None if g is None else ("scalar" if g.ndim == 4 else "key")
+    as_f32 = [None if x is None else x.astype(_F32) for x in (g, key_scale, initial_state)]
+    out, final = _chunked(
+        _padded(q, {2: steps, 4: wk}),
+        _padded(k, {2: steps, 4: wk}),
+        _padded(v, {2: steps, 4: wv}),
+        _padded(as_f32[0], {2: steps} | ({4: wk} if decay == "key" else {})),
+        _padded(as_f32[1], {2: steps}),
+        _padded(as_f32[2], {3: wk, 4: wv}),
+        _Static(float(scale), tuple(reverse), decay, tiling),
+    )
+    return out[:, :, :length, :, :dv], final[..., :dk, :dv]
+
+
+def tiling_for(chunk_size: int, tiling: Tiling = TUNED) -> Tiling:
+    """``tiling`` with its chunk capped by an op's ``chunk_size`` (at least 16, a power of two)."""
+    cap = _width(chunk_size)
+    return dataclasses.replace(tiling, chunk=min(tiling.chunk, cap), sub=min(tiling.sub, cap))
+
+
+def linear_attention_kernel(
+    q: Array,
+    k: Array,
+    v: Array,
+    log_decay: Array | None = None,
+    *,
+    scale: float,
+    initial_state: Array | None = None,
+    chunk_size: int = 64,
+) -> tuple[Array, Array]:
+    """``seqzoo.ops.linear_attention`` (no segment_ids) on the kernels.
+
+    q, k: (B, T, H, dk); v: (B, T, H, dv); log_decay: None, (B, T, H) or (B, T, H, dk);
+    initial_state: (B, H, dk, dv). Returns ``o`` in v's dtype and ``S_T`` float32.
+    """
+    lead = [None if a is None else a[None] for a in (q, k, v, log_decay, initial_state)]
+    o, final = gated_linear_attention(*lead[:4], None, lead[4], scale=scale,
+                                      tiling=tiling_for(chunk_size))
+    return o[0], final[0]
