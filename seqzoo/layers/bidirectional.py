@@ -15,9 +15,14 @@ from typing import Any
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
+from seqzoo.parallel.collectives import flip_sequence
+from seqzoo.parallel.context import sequence_axis
 
 
 def _flip(a):
+    axis = sequence_axis()
+    if axis is not None:  # sequence parallel: the flip also reverses the order of the shards
+        return flip_sequence(a, axis)
     return jnp.flip(a, axis=1)
 
 

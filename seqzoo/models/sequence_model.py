@@ -16,6 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.models.blocks import ResidualBlock, make_norm
+from seqzoo.ops.attention import valid_positions
+from seqzoo.parallel.context import sequence_axis
+from seqzoo.parallel.pooling import sequence_sum, sharded_last_valid
 from seqzoo.registry import mixer_info
 
 Array = jax.Array
@@ -26,11 +29,14 @@ POOLINGS = ("mean", "last")
 def masked_mean(h: Array, mask: Array) -> Array:
     """Mean of ``h: (batch, length, d)`` over valid positions ``mask: (batch, length)``."""
     w = mask.astype(jnp.float32)[..., None]
-    return jnp.sum(h.astype(jnp.float32) * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+    return sequence_sum(h.astype(jnp.float32) * w) / jnp.maximum(sequence_sum(w), 1.0)
 
 
 def last_valid(h: Array, mask: Array) -> Array:
     """``h`` at the last valid position of each row: ``(batch, d)``."""
+    axis = sequence_axis()
+    if axis is not None:  # sequence parallel: the last valid position may be on another shard
+        return sharded_last_valid(h, mask, axis)
     idx = jnp.maximum(jnp.max(jnp.where(mask, jnp.arange(mask.shape[1]), -1), axis=1), 0)
     return jnp.take_along_axis(h, idx[:, None, None], axis=1)[:, 0]
 
@@ -162,7 +168,7 @@ class SequenceModel(nn.Module):
         states ``(batch, length, d_model)`` (none).
         """
         mask = self._check(inputs, mask)
-        positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)  # padding takes no position
+        positions = jnp.maximum(valid_positions(mask), 0)  # padding takes no position
         h = self.drop(self._embed(inputs, positions), deterministic=deterministic)
         for block in self.blocks:
             h = block(h, mask, deterministic=deterministic)

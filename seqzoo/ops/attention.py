@@ -23,6 +23,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from seqzoo.parallel.collectives import tokens_before
+from seqzoo.parallel.context import sequence_axis
+
 Array = jax.Array
 IMPLS = ("auto", "xla", "cudnn")
 _HI = jax.lax.Precision.HIGHEST
@@ -40,9 +43,17 @@ def check_options(window: int | None, num_sinks: int, impl: str = "auto") -> Non
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
 
 
-def valid_positions(mask: Array) -> Array:
-    """Positions counted over valid tokens, ``cumsum(mask) - 1``: ``(..., length)`` int32."""
-    return jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1
+def valid_positions(mask: Array, seq_axis: str | None = None) -> Array:
+    """Positions counted over valid tokens, ``cumsum(mask) - 1``: ``(..., length)`` int32.
+
+    ``seq_axis`` (default: the active ``seqzoo.parallel`` context's): the sequence is split over
+    this mesh axis, and the valid tokens of earlier shards count too.
+    """
+    positions = jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1
+    axis = sequence_axis(seq_axis)
+    if axis is not None:  # sequence parallel: positions continue from the earlier shards
+        positions = positions + tokens_before(mask, axis)[..., None]
+    return positions
 
 
 def segment_runs(segment_ids: Array) -> Array:
@@ -188,6 +199,7 @@ def dot_product_attention(
     segment_ids: Array | None = None,
     scale: float | None = None,
     impl: str = "auto",
+    seq_axis: str | None = None,
 ) -> Array:
     """Softmax attention through ``jax.nn.dot_product_attention``.
 
@@ -198,6 +210,9 @@ def dot_product_attention(
       segment_ids: ``(batch, length)`` int, packed sequences (see the module docstring), or None.
       scale: default ``d ** -0.5``.
       impl: ``"auto"`` (jax picks), ``"xla"`` or ``"cudnn"``, passed to jax.
+      seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that of
+        the active ``seqzoo.parallel.sequence_parallel`` context): ring attention
+        (``seqzoo.parallel.ring_attention``; ``impl`` is not used there).
 
     Without ``mask`` and sinks the pattern goes to jax as ``is_causal`` / ``local_window_size``
     (what cuDNN accelerates); otherwise as an explicit boolean mask from ``attention_mask``.
@@ -206,6 +221,14 @@ def dot_product_attention(
     """
     check_options(window, num_sinks, impl)
     _check(q, k, v)
+    axis = sequence_axis(seq_axis)
+    if axis is not None:  # sequence parallel: K and V travel around the ring of shards
+        from seqzoo.parallel.ring_attention import sharded_attention
+
+        return sharded_attention(
+            q, k, v, axis=axis, causal=causal, window=window, num_sinks=num_sinks, mask=mask,
+            segment_ids=segment_ids, scale=scale,
+        )
     dtype = jnp.result_type(q, k, v)
     q, k, v = (a.astype(dtype) for a in (q, k, v))
     flags_ok = (

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from seqzoo.kernels import launch
 from seqzoo.kernels.chunked_linear_attention import linear_attention_kernel
 from seqzoo.ops.recurrence import segment_starts
+from seqzoo.parallel.context import sequence_axis
 
 Array = jax.Array
 IMPLS = ("auto", "chunk", "parallel", "recurrent", "pallas")
@@ -77,6 +78,7 @@ def linear_attention(
     chunk_size: int = 64,
     segment_ids: Array | None = None,
     impl: str = "auto",
+    seq_axis: str | None = None,
 ):
     """Gated linear attention ``o_t = scale * q_t S_t``, ``S_t = exp(g_t) S_{t-1} + k_t v_t^T``.
 
@@ -95,12 +97,23 @@ def linear_attention(
         scan), ``"pallas"`` (``seqzoo.kernels.chunked_linear_attention``, forward and backward
         kernels; what ``"auto"`` picks on a GPU; its chunk is ``chunk_size`` capped at its tuned
         size; with ``segment_ids`` it falls back to ``"chunk"``).
+      seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that
+        of the active ``seqzoo.parallel.sequence_parallel`` context).
 
     Returns:
       ``o: (batch, length, heads, dv)`` in ``v``'s dtype, and ``S_T`` if asked. Computation is
       float32 whatever the input dtype.
     """
     _check(q, k, v, log_decay, initial_state, impl, chunk_size)
+    axis = sequence_axis(seq_axis)
+    if axis is not None:  # sequence parallel: seqzoo.parallel carries the state across shards
+        from seqzoo.parallel.linear_attention import sharded_linear_attention
+
+        return sharded_linear_attention(
+            q, k, v, axis=axis, log_decay=log_decay, scale=scale, initial_state=initial_state,
+            return_final_state=return_final_state, chunk_size=chunk_size,
+            segment_ids=segment_ids, impl=impl,
+        )
     b, _, h, dk = q.shape
     dv = v.shape[-1]
     scale = dk**-0.5 if scale is None else scale

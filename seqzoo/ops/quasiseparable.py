@@ -25,6 +25,7 @@ from seqzoo.kernels.chunked_ssd import quasiseparable_kernel
 from seqzoo.ops.recurrence import segment_starts
 from seqzoo.ops.selective_scan import check_shape, discretize_step
 from seqzoo.ops.ssd import check_ssd_inputs, resolve_impl, ssd, ssd_matrix
+from seqzoo.parallel.context import sequence_axis
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -97,6 +98,7 @@ def quasiseparable(
     dt_softplus: bool = False,
     segment_ids: Array | None = None,
     impl: str = "auto",
+    seq_axis: str | None = None,
 ) -> Array:
     """Hydra mixer QS(x) = shift(SS_fwd(x)) + flip(shift(SS_bwd(flip(x)))) + D x.
 
@@ -108,12 +110,23 @@ def quasiseparable(
     chunk_size, impl: as ``ssd`` (both directions run as one batched ``ssd`` call; with the
     "pallas" kernel as one launch, the backward direction reading its inputs in place from the
     end of the sequence, nothing flipped).
+    seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that of
+    the active ``seqzoo.parallel.sequence_parallel`` context).
 
     Returns (batch, length, heads, headdim) in x's dtype, computed in f32.
     """
     if x.ndim != 4:
         raise ValueError(f"x must be (batch, length, heads, headdim), got shape {x.shape}")
     _check(dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, dt_bias, x=x)
+    axis = sequence_axis(seq_axis)
+    if axis is not None:  # sequence parallel: seqzoo.parallel carries both directions' states
+        from seqzoo.parallel.quasiseparable import sharded_quasiseparable
+
+        return sharded_quasiseparable(
+            x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, axis=axis, D=D,
+            chunk_size=chunk_size, dt_bias=dt_bias, dt_softplus=dt_softplus,
+            segment_ids=segment_ids, impl=impl,
+        )
     b, l = x.shape[:2]
     if resolve_impl(impl, segment_ids) == "pallas":
         steps = (discretize_step(d, dt_bias, dt_softplus) for d in (dt_fwd, dt_bwd))

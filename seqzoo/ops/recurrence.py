@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from seqzoo.parallel.context import sequence_axis
+
 Array = jax.Array
 IMPLS = ("auto", "associative", "sequential")
 
@@ -50,6 +52,7 @@ def linear_recurrence(
     reverse: bool = False,
     return_final_state: bool = False,
     impl: str = "auto",
+    seq_axis: str | None = None,
 ):
     """All states of ``h_t = a_t * h_{t-1} + b_t`` along axis 1.
 
@@ -59,6 +62,8 @@ def linear_recurrence(
     initial_state: (batch, ...) = h_{-1} (zeros if None); with ``reverse=True`` it is h_length,
        the state entering from the right, and the recurrence is h_t = a_t * h_{t+1} + b_t.
     impl: "associative" (parallel prefix scan, what "auto" picks) or "sequential" (lax.scan).
+    seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that of
+       the active ``seqzoo.parallel.sequence_parallel`` context, if any).
 
     Returns h: (batch, length, ...) in the result dtype of (a, b), computed in at least f32;
     with ``return_final_state`` also the last state computed, (batch, ...): h_{length-1}, or
@@ -80,6 +85,14 @@ def linear_recurrence(
     if initial_state is not None and initial_state.shape != state_shape:
         raise ValueError(
             f"initial_state must be (batch, ...)={state_shape}, got {initial_state.shape}"
+        )
+    axis = sequence_axis(seq_axis)
+    if axis is not None:  # sequence parallel: seqzoo.parallel carries the state across shards
+        from seqzoo.parallel.scan import sharded_linear_recurrence
+
+        return sharded_linear_recurrence(
+            a, b, axis=axis, initial_state=initial_state, reverse=reverse,
+            return_final_state=return_final_state, impl=impl,
         )
     out_dtype = jnp.result_type(a, b)
     dtype = compute_dtype(out_dtype)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from seqzoo.ops.checks import check_stable
 from seqzoo.ops.recurrence import linear_recurrence, segment_starts
+from seqzoo.parallel.context import sequence_axis
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -115,6 +116,7 @@ def selective_scan(
     return_final_state: bool = False,
     segment_ids: Array | None = None,
     impl: str = "auto",
+    seq_axis: str | None = None,
 ):
     """Mamba-1 selective scan: x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t, y_t = C_t . x_t.
 
@@ -124,7 +126,8 @@ def selective_scan(
     initial_state: (batch, d, n) = x_{-1}. segment_ids: (batch, length) int; the state resets
     to zero wherever the id changes (packed sequences; the first segment starts from
     ``initial_state``). impl: "auto", "associative" or "sequential" (see
-    ``linear_recurrence``).
+    ``linear_recurrence``). seq_axis: inside ``shard_map``, the mesh axis the sequence is
+    split over (default: that of the active ``seqzoo.parallel.sequence_parallel`` context).
 
     Returns out: (batch, length, d) in u's dtype (computed in f32), and with
     ``return_final_state`` also x_{length-1}: (batch, d, n) float32.
@@ -132,6 +135,14 @@ def selective_scan(
     if u.ndim != 3:
         raise ValueError(f"u must be (batch, length, d), got shape {u.shape}")
     _check(u, delta, A, B, C, D, z, delta_bias, initial_state, "")
+    axis = sequence_axis(seq_axis)
+    if axis is not None:  # sequence parallel: seqzoo.parallel carries the state across shards
+        from seqzoo.parallel.scan import sharded_selective_scan
+
+        return sharded_selective_scan(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+            return_final_state, segment_ids, impl, axis=axis,
+        )
     decay, drive = _discretize(u, delta, A, B, delta_bias, delta_softplus)
     if segment_ids is not None:
         starts = segment_starts(segment_ids, *u.shape[:2])

@@ -20,6 +20,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from seqzoo.parallel.context import sequence_axis
+
 Array = jax.Array
 _F32 = jnp.float32
 
@@ -38,18 +40,32 @@ def _check(x: Array, w: Array, b: Array | None, segment_ids: Array | None) -> No
 
 
 def depthwise_conv(
-    x: Array, w: Array, b: Array | None = None, *, left: int, segment_ids: Array | None = None
+    x: Array,
+    w: Array,
+    b: Array | None = None,
+    *,
+    left: int,
+    segment_ids: Array | None = None,
+    seq_axis: str | None = None,
 ) -> Array:
     """``y[t, c] = b[c] + sum_k w[k, c] x[t + k - left, c]``, zeros outside ``[0, L)``.
 
     x: (batch, length, C). w: (K, C). b: (C,) or None. left: taps reaching into the past
     (0 <= left < K). segment_ids: (batch, length) int; taps outside position t's segment read 0.
+    seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that of
+    the active ``seqzoo.parallel.sequence_parallel`` context): a halo exchange with the
+    neighbouring shards first.
     Returns (batch, length, C) in x's dtype, accumulated in float32.
     """
     _check(x, w, b, segment_ids)
     size = w.shape[0]
     if not 0 <= left < size:
         raise ValueError(f"left must be in [0, kernel_size={size}), got {left}")
+    axis = sequence_axis(seq_axis)
+    if axis is not None:  # sequence parallel: read the neighbours' edge steps, then convolve
+        from seqzoo.parallel.conv import sharded_depthwise_conv
+
+        return sharded_depthwise_conv(x, w, b, left=left, axis=axis, segment_ids=segment_ids)
     length = x.shape[1]
     right = size - 1 - left
     xp = jnp.pad(x.astype(_F32), ((0, 0), (left, right), (0, 0)))

@@ -31,6 +31,7 @@ from seqzoo.ops.selective_scan import (
     selective_scan,
     selective_scan_step,
 )
+from seqzoo.parallel.context import sequence_axis
 
 Array = jax.Array
 IMPLS = ("auto", "chunked", "sequential", "pallas")
@@ -155,6 +156,7 @@ def ssd(
     return_final_state: bool = False,
     segment_ids: Array | None = None,
     impl: str = "auto",
+    seq_axis: str | None = None,
 ):
     """Mamba-2 SSD: H_t = exp(dt_t A) H_{t-1} + dt_t x_t B_t^T, y_t = H_t C_t + D x_t.
 
@@ -171,6 +173,8 @@ def ssd(
     "sequential", or "pallas" (``seqzoo.kernels.chunked_ssd``, forward and backward kernels;
     what "auto" picks on a GPU; its chunk is chunk_size capped at its tuned size; with
     segment_ids it falls back to "chunked").
+    seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that of
+    the active ``seqzoo.parallel.sequence_parallel`` context).
 
     Returns out: (batch, length, heads, headdim) in x's dtype (computed in f32), and with
     ``return_final_state`` also H_{length-1}: (batch, heads, headdim, n) float32.
@@ -188,6 +192,15 @@ def ssd(
         raise ValueError(f"chunk_size must be a positive power of two, got {chunk_size!r}")
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    axis = sequence_axis(seq_axis)
+    if axis is not None:  # sequence parallel: seqzoo.parallel carries the state across shards
+        from seqzoo.parallel.ssd import sharded_ssd
+
+        return sharded_ssd(
+            x, dt, A, B, C, axis=axis, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
+            dt_softplus=dt_softplus, initial_state=initial_state,
+            return_final_state=return_final_state, segment_ids=segment_ids, impl=impl,
+        )
 
     if impl == "sequential":
         u, delta, A_, D_, z_, bias, state0 = _as_channels(x, dt, A, B, D, z, dt_bias,

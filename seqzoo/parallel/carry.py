@@ -1,0 +1,75 @@
+"""Carrying a linear recurrence's state across sequence shards (LASP-2's prefix combine).
+
+Every recurrence here has the form ``S_t = a_t * S_{t-1} + u_t``. Run from a zero state on its own
+steps, shard ``i`` ends in its local state ``s_i`` and has total decay ``d_i = prod_t a_t``; the
+true state entering shard ``i`` is the combine of everything before it,
+
+    c_0 = S_init,   c_{i+1} = d_i * c_i + s_i          (reversed: from the last shard down)
+
+which each shard evaluates after one ``all_gather`` of ``(d_i, s_i)``: communication is
+``P * size(state)``, independent of the sequence length. Inside the shard the true states are
+then ``S_t = (prod_{t' <= t} a_t') * c_i + S_t^local``, a local correction.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from seqzoo.ops.recurrence import linear_recurrence
+from seqzoo.parallel.context import sequence_parallel, shard_index
+
+Array = jax.Array
+
+
+def gather_summaries(decay: Array, state: Array, axis: str) -> tuple[Array, Array]:
+    """``all_gather`` of each shard's ``(d_i, s_i)``: ``(P, batch, ...)`` each."""
+    return jax.lax.all_gather((decay, state), axis)
+
+
+def combine_gathered(
+    decays: Array,
+    states: Array,
+    axis: str,
+    *,
+    reverse: bool = False,
+    initial_state: Array | None = None,
+) -> tuple[Array, Array]:
+    """The state entering this shard and the state after the whole sequence.
+
+    Args:
+      decays: ``(P, batch, ...)`` each shard's total decay, broadcastable to ``states``.
+      states: ``(P, batch, ...)`` each shard's final state from a zero start.
+      reverse: the recurrence runs from the last position to the first (the carry enters from
+        the right, and "after the whole sequence" is before position 0).
+      initial_state: ``(batch, ...)`` the state before the sequence (zeros if None).
+    Returns:
+      ``(carry_in, final)``, both ``(batch, ...)`` in the states' dtype (at least float32);
+      ``final`` is the same on every shard.
+    """
+    a, s = jnp.moveaxis(decays, 0, 1), jnp.moveaxis(states, 0, 1)  # (batch, P, ...)
+    with sequence_parallel(None):  # a recurrence over the P shard summaries, done on each shard
+        after = linear_recurrence(a, s, initial_state=initial_state, reverse=reverse)
+    start = jnp.zeros_like(after[:, :1]) if initial_state is None else initial_state[:, None]
+    start = start.astype(after.dtype)
+    if reverse:
+        entering, final = jnp.concatenate([after[:, 1:], start], axis=1), after[:, 0]
+    else:
+        entering, final = jnp.concatenate([start, after[:, :-1]], axis=1), after[:, -1]
+    return entering[:, shard_index(axis)], final
+
+
+def carry_in(
+    decay: Array,
+    state: Array,
+    axis: str,
+    *,
+    reverse: bool = False,
+    initial_state: Array | None = None,
+) -> tuple[Array, Array]:
+    """``combine_gathered`` of this shard's ``decay: (batch, ...)`` and ``state: (batch, ...)``
+    after one ``all_gather``: ``(carry_in, final)``."""
+    decays, states = gather_summaries(decay, state, axis)
+    return combine_gathered(
+        decays, states, axis, reverse=reverse, initial_state=initial_state
+    )

@@ -1,0 +1,67 @@
+"""Which mesh axis, if any, the sequence is split over: the switch every sequence-parallel op reads.
+
+Inside ``shard_map`` over a mesh with a sequence axis ``"seq"`` of ``P`` devices, shard ``i`` holds
+positions ``[i L/P, (i + 1) L/P)`` of every sequence: ``x: (batch, length / P, ...)``. Code that
+runs there opts in with
+
+    with sequence_parallel("seq"):
+        y = model.apply(params, x_local, mask_local)
+
+and every op with a sequence-parallel path (``linear_attention``, ``ssd``, ``selective_scan``,
+``linear_recurrence``, ``quasiseparable``, ``dot_product_attention``, ``depthwise_conv`` and the
+token positions) then exchanges what it needs with the other shards. An op's explicit
+``seq_axis=`` argument wins over the context. ``sequence_parallel(None)`` switches it off again
+(the sequence-parallel paths use it for the local, per-shard part of their work).
+
+The switch is a ``jax.make_user_context`` value, not a plain ``contextvars`` one: JAX keys its jit
+caches on it, so a function jitted once outside the context (``compiled_ssd`` in the layers) is
+traced again inside it rather than silently reusing a single-device trace.
+
+``shard_map`` runs with replication checks off (``check_vma=False``; ``check_rep=False`` in older
+JAX): the ops keep ``lax.scan`` carries that start from constants, which the checks reject inside a
+manual axis. Gradients are then per-device partials: differentiate each device's share of the
+loss and ``psum`` the gradients of replicated inputs (``seqzoo.parallel.sharded`` does this).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import jax
+
+_SEQUENCE_AXIS = jax.make_user_context(default_value=None)
+
+
+@contextlib.contextmanager
+def sequence_parallel(axis: str | None) -> Iterator[None]:
+    """Within the block, ops split the sequence over mesh axis ``axis`` (None: not split)."""
+    with _SEQUENCE_AXIS(axis):
+        yield
+
+
+def sequence_axis(explicit: str | None = None) -> str | None:
+    """The axis the sequence is split over: ``explicit`` if given, else the active context's."""
+    return explicit if explicit is not None else _SEQUENCE_AXIS.value
+
+
+def num_shards(axis: str) -> int:
+    """``P``, the number of devices along ``axis`` (static)."""
+    return jax.lax.axis_size(axis)
+
+
+def shard_index(axis: str) -> jax.Array:
+    """This device's index ``i`` along ``axis`` (traced int32)."""
+    return jax.lax.axis_index(axis)
+
+
+def shard_map(f: Callable, mesh: jax.sharding.Mesh, in_specs, out_specs) -> Callable:
+    """``jax.shard_map`` (``jax.experimental.shard_map`` before it moved) without replication
+    checks; see the module docstring."""
+    if hasattr(jax, "shard_map"):
+        return jax.shard_map(
+            f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+        )
+    from jax.experimental.shard_map import shard_map as experimental_shard_map
+
+    return experimental_shard_map(f, mesh, in_specs, out_specs, check_rep=False)

@@ -1,0 +1,364 @@
+"""Sequence parallelism on 8 fake CPU devices: every sharded op and model equals its unsharded run,
+outputs and gradients, for lengths that do and do not divide over the shards.
+
+Eight devices need ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before JAX starts, but
+the suite's JAX is already running on one CPU device (and the runner tests split their batches over
+every device they see), so the checks run in one fresh interpreter: this file executed as a script.
+Each check there compares, on a (data=2, seq=4) mesh,
+
+* the outputs of ``shard_map(op)`` under ``sequence_parallel("seq")`` with the op on whole
+  sequences (final states too, on every shard);
+* the gradients of ``sum(outputs * cotangent)``: per-device partials, ``psum``-ed for the
+  replicated arguments (see ``seqzoo.parallel.context``), against ``jax.grad`` of the whole.
+
+Lengths that do not divide are padded at the end with zeros (identity steps, ``mask=False``; see
+``seqzoo.parallel.layout``) and the padded positions dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from seqzoo.models import SequenceModel
+from seqzoo.ops.attention import dot_product_attention
+from seqzoo.ops.linear_attention import linear_attention
+from seqzoo.ops.quasiseparable import quasiseparable
+from seqzoo.ops.recurrence import linear_recurrence
+from seqzoo.ops.selective_scan import selective_scan
+from seqzoo.ops.short_conv import causal_depthwise_conv, centered_depthwise_conv
+from seqzoo.ops.ssd import ssd
+from seqzoo.parallel import pad_to_shards, sequence_parallel, shard_map
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARDS, BATCH = 4, 4  # (data=2, seq=4): two rows per data shard
+LENGTHS = {"even": 32, "uneven": 30}
+TOL = dict(rtol=2e-4, atol=2e-5)
+MODEL_TOL = dict(rtol=1e-3, atol=2e-4)  # parameter gradients sum over every token
+OUT, FINAL = ("seq",), ("seq", "rows")  # output only; output and final state
+
+
+# ---- the harness (runs in the worker) ----------------------------------------------------------
+def _mesh() -> Mesh:
+    return Mesh(np.array(jax.devices()[:8]).reshape(2, SHARDS), ("data", "seq"))
+
+
+def _dot(out, ct) -> jax.Array:
+    pairs = zip(jax.tree.leaves(out), jax.tree.leaves(ct), strict=True)
+    return sum(jnp.sum(o * c) for o, c in pairs)
+
+
+def compare(fn, seq_args: dict, rep_args: dict, row_args=None, *, kinds=("seq",), tol=TOL):
+    """Check ``fn(**seq_args, **rep_args, **row_args)`` sharded against whole; raise on a mismatch.
+
+    seq_args: ``(batch, length, ...)`` arrays split over (data, seq); rep_args: replicated
+    (pytrees allowed); row_args: ``(batch, ...)`` split over data only (initial states).
+    Gradients are taken with respect to every floating argument. fn returns one output or a
+    tuple; ``kinds`` says for each whether it is ``"seq"`` ``(batch, length, ...)`` or ``"rows"``
+    ``(batch, ...)``, which every seq shard must return whole (final states, pooled logits).
+    ``tol``: ``assert_allclose``'s rtol and atol.
+    """
+    row_args = row_args or {}
+    length = next(iter(seq_args.values())).shape[1]
+    floating = {k for k, v in seq_args.items() if jnp.issubdtype(v.dtype, jnp.floating)}
+    fixed = {k: v for k, v in seq_args.items() if k not in floating}  # tokens, masks
+
+    def call(seq, rep, rows, fixed):
+        out = fn(**seq, **rep, **rows, **fixed)
+        return out if isinstance(out, tuple) else (out,)
+
+    args = ({k: seq_args[k] for k in floating}, rep_args, row_args)
+    rng = np.random.default_rng(0)
+    ct = jax.tree.map(
+        lambda a: jnp.asarray(rng.standard_normal(a.shape, np.float32)),
+        jax.eval_shape(call, *args, fixed),
+    )
+
+    @jax.jit
+    def whole(args, fixed, ct):
+        out, vjp = jax.vjp(lambda *a: call(*a, fixed), *args)
+        return out, vjp(ct)
+
+    want, want_grads = whole(args, fixed, ct)
+
+    def per_device(seq, rep, rows, fixed, ct):
+        def local_loss(seq, rep, rows):
+            out = call(seq, rep, rows, fixed)
+            # a "rows" output is on every seq shard: each counts 1/P of its term
+            weights = [1.0 if kind == "seq" else 1.0 / SHARDS for kind in kinds]
+            return sum(w * jnp.sum(o * c) for w, o, c in zip(weights, out, ct, strict=True)), out
+
+        with sequence_parallel("seq"):
+            (_, out), grads = jax.value_and_grad(local_loss, (0, 1, 2), True)(seq, rep, rows)
+        g_seq, g_rep, g_rows = grads  # per-device partials: sum those of shared arguments
+        g_rep, g_rows = jax.lax.psum(g_rep, ("data", "seq")), jax.lax.psum(g_rows, "seq")
+        out = tuple(o if kind == "seq" else o[:, None] for o, kind in zip(out, kinds, strict=True))
+        return out, g_seq, g_rep, g_rows
+
+    on_seq, on_rows = P("data", "seq"), P("data")
+    ct_specs = tuple(on_seq if kind == "seq" else on_rows for kind in kinds)
+    sharded = shard_map(
+        per_device,
+        _mesh(),
+        in_specs=(on_seq, P(), on_rows, on_seq, ct_specs),
+        out_specs=(on_seq, on_seq, P(), on_rows),
+    )
+    ct = tuple(pad_to_shards(c, SHARDS) if k == "seq" else c for c, k in zip(ct, kinds, strict=1))
+    padded = jax.tree.map(lambda a: pad_to_shards(a, SHARDS), (args[0], fixed))
+    got, *got_grads = jax.jit(sharded)(padded[0], rep_args, row_args, padded[1], ct)
+    for o, w, kind in zip(got, want, kinds, strict=True):
+        if kind == "seq":
+            np.testing.assert_allclose(o[:, :length], w, **tol, err_msg="output")
+        else:  # every seq shard holds the whole sequence's value
+            for copy in np.moveaxis(np.asarray(o), 1, 0):
+                np.testing.assert_allclose(copy, w, **tol, err_msg="replicated output")
+    got_grads[0] = {k: g[:, :length] for k, g in got_grads[0].items()}
+
+    def close(path, g, w):
+        np.testing.assert_allclose(g, w, **tol, err_msg=f"gradient {jax.tree_util.keystr(path)}")
+
+    jax.tree_util.tree_map_with_path(close, tuple(got_grads), want_grads)
+
+
+def _normal(rng, *shape, shift=0.0, scale=1.0):
+    return jnp.asarray(rng.standard_normal(shape, np.float32) * scale + shift)
+
+
+# ---- the checks ----------------------------------------------------------------------------------
+def check_linear_attention(length):
+    """No decay, a scalar decay per head and one per key dimension (GLA), side by side."""
+    rng = np.random.default_rng(1)
+    b, h, dk, dv = BATCH, 2, 4, 3
+    seq = {name: _normal(rng, b, length, h, dk) for name in ("q", "k")}
+    seq["v"] = _normal(rng, b, length, h, dv)
+    seq["scalar"] = -jnp.abs(_normal(rng, b, length, h, scale=0.3))
+    seq["per_key"] = -jnp.abs(_normal(rng, b, length, h, dk, scale=0.3))
+    rows = {"initial_state": _normal(rng, b, h, dk, dv)}
+    even = length % SHARDS == 0  # a padded end changes the final state, not the outputs
+
+    def fn(scalar, per_key, **a):
+        runs = [
+            linear_attention(**a, log_decay=g, return_final_state=even, impl="recurrent")
+            for g in (None, scalar, per_key)
+        ]
+        return jax.tree.map(lambda *r: jnp.concatenate(r, axis=-1), *runs)
+
+    compare(fn, seq, {}, rows, kinds=FINAL if even else OUT)
+
+
+def check_ssd(length):
+    rng = np.random.default_rng(2)
+    b, h, p, g, n = BATCH, 4, 3, 2, 5
+    seq = {
+        "x": _normal(rng, b, length, h, p),
+        "dt": _normal(rng, b, length, h, shift=-1.0),
+        "B": _normal(rng, b, length, g, n),
+        "C": _normal(rng, b, length, g, n),
+        "z": _normal(rng, b, length, h, p),
+    }
+    rep = {
+        "A": -jnp.exp(_normal(rng, h)),
+        "D": _normal(rng, h),
+        "dt_bias": _normal(rng, h),
+    }
+    rows = {"initial_state": _normal(rng, b, h, p, n)}
+    even = length % SHARDS == 0
+
+    def fn(**a):
+        return ssd(**a, dt_softplus=True, return_final_state=even, impl="sequential")
+
+    compare(fn, seq, rep, rows, kinds=FINAL if even else OUT)
+
+
+def check_linear_recurrence(length, reverse=False):
+    """Forward, or reversed (even lengths only: a zero-padded end is no identity step there)."""
+    rng = np.random.default_rng(3)
+    b, h, p = BATCH, 3, 2
+    seq = {
+        "a": jax.nn.sigmoid(_normal(rng, b, length, h, 1)),
+        "b": _normal(rng, b, length, h, p),
+    }
+    rows = {"initial_state": _normal(rng, b, h, p)}
+    even = length % SHARDS == 0
+
+    def fn(**a):
+        return linear_recurrence(**a, reverse=reverse, return_final_state=even, impl="sequential")
+
+    compare(fn, seq, {}, rows, kinds=FINAL if even else OUT)
+
+
+def check_selective_scan(length):
+    rng = np.random.default_rng(4)
+    b, d, g, n = BATCH, 6, 2, 3
+    seq = {
+        "u": _normal(rng, b, length, d),
+        "delta": _normal(rng, b, length, d, shift=-1.0),
+        "B": _normal(rng, b, length, g, n),
+        "C": _normal(rng, b, length, g, n),
+        "z": _normal(rng, b, length, d),
+    }
+    rep = {
+        "A": -jnp.exp(_normal(rng, d, n)),
+        "D": _normal(rng, d),
+        "delta_bias": _normal(rng, d),
+    }
+    rows = {"initial_state": _normal(rng, b, d, n)}
+    even = length % SHARDS == 0
+
+    def fn(**a):
+        return selective_scan(**a, delta_softplus=True, return_final_state=even, impl="sequential")
+
+    compare(fn, seq, rep, rows, kinds=FINAL if even else OUT)
+
+
+def check_quasiseparable(length):
+    rng = np.random.default_rng(5)
+    b, h, p, g, n = BATCH, 4, 3, 2, 5
+    seq = {"x": _normal(rng, b, length, h, p), "D": _normal(rng, b, length, h)}
+    for name in ("dt_fwd", "dt_bwd"):
+        seq[name] = _normal(rng, b, length, h, shift=-1.0)
+    for name in ("B_fwd", "C_fwd", "B_bwd", "C_bwd"):
+        seq[name] = _normal(rng, b, length, g, n)
+    rep = {"A": -jnp.exp(_normal(rng, h)), "dt_bias": _normal(rng, h)}
+
+    def fn(**a):
+        return quasiseparable(**a, dt_softplus=True, impl="sequential")
+
+    compare(fn, seq, rep)
+
+
+def check_attention(length, causal):
+    rng = np.random.default_rng(6)
+    b, h, kv, d = BATCH, 4, 2, 4  # grouped-query attention
+    mask = np.ones((b, length), bool)
+    mask[0, 3] = mask[1, 9:14] = mask[2, :20] = False  # holes, and a row empty on early shards
+    seq = {
+        "q": _normal(rng, b, length, h, d),
+        "k": _normal(rng, b, length, kv, d),
+        "v": _normal(rng, b, length, kv, d),
+        "mask": jnp.asarray(mask),
+    }
+    # causal also with a sliding window and sinks: global positions decide the pattern
+    patterns = [{}, {"window": 5, "num_sinks": 2}] if causal else [{}]
+
+    def fn(**a):
+        outs = [dot_product_attention(**a, causal=causal, **pattern) for pattern in patterns]
+        return jnp.concatenate(outs, axis=-1)
+
+    compare(fn, seq, {})
+
+
+def check_short_conv(length):
+    rng = np.random.default_rng(7)
+    seq = {"x": _normal(rng, BATCH, length, 5)}
+    for conv in (causal_depthwise_conv, centered_depthwise_conv):
+        rep = {"w": _normal(rng, 3, 5), "b": _normal(rng, 5)}
+        compare(conv, seq, rep)
+
+
+MIXER_CONFIG = {  # small, and the scans' quick-to-compile impls (the ops are impl-agnostic)
+    "mamba": {"d_state": 4, "impl": "sequential"},
+    "mamba2": {"d_state": 4, "headdim": 4, "impl": "sequential"},
+    "hydra": {"d_state": 4, "headdim": 4, "impl": "sequential"},
+    "attention": {"num_heads": 2, "num_kv_heads": 1},
+    "bidirectional_attention": {"num_heads": 2},
+    "gla": {"num_heads": 2, "gate_low_rank": 4, "impl": "recurrent"},
+    "based": {"num_heads": 2, "key_dim": 4, "impl": "recurrent"},
+}
+
+
+def check_model(length, head):
+    """A hybrid of every sequence-parallel mixer family: logits and parameter gradients."""
+    if head == "lm":  # causal, learned positions, RoPE in attention
+        options = dict(mixer=("mamba", "mamba2", "attention", "gla", "hydra"), max_length=32)
+    else:  # bidirectional wrappers (global flips), last-token pooling over shards
+        options = dict(mixer=("mamba2", "bidirectional_attention", "based"), bidirectional=True,
+                       num_classes=3, pooling="last")
+    model = SequenceModel(d_model=16, n_layers=len(options["mixer"]), mixer_config=MIXER_CONFIG,
+                          vocab_size=11, head=head, mlp="none", **options)
+    rng = np.random.default_rng(8)
+    mask = np.ones((BATCH, length), bool)
+    mask[0, 20:] = mask[1, 5] = False
+    seq = {"tokens": jnp.asarray(rng.integers(0, 11, (BATCH, length))), "mask": jnp.asarray(mask)}
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), seq["tokens"], seq["mask"])
+
+    def fn(params, tokens, mask):
+        return model.apply(params, tokens, mask)
+
+    compare(fn, seq, {"params": params}, kinds=OUT if head == "lm" else ("rows",), tol=MODEL_TOL)
+
+
+CHECKS = {  # name: (check, the lengths it runs at)
+    "linear_attention": (check_linear_attention, ("even", "uneven")),
+    "ssd": (check_ssd, ("even", "uneven")),
+    "linear_recurrence": (check_linear_recurrence, ("even", "uneven")),
+    "linear_recurrence-reverse": (
+        functools.partial(check_linear_recurrence, reverse=True), ("even",)
+    ),
+    "selective_scan": (check_selective_scan, ("even", "uneven")),
+    "quasiseparable": (check_quasiseparable, ("even", "uneven")),
+    "ring_attention-causal": (functools.partial(check_attention, causal=True), ("even", "uneven")),
+    "ring_attention-bidirectional": (
+        functools.partial(check_attention, causal=False), ("even", "uneven")
+    ),
+    "short_conv": (check_short_conv, ("even", "uneven")),
+    # the models pad like the ops (mask=False): their uneven runs would repeat the ops' checks
+    "model-lm": (functools.partial(check_model, head="lm"), ("even",)),
+    "model-classify": (functools.partial(check_model, head="classify"), ("even",)),
+}
+CASES = [f"{name}-{kind}" for name, (_, kinds) in CHECKS.items() for kind in kinds]
+
+
+def run_checks() -> dict[str, str]:
+    """Every case: ``"ok"`` or the error it raised."""
+    results = {}
+    for case in CASES:
+        name, kind = case.rsplit("-", 1)
+        try:
+            CHECKS[name][0](LENGTHS[kind])
+            results[case] = "ok"
+        except Exception as e:  # reported per case by the test below
+            results[case] = f"{type(e).__name__}: {e}"
+    return results
+
+
+# ---- the tests (in the suite's interpreter) ------------------------------------------------------
+def eight_cpu_devices() -> dict[str, str]:
+    """The environment of a fresh interpreter with 8 CPU devices that imports this checkout."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, str]:
+    done = subprocess.run(
+        [sys.executable, __file__], env=eight_cpu_devices(), capture_output=True, text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sharded_equals_unsharded(results, case):
+    assert results[case] == "ok", results[case]
+
+
+if __name__ == "__main__":
+    assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    jax.config.update("jax_default_matmul_precision", "highest")  # as tests/conftest.py
+    jax.config.update("jax_disable_most_optimizations", True)
+    print(json.dumps(run_checks()))
