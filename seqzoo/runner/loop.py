@@ -5,6 +5,7 @@
         every eval_every:          validation; the best params are checkpointed
         every checkpoint_every:    params, optimizer state and step are checkpointed
     at the end:                    test split, summary.json
+    past max_minutes (if set):     the step it finishes is the last one (evaluated, saved)
 
 The batch and the dropout key of step s are functions of (seed, s), so a run resumed from its
 checkpoint at step k repeats steps k+1.. exactly as an uninterrupted run does. Train metrics
@@ -47,8 +48,9 @@ def param_count(params: Any) -> int:
 class _Trainer:
     """One run in a prepared run directory: state, checkpoints, metrics, the loop."""
 
-    def __init__(self, built: Built, run_dir: Path, resume: bool, log, progress):
+    def __init__(self, built: Built, run_dir: Path, resume: bool, log, progress, deadline=None):
         cfg = self.cfg = built.cfg
+        self.deadline = deadline  # time.perf_counter() after which no new step starts
         self.built, self.log = built, log
         init_key, self.dropout_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
         self.optimizer = make_optimizer(cfg.optim)
@@ -122,7 +124,7 @@ class _Trainer:
                 self.params, self.opt_state, batch, step
             )
             self.pending.append((step, stats))
-            last = step == cfg.optim.steps
+            last = step == cfg.optim.steps or self._out_of_time()
             evaluate_now = step % cfg.eval_every == 0 or last
             save_now = step % cfg.checkpoint_every == 0 or last
             if not (step % cfg.log_every == 0 or evaluate_now or save_now):
@@ -140,11 +142,16 @@ class _Trainer:
                 self.meta["step"] = step
                 self.checkpoints.save(step, self.params, self.opt_state, self.meta)
             self.clock = time.perf_counter()  # evaluation and saving are not training time
+            if last:
+                break
+
+    def _out_of_time(self) -> bool:
+        return self.deadline is not None and time.perf_counter() >= self.deadline
 
     def test(self) -> dict[str, float]:
         """The final params on the test split (also written as the ``test`` record)."""
         result = evaluate(self.eval_step, self.params, self.built.data["test"], self.built)
-        self.metrics.write(self.cfg.optim.steps, "test", result)
+        self.metrics.write(self.meta["step"], "test", result)
         return result
 
     def close(self) -> None:
@@ -175,14 +182,16 @@ def train(
     Everything is checked before ``run_dir`` is touched. ``log`` gets a header line and one
     line per evaluation; ``progress``: draw a progress bar on stderr (None: if it is a TTY).
     Returns the summary also written to ``summary.json``: ``test_accuracy``, ``test_loss``,
-    ``best_val_accuracy``, ``best_step``, ``steps``, ``params``, ``seconds`` (wall),
+    ``best_val_accuracy``, ``best_step``, ``steps`` (the last one trained: fewer than
+    ``optim.steps`` when ``max_minutes`` ran out), ``params``, ``seconds`` (wall),
     ``tokens_per_second`` (training steps of this session only). Raises ``TrainingDiverged``
     on a non-finite loss.
     """
     started = time.perf_counter()
+    deadline = started + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
     built = build(cfg)
     run_dir = prepare_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
-    trainer = _Trainer(built, run_dir, resume, log, progress)
+    trainer = _Trainer(built, run_dir, resume, log, progress, deadline)
     try:
         log(
             f"run {run_dir}: {cfg.task.name}, {param_count(trainer.params):,} parameters, "
@@ -199,7 +208,7 @@ def train(
         "test_loss": test["loss"],
         "best_val_accuracy": trainer.meta["best_val_accuracy"],
         "best_step": trainer.meta["best_step"],
-        "steps": cfg.optim.steps,
+        "steps": trainer.meta["step"],
         "params": param_count(trainer.params),
         "seconds": time.perf_counter() - started,
         "tokens_per_second": trainer.tokens_trained / max(trainer.train_seconds, 1e-9),
