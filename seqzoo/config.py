@@ -90,6 +90,20 @@ class OptimConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The device mesh ``(data, seq)``: batches split over ``data``, each sequence over ``seq``
+    (sequence parallelism, ``seqzoo.parallel``; ``seq > 1`` needs mixers listed in
+    ``seqzoo.parallel.SEQUENCE_PARALLEL_MIXERS``). ``data = 0``: every local device not used by
+    ``seq``. ``params``: ``replicated`` on every device, or ``fsdp`` (parameters and optimizer
+    state sharded over all devices, gathered for the compute; ``seqzoo.runner.sharding``).
+    """
+
+    data: int = 0
+    seq: int = 1
+    params: str = "replicated"
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: task, model, optimizer, and how the run is logged and checkpointed.
 
@@ -111,6 +125,7 @@ class ExperimentConfig:
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
+    mesh: MeshConfig = MeshConfig()
 
 
 # ---- typed values ----------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 task's data, the model, the device mesh and the abstract parameters.
 
 Errors name the config key and the fix: unknown task or mixer names (listing the valid ones), a
-batch that does not split over the devices, a sequence longer than a fixed-length mixer or the
-position table allows, a missing dataset directory, bad mixer options (found by tracing the
+mesh the devices cannot hold, a batch that does not split over the devices, a mixer without a
+sequence-parallel path on a mesh with ``mesh.seq > 1``, a sequence longer than a fixed-length mixer
+or the position table allows, a missing dataset directory, bad mixer options (found by tracing the
 model's ``init`` abstractly, ``jax.eval_shape``).
 """
 
@@ -21,10 +22,11 @@ from seqzoo.config import ExperimentConfig
 from seqzoo.data import Dataset
 from seqzoo.data.dataset import Split
 from seqzoo.models import SequenceModel
+from seqzoo.parallel import SEQUENCE_PARALLEL_MIXERS
 from seqzoo.registry import mixer_entry
 from seqzoo.runner.experiments import transformer_config
 from seqzoo.runner.model import build_model, model_inputs
-from seqzoo.runner.sharding import check_batch_size, data_mesh, replicated
+from seqzoo.runner.sharding import check_batch_size, make_mesh, mesh_shape, state_shardings
 from seqzoo.tasks import build_task, check_data_dir
 
 POSITIVE = ("eval_every", "log_every", "checkpoint_every", "keep_checkpoints")
@@ -43,7 +45,13 @@ class Built:
     @functools.cached_property
     def params_shape(self) -> Any:
         """The parameters' shapes, dtypes and shardings (``init`` traced, not run)."""
-        return jax.eval_shape(self.init_params, jax.random.PRNGKey(0))
+        args = (model_inputs(self.sample), self.sample["mask"])
+        shapes = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), *args)
+        return jax.tree.map(
+            lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where),
+            shapes,
+            self.shardings(shapes),
+        )
 
     @functools.cached_property
     def num_params(self) -> int:
@@ -67,9 +75,13 @@ class Built:
             line += f" (ratio {ratio:.3f} to the transformer config of this task)"
         return line
 
+    def shardings(self, tree: Any) -> Any:
+        """Where the arrays of ``tree`` (parameters, optimizer state) live: ``mesh.params``."""
+        return state_shardings(tree, self.mesh, self.cfg.mesh.params)
+
     def init_params(self, key: jax.Array) -> Any:
-        """Freshly initialised parameters, replicated over the mesh."""
-        init = jax.jit(self.model.init, out_shardings=replicated(self.mesh))
+        """Freshly initialised parameters, placed as ``mesh.params`` says."""
+        init = jax.jit(self.model.init, out_shardings=self.shardings(self.params_shape))
         return init(key, model_inputs(self.sample), self.sample["mask"])
 
 
@@ -86,10 +98,18 @@ def check_config(cfg: ExperimentConfig) -> None:
     for key in ("steps", "batch_size"):
         if getattr(cfg.optim, key) < 1:
             raise ValueError(f"optim.{key} must be >= 1, got {getattr(cfg.optim, key)}")
-    for name in cfg.model.mixer.split(","):
+    mixers = cfg.model.mixer.split(",")
+    for name in mixers:
         mixer_entry(name)  # an unknown name lists the registered ones
     check_data_dir(cfg.task)  # also rejects an unknown task name
-    check_batch_size(cfg.optim.batch_size, jax.local_device_count())
+    data, seq = mesh_shape(cfg.mesh, jax.local_device_count())
+    check_batch_size(cfg.optim.batch_size, data)
+    unsupported = sorted(set(mixers) - SEQUENCE_PARALLEL_MIXERS)
+    if seq > 1 and unsupported:
+        raise ValueError(
+            f"mesh.seq={seq} splits sequences over devices, which mixer(s) {unsupported} do "
+            f"not support; use mesh.seq=1 or mixers among {sorted(SEQUENCE_PARALLEL_MIXERS)}"
+        )
 
 
 def check_lengths(cfg: ExperimentConfig, model: SequenceModel, seq_len: int) -> None:
@@ -120,7 +140,7 @@ def build(cfg: ExperimentConfig) -> Built:
     data = build_task(cfg.task)
     model = build_model(cfg, data)
     check_lengths(cfg, model, data.seq_len)
-    mesh = data_mesh()
+    mesh = make_mesh(cfg.mesh)
     sample = {k: v[: cfg.optim.batch_size] for k, v in data["train"].items()}
     built = Built(cfg, data, model, mesh, sample)
     _ = built.params_shape  # traces init: bad mixer options fail here, before any compute

@@ -30,7 +30,7 @@ from seqzoo.runner.metrics import MetricsLog
 from seqzoo.runner.optim import make_optimizer
 from seqzoo.runner.progress import ProgressBar
 from seqzoo.runner.rundir import prepare_run_dir, write_summary
-from seqzoo.runner.sharding import put_batch, replicated
+from seqzoo.runner.sharding import put_batch
 from seqzoo.runner.steps import eval_step_fn, evaluate, train_step_fn
 
 CHECKED = ("loss", "grad_norm")  # a non-finite value stops the run
@@ -55,7 +55,8 @@ class _Trainer:
         init_key, self.dropout_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
         self.optimizer = make_optimizer(cfg.optim)
         self.params = built.init_params(init_key)
-        init = jax.jit(self.optimizer.init, out_shardings=replicated(built.mesh))
+        opt_shape = jax.eval_shape(self.optimizer.init, built.params_shape)
+        init = jax.jit(self.optimizer.init, out_shardings=built.shardings(opt_shape))
         self.opt_state = init(self.params)
         self.checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
         self.meta = {"step": 0, "best_val_accuracy": -1.0, "best_step": 0}

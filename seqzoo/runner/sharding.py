@@ -1,39 +1,112 @@
-"""Data parallelism on every local device: a 1-D mesh with axis ``data``; batches are split over
-it along their first axis, parameters and optimizer state are replicated. The same code runs on
-1 CPU, 1 GPU or N devices (XLA inserts the gradient all-reduce)."""
+"""The device mesh of a run, ``(data, seq)``, and where arrays live on it.
+
+    batch rows               split over ``data``
+    sequence positions       split over ``seq`` (sequence parallelism, ``seqzoo.parallel``)
+    params, optimizer state  ``mesh.params``: ``replicated`` on every device, or ``fsdp``
+
+``mesh.seq = 1`` is data parallelism: the steps are jitted over the mesh and XLA inserts the
+gradient all-reduce. With ``mesh.seq > 1`` the model runs inside ``shard_map``
+(``seqzoo.runner.gradients``); batches are padded at the end to a multiple of ``mesh.seq`` with
+``mask=False`` and ignored targets, which leaves every valid position's result unchanged.
+
+``fsdp`` shards each parameter (and its optimizer moments) along its largest dimension that all
+the mesh's devices divide (replicated when none does): memory at rest drops by the device count;
+the steps gather the parameters for the compute (ZeRO-3 storage, not per-layer gathering).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from seqzoo.config import MeshConfig
+from seqzoo.data import IGNORE_INDEX
+from seqzoo.parallel import pad_to_shards
 
-def data_mesh() -> Mesh:
-    """The mesh of all local devices, axis ``data``."""
-    return Mesh(np.array(jax.local_devices()), ("data",))
+AXES = ("data", "seq")
+PARAM_MODES = ("replicated", "fsdp")
+PAD_VALUES = {"mask": False, "targets": IGNORE_INDEX}  # other arrays pad with 0
+
+
+def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int]:
+    """``(data, seq)`` of ``cfg`` on ``num_devices`` devices, checked; errors name the keys."""
+    if cfg.params not in PARAM_MODES:
+        raise ValueError(f"mesh.params must be one of {PARAM_MODES}, got {cfg.params!r}")
+    if cfg.seq < 1 or cfg.data < 0:
+        raise ValueError(f"mesh.seq must be >= 1 and mesh.data >= 0, got {cfg.seq}, {cfg.data}")
+    if not cfg.data and num_devices % cfg.seq:
+        raise ValueError(
+            f"mesh.seq={cfg.seq} does not divide the {num_devices} local devices; set mesh.data "
+            f"too (mesh.data * mesh.seq devices are used)"
+        )
+    data = cfg.data or num_devices // cfg.seq
+    if data * cfg.seq > num_devices:
+        raise ValueError(
+            f"mesh.data={data} x mesh.seq={cfg.seq} needs {data * cfg.seq} devices; "
+            f"there are {num_devices} local devices"
+        )
+    return data, cfg.seq
+
+
+def make_mesh(cfg: MeshConfig) -> Mesh:
+    """The ``(data, seq)`` mesh of the first ``data * seq`` local devices."""
+    devices = jax.local_devices()
+    data, seq = mesh_shape(cfg, len(devices))
+    return Mesh(np.array(devices[: data * seq]).reshape(data, seq), AXES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-    """Split the leading (batch) axis over ``data``."""
-    return NamedSharding(mesh, PartitionSpec("data"))
+def array_spec(ndim: int) -> PartitionSpec:
+    """Batch arrays: rows over ``data``, and positions over ``seq`` for ``(rows, length, ...)``."""
+    return PartitionSpec("data", "seq") if ndim >= 2 else PartitionSpec("data")
+
+
+def batch_shardings(batch: dict[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
+    return {k: NamedSharding(mesh, array_spec(np.ndim(v))) for k, v in batch.items()}
 
 
 def check_batch_size(batch_size: int, num_devices: int) -> None:
-    """Fail, naming the fix, unless the batch splits evenly over the devices."""
+    """Fail, naming the fix, unless the batch splits evenly over the ``data`` devices."""
     if batch_size % num_devices:
         multiple = -(-batch_size // num_devices) * num_devices
         raise ValueError(
             f"optim.batch_size={batch_size} is not divisible by the {num_devices} devices the "
             f"batch is split over; use a multiple of {num_devices} (e.g. "
-            f"optim.batch_size={multiple}) or expose fewer devices (e.g. CUDA_VISIBLE_DEVICES)"
+            f"optim.batch_size={multiple}), set mesh.data, or expose fewer devices (e.g. "
+            f"CUDA_VISIBLE_DEVICES)"
         )
 
 
+def pad_batch(batch: dict[str, np.ndarray], shards: int) -> dict[str, np.ndarray]:
+    """Each ``(rows, length, ...)`` array padded at the end to a multiple of ``shards`` positions:
+    ``mask`` False, ``targets`` ignored, inputs 0."""
+    return {
+        k: pad_to_shards(v, shards, PAD_VALUES.get(k, 0)) if v.ndim >= 2 else v
+        for k, v in batch.items()
+    }
+
+
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Host arrays onto the devices, split along the batch axis."""
-    return jax.device_put(batch, batch_sharded(mesh))
+    """Host arrays onto the devices: padded for, and split over, the mesh."""
+    batch = pad_batch(batch, mesh.shape["seq"])
+    return jax.device_put(batch, batch_shardings(batch, mesh))
+
+
+def state_shardings(tree: Any, mesh: Mesh, mode: str) -> Any:
+    """A ``NamedSharding`` for every array (or shape) of ``tree``, by ``mesh.params`` ``mode``."""
+
+    def sharding(leaf) -> NamedSharding:
+        shape = np.shape(leaf)
+        fits = [d for d in range(len(shape)) if shape[d] % mesh.size == 0]
+        if mode == "replicated" or not fits:
+            return replicated(mesh)
+        largest = max(fits, key=lambda d: shape[d])
+        return NamedSharding(mesh, PartitionSpec(*[None] * largest, AXES))
+
+    return jax.tree.map(sharding, tree)

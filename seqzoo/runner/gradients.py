@@ -1,0 +1,101 @@
+"""Token statistics, and their loss's gradients, of one batch over the ``(data, seq)`` mesh.
+
+``stats_fn(params, batch, key) -> token_stats`` is the model on whatever part of the batch it is
+given. With ``mesh.seq = 1`` it runs on the whole batch under ``jit`` (XLA splits the rows over
+``data``). With ``mesh.seq > 1`` it runs per device inside ``shard_map`` under
+``sequence_parallel("seq")`` on a ``(rows / data, length / seq)`` block; then
+
+    stats    = psum of the blocks' stats                         (a pooled head's are per row:
+                                                                  counted once, not per seq shard)
+    gradient = psum over devices of d(ce_block / count) / dparams   count: the whole batch's
+
+the per-device partials of ``loss = sum ce / count`` (``seqzoo.parallel.context`` on why
+gradients are summed explicitly). The dropout key is folded with the device's position so the
+shards draw different masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
+
+from seqzoo.parallel import sequence_parallel, shard_map
+from seqzoo.runner.model import loss_and_accuracy
+from seqzoo.runner.sharding import AXES, array_spec
+
+StatsFn = Callable[[Any, dict, jax.Array | None], dict]
+
+
+def _sequence_parallel(mesh: Mesh) -> bool:
+    return mesh.shape["seq"] > 1
+
+
+def _device_key(key: jax.Array | None) -> jax.Array | None:
+    if key is None:
+        return None
+    for axis in AXES:
+        key = jax.random.fold_in(key, jax.lax.axis_index(axis))
+    return key
+
+
+def _per_device(fn: Callable, mesh: Mesh, batch_ndims: dict[str, int]) -> Callable:
+    """``fn(params, batch, key)`` per device, parameters and key replicated, outputs too."""
+    batch_specs = {k: array_spec(n) for k, n in batch_ndims.items()}
+    specs = (PartitionSpec(), batch_specs, PartitionSpec())
+    return shard_map(fn, mesh, in_specs=specs, out_specs=PartitionSpec())
+
+
+def _reduced_axes(per_position: bool) -> tuple[str, ...]:
+    """Where a block's stats are partial sums: rows over ``data``, and positions over ``seq``
+    when each position has its own target (a pooled head's are complete on every seq shard)."""
+    return AXES if per_position else ("data",)
+
+
+def batch_stats(stats_fn: StatsFn, mesh: Mesh, per_position: bool, batch_ndims: dict) -> Callable:
+    """``(params, batch, key) -> stats`` summed over the whole batch."""
+    if not _sequence_parallel(mesh):
+        return stats_fn
+
+    def block(params, batch, key):
+        with sequence_parallel("seq"):
+            stats = stats_fn(params, batch, _device_key(key))
+        return jax.lax.psum(stats, _reduced_axes(per_position))
+
+    return _per_device(block, mesh, batch_ndims)
+
+
+def stats_and_grads(
+    stats_fn: StatsFn, mesh: Mesh, per_position: bool, batch_ndims: dict
+) -> Callable:
+    """``(params, batch, key) -> (stats, d loss / d params)``, ``loss = sum ce / count``."""
+    if not _sequence_parallel(mesh):
+
+        def whole(params, batch, key):
+            def loss(p):
+                stats = stats_fn(p, batch, key)
+                return loss_and_accuracy(stats)[0], stats
+
+            (_, stats), grads = jax.value_and_grad(loss, has_aux=True)(params)
+            return stats, grads
+
+        return whole
+
+    replicas = 1 if per_position else mesh.shape["seq"]  # copies of a pooled row's loss
+
+    def block(params, batch, key):
+        key = _device_key(key)
+
+        def share(p):  # this block's part of the loss
+            stats = stats_fn(p, batch, key)
+            total = jax.lax.psum(stats, _reduced_axes(per_position))
+            return stats["ce"] / (replicas * jnp.maximum(total["count"], 1.0)), total
+
+        with sequence_parallel("seq"):
+            (_, stats), grads = jax.value_and_grad(share, has_aux=True)(params)
+        return stats, jax.lax.psum(grads, AXES)
+
+    return _per_device(block, mesh, batch_ndims)
