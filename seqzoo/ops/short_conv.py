@@ -84,25 +84,41 @@ def depthwise_conv(
 
 
 def causal_depthwise_conv(
-    x: Array, w: Array, b: Array | None = None, *, segment_ids: Array | None = None
+    x: Array,
+    w: Array,
+    b: Array | None = None,
+    *,
+    segment_ids: Array | None = None,
+    seq_axis: str | None = None,
 ) -> Array:
     """Causal depthwise convolution ``y[t] = b + sum_k w[k] x[t - (K - 1) + k]`` (Mamba's conv1d).
 
     x: (batch, length, C). w: (K, C) (torch ``weight[:, 0, :].T``). b: (C,) or None.
     segment_ids: (batch, length) int; the convolution does not reach across a segment start.
-    Returns (batch, length, C) in x's dtype, accumulated in float32.
+    seq_axis: as ``depthwise_conv``'s. Returns (batch, length, C) in x's dtype, accumulated in
+    float32.
     """
-    return depthwise_conv(x, w, b, left=w.shape[0] - 1, segment_ids=segment_ids)
+    return depthwise_conv(
+        x, w, b, left=w.shape[0] - 1, segment_ids=segment_ids, seq_axis=seq_axis
+    )
 
 
 def centered_depthwise_conv(
-    x: Array, w: Array, b: Array | None = None, *, segment_ids: Array | None = None
+    x: Array,
+    w: Array,
+    b: Array | None = None,
+    *,
+    segment_ids: Array | None = None,
+    seq_axis: str | None = None,
 ) -> Array:
     """Non-causal "same" depthwise convolution, odd K: ``y[t] = b + sum_k w[k] x[t + k - K//2]``
-    (Hydra's conv1d and the structured matrix mixers'), with optional ``segment_ids``."""
+    (Hydra's conv1d and the structured matrix mixers'), with optional ``segment_ids`` and
+    ``seq_axis`` (as ``depthwise_conv``'s)."""
     if w.shape[0] % 2 != 1:
         raise ValueError(f"kernel size must be odd for a 'same' convolution, got {w.shape[0]}")
-    return depthwise_conv(x, w, b, left=w.shape[0] // 2, segment_ids=segment_ids)
+    return depthwise_conv(
+        x, w, b, left=w.shape[0] // 2, segment_ids=segment_ids, seq_axis=seq_axis
+    )
 
 
 def conv_init_buffer(batch: int, channels: int, kernel_size: int, dtype=_F32) -> Array:
