@@ -39,9 +39,9 @@ SWEEP = {
                       (32, 16, 64, 4, 2, 32), (64, 16, 32, 4, 2, 32)],
     ("head", "fwd+bwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 64, 8, 2, 32),
                           (64, 16, 128, 8, 2, 32)],
-    ("key", "fwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 64, 8, 2, 32), (64, 16, 128, 8, 2, 32),
-                     (64, 16, 64, 4, 2, 16), (32, 16, 64, 4, 2, 32)],
-    ("key", "fwd+bwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 64, 8, 2, 32)],
+    ("key", "fwd"): [(64, 16, 64, 8, 2, 16), (64, 16, 64, 4, 2, 32), (64, 16, 64, 4, 2, 16),
+                     (64, 16, 128, 8, 2, 16), (32, 16, 64, 8, 2, 16)],
+    ("key", "fwd+bwd"): [(64, 16, 64, 8, 2, 16), (64, 16, 64, 4, 2, 32)],
     ("ssd", "fwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 32, 4, 2, 32)],
     ("ssd", "fwd+bwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 32, 4, 2, 32)],
 }
@@ -221,21 +221,24 @@ def tiling_case(shape, kind, mode, tilings) -> Case:
 
 
 def cases(quick: bool) -> list[Case]:
-    """In order of importance (a run cut short keeps the first ones): the three shapes, Mamba-2
-    and Hydra, the tiling sweep, the length sweep at a fixed number of tokens."""
+    """In order of importance (a run cut short keeps the first ones): the first shape, Mamba-2
+    and Hydra, the other shapes without then with per-key decays, the tiling sweep, the length
+    sweep at a fixed number of tokens."""
     shapes, scaling, mamba2 = ((QUICK_SHAPES, QUICK_SHAPES, QUICK_MAMBA2) if quick
                                else (SHAPES, SCALING, MAMBA2))
-    out = []
-    for shape in shapes:
-        for kind in ("none", "head", "key"):
-            with_xla = quick or (shape, kind) in XLA_AT
-            out += [attention_case(shape, kind, mode, with_xla=with_xla)
-                    for mode in ("fwd", "fwd+bwd")]
-    for hydra in (False, True):
-        out += [ssm_case(mamba2, mode, hydra=hydra) for mode in ("fwd", "fwd+bwd")]
+    modes = ("fwd", "fwd+bwd")
+
+    def attention(shape, kinds):
+        return [attention_case(shape, kind, mode, with_xla=quick or (shape, kind) in XLA_AT)
+                for kind in kinds for mode in modes]
+
+    out = attention(shapes[0], ("none", "head", "key"))
+    out += [ssm_case(mamba2, mode, hydra=hydra) for hydra in (False, True) for mode in modes]
+    out += [case for shape in shapes[1:] for case in attention(shape, ("none", "head"))]
+    out += [case for shape in shapes[1:] for case in attention(shape, ("key",))]
     for (kind, mode), tilings in SWEEP.items():
         shape = mamba2 if kind == "ssd" else shapes[min(1, len(shapes) - 1)]
         out.append(tiling_case(shape, kind, mode, QUICK_SWEEP if quick else tilings))
     out += [attention_case(shape, "none", mode, with_xla=False)
-            for shape in scaling for mode in ("fwd", "fwd+bwd")]
+            for shape in scaling for mode in modes]
     return out

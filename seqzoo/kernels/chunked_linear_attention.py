@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqzoo.kernels.chunked_pass import TUNED, Tiling, chunked_pass
+from seqzoo.kernels.chunked_pass import TUNED, TUNED_PER_DIMENSION, Tiling, chunked_pass
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -160,7 +160,8 @@ def gated_linear_attention(
     *,
     scale: float,
     reverse: tuple[bool, ...] = (False,),
-    tiling: Tiling = TUNED,
+    tiling: Tiling | None = None,
+    max_chunk: int | None = None,
 ) -> tuple[Array, Array]:
     """Chunked gated linear attention in one or two directions, differentiable in every input.
 
@@ -170,16 +171,21 @@ def gated_linear_attention(
       g: log decays <= 0, None, (D, B, T, H_g) (scalar per head) or (D, B, T, H_g, dk) (per key).
       key_scale: (D, B, T, H_s) multiplies k_t (Mamba-2's dt); initial_state: (D, B, H, dk, dv).
       reverse: per direction, whether it runs from the end of the sequence.
+      tiling: launch parameters (default: ``TUNED``, ``TUNED_PER_DIMENSION`` for per-key decays);
+      max_chunk: caps its chunk (an op's ``chunk_size``). The chunk also shrinks to the next
+      power of two >= T (at least 16) for short inputs.
     Returns ``o: (len(reverse), B, T, H, dv)`` in v's dtype and the final states
     ``(len(reverse), B, H, dk, dv)`` float32 (for a reverse direction: the state before t=0).
     """
     length, dk, dv = q.shape[2], q.shape[-1], v.shape[-1]
     if scale == 0:
         raise ValueError("scale must be non-zero")
-    chunk = min(tiling.chunk, max(16, 1 << (length - 1).bit_length()))
+    decay = None if g is None else ("scalar" if g.ndim == 4 else "key")
+    if tiling is None:
+        tiling = TUNED_PER_DIMENSION if decay == "key" else TUNED
+    chunk = min(tiling.chunk, _width(length), _width(max_chunk or tiling.chunk))
     tiling = dataclasses.replace(tiling, chunk=chunk, sub=min(tiling.sub, chunk))
     steps, wk, wv = -(-length // chunk) * chunk, _width(dk), _width(dv)
-    decay = None if g is None else ("scalar" if g.ndim == 4 else "key")
     as_f32 = [None if x is None else x.astype(_F32) for x in (g, key_scale, initial_state)]
     out, final = _chunked(
         _padded(q, {2: steps, 4: wk}),
@@ -191,12 +197,6 @@ def gated_linear_attention(
         _Static(float(scale), tuple(reverse), decay, tiling),
     )
     return out[:, :, :length, :, :dv], final[..., :dk, :dv]
-
-
-def tiling_for(chunk_size: int, tiling: Tiling = TUNED) -> Tiling:
-    """``tiling`` with its chunk capped by an op's ``chunk_size`` (at least 16, a power of two)."""
-    cap = _width(chunk_size)
-    return dataclasses.replace(tiling, chunk=min(tiling.chunk, cap), sub=min(tiling.sub, cap))
 
 
 def linear_attention_kernel(
@@ -216,5 +216,5 @@ def linear_attention_kernel(
     """
     lead = [None if a is None else a[None] for a in (q, k, v, log_decay, initial_state)]
     o, final = gated_linear_attention(*lead[:4], None, lead[4], scale=scale,
-                                      tiling=tiling_for(chunk_size))
+                                      max_chunk=chunk_size)
     return o[0], final[0]

@@ -64,8 +64,10 @@ class Tiling:
     slice: int = 32
 
 
-# What the ops use: the fastest setting measured on an H100 (kernels/README.md).
+# What the ops use (kernels/README.md): for no or scalar decays, the setting of the H100 table
+# (no tiling sweep has run yet); for per-key decays a register-lighter guess, not yet measured.
 TUNED = Tiling()
+TUNED_PER_DIMENSION = Tiling(num_warps=8, slice=16)
 
 
 def _pick(rev, if_reverse, if_causal):
@@ -168,12 +170,15 @@ def _diagonal_values(spec: _Pass, refs: dict, sign, r0, weights: Array) -> Array
 
 
 def _sub_chunks(spec: _Pass, refs: dict, rev, t0, state):
-    """Per-dimension decays ("key" or "value"), sub-chunk by sub-chunk. Writes, returns S."""
+    """Per-dimension decays ("key" or "value"), sub-chunk by sub-chunk. Writes, returns S.
+
+    Whole-chunk tiles are re-read from memory (cache hits) where used rather than held across
+    the sub-chunks, to keep registers for the (sub, sub, slice) products.
+    """
     c, sub, dt = spec.tiling.chunk, spec.tiling.sub, spec.dtype
     key = spec.decay == "key"
     sign = _pick(rev, -1.0, 1.0)
-    k, v = _rows(refs["k"], t0, c), _rows(refs["v"], t0, c)
-    cum, last = _rows(refs["g"], t0, c), _rows(refs["g"], t0 + c - 1, 1)
+    last = _rows(refs["g"], t0 + c - 1, 1)
     key_scale = _rows(refs["ks"], t0, c) if spec.has_key_scale else None
     col = lax.broadcasted_iota(jnp.int32, (sub, c), 1)
     i = lax.broadcasted_iota(jnp.int32, (sub, sub), 0)
@@ -183,13 +188,14 @@ def _sub_chunks(spec: _Pass, refs: dict, rev, t0, state):
         q = _rows(refs["q"], t0 + r, sub).astype(_F32)
         cum_i = _rows(refs["g"], t0 + r, sub)
         ref = _rows(refs["g"], t0 + _pick(rev, r + sub - 1, r), 1)  # reference row of I
+        cum = _rows(refs["g"], t0, c)
         to_ref = jnp.exp(jnp.minimum(sign * (ref - cum), 0.0))  # exact on the live columns
         from_ref = jnp.exp(sign * (cum_i - ref))  # <= 1 on every row of I
         if key:
-            scores = _dot(q * from_ref, k * to_ref, dt, tb=True)
+            scores = _dot(q * from_ref, _rows(refs["k"], t0, c) * to_ref, dt, tb=True)
             diagonal = _diagonal_scores(spec, refs, sign, t0 + r)
         else:
-            scores = _dot(q, k, dt, tb=True)
+            scores = _dot(q, _rows(refs["k"], t0, c), dt, tb=True)
             diagonal = _dot(q, _rows(refs["k"], t0 + r, sub), dt, tb=True)
         scores = jnp.where(_pick(rev, col >= r + sub, col < r), scores, 0.0) * spec.scale
         diagonal = jnp.where(diagonal_live, diagonal, 0.0) * spec.scale
@@ -197,9 +203,10 @@ def _sub_chunks(spec: _Pass, refs: dict, rev, t0, state):
             scores = scores * key_scale[None, :]
             diagonal = diagonal * _rows(refs["ks"], t0 + r, sub)[None, :]
         if key:
-            out = _dot(scores, v, dt) + _dot(diagonal, _rows(refs["v"], t0 + r, sub), dt)
+            out = _dot(scores, _rows(refs["v"], t0, c), dt)
+            out = out + _dot(diagonal, _rows(refs["v"], t0 + r, sub), dt)
         else:
-            out = from_ref * _dot(scores, v * to_ref, dt)
+            out = from_ref * _dot(scores, _rows(refs["v"], t0, c) * to_ref, dt)
             out = out + _diagonal_values(spec, refs, sign, t0 + r, diagonal)
         q_in = _pick(rev, jnp.exp(last - cum_i), jnp.exp(cum_i))
         if key:
@@ -209,6 +216,7 @@ def _sub_chunks(spec: _Pass, refs: dict, rev, t0, state):
         if spec.has_row_scale:
             out = out * _rows(refs["rs"], t0 + r, sub)[:, None]
         refs["o"][pl.ds(t0 + r, sub), :] = out.astype(refs["o"].dtype)
+    cum, k, v = _rows(refs["g"], t0, c), _rows(refs["k"], t0, c), _rows(refs["v"], t0, c)
     k_out = _pick(rev, jnp.exp(cum), jnp.exp(last - cum))
     if key:
         carried = state * jnp.exp(last).reshape(-1, 1)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seqzoo.kernels.chunked_linear_attention import gated_linear_attention, tiling_for
-from seqzoo.kernels.chunked_pass import TUNED, Tiling
+from seqzoo.kernels.chunked_linear_attention import gated_linear_attention
+from seqzoo.kernels.chunked_pass import Tiling
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -34,19 +34,19 @@ def ssd_kernel(
     initial_state: Array | None = None,
     *,
     chunk_size: int = 64,
-    tiling: Tiling = TUNED,
+    tiling: Tiling | None = None,
 ) -> tuple[Array, Array]:
     """``y`` of ``seqzoo.ops.ssd`` without D and z; dt already discretised (non-negative).
 
     x: (b, l, h, p); dt: (b, l, h); A: (h,); B, C: (b, l, g, n); initial_state: (b, h, p, n).
-    chunk_size caps ``tiling.chunk``.
+    chunk_size caps the chunk of ``tiling`` (default ``chunked_pass.TUNED``).
     Returns y: (b, l, h, p) in x's dtype and the final state (b, h, p, n) float32.
     """
     dt = dt.astype(_F32)
     s0 = None if initial_state is None else jnp.swapaxes(initial_state, -1, -2)[None]
     y, final = gated_linear_attention(C[None], B[None], x[None], (dt * A.astype(_F32))[None],
-                                      dt[None], s0, scale=1.0,
-                                      tiling=tiling_for(chunk_size, tiling))
+                                      dt[None], s0, scale=1.0, tiling=tiling,
+                                      max_chunk=chunk_size)
     return y[0], jnp.swapaxes(final[0], -1, -2)
 
 
@@ -72,7 +72,7 @@ def quasiseparable_kernel(
     y, _ = gated_linear_attention(
         jnp.stack([C_fwd, C_bwd]), jnp.stack([B_fwd, B_bwd]), x[None],
         jnp.stack([log_decay[0], later]), dt, scale=1.0, reverse=(False, True),
-        tiling=tiling_for(chunk_size),
+        max_chunk=chunk_size,
     )
     y = y.astype(_F32)
     from_left = jnp.pad(y[0, :, :-1], ((0, 0), (1, 0), (0, 0), (0, 0)))  # s_fwd[i - 1]
