@@ -95,8 +95,11 @@ def linear_attention(
       impl: ``"chunk"`` (Lightning-2 / GLA intra-chunk quadratic + inter-chunk state passing;
         what ``"auto"`` picks off GPU), ``"parallel"`` (the quadratic form), ``"recurrent"`` (a
         scan), ``"pallas"`` (``seqzoo.kernels.chunked_linear_attention``, forward and backward
-        kernels; what ``"auto"`` picks on a GPU; its chunk is ``chunk_size`` capped at its tuned
-        size; with ``segment_ids`` it falls back to ``"chunk"``).
+        kernels; what ``"auto"`` picks on a GPU for no or per-head decay, where it measured faster
+        (benchmarks/RESULTS.md) -- not for per-key decay, where it runs 13-18x slower than
+        flash-linear-attention and is not shown to beat the XLA path; its chunk is
+        ``chunk_size`` capped at its tuned size; with ``segment_ids`` it falls back to
+        ``"chunk"``).
       seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that
         of the active ``seqzoo.parallel.sequence_parallel`` context).
 
@@ -117,7 +120,7 @@ def linear_attention(
     b, _, h, dk = q.shape
     dv = v.shape[-1]
     scale = dk**-0.5 if scale is None else scale
-    impl = _resolve(impl, segment_ids)
+    impl = _resolve(impl, segment_ids, per_key=log_decay is not None and log_decay.ndim == 4)
     if impl == "pallas":
         o, s_final = linear_attention_kernel(q, k, v, log_decay, scale=scale,
                                              initial_state=initial_state, chunk_size=chunk_size)
@@ -141,9 +144,10 @@ def linear_attention(
     return (o, s_final) if return_final_state else o
 
 
-def _resolve(impl: str, segment_ids: Array | None) -> str:
-    """``"auto"``: the kernel on a GPU, ``"chunk"`` elsewhere; packed sequences stay on XLA."""
-    impl = launch.pick(impl, kernel="pallas", xla="chunk")
+def _resolve(impl: str, segment_ids: Array | None, *, per_key: bool) -> str:
+    """``"auto"``: the kernel on a GPU for no / per-head decay, ``"chunk"`` elsewhere; packed
+    sequences stay on XLA."""
+    impl = launch.pick(impl, kernel="chunk" if per_key else "pallas", xla="chunk")
     return "chunk" if impl == "pallas" and segment_ids is not None else impl
 
 
