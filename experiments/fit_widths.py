@@ -1,18 +1,20 @@
-"""Fit the width of every LRA model to its task's Transformer parameter count (LRA's rule: within
+"""Fit the width of every model to its task's Transformer parameter count (LRA's rule: within
 10%) and write the numbers into the experiment files.
 
-    python -m experiments.lra.fit_widths             # from the repository root: rewrite in place
-    python -m experiments.lra.fit_widths --dry-run   # print the table, change nothing
-    python -m experiments.lra.fit_widths pathfinder  # only the tasks named
+    python -m experiments.fit_widths                 # from the repository root: rewrite in place
+    python -m experiments.fit_widths --dry-run       # print the table, change nothing
+    python -m experiments.fit_widths pathfinder      # only the tasks named
+    python -m experiments.fit_widths --folder experiments/repro
 
-For each ``experiments/lra/<task>_<model>.toml`` other than ``<task>_transformer.toml``, the new
+For each ``<task>_<model>.toml`` of the folder (default ``experiments/lra``) beside a
+``<task>_transformer.toml`` (tasks: ListOps, Pathfinder and the LRA file tasks), the new
 ``d_model`` is the width whose parameter count is nearest the Transformer's (by ratio) among the
 multiples of 8 (of 2 below 64, for the small budgets); depth and every other value stay as
-written. Rewritten: the ``d_model`` line, the comment's
-"d_model = D ... N parameters, R x the Transformer config", the description's "(N.NNM params,
-R.RR x transformer)", and in each Transformer file its own count. Counts come from the model the
-runner builds (``build_model``) for a one-row stand-in of the task's data, so nothing is read
-or generated; a width a mixer refuses (ValueError) is skipped.
+written. Rewritten: the ``d_model`` line, the comment's "d_model = D ... N parameters, R x the
+Transformer config", the description's "(N.NNM params, R.RR x transformer)", and in each
+Transformer file its own count. Counts come from the model the runner builds (``build_model``)
+for a one-row stand-in of the task's data, so nothing is read or generated; a width a mixer
+refuses (ValueError) is skipped.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from seqzoo.data.lra_files import BYTE_VOCAB
 from seqzoo.runner.build import param_count
 from seqzoo.runner.model import build_model, model_inputs
 
-FOLDER = Path(__file__).resolve().parent
+FOLDER = Path(__file__).resolve().parent / "lra"
 TRANSFORMER = "transformer"
 WIDTHS = [*range(2, 64, 2), *range(64, 8192, 8)]  # the candidate d_model values, increasing
 LIMIT = 0.1  # LRA: within 10% of the Transformer
@@ -141,8 +143,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tasks", nargs="*", help="file prefixes, e.g. listops (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="print the table only")
+    parser.add_argument("--folder", type=Path, default=FOLDER, help=f"default {FOLDER}")
     args = parser.parse_args()
-    for ref_path in sorted(FOLDER.glob(f"*_{TRANSFORMER}.toml")):
+    for ref_path in sorted(args.folder.glob(f"*_{TRANSFORMER}.toml")):
         task = ref_path.stem.removesuffix(f"_{TRANSFORMER}")
         if args.tasks and task not in args.tasks:
             continue
@@ -150,7 +153,7 @@ def main() -> None:
         print(f"{ref_path.name:34s} {'':>6s} {target:>12,d}")
         if not args.dry_run:
             rewrite_transformer(ref_path, target)
-        for path in sorted(FOLDER.glob(f"{task}_*.toml")):
+        for path in sorted(args.folder.glob(f"{task}_*.toml")):
             if path == ref_path:
                 continue
             d_model, params = fit_width(load_config(path), target)

@@ -1,0 +1,115 @@
+"""Issue #11's launcher (experiments/repro/run.py) and what it relies on: the runner's
+``max_minutes`` budget, the repro configs (within 10% of their task's Transformer), and a toy
+launch of a few runs through the real entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.repro.run import EXTENDED, GPU_MEMORY_GB, RUNS
+from seqzoo import tasks
+from seqzoo.config import apply_overrides
+from seqzoo.runner import train
+from seqzoo.runner.build import build
+from seqzoo.runner.experiments import experiment_names, load_experiment, transformer_config
+from seqzoo.runner.metrics import read_metrics
+from tests.test_data_mnist import _write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+REPRO = [n for n in experiment_names() if n.startswith("repro/")]
+
+
+def test_max_minutes_stops_training_evaluates_and_tests_the_last_step(tmp_path):
+    cfg = apply_overrides(load_experiment("smoke"), ["optim.steps=1000", "max_minutes=1e-6"])
+    summary = train(cfg, tmp_path / "run", log=lambda _: None, progress=False)
+    assert summary["steps"] == 1  # the budget ran out during the first step
+    records = {(r["split"], r["step"]) for r in read_metrics(tmp_path / "run")}
+    assert {("train", 1), ("val", 1), ("test", 1)} <= records
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 1
+
+
+@pytest.mark.parametrize("plan", [RUNS, EXTENDED], ids=["runs", "extended"])
+def test_every_planned_run_has_a_config_and_the_runs_fit_in_the_gpu_memory(plan):
+    assert {f"repro/{run.name}" for run in plan} <= set(REPRO)
+    contexts = 0.6 * len(plan)  # a CUDA context per process
+    assert sum(run.memory_gb for run in plan) + contexts <= 0.9 * GPU_MEMORY_GB
+    assert all(0 < run.memory_fraction <= 0.6 for run in plan)  # none may take the GPU
+
+
+def test_repro_models_are_within_10_percent_of_their_transformer(monkeypatch):
+    monkeypatch.setattr(tasks, "CACHE_DIR", None)
+    toy = ["task.num_train=8", "task.num_val=8", "task.num_test=8", "optim.batch_size=8"]
+    compared = 0
+    for name in REPRO:
+        cfg = apply_overrides(load_experiment(name), toy)
+        if name.endswith("_transformer") or transformer_config(cfg) is None:
+            continue
+        built = build(cfg)
+        assert 0.9 <= built.num_params / built.transformer_params <= 1.1, built.params_line()
+        compared += 1
+    assert compared >= 2
+
+
+def _fake_fashion_mnist(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 16)):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), True)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, True)
+
+
+def _launch(tmp_path: Path, runs: list[str], *extra: str) -> subprocess.CompletedProcess:
+    _fake_fashion_mnist(tmp_path / "data" / "fashion-mnist")
+    env = {**os.environ, "HOME": str(tmp_path)}  # the data cache goes to HOME/.cache
+    command = [
+        sys.executable, "experiments/repro/run.py", "--toy", "--minutes", "4",
+        "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+        "--data-dir", str(tmp_path / "data"), *extra, "--only", *runs,
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _check_outputs(tmp_path: Path, result: subprocess.CompletedProcess, runs: list[str]):
+    """The table has a row per run, in ``RUNS`` order, with the toy's 3 steps and an accuracy."""
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = tmp_path / "out"
+    table = (out / "results.md").read_text()
+    assert table in result.stdout
+    rows = table.splitlines()[2:]
+    assert len(rows) == len(runs)
+    for name, line in zip(runs, rows, strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert f"repro/{name}" in cells[-1] and "max_minutes=" in cells[-1]
+        assert 0.0 <= float(cells[6]) <= 100.0 and cells[3] == "3 (3)"
+    assert len(list(out.iterdir())) <= 8  # what the device tool returns
+    with tarfile.open(out / "runs.tar.gz") as archive:
+        names = archive.getnames()
+    assert {f"{name}/summary.json" for name in runs} <= set(names)
+    return table
+
+
+def test_toy_launch_reports_each_run(tmp_path):
+    runs = ["listops_s4d", "sfashion_mnist_s4d", "induction_heads_s4d"]  # RUNS order
+    table = _check_outputs(tmp_path, _launch(tmp_path, runs), runs)
+    assert "induction_heads, test at 4097" in table
+    assert {p.name for p in (tmp_path / "out").glob("curves_*.png")} == {
+        "curves_listops.png",
+        "curves_sfashion_mnist.png",
+        "curves_induction_heads.png",
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plan", [RUNS, EXTENDED], ids=["runs", "extended"])
+def test_toy_launch_of_every_run(tmp_path, plan):
+    runs = [run.name for run in plan]
+    extra = ["--minutes", "20"] + (["--extended"] if plan is EXTENDED else [])  # 2 busy cores
+    _check_outputs(tmp_path, _launch(tmp_path, runs, *extra), runs)
