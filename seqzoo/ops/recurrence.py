@@ -4,7 +4,8 @@
 
 evaluated exactly (no log-space tricks) either as a parallel prefix scan over the associative
 operator (a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2) (Blelloch, 1990; used for S5 / Mamba in
-JAX), or as a sequential ``lax.scan``. A Pallas kernel will later sit behind ``impl=``.
+JAX), as a sequential ``lax.scan``, or by the Pallas kernel ``seqzoo.kernels.linear_recurrence``
+(``impl="pallas"``, what "auto" picks on a GPU).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels import linear_recurrence as kernel
+from seqzoo.kernels.launch import pick
 from seqzoo.parallel.context import sequence_axis
 
 Array = jax.Array
-IMPLS = ("auto", "associative", "sequential")
+IMPLS = ("auto", "associative", "sequential", "pallas")
 
 
 def compute_dtype(dtype) -> jnp.dtype:
@@ -61,7 +64,8 @@ def linear_recurrence(
     b: (batch, length, ...). Real or complex.
     initial_state: (batch, ...) = h_{-1} (zeros if None); with ``reverse=True`` it is h_length,
        the state entering from the right, and the recurrence is h_t = a_t * h_{t+1} + b_t.
-    impl: "associative" (parallel prefix scan, what "auto" picks) or "sequential" (lax.scan).
+    impl: "associative" (parallel prefix scan), "sequential" (lax.scan) or "pallas" (the
+       kernel; tolerances in its docstring); "auto" picks "pallas" on a GPU, else "associative".
     seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that of
        the active ``seqzoo.parallel.sequence_parallel`` context, if any).
 
@@ -94,6 +98,10 @@ def linear_recurrence(
             a, b, axis=axis, initial_state=initial_state, reverse=reverse,
             return_final_state=return_final_state, impl=impl,
         )
+    impl = pick(impl, kernel="pallas", xla="associative")
+    if impl == "pallas":
+        h, last = kernel.linear_recurrence(a, b, initial_state, reverse=reverse)
+        return (h, last) if return_final_state else h
     out_dtype = jnp.result_type(a, b)
     dtype = compute_dtype(out_dtype)
     a, b = a.astype(dtype), b.astype(dtype)

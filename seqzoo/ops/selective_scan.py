@@ -18,6 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels import selective_scan as kernel
+from seqzoo.kernels.launch import pick
 from seqzoo.ops.checks import check_stable
 from seqzoo.ops.recurrence import linear_recurrence, segment_starts
 from seqzoo.parallel.context import sequence_axis
@@ -125,9 +127,11 @@ def selective_scan(
     D: (d,) skip. z: (batch, length, d) gate. delta_bias: (d,).
     initial_state: (batch, d, n) = x_{-1}. segment_ids: (batch, length) int; the state resets
     to zero wherever the id changes (packed sequences; the first segment starts from
-    ``initial_state``). impl: "auto", "associative" or "sequential" (see
-    ``linear_recurrence``). seq_axis: inside ``shard_map``, the mesh axis the sequence is
-    split over (default: that of the active ``seqzoo.parallel.sequence_parallel`` context).
+    ``initial_state``). impl: "associative" or "sequential" (see ``linear_recurrence``), or
+    "pallas": the fused kernel ``seqzoo.kernels.selective_scan`` (tolerances in its docstring);
+    "auto" picks "pallas" on a GPU, else "associative". seq_axis: inside ``shard_map``, the
+    mesh axis the sequence is split over (default: that of the active
+    ``seqzoo.parallel.sequence_parallel`` context).
 
     Returns out: (batch, length, d) in u's dtype (computed in f32), and with
     ``return_final_state`` also x_{length-1}: (batch, d, n) float32.
@@ -143,6 +147,12 @@ def selective_scan(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
             return_final_state, segment_ids, impl, axis=axis,
         )
+    impl = pick(impl, kernel="pallas", xla="associative")
+    if impl == "pallas":
+        resets = None if segment_ids is None else segment_starts(segment_ids, *u.shape[:2])
+        out, final = kernel.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                           initial_state, resets)
+        return (out, final) if return_final_state else out
     decay, drive = _discretize(u, delta, A, B, delta_bias, delta_softplus)
     if segment_ids is not None:
         starts = segment_starts(segment_ids, *u.shape[:2])

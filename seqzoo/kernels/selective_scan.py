@@ -1,0 +1,378 @@
+"""Pallas kernel: Mamba-1's selective scan, forward and backward, state kept on chip.
+
+Per channel d (a block of ``width`` channels per program) and state index n, in float32:
+
+    dt_t = softplus(delta_t + delta_bias)          (softplus optional)
+    x_t  = keep_t exp(dt_t A) x_{t-1} + dt_t u_t B_t      x: (width, n), in registers
+    y_t  = (C_t . x_t + D u_t) silu(z_t)                   (gate optional)
+
+with keep_t = 0 where a packed segment starts (else 1). Discretisation, state, readout, skip
+and gate are fused: the forward pass reads u, delta, z, B, C once and writes y, never the
+(batch, length, d, n) states.
+
+Backward (``jax.custom_vjp``): the forward pass, when differentiated, also saves the state
+entering every chunk of ``chunk`` steps (checkpoints, (batch, length / chunk, d, n) float32).
+The backward pass walks the chunks from the end; per chunk it recomputes the chunk's states
+from its checkpoint (in registers), then runs the adjoint recurrence backwards through them:
+
+    lam_t = mu_t + dy_t C_t,   mu_{t-1} = keep_t exp(dt_t A) lam_t,   dy_t = g_t silu(z_t)
+    du_t = D dy_t + dt_t (lam_t . B_t),   ddt_t = (lam_t exp(dt_t A) keep_t x_{t-1}) . A
+                                                   + u_t (lam_t . B_t)
+    dA += dt_t lam_t exp(dt_t A) keep_t x_{t-1},   dD += dy_t u_t,   d delta_bias += d delta_t
+    dB_t = sum_d lam_t dt_t u_t,   dC_t = sum_d dy_t x_t
+
+dA, dD, d delta_bias accumulate per program; dB and dC are written per channel block
+((batch, length, blocks, n) float32) and summed by the wrapper.
+
+Tolerance: float32 throughout (the XLA path also computes in float32); the kernel's sequential
+order differs from the associative scan's by rounding only: relative 1e-5 on outputs and
+gradients in the tests (bf16 inputs: outputs rounded to bf16, 1e-2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from seqzoo.kernels.launch import pallas_call
+from seqzoo.kernels.scan_loop import (
+    ChannelBlock,
+    Rows,
+    chunked_loop,
+    load,
+    next_power_of_2,
+    split_rows,
+    stack_rows,
+    store,
+)
+
+Array = jax.Array
+_F32 = jnp.float32
+# Steps per chunk (also the checkpoint interval), channels per program and warps per program
+# of the forward pass (the backward uses twice as many: it holds a chunk of states), chosen on
+# an H100 (kernels/README.md; a chunk of 16 makes the backward spill registers).
+CHUNK = 8
+WIDTH = 32
+NUM_WARPS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Static shapes, options and tuning of one kernel call (a ``custom_vjp`` nondiff arg)."""
+
+    length: int
+    channels: int  # d
+    state: int  # n, a power of two
+    group_size: int  # channels per B/C group (d when B, C are shared)
+    softplus: bool
+    gate: bool
+    resets: bool
+    chunk: int
+    width: int
+    num_warps: int
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.channels // self.width)
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.length // self.chunk)
+
+    @property
+    def ragged(self) -> bool:
+        return self.length % self.chunk != 0
+
+
+def _softplus(x):
+    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+class _Program:
+    """One program's block of channels and its group's B, C; loads of a chunk's tiles."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.block = ChannelBlock.of_program(cfg.channels, cfg.width)
+        self.group = self.block.start // cfg.group_size  # one group: width divides group_size
+
+    def rows(self, start) -> Rows:
+        return Rows(start, self.cfg.chunk, self.cfg.length, masked=self.cfg.ragged)
+
+    def channels(self, ref, trailing=()):
+        """A per-channel parameter (d, ...) of this block, in f32."""
+        return self.block.load(ref, (), trailing=trailing).astype(_F32)
+
+    def state(self, ref, lead=()):
+        return self.block.load(ref, (self.block.batch, *lead), trailing=(self.cfg.state,))
+
+    def store_state(self, ref, value, lead=()):
+        self.block.store(ref, (self.block.batch, *lead), value)
+
+    def load_chunk(self, start, seq_refs, bc_refs, keep_ref):
+        """Rows of the chunk from ``start``: per sequence ref (length, d) a list of (width,),
+        per B/C ref a list of (n,), and keep (a list of (1,)) or None. Packed as tiles (split
+        by ``split``) so that a chunk is one load per array."""
+        rows = self.rows(start)
+        b = self.block.batch
+        seq = [self.block.load(r, (b,), rows) for r in seq_refs]
+        n = self.cfg.state
+        bc = [load(r, (b, rows.index, self.group, slice(None)), rows.mask((n,))) for r in bc_refs]
+        keep = None
+        if keep_ref is not None:
+            keep = load(keep_ref, (b, rows.index), rows.mask(()), fill=1.0)
+        return seq, bc, keep
+
+    @staticmethod
+    def split(tiles):
+        seq, bc, keep = tiles
+        seq = [[r.astype(_F32) for r in split_rows(t)] for t in seq]
+        bc = [[r.astype(_F32) for r in split_rows(t)] for t in bc]
+        keep = None if keep is None else [r.astype(_F32) for r in split_rows(keep[:, None])]
+        return seq, bc, keep
+
+    def valid(self, start, j):
+        """Whether step ``start + j`` is in the sequence (None when every step is)."""
+        return (start + j < self.cfg.length) if self.cfg.ragged else None
+
+    def discretize(self, delta, u, bias, A, valid, keep):
+        """(dt, keep exp(dt A), dt u) of one step: (width,), (width, n), (width,)."""
+        dt = delta + bias
+        if self.cfg.softplus:
+            dt = _softplus(dt)
+        if valid is not None:  # steps past the end leave the state as it is
+            dt = jnp.where(valid, dt, 0.0)
+        decay = jnp.exp(dt[:, None] * A)
+        if keep is not None:
+            decay = decay * keep[:, None]
+        return dt, decay, dt * u
+
+
+def _forward_kernel(*refs, cfg: Config, save: bool):
+    refs = list(refs)
+    u, delta, A, B, C, D, bias, x0 = (refs.pop(0) for _ in range(8))
+    z = refs.pop(0) if cfg.gate else None
+    keep = refs.pop(0) if cfg.resets else None
+    out, last = refs.pop(0), refs.pop(0)
+    ckpt = refs.pop(0) if save else None
+    prog = _Program(cfg)
+    A_, D_, bias_ = prog.channels(A, (cfg.state,)), prog.channels(D), prog.channels(bias)
+    seq_refs = (u, delta) + ((z,) if cfg.gate else ())
+
+    def run(start, tiles, x):
+        if save:
+            prog.store_state(ckpt, x, (start // cfg.chunk,))
+        seq, (b_rows, c_rows), keep_rows = prog.split(tiles)
+        ys = []
+        for j in range(cfg.chunk):
+            u_j, delta_j = seq[0][j], seq[1][j]
+            dt, decay, dtu = prog.discretize(delta_j, u_j, bias_, A_, prog.valid(start, j),
+                                             None if keep_rows is None else keep_rows[j])
+            x = decay * x + dtu[:, None] * b_rows[j][None, :]
+            y = jnp.sum(x * c_rows[j][None, :], axis=1) + D_ * u_j
+            if cfg.gate:
+                y = y * jax.nn.silu(seq[2][j])
+            ys.append(y)
+        prog.block.store(out, (prog.block.batch,), stack_rows(ys), prog.rows(start))
+        return x
+
+    x = chunked_loop(cfg.length, cfg.chunk,
+                     lambda start: prog.load_chunk(start, seq_refs, (B, C), keep), run,
+                     prog.state(x0).astype(_F32))
+    prog.store_state(last, x)
+
+
+def _backward_kernel(*refs, cfg: Config):
+    refs = list(refs)
+    u, delta, A, B, C, D, bias, ckpt, g, g_last = (refs.pop(0) for _ in range(10))
+    z = refs.pop(0) if cfg.gate else None
+    keep = refs.pop(0) if cfg.resets else None
+    du, ddelta = refs.pop(0), refs.pop(0)
+    dz = refs.pop(0) if cfg.gate else None
+    dB, dC, dA, dD, dbias, dx0 = refs
+    prog = _Program(cfg)
+    blk = prog.block
+    A_, D_, bias_ = prog.channels(A, (cfg.state,)), prog.channels(D), prog.channels(bias)
+    seq_refs = (u, delta, g) + ((z,) if cfg.gate else ())
+
+    def load_chunk(start):
+        return (prog.load_chunk(start, seq_refs, (B, C), keep),
+                prog.state(ckpt, (start // cfg.chunk,)))
+
+    def run(start, loaded, carry):
+        tiles, x_in = loaded
+        mu, dA_acc, dD_acc, dbias_acc = carry
+        seq, (b_rows, c_rows), keep_rows = prog.split(tiles)
+        def step(j):  # (dt, decay, dt u) of step j, computed again where needed (registers)
+            return prog.discretize(seq[1][j], seq[0][j], bias_, A_, prog.valid(start, j),
+                                   None if keep_rows is None else keep_rows[j])
+
+        states = [x_in.astype(_F32)]  # x_{t-1} of the chunk's first step, then every x_t
+        for j in range(cfg.chunk):  # recompute the chunk's states from its checkpoint
+            _, decay, dtu = step(j)
+            states.append(decay * states[-1] + dtu[:, None] * b_rows[j][None, :])
+        grads = {name: [None] * cfg.chunk for name in ("du", "ddelta", "dz", "dB", "dC")}
+
+        def put(name, j, row):
+            grads[name][j] = row
+        for j in reversed(range(cfg.chunk)):
+            dt, decay, dtu = step(j)
+            x_prev, x_j = states[j], states[j + 1]
+            u_j, g_j = seq[0][j], seq[2][j]
+            if cfg.gate:
+                z_j = seq[3][j]
+                y = jnp.sum(x_j * c_rows[j][None, :], axis=1) + D_ * u_j
+                sig = jax.nn.sigmoid(z_j)
+                dy = g_j * z_j * sig
+                put("dz", j, g_j * y * sig * (1.0 + z_j * (1.0 - sig)))
+            else:
+                dy = g_j
+            lam = mu + dy[:, None] * c_rows[j][None, :]
+            put("dC", j, jnp.sum(dy[:, None] * x_j, axis=0))
+            put("dB", j, jnp.sum(lam * dtu[:, None], axis=0))
+            lam_b = jnp.sum(lam * b_rows[j][None, :], axis=1)
+            put("du", j, D_ * dy + dt * lam_b)
+            d_decay = lam * decay * x_prev  # d(decay x_{t-1}) / d(dt A), per (channel, n)
+            d_dt = jnp.sum(d_decay * A_, axis=1) + u_j * lam_b
+            if cfg.softplus:
+                d_dt = d_dt * jax.nn.sigmoid(seq[1][j] + bias_)
+            valid = prog.valid(start, j)
+            if valid is not None:
+                d_dt = jnp.where(valid, d_dt, 0.0)
+            put("ddelta", j, d_dt)
+            dA_acc = dA_acc + d_decay * dt[:, None]
+            dD_acc = dD_acc + dy * u_j
+            dbias_acc = dbias_acc + d_dt
+            mu = decay * lam
+        rows = prog.rows(start)
+        for ref, name in ((du, "du"), (ddelta, "ddelta"), (dz, "dz")):
+            if ref is not None:
+                blk.store(ref, (blk.batch,), stack_rows(grads[name]), rows)
+        for ref, name in ((dB, "dB"), (dC, "dC")):
+            index = (blk.batch, rows.index, blk.start // cfg.width, slice(None))
+            store(ref, index, stack_rows(grads[name]), rows.mask((cfg.state,)))
+        return mu, dA_acc, dD_acc, dbias_acc
+
+    zeros_w = jnp.zeros((cfg.width,), _F32)
+    carry = (prog.state(g_last).astype(_F32), jnp.zeros((cfg.width, cfg.state), _F32), zeros_w,
+             zeros_w)
+    mu, dA_acc, dD_acc, dbias_acc = chunked_loop(cfg.length, cfg.chunk, load_chunk, run, carry,
+                                                 reverse=True)
+    prog.store_state(dx0, mu)
+    prog.store_state(dA, dA_acc)
+    blk.store(dD, (blk.batch,), dD_acc)
+    blk.store(dbias, (blk.batch,), dbias_acc)
+
+
+def _launch(kernel, cfg: Config, batch: int, out_specs, *args, warps: int, **params):
+    out_shape = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in out_specs]
+    return pallas_call(functools.partial(kernel, cfg=cfg, **params), grid=(cfg.blocks, batch),
+                       out_shape=out_shape, num_warps=warps)(*args)
+
+
+def _forward(cfg: Config, inputs: tuple, save: bool):
+    u = inputs[0]
+    batch = u.shape[0]
+    state = (batch, cfg.channels, cfg.state)
+    specs = [(u.shape, u.dtype), (state, _F32)]
+    if save:
+        specs.append(((batch, cfg.chunks, cfg.channels, cfg.state), _F32))
+    return _launch(_forward_kernel, cfg, batch, specs, *_present(inputs),
+                   warps=cfg.num_warps, save=save)
+
+
+def _present(inputs: tuple) -> list:
+    return [x for x in inputs if x is not None]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _scan(cfg: Config, u, delta, A, B, C, D, bias, x0, z, keep):
+    """(out, final state) of the scan from prepared inputs (see ``selective_scan``)."""
+    return tuple(_forward(cfg, (u, delta, A, B, C, D, bias, x0, z, keep), save=False))
+
+
+def _scan_fwd(cfg, u, delta, A, B, C, D, bias, x0, z, keep):
+    inputs = (u, delta, A, B, C, D, bias, x0, z, keep)
+    out, last, ckpt = _forward(cfg, inputs, save=True)
+    return (out, last), (inputs, ckpt)
+
+
+def _scan_bwd(cfg, residuals, cotangents):
+    (u, delta, A, B, C, D, bias, x0, z, keep), ckpt = residuals
+    g, g_last = cotangents
+    batch = u.shape[0]
+    seq, state = u.shape, (batch, cfg.channels, cfg.state)
+    partial_bc = (batch, cfg.length, cfg.blocks, cfg.state)
+    specs = [(seq, u.dtype), (seq, delta.dtype)] + ([(seq, z.dtype)] if cfg.gate else []) + [
+        (partial_bc, _F32), (partial_bc, _F32), (state, _F32), (state[:2], _F32),
+        (state[:2], _F32), (state, _F32)]
+    outs = _launch(_backward_kernel, cfg, batch, specs,
+                   *_present((u, delta, A, B, C, D, bias, ckpt, g, g_last.astype(_F32), z, keep)),
+                   warps=2 * cfg.num_warps)  # twice the forward's: the chunk's states live
+    du, ddelta = outs[0], outs[1]
+    dz = outs[2] if cfg.gate else None
+    dB, dC, dA, dD, dbias, dx0 = outs[2 + cfg.gate:]
+
+    def per_group(part, like):  # (batch, length, blocks, n) -> (batch, length, groups, n)
+        groups = like.shape[2]
+        return part.reshape(*part.shape[:2], groups, -1, part.shape[-1]).sum(3).astype(
+            like.dtype)
+
+    return (du, ddelta, dA.sum(0).astype(A.dtype), per_group(dB, B), per_group(dC, C),
+            dD.sum(0).astype(D.dtype), dbias.sum(0).astype(bias.dtype), dx0.astype(x0.dtype),
+            dz, None)
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+def _block_width(channels: int, group_size: int, width: int) -> int:
+    """Channels per program: a power of two <= width, dividing the group size when B and C
+    have groups (so that a program reads one group)."""
+    w = min(width, next_power_of_2(channels))
+    if group_size != channels:
+        w = min(w, group_size & -group_size)  # the largest power of two dividing it
+    return w
+
+
+def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Array | None = None,
+                   z: Array | None = None, delta_bias: Array | None = None,
+                   delta_softplus: bool = False, initial_state: Array | None = None,
+                   resets: Array | None = None, *, chunk: int = CHUNK, width: int = WIDTH,
+                   num_warps: int = NUM_WARPS) -> tuple[Array, Array]:
+    """Mamba-1's selective scan by the kernel; arguments as ``seqzoo.ops.selective_scan`` (the
+    public entry point, ``impl="pallas"``, which validates them), except ``resets``:
+    (batch, length) bool, True where the state is zeroed before the step (segment starts).
+
+    chunk (steps per chunk and checkpoint interval, a power of two), width (channels per
+    program) and num_warps tune the launch. Returns (out: (batch, length, d) in u's dtype,
+    final state: (batch, d, n) float32).
+    """
+    batch, length, d = u.shape
+    n = A.shape[1]
+    n_pad = next_power_of_2(n)
+    if B.ndim == 3:  # shared by all channels: one group
+        B, C = B[:, :, None], C[:, :, None]
+    group_size = d // B.shape[2]
+
+    def pad_state(x):  # zeros past n: A = 0, B = C = 0 and x0 = 0 keep those states at 0
+        return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n_pad - n)])
+
+    x0 = jnp.zeros((batch, d, n), _F32) if initial_state is None else initial_state
+    cfg = Config(
+        length=length, channels=d, state=n_pad, group_size=group_size, softplus=delta_softplus,
+        gate=z is not None, resets=resets is not None, chunk=chunk,
+        width=_block_width(d, group_size, width), num_warps=num_warps,
+    )
+    out, last = _scan(
+        cfg, u, delta, pad_state(A), pad_state(B), pad_state(C),
+        jnp.zeros((d,), _F32) if D is None else D,
+        jnp.zeros((d,), _F32) if delta_bias is None else delta_bias,
+        pad_state(x0), z,
+        None if resets is None else jnp.where(resets, 0.0, 1.0).astype(_F32),
+    )
+    return out, last[..., :n]
+

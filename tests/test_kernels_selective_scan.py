@@ -1,0 +1,84 @@
+"""The Pallas selective-scan kernel (interpret mode on CPU) against Mamba-1's per-step loop.
+
+Outputs, final state and the gradients w.r.t. every input (u, delta, A, B, C, D, z, delta_bias,
+initial state) with packed segments, B/C groups, lengths that are not multiples of the chunk,
+a state size that is not a power of two, optional arguments absent, bf16, vanishing decays,
+vmap. ``impl="pallas"`` on the op is the path under test.
+"""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_ops_selective_scan import (
+    BATCH,
+    D_INNER,
+    N,
+    assert_tree_close,
+    cotangent,
+    make_inputs,
+    reference,
+    value_and_vjp,
+)
+
+from seqzoo.kernels import selective_scan as kernel
+from seqzoo.ops.selective_scan import selective_scan
+
+PALLAS = partial(selective_scan, delta_softplus=True, return_final_state=True, impl="pallas")
+REFERENCE = partial(reference, delta_softplus=True)
+GRAD_TOL = dict(rtol=1e-4, atol=1e-4)  # sums over the sequence (dA, dD, d delta_bias)
+
+
+def check_against_reference(fn, inputs, segment_ids, ref=REFERENCE):
+    length = inputs["u"].shape[1]
+    d, n = inputs["A"].shape
+    cot = (cotangent((BATCH, length, d), 7), cotangent((BATCH, d, n), 8))
+    outs, grads = value_and_vjp(fn, inputs, segment_ids, cot)
+    want_outs, want = value_and_vjp(ref, inputs, segment_ids, cot)
+    assert_tree_close(outs, want_outs, ("out", "final_state"))
+    assert_tree_close(grads.values(), want.values(), grads.keys(), **GRAD_TOL)
+
+
+@pytest.mark.parametrize("groups", [None, 2], ids=["B2-L37-D8-N4-shared-BC", "B2-L37-D8-N4-g2"])
+def test_values_and_gradients_packed(groups):
+    """Every argument, two packed segments in one row; 37 steps: chunks of 16 and a ragged
+    last one."""
+    inputs = make_inputs(37, groups)
+    ids = jnp.array([[0] * 10 + [1] * 27, [4] * 37])
+    check_against_reference(PALLAS, inputs, ids)
+
+
+def test_minimal_arguments_odd_sizes_and_vanishing_decays():
+    """No D, z, delta_bias, initial state; d=6 (not a multiple of the channel block) and n=3
+    (padded to 4 inside); one channel's decay underflows to exactly 0 (A = -1e4)."""
+    full = make_inputs(20)
+    inputs = dict(u=full["u"][..., :6], delta=full["delta"][..., :6],
+                  A=full["A"][:6, :3].at[0].set(-1e4), B=full["B"][..., :3],
+                  C=full["C"][..., :3])
+    check_against_reference(partial(PALLAS, delta_softplus=False), inputs, None,
+                            ref=partial(reference, delta_softplus=False))
+
+
+def test_bf16_inputs_under_vmap():
+    """bf16 u, delta, z, B, C (f32 inside, bf16 output), vmapped over an extra axis, with a
+    small chunk and channel block (launch parameters move work, never change results)."""
+    inputs = make_inputs(24, groups=2)
+    low = {k: v.astype(jnp.bfloat16) if k in ("u", "delta", "z", "B", "C") else v
+           for k, v in inputs.items()}
+    stacked = jax.tree.map(lambda x: jnp.stack([x, x[::-1]]), low)
+    run = partial(kernel.selective_scan, delta_softplus=True, chunk=4, width=2)
+    out, last = jax.jit(jax.vmap(lambda kw: run(**kw)))(stacked)
+    assert out.dtype == jnp.bfloat16 and last.dtype == jnp.float32
+    for i in range(2):
+        one = jax.tree.map(lambda x, i=i: x[i].astype(jnp.float32), stacked)
+        want, want_last = REFERENCE(**one)
+        np.testing.assert_allclose(np.asarray(out[i], np.float32), want, rtol=1e-2, atol=1e-2)
+        np.testing.assert_allclose(last[i], want_last, rtol=1e-4, atol=1e-4)
+
+
+def test_shapes():
+    inputs = make_inputs(5)
+    out, last = PALLAS(**inputs)
+    assert out.shape == (BATCH, 5, D_INNER) and last.shape == (BATCH, D_INNER, N)
