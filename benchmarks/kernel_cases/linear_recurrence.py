@@ -5,7 +5,8 @@ Variants: ``xla`` (the op's ``lax.associative_scan``, the reference) and ``palla
 per program, ``c`` rows per chunk, ``n`` warps). Forward, and forward+backward as the gradients
 of ``sum(h * g)`` w.r.t. a and b. The floor is the memory floor: a, b, h (forward) plus a, h, g,
 da, db (backward) in the inputs' dtype. Also: complex, bf16, reversed and ragged shapes
-(correctness on the GPU), and a sweep of T = 1k .. 64k at a fixed B*T*D (time per token).
+(correctness on the GPU), and a sweep of T = 1k .. 64k at a fixed B*T*D (time per token; past
+4k, where the default splits the sequence into segments, also the unsplit walk).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _variant(fn, shape, dtype, mode):
     return functools.partial(jax.jit(jax.grad(loss, argnums=(0, 1))), a, b)
 
 
-def case(shape, dtype, mode, *, reverse=False, sweep=()) -> Case:
+def case(shape, dtype, mode, *, reverse=False, sweep=(), unsplit=False) -> Case:
     def op(impl):
         return functools.partial(linear_recurrence, reverse=reverse, impl=impl)
 
@@ -67,6 +68,10 @@ def case(shape, dtype, mode, *, reverse=False, sweep=()) -> Case:
                                    chunk=chunk, num_warps=warps)
         variants[f"pallas w{width} c{chunk} n{warps}"] = _variant(
             lambda a, b, launch=launch: launch(a, b)[0], shape, dtype, mode)
+    if unsplit:  # the sequence walked whole even where the default splits it into segments
+        variants["pallas 1 segment"] = _variant(
+            lambda a, b: kernel.linear_recurrence(a, b, reverse=reverse, segments=1)[0],
+            shape, dtype, mode)
     size = jnp.dtype(dtype).itemsize * int(jnp.prod(jnp.array(shape)))
     arrays = 3 if mode == "fwd" else 8
     channels = "x".join(map(str, shape[2:]))
@@ -84,5 +89,6 @@ def cases(quick: bool) -> list[Case]:
         return precompile(out)
     out = [case(MAIN, jnp.float32, mode, sweep=SWEEP[mode]) for mode in ("fwd", "fwd+bwd")]
     out += [case(shape, dtype, "fwd+bwd", reverse=reverse) for shape, dtype, reverse in ODD]
-    out += [case(shape, jnp.float32, "fwd") for shape in SCALING if shape != MAIN]
+    out += [case(shape, jnp.float32, "fwd", unsplit=shape[1] > MAIN[1])
+            for shape in SCALING if shape != MAIN]
     return precompile(out)

@@ -51,9 +51,10 @@ from seqzoo.kernels.scan_loop import (
 
 Array = jax.Array
 _F32 = jnp.float32
+_LOG2E = 1.4426950408889634  # exp(x) = exp2(x log2(e))
 # Steps per chunk (also the checkpoint interval), channels per program and warps per program
-# of the forward pass (the backward uses twice as many: it holds a chunk of states), chosen on
-# an H100 (kernels/README.md; a chunk of 16 makes the backward spill registers).
+# of the forward pass (the backward uses twice as many of both: it holds a chunk of states),
+# chosen on an H100 (kernels/README.md; a chunk of 16 makes the backward spill registers).
 CHUNK = 8
 WIDTH = 32
 NUM_WARPS = 4
@@ -92,7 +93,7 @@ def _softplus(x):
 
 
 class _Program:
-    """One program's block of channels and its group's B, C; loads of a chunk's tiles."""
+    """One program's block of channels and its group's B, C; a chunk's tiles and rows."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -112,43 +113,45 @@ class _Program:
     def store_state(self, ref, value, lead=()):
         self.block.store(ref, (self.block.batch, *lead), value)
 
-    def load_chunk(self, start, seq_refs, bc_refs, keep_ref):
-        """Rows of the chunk from ``start``: per sequence ref (length, d) a list of (width,),
-        per B/C ref a list of (n,), and keep (a list of (1,)) or None. Packed as tiles (split
-        by ``split``) so that a chunk is one load per array."""
+    def load_chunk(self, start, seq_refs: dict, B, C, keep):
+        """The chunk's tiles from row ``start``: {name: (chunk, width)} for the (batch, length,
+        d) refs, B and C (chunk, n) of this group, keep (chunk,) or None: one load per array."""
         rows = self.rows(start)
         b = self.block.batch
-        seq = [self.block.load(r, (b,), rows) for r in seq_refs]
+        tiles = {name: self.block.load(r, (b,), rows) for name, r in seq_refs.items()}
         n = self.cfg.state
-        bc = [load(r, (b, rows.index, self.group, slice(None)), rows.mask((n,))) for r in bc_refs]
-        keep = None
-        if keep_ref is not None:
-            keep = load(keep_ref, (b, rows.index), rows.mask(()), fill=1.0)
-        return seq, bc, keep
+        for name, r in (("B", B), ("C", C)):
+            tiles[name] = load(r, (b, rows.index, self.group, slice(None)), rows.mask((n,)))
+        if keep is not None:
+            tiles["keep"] = load(keep, (b, rows.index), rows.mask(()), fill=1.0)
+        return tiles
 
-    @staticmethod
-    def split(tiles):
-        seq, bc, keep = tiles
-        seq = [[r.astype(_F32) for r in split_rows(t)] for t in seq]
-        bc = [[r.astype(_F32) for r in split_rows(t)] for t in bc]
-        keep = None if keep is None else [r.astype(_F32) for r in split_rows(keep[:, None])]
-        return seq, bc, keep
-
-    def valid(self, start, j):
-        """Whether step ``start + j`` is in the sequence (None when every step is)."""
-        return (start + j < self.cfg.length) if self.cfg.ragged else None
-
-    def discretize(self, delta, u, bias, A, valid, keep):
-        """(dt, keep exp(dt A), dt u) of one step: (width,), (width, n), (width,)."""
-        dt = delta + bias
+    def discretize(self, start, tiles, bias):
+        """dt = softplus(delta + bias) and dt u, (chunk, width), on whole tiles (neither depends
+        on the state); dt is 0 on steps past the end, which then leave the state as it is."""
+        dt = tiles["delta"].astype(_F32) + bias[None]
         if self.cfg.softplus:
             dt = _softplus(dt)
-        if valid is not None:  # steps past the end leave the state as it is
-            dt = jnp.where(valid, dt, 0.0)
-        decay = jnp.exp(dt[:, None] * A)
-        if keep is not None:
-            decay = decay * keep[:, None]
-        return dt, decay, dt * u
+        if self.cfg.ragged:
+            inside = start + jnp.arange(self.cfg.chunk) < self.cfg.length
+            dt = jnp.where(inside[:, None], dt, 0.0)
+        return dt, dt * tiles["u"].astype(_F32)
+
+    @staticmethod
+    def split(tiles) -> dict:
+        """Rows in f32: {name: list over the chunk}; keep's rows are (1,)."""
+        rows = {k: split_rows(v.astype(_F32)) for k, v in tiles.items() if k != "keep"}
+        if "keep" in tiles:
+            rows["keep"] = split_rows(tiles["keep"].astype(_F32)[:, None])
+        return rows
+
+    @staticmethod
+    def decay(rows, j, A2):
+        """keep exp(dt A) of step j, (width, n), as exp2(dt A log2(e)): one ex2 instruction."""
+        decay = jnp.exp2(rows["dt"][j][:, None] * A2)
+        if "keep" in rows:
+            decay = decay * rows["keep"][j][:, None]
+        return decay
 
 
 def _forward_kernel(*refs, cfg: Config, save: bool):
@@ -159,28 +162,28 @@ def _forward_kernel(*refs, cfg: Config, save: bool):
     out, last = refs.pop(0), refs.pop(0)
     ckpt = refs.pop(0) if save else None
     prog = _Program(cfg)
-    A_, D_, bias_ = prog.channels(A, (cfg.state,)), prog.channels(D), prog.channels(bias)
-    seq_refs = (u, delta) + ((z,) if cfg.gate else ())
+    A2 = prog.channels(A, (cfg.state,)) * _LOG2E
+    D_, bias_ = prog.channels(D), prog.channels(bias)
+    seq_refs = {"u": u, "delta": delta} | ({"z": z} if cfg.gate else {})
 
     def run(start, tiles, x):
         if save:
             prog.store_state(ckpt, x, (start // cfg.chunk,))
-        seq, (b_rows, c_rows), keep_rows = prog.split(tiles)
+        dt, dtu = prog.discretize(start, tiles, bias_)
+        skip = D_[None] * tiles["u"].astype(_F32)
+        rows = prog.split(tiles | {"dt": dt, "dtu": dtu})
         ys = []
         for j in range(cfg.chunk):
-            u_j, delta_j = seq[0][j], seq[1][j]
-            dt, decay, dtu = prog.discretize(delta_j, u_j, bias_, A_, prog.valid(start, j),
-                                             None if keep_rows is None else keep_rows[j])
-            x = decay * x + dtu[:, None] * b_rows[j][None, :]
-            y = jnp.sum(x * c_rows[j][None, :], axis=1) + D_ * u_j
-            if cfg.gate:
-                y = y * jax.nn.silu(seq[2][j])
-            ys.append(y)
-        prog.block.store(out, (prog.block.batch,), stack_rows(ys), prog.rows(start))
+            x = prog.decay(rows, j, A2) * x + rows["dtu"][j][:, None] * rows["B"][j][None, :]
+            ys.append(jnp.sum(x * rows["C"][j][None, :], axis=1))
+        y = stack_rows(ys) + skip
+        if cfg.gate:
+            y = y * jax.nn.silu(tiles["z"].astype(_F32))
+        prog.block.store(out, (prog.block.batch,), y, prog.rows(start))
         return x
 
     x = chunked_loop(cfg.length, cfg.chunk,
-                     lambda start: prog.load_chunk(start, seq_refs, (B, C), keep), run,
+                     lambda start: prog.load_chunk(start, seq_refs, B, C, keep), run,
                      prog.state(x0).astype(_F32))
     prog.store_state(last, x)
 
@@ -195,66 +198,64 @@ def _backward_kernel(*refs, cfg: Config):
     dB, dC, dA, dD, dbias, dx0 = refs
     prog = _Program(cfg)
     blk = prog.block
-    A_, D_, bias_ = prog.channels(A, (cfg.state,)), prog.channels(D), prog.channels(bias)
-    seq_refs = (u, delta, g) + ((z,) if cfg.gate else ())
+    A_ = prog.channels(A, (cfg.state,))
+    A2, D_, bias_ = A_ * _LOG2E, prog.channels(D), prog.channels(bias)
+    seq_refs = {"u": u, "delta": delta, "g": g} | ({"z": z} if cfg.gate else {})
 
     def load_chunk(start):
-        return (prog.load_chunk(start, seq_refs, (B, C), keep),
+        return (prog.load_chunk(start, seq_refs, B, C, keep),
                 prog.state(ckpt, (start // cfg.chunk,)))
 
     def run(start, loaded, carry):
         tiles, x_in = loaded
         mu, dA_acc, dD_acc, dbias_acc = carry
-        seq, (b_rows, c_rows), keep_rows = prog.split(tiles)
-        def step(j):  # (dt, decay, dt u) of step j, computed again where needed (registers)
-            return prog.discretize(seq[1][j], seq[0][j], bias_, A_, prog.valid(start, j),
-                                   None if keep_rows is None else keep_rows[j])
-
+        dt, dtu = prog.discretize(start, tiles, bias_)
+        u_, g_ = tiles["u"].astype(_F32), tiles["g"].astype(_F32)
+        if cfg.gate:  # out = y silu(z): dy = g silu(z), dz = g y silu'(z)
+            z_ = tiles["z"].astype(_F32)
+            sig = jax.nn.sigmoid(z_)
+            dy = g_ * z_ * sig
+        else:
+            dy = g_
+        rows = prog.split({k: v for k, v in tiles.items() if k in ("B", "C", "keep")}
+                          | {"dt": dt, "dtu": dtu, "dy": dy})
         states = [x_in.astype(_F32)]  # x_{t-1} of the chunk's first step, then every x_t
         for j in range(cfg.chunk):  # recompute the chunk's states from its checkpoint
-            _, decay, dtu = step(j)
-            states.append(decay * states[-1] + dtu[:, None] * b_rows[j][None, :])
-        grads = {name: [None] * cfg.chunk for name in ("du", "ddelta", "dz", "dB", "dC")}
-
-        def put(name, j, row):
-            grads[name][j] = row
+            states.append(prog.decay(rows, j, A2) * states[-1]
+                          + rows["dtu"][j][:, None] * rows["B"][j][None, :])
+        names = ("cx", "lam_b", "d_dt", "dB", "dC")
+        grads = {name: [None] * cfg.chunk for name in names}
         for j in reversed(range(cfg.chunk)):
-            dt, decay, dtu = step(j)
+            decay = prog.decay(rows, j, A2)
             x_prev, x_j = states[j], states[j + 1]
-            u_j, g_j = seq[0][j], seq[2][j]
-            if cfg.gate:
-                z_j = seq[3][j]
-                y = jnp.sum(x_j * c_rows[j][None, :], axis=1) + D_ * u_j
-                sig = jax.nn.sigmoid(z_j)
-                dy = g_j * z_j * sig
-                put("dz", j, g_j * y * sig * (1.0 + z_j * (1.0 - sig)))
-            else:
-                dy = g_j
-            lam = mu + dy[:, None] * c_rows[j][None, :]
-            put("dC", j, jnp.sum(dy[:, None] * x_j, axis=0))
-            put("dB", j, jnp.sum(lam * dtu[:, None], axis=0))
-            lam_b = jnp.sum(lam * b_rows[j][None, :], axis=1)
-            put("du", j, D_ * dy + dt * lam_b)
+            b_j, c_j, dy_j = rows["B"][j], rows["C"][j], rows["dy"][j]
+            grads["cx"][j] = jnp.sum(x_j * c_j[None, :], axis=1)  # C . x_t, for dz
+            lam = mu + dy_j[:, None] * c_j[None, :]
+            grads["dC"][j] = jnp.sum(dy_j[:, None] * x_j, axis=0)
+            grads["dB"][j] = jnp.sum(lam * rows["dtu"][j][:, None], axis=0)
+            grads["lam_b"][j] = jnp.sum(lam * b_j[None, :], axis=1)
             d_decay = lam * decay * x_prev  # d(decay x_{t-1}) / d(dt A), per (channel, n)
-            d_dt = jnp.sum(d_decay * A_, axis=1) + u_j * lam_b
-            if cfg.softplus:
-                d_dt = d_dt * jax.nn.sigmoid(seq[1][j] + bias_)
-            valid = prog.valid(start, j)
-            if valid is not None:
-                d_dt = jnp.where(valid, d_dt, 0.0)
-            put("ddelta", j, d_dt)
-            dA_acc = dA_acc + d_decay * dt[:, None]
-            dD_acc = dD_acc + dy * u_j
-            dbias_acc = dbias_acc + d_dt
+            grads["d_dt"][j] = jnp.sum(d_decay * A_, axis=1)
+            dA_acc = dA_acc + d_decay * rows["dt"][j][:, None]
             mu = decay * lam
-        rows = prog.rows(start)
-        for ref, name in ((du, "du"), (ddelta, "ddelta"), (dz, "dz")):
-            if ref is not None:
-                blk.store(ref, (blk.batch,), stack_rows(grads[name]), rows)
+        lam_b = stack_rows(grads["lam_b"])
+        d_dt = stack_rows(grads["d_dt"]) + u_ * lam_b
+        if cfg.softplus:
+            d_dt = d_dt * jax.nn.sigmoid(tiles["delta"].astype(_F32) + bias_[None])
+        if cfg.ragged:
+            inside = start + jnp.arange(cfg.chunk) < cfg.length
+            d_dt = jnp.where(inside[:, None], d_dt, 0.0)
+        rows_ = prog.rows(start)
+        blk.store(du, (blk.batch,), D_[None] * dy + dt * lam_b, rows_)
+        blk.store(ddelta, (blk.batch,), d_dt, rows_)
+        if cfg.gate:
+            y = stack_rows(grads["cx"]) + D_[None] * u_
+            blk.store(dz, (blk.batch,), g_ * y * sig * (1.0 + z_ * (1.0 - sig)), rows_)
         for ref, name in ((dB, "dB"), (dC, "dC")):
-            index = (blk.batch, rows.index, blk.start // cfg.width, slice(None))
-            store(ref, index, stack_rows(grads[name]), rows.mask((cfg.state,)))
-        return mu, dA_acc, dD_acc, dbias_acc
+            index = (blk.batch, rows_.index, blk.start // cfg.width, slice(None))
+            store(ref, index, stack_rows(grads[name]), rows_.mask((cfg.state,)))
+        return (mu, dA_acc, dD_acc + jnp.sum(dy * u_, axis=0),
+                dbias_acc + jnp.sum(d_dt, axis=0))
 
     zeros_w = jnp.zeros((cfg.width,), _F32)
     carry = (prog.state(g_last).astype(_F32), jnp.zeros((cfg.width, cfg.state), _F32), zeros_w,
@@ -267,10 +268,10 @@ def _backward_kernel(*refs, cfg: Config):
     blk.store(dbias, (blk.batch,), dbias_acc)
 
 
-def _launch(kernel, cfg: Config, batch: int, out_specs, *args, warps: int, **params):
+def _launch(kernel, cfg: Config, batch: int, out_specs, *args, **params):
     out_shape = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in out_specs]
     return pallas_call(functools.partial(kernel, cfg=cfg, **params), grid=(cfg.blocks, batch),
-                       out_shape=out_shape, num_warps=warps)(*args)
+                       out_shape=out_shape, num_warps=cfg.num_warps)(*args)
 
 
 def _forward(cfg: Config, inputs: tuple, save: bool):
@@ -280,8 +281,7 @@ def _forward(cfg: Config, inputs: tuple, save: bool):
     specs = [(u.shape, u.dtype), (state, _F32)]
     if save:
         specs.append(((batch, cfg.chunks, cfg.channels, cfg.state), _F32))
-    return _launch(_forward_kernel, cfg, batch, specs, *_present(inputs),
-                   warps=cfg.num_warps, save=save)
+    return _launch(_forward_kernel, cfg, batch, specs, *_present(inputs), save=save)
 
 
 def _present(inputs: tuple) -> list:
@@ -301,6 +301,10 @@ def _scan_fwd(cfg, u, delta, A, B, C, D, bias, x0, z, keep):
 
 
 def _scan_bwd(cfg, residuals, cotangents):
+    # Twice the forward's channels and warps per program: its registers hold a chunk of states.
+    cfg = dataclasses.replace(cfg, width=_block_width(cfg.channels, cfg.group_size,
+                                                      2 * cfg.width),
+                              num_warps=2 * cfg.num_warps)
     (u, delta, A, B, C, D, bias, x0, z, keep), ckpt = residuals
     g, g_last = cotangents
     batch = u.shape[0]
@@ -310,8 +314,7 @@ def _scan_bwd(cfg, residuals, cotangents):
         (partial_bc, _F32), (partial_bc, _F32), (state, _F32), (state[:2], _F32),
         (state[:2], _F32), (state, _F32)]
     outs = _launch(_backward_kernel, cfg, batch, specs,
-                   *_present((u, delta, A, B, C, D, bias, ckpt, g, g_last.astype(_F32), z, keep)),
-                   warps=2 * cfg.num_warps)  # twice the forward's: the chunk's states live
+                   *_present((u, delta, A, B, C, D, bias, ckpt, g, g_last.astype(_F32), z, keep)))
     du, ddelta = outs[0], outs[1]
     dz = outs[2] if cfg.gate else None
     dB, dC, dA, dD, dbias, dx0 = outs[2 + cfg.gate:]
