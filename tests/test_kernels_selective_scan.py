@@ -43,8 +43,8 @@ def check_against_reference(fn, inputs, segment_ids, ref=REFERENCE):
 
 @pytest.mark.parametrize("groups", [None, 2], ids=["B2-L37-D8-N4-shared-BC", "B2-L37-D8-N4-g2"])
 def test_values_and_gradients_packed(groups):
-    """Every argument, two packed segments in one row; 37 steps: chunks of 16 and a ragged
-    last one."""
+    """Every argument, two packed segments in one row; 37 steps: chunks of 8 (16 when not
+    differentiated) and a ragged last one."""
     inputs = make_inputs(37, groups)
     ids = jnp.array([[0] * 10 + [1] * 27, [4] * 37])
     check_against_reference(PALLAS, inputs, ids)

@@ -2,8 +2,8 @@
 
 Variants: ``xla`` (the op's associative scan over (B, L, D, N) f32 states, the reference) and
 ``pallas`` (``impl="pallas"``: the fused kernel's default launch), plus launch sweeps of the
-kernel (``w`` channels per program, ``c`` steps per chunk, ``n`` warps; the backward pass takes
-twice the channels and warps). Mamba's call: u, delta,
+kernel (``w`` channels per program, ``c`` steps per chunk, forward and checkpoint interval alike,
+``n`` warps). Mamba's call: u, delta,
 z, B, C in bf16, A = -exp(A_log) and D, delta_bias in f32, softplus on delta, shared B and C.
 Forward, and forward+backward as the gradients of ``sum(out * g)`` w.r.t. every input. The floor
 is the memory floor: u, delta, z, B, C, out (forward) plus u, delta, z, B, C, g, du, ddelta, dz,
@@ -73,7 +73,7 @@ def _launch(width, chunk, warps):
             [jnp.zeros_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
             axis=1)
         return kernel.selective_scan(**kw, delta_softplus=True, resets=resets, width=width,
-                                     chunk=chunk, num_warps=warps)[0]
+                                     chunk=chunk, checkpoint=chunk, num_warps=warps)[0]
     return fn
 
 

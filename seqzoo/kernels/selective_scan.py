@@ -52,10 +52,11 @@ from seqzoo.kernels.scan_loop import (
 Array = jax.Array
 _F32 = jnp.float32
 _LOG2E = 1.4426950408889634  # exp(x) = exp2(x log2(e))
-# Steps per chunk (also the checkpoint interval), channels per program and warps per program
-# of the forward pass (the backward uses twice as many of both: it holds a chunk of states),
-# chosen on an H100 (kernels/README.md; a chunk of 16 makes the backward spill registers).
-CHUNK = 8
+# Steps per chunk of the forward pass, steps per chunk when differentiating (the checkpoint
+# interval, forward and backward: the backward holds a chunk of states in registers and spills
+# them with 16), channels and warps per program: chosen on an H100 (kernels/README.md).
+CHUNK = 16
+CHECKPOINT = 8
 WIDTH = 32
 NUM_WARPS = 4
 
@@ -72,6 +73,7 @@ class Config:
     gate: bool
     resets: bool
     chunk: int
+    checkpoint: int
     width: int
     num_warps: int
 
@@ -296,15 +298,13 @@ def _scan(cfg: Config, u, delta, A, B, C, D, bias, x0, z, keep):
 
 def _scan_fwd(cfg, u, delta, A, B, C, D, bias, x0, z, keep):
     inputs = (u, delta, A, B, C, D, bias, x0, z, keep)
-    out, last, ckpt = _forward(cfg, inputs, save=True)
+    out, last, ckpt = _forward(dataclasses.replace(cfg, chunk=cfg.checkpoint), inputs,
+                               save=True)
     return (out, last), (inputs, ckpt)
 
 
 def _scan_bwd(cfg, residuals, cotangents):
-    # Twice the forward's channels and warps per program: its registers hold a chunk of states.
-    cfg = dataclasses.replace(cfg, width=_block_width(cfg.channels, cfg.group_size,
-                                                      2 * cfg.width),
-                              num_warps=2 * cfg.num_warps)
+    cfg = dataclasses.replace(cfg, chunk=cfg.checkpoint)
     (u, delta, A, B, C, D, bias, x0, z, keep), ckpt = residuals
     g, g_last = cotangents
     batch = u.shape[0]
@@ -344,15 +344,18 @@ def _block_width(channels: int, group_size: int, width: int) -> int:
 def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Array | None = None,
                    z: Array | None = None, delta_bias: Array | None = None,
                    delta_softplus: bool = False, initial_state: Array | None = None,
-                   resets: Array | None = None, *, chunk: int = CHUNK, width: int = WIDTH,
+                   resets: Array | None = None, *, chunk: int = CHUNK,
+                   checkpoint: int = CHECKPOINT, width: int = WIDTH,
                    num_warps: int = NUM_WARPS) -> tuple[Array, Array]:
     """Mamba-1's selective scan by the kernel; arguments as ``seqzoo.ops.selective_scan`` (the
     public entry point, ``impl="pallas"``, which validates them), except ``resets``:
     (batch, length) bool, True where the state is zeroed before the step (segment starts).
 
-    chunk (steps per chunk and checkpoint interval, a power of two), width (channels per
-    program) and num_warps tune the launch. Returns (out: (batch, length, d) in u's dtype,
-    final state: (batch, d, n) float32).
+    chunk (steps per chunk of the forward pass), checkpoint (steps per chunk when
+    differentiated, forward and backward: the checkpoint interval), both powers of two, width
+    (channels per program) and num_warps tune the launch; none changes results beyond
+    rounding. Returns (out: (batch, length, d) in u's dtype, final state: (batch, d, n)
+    float32).
     """
     batch, length, d = u.shape
     n = A.shape[1]
@@ -367,7 +370,7 @@ def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Arra
     x0 = jnp.zeros((batch, d, n), _F32) if initial_state is None else initial_state
     cfg = Config(
         length=length, channels=d, state=n_pad, group_size=group_size, softplus=delta_softplus,
-        gate=z is not None, resets=resets is not None, chunk=chunk,
+        gate=z is not None, resets=resets is not None, chunk=chunk, checkpoint=checkpoint,
         width=_block_width(d, group_size, width), num_warps=num_warps,
     )
     out, last = _scan(
