@@ -11,8 +11,10 @@ Each check there compares, on a (data=2, seq=4) mesh,
 * the gradients of ``sum(outputs * cotangent)``: per-device partials, ``psum``-ed for the
   replicated arguments (see ``seqzoo.parallel.context``), against ``jax.grad`` of the whole.
 
-Lengths that do not divide are padded at the end with zeros (identity steps, ``mask=False``; see
-``seqzoo.parallel.layout``) and the padded positions dropped.
+Lengths that do not divide are padded at the end with zeros (no-op steps, ``mask=False``; see
+``seqzoo.parallel.layout``) and the padded positions dropped. The scans run their quickest to
+compile impl (the sharded paths wrap whichever impl they are given); the runner's tests train
+with the layers' default chunked ones.
 """
 
 from __future__ import annotations

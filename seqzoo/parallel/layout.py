@@ -1,10 +1,12 @@
 """How a global sequence is laid out over ``P`` sequence shards.
 
-``shard_map`` splits the length evenly, so a length that ``P`` does not divide is padded at the
-end to the next multiple. Padding is exact for every sequence-parallel op when the padded steps
-are identity steps: zero inputs (and zero decay logs, i.e. decay 1) for the scans, a ``mask``
-that is False there for attention, which the models pass anyway (``seqzoo.runner`` pads batches
-with ``mask=False`` and ignored targets). Outputs at padded positions are then dropped.
+``shard_map`` splits the length evenly (an uneven length is an error there), so a length that
+``P`` does not divide is padded at the end to the next multiple, and the padded positions'
+outputs are dropped. Padding at the end never changes the outputs before it for the causal ops,
+whatever its values; for the bidirectional ones (Hydra, the flipped half of ``bi:`` mixers,
+bidirectional attention) the padded steps must be no-ops: zero inputs and ``mask=False``, which
+is how ``seqzoo.runner`` pads batches (with ignored targets). Final states of a padded sequence
+include the padded steps.
 """
 
 from __future__ import annotations

@@ -1,0 +1,238 @@
+"""Sequence parallelism: communication per layer, weak scaling, ring vs all-gather attention.
+
+    python benchmarks/sequence_parallel.py [--tokens 256] [--batch 2] [--d-model 64]
+
+With one accelerator (or none) give JAX 8 fake CPU devices first:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \\
+        python benchmarks/sequence_parallel.py
+
+Three markdown tables (the numbers in benchmarks/RESULTS.md come from here):
+
+1. Communication per layer on all devices, P of them: each mixer's forward (and forward +
+   backward) inside ``shard_map`` under ``sequence_parallel``, the bytes each device receives
+   read off the compiled HLO's collectives, against the bytes the algorithm predicts, at
+   ``--tokens`` and 4x as many tokens per device (the state-passing layers' bytes do not grow
+   with the length; ring attention's K and V do).
+2. Weak scaling: forward + backward time of each layer with ``--tokens`` tokens per device on
+   1, 2, 4, 8 devices (1 = the plain layer, no sharding).
+3. Causal attention on P devices: the ring (P - 1 ``ppermute`` steps, one block of K/V in memory)
+   against all-gather (the whole K/V at once): bytes, compiled temporary memory, time.
+
+Bytes received per device: an all-gather's result minus its own part, a collective-permute's
+result, ``2 (g - 1) / g`` of an all-reduce (ring), ``g - 1`` times a reduce-scatter's result.
+Times are medians of ``--repeats`` jitted calls after a warm-up; on fake CPU devices they time
+one CPU doing the work of all devices, so only the bytes are meaningful there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+import seqzoo
+from seqzoo.parallel import sequence_parallel, shard_map
+from seqzoo.parallel.ring_attention import sharded_attention
+
+F32 = 4
+HEADS, STATE, HEADDIM, CHUNK = 4, 16, 16, 64
+LAYERS = {  # registry name: options (d_model from --d-model)
+    "attention": {"num_heads": HEADS},
+    "linear_attention": {"num_heads": HEADS, "chunk_size": CHUNK},
+    "gla": {"num_heads": HEADS, "chunk_size": CHUNK},
+    "mamba": {"d_state": STATE},
+    "mamba2": {"d_state": STATE, "headdim": HEADDIM, "chunk_size": CHUNK},
+    "hydra": {"d_state": STATE, "headdim": HEADDIM, "chunk_size": CHUNK},
+}
+COLLECTIVES = ("all-gather", "collective-permute", "all-reduce", "reduce-scatter", "all-to-all")
+DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
+               "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_INSTRUCTION = re.compile(
+    r"=\s*(\(.*?\)|\S+\[[^\]]*\]\S*)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\("
+)
+_ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
+_GROUP = re.compile(r"replica_groups=\{\{([\d,]+)\}")
+
+
+# ---- bytes from the compiled HLO -----------------------------------------------------------------
+def _array_bytes(text: str) -> list[int]:
+    return [
+        DTYPE_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
+        for dtype, dims in _ARRAY.findall(text)
+    ]
+
+
+def received_bytes(hlo: str, devices: int) -> int:
+    """Bytes one device receives in the collectives of compiled HLO text (see module doc)."""
+    total = 0
+    for line in hlo.splitlines():
+        match = _INSTRUCTION.search(line)
+        if not match:
+            continue
+        result, op, start = match.groups()
+        sizes = _array_bytes(result)
+        size = max(sizes) if start else sum(sizes)  # an async start's tuple holds in and out
+        group = _GROUP.search(line)
+        g = len(group.group(1).split(",")) if group else devices
+        total += {
+            "all-gather": size * (g - 1) // g,
+            "collective-permute": size,
+            "all-reduce": 2 * size * (g - 1) // g,
+            "reduce-scatter": size * (g - 1),
+            "all-to-all": size * (g - 1) // g,
+        }[op]
+    return total
+
+
+# ---- what the algorithms send (seqzoo.parallel's module docstrings) -----------------------------
+def predicted_bytes(name: str, mixer, b: int, length: int, p: int) -> int:
+    """Forward bytes one device receives for mixer ``name`` with local length ``length``."""
+    gather = (p - 1) * F32  # an all_gather of n floats: n * gather bytes
+    d = mixer.d_model
+    if name == "attention":  # per ring step: k, v (f32) + positions (int32) + validity (bool)
+        kv = 2 * b * length * d * F32 + b * length * (4 + 1)
+        # the position offsets (an all_gather of (b,) int32) are constants here: the mask is
+        # all valid, and XLA folds them
+        return (p - 1) * kv
+    if name in ("linear_attention", "gla"):  # state (b, h, dk, dv) and decay (b, h, 1 or dk)
+        dk = dv = d // HEADS
+        dv += int(mixer.normalize)  # the normaliser rides along as a value column
+        decay = dk if mixer.decay == "gla" else 1  # per key dimension, or per head
+        return b * HEADS * (dk * dv + decay) * gather
+    inner = int(mixer.expand * d)
+    halo = (mixer.d_conv - 1) * b * F32  # conv taps reaching into the neighbours, per channel
+    if name == "mamba":
+        return halo * inner + 2 * b * inner * STATE * gather  # + decay and state, (b, E, N) each
+    heads = inner // HEADDIM
+    if name == "mamba2":
+        channels = inner + 2 * STATE
+        return halo * channels + b * heads * (HEADDIM * STATE + 1) * gather
+    channels = inner + 4 * STATE  # hydra: both directions' B, C; the halo on both sides
+    both = 2 * b * heads * (HEADDIM * STATE + 1) * gather
+    return halo * channels + both + 2 * b * STATE * F32  # + the neighbours' C rows
+
+
+# ---- running the layers --------------------------------------------------------------------------
+def median_ms(fn: Callable, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def sequence_mesh(p: int) -> Mesh:
+    return Mesh(np.array(jax.devices()[:p]), ("seq",))
+
+
+def layer_functions(name: str, d_model: int, p: int):
+    """``(mixer, forward, forward + backward)`` jitted over ``p`` sequence shards (plain for 1)."""
+    mixer = seqzoo.get_mixer(name, d_model=d_model, **LAYERS[name])
+
+    def local_forward(params, x):
+        with sequence_parallel("seq" if p > 1 else None):
+            return mixer.apply(params, x)
+
+    def loss(params, x):  # this shard's part of sum(y^2); gradients stay per-device partials
+        return jnp.sum(local_forward(params, x) ** 2)
+
+    forward, grad = local_forward, jax.grad(loss, argnums=(0, 1))
+    if p > 1:
+        mesh, x_spec = sequence_mesh(p), P(None, "seq")
+        forward = shard_map(forward, mesh, in_specs=(P(), x_spec), out_specs=x_spec)
+        grad = shard_map(grad, mesh, in_specs=(P(), x_spec), out_specs=(P(), x_spec))
+    return mixer, jax.jit(forward), jax.jit(grad)
+
+
+def inputs(mixer, batch: int, length: int):
+    x = jax.random.normal(jax.random.PRNGKey(0), (batch, length, mixer.d_model))
+    return mixer.init(jax.random.PRNGKey(1), x[:, :CHUNK]), x
+
+
+def communication_table(args, p: int) -> list[str]:
+    rows = ["| layer | tokens/device | predicted fwd bytes | measured fwd bytes | measured fwd+bwd "
+            "bytes |", "|---|---|---|---|---|"]
+    for name in LAYERS:
+        for tokens in (args.tokens, 4 * args.tokens):
+            mixer, forward, grad = layer_functions(name, args.d_model, p)
+            params, x = inputs(mixer, args.batch, tokens * p)
+            fwd = received_bytes(forward.lower(params, x).compile().as_text(), p)
+            both = received_bytes(grad.lower(params, x).compile().as_text(), p)
+            want = predicted_bytes(name, mixer, args.batch, tokens, p)
+            rows.append(f"| {name} | {tokens} | {want:,} | {fwd:,} | {both:,} |")
+    return rows
+
+
+def scaling_table(args) -> list[str]:
+    counts = [p for p in (1, 2, 4, 8) if p <= jax.device_count()]
+    rows = ["| layer | " + " | ".join(f"{p} dev ms" for p in counts) + " |",
+            "|---|" + "---|" * len(counts)]
+    for name in LAYERS:
+        cells = []
+        for p in counts:
+            mixer, _, grad = layer_functions(name, args.d_model, p)
+            params, x = inputs(mixer, args.batch, args.tokens * p)
+            cells.append(f"{median_ms(grad, params, x, repeats=args.repeats):.1f}")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def attention_table(args, p: int) -> list[str]:
+    rows = ["| schedule | tokens/device | fwd bytes | fwd temp memory | fwd+bwd ms |",
+            "|---|---|---|---|---|"]
+    spec = P(None, "seq")
+    for schedule in ("ring", "all_gather"):
+        def forward(q, k, v, schedule=schedule):
+            return sharded_attention(q, k, v, axis="seq", causal=True, schedule=schedule)
+
+        def loss(q, k, v, forward=forward):
+            return jnp.sum(forward(q, k, v) ** 2)
+
+        mesh = sequence_mesh(p)
+        fwd = jax.jit(shard_map(forward, mesh, in_specs=(spec,) * 3, out_specs=spec))
+        grad = jax.jit(shard_map(jax.grad(loss, argnums=(0, 1, 2)), mesh, in_specs=(spec,) * 3,
+                                 out_specs=(spec,) * 3))
+        for tokens in (args.tokens, 4 * args.tokens):
+            shape = (args.batch, tokens * p, HEADS, args.d_model // HEADS)
+            q, k, v = (jax.random.normal(jax.random.PRNGKey(i), shape) for i in range(3))
+            compiled = fwd.lower(q, k, v).compile()
+            sent = received_bytes(compiled.as_text(), p)
+            temp = compiled.memory_analysis().temp_size_in_bytes
+            ms = median_ms(grad, q, k, v, repeats=args.repeats)
+            rows.append(f"| {schedule} | {tokens} | {sent:,} | {temp:,} | {ms:.1f} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=256, help="tokens per device")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    p = jax.device_count()
+    print(f"{p} x {jax.devices()[0].device_kind}, jax {jax.__version__}, batch {args.batch}, "
+          f"d_model {args.d_model}\n")
+    for title, rows in (
+        (f"Communication per layer, {p} sequence shards", communication_table(args, p)),
+        (f"Weak scaling, {args.tokens} tokens per device, forward + backward",
+         scaling_table(args)),
+        (f"Causal attention over {p} shards: ring vs all-gather", attention_table(args, p)),
+    ):
+        print(f"### {title}\n")
+        print("\n".join(rows) + "\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
