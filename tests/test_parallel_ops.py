@@ -41,7 +41,12 @@ from seqzoo.ops.recurrence import linear_recurrence
 from seqzoo.ops.selective_scan import selective_scan
 from seqzoo.ops.short_conv import causal_depthwise_conv, centered_depthwise_conv
 from seqzoo.ops.ssd import ssd
-from seqzoo.parallel import pad_to_shards, sequence_parallel, shard_map
+from seqzoo.parallel import (
+    SEQUENCE_PARALLEL_MIXERS,
+    pad_to_shards,
+    sequence_parallel,
+    shard_map,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS, BATCH = 4, 4  # (data=2, seq=4): two rows per data shard
@@ -275,18 +280,25 @@ MIXER_CONFIG = {  # small, and the scans' quick-to-compile impls (the ops are im
     "hydra": {"d_state": 4, "headdim": 4, "impl": "sequential"},
     "attention": {"num_heads": 2, "num_kv_heads": 1},
     "bidirectional_attention": {"num_heads": 2},
+    "linear_attention": {"num_heads": 2, "impl": "recurrent"},
+    "retnet": {"num_heads": 2, "impl": "recurrent"},
     "gla": {"num_heads": 2, "gate_low_rank": 4, "impl": "recurrent"},
     "based": {"num_heads": 2, "key_dim": 4, "impl": "recurrent"},
+}
+MODELS = {  # between them, every mixer of SEQUENCE_PARALLEL_MIXERS
+    # causal: convs, scans, RoPE in attention, learned positions
+    "lm": dict(mixer=("mamba", "mamba2", "attention", "gla", "hydra"), max_length=32),
+    # bidirectional wrappers (global flips), last-token pooling over shards
+    "classify": dict(
+        mixer=("linear_attention", "bidirectional_attention", "retnet", "based"),
+        bidirectional=True, num_classes=3, pooling="last",
+    ),
 }
 
 
 def check_model(length, head):
-    """A hybrid of every sequence-parallel mixer family: logits and parameter gradients."""
-    if head == "lm":  # causal, learned positions, RoPE in attention
-        options = dict(mixer=("mamba", "mamba2", "attention", "gla", "hydra"), max_length=32)
-    else:  # bidirectional wrappers (global flips), last-token pooling over shards
-        options = dict(mixer=("mamba2", "bidirectional_attention", "based"), bidirectional=True,
-                       num_classes=3, pooling="last")
+    """A hybrid model of sequence-parallel mixers: its logits and parameter gradients."""
+    options = MODELS[head]
     model = SequenceModel(d_model=16, n_layers=len(options["mixer"]), mixer_config=MIXER_CONFIG,
                           vocab_size=11, head=head, mlp="none", **options)
     rng = np.random.default_rng(8)
@@ -357,6 +369,11 @@ def results() -> dict[str, str]:
 @pytest.mark.parametrize("case", CASES)
 def test_sharded_equals_unsharded(results, case):
     assert results[case] == "ok", results[case]
+
+
+def test_the_models_cover_every_sequence_parallel_mixer():
+    checked = {name for options in MODELS.values() for name in options["mixer"]}
+    assert checked == SEQUENCE_PARALLEL_MIXERS
 
 
 if __name__ == "__main__":
