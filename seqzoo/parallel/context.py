@@ -20,7 +20,7 @@ traced again inside it rather than silently reusing a single-device trace.
 ``shard_map`` runs with replication checks off (``check_vma=False``; ``check_rep=False`` in older
 JAX): the ops keep ``lax.scan`` carries that start from constants, which the checks reject inside a
 manual axis. Gradients are then per-device partials: differentiate each device's share of the
-loss and ``psum`` the gradients of replicated inputs (``seqzoo.parallel.sharded`` does this).
+loss and ``psum`` the gradients of replicated inputs (as ``seqzoo.runner.gradients`` does).
 """
 
 from __future__ import annotations
