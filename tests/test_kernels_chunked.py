@@ -103,8 +103,8 @@ def test_vmap_and_packed_fallback():
     want = linear_attention(q, k, v, log_decay=g, chunk_size=16, impl="chunk")
     assert_close(run(q, k, v, g), want, F32_TOL)
     ids = jnp.array([[0] * 9 + [1] * 11] * 2)
-    assert _resolve("pallas", ids, per_key=False) == "chunk"
-    assert _resolve("auto", None, per_key=False) == "chunk"  # CPU
+    assert _resolve("pallas", ids, per_key=False, dims=(16, 16)) == "chunk"
+    assert _resolve("auto", None, per_key=False, dims=(16, 16)) == "chunk"  # CPU
 
 
 def ssd_inputs(length=37, groups=2, seed=3):

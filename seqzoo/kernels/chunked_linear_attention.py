@@ -150,6 +150,17 @@ def _width(d: int) -> int:
     return max(16, 1 << (d - 1).bit_length())
 
 
+# The widest key / value dimension (after padding to a power of two) the kernel was compiled and
+# measured at on the H100. At 256 (Based's 153-wide feature map) a program's tiles exceed the
+# 227 KB of shared memory (seen 2026-11-23: "requested 352256, available: 232448").
+MAX_WIDTH = 128
+
+
+def fits(dk: int, dv: int) -> bool:
+    """Whether ``impl="auto"`` may pick the kernel for key width dk and value width dv."""
+    return _width(dk) <= MAX_WIDTH and _width(dv) <= MAX_WIDTH
+
+
 def gated_linear_attention(
     q: Array,
     k: Array,

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.kernels import launch
-from seqzoo.kernels.chunked_linear_attention import linear_attention_kernel
+from seqzoo.kernels.chunked_linear_attention import fits, linear_attention_kernel
 from seqzoo.ops.recurrence import segment_starts
 from seqzoo.parallel.context import sequence_axis
 
@@ -120,7 +120,8 @@ def linear_attention(
     b, _, h, dk = q.shape
     dv = v.shape[-1]
     scale = dk**-0.5 if scale is None else scale
-    impl = _resolve(impl, segment_ids, per_key=log_decay is not None and log_decay.ndim == 4)
+    per_key = log_decay is not None and log_decay.ndim == 4
+    impl = _resolve(impl, segment_ids, per_key=per_key, dims=(dk, dv))
     if impl == "pallas":
         o, s_final = linear_attention_kernel(q, k, v, log_decay, scale=scale,
                                              initial_state=initial_state, chunk_size=chunk_size)
@@ -144,10 +145,12 @@ def linear_attention(
     return (o, s_final) if return_final_state else o
 
 
-def _resolve(impl: str, segment_ids: Array | None, *, per_key: bool) -> str:
-    """``"auto"``: the kernel on a GPU for no / per-head decay, ``"chunk"`` elsewhere; packed
-    sequences stay on XLA."""
-    impl = launch.pick(impl, kernel="chunk" if per_key else "pallas", xla="chunk")
+def _resolve(impl: str, segment_ids: Array | None, *, per_key: bool, dims: tuple) -> str:
+    """``"auto"``: the kernel on a GPU for no / per-head decay and widths it fits
+    (``kernels.chunked_linear_attention.fits``), ``"chunk"`` elsewhere; packed sequences stay
+    on XLA."""
+    kernel = "chunk" if per_key or not fits(*dims) else "pallas"
+    impl = launch.pick(impl, kernel=kernel, xla="chunk")
     return "chunk" if impl == "pallas" and segment_ids is not None else impl
 
 

@@ -128,7 +128,7 @@ def quasiseparable(
             segment_ids=segment_ids, impl=impl,
         )
     b, l = x.shape[:2]
-    if resolve_impl(impl, segment_ids) == "pallas":
+    if resolve_impl(impl, segment_ids, dims=(B_fwd.shape[-1], x.shape[-1])) == "pallas":
         steps = (discretize_step(d, dt_bias, dt_softplus) for d in (dt_fwd, dt_bwd))
         y = quasiseparable_kernel(x, *steps, A, B_fwd, C_fwd, B_bwd, C_bwd, chunk_size=chunk_size)
     else:

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.kernels import launch
+from seqzoo.kernels.chunked_linear_attention import fits
 from seqzoo.kernels.chunked_ssd import ssd_kernel
 from seqzoo.ops.checks import check_stable
 from seqzoo.ops.recurrence import linear_recurrence, segment_starts
@@ -211,7 +212,7 @@ def ssd(
         out, final = out.reshape(x.shape), final.reshape(b, h, p, -1)
     else:
         step = discretize_step(dt, dt_bias, dt_softplus)
-        if resolve_impl(impl, segment_ids) == "pallas":
+        if resolve_impl(impl, segment_ids, dims=(B.shape[-1], x.shape[-1])) == "pallas":
             y, final = ssd_kernel(x, step, A, B, C, initial_state, chunk_size=chunk_size)
         else:
             chunk = min(chunk_size, 1 << max(l - 1, 0).bit_length())
@@ -222,9 +223,11 @@ def ssd(
     return (out, final) if return_final_state else out
 
 
-def resolve_impl(impl: str, segment_ids: Array | None) -> str:
-    """"auto": the Pallas kernel on a GPU, "chunked" elsewhere; packed sequences stay on XLA."""
-    impl = launch.pick(impl, kernel="pallas", xla="chunked")
+def resolve_impl(impl: str, segment_ids: Array | None, *, dims: tuple) -> str:
+    """"auto": the Pallas kernel on a GPU where it fits the (state size, head dim) ``dims``
+    (``kernels.chunked_linear_attention.fits``), "chunked" elsewhere; packed sequences stay on
+    XLA."""
+    impl = launch.pick(impl, kernel="pallas" if fits(*dims) else "chunked", xla="chunked")
     return "chunked" if impl == "pallas" and segment_ids is not None else impl
 
 
