@@ -224,14 +224,15 @@ def main() -> None:
     p = jax.device_count()
     print(f"{p} x {jax.devices()[0].device_kind}, jax {jax.__version__}, batch {args.batch}, "
           f"d_model {args.d_model}\n")
-    for title, rows in (
-        (f"Communication per layer, {p} sequence shards", communication_table(args, p)),
+    for title, table in (  # each printed when done: a later one may fail or run out of time
+        (f"Communication per layer, {p} sequence shards", lambda: communication_table(args, p)),
         (f"Weak scaling, {args.tokens} tokens per device, forward + backward",
-         scaling_table(args)),
-        (f"Causal attention over {p} shards: ring vs all-gather", attention_table(args, p)),
+         lambda: scaling_table(args)),
+        (f"Causal attention over {p} shards: ring vs all-gather",
+         lambda: attention_table(args, p)),
     ):
         print(f"### {title}\n")
-        print("\n".join(rows) + "\n", flush=True)
+        print("\n".join(table()) + "\n", flush=True)
 
 
 if __name__ == "__main__":
