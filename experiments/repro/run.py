@@ -78,8 +78,9 @@ class Run:
     @property
     def memory_fraction(self) -> float:
         """XLA_CLIENT_MEM_FRACTION: a cap of twice the expected peak plus 4 GB (the CPU estimate
-        ran 1 GB short for the MQAR runs on the H100, 2026-11-23)."""
-        return (2 * self.memory_gb + 4.0) / GPU_MEMORY_GB
+        ran 1 GB short for the MQAR runs on the H100, 2026-11-23), and at most 60%: no run may
+        take the whole GPU."""
+        return min(2 * self.memory_gb + 4.0, 0.6 * GPU_MEMORY_GB) / GPU_MEMORY_GB
 
 
 RUNS = (
