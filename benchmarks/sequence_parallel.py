@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
-import time
-from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
+from kernel_harness import median_ms  # benchmarks/ is on sys.path when a script runs
 
 import seqzoo
 from seqzoo.parallel import sequence_parallel, shard_map
@@ -122,16 +121,6 @@ def predicted_bytes(name: str, mixer, b: int, length: int, p: int) -> int:
 
 
 # ---- running the layers --------------------------------------------------------------------------
-def median_ms(fn: Callable, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def sequence_mesh(p: int) -> Mesh:
     return Mesh(np.array(jax.devices()[:p]), ("seq",))
 
@@ -183,7 +172,8 @@ def scaling_table(args) -> list[str]:
         for p in counts:
             mixer, _, grad = layer_functions(name, args.d_model, p)
             params, x = inputs(mixer, args.batch, args.tokens * p)
-            cells.append(f"{median_ms(grad, params, x, repeats=args.repeats):.1f}")
+            ms = median_ms(partial(grad, params, x), repeats=args.repeats, calls=1)
+            cells.append(f"{ms:.1f}")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
 
@@ -209,7 +199,7 @@ def attention_table(args, p: int) -> list[str]:
             compiled = fwd.lower(q, k, v).compile()
             sent = received_bytes(compiled.as_text(), p)
             temp = compiled.memory_analysis().temp_size_in_bytes
-            ms = median_ms(grad, q, k, v, repeats=args.repeats)
+            ms = median_ms(partial(grad, q, k, v), repeats=args.repeats, calls=1)
             rows.append(f"| {schedule} | {tokens} | {sent:,} | {temp:,} | {ms:.1f} |")
     return rows
 

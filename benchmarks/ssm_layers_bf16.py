@@ -11,26 +11,15 @@ Prints a markdown table (the numbers in benchmarks/RESULTS.md come from it).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
+from kernel_harness import median_ms  # benchmarks/ is on sys.path when a script runs
 
 import seqzoo
 
 SSM_MIXERS = ("s4", "s4d", "h3", "lmu", "mamba", "mamba2", "hydra")
 LAYER_OPTIONS = {"lmu": {"order": 64, "theta": 1024.0}}
-
-
-def median_ms(fn, *args, repeats: int = 10) -> float:
-    jax.block_until_ready(fn(*args))  # warm-up (compilation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def all_finite(tree) -> bool:
@@ -51,8 +40,8 @@ def bench(name: str, batch: int, length: int, d_model: int) -> dict:
     return {
         "mixer": name,
         "finite": finite,
-        "forward_ms": median_ms(forward, params, x),
-        "fwd_bwd_ms": median_ms(grad, params, x),
+        "forward_ms": median_ms(lambda: forward(params, x), repeats=10, calls=1),
+        "fwd_bwd_ms": median_ms(lambda: grad(params, x), repeats=10, calls=1),
     }
 
 
