@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqzoo.kernels.chunked_linear_attention import gated_linear_attention
+from seqzoo.kernels.chunked_linear_attention import choose, gated_linear_attention
 from seqzoo.kernels.chunked_pass import Tiling
-from seqzoo.ops.linear_attention import _resolve, linear_attention
+from seqzoo.ops.linear_attention import linear_attention
 from seqzoo.ops.quasiseparable import quasiseparable
 from seqzoo.ops.ssd import ssd
 
@@ -103,8 +103,8 @@ def test_vmap_and_packed_fallback():
     want = linear_attention(q, k, v, log_decay=g, chunk_size=16, impl="chunk")
     assert_close(run(q, k, v, g), want, F32_TOL)
     ids = jnp.array([[0] * 9 + [1] * 11] * 2)
-    assert _resolve("pallas", ids, per_key=False, dims=(16, 16)) == "chunk"
-    assert _resolve("auto", None, per_key=False, dims=(16, 16)) == "chunk"  # CPU
+    assert choose("pallas", xla="chunk", dims=(16, 16), segment_ids=ids) == "chunk"
+    assert choose("auto", xla="chunk", dims=(16, 16)) == "chunk"  # CPU
 
 
 def ssd_inputs(length=37, groups=2, seed=3):

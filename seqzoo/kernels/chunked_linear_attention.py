@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqzoo.kernels import launch
 from seqzoo.kernels.chunked_pass import TUNED, TUNED_PER_DIMENSION, Tiling, chunked_pass
 
 Array = jax.Array
@@ -156,9 +157,18 @@ def _width(d: int) -> int:
 MAX_WIDTH = 128
 
 
-def fits(dk: int, dv: int) -> bool:
-    """Whether ``impl="auto"`` may pick the kernel for key width dk and value width dv."""
-    return _width(dk) <= MAX_WIDTH and _width(dv) <= MAX_WIDTH
+def choose(impl: str, *, xla: str, dims: tuple[int, int], segment_ids=None,
+           per_key: bool = False) -> str:
+    """The implementation an op runs for ``impl``, where ``"pallas"`` names this kernel and
+    ``xla`` the op's own chunked path.
+
+    ``"auto"`` takes the kernel on a GPU when the padded key and value widths ``dims`` fit
+    ``MAX_WIDTH`` and the decay is not per key (where it is not shown faster), ``xla``
+    elsewhere. Packed sequences (``segment_ids``) always run ``xla``: the kernel has no resets.
+    """
+    usable = not per_key and all(_width(d) <= MAX_WIDTH for d in dims)
+    impl = launch.pick(impl, kernel="pallas" if usable else xla, xla=xla)
+    return xla if impl == "pallas" and segment_ids is not None else impl
 
 
 def gated_linear_attention(

@@ -22,8 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seqzoo.kernels import launch
-from seqzoo.kernels.chunked_linear_attention import fits, linear_attention_kernel
+from seqzoo.kernels.chunked_linear_attention import choose, linear_attention_kernel
 from seqzoo.ops.recurrence import segment_starts
 from seqzoo.parallel.context import sequence_axis
 
@@ -121,7 +120,7 @@ def linear_attention(
     dv = v.shape[-1]
     scale = dk**-0.5 if scale is None else scale
     per_key = log_decay is not None and log_decay.ndim == 4
-    impl = _resolve(impl, segment_ids, per_key=per_key, dims=(dk, dv))
+    impl = choose(impl, xla="chunk", dims=(dk, dv), segment_ids=segment_ids, per_key=per_key)
     if impl == "pallas":
         o, s_final = linear_attention_kernel(q, k, v, log_decay, scale=scale,
                                              initial_state=initial_state, chunk_size=chunk_size)
@@ -143,15 +142,6 @@ def linear_attention(
         o, s_final = form(qf * scale, kf, vf, g, s0, runs)
     o = o.astype(v.dtype)
     return (o, s_final) if return_final_state else o
-
-
-def _resolve(impl: str, segment_ids: Array | None, *, per_key: bool, dims: tuple) -> str:
-    """``"auto"``: the kernel on a GPU for no / per-head decay and widths it fits
-    (``kernels.chunked_linear_attention.fits``), ``"chunk"`` elsewhere; packed sequences stay
-    on XLA."""
-    kernel = "chunk" if per_key or not fits(*dims) else "pallas"
-    impl = launch.pick(impl, kernel=kernel, xla="chunk")
-    return "chunk" if impl == "pallas" and segment_ids is not None else impl
 
 
 def linear_attention_step(

@@ -21,10 +21,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels.chunked_linear_attention import choose
 from seqzoo.kernels.chunked_ssd import quasiseparable_kernel
 from seqzoo.ops.recurrence import segment_starts
 from seqzoo.ops.selective_scan import check_shape, discretize_step
-from seqzoo.ops.ssd import check_ssd_inputs, resolve_impl, ssd, ssd_matrix
+from seqzoo.ops.ssd import check_ssd_inputs, ssd, ssd_matrix
 from seqzoo.parallel.context import sequence_axis
 
 Array = jax.Array
@@ -128,7 +129,8 @@ def quasiseparable(
             segment_ids=segment_ids, impl=impl,
         )
     b, l = x.shape[:2]
-    if resolve_impl(impl, segment_ids, dims=(B_fwd.shape[-1], x.shape[-1])) == "pallas":
+    dims = (B_fwd.shape[-1], x.shape[-1])
+    if choose(impl, xla="chunked", dims=dims, segment_ids=segment_ids) == "pallas":
         steps = (discretize_step(d, dt_bias, dt_softplus) for d in (dt_fwd, dt_bwd))
         y = quasiseparable_kernel(x, *steps, A, B_fwd, C_fwd, B_bwd, C_bwd, chunk_size=chunk_size)
     else:

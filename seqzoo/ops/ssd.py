@@ -20,8 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seqzoo.kernels import launch
-from seqzoo.kernels.chunked_linear_attention import fits
+from seqzoo.kernels.chunked_linear_attention import choose
 from seqzoo.kernels.chunked_ssd import ssd_kernel
 from seqzoo.ops.checks import check_stable
 from seqzoo.ops.recurrence import linear_recurrence, segment_starts
@@ -212,7 +211,8 @@ def ssd(
         out, final = out.reshape(x.shape), final.reshape(b, h, p, -1)
     else:
         step = discretize_step(dt, dt_bias, dt_softplus)
-        if resolve_impl(impl, segment_ids, dims=(B.shape[-1], x.shape[-1])) == "pallas":
+        dims = (B.shape[-1], x.shape[-1])
+        if choose(impl, xla="chunked", dims=dims, segment_ids=segment_ids) == "pallas":
             y, final = ssd_kernel(x, step, A, B, C, initial_state, chunk_size=chunk_size)
         else:
             chunk = min(chunk_size, 1 << max(l - 1, 0).bit_length())
@@ -221,14 +221,6 @@ def ssd(
                                     C.astype(_F32), seg, initial_state, chunk)
         out = _skip_and_gate(y, x, D, z).astype(x.dtype)
     return (out, final) if return_final_state else out
-
-
-def resolve_impl(impl: str, segment_ids: Array | None, *, dims: tuple) -> str:
-    """"auto": the Pallas kernel on a GPU where it fits the (state size, head dim) ``dims``
-    (``kernels.chunked_linear_attention.fits``), "chunked" elsewhere; packed sequences stay on
-    XLA."""
-    impl = launch.pick(impl, kernel="pallas" if fits(*dims) else "chunked", xla="chunked")
-    return "chunked" if impl == "pallas" and segment_ids is not None else impl
 
 
 def ssd_step(
