@@ -32,7 +32,8 @@ class TaskConfig:
     sequence length is ``resolution ** 2``, not ``seq_len``. ``permuted``: sequential
     (Fashion-)MNIST with the pixels in a fixed random order drawn from ``seed`` (psMNIST).
     ``test_seq_len`` (0: none) gives the test split of a synthetic task another length
-    (length extrapolation).
+    (length extrapolation). ``random_non_queries``: MQAR's filler slots hold uniform random
+    tokens (Zoology's generator default) or 0 (Zoology's figure-2 configs).
     """
 
     name: str = "mqar"
@@ -49,6 +50,7 @@ class TaskConfig:
     difficulty: str = "curv_contour_length_14"
     permuted: bool = False
     test_seq_len: int = 0
+    random_non_queries: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -114,10 +114,12 @@ TASKS: dict[str, Task] = {
     "mqar": Task(
         generated(
             lambda c, n, seed: mqar(
-                n, c.seq_len, c.num_kv_pairs, c.vocab_size, seed=seed, cache_dir=None
+                n, c.seq_len, c.num_kv_pairs, c.vocab_size, seed=seed,
+                random_non_queries=c.random_non_queries, cache_dir=None,
             )
         ),
-        "multi-query associative recall (Zoology); seq_len, num_kv_pairs, vocab_size",
+        "multi-query associative recall (Zoology); seq_len, num_kv_pairs, vocab_size, "
+        "random_non_queries",
         test_lengths=True,
     ),
     "induction_heads": Task(
@@ -220,4 +222,6 @@ def build_task(cfg: TaskConfig) -> Dataset:
         raise ValueError(
             f"task.test_seq_len is for the synthetic tasks ({lengths}), not {cfg.name!r}"
         )
+    if not cfg.random_non_queries and cfg.name != "mqar":
+        raise ValueError(f"task.random_non_queries is MQAR's option, not {cfg.name!r}'s")
     return task.build(cfg)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.repro.run import EXTENDED, GPU_MEMORY_GB, RUNS
+from experiments.repro.run import ALL_RUNS, GPU_MEMORY_GB, GROUPS
 from seqzoo import tasks
 from seqzoo.config import apply_overrides
 from seqzoo.runner import train
@@ -36,9 +36,11 @@ def test_max_minutes_stops_training_evaluates_and_tests_the_last_step(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 1
 
 
-@pytest.mark.parametrize("plan", [RUNS, EXTENDED], ids=["runs", "extended"])
-def test_every_planned_run_has_a_config_and_the_runs_fit_in_the_gpu_memory(plan):
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_every_planned_run_has_a_config_and_each_group_fits_in_the_gpu_memory(group):
+    plan = GROUPS[group]
     assert {f"repro/{run.name}" for run in plan} <= set(REPRO)
+    assert len({run.key for run in ALL_RUNS}) == len(ALL_RUNS)  # --only tells them apart
     contexts = 0.6 * len(plan)  # a CUDA context per process
     assert sum(run.memory_gb for run in plan) + contexts <= 0.9 * GPU_MEMORY_GB
     assert all(0 < run.memory_fraction <= 0.6 for run in plan)  # none may take the GPU
@@ -78,7 +80,8 @@ def _launch(tmp_path: Path, runs: list[str], *extra: str) -> subprocess.Complete
 
 
 def _check_outputs(tmp_path: Path, result: subprocess.CompletedProcess, runs: list[str]):
-    """The table has a row per run, in ``RUNS`` order, with the toy's 3 steps and an accuracy."""
+    """The table has a row per run, in ``ALL_RUNS`` order, with the toy's 3 steps and an
+    accuracy."""
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = tmp_path / "out"
     table = (out / "results.md").read_text()
@@ -87,7 +90,7 @@ def _check_outputs(tmp_path: Path, result: subprocess.CompletedProcess, runs: li
     assert len(rows) == len(runs)
     for name, line in zip(runs, rows, strict=True):
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert f"repro/{name}" in cells[-1] and "max_minutes=" in cells[-1]
+        assert f"repro/{name.split('@')[0]}" in cells[-1] and "max_minutes=" in cells[-1]
         assert 0.0 <= float(cells[6]) <= 100.0 and cells[3] == "3 (3)"
     assert len(list(out.iterdir())) <= 8  # what the device tool returns
     with tarfile.open(out / "runs.tar.gz") as archive:
@@ -97,19 +100,20 @@ def _check_outputs(tmp_path: Path, result: subprocess.CompletedProcess, runs: li
 
 
 def test_toy_launch_reports_each_run(tmp_path):
-    runs = ["listops_s4d", "sfashion_mnist_s4d", "induction_heads_s4d"]  # RUNS order
+    runs = ["listops_s4d", "sfashion_mnist_s4d", "mqar_attention_d64@lr=0.01",
+            "induction_heads_s4d"]  # ALL_RUNS order
     table = _check_outputs(tmp_path, _launch(tmp_path, runs), runs)
     assert "induction_heads, test at 4097" in table
     assert {p.name for p in (tmp_path / "out").glob("curves_*.png")} == {
         "curves_listops.png",
         "curves_sfashion_mnist.png",
+        "curves_mqar.png",
         "curves_induction_heads.png",
     }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("plan", [RUNS, EXTENDED], ids=["runs", "extended"])
-def test_toy_launch_of_every_run(tmp_path, plan):
-    runs = [run.name for run in plan]
-    extra = ["--minutes", "20"] + (["--extended"] if plan is EXTENDED else [])  # 2 busy cores
-    _check_outputs(tmp_path, _launch(tmp_path, runs, *extra), runs)
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_toy_launch_of_every_run(tmp_path, group):
+    runs = [run.key for run in GROUPS[group]]
+    _check_outputs(tmp_path, _launch(tmp_path, runs, "--minutes", "20"), runs)  # 2 busy cores

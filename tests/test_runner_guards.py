@@ -41,6 +41,18 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
             "task.seq_len=160 exceeds max_length=128 of mixer 'toeplitz'.*model.mixer_options",
         ),
         (["model.max_length=8"], ValueError, "set model.max_length=16"),
+        (
+            ["task.name=induction_heads", "task.test_seq_len=64", "model.max_length=16"],
+            ValueError,
+            "task.test_seq_len=64 exceeds model.max_length=16",
+        ),
+        (
+            ["model.mixer=toeplitz", "task.name=mqar", "task.test_seq_len=160",
+             "task.vocab_size=256"],
+            ValueError,
+            "task.test_seq_len=160 exceeds max_length=128 of mixer 'toeplitz'",
+        ),
+        (["task.name=listops", "task.random_non_queries=false"], ValueError, "MQAR's option"),
         (['model.mixer_options={"bogus": 1}'], ValueError, "bogus"),
         (["model.dtype=float8"], ValueError, "model.dtype must be one of float32, bfloat16"),
         (["optim.steps=0"], ValueError, "optim.steps must be >= 1"),

@@ -236,3 +236,13 @@ def test_every_experiment_loads_and_builds(data_dirs):
             continue  # built above
         cfg = _toy(name, data_dirs)
         assert cfg.name == name and build(cfg).params_shape, name
+
+
+@pytest.mark.parametrize("random_non_queries", [True, False])
+def test_mqar_filler_follows_task_random_non_queries(random_non_queries):
+    overrides = [*TOY, "task.name=mqar", "task.seq_len=64", "task.num_kv_pairs=4",
+                 "task.vocab_size=200", f"task.random_non_queries={random_non_queries}"]
+    train = build(apply_overrides(load_experiment("smoke"), overrides)).data["train"]
+    queries = train["targets"][:, 8:] != -100  # after the 4 key-value pairs
+    filler = train["inputs"][:, 8:][~queries]
+    assert (filler != 0).mean() > 0.9 if random_non_queries else (filler == 0).all()

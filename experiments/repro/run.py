@@ -2,12 +2,13 @@
 runner's command line, before one wall-clock deadline; then a markdown table of their final test
 accuracies beside the papers' numbers, and learning curves.
 
-    python experiments/repro/run.py --out OUT --minutes 7.5   # from the repository root
-    python experiments/repro/run.py --out OUT --toy           # tiny models and data, on a CPU
-    python experiments/repro/run.py --out OUT --extended      # EXTENDED instead: another call
+    python experiments/repro/run.py --out OUT --minutes 7.5 --group lra   # from the repo root
+    python experiments/repro/run.py --out OUT --only listops_s4d mqar_attention_d64@lr=0.01
+    python experiments/repro/run.py --out OUT --toy                       # tiny, on a CPU
 
-``RUNS`` fit one 7.5-minute call on an H100 together; ``EXTENDED`` (more ListOps models, MQAR
-at d_model 128, Hydra and linear attention on MQAR) is what did not fit, for a second call.
+``GROUPS`` name sets of runs that fit one call on an H100 together (in memory: in time each
+run's ``max_minutes`` cuts it at the deadline); ``--only`` takes runs from any group, by
+``Run.key`` (the config's name, with ``@lr=...`` for a point of an lr sweep).
 
 Runs of tasks generated on the fly start at once. ListOps, then Pathfinder, are generated here
 first on every core into seqzoo's data cache, which their runs then read; those runs start as
@@ -68,12 +69,20 @@ GPU_MEMORY_GB = 80.0  # an H100's
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """``experiments/repro/<name>.toml``, the published number it is set beside, and the GPU
-    memory it is expected to need."""
+    """``experiments/repro/<name>.toml`` with ``overrides`` (one point of an lr sweep, say), the
+    published number it is set beside, and the GPU memory it is expected to need."""
 
     name: str
     paper: str
     memory_gb: float
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The run's name for ``--only``, its directory and log: the config's name, then each
+        override's last key and value, ``mqar_attention_d64@lr=0.000464``."""
+        return self.name + "".join("@" + o.split("=")[0].rsplit(".")[-1] + "=" + o.split("=", 1)[1]
+                                   for o in self.overrides)
 
     @property
     def memory_fraction(self) -> float:
@@ -83,34 +92,46 @@ class Run:
         return min(2 * self.memory_gb + 4.0, 0.6 * GPU_MEMORY_GB) / GPU_MEMORY_GB
 
 
-RUNS = (
-    Run("listops_s4d", "S4 59.60 (LRA, 40 epochs); target >= 55", 8.0),
-    Run("listops_transformer", "36.37 (LRA Transformer)", 17.0),
-    Run("sfashion_mnist_s4d", "target >= 88", 2.1),
-    Run("pathfinder_s4d", "S4 94.20 (200 epochs); target >= 80", 4.1),
-    Run("pathfinder_transformer", "71.40 (LRA Transformer)", 10.3),
-    Run("mqar_attention_d64", "~100 (Zoology fig. 2)", 1.3),
-    Run("mqar_based_d64", "below attention (Zoology)", 2.5),
-    Run("mqar_mamba_d64", "below attention (Zoology)", 4.3),
-    Run("mqar_h3_d64", "far below attention at d_model 64 (Zoology)", 1.2),
-    Run("selective_copying_mamba", "99.8 at length 4096 (Mamba table 1)", 3.6),
-    Run("selective_copying_s4d", "S4 18.3 at length 4096 (Mamba table 1)", 0.3),
-    Run("induction_heads_mamba", "100 at 16x and beyond (Mamba table 2)", 6.0),  # test at 4097
-    Run("induction_heads_s4d", "fails beyond the training length", 0.3),
-    Run("induction_heads_h3", "fails beyond the training length (Mamba table 2)", 0.4),
-)
-EXTENDED = (
-    Run("listops_mamba", "S4 59.60, Transformer 36.37 (LRA)", 12.0),
-    Run("listops_hydra", "S4 59.60, Transformer 36.37 (LRA)", 23.0),
-    Run("listops_rat", "S4 59.60, Transformer 36.37 (LRA)", 8.0),
-    Run("listops_linear_attention", "16.13 (LRA Linear Transformer)", 5.7),
-    Run("mqar_linear_attention_d64", "below attention (Zoology)", 1.3),
-    Run("mqar_hydra_d64", "not in Zoology", 2.4),
-    Run("mqar_attention_d128", "~100 (Zoology fig. 2)", 1.4),
-    Run("mqar_based_d128", "below attention (Zoology)", 2.6),
-    Run("mqar_mamba_d128", "below attention (Zoology)", 7.5),
-    Run("mqar_h3_d128", "below attention (Zoology)", 1.4),
-)
+GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --group picks one
+    "lra": (
+        Run("listops_s4d", "S4 59.60 (LRA, 40 epochs); target >= 55", 8.0),
+        Run("listops_transformer", "36.37 (LRA Transformer)", 17.0),
+        Run("sfashion_mnist_s4d", "target >= 88", 2.1),
+        Run("pathfinder_s4d", "S4 94.20 (200 epochs); target >= 80", 4.1),
+        Run("pathfinder_transformer", "71.40 (LRA Transformer)", 10.3),
+    ),
+    "listops_more": (
+        Run("listops_mamba", "S4 59.60, Transformer 36.37 (LRA)", 12.0),
+        Run("listops_hydra", "S4 59.60, Transformer 36.37 (LRA)", 23.0),
+        Run("listops_rat", "S4 59.60, Transformer 36.37 (LRA)", 8.0),
+        Run("listops_linear_attention", "16.13 (LRA Linear Transformer)", 5.7),
+    ),
+    "mqar_d64": (
+        Run("mqar_attention_d64", "~100 (Zoology fig. 2)", 4.7),
+        # the rest of Zoology's lr sweep, logspace(-4, -2, 4), for attention (configs: 2.15e-3)
+        Run("mqar_attention_d64", "~100 (Zoology fig. 2)", 4.7, ("optim.lr=0.000464",)),
+        Run("mqar_attention_d64", "~100 (Zoology fig. 2)", 4.7, ("optim.lr=0.01",)),
+        Run("mqar_based_d64", "below attention (Zoology)", 9.2),
+        Run("mqar_linear_attention_d64", "below attention (Zoology)", 4.8),
+        Run("mqar_mamba_d64", "below attention (Zoology)", 16.0),
+        Run("mqar_hydra_d64", "not in Zoology", 9.0),
+        Run("mqar_h3_d64", "far below attention at d_model 64 (Zoology)", 4.6),
+    ),
+    "mqar_d128": (
+        Run("mqar_attention_d128", "~100 (Zoology fig. 2)", 5.0),
+        Run("mqar_based_d128", "below attention (Zoology)", 9.7),
+        Run("mqar_mamba_d128", "below attention (Zoology)", 20.0),
+        Run("mqar_h3_d128", "below attention (Zoology)", 5.1),
+    ),
+    "selective": (
+        Run("selective_copying_mamba", "99.8 at length 4096 (Mamba table 1)", 3.6),
+        Run("selective_copying_s4d", "S4 18.3 at length 4096 (Mamba table 1)", 0.3),
+        Run("induction_heads_mamba", "100 at 16x and beyond (Mamba table 2)", 6.0),  # at 4097
+        Run("induction_heads_s4d", "fails beyond the training length", 0.3),
+        Run("induction_heads_h3", "fails beyond the training length (Mamba table 2)", 0.4),
+    ),
+}
+ALL_RUNS = tuple(run for group in GROUPS.values() for run in group)
 HEADER = (
     "| task | model | params | steps (of planned) | wall s | device | test acc | best val acc "
     "| paper | command |\n|---|---|---|---|---|---|---|---|---|---|\n"
@@ -132,7 +153,7 @@ class Launched:
 def run_config(run: Run, toy: bool, data_dir: Path) -> tuple[ExperimentConfig, list[str]]:
     """The run's config and the overrides it gets on the command line (toy sizes, data)."""
     cfg = load_experiment(f"repro/{run.name}")
-    overrides = [*TOY, *TOY_LENGTHS.get(cfg.task.name, [])] if toy else []
+    overrides = [*run.overrides, *([*TOY, *TOY_LENGTHS.get(cfg.task.name, [])] if toy else [])]
     if cfg.task.name == "sfashion_mnist" and (data_dir / "fashion-mnist").is_dir():
         overrides.append(f"task.data_dir={data_dir / 'fashion-mnist'}")
     return apply_overrides(cfg, overrides), overrides
@@ -141,7 +162,7 @@ def run_config(run: Run, toy: bool, data_dir: Path) -> tuple[ExperimentConfig, l
 def launch(run: Run, cfg, overrides, work: Path, train_deadline: float, env) -> Launched:
     """Start ``seqzoo train`` for ``run`` with the minutes left until ``train_deadline``."""
     minutes = max(train_deadline - time.time(), 1.0) / 60
-    run_dir, log = work / "runs" / run.name, work / "logs" / f"{run.name}.log"
+    run_dir, log = work / "runs" / run.key, work / "logs" / f"{run.key}.log"
     command = [
         sys.executable, "-m", "seqzoo.cli", "train", f"repro/{run.name}", *overrides,
         f"max_minutes={minutes:.2f}", "--run-dir", str(run_dir), "--overwrite", "--no-progress",
@@ -151,7 +172,7 @@ def launch(run: Run, cfg, overrides, work: Path, train_deadline: float, env) -> 
         process = subprocess.Popen(
             command, cwd=ROOT, env=run_env, stdout=out, stderr=subprocess.STDOUT
         )
-    print(f"[{time.strftime('%H:%M:%S')}] started {run.name} ({minutes:.2f} min)", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] started {run.key} ({minutes:.2f} min)", flush=True)
     return Launched(run, cfg, command, process, log)
 
 
@@ -163,7 +184,7 @@ def wait(launched: list[Launched], kill_deadline: float) -> None:
                 if item.process.poll() is None:
                     item.process.kill()
                     item.killed = True
-                    print(f"killed {item.run.name} at the deadline", flush=True)
+                    print(f"killed {item.run.key} at the deadline", flush=True)
             break
         time.sleep(1.0)
     for item in launched:
@@ -172,7 +193,7 @@ def wait(launched: list[Launched], kill_deadline: float) -> None:
 
 def row(item: Launched, work: Path, device: str) -> str:
     """The run's line of the results table."""
-    cfg, run_dir = item.cfg, work / "runs" / item.run.name
+    cfg, run_dir = item.cfg, work / "runs" / item.run.key
     command = shlex.join(["python", *item.command[1:]])
     if (run_dir / SUMMARY_FILE).is_file():
         s = read_summary(run_dir)
@@ -188,7 +209,8 @@ def row(item: Launched, work: Path, device: str) -> str:
         failed = f"failed (exit {item.process.returncode})"
         cells = ["", f"({cfg.optim.steps})", "", device, "killed" if item.killed else failed, ""]
     task = cfg.task.name + (f", test at {cfg.task.test_seq_len}" if cfg.task.test_seq_len else "")
-    cells = [task, cfg.model.mixer, *cells, item.run.paper, f"`{command}`"]
+    model = cfg.model.mixer + "".join(f", {o}" for o in item.run.overrides)
+    cells = [task, model, *cells, item.run.paper, f"`{command}`"]
     return "| " + " | ".join(cells) + " |\n"
 
 
@@ -212,14 +234,14 @@ def write_outputs(launched: list[Launched], work: Path, out: Path) -> None:
     with tarfile.open(out / "runs.tar.gz", "w:gz") as archive:
         archive.add(out / "results.md", arcname="results.md")
         for item in launched:
-            run_dir = work / "runs" / item.run.name
-            archive.add(item.log, arcname=f"{item.run.name}/train.log")
+            run_dir = work / "runs" / item.run.key
+            archive.add(item.log, arcname=f"{item.run.key}/train.log")
             for name in (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl"):
                 if (run_dir / name).is_file():
-                    archive.add(run_dir / name, arcname=f"{item.run.name}/{name}")
+                    archive.add(run_dir / name, arcname=f"{item.run.key}/{name}")
     by_task: dict[str, list[Path]] = {}
     for item in launched:
-        run_dir = work / "runs" / item.run.name
+        run_dir = work / "runs" / item.run.key
         if (run_dir / "metrics.jsonl").is_file():
             by_task.setdefault(item.cfg.task.name, []).append(run_dir)
     for task, run_dirs in by_task.items():
@@ -232,19 +254,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=7.5, help="wall-clock budget (7.5)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/seqzoo-repro"), help="run dirs")
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".data", help="default .data")
-    parser.add_argument("--extended", action="store_true", help="EXTENDED instead of RUNS")
+    parser.add_argument("--group", choices=sorted(GROUPS), default="lra",
+                        help="the runs of GROUPS[GROUP] (default lra)")
     parser.add_argument("--only", nargs="+", metavar="NAME",
-                        help="only these runs, from RUNS and EXTENDED together")
+                        help="these runs instead, from every group (Run.key names)")
     parser.add_argument("--toy", action="store_true", help="tiny sizes: a CPU smoke run")
     args = parser.parse_args(argv)
     start = time.time()
     train_deadline = start + 60 * args.minutes - EVAL_RESERVE - COLLECT_RESERVE
     kill_deadline = start + 60 * args.minutes - COLLECT_RESERVE
-    plan = RUNS + EXTENDED if args.only else EXTENDED if args.extended else RUNS
-    runs = [r for r in plan if not args.only or r.name in args.only]
-    unknown = set(args.only or ()) - {r.name for r in plan}
+    plan = ALL_RUNS if args.only else GROUPS[args.group]
+    runs = [r for r in plan if not args.only or r.key in args.only]
+    unknown = set(args.only or ()) - {r.key for r in plan}
     if unknown:
-        parser.error(f"unknown runs {sorted(unknown)}; known: {[r.name for r in plan]}")
+        parser.error(f"unknown runs {sorted(unknown)}; known: {[r.key for r in plan]}")
     for folder in ("runs", "logs"):
         (args.work / folder).mkdir(parents=True, exist_ok=True)
     env = {  # jax refuses the old name of XLA_CLIENT_MEM_FRACTION beside the new one

@@ -112,11 +112,14 @@ def check_config(cfg: ExperimentConfig) -> None:
         )
 
 
-def check_lengths(cfg: ExperimentConfig, model: SequenceModel, seq_len: int) -> None:
-    """Fail unless every fixed-length mixer and the position table cover ``seq_len``."""
+def check_lengths(
+    cfg: ExperimentConfig, model: SequenceModel, seq_len: int, key: str = "task.seq_len"
+) -> None:
+    """Fail unless every fixed-length mixer and the position table cover ``seq_len``, the longest
+    split's length (a synthetic task's test split may be longer: ``task.test_seq_len``)."""
     if cfg.model.max_length and seq_len > cfg.model.max_length:
         raise ValueError(
-            f"task.seq_len={seq_len} exceeds model.max_length={cfg.model.max_length} (the "
+            f"{key}={seq_len} exceeds model.max_length={cfg.model.max_length} (the "
             f"learned position table); set model.max_length={seq_len} or 0 (no positions)"
         )
     for name in model.layer_mixers():
@@ -128,9 +131,9 @@ def check_lengths(cfg: ExperimentConfig, model: SequenceModel, seq_len: int) -> 
         limit = options.get(attr, getattr(entry.cls, attr))
         if seq_len > limit:
             raise ValueError(
-                f"task.seq_len={seq_len} exceeds {attr}={limit} of mixer {name!r} (the size of "
+                f"{key}={seq_len} exceeds {attr}={limit} of mixer {name!r} (the size of "
                 f"its fixed mixing matrix); set it in model.mixer_options, e.g. "
-                f"model.mixer_options='{{\"{attr}\": {seq_len}}}', or shorten task.seq_len"
+                f"model.mixer_options='{{\"{attr}\": {seq_len}}}', or shorten {key}"
             )
 
 
@@ -139,7 +142,9 @@ def build(cfg: ExperimentConfig) -> Built:
     check_config(cfg)
     data = build_task(cfg.task)
     model = build_model(cfg, data)
-    check_lengths(cfg, model, data.seq_len)
+    longest = max(split["inputs"].shape[1] for split in data.splits.values())
+    check_lengths(cfg, model, longest, "task.seq_len" if longest == data.seq_len else
+                  "task.test_seq_len")
     mesh = make_mesh(cfg.mesh)
     sample = {k: v[: cfg.optim.batch_size] for k, v in data["train"].items()}
     built = Built(cfg, data, model, mesh, sample)
