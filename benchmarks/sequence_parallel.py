@@ -1,6 +1,7 @@
 """Sequence parallelism: communication per layer, weak scaling, ring vs all-gather attention.
 
     python benchmarks/sequence_parallel.py [--tokens 256] [--batch 2] [--d-model 64]
+        [--layers linear_attention mamba2 ...] [--tables 1 2 3]
 
 With one accelerator (or none) give JAX 8 fake CPU devices first:
 
@@ -152,7 +153,7 @@ def inputs(mixer, batch: int, length: int):
 def communication_table(args, p: int) -> list[str]:
     rows = ["| layer | tokens/device | predicted fwd bytes | measured fwd bytes | measured fwd+bwd "
             "bytes |", "|---|---|---|---|---|"]
-    for name in LAYERS:
+    for name in args.layers:
         for tokens in (args.tokens, 4 * args.tokens):
             mixer, forward, grad = layer_functions(name, args.d_model, p)
             params, x = inputs(mixer, args.batch, tokens * p)
@@ -164,16 +165,19 @@ def communication_table(args, p: int) -> list[str]:
 
 
 def scaling_table(args) -> list[str]:
+    """Per layer and device count: ms per forward + backward, and the weak-scaling efficiency
+    ``t(1) / t(P)`` (1 = the P-times longer sequence costs no more time on P devices)."""
     counts = [p for p in (1, 2, 4, 8) if p <= jax.device_count()]
-    rows = ["| layer | " + " | ".join(f"{p} dev ms" for p in counts) + " |",
-            "|---|" + "---|" * len(counts)]
-    for name in LAYERS:
-        cells = []
+    rows = ["| layer | " + " | ".join(f"{p} dev ms" for p in counts) + " | " +
+            " | ".join(f"eff. {p}" for p in counts[1:]) + " |",
+            "|---|" + "---|" * (2 * len(counts) - 1)]
+    for name in args.layers:
+        times = []
         for p in counts:
             mixer, _, grad = layer_functions(name, args.d_model, p)
             params, x = inputs(mixer, args.batch, args.tokens * p)
-            ms = median_ms(partial(grad, params, x), repeats=args.repeats, calls=1)
-            cells.append(f"{ms:.1f}")
+            times.append(median_ms(partial(grad, params, x), repeats=args.repeats, calls=1))
+        cells = [f"{ms:.2f}" for ms in times] + [f"{times[0] / ms:.2f}" for ms in times[1:]]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
 
@@ -210,17 +214,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--layers", nargs="+", choices=list(LAYERS), default=list(LAYERS),
+                        help="layers of tables 1 and 2 (default all)")
+    parser.add_argument("--tables", nargs="+", type=int, choices=(1, 2, 3), default=(1, 2, 3))
     args = parser.parse_args()
     p = jax.device_count()
     print(f"{p} x {jax.devices()[0].device_kind}, jax {jax.__version__}, batch {args.batch}, "
           f"d_model {args.d_model}\n")
-    for title, table in (  # each printed when done: a later one may fail or run out of time
+    tables = (  # each printed when done: a later one may fail or run out of time
         (f"Communication per layer, {p} sequence shards", lambda: communication_table(args, p)),
         (f"Weak scaling, {args.tokens} tokens per device, forward + backward",
          lambda: scaling_table(args)),
         (f"Causal attention over {p} shards: ring vs all-gather",
          lambda: attention_table(args, p)),
-    ):
+    )
+    for number, (title, table) in enumerate(tables, 1):
+        if number not in args.tables:
+            continue
         print(f"### {title}\n")
         print("\n".join(table()) + "\n", flush=True)
 
