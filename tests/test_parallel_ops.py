@@ -47,6 +47,8 @@ from seqzoo.parallel import (
     sequence_parallel,
     shard_map,
 )
+from seqzoo.parallel.context import sequence_axis
+from seqzoo.parallel.ring_attention import sharded_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS, BATCH = 4, 4  # (data=2, seq=4): two rows per data shard
@@ -245,7 +247,9 @@ def check_quasiseparable(length):
     compare(fn, seq, rep)
 
 
-def check_attention(length, causal):
+def check_attention(length, causal, block_size=None):
+    """The op sharded against whole; with ``block_size``, the sharded side calls the ring with
+    tiles of that many keys (fewer than a shard's, and not dividing it)."""
     rng = np.random.default_rng(6)
     b, h, kv, d = BATCH, 4, 2, 4  # grouped-query attention
     mask = np.ones((b, length), bool)
@@ -260,7 +264,10 @@ def check_attention(length, causal):
     patterns = [{}, {"window": 5, "num_sinks": 2}] if causal else [{}]
 
     def fn(**a):
-        outs = [dot_product_attention(**a, causal=causal, **pattern) for pattern in patterns]
+        attend = dot_product_attention
+        if block_size and sequence_axis(None):
+            attend = functools.partial(sharded_attention, axis="seq", block_size=block_size)
+        outs = [attend(**a, causal=causal, **pattern) for pattern in patterns]
         return jnp.concatenate(outs, axis=-1)
 
     compare(fn, seq, {})
@@ -326,6 +333,8 @@ CHECKS = {  # name: (check, the lengths it runs at)
     "ring_attention-bidirectional": (
         functools.partial(check_attention, causal=False), ("even", "uneven")
     ),
+    "ring_attention-tiled": (functools.partial(check_attention, causal=True, block_size=3),
+                             ("uneven",)),
     "short_conv": (check_short_conv, ("even", "uneven")),
     # the models pad like the ops (mask=False): their uneven runs would repeat the ops' checks
     "model-lm": (functools.partial(check_model, head="lm"), ("even",)),
@@ -381,3 +390,10 @@ if __name__ == "__main__":
     jax.config.update("jax_default_matmul_precision", "highest")  # as tests/conftest.py
     jax.config.update("jax_disable_most_optimizations", True)
     print(json.dumps(run_checks()))
+
+
+@pytest.mark.parametrize("block_size", [0, -4, 2.5])
+def test_ring_attention_rejects_a_bad_block_size(block_size):
+    q = jnp.zeros((1, 4, 2, 8))
+    with pytest.raises(ValueError, match="block_size must be a positive int"):
+        sharded_attention(q, q, q, axis="seq", block_size=block_size)

@@ -133,6 +133,11 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
         Run("induction_heads_mamba", "100 at 16x and beyond (Mamba table 2)", 6.0),  # at 4097
         Run("induction_heads_s4d", "fails beyond the training length", 0.3),
         Run("induction_heads_h3", "fails beyond the training length (Mamba table 2)", 0.4),
+        # Mamba with 5x / 2x the steps: a call of its own
+        Run("selective_copying_mamba", "99.8 at length 4096 (Mamba table 1)", 3.6,
+            ("optim.steps=15000",)),
+        Run("induction_heads_mamba", "100 at 16x and beyond (Mamba table 2)", 6.0,
+            ("optim.steps=12000",)),
     ),
 }
 ALL_RUNS = tuple(run for group in GROUPS.values() for run in group)

@@ -7,9 +7,15 @@ online softmax of blockwise / flash attention: for a block of keys ``K_j, V_j``
     l' = w l + sum_j exp(s - m')   o' = w o + exp(s - m') V_j
 
 and finally ``o / l`` (0 for a query with no allowed key). ``schedule="ring"`` passes the blocks
-around the ring with ``P - 1`` ``ppermute`` steps (memory of one block; the step's transfer can
-overlap the block's compute), ``"all_gather"`` fetches all of them at once (memory of the
-whole sequence, one collective). Both move the same ``(P - 1) / P`` of every shard's K and V.
+around the ring with ``P - 1`` ``ppermute`` steps (the step's transfer can overlap the block's
+compute), ``"all_gather"`` fetches all of them at once (K and V of the whole sequence, one
+collective). Both move the same ``(P - 1) / P`` of every shard's K and V.
+
+Inside a block the keys are visited ``block_size`` at a time with the same update (flash
+attention's tiling), under ``jax.checkpoint``: the scores held at once are
+``(batch, heads, l, block_size)`` rather than ``(batch, heads, l, l)`` (32 GiB at 32k tokens
+per device), and the backward pass recomputes each tile's scores, keeping only the running
+``(m, l, o)`` of every tile.
 
 The allowed pairs are those of ``seqzoo.ops.attention`` (causal, window, sinks, padding) on global
 positions: valid tokens counted over all earlier shards, which travel with their keys. Causal
@@ -19,6 +25,8 @@ that, but it would reorder the sequence for every other op too).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +41,29 @@ _F32 = jnp.float32
 _HI = jax.lax.Precision.HIGHEST
 
 
-def _attend(state: tuple, queries: tuple, keys: tuple, pattern: dict) -> tuple:
-    """One online-softmax update of ``state = (m, l, o)`` with a block of keys.
+def _attend(state: tuple, queries: tuple, keys: tuple, pattern: dict, block_size: int) -> tuple:
+    """``_attend_tile`` over the block's keys, ``block_size`` at a time (the last tile padded
+    with invalid keys), each tile rematerialized in the backward pass."""
+    length = keys[0].shape[1]
+    if length <= block_size:
+        return _attend_tile(state, queries, keys, pattern)
+    tiles = -(-length // block_size)
+    pad = tiles * block_size - length
+
+    def split(a):  # (b, length, ...) -> (tiles, b, block_size, ...)
+        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+        return jnp.moveaxis(a.reshape(a.shape[0], tiles, block_size, *a.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def step(state, tile):
+        return _attend_tile(state, queries, tile, pattern), None
+
+    state, _ = jax.lax.scan(step, state, jax.tree.map(split, keys))  # pads are invalid
+    return state
+
+
+def _attend_tile(state: tuple, queries: tuple, keys: tuple, pattern: dict) -> tuple:
+    """One online-softmax update of ``state = (m, l, o)`` with a tile of keys.
 
     queries: ``(q (b, lq, h, d) scaled, positions (b, lq), valid (b, lq))``; keys: ``(k, v
     (b, lk, kv_heads, d), positions (b, lk), valid (b, lk))``. ``m, l: (b, h, lq)``, ``o: (b, lq,
@@ -70,6 +99,7 @@ def sharded_attention(
     segment_ids: Array | None = None,
     scale: float | None = None,
     schedule: str = "ring",
+    block_size: int = 1024,
 ) -> Array:
     """``seqzoo.ops.dot_product_attention`` on a sequence split over mesh axis ``axis``.
 
@@ -77,12 +107,16 @@ def sharded_attention(
       q: ``(batch, l, heads, d)``; k, v: ``(batch, l, kv_heads, d)``, this shard's positions.
       causal, window, num_sinks, mask, scale: as the op's (``mask: (batch, l)``, this shard's).
       schedule: ``"ring"`` or ``"all_gather"`` (see the module docstring).
+      block_size: keys per tile inside a block (the scores' memory is ``batch * heads * l *
+        block_size`` floats).
     Returns ``(batch, l, heads, d)`` in the inputs' dtype, computed in float32; padded query rows
     are 0.
     """
     reject_segments(segment_ids)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     b, length, heads, d = q.shape
     scale = d**-0.5 if scale is None else scale
     if mask is None:
@@ -101,26 +135,28 @@ def sharded_attention(
     )
     if schedule == "all_gather":
         keys = jax.tree.map(lambda a: jax.lax.all_gather(a, axis, axis=1, tiled=True), keys)
-        state = _attend(state, queries, keys, pattern)
+        state = _attend(state, queries, keys, pattern, block_size)
     else:
-        state = _ring(state, queries, keys, pattern, axis, causal)
+        state = _ring(state, queries, keys, pattern, axis, causal, block_size)
     _, total, o = state
     o = o / jnp.swapaxes(jnp.where(total > 0, total, 1.0), 1, 2)[..., None]
     return o.astype(jnp.result_type(q, k, v))
 
 
-def _ring(state: tuple, queries: tuple, keys: tuple, pattern: dict, axis: str, causal: bool):
+def _ring(
+    state: tuple, queries: tuple, keys: tuple, pattern: dict, axis: str, causal: bool, block: int
+):
     """``P`` blocks: this shard's, then shard ``i - s``'s after ``s`` steps around the ring."""
     p, me = num_shards(axis), shard_index(axis)
-    state = _attend(state, queries, keys, pattern)
+    attend = functools.partial(_attend, queries=queries, pattern=pattern, block_size=block)
+    state = attend(state, keys=keys)
     ring = [(j, (j + 1) % p) for j in range(p)]
     for step in range(1, p):
         keys = jax.tree.map(lambda a: jax.lax.ppermute(a, axis, ring), keys)
         if causal:  # keys of shard i - s < 0, i.e. a later shard, are all in the future
             state = jax.lax.cond(
-                step <= me, lambda s, k: _attend(s, queries, k, pattern), lambda s, k: s,
-                state, keys,
+                step <= me, lambda s, k: attend(s, keys=k), lambda s, k: s, state, keys
             )
         else:
-            state = _attend(state, queries, keys, pattern)
+            state = attend(state, keys=keys)
     return state
