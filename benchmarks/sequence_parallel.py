@@ -20,8 +20,9 @@ Three markdown tables (the numbers in benchmarks/RESULTS.md come from here):
 3. Causal attention on P devices: the ring (P - 1 ``ppermute`` steps, one block of K/V in memory)
    against all-gather (the whole K/V at once): bytes, compiled temporary memory, time.
 
-Bytes received per device: an all-gather's result minus its own part, a collective-permute's
-result, ``2 (g - 1) / g`` of an all-reduce (ring), ``g - 1`` times a reduce-scatter's result.
+Bytes received per device: an all-gather's result (every result of a combined async one) minus
+its own part, a collective-permute's result, ``2 (g - 1) / g`` of an all-reduce (ring),
+``g - 1`` times a reduce-scatter's result.
 Times are medians of ``--repeats`` jitted calls after a warm-up; on fake CPU devices they time
 one CPU doing the work of all devices, so only the bytes are meaningful there.
 """
@@ -80,7 +81,12 @@ def received_bytes(hlo: str, devices: int) -> int:
             continue
         result, op, start = match.groups()
         sizes = _array_bytes(result)
-        size = max(sizes) if start else sum(sizes)  # an async start's tuple holds in and out
+        if start and op == "all-gather":  # (operands..., results...): XLA may combine gathers
+            size = sum(sizes[len(sizes) // 2:])
+        elif start:  # a permute's (operand, result, contexts): the result is the largest
+            size = max(sizes)
+        else:
+            size = sum(sizes)
         group = _GROUP.search(line)
         g = len(group.group(1).split(",")) if group else devices
         total += {
