@@ -20,7 +20,6 @@ With one accelerator or none, give JAX fake CPU devices first:
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 from seqzoo.config import ExperimentConfig, apply_overrides
 from seqzoo.runner.loop import train
+from seqzoo.runner.metrics import read_metrics
 
 
 def config(args, data: int, seq: int) -> ExperimentConfig:
@@ -50,8 +50,7 @@ def config(args, data: int, seq: int) -> ExperimentConfig:
 def run(cfg: ExperimentConfig, run_dir: Path) -> tuple[list[float], list[float]]:
     """Train; the per-step losses and the logged intervals' tokens per second."""
     train(cfg, run_dir, overwrite=True, log=lambda line: None, progress=False)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    records = [r for r in records if r["split"] == "train"]
+    records = [r for r in read_metrics(run_dir) if r["split"] == "train"]
     return [r["loss"] for r in records], [r["tokens_per_second"] for r in records]
 
 

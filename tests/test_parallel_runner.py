@@ -56,11 +56,10 @@ def config(name: str, mesh: list[str]) -> ExperimentConfig:
 
 def train_losses(cfg: ExperimentConfig, run_dir: str) -> list[float]:
     from seqzoo.runner.loop import train
+    from seqzoo.runner.metrics import read_metrics
 
     train(cfg, run_dir, overwrite=True, log=lambda line: None, progress=False)
-    with open(f"{run_dir}/metrics.jsonl") as f:
-        records = [json.loads(line) for line in f]
-    return [r["loss"] for r in records if r["split"] == "train"]
+    return [r["loss"] for r in read_metrics(run_dir) if r["split"] == "train"]
 
 
 def fsdp_is_sharded(cfg: ExperimentConfig) -> bool:

@@ -81,8 +81,11 @@ class Run:
     def key(self) -> str:
         """The run's name for ``--only``, its directory and log: the config's name, then each
         override's last key and value, ``mqar_attention_d64@lr=0.000464``."""
-        return self.name + "".join("@" + o.split("=")[0].rsplit(".")[-1] + "=" + o.split("=", 1)[1]
-                                   for o in self.overrides)
+        parts = [self.name]
+        for override in self.overrides:
+            dotted, value = override.split("=", 1)
+            parts.append(f"{dotted.rsplit('.', 1)[-1]}={value}")
+        return "@".join(parts)
 
     @property
     def memory_fraction(self) -> float:
