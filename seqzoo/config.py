@@ -33,7 +33,9 @@ class TaskConfig:
     (Fashion-)MNIST with the pixels in a fixed random order drawn from ``seed`` (psMNIST).
     ``test_seq_len`` (0: none) gives the test split of a synthetic task another length
     (length extrapolation). ``random_non_queries``: MQAR's filler slots hold uniform random
-    tokens (Zoology's generator default) or 0 (Zoology's figure-2 configs).
+    tokens (Zoology's generator default) or 0 (Zoology's figure-2 configs). ``normalize``
+    (image tasks): each pixel is one float feature in [0, 1] through a linear encoder (S4's
+    setting) instead of one of 256 tokens through an embedding (LRA's).
     """
 
     name: str = "mqar"
@@ -51,6 +53,7 @@ class TaskConfig:
     permuted: bool = False
     test_seq_len: int = 0
     random_non_queries: bool = True
+    normalize: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,6 +51,7 @@ class Task:
     data_files: str = ""
     default_dir: str = ""  # used when task.data_dir is not set
     test_lengths: bool = False  # whether task.test_seq_len applies
+    images: bool = False  # whether task.normalize applies (pixel inputs)
 
 
 def data_dir(cfg: TaskConfig) -> str:
@@ -77,17 +78,25 @@ def from_files(load: Callable[..., Dataset], **options: Callable[[TaskConfig], o
 
 def _pathfinder_options(cfg: TaskConfig) -> dict:
     return dict(
-        resolution=cfg.resolution, difficulty=cfg.difficulty, seed=cfg.seed, cache_dir=CACHE_DIR
+        resolution=cfg.resolution,
+        difficulty=cfg.difficulty,
+        seed=cfg.seed,
+        normalize=cfg.normalize,
+        cache_dir=CACHE_DIR,
     )
 
 
 def _mnist(name: str, default_dir: str = "") -> Task:
     return Task(
-        lambda c: load_mnist(data_dir(c), permuted=c.permuted, permutation_seed=c.seed, name=name),
-        f"sequential {name} (784 pixel tokens, 10 classes); permuted, data_dir",
+        lambda c: load_mnist(
+            data_dir(c), permuted=c.permuted, permutation_seed=c.seed, normalize=c.normalize,
+            name=name,
+        ),
+        f"sequential {name} (784 pixel tokens, 10 classes); permuted, normalize, data_dir",
         "the IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
         "t10k-labels-idx1-ubyte (each optionally .gz)",
         default_dir,
+        images=True,
     )
 
 
@@ -161,7 +170,8 @@ TASKS: dict[str, Task] = {
     ),
     "pathfinder": Task(
         sized(lambda c, **sizes: generate_pathfinder(**sizes, **_pathfinder_options(c))),
-        "LRA Pathfinder, generated (pixel tokens, 2 classes); resolution, difficulty",
+        "LRA Pathfinder, generated (pixel tokens, 2 classes); resolution, difficulty, normalize",
+        images=True,
     ),
     "smnist": _mnist("mnist"),
     "sfashion_mnist": _mnist("fashion_mnist", FASHION_MNIST_DIR),
@@ -182,14 +192,16 @@ TASKS: dict[str, Task] = {
         "aclImdb/{train,test}/{pos,neg}/*.txt",
     ),
     "lra_cifar10": Task(
-        from_files(load_lra_cifar10),
-        "LRA Image: grayscale CIFAR-10, 1024 pixel tokens (10 classes); data_dir",
+        from_files(load_lra_cifar10, normalize=lambda c: c.normalize),
+        "LRA Image: grayscale CIFAR-10, 1024 pixel tokens (10 classes); normalize, data_dir",
         "cifar-10-batches-py/data_batch_1..5 and test_batch (the python version)",
+        images=True,
     ),
     "lra_pathfinder": Task(
         lambda c: load_lra_pathfinder(data_dir(c), **_pathfinder_options(c)),
         "LRA Pathfinder release images; resolution, difficulty, data_dir",
         "pathfinder{resolution}/{difficulty}/metadata/*.npy and .../imgs/*/sample_*.png",
+        images=True,
     ),
 }
 
@@ -224,4 +236,7 @@ def build_task(cfg: TaskConfig) -> Dataset:
         )
     if not cfg.random_non_queries and cfg.name != "mqar":
         raise ValueError(f"task.random_non_queries is MQAR's option, not {cfg.name!r}'s")
+    if cfg.normalize and not task.images:
+        images = ", ".join(name for name, t in sorted(TASKS.items()) if t.images)
+        raise ValueError(f"task.normalize is for the image tasks ({images}), not {cfg.name!r}")
     return task.build(cfg)

@@ -53,6 +53,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
             "task.test_seq_len=160 exceeds max_length=128 of mixer 'toeplitz'",
         ),
         (["task.name=listops", "task.random_non_queries=false"], ValueError, "MQAR's option"),
+        (["task.name=listops", "task.normalize=true"], ValueError, "for the image tasks"),
         (['model.mixer_options={"bogus": 1}'], ValueError, "bogus"),
         (["model.dtype=float8"], ValueError, "model.dtype must be one of float32, bfloat16"),
         (["optim.steps=0"], ValueError, "optim.steps must be >= 1"),

@@ -106,6 +106,24 @@ def test_tasks_build_at_toy_size(task, overrides, expected, data_dirs):
     assert built.num_params > 0
 
 
+@pytest.mark.parametrize("task", ["pathfinder", "lra_cifar10", "smnist"])
+def test_normalize_feeds_image_pixels_as_floats_in_0_1(task, data_dirs):
+    extra = [f"task.data_dir={data_dirs[task]}"] if task in data_dirs else []
+    base = apply_overrides(
+        load_experiment("smoke"), [f"task.name={task}", *TOY, *extra, "model.mixer=s4d"]
+    )
+    tokens = build(base)
+    floats = build(apply_overrides(base, ["task.normalize=true"]))
+    assert tokens.data.vocab_size == 256 and floats.data.vocab_size is None
+    for name, split in floats.data.splits.items():
+        assert split["inputs"].dtype == np.float32
+        pixels = tokens.data.splits[name]["inputs"].astype(np.float32)
+        np.testing.assert_allclose(split["inputs"], pixels / 255, rtol=1e-6)
+        np.testing.assert_array_equal(split["targets"], tokens.data.splits[name]["targets"])
+    # a linear encoder of one feature replaces the 256-row embedding
+    assert tokens.num_params - floats.num_params == (256 - 2) * base.model.d_model
+
+
 @pytest.mark.parametrize("task", ["lra_imdb", "lra_cifar10", "lra_pathfinder", "smnist"])
 def test_missing_data_dir_fails_before_compute(task, tmp_path):
     cfg = apply_overrides(
