@@ -61,22 +61,27 @@ def time_config(name: str, overrides: list[str], steps: int, repeats: int) -> tu
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+")
-    parser.add_argument("--variant", action="append", default=[],
-                        help="overrides separated by ';' (repeatable)")
+    parser.add_argument(
+        "--variant", action="append", default=[], help="overrides separated by ';' (repeatable)"
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     device = jax.devices()[0]
-    print(f"# {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
-          f"{time.strftime('%Y-%m-%d')}")
+    print(
+        f"# {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
     variants = [[]] + [[o.strip() for o in v.split(";") if o.strip()] for v in args.variant]
     rows = []
     for name in args.configs:
         for overrides in variants:
             ms, compile_s = time_config(name, overrides, args.steps, args.repeats)
             label = " ".join(overrides) or "(as written)"
-            rows.append(f"| {name} | `{label}` | {ms:.2f} | {compile_s:.1f} | "
-                        f"{int(BUDGET_S * 1e3 / ms):,} |")
+            rows.append(
+                f"| {name} | `{label}` | {ms:.2f} | {compile_s:.1f} | "
+                f"{int(BUDGET_S * 1e3 / ms):,} |"
+            )
             print(rows[-1], flush=True)
     print("\n| config | variant | ms / step | compile s | steps in 7.25 min |")
     print("|---|---|---|---|---|")
