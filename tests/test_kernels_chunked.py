@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from seqzoo.kernels import launch
 from seqzoo.kernels.chunked_linear_attention import choose, gated_linear_attention
 from seqzoo.kernels.chunked_pass import Tiling
 from seqzoo.ops.linear_attention import linear_attention
@@ -103,8 +104,27 @@ def test_vmap_and_packed_fallback():
     want = linear_attention(q, k, v, log_decay=g, chunk_size=16, impl="chunk")
     assert_close(run(q, k, v, g), want, F32_TOL)
     ids = jnp.array([[0] * 9 + [1] * 11] * 2)
-    assert choose("pallas", xla="chunk", dims=(16, 16), segment_ids=ids) == "chunk"
-    assert choose("auto", xla="chunk", dims=(16, 16)) == "chunk"  # CPU
+    assert choose("pallas", xla="chunk", dims=(16, 16), dtypes=(), segment_ids=ids) == "chunk"
+    assert choose("auto", xla="chunk", dims=(16, 16), dtypes=(jnp.bfloat16,)) == "chunk"  # CPU
+
+
+@pytest.mark.parametrize(
+    "dtypes, dims, per_key, expected",
+    [
+        ((jnp.bfloat16, jnp.bfloat16), (64, 64), False, "pallas"),
+        ((jnp.float16,), (128, 128), False, "pallas"),
+        ((jnp.bfloat16, jnp.float32), (64, 64), False, "chunk"),  # f32: XLA is faster
+        ((jnp.float32,), (64, 64), False, "chunk"),
+        ((jnp.bfloat16,), (64, 256), False, "chunk"),  # too wide for shared memory
+        ((jnp.bfloat16,), (64, 64), True, "chunk"),  # per-key decay
+    ],
+)
+def test_auto_on_a_gpu_takes_the_kernel_only_where_it_measured_faster(
+    monkeypatch, dtypes, dims, per_key, expected
+):
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
+    assert choose("auto", xla="chunk", dims=dims, dtypes=dtypes, per_key=per_key) == expected
+    assert choose("chunk", xla="chunk", dims=dims, dtypes=dtypes, per_key=per_key) == "chunk"
 
 
 def ssd_inputs(length=37, groups=2, seed=3):

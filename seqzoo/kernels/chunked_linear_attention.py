@@ -157,16 +157,21 @@ def _width(d: int) -> int:
 MAX_WIDTH = 128
 
 
-def choose(impl: str, *, xla: str, dims: tuple[int, int], segment_ids=None,
+def choose(impl: str, *, xla: str, dims: tuple[int, int], dtypes: tuple, segment_ids=None,
            per_key: bool = False) -> str:
     """The implementation an op runs for ``impl``, where ``"pallas"`` names this kernel and
     ``xla`` the op's own chunked path.
 
-    ``"auto"`` takes the kernel on a GPU when the padded key and value widths ``dims`` fit
-    ``MAX_WIDTH`` and the decay is not per key (where it is not shown faster), ``xla``
-    elsewhere. Packed sequences (``segment_ids``) always run ``xla``: the kernel has no resets.
+    ``"auto"`` takes the kernel on a GPU when the inputs' ``dtypes`` (q, k, v or their SSD
+    counterparts) are all 16-bit, the padded key and value widths ``dims`` fit ``MAX_WIDTH``
+    and the decay is not per key, ``xla`` elsewhere: in float32 the kernel's matmuls run far
+    slower than XLA's (Hydra's quasiseparable fwd+bwd at (32, 2000, 3 heads, 64, state 64) on an
+    H100: 74.1 ms against XLA's 2.8 ms; in bf16 0.94 against 2.67 ms, benchmarks/RESULTS.md), and
+    per-key decays are not shown faster. Packed sequences (``segment_ids``) always run ``xla``:
+    the kernel has no resets.
     """
-    usable = not per_key and all(_width(d) <= MAX_WIDTH for d in dims)
+    half = all(jnp.dtype(d).itemsize == 2 for d in dtypes)
+    usable = half and not per_key and all(_width(d) <= MAX_WIDTH for d in dims)
     impl = launch.pick(impl, kernel="pallas" if usable else xla, xla=xla)
     return xla if impl == "pallas" and segment_ids is not None else impl
 

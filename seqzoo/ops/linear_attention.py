@@ -94,8 +94,9 @@ def linear_attention(
       impl: ``"chunk"`` (Lightning-2 / GLA intra-chunk quadratic + inter-chunk state passing;
         what ``"auto"`` picks off GPU), ``"parallel"`` (the quadratic form), ``"recurrent"`` (a
         scan), ``"pallas"`` (``seqzoo.kernels.chunked_linear_attention``, forward and backward
-        kernels; what ``"auto"`` picks on a GPU for no or per-head decay, where it measured faster
-        (benchmarks/RESULTS.md) -- not for per-key decay, where it runs 13-18x slower than
+        kernels; what ``"auto"`` picks on a GPU for 16-bit q, k, v and no or per-head decay,
+        where it measured faster (benchmarks/RESULTS.md) -- not in float32, where XLA is faster,
+        and not for per-key decay, where it runs 13-18x slower than
         flash-linear-attention and is not shown to beat the XLA path; its chunk is
         ``chunk_size`` capped at its tuned size; with ``segment_ids`` it falls back to
         ``"chunk"``).
@@ -120,7 +121,8 @@ def linear_attention(
     dv = v.shape[-1]
     scale = dk**-0.5 if scale is None else scale
     per_key = log_decay is not None and log_decay.ndim == 4
-    impl = choose(impl, xla="chunk", dims=(dk, dv), segment_ids=segment_ids, per_key=per_key)
+    impl = choose(impl, xla="chunk", dims=(dk, dv), dtypes=(q.dtype, k.dtype, v.dtype),
+                  segment_ids=segment_ids, per_key=per_key)
     if impl == "pallas":
         o, s_final = linear_attention_kernel(q, k, v, log_decay, scale=scale,
                                              initial_state=initial_state, chunk_size=chunk_size)

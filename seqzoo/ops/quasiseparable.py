@@ -130,7 +130,8 @@ def quasiseparable(
         )
     b, l = x.shape[:2]
     dims = (B_fwd.shape[-1], x.shape[-1])
-    if choose(impl, xla="chunked", dims=dims, segment_ids=segment_ids) == "pallas":
+    dtypes = (x.dtype, B_fwd.dtype, C_fwd.dtype, B_bwd.dtype, C_bwd.dtype)
+    if choose(impl, xla="chunked", dims=dims, dtypes=dtypes, segment_ids=segment_ids) == "pallas":
         steps = (discretize_step(d, dt_bias, dt_softplus) for d in (dt_fwd, dt_bwd))
         y = quasiseparable_kernel(x, *steps, A, B_fwd, C_fwd, B_bwd, C_bwd, chunk_size=chunk_size)
     else:

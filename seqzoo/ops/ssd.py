@@ -171,8 +171,8 @@ def ssd(
     chunk_size: a power of two; any length works (padded inside; the chunk shrinks to the
     next power of two >= length for short inputs). impl: "chunked" (what "auto" picks off GPU),
     "sequential", or "pallas" (``seqzoo.kernels.chunked_ssd``, forward and backward kernels;
-    what "auto" picks on a GPU; its chunk is chunk_size capped at its tuned size; with
-    segment_ids it falls back to "chunked").
+    what "auto" picks on a GPU for 16-bit x, B, C: in float32 it is slower than XLA; its chunk
+    is chunk_size capped at its tuned size; with segment_ids it falls back to "chunked").
     seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that of
     the active ``seqzoo.parallel.sequence_parallel`` context).
 
@@ -212,7 +212,9 @@ def ssd(
     else:
         step = discretize_step(dt, dt_bias, dt_softplus)
         dims = (B.shape[-1], x.shape[-1])
-        if choose(impl, xla="chunked", dims=dims, segment_ids=segment_ids) == "pallas":
+        dtypes = (x.dtype, B.dtype, C.dtype)
+        picked = choose(impl, xla="chunked", dims=dims, dtypes=dtypes, segment_ids=segment_ids)
+        if picked == "pallas":
             y, final = ssd_kernel(x, step, A, B, C, initial_state, chunk_size=chunk_size)
         else:
             chunk = min(chunk_size, 1 << max(l - 1, 0).bit_length())
