@@ -34,9 +34,9 @@ BUDGET_S = 7.25 * 60
 def time_config(name: str, overrides: list[str], steps: int, repeats: int) -> tuple[float, float]:
     """(median ms per step, compile s) of ``name`` with ``overrides``."""
     cfg = load_experiment(name)
-    batches = cfg.optim.batch_size * steps
+    examples = cfg.optim.batch_size * steps
     cfg = apply_overrides(
-        cfg, [f"task.num_train={batches}", "task.num_val=8", "task.num_test=8", *overrides]
+        cfg, [f"task.num_train={examples}", "task.num_val=8", "task.num_test=8", *overrides]
     )
     built = build(cfg)
     optimizer = make_optimizer(cfg.optim)

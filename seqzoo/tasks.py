@@ -225,18 +225,24 @@ def check_data_dir(cfg: TaskConfig) -> None:
         )
 
 
+def _tasks_with(flag: str) -> str:
+    """The names of the tasks whose ``Task.<flag>`` is set, comma-separated."""
+    return ", ".join(name for name, t in sorted(TASKS.items()) if getattr(t, flag))
+
+
 def build_task(cfg: TaskConfig) -> Dataset:
     """The ``Dataset`` of task ``cfg.name`` (splits ``train``, ``val`` if it has one, ``test``)."""
     check_data_dir(cfg)
     task = get_task(cfg.name)
     if cfg.test_seq_len and not task.test_lengths:
-        lengths = ", ".join(name for name, t in sorted(TASKS.items()) if t.test_lengths)
         raise ValueError(
-            f"task.test_seq_len is for the synthetic tasks ({lengths}), not {cfg.name!r}"
+            f"task.test_seq_len is for the synthetic tasks ({_tasks_with('test_lengths')}), "
+            f"not {cfg.name!r}"
         )
     if not cfg.random_non_queries and cfg.name != "mqar":
         raise ValueError(f"task.random_non_queries is MQAR's option, not {cfg.name!r}'s")
     if cfg.normalize and not task.images:
-        images = ", ".join(name for name, t in sorted(TASKS.items()) if t.images)
-        raise ValueError(f"task.normalize is for the image tasks ({images}), not {cfg.name!r}")
+        raise ValueError(
+            f"task.normalize is for the image tasks ({_tasks_with('images')}), not {cfg.name!r}"
+        )
     return task.build(cfg)

@@ -6,8 +6,8 @@ the layer's dtype, dt after softplus in f32, A = -1 .. -heads, one group of B an
 and forward+backward as the gradients of ``sum(y * g)`` w.r.t. x, dt, B and C. Shapes
 (batch, length, heads, headdim, state): Hydra's and Mamba-2's at ListOps in
 ``experiments/repro`` (32 x 2000, 3 heads of 64, state 64; f32 as run there, and bf16), and a
-long bf16 one. The floor
-is the memory floor of x, dt, B, C, y (forward) plus g and the four gradients (backward).
+long bf16 one. The floor is the memory floor of x, dt, B, C, y (forward) plus g and the four
+gradients (backward).
 """
 
 from __future__ import annotations

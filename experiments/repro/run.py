@@ -110,7 +110,7 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
         Run("listops_rat", "S4 59.60, Transformer 36.37 (LRA)", 8.0),
         Run("listops_linear_attention", "16.13 (LRA Linear Transformer)", 5.7),
     ),
-    "listops_hydra": (  # at the config's lr 0.01 Hydra stays at the majority class (call G)
+    "listops_hydra": (  # at the config's lr 0.01 Hydra stays at the majority class (call J)
         Run("listops_hydra", "S4 59.60, Transformer 36.37 (LRA)", 23.0, ("optim.lr=0.001",)),
         Run("listops_hydra", "S4 59.60, Transformer 36.37 (LRA)", 23.0, ("optim.lr=0.003",)),
     ),
