@@ -26,7 +26,7 @@ from seqzoo.runner.data import BatchSampler
 from seqzoo.runner.experiments import load_experiment
 from seqzoo.runner.optim import make_optimizer
 from seqzoo.runner.sharding import put_batch
-from seqzoo.runner.steps import train_step_fn
+from seqzoo.runner.steps import init_opt_state, train_step_fn
 
 BUDGET_S = 7.25 * 60
 
@@ -42,7 +42,7 @@ def time_config(name: str, overrides: list[str], steps: int, repeats: int) -> tu
     optimizer = make_optimizer(cfg.optim)
     key = jax.random.PRNGKey(0)
     params = built.init_params(key)
-    opt_state = jax.jit(optimizer.init)(params)
+    opt_state = init_opt_state(built, optimizer, params)
     sampler = BatchSampler(built.data["train"], cfg.optim.batch_size, cfg.seed)
     batches = [put_batch(sampler.batch(step), built.mesh) for step in range(1, steps + 1)]
     start = time.perf_counter()

@@ -1,5 +1,5 @@
 """The runner with a sequence axis: training on a (data=2, seq=4) mesh of 8 fake CPU devices follows
-the loss curve of the same run on one device.
+the loss curve of the same run on one device; so does batch norm with the batch split over 8.
 
 Like ``test_parallel_ops.py``, the runs happen in a fresh interpreter with 8 CPU devices (this
 file executed as a script), which prints each run's per-step training losses as JSON.
@@ -42,6 +42,15 @@ RUNS = {
             "optim.steps=6",
         ],
         ["mesh.data=2", "mesh.seq=4", "mesh.params=fsdp"],
+    ),
+    # batch norm over a batch split into one row per device: its statistics are the batch's
+    "listops-s4d-batchnorm": (
+        [
+            "task.name=listops", "task.seq_len=62", "task.num_train=64", "model.mixer=s4d",
+            "model.bidirectional=true", "model.norm=batch", "model.n_layers=2",
+            "model.d_model=16", 'model.mixer_options={"d_state": 4}', "optim.steps=6",
+        ],
+        ["mesh.data=8", "mesh.seq=1"],
     ),
 }
 COMMON = [

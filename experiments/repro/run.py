@@ -105,6 +105,14 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
         Run("pathfinder_s4d", "S4 94.20 (200 epochs); target >= 80", 4.1),
         Run("pathfinder_transformer", "71.40 (LRA Transformer)", 10.3),
     ),
+    "pathfinder": (  # S4's batch norm (calls A, I, J had layer norm and stayed at chance)
+        Run("pathfinder_s4d", "S4 94.20 (200 epochs); target >= 80", 4.1),
+        # a check that the data can be learnt at all: the easiest difficulty, 6-paddle snakes
+        Run("pathfinder_s4d", "diagnostic: no published number", 4.1, (
+            "task.difficulty=curv_baseline", "task.num_train=64000", "task.num_val=2000",
+            "task.num_test=2000")),
+        Run("pathfinder_transformer", "71.40 (LRA Transformer)", 10.3),
+    ),
     "listops_more": (
         Run("listops_mamba", "S4 59.60, Transformer 36.37 (LRA)", 12.0),
         Run("listops_rat", "S4 59.60, Transformer 36.37 (LRA)", 8.0),
@@ -146,7 +154,7 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
             ("optim.steps=12000",)),
     ),
 }
-ALL_RUNS = tuple(run for group in GROUPS.values() for run in group)
+ALL_RUNS = tuple(dict.fromkeys(run for group in GROUPS.values() for run in group))  # each once
 HEADER = (
     "| task | model | params | steps (of planned) | wall s | device | test acc | best val acc "
     "| paper | command |\n|---|---|---|---|---|---|---|---|---|---|\n"

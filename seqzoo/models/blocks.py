@@ -10,22 +10,13 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from seqzoo.layers.common import RMSNorm, dense
+from seqzoo.layers.common import dense
+from seqzoo.models.norms import apply_norm, make_norm
 from seqzoo.registry import get_mixer
 
 Array = jax.Array
 MLPS = ("none", "mlp", "glu")
-NORMS = ("rms", "layer")
-
-
-def make_norm(kind: str, name: str) -> nn.Module:
-    if kind not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
-    if kind == "rms":
-        return RMSNorm(name=name)
-    return nn.LayerNorm(param_dtype=jnp.float32, name=name)
 
 
 class MLP(nn.Module):
@@ -62,7 +53,8 @@ class ResidualBlock(nn.Module):
       mixer: registry name (``"bi:<name>"`` for a bidirectional wrapper of a causal mixer).
       mixer_config: the mixer's options.
       mlp: ``none | mlp | glu``; mlp_ratio: hidden width over ``d_model``.
-      norm: ``rms | layer``; dropout: rate on both residual branches.
+      norm: ``rms | layer | batch`` (``seqzoo.models.norms``); dropout: rate on both residual
+        branches.
     """
 
     d_model: int
@@ -87,18 +79,22 @@ class ResidualBlock(nn.Module):
 
     def __call__(self, x: Array, mask: Array | None = None, *, deterministic: bool = True):
         """``x: (batch, length, d_model)``, ``mask: (batch, length)`` -> same shape as ``x``."""
-        x = x + self.drop(self.mix(self.norm_mix(x), mask), deterministic=deterministic)
-        return self._mlp(x, deterministic)
+        h = apply_norm(self.norm_mix, x, mask, deterministic)
+        x = x + self.drop(self.mix(h, mask), deterministic=deterministic)
+        return self._mlp(x, mask, deterministic)
 
-    def _mlp(self, x: Array, deterministic: bool) -> Array:
+    def _mlp(self, x: Array, mask: Array | None, deterministic: bool) -> Array:
         if self.mlp == "none":
             return x
-        return x + self.drop(self.ffn(self.norm_mlp(x)), deterministic=deterministic)
+        h = apply_norm(self.norm_mlp, x, mask, deterministic)
+        return x + self.drop(self.ffn(h), deterministic=deterministic)
 
     def init_state(self, batch: int):
         return self.mix.init_state(batch)
 
     def step(self, state, x_t: Array, mask_t: Array | None = None):
-        """Decoding: ``x_t: (batch, d_model)`` -> ``(state, y_t)``, as ``__call__`` per token."""
-        state, h = self.mix.step(state, self.norm_mix(x_t), mask_t)
-        return state, self._mlp(x_t + h, deterministic=True)
+        """Decoding: ``x_t: (batch, d_model)`` -> ``(state, y_t)``, as ``__call__`` per token
+        (in deterministic mode: batch norm uses its running averages)."""
+        h = apply_norm(self.norm_mix, x_t, mask_t, True)
+        state, h = self.mix.step(state, h, mask_t)
+        return state, self._mlp(x_t + h, mask_t, deterministic=True)

@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqzoo.models.blocks import ResidualBlock, make_norm
+from seqzoo.models.blocks import ResidualBlock
+from seqzoo.models.norms import apply_norm, make_norm
 from seqzoo.ops.attention import valid_positions
 from seqzoo.parallel.context import sequence_axis
 from seqzoo.parallel.pooling import sequence_sum, sharded_last_valid
@@ -56,7 +57,9 @@ class SequenceModel(nn.Module):
       head: ``classify`` (``num_classes`` logits per sequence, ``pooling`` mean | last),
         ``lm`` (``output_dim or vocab_size`` logits per position) or ``none`` (hidden states).
       max_length: learned absolute position embeddings of this size (None: none).
-      mlp, mlp_ratio, norm, dropout: passed to every ``ResidualBlock``.
+      mlp, mlp_ratio, norm, dropout: passed to every ``ResidualBlock`` (``norm``: rms | layer |
+        batch, also the final norm; batch norm's running averages are the ``batch_stats``
+        collection, updated when applied with ``deterministic=False, mutable=["batch_stats"]``).
       dtype: compute dtype (parameters stay float32).
     """
 
@@ -172,7 +175,7 @@ class SequenceModel(nn.Module):
         h = self.drop(self._embed(inputs, positions), deterministic=deterministic)
         for block in self.blocks:
             h = block(h, mask, deterministic=deterministic)
-        h = self.final_norm(h)
+        h = apply_norm(self.final_norm, h, mask, deterministic)
         if self.head == "none":
             return h
         if self.head == "lm":
@@ -198,7 +201,7 @@ class SequenceModel(nn.Module):
         for block, s in zip(self.blocks, state["blocks"], strict=True):
             s, h = block.step(s, h, mask_t)
             blocks.append(s)
-        h = self.final_norm(h)
+        h = apply_norm(self.final_norm, h, mask_t, True)
         out = h if self.head == "none" else self.out(h.astype(jnp.float32))
         pos = state["pos"] + mask_t.astype(jnp.int32)
         return {"blocks": blocks, "pos": pos}, out

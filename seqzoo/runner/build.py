@@ -27,6 +27,7 @@ from seqzoo.registry import mixer_entry
 from seqzoo.runner.experiments import transformer_config
 from seqzoo.runner.model import build_model, model_inputs
 from seqzoo.runner.sharding import check_batch_size, make_mesh, mesh_shape, state_shardings
+from seqzoo.runner.variables import trainable
 from seqzoo.tasks import build_task, check_data_dir
 
 POSITIVE = ("eval_every", "log_every", "checkpoint_every", "keep_checkpoints")
@@ -85,9 +86,10 @@ class Built:
         return init(key, model_inputs(self.sample), self.sample["mask"])
 
 
-def param_count(params: Any) -> int:
-    """The number of parameters in a tree of arrays or shapes."""
-    return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params))
+def param_count(variables: dict[str, Any]) -> int:
+    """The number of trainable parameters in a variables tree of arrays or shapes (batch
+    norm's running averages are not parameters)."""
+    return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(trainable(variables)))
 
 
 def check_config(cfg: ExperimentConfig) -> None:
@@ -109,6 +111,12 @@ def check_config(cfg: ExperimentConfig) -> None:
         raise ValueError(
             f"mesh.seq={seq} splits sequences over devices, which mixer(s) {unsupported} do "
             f"not support; use mesh.seq=1 or mixers among {sorted(SEQUENCE_PARALLEL_MIXERS)}"
+        )
+    if seq > 1 and cfg.model.norm == "batch":
+        raise ValueError(
+            f"mesh.seq={seq} splits sequences over devices, and model.norm='batch' would need "
+            f"its statistics summed over them, which is not implemented; use model.norm='layer' "
+            f"or 'rms', or mesh.seq=1"
         )
 
 

@@ -1,8 +1,11 @@
 """Token statistics, and their loss's gradients, of one batch over the ``(data, seq)`` mesh.
 
-``stats_fn(params, batch, key) -> token_stats`` is the model on whatever part of the batch it is
-given. With ``mesh.seq = 1`` it runs on the whole batch under ``jit`` (XLA splits the rows over
-``data``). With ``mesh.seq > 1`` it runs per device inside ``shard_map`` under
+``stats_fn(variables, batch, key) -> (token_stats, model state)`` is the model on whatever part
+of the batch it is given; the state is batch norm's running averages after this forward
+(``seqzoo.runner.variables``), empty for other models. Gradients are taken of the trainable
+variables only. With ``mesh.seq = 1`` it runs on the whole batch under ``jit`` (XLA splits
+the rows over ``data``, so batch norm's statistics are the whole batch's). With
+``mesh.seq > 1`` it runs per device inside ``shard_map`` under
 ``sequence_parallel("seq")`` on a ``(rows / data, length / seq)`` block; then
 
     stats    = psum of the blocks' stats                         (a pooled head's are per row:
@@ -26,8 +29,9 @@ from jax.sharding import Mesh, PartitionSpec
 from seqzoo.parallel import sequence_parallel, shard_map
 from seqzoo.runner.model import loss_and_accuracy
 from seqzoo.runner.sharding import AXES, array_spec
+from seqzoo.runner.variables import model_state, trainable
 
-StatsFn = Callable[[Any, dict, jax.Array | None], dict]
+StatsFn = Callable[[Any, dict, jax.Array | None], tuple[dict, dict]]
 
 
 def _sequence_parallel(mesh: Mesh) -> bool:
@@ -56,13 +60,13 @@ def _reduced_axes(per_position: bool) -> tuple[str, ...]:
 
 
 def batch_stats(stats_fn: StatsFn, mesh: Mesh, per_position: bool, batch_ndims: dict) -> Callable:
-    """``(params, batch, key) -> stats`` summed over the whole batch."""
+    """``(variables, batch, key) -> stats`` summed over the whole batch."""
     if not _sequence_parallel(mesh):
-        return stats_fn
+        return lambda variables, batch, key: stats_fn(variables, batch, key)[0]
 
     def block(params, batch, key):
         with sequence_parallel("seq"):
-            stats = stats_fn(params, batch, _device_key(key))
+            stats, _ = stats_fn(params, batch, _device_key(key))
         return jax.lax.psum(stats, _reduced_axes(per_position))
 
     return _per_device(block, mesh, batch_ndims)
@@ -71,16 +75,21 @@ def batch_stats(stats_fn: StatsFn, mesh: Mesh, per_position: bool, batch_ndims: 
 def stats_and_grads(
     stats_fn: StatsFn, mesh: Mesh, per_position: bool, batch_ndims: dict
 ) -> Callable:
-    """``(params, batch, key) -> (stats, d loss / d params)``, ``loss = sum ce / count``."""
+    """``(variables, batch, key) -> (stats, d loss / d trainable(variables), model state)``,
+    ``loss = sum ce / count``. With ``mesh.seq > 1`` the model has no state (``check_config``)."""
     if not _sequence_parallel(mesh):
 
-        def whole(params, batch, key):
-            def loss(p):
-                stats = stats_fn(p, batch, key)
-                return loss_and_accuracy(stats)[0], stats
+        def whole(variables, batch, key):
+            state = model_state(variables)
 
-            (_, stats), grads = jax.value_and_grad(loss, has_aux=True)(params)
-            return stats, grads
+            def loss(p):
+                stats, new_state = stats_fn({**p, **state}, batch, key)
+                return loss_and_accuracy(stats)[0], (stats, new_state)
+
+            (_, (stats, new_state)), grads = jax.value_and_grad(loss, has_aux=True)(
+                trainable(variables)
+            )
+            return stats, grads, new_state
 
         return whole
 
@@ -90,12 +99,12 @@ def stats_and_grads(
         key = _device_key(key)
 
         def share(p):  # this block's part of the loss
-            stats = stats_fn(p, batch, key)
+            stats, _ = stats_fn(p, batch, key)
             total = jax.lax.psum(stats, _reduced_axes(per_position))
             return stats["ce"] / (replicas * jnp.maximum(total["count"], 1.0)), total
 
         with sequence_parallel("seq"):
             (_, stats), grads = jax.value_and_grad(share, has_aux=True)(params)
-        return stats, jax.lax.psum(grads, AXES)
+        return stats, jax.lax.psum(grads, AXES), {}
 
     return _per_device(block, mesh, batch_ndims)

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from seqzoo.config import ExperimentConfig
-from seqzoo.runner.build import Built, build
+from seqzoo.runner.build import Built, build, param_count
 from seqzoo.runner.checkpoint import LATEST, Checkpoints
 from seqzoo.runner.data import BatchSampler
 from seqzoo.runner.metrics import MetricsLog
@@ -31,7 +31,7 @@ from seqzoo.runner.optim import make_optimizer
 from seqzoo.runner.progress import ProgressBar
 from seqzoo.runner.rundir import prepare_run_dir, write_summary
 from seqzoo.runner.sharding import put_batch
-from seqzoo.runner.steps import eval_step_fn, evaluate, train_step_fn
+from seqzoo.runner.steps import eval_step_fn, evaluate, init_opt_state, train_step_fn
 
 CHECKED = ("loss", "grad_norm")  # a non-finite value stops the run
 AVERAGED = ("loss", "accuracy", "grad_norm")  # per train record, over its steps
@@ -39,10 +39,6 @@ AVERAGED = ("loss", "accuracy", "grad_norm")  # per train record, over its steps
 
 class TrainingDiverged(RuntimeError):
     """A non-finite training loss or gradient norm stopped the run."""
-
-
-def param_count(params: Any) -> int:
-    return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
 
 
 class _Trainer:
@@ -55,9 +51,7 @@ class _Trainer:
         init_key, self.dropout_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
         self.optimizer = make_optimizer(cfg.optim)
         self.params = built.init_params(init_key)
-        opt_shape = jax.eval_shape(self.optimizer.init, built.params_shape)
-        init = jax.jit(self.optimizer.init, out_shardings=built.shardings(opt_shape))
-        self.opt_state = init(self.params)
+        self.opt_state = init_opt_state(built, self.optimizer, self.params)
         self.checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
         self.meta = {"step": 0, "best_val_accuracy": -1.0, "best_step": 0}
         if resume:

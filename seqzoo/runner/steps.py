@@ -1,9 +1,11 @@
 """The jit-compiled train and eval steps over the ``(data, seq)`` mesh, and split evaluation.
 
-train step:  (params, opt_state, batch, step)
-             -> (params, opt_state, {loss, accuracy, grad_norm, lr (of the main group)})
-             dropout key = fold_in(dropout_key, step), so it depends on (seed, step) only
-eval step:   (params, batch) -> summed token_stats (model in deterministic mode)
+train step:  (variables, opt_state, batch, step)
+             -> (variables, opt_state, {loss, accuracy, grad_norm, lr (of the main group)})
+             AdamW updates the trainable variables; batch norm's running averages come from
+             the forward pass; dropout key = fold_in(dropout_key, step): a function of
+             (seed, step) only
+eval step:   (variables, batch) -> summed token_stats (model in deterministic mode)
 
 Both take batches placed by ``sharding.put_batch``; ``seqzoo.runner.gradients`` runs the model on
 the whole batch or, with ``mesh.seq > 1``, per device on sequence shards.
@@ -26,6 +28,7 @@ from seqzoo.runner.gradients import batch_stats, stats_and_grads
 from seqzoo.runner.model import loss_and_accuracy, model_inputs, per_position, token_stats
 from seqzoo.runner.optim import schedule
 from seqzoo.runner.sharding import batch_shardings, put_batch, replicated
+from seqzoo.runner.variables import model_state, trainable
 
 
 def global_norm(tree: Any) -> jax.Array:
@@ -34,14 +37,21 @@ def global_norm(tree: Any) -> jax.Array:
 
 
 def stats_fn(model: SequenceModel, deterministic: bool):
-    """``(params, batch, key) -> token_stats`` of the model on (a block of) a batch."""
+    """``(variables, batch, key) -> (token_stats, model state)`` of the model on (a block of) a
+    batch; the state (batch norm's running averages) is updated only when training."""
 
-    def stats(params, batch, key):
+    def stats(variables, batch, key):
         rngs = None if deterministic else {"dropout": key}
-        logits = model.apply(
-            params, model_inputs(batch), batch["mask"], deterministic=deterministic, rngs=rngs
+        mutable = [] if deterministic else list(model_state(variables))
+        logits, state = model.apply(
+            variables,
+            model_inputs(batch),
+            batch["mask"],
+            deterministic=deterministic,
+            rngs=rngs,
+            mutable=mutable,
         )
-        return token_stats(logits, batch["targets"])
+        return token_stats(logits, batch["targets"]), dict(state)
 
     return stats
 
@@ -56,27 +66,39 @@ def train_step_fn(built: Built, optimizer: optax.GradientTransformation, dropout
     lr = schedule(built.cfg.optim, built.cfg.optim.lr)
     grads_fn = stats_and_grads(stats_fn(built.model, False), built.mesh, *_layout(built))
 
-    def step_fn(params, opt_state, batch, step):
-        stats, grads = grads_fn(params, batch, jax.random.fold_in(dropout_key, step))
+    def step_fn(variables, opt_state, batch, step):
+        stats, grads, state = grads_fn(variables, batch, jax.random.fold_in(dropout_key, step))
         loss, accuracy = loss_and_accuracy(stats)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        weights = trainable(variables)
+        updates, opt_state = optimizer.update(grads, opt_state, weights)
         stats = {
             "loss": loss,
             "accuracy": accuracy,
             "grad_norm": global_norm(grads),
             "lr": lr(step - 1),  # the schedule counts updates from 0
         }
-        return optax.apply_updates(params, updates), opt_state, stats
+        return {**optax.apply_updates(weights, updates), **state}, opt_state, stats
 
     rep = replicated(built.mesh)
     params = built.shardings(built.params_shape)
-    opt_state = built.shardings(jax.eval_shape(optimizer.init, built.params_shape))
+    opt_state = built.shardings(opt_state_shape(built, optimizer))
     return jax.jit(
         step_fn,
         in_shardings=(params, opt_state, batch_shardings(built.sample, built.mesh), rep),
         out_shardings=(params, opt_state, rep),
         donate_argnums=(0, 1),
     )
+
+
+def opt_state_shape(built: Built, optimizer: optax.GradientTransformation) -> Any:
+    """The optimizer state's shapes: AdamW's moments of the trainable variables."""
+    return jax.eval_shape(optimizer.init, trainable(built.params_shape))
+
+
+def init_opt_state(built: Built, optimizer: optax.GradientTransformation, variables: Any) -> Any:
+    """A fresh optimizer state for ``variables``, placed as ``mesh.params`` says."""
+    shardings = built.shardings(opt_state_shape(built, optimizer))
+    return jax.jit(optimizer.init, out_shardings=shardings)(trainable(variables))
 
 
 def eval_step_fn(built: Built):
