@@ -77,12 +77,32 @@ def _pick(rev, if_reverse, if_causal):
     return jnp.where(rev, if_reverse, if_causal)
 
 
-def _dot(a: Array, b: Array, dtype, *, ta: bool = False, tb: bool = False) -> Array:
-    """``a @ b`` (``a.T`` / ``b.T`` when asked) with operands in ``dtype``, float32 result."""
+def _dot(a: Array, b: Array, dtype, *, ta: bool = False, tb: bool = False,
+         split: bool = False) -> Array:
+    """``a @ b`` (``a.T`` / ``b.T`` when asked) with operands in ``dtype``, float32 result.
+
+    ``split``: a float32 operand is rounded as ``hi + lo`` (both in ``dtype``) and multiplied
+    part by part (``hi b + lo b``; ``hi hi + lo hi + hi lo`` when both are float32), so its
+    rounding error is ~eps^2 instead of eps (bf16: 2^-16 instead of 2^-8) at the cost of one or
+    two more matmuls. Operands already in ``dtype`` are exact and never split.
+    """
     precision = lax.Precision.HIGHEST if dtype == _F32 else None
     dims = (((0 if ta else 1,), (1 if tb else 0,)), ((), ()))
-    return lax.dot_general(a.astype(dtype), b.astype(dtype), dims, precision=precision,
-                           preferred_element_type=_F32)
+
+    def parts(x):
+        if not split or dtype == _F32 or x.dtype == dtype:
+            return [x.astype(dtype)]
+        hi = x.astype(dtype)
+        return [hi, (x - hi.astype(x.dtype)).astype(dtype)]
+
+    out = None
+    for i, a_part in enumerate(parts(a)):
+        for j, b_part in enumerate(parts(b)):
+            if i + j < 2:  # lo x lo is below float32's own rounding
+                term = lax.dot_general(a_part, b_part, dims, precision=precision,
+                                       preferred_element_type=_F32)
+                out = term if out is None else out + term
+    return out
 
 
 def _rows(ref, start, size: int):
@@ -107,11 +127,14 @@ class _Pass:
     has_row_scale: bool
     has_initial: bool
     dtype: jnp.dtype  # the matmul operands'
+    split: bool  # matmuls with float32 intermediates split in two (``_dot``)
+    boundaries: bool  # write the state at every chunk boundary ("sb")
+    has_partner: bool  # dot the state at every boundary with a partner's ("pb" -> "dots")
 
 
 def _whole_chunk(spec: _Pass, refs: dict, rev, t0, state):
     """Scalar or no decay: the C x C block of scores at once. Writes the chunk, returns S."""
-    c, dt = spec.tiling.chunk, spec.dtype
+    c, dt, sp = spec.tiling.chunk, spec.dtype, spec.split
     q, k, v = (_rows(refs[n], t0, c) for n in "qkv")
     i = lax.broadcasted_iota(jnp.int32, (c, c), 0)
     j = lax.broadcasted_iota(jnp.int32, (c, c), 1)
@@ -132,12 +155,13 @@ def _whole_chunk(spec: _Pass, refs: dict, rev, t0, state):
         key_scale = _rows(refs["ks"], t0, c)
         scores = scores * key_scale[None, :]
         k_out = key_scale if k_out is None else k_out * key_scale
-    out = _dot(scores, v, dt) + _dot(_scaled(q, q_in), state, dt) * spec.scale
+    from_state = _dot(q, state, dt, split=sp) * spec.scale
+    out = _dot(scores, v, dt, split=sp) + _scaled(from_state, q_in)
     if spec.has_row_scale:
         out = out * _rows(refs["rs"], t0, c)[:, None]
     refs["o"][pl.ds(t0, c), :] = out.astype(refs["o"].dtype)
     carried = state if decay is None else state * decay
-    return carried + _dot(_scaled(k, k_out), v, dt, ta=True)
+    return carried + _dot(_scaled(k, k_out), v, dt, ta=True, split=sp)
 
 
 def _pairwise_decay(cum: Array, sign) -> Array:
@@ -175,7 +199,7 @@ def _sub_chunks(spec: _Pass, refs: dict, rev, t0, state):
     Whole-chunk tiles are re-read from memory (cache hits) where used rather than held across
     the sub-chunks, to keep registers for the (sub, sub, slice) products.
     """
-    c, sub, dt = spec.tiling.chunk, spec.tiling.sub, spec.dtype
+    c, sub, dt, sp = spec.tiling.chunk, spec.tiling.sub, spec.dtype, spec.split
     key = spec.decay == "key"
     sign = _pick(rev, -1.0, 1.0)
     last = _rows(refs["g"], t0 + c - 1, 1)
@@ -192,7 +216,8 @@ def _sub_chunks(spec: _Pass, refs: dict, rev, t0, state):
         to_ref = jnp.exp(jnp.minimum(sign * (ref - cum), 0.0))  # exact on the live columns
         from_ref = jnp.exp(sign * (cum_i - ref))  # <= 1 on every row of I
         if key:
-            scores = _dot(q * from_ref, _rows(refs["k"], t0, c) * to_ref, dt, tb=True)
+            scores = _dot(q * from_ref, _rows(refs["k"], t0, c) * to_ref, dt, tb=True,
+                          split=sp)
             diagonal = _diagonal_scores(spec, refs, sign, t0 + r)
         else:
             scores = _dot(q, _rows(refs["k"], t0, c), dt, tb=True)
@@ -203,16 +228,16 @@ def _sub_chunks(spec: _Pass, refs: dict, rev, t0, state):
             scores = scores * key_scale[None, :]
             diagonal = diagonal * _rows(refs["ks"], t0 + r, sub)[None, :]
         if key:
-            out = _dot(scores, _rows(refs["v"], t0, c), dt)
-            out = out + _dot(diagonal, _rows(refs["v"], t0 + r, sub), dt)
+            out = _dot(scores, _rows(refs["v"], t0, c), dt, split=sp)
+            out = out + _dot(diagonal, _rows(refs["v"], t0 + r, sub), dt, split=sp)
         else:
-            out = from_ref * _dot(scores, _rows(refs["v"], t0, c) * to_ref, dt)
+            out = from_ref * _dot(scores, _rows(refs["v"], t0, c) * to_ref, dt, split=sp)
             out = out + _diagonal_values(spec, refs, sign, t0 + r, diagonal)
         q_in = _pick(rev, jnp.exp(last - cum_i), jnp.exp(cum_i))
         if key:
-            out = out + _dot(q * q_in, state, dt) * spec.scale
+            out = out + _dot(q * q_in, state, dt, split=sp) * spec.scale
         else:
-            out = out + q_in * _dot(q, state, dt) * spec.scale
+            out = out + q_in * _dot(q, state, dt, split=sp) * spec.scale
         if spec.has_row_scale:
             out = out * _rows(refs["rs"], t0 + r, sub)[:, None]
         refs["o"][pl.ds(t0 + r, sub), :] = out.astype(refs["o"].dtype)
@@ -220,8 +245,9 @@ def _sub_chunks(spec: _Pass, refs: dict, rev, t0, state):
     k_out = _pick(rev, jnp.exp(cum), jnp.exp(last - cum))
     if key:
         carried = state * jnp.exp(last).reshape(-1, 1)
-        return carried + _dot(_scaled(k * k_out, key_scale), v, dt, ta=True)
-    return state * jnp.exp(last) + _dot(_scaled(k, key_scale), v * k_out, dt, ta=True)
+        return carried + _dot(_scaled(k * k_out, key_scale), v, dt, ta=True, split=sp)
+    return state * jnp.exp(last) + _dot(_scaled(k, key_scale), v * k_out, dt, ta=True,
+                                        split=sp)
 
 
 def _kernel(*refs, spec: _Pass, names: tuple[str, ...]):
@@ -237,10 +263,25 @@ def _kernel(*refs, spec: _Pass, names: tuple[str, ...]):
     state = refs["s0"][...].astype(_F32) if spec.has_initial else jnp.zeros(shape, _F32)
 
     def step(i, state):
-        t0 = pl.multiple_of(_pick(rev, n - 1 - i, i) * c, c)
-        return chunk_fn(spec, refs, rev, t0, state)
+        m = _pick(rev, n - 1 - i, i)
+        new = chunk_fn(spec, refs, rev, pl.multiple_of(m * c, c), state)
+        if spec.boundaries or spec.has_partner:
+            _at_boundary(refs, m, _pick(rev, state, new))
+        return new
 
     refs["sf"][...] = lax.fori_loop(0, n, step, state)
+
+
+def _at_boundary(refs: dict, m, state: Array) -> None:
+    """The state between chunks m and m + 1 (after chunk m causally, before it in reverse):
+    stored in rows ``m dk ...`` of ``sb``, and its column sums of products with the partner's
+    state there as row m of ``dots``."""
+    dk = state.shape[0]
+    rows = pl.ds(pl.multiple_of(m * dk, dk), dk)
+    if "sb" in refs:
+        refs["sb"][rows, :] = state
+    if "pb" in refs:
+        refs["dots"][pl.ds(m, 1), :] = jnp.sum(refs["pb"][rows, :] * state, axis=0, keepdims=True)
 
 
 def _sequence_spec(x: Array, heads: int, block: tuple, value_axis: bool) -> pl.BlockSpec:
@@ -278,7 +319,10 @@ def chunked_pass(
     decay: str | None,
     tiling: Tiling,
     out_dtype=None,
-) -> tuple[Array, Array]:
+    split: bool = False,
+    boundaries: bool = False,
+    partner: Array | None = None,
+) -> tuple[Array, ...]:
     """One launch of the chunked kernel (module docstring); no padding, no autodiff.
 
     Every input has a leading direction axis D (1 = shared by all directions, or
@@ -290,8 +334,15 @@ def chunked_pass(
         (D, B, T, H_g, dk) for ``"key"``, (D, B, T, H_g, dv) for ``"value"``; float32.
       key_scale (``ks_j``), row_scale (``rs_i``): (D, B, T, H_s) float32.
       initial_state: (D, B, H, dk, dv) float32.
-    Returns ``out: (len(reverse), B, T, H, dv)`` in ``out_dtype`` (default v's) and the final
-    states ``(len(reverse), B, H, dk, dv)`` float32.
+      boundaries: also return the state at the boundary after every chunk n (causal: after chunk
+        n; reverse: before chunk n, i.e. after chunk n + 1; the last is the final (causal) or
+        initial (reverse) state): ``(len(reverse), B, N dk, H, dv)`` float32, N = T / chunk,
+        rows ``n dk ... (n + 1) dk`` for boundary n.
+      partner: states in that layout; also return ``dots: (len(reverse), B, N, H, dv)`` float32,
+        ``dots[n, e] = sum_d partner_n[d, e] state_n[d, e]`` at every boundary n.
+    Returns ``out: (len(reverse), B, T, H, dv)`` in ``out_dtype`` (default v's), the final
+    states ``(len(reverse), B, H, dk, dv)`` float32, then the boundary states and the dots where
+    asked for (in that order).
     """
     if decay not in DECAYS:
         raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
@@ -301,7 +352,8 @@ def chunked_pass(
     bv = min(tiling.block_v, dv, tiling.slice if decay == "value" else dv)
     dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
     spec = _Pass(float(scale), tuple(reverse), decay, tiling, key_scale is not None,
-                 row_scale is not None, initial_state is not None, jnp.dtype(dtype))
+                 row_scale is not None, initial_state is not None, jnp.dtype(dtype), split,
+                 boundaries, partner is not None)
     g_block = {None: None, "scalar": (length,), "key": (length, dk), "value": (length, bv)}
     named = [("q", q, (length, dk), False), ("k", k, (length, dk), False),
              ("v", v, (length, bv), True), ("g", g, g_block[decay], decay == "value"),
@@ -314,15 +366,27 @@ def chunked_pass(
         in_specs.append(_state_spec(initial_state.shape[0] == 1, dk, bv))
         inputs.append(initial_state)
         names += ("s0",)
+    chunks = length // tiling.chunk
+    if partner is not None:
+        in_specs.append(_sequence_spec(partner, heads, (chunks * dk, bv), True))
+        inputs.append(partner)
+        names += ("pb",)
     out_dtype = v.dtype if out_dtype is None else out_dtype
-    out_shape = jax.ShapeDtypeStruct((dirs, batch, length, heads, dv), out_dtype)
+    outs = [("o", jax.ShapeDtypeStruct((dirs, batch, length, heads, dv), out_dtype), length),
+            ("sf", jax.ShapeDtypeStruct((dirs, batch, heads, dk, dv), _F32), None)]
+    if boundaries:
+        outs.append(("sb", jax.ShapeDtypeStruct((dirs, batch, chunks * dk, heads, dv), _F32),
+                     chunks * dk))
+    if partner is not None:
+        outs.append(("dots", jax.ShapeDtypeStruct((dirs, batch, chunks, heads, dv), _F32), chunks))
+    out_specs = [_state_spec(dirs == 1, dk, bv) if rows is None
+                 else _sequence_spec(shape, heads, (rows, bv), True) for _, shape, rows in outs]
     call = launch.pallas_call(
-        functools.partial(_kernel, spec=spec, names=names + ("o", "sf")),
+        functools.partial(_kernel, spec=spec, names=names + tuple(n for n, *_ in outs)),
         grid=(dirs, batch, heads, dv // bv),
         in_specs=in_specs,
-        out_specs=[_sequence_spec(out_shape, heads, (length, bv), True),
-                   _state_spec(dirs == 1, dk, bv)],
-        out_shape=[out_shape, jax.ShapeDtypeStruct((dirs, batch, heads, dk, dv), _F32)],
+        out_specs=out_specs,
+        out_shape=[shape for _, shape, _ in outs],
         num_warps=tiling.num_warps,
         num_stages=tiling.num_stages,
         name=f"chunked_pass_{decay or 'nodecay'}",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from seqzoo.ops.fused_attention import attention_impl, fused_attention
 from seqzoo.parallel.collectives import tokens_before
 from seqzoo.parallel.context import sequence_axis
 
@@ -209,13 +210,15 @@ def dot_product_attention(
       mask: ``(batch, length)`` bool padding mask (True = valid) or None.
       segment_ids: ``(batch, length)`` int, packed sequences (see the module docstring), or None.
       scale: default ``d ** -0.5``.
-      impl: ``"auto"`` (jax picks), ``"xla"`` or ``"cudnn"``, passed to jax.
+      impl: ``"auto"`` (``seqzoo.ops.fused_attention.attention_impl`` picks, and says why:
+        cuDNN's flash attention on a GPU where it applies, else XLA), ``"xla"`` or ``"cudnn"``.
       seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that of
         the active ``seqzoo.parallel.sequence_parallel`` context): ring attention
         (``seqzoo.parallel.ring_attention``; ``impl`` is not used there).
 
-    Without ``mask`` and sinks the pattern goes to jax as ``is_causal`` / ``local_window_size``
-    (what cuDNN accelerates); otherwise as an explicit boolean mask from ``attention_mask``.
+    cuDNN gets the pattern as ``is_causal`` / ``local_window_size`` and padding as sequence
+    lengths (``fused_attention``); XLA gets an explicit boolean mask from ``attention_mask``
+    wherever there is padding, sinks or segments.
     Returns ``(batch, length, heads, d)`` in the inputs' dtype; softmax in float32 (float32 inputs
     use full-precision matmuls); padded query rows are 0.
     """
@@ -231,23 +234,19 @@ def dot_product_attention(
         )
     dtype = jnp.result_type(q, k, v)
     q, k, v = (a.astype(dtype) for a in (q, k, v))
-    flags_ok = (
-        mask is None
-        and segment_ids is None
-        and not num_sinks
-        and not (impl == "cudnn" and window and not causal)
-    )
-    if flags_ok:
+    chosen, _ = attention_impl(impl, dtype, q.shape[-1], causal=causal, window=window,
+                               num_sinks=num_sinks, segment_ids=segment_ids is not None)
+    if chosen == "cudnn" and not num_sinks and segment_ids is None:
+        return fused_attention(q, k, v, causal=causal, window=window, mask=mask, scale=scale)
+    if mask is None and segment_ids is None and not num_sinks:
         sides = None if window is None else (window - 1, 0 if causal else window - 1)
         pattern = {"is_causal": causal, "local_window_size": sides}
-    else:
+    else:  # (impl="cudnn" asked for with sinks or segments: cuDNN takes the mask too)
         options = {"causal": causal, "window": window, "num_sinks": num_sinks}
         pattern = {"mask": _self_mask(mask, q.shape[1], segment_ids, **options)[:, None]}
     precision = "highest" if dtype == jnp.float32 else None
     with jax.default_matmul_precision(precision):
-        o = jax.nn.dot_product_attention(
-            q, k, v, scale=scale, implementation=None if impl == "auto" else impl, **pattern
-        )
+        o = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=chosen, **pattern)
     if mask is not None:  # jax gives padded rows (no allowed key) a uniform average: zero them
         o = jnp.where(mask[:, :, None, None], o, jnp.zeros((), o.dtype))
     return o

@@ -1,0 +1,109 @@
+"""Fused attention: the ``impl="auto"`` policy, and padding given to the kernel as lengths.
+
+``fused_attention`` runs here with jax's XLA implementation (cuDNN needs a GPU; the same wrapper
+runs there, checked by ``benchmarks/attention.py``): equal to the masked dense reference, output
+and every gradient apart, for no padding, right and left padding, holes and an empty row,
+causal or not, a window, GQA.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqzoo.ops import attention as attention_op
+from seqzoo.ops.attention import dot_product_attention
+from seqzoo.ops.fused_attention import attention_impl, fused_attention
+
+B, L, H, D = 2, 13, 4, 8
+
+
+def padding(name):
+    pos = jnp.arange(L)
+    right = pos[None] < jnp.array([L, 9])[:, None]
+    return {"none": None, "right": right, "left": right[:, ::-1],
+            "holes": right & (pos % 4 != 1)[None], "empty row": right.at[1].set(False)}[name]
+
+
+def inputs(kv_heads, seed=0):
+    rng = np.random.default_rng(seed)
+    return [jnp.asarray(rng.standard_normal((B, L, n, D)), jnp.float32)
+            for n in (H, kv_heads, kv_heads)]
+
+
+def gradients(fn, args):
+    def loss(*a):
+        return jnp.sum(fn(*a) * jnp.cos(jnp.arange(D)))
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(*args)[1]
+
+
+@pytest.mark.parametrize("mask_name", ["none", "right", "left", "holes", "empty row"])
+@pytest.mark.parametrize("causal, window, kv_heads", [(True, None, 4), (False, None, 4),
+                                                      (True, 3, 4), (False, 3, 2),
+                                                      (True, None, 1)])
+def test_lengths_and_gathers_equal_the_masked_reference(mask_name, causal, window, kv_heads):
+    mask = padding(mask_name)
+    args = inputs(kv_heads)
+
+    def fused(q, k, v):
+        return fused_attention(q, k, v, causal=causal, window=window, mask=mask, scale=None,
+                               implementation="xla")
+
+    def reference(q, k, v):
+        return dot_product_attention(q, k, v, causal=causal, window=window, mask=mask,
+                                     impl="xla")
+
+    np.testing.assert_allclose(fused(*args), reference(*args), atol=1e-6)
+    for name, got, want in zip("qkv", gradients(fused, args), gradients(reference, args),
+                               strict=True):
+        np.testing.assert_allclose(got, want, atol=2e-6, err_msg=f"d{name}")
+    if mask is not None:
+        assert not np.any(np.asarray(fused(*args))[~np.asarray(mask)])
+
+
+GPU = {"backend": "gpu", "compute_capability": "9.0"}
+
+
+@pytest.mark.parametrize("options, expected, why", [
+    (dict(dtype=jnp.bfloat16, head_dim=128, causal=True), "cudnn", "flash"),
+    (dict(dtype=jnp.float16, head_dim=64, causal=False), "cudnn", "flash"),
+    (dict(dtype=jnp.bfloat16, head_dim=64, causal=True, window=128), "cudnn", "flash"),
+    (dict(dtype=jnp.bfloat16, head_dim=256, causal=True), "cudnn", "flash"),
+    (dict(dtype=jnp.float32, head_dim=64, causal=True), "xla", "no float32 kernel"),
+    (dict(dtype=jnp.bfloat16, head_dim=60, causal=True), "xla", "multiple of 8"),
+    (dict(dtype=jnp.bfloat16, head_dim=64, causal=True, window=8, num_sinks=2), "xla",
+     "sinks"),
+    (dict(dtype=jnp.bfloat16, head_dim=64, causal=True, segment_ids=True), "xla", "packed"),
+    (dict(dtype=jnp.bfloat16, head_dim=64, causal=False, window=8), "xla", "causal only"),
+])
+def test_auto_policy_on_a_gpu(options, expected, why):
+    chosen, reason = attention_impl("auto", **options, **GPU)
+    assert chosen == expected and why in reason
+
+
+def test_auto_policy_elsewhere_and_explicit_choices():
+    assert attention_impl("auto", jnp.bfloat16, 64, causal=True, backend="cpu")[0] == "xla"
+    assert attention_impl("auto", jnp.bfloat16, 256, causal=True, backend="gpu",
+                          compute_capability="8.0")[0] == "xla"  # Ampere: d <= 128
+    assert attention_impl("xla", jnp.bfloat16, 64, causal=True, **GPU) == ("xla", "asked for")
+    assert attention_impl("auto", jnp.bfloat16, 64, causal=True)[0] == "xla"  # this CPU
+
+
+def test_auto_routes_to_the_fused_wrapper(monkeypatch):
+    """What ``auto`` picks is what runs: the fused wrapper where the policy says cuDNN."""
+    calls = []
+
+    def on_xla(*args, **kwargs):
+        calls.append(kwargs)
+        return fused_attention(*args, **kwargs, implementation="xla")
+
+    monkeypatch.setattr(attention_op, "attention_impl", lambda *a, **k: ("cudnn", "test"))
+    monkeypatch.setattr(attention_op, "fused_attention", on_xla)
+    q, k, v = inputs(4)
+    mask = padding("left")
+    got = dot_product_attention(q, k, v, causal=True, mask=mask)
+    assert calls and calls[0]["mask"] is mask
+    want = dot_product_attention(q, k, v, causal=True, mask=mask, impl="xla")
+    np.testing.assert_allclose(got, want, atol=1e-6)
