@@ -8,7 +8,9 @@ tasks draw the three splits from the task seed plus fixed offsets, so they never
 generator, and build the test split at ``task.test_seq_len`` when it is set (to measure length
 extrapolation; the other tasks refuse it); ListOps and Pathfinder are generated (and cached in
 ``CACHE_DIR``) by their LRA generators; the other tasks read released files from
-``task.data_dir``.
+``task.data_dir`` (each reader names the file and line or record of bad data). Every built
+dataset is checked before any compute: labels in the task's class range, inputs in its
+vocabulary (pixels in 0..255), no empty split or all-padding row.
 
 Retrieval (``lra_retrieval``) is LRA's two-document matching task; here both documents sit in
 one row (document 1 in the first half, document 2 in the second) and the model classifies the
@@ -35,6 +37,7 @@ from seqzoo.data.lra_files import (
 from seqzoo.data.mnist import FASHION_MNIST_DIR, load_mnist
 from seqzoo.data.pathfinder import generate_pathfinder
 from seqzoo.data.synthetic import associative_recall, induction_heads, mqar, selective_copying
+from seqzoo.data.validate import check_dataset
 
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 2_000_003, "test": 1_000_003}
 CACHE_DIR = DEFAULT_CACHE_DIR  # where generated ListOps / Pathfinder splits are cached
@@ -194,7 +197,8 @@ TASKS: dict[str, Task] = {
     "lra_cifar10": Task(
         from_files(load_lra_cifar10, normalize=lambda c: c.normalize),
         "LRA Image: grayscale CIFAR-10, 1024 pixel tokens (10 classes); normalize, data_dir",
-        "cifar-10-batches-py/data_batch_1..5 and test_batch (the python version)",
+        "cifar-10-batches-bin/data_batch_1.bin..data_batch_5.bin and test_batch.bin (the binary "
+        "version, cifar-10-binary.tar.gz; the pickled python version is refused)",
         images=True,
     ),
     "lra_pathfinder": Task(
@@ -231,7 +235,8 @@ def _tasks_with(flag: str) -> str:
 
 
 def build_task(cfg: TaskConfig) -> Dataset:
-    """The ``Dataset`` of task ``cfg.name`` (splits ``train``, ``val`` if it has one, ``test``)."""
+    """The ``Dataset`` of task ``cfg.name`` (splits ``train``, ``val`` if it has one, ``test``),
+    checked by :func:`check_dataset` (labels, input range, no empty split or row)."""
     check_data_dir(cfg)
     task = get_task(cfg.name)
     if cfg.test_seq_len and not task.test_lengths:
@@ -245,4 +250,4 @@ def build_task(cfg: TaskConfig) -> Dataset:
         raise ValueError(
             f"task.normalize is for the image tasks ({_tasks_with('images')}), not {cfg.name!r}"
         )
-    return task.build(cfg)
+    return check_dataset(task.build(cfg), cfg.name)

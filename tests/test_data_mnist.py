@@ -8,10 +8,15 @@ import pytest
 
 from seqzoo.data.mnist import FASHION_MNIST_DIR, load_fashion_mnist, load_mnist, read_idx
 
+IDX_TYPES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B}
 
-def _write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, ">u4").tobytes()
-    data = header + array.astype(np.uint8).tobytes()
+
+def _write_idx(path: Path, array: np.ndarray, compress: bool, dtype=np.uint8) -> None:
+    """Writes ``array`` as an IDX file of ``dtype`` (uint8, int8 or >i2), gzipped with
+    ``compress`` (under ``path`` + ``.gz``)."""
+    dtype = np.dtype(dtype)
+    header = bytes([0, 0, IDX_TYPES[dtype], array.ndim]) + np.array(array.shape, ">u4").tobytes()
+    data = header + np.asarray(array).astype(dtype).tobytes()
     if compress:
         path = path.with_name(path.name + ".gz")
         data = gzip.compress(data)
@@ -60,6 +65,57 @@ def test_read_idx_rejects_other_files(tmp_path):
     (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04rest")
     with pytest.raises(ValueError, match="not an IDX file"):
         read_idx(tmp_path / "bad")
+
+
+def _truncated_gzip(path: Path) -> None:
+    data = gzip.compress(path.read_bytes())
+    path.with_name(path.name + ".gz").write_bytes(data[: len(data) // 2])
+    path.unlink()
+
+
+BAD_FILES = {  # case: (file to replace, how, expected message)
+    "images_1d": ("train-images-idx3-ubyte", lambda p: _write_idx(p, np.arange(10), False),
+                  r"train-images-idx3-ubyte holds an array of shape \(10,\); images must be"),
+    "test_14x14": ("t10k-images-idx3-ubyte",
+                   lambda p: _write_idx(p, np.zeros((4, 14, 14)), False),
+                   "t10k-images-idx3-ubyte holds 14x14 images but .*train-images-idx3-ubyte "
+                   "holds 28x28"),
+    "label_10": ("t10k-labels-idx1-ubyte", lambda p: _write_idx(p, np.array([3, 1, 10, 1]), False),
+                 r"t10k-labels-idx1-ubyte: record 2 \(counting from 0\) has label 10; labels "
+                 r"must be integers in 0..9"),
+    "label_minus_1": ("train-labels-idx1-ubyte",
+                      lambda p: _write_idx(p, np.arange(10) - 1, False, np.int8),
+                      r"train-labels-idx1-ubyte: record 0 \(counting from 0\) has label -1"),
+    "pixel_300": ("train-images-idx3-ubyte",
+                  lambda p: _write_idx(p, np.full((10, 28, 28), 300), False, ">i2"),
+                  r"train-images-idx3-ubyte: pixel value 300 at image 0, row 0, column 0"),
+    "9_labels": ("train-labels-idx1-ubyte", lambda p: _write_idx(p, np.arange(9), False),
+                 r"train-labels-idx1-ubyte holds labels of shape \(9,\), but .* holds 10 "
+                 r"images"),
+    "truncated_gzip": ("train-images-idx3-ubyte", _truncated_gzip,
+                       "train-images-idx3-ubyte.gz is not a readable gzip file"),
+    "fake_gzip": ("t10k-labels-idx1-ubyte", lambda p: p.rename(p.with_name(p.name + ".gz")),
+                  "t10k-labels-idx1-ubyte.gz is not a readable gzip file"),
+    "truncated": ("train-images-idx3-ubyte", lambda p: p.write_bytes(p.read_bytes()[:-100]),
+                  r"train-images-idx3-ubyte holds 7740 bytes of data, but its header says "
+                  r"\(10, 28, 28\)"),
+    "truncated_header": ("train-images-idx3-ubyte", lambda p: p.write_bytes(p.read_bytes()[:9]),
+                         "train-images-idx3-ubyte is truncated inside its header"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_bad_idx_files_name_the_file_and_record(tmp_path, case):
+    arrays = {"train-images-idx3-ubyte": np.zeros((10, 28, 28)),
+              "train-labels-idx1-ubyte": np.arange(10),
+              "t10k-images-idx3-ubyte": np.zeros((4, 28, 28)),
+              "t10k-labels-idx1-ubyte": np.array([3, 1, 4, 1])}
+    for name, array in arrays.items():
+        _write_idx(tmp_path / name, array, compress=False)
+    name, damage, message = BAD_FILES[case]
+    damage(tmp_path / name)
+    with pytest.raises(ValueError, match=message):
+        load_mnist(tmp_path)
 
 
 def test_missing_directory_names_the_expected_files(tmp_path):

@@ -12,6 +12,7 @@ from seqzoo.cli import main
 from seqzoo.config import apply_overrides
 from seqzoo.runner.build import build
 from seqzoo.runner.experiments import experiment_names, load_experiment, transformer_config
+from tests.test_data_cifar10 import uniform_batches, write_cifar10_binary
 from tests.test_data_mnist import _write_idx
 
 TOY = [
@@ -46,13 +47,7 @@ def fixtures(root):
             folder = root / "imdb" / "aclImdb" / split / polarity
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{i}.txt").write_text(f"review {i} {polarity}")
-    import pickle
-
-    (root / "cifar" / "cifar-10-batches-py").mkdir(parents=True)
-    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
-        data = np.full((8, 3072), i * 20, np.uint8)
-        entry = {b"data": data, b"labels": [(i + j) % 10 for j in range(8)]}
-        (root / "cifar" / "cifar-10-batches-py" / name).write_bytes(pickle.dumps(entry))
+    write_cifar10_binary(root / "cifar", uniform_batches(8))
     (root / "mnist").mkdir()
     for prefix, n in (("train", 20), ("t10k", 8)):
         _write_idx(

@@ -3,12 +3,16 @@
 The file name encodes the task name and every generation parameter, so changing any
 parameter builds a new file; writes are atomic (temp file + rename), so concurrent
 processes never read a half-written cache. Integer arrays are stored in the smallest dtype
-that holds them and all-valid masks are left out; loading restores the house dtypes.
+that holds them and all-valid masks are left out; loading restores the house dtypes. Files
+are read without unpickling; a cache file that does not read back (damaged, or not written
+by this module) is rebuilt, with a warning naming it.
 """
 
 import hashlib
 import os
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -53,8 +57,9 @@ def cached_splits(
     directory = Path(cache_dir).expanduser()
     path = directory / cache_file_name(name, params)
     if path.exists():
-        with np.load(path) as stored:
-            return _unflatten({key: stored[key] for key in stored.files})
+        stored = _read(path)
+        if stored is not None:
+            return stored
     splits = build()
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp.npz")
@@ -66,6 +71,18 @@ def cached_splits(
         Path(tmp).unlink(missing_ok=True)
         raise
     return splits
+
+
+def _read(path: Path) -> dict[str, Split] | None:
+    """The splits stored in cache file ``path``, or None (with a warning naming it) when it
+    does not read back whole."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return _unflatten({key: stored[key] for key in stored.files})
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        warnings.warn(f"the cached data {path} does not read back ({type(err).__name__}: "
+                      f"{err}); building it again", stacklevel=3)
+        return None
 
 
 def _flatten(splits: dict[str, Split]) -> dict[str, np.ndarray]:

@@ -58,7 +58,9 @@ def make_split(inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None 
 
 def pack_sequences(sequences: list, labels: list[int], seq_len: int) -> Split:
     """A classification split from variable-length token sequences (lists of ids, arrays or
-    ``bytes`` of uint8 ids), truncated or padded with ``PAD_ID`` to ``seq_len``."""
+    ``bytes`` of uint8 ids), truncated or padded with ``PAD_ID`` to ``seq_len`` (>= 1)."""
+    if seq_len < 1:
+        raise ValueError(f"sequences need a length of at least 1, got seq_len={seq_len}")
     inputs = np.full((len(sequences), seq_len), PAD_ID, np.int32)
     mask = np.zeros((len(sequences), seq_len), bool)
     for row, sequence in enumerate(sequences):

@@ -1,6 +1,10 @@
-"""Finding the user's copies of released data files, with errors that say what goes where."""
+"""Finding and reading the user's copies of released data files, with errors that say what
+goes where and which file (and line) is damaged."""
 
+import contextlib
 import gzip
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,3 +28,34 @@ def find(directory: Path, name: str, what: str, expected: list[str]) -> Path:
 def open_maybe_gzip(path: Path) -> BinaryIO:
     """Opens ``path`` for binary reading, decompressing ``.gz`` files."""
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+@contextlib.contextmanager
+def gzip_errors_named(path: Path) -> Iterator[None]:
+    """Turns the errors of reading a damaged ``.gz`` file inside the block (not gzip, truncated,
+    corrupt) into a ValueError naming ``path``."""
+    try:
+        yield
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise ValueError(f"{path} is not a readable gzip file ({err}); it is truncated or "
+                         f"damaged: download it again, or store it uncompressed without "
+                         f"the .gz suffix") from None
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole content of ``path``, decompressed if it ends in ``.gz``."""
+    with gzip_errors_named(path), open_maybe_gzip(path) as handle:
+        return handle.read()
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number from 1, line without its ending) for each line of UTF-8 text file ``path``
+    (decompressed if ``.gz``); a line that is not UTF-8 is a ValueError naming file and line."""
+    with gzip_errors_named(path), open_maybe_gzip(path) as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{number} is not UTF-8 text ({err.reason} at byte "
+                                 f"{err.start} of the line)") from None
+            yield number, text.rstrip("\r\n")

@@ -32,6 +32,11 @@ def image_dataset(name: str, splits: dict[str, Split], num_classes: int,
                    num_classes=num_classes, seq_len=seq_len)
 
 
+def size_text(shape: tuple[int, ...]) -> str:
+    """An image size for messages: ``"28x28"`` (height x width) for shape (28, 28)."""
+    return "x".join(map(str, shape))
+
+
 def import_pillow():
     """PIL.Image and PIL.ImageDraw, or an ImportError that says how to get them."""
     try:

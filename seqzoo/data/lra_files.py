@@ -8,21 +8,22 @@ turned grayscale as ``tf.image.rgb_to_grayscale``. Every split has inputs (n, l)
 """
 
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
 
-from seqzoo.data import listops
+from seqzoo.data import cifar10, listops
 from seqzoo.data.cache import DEFAULT_CACHE_DIR, cached_splits
 from seqzoo.data.dataset import Dataset, make_split, pack_sequences
-from seqzoo.data.files import find, missing
-from seqzoo.data.images import image_dataset, image_split, import_pillow
+from seqzoo.data.files import find, missing, text_lines
+from seqzoo.data.images import image_dataset, image_split
 from seqzoo.data.pathfinder import DIFFICULTIES, LRA_CONFIGS
+from seqzoo.data.pathfinder_files import read_pathfinder_image, read_pathfinder_metadata
 from seqzoo.data.progress import Progress
+from seqzoo.data.validate import parse_label
 
 BYTE_VOCAB = 257
-_NUMPY_MAGIC = b"\x93NUMPY"
+LISTOPS_HEADER = ["Source", "Target"]
 
 
 def byte_tokens(text: str | bytes) -> np.ndarray:
@@ -35,30 +36,49 @@ def _directory(data_dir) -> Path:
     return Path(data_dir).expanduser()
 
 
+def read_listops_tsv(path: Path) -> tuple[list[list[int]], list[int]]:
+    """Token ids and labels (0..9) of a ListOps TSV file: an optional ``Source<TAB>Target``
+    header, then one ``expression<TAB>label`` line per example (blank lines are skipped). A
+    malformed line is a ValueError naming the file and line; so is a file with no example."""
+    sequences, labels = [], []
+    for number, line in text_lines(path):
+        fields = line.split("\t")
+        if not line.strip() or (number == 1 and fields == LISTOPS_HEADER):
+            continue
+        where = f"{path}:{number}"
+        if len(fields) != 2:
+            raise ValueError(f"{where}: expected 'expression<TAB>label' (one tab), found "
+                             f"{len(fields) - 1} tabs in {line[:80]!r}")
+        try:
+            tokens = listops.tokenize(fields[0])
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        if not tokens:
+            raise ValueError(f"{where}: the expression before the tab is empty")
+        sequences.append(tokens)
+        labels.append(parse_label(fields[1], listops.NUM_CLASSES, where))
+    if not sequences:
+        raise ValueError(f"{path} holds no examples; expected a 'Source<TAB>Target' header, "
+                         f"then one 'expression<TAB>label' line per example")
+    return sequences, labels
+
+
 def load_lra_listops(data_dir: str | os.PathLike, max_length: int = 2000) -> Dataset:
     """ListOps from ``basic_{train,val,test}.tsv`` (LRA's ``listops-1000``; header
-    ``Source<TAB>Target``), truncated / padded to ``max_length`` tokens."""
+    ``Source<TAB>Target``, labels 0..9), truncated / padded to ``max_length`` tokens."""
     directory = _directory(data_dir)
     expected = [f"basic_{s}.tsv" for s in ("train", "val", "test")]
     splits = {}
     for split in ("train", "val", "test"):
         path = find(directory, f"basic_{split}.tsv", "LRA ListOps", expected)
-        sequences, labels = [], []
-        with open(path, encoding="utf-8") as handle:
-            next(handle)  # header
-            for line in handle:
-                if line.strip():
-                    source, target = line.rstrip("\n").split("\t")
-                    sequences.append(listops.tokenize(source))
-                    labels.append(int(target))
-        splits[split] = pack_sequences(sequences, labels, max_length)
+        splits[split] = pack_sequences(*read_listops_tsv(path), max_length)
     return Dataset("lra_listops", splits, vocab_size=len(listops.VOCAB),
                    num_classes=listops.NUM_CLASSES, seq_len=max_length)
 
 
 def load_lra_retrieval(data_dir: str | os.PathLike, max_length: int = 4000) -> Dataset:
     """AAN document matching from ``new_aan_pairs.{train,eval,test}.tsv`` (LRA's
-    ``tsv_data``; columns label, id1, id2, text1, text2, no header), byte level.
+    ``tsv_data``; columns label (0 or 1), id1, id2, text1, text2, no header), byte level.
 
     inputs (n, 2 * max_length): document 1 in ``[:, :max_length]`` and document 2 in
     ``[:, max_length:]``, each truncated / padded on its own; targets 0/1. Splits
@@ -71,17 +91,19 @@ def load_lra_retrieval(data_dir: str | os.PathLike, max_length: int = 4000) -> D
     for split, name in names.items():
         path = find(directory, f"new_aan_pairs.{name}.tsv", "LRA Retrieval (AAN)", expected)
         firsts, seconds, labels = [], [], []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                fields = line.rstrip("\r\n").split("\t")
-                if len(fields) != 5:
-                    raise ValueError(f"{path}:{number} has {len(fields)} tab-separated "
-                                     f"columns; expected 5 (label, id1, id2, text1, text2)")
-                labels.append(int(float(fields[0])))
-                firsts.append(byte_tokens(fields[3]))
-                seconds.append(byte_tokens(fields[4]))
+        for number, line in text_lines(path):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) != 5:
+                raise ValueError(f"{path}:{number} has {len(fields)} tab-separated "
+                                 f"columns; expected 5 (label, id1, id2, text1, text2)")
+            labels.append(parse_label(fields[0], 2, f"{path}:{number}"))
+            firsts.append(byte_tokens(fields[3]))
+            seconds.append(byte_tokens(fields[4]))
+        if not labels:
+            raise ValueError(f"{path} holds no examples; expected one line per pair: "
+                             f"label, id1, id2, text1, text2 separated by tabs")
         one = pack_sequences(firsts, labels, max_length)
         two = pack_sequences(seconds, labels, max_length)
         splits[split] = make_split(np.concatenate([one["inputs"], two["inputs"]], axis=1),
@@ -105,60 +127,50 @@ def load_lra_imdb(data_dir: str | os.PathLike, max_length: int = 4096) -> Datase
             files = sorted(folder.glob("*.txt")) if folder.is_dir() else []
             if not files:
                 raise missing(f"IMDB reviews ({folder})", _directory(data_dir), expected)
-            sequences += [byte_tokens(path.read_bytes()) for path in files]
+            sequences += [_review_tokens(path) for path in files]
             labels += [label] * len(files)
         splits[split] = pack_sequences(sequences, labels, max_length)
     return Dataset("lra_imdb", splits, vocab_size=BYTE_VOCAB, num_classes=2, seq_len=max_length)
 
 
+def _review_tokens(path: Path) -> np.ndarray:
+    """Byte tokens of one review file; an empty file is a ValueError naming it."""
+    tokens = byte_tokens(path.read_bytes())
+    if len(tokens) == 0:
+        raise ValueError(f"{path} is empty; every review file needs its text")
+    return tokens
+
+
 def load_lra_cifar10(data_dir: str | os.PathLike, val_fraction: float = 0.1,
                      normalize: bool = False) -> Dataset:
-    """Grayscale CIFAR-10 as 1024-pixel sequences from the python batches in
-    ``data_dir/cifar-10-batches-py`` (``data_batch_1`` .. ``data_batch_5``, ``test_batch``).
+    """Grayscale CIFAR-10 as 1024-pixel sequences from the binary release
+    (``cifar-10-binary.tar.gz``) extracted in ``data_dir``: ``cifar-10-batches-bin/``
+    ``data_batch_1.bin`` .. ``data_batch_5.bin`` and ``test_batch.bin`` (see
+    :mod:`seqzoo.data.cifar10`; the pickled Python release is refused, never read).
 
     Gray = floor((0.2989 R + 0.5870 G + 0.1140 B) / 255 * 255.5), as TF's
     ``rgb_to_grayscale`` on uint8. Splits ``train`` / ``val`` (the last ``val_fraction`` of
     the training batches, as LRA's ``train[90%:]``) / ``test``.
     """
-    directory = _directory(data_dir) / "cifar-10-batches-py"
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    expected = [f"cifar-10-batches-py/{n}" for n in names]
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    train_paths, test_path = cifar10.batch_paths(_directory(data_dir))
 
-    def batch(name):
-        path = find(directory, name, "CIFAR-10 python batches", expected)
-        with open(path, "rb") as handle:
-            entry = pickle.load(handle, encoding="bytes")
-        rgb = np.asarray(entry[b"data"], np.float32).reshape(-1, 3, 32, 32) / 255.0
-        gray = np.tensordot(np.array([0.2989, 0.5870, 0.1140], np.float32), rgb, axes=(0, 1))
-        return (gray * 255.5).astype(np.uint8), np.asarray(entry[b"labels"])
+    def batch(path):
+        rgb, labels = cifar10.read_batch(path)
+        weights = np.array([0.2989, 0.5870, 0.1140], np.float32)
+        gray = np.tensordot(weights, rgb.astype(np.float32) / 255.0, axes=(0, 1))
+        return (gray * 255.5).astype(np.uint8), labels
 
-    train = [batch(n) for n in names[:5]]
+    train = [batch(path) for path in train_paths]
     train_x, train_y = np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])
-    test_x, test_y = batch("test_batch")
+    test_x, test_y = batch(test_path)
     num_train = len(train_x) - round(val_fraction * len(train_x))
     splits = {"train": image_split(train_x[:num_train], train_y[:num_train])}
     if num_train < len(train_x):
         splits["val"] = image_split(train_x[num_train:], train_y[num_train:])
     splits["test"] = image_split(test_x, test_y)
-    return image_dataset("lra_cifar10", splits, 10, normalize)
-
-
-def read_pathfinder_metadata(path: Path) -> list[tuple[str, str, int]]:
-    """(image folder, file name, label) rows of a Pathfinder ``metadata/*.npy`` file, which
-    the releases store either as text lines (``imgs/0 sample_0.png 0 1 ...``) or as a
-    numpy string array with the same columns."""
-    with open(path, "rb") as handle:
-        is_numpy = handle.read(len(_NUMPY_MAGIC)) == _NUMPY_MAGIC
-    if is_numpy:
-        rows = np.load(path, allow_pickle=False).astype(str).tolist()
-    else:
-        rows = [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
-    rows = [row for row in rows if row]
-    for row in rows:
-        if len(row) < 4:
-            raise ValueError(f"{path}: metadata row {row} has fewer than 4 columns "
-                             f"(folder, file, index, label, ...)")
-    return [(row[0], row[1], int(float(row[3]))) for row in rows]
+    return image_dataset("lra_cifar10", splits, cifar10.NUM_CLASSES, normalize)
 
 
 def load_lra_pathfinder(
@@ -172,10 +184,11 @@ def load_lra_pathfinder(
 ) -> Dataset:
     """Released Pathfinder images from
     ``data_dir/pathfinder{resolution}/{difficulty}/imgs/*/sample_*.png`` listed by
-    ``.../metadata/*.npy`` (text or numpy form; column 4 is the label). Empty image files
-    are skipped, as LRA does. Rows are shuffled with ``seed`` and split 80 / 10 / 10 %
-    into ``train`` / ``val`` / ``test``. The decoded pixels are cached in ``cache_dir``.
-    Needs Pillow.
+    ``.../metadata/*.npy`` (text or numpy form; column 4 is the label, 0 or 1). Empty image
+    files are skipped, as LRA does; images must be ``resolution`` x ``resolution`` with pixels
+    in 0..255 (see :mod:`seqzoo.data.pathfinder_files`). Rows are shuffled with ``seed`` and
+    split 80 / 10 / 10 % into ``train`` / ``val`` / ``test``. The decoded pixels are cached in
+    ``cache_dir``. Needs Pillow.
     """
     if resolution not in LRA_CONFIGS or difficulty not in DIFFICULTIES:
         raise ValueError(f"resolution must be one of {sorted(LRA_CONFIGS)} and difficulty one "
@@ -189,17 +202,18 @@ def load_lra_pathfinder(
                        f"pathfinder{resolution}/{difficulty}/imgs/<batch>/sample_<i>.png"])
 
     def build():
-        Image, _ = import_pillow()
         rows = [row for path in metadata_files for row in read_pathfinder_metadata(path)]
         images, labels = [], []
         with Progress(len(rows), f"Pathfinder{resolution} files", enabled=progress) as bar:
-            for folder, name, label in rows:
-                path = root / folder / name
-                if path.stat().st_size > 0:
-                    with Image.open(path) as image:
-                        images.append(np.asarray(image.convert("L")))
+            for folder, name, label, where in rows:
+                image = read_pathfinder_image(root / folder / name, resolution, where)
+                if image is not None:
+                    images.append(image)
                     labels.append(label)
                 bar.update()
+        if not images:
+            raise ValueError(f"the metadata files in {root / 'metadata'} list no non-empty "
+                             f"image")
         order = np.random.default_rng(seed).permutation(len(images))
         images, labels = np.stack(images)[order], np.asarray(labels)[order]
         cuts = [0, int(0.8 * len(images)), int(0.9 * len(images)), len(images)]
