@@ -60,12 +60,15 @@ def rel(a, b) -> float:
 def accuracy(shape) -> None:
     b, l, h, kv, d = shape
     print(f"## accuracy, bf16 auto vs float32 xla, {shape}")
-    for causal, window, groups in [(True, None, 1), (False, None, 1), (True, l // 4, 1),
-                                   (True, None, 4)]:
+    for causal, window, groups, names in [(True, None, 1, None), (False, None, 1, None),
+                                          (True, l // 4, 1, ("right", "holes")),
+                                          (True, None, 4, ("none", "left"))]:
         options = {"causal": causal, "window": window}
         q, k, v = qkv(b, l, h, h // groups, d, jnp.bfloat16)
         chosen, why = attention_impl("auto", jnp.bfloat16, d, **options)
         for name, mask in masks(b, l).items():
+            if names is not None and name not in names:
+                continue
             got = jax.jit(jax.value_and_grad(loss_fn("auto", mask, options), (0, 1, 2)))
             ref = jax.jit(jax.value_and_grad(loss_fn("xla", mask, options), (0, 1, 2)))
             o = jax.jit(functools.partial(dot_product_attention, mask=mask, **options))
@@ -161,7 +164,7 @@ def main(argv=None) -> None:
     big = (4, 8192, 16, 16, 128)
     speed([(big, True, None, "none"), (big, True, None, "all valid"), (big, True, None, "left"),
            (big, True, 1024, "none"), ((4, 8192, 16, 4, 128), True, None, "none"),
-           ((4, 8192, 16, 16, 128), False, None, "none")], repeats=5)
+           ((4, 8192, 16, 16, 128), False, None, "none")], repeats=3)
     memory([8192, 16384, 32768])
 
 

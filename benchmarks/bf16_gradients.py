@@ -37,7 +37,7 @@ def errors(fn, ref_fn, args: dict, diff: tuple[str, ...], g, f32=()) -> dict[str
     """Relative errors of ``fn`` on ``args`` rounded to bf16 (but those named in ``f32``: step
     sizes and decays, which the layers pass in float32) against ``ref_fn`` on the same values
     in float32: the output ``y`` and ``d<name>`` for every name in ``diff``."""
-    def value_and_grads(f, a):
+    def value_and_grads(f, a, g):  # every array an argument: none is folded as a constant
         def loss(d):
             y = f(**{**a, **d})
             return jnp.sum(y.astype(jnp.float32) * g), y
@@ -46,8 +46,8 @@ def errors(fn, ref_fn, args: dict, diff: tuple[str, ...], g, f32=()) -> dict[str
 
     low = {n: (x if n in f32 or x.ndim < 2 else x.astype(BF16)) for n, x in args.items()}
     up = {n: (x.astype(jnp.float32) if x.dtype == BF16 else x) for n, x in low.items()}
-    y, grads = jax.jit(functools.partial(value_and_grads, fn))(low)
-    y_ref, grads_ref = jax.jit(functools.partial(value_and_grads, ref_fn))(up)
+    y, grads = jax.jit(functools.partial(value_and_grads, fn))(low, g)
+    y_ref, grads_ref = jax.jit(functools.partial(value_and_grads, ref_fn))(up, g)
     out = {"y": rel(y.astype(jnp.float32), y_ref)}
     out.update({f"d{n}": rel(grads[n].astype(jnp.float32), grads_ref[n]) for n in diff})
     return out
@@ -93,11 +93,12 @@ def mamba_errors(args, diff, g, extra):
     low = {n: (x if n == "dt" or x.ndim < 2 else x.astype(BF16)) for n, x in args.items()}
     up = {n: x.astype(jnp.float32) for n, x in low.items()}
 
-    def loss(d):
+    def loss(d, g):
         y = ssd(**{**up, **d}, impl="chunked", **extra)
         return jnp.sum(y * g), y
 
-    (_, y_ref), grads_ref = jax.value_and_grad(loss, has_aux=True)({n: up[n] for n in diff})
+    grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (_, y_ref), grads_ref = grad_fn({n: up[n] for n in diff}, g)
 
     def tensor(x):
         arr = np.asarray(x.astype(jnp.float32))

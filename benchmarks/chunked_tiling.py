@@ -1,12 +1,15 @@
 """Which tilings of the chunked kernel compile on this GPU, and how fast the ones that do run.
 
-    python benchmarks/chunked_tiling.py [--decay key] [--widths 128,64] [--time B,T,H]
+    python benchmarks/chunked_tiling.py [--decay key] [--widths 128,64,256:64] [--time B,T,H]
+    python benchmarks/chunked_tiling.py --resolved     # what resolve_tiling picks, checked
 
-For every candidate ``Tiling`` (chunk, block_v, num_warps, num_stages, slice) and key/value
-width, compiles forward+backward of ``gated_linear_attention`` (bf16) at a small length and
+For every candidate ``Tiling`` (chunk, block_v, num_warps, num_stages, slice) and key:value
+widths, compiles forward+backward of ``gated_linear_attention`` (bf16) at a small length and
 prints ``fits`` or the shared memory the compiler asked for (the number in its "Shared memory
 size limit exceeded" error) next to ``chunked_tiling.shared_memory_bytes``'s estimate; then
-times every tiling that fits at ``--time`` (forward and forward+backward, ms).
+times every tiling that fits at ``--time`` (forward and forward+backward, ms). ``--resolved``
+instead runs the tiling ``resolve_tiling`` picks for this GPU at every decay and width from 16
+to 256, and prints its relative error against the op's XLA path (output and each gradient).
 """
 
 from __future__ import annotations
@@ -27,21 +30,28 @@ from kernel_harness import median_ms  # noqa: E402
 
 from seqzoo.kernels.chunked_linear_attention import gated_linear_attention  # noqa: E402
 from seqzoo.kernels.chunked_pass import Tiling  # noqa: E402
-from seqzoo.kernels.chunked_tiling import shared_memory_bytes  # noqa: E402
+from seqzoo.kernels.chunked_tiling import (  # noqa: E402
+    device_limit,
+    resolve_tiling,
+    shared_memory_bytes,
+)
+from seqzoo.ops.linear_attention import linear_attention  # noqa: E402
 
 
-def inputs(b, t, h, width, decay):
+def inputs(b, t, h, widths, decay):
+    dk, dv = widths
     keys = jax.random.split(jax.random.PRNGKey(0), 4)
-    q, k, v = (jax.random.normal(kk, (1, b, t, h, width), jnp.float32).astype(jnp.bfloat16)
-               for kk in keys[:3])
-    gshape = (1, b, t, h, width) if decay == "key" else (1, b, t, h)
+    q, k, v = (jax.random.normal(kk, (1, b, t, h, w), jnp.float32).astype(jnp.bfloat16)
+               for kk, w in zip(keys[:3], (dk, dk, dv), strict=True))
+    q = q * dk ** -0.5
+    gshape = (1, b, t, h, dk) if decay == "key" else (1, b, t, h)
     g = None if decay is None else jax.nn.log_sigmoid(jax.random.normal(keys[3], gshape) + 3)
     return q, k, v, g
 
 
 def functions(tiling, decay):
     def fwd(q, k, v, g):
-        return gated_linear_attention(q, k, v, g, scale=0.1, tiling=tiling)[0]
+        return gated_linear_attention(q, k, v, g, scale=1.0, tiling=tiling)[0]
 
     def loss(q, k, v, g):
         o = fwd(q, k, v, g).astype(jnp.float32)
@@ -63,13 +73,38 @@ def candidates():
 
 def verdict(job) -> str:
     """``fits``, or the compiler's requested shared memory, for one (width, tiling, decay)."""
-    width, tiling, decay = job
+    widths, tiling, decay = job
     try:
-        functions(tiling, decay)[1].lower(*inputs(1, 2 * tiling.chunk, 1, width, decay)).compile()
+        functions(tiling, decay)[1].lower(*inputs(1, 2 * tiling.chunk, 1, widths, decay)).compile()
         return "fits"
     except Exception as e:  # the compiler's own verdict is the measurement
         asked = re.search(r"requested (\d+)", str(e))
         return f"requested {asked.group(1)}" if asked else f"{type(e).__name__}: {str(e)[:200]}"
+
+
+def parse_widths(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(x) for x in (w.split(":") * 2)[:2]) for w in text.split(",")]
+
+
+def check_resolved(decay) -> None:
+    """The resolved tiling at every width: compiles, and agrees with the XLA op (bf16)."""
+    for widths in parse_widths("16,32,64,128,256,256:64,64:256"):
+        tiling, why = resolve_tiling(decay, *widths, device_limit())
+        if tiling is None:
+            print(f"widths {widths}: none ({why})", flush=True)
+            continue
+        q, k, v, g = inputs(2, 300, 2, widths, decay)
+        args = (q[0], k[0], v[0]) + (() if decay is None else (g[0],))
+        errs = []
+        for impl in ("pallas", "chunk"):
+            def loss(*a, impl=impl):
+                o = linear_attention(*a[:3], log_decay=a[3] if len(a) > 3 else None, impl=impl)
+                return jnp.sum(o.astype(jnp.float32) * jnp.cos(jnp.arange(o.shape[-1])))
+            errs.append(jax.jit(jax.grad(loss, tuple(range(len(args)))))(*args))
+        rel = [float(jnp.linalg.norm((a - b).astype(jnp.float32)) /
+                     jnp.linalg.norm(b.astype(jnp.float32))) for a, b in zip(*errs, strict=True)]
+        print(f"widths {widths}: {tiling} ({why}) | grads rel err "
+              + " ".join(f"{e:.1e}" for e in rel), flush=True)
 
 
 def main(argv=None) -> None:
@@ -77,24 +112,30 @@ def main(argv=None) -> None:
     parser.add_argument("--decay", default="key", choices=["none", "scalar", "key"])
     parser.add_argument("--widths", default="128,64")
     parser.add_argument("--time", default="4,2048,16")
+    parser.add_argument("--resolved", action="store_true")
     args = parser.parse_args(argv)
     decay = None if args.decay == "none" else args.decay
     print(f"# {jax.devices()[0].device_kind}, jax {jax.__version__}, decay {decay}", flush=True)
-    jobs = [(int(w), tiling, decay) for w in args.widths.split(",") for tiling in candidates()]
+    if args.resolved:
+        check_resolved(decay)
+        return
+    jobs = [(w, tiling, decay) for w in parse_widths(args.widths) for tiling in candidates()]
     with ThreadPoolExecutor(8) as pool:  # XLA compiles outside the GIL
         verdicts = list(pool.map(verdict, jobs))
     fitting = []
-    for (width, tiling, _), said in zip(jobs, verdicts, strict=True):
-        estimate = shared_memory_bytes(tiling, decay, width, width, 2)
-        print(f"width {width} {tiling} | estimate {estimate} | {said}", flush=True)
+    for (widths, tiling, _), said in zip(jobs, verdicts, strict=True):
+        estimate = shared_memory_bytes(tiling, decay, *widths)
+        print(f"widths {widths} {tiling} | estimate {estimate} | {said}", flush=True)
         if said == "fits":
-            fitting.append((width, tiling))
+            fitting.append((widths, tiling))
+    if not args.time:
+        return
     b, t, h = (int(x) for x in args.time.split(","))
-    for width, tiling in fitting:
+    for widths, tiling in fitting:
         fwd, fb = functions(tiling, decay)
-        x = inputs(b, t, h, width, decay)
+        x = inputs(b, t, h, widths, decay)
         times = [median_ms(functools.partial(f, *x), repeats=3, calls=3) for f in (fwd, fb)]
-        print(f"time width {width} {tiling} | fwd {times[0]:.3f} ms | fwd+bwd {times[1]:.3f} ms",
+        print(f"time widths {widths} {tiling} | fwd {times[0]:.3f} ms | fwd+bwd {times[1]:.3f} ms",
               flush=True)
 
 

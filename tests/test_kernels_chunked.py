@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqzoo.kernels import launch
-from seqzoo.kernels.chunked_linear_attention import choose, gated_linear_attention
+from seqzoo.kernels import chunked_linear_attention, launch
+from seqzoo.kernels.chunked_linear_attention import choose, gated_linear_attention, kernel_impl
 from seqzoo.kernels.chunked_pass import Tiling
 from seqzoo.ops.linear_attention import linear_attention
 from seqzoo.ops.quasiseparable import quasiseparable
@@ -108,23 +108,36 @@ def test_vmap_and_packed_fallback():
     assert choose("auto", xla="chunk", dims=(16, 16), dtypes=(jnp.bfloat16,)) == "chunk"  # CPU
 
 
+H200 = 232_448  # opt-in shared memory per block, compute capability 9.0 (H100 and H200)
+
+
 @pytest.mark.parametrize(
-    "dtypes, dims, per_key, expected",
+    "dtypes, dims, per_key, limit, expected, why",
     [
-        ((jnp.bfloat16, jnp.bfloat16), (64, 64), False, "pallas"),
-        ((jnp.float16,), (128, 128), False, "pallas"),
-        ((jnp.bfloat16, jnp.float32), (64, 64), False, "chunk"),  # f32: XLA is faster
-        ((jnp.float32,), (64, 64), False, "chunk"),
-        ((jnp.bfloat16,), (64, 256), False, "chunk"),  # too wide for shared memory
-        ((jnp.bfloat16,), (64, 64), True, "chunk"),  # per-key decay
+        ((jnp.bfloat16, jnp.bfloat16), (64, 64), False, H200, "pallas", "shared memory"),
+        ((jnp.float16,), (128, 128), False, H200, "pallas", "shared memory"),
+        ((jnp.bfloat16,), (153, 64), False, H200, "pallas", "shared memory"),  # Based: 256
+        ((jnp.bfloat16, jnp.float32), (64, 64), False, H200, "chunk", "float32"),
+        ((jnp.float32,), (64, 64), False, H200, "chunk", "float32"),
+        ((jnp.bfloat16,), (64, 64), True, H200, "chunk", "per-key"),
+        ((jnp.bfloat16,), (512, 64), False, 101_376, "chunk", "no tiling"),  # sm_86, too wide
     ],
 )
-def test_auto_on_a_gpu_takes_the_kernel_only_where_it_measured_faster(
-    monkeypatch, dtypes, dims, per_key, expected
+def test_auto_on_a_gpu_takes_the_kernel_where_it_is_faster_and_fits(
+    monkeypatch, dtypes, dims, per_key, limit, expected, why
 ):
     monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
-    assert choose("auto", xla="chunk", dims=dims, dtypes=dtypes, per_key=per_key) == expected
+    monkeypatch.setattr(chunked_linear_attention, "device_limit", lambda: limit)
+    chosen, reason = kernel_impl("auto", xla="chunk", dims=dims, dtypes=dtypes, per_key=per_key)
+    assert chosen == expected and why in reason
     assert choose("chunk", xla="chunk", dims=dims, dtypes=dtypes, per_key=per_key) == "chunk"
+
+
+def test_pallas_where_no_tiling_fits_says_why(monkeypatch):
+    monkeypatch.setattr(chunked_linear_attention, "device_limit", lambda: 10_000)
+    (q, k, v, g, _), _ = attention_inputs("key", jnp.bfloat16)
+    with pytest.raises(ValueError, match="no tiling of the chunked kernel fits 10000 bytes"):
+        linear_attention(q, k, v, log_decay=g, impl="pallas")
 
 
 def ssd_inputs(length=37, groups=2, seed=3):

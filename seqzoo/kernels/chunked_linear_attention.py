@@ -47,7 +47,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqzoo.kernels import launch
-from seqzoo.kernels.chunked_pass import TUNED, TUNED_PER_DIMENSION, Tiling, chunked_pass
+from seqzoo.kernels.chunked_pass import Tiling, chunked_pass
+from seqzoo.kernels.chunked_tiling import device_limit, resolve_tiling
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -169,29 +170,39 @@ def _width(d: int) -> int:
     return max(16, 1 << (d - 1).bit_length())
 
 
-# The widest key / value dimension (after padding to a power of two) the kernel was compiled and
-# measured at on the H100. At 256 (Based's 153-wide feature map) a program's tiles exceed the
-# 227 KB of shared memory (seen 2026-11-23: "requested 352256, available: 232448").
-MAX_WIDTH = 128
-
-
-def choose(impl: str, *, xla: str, dims: tuple[int, int], dtypes: tuple, segment_ids=None,
-           per_key: bool = False) -> str:
-    """The implementation an op runs for ``impl``, where ``"pallas"`` names this kernel and
-    ``xla`` the op's own chunked path.
+def kernel_impl(impl: str, *, xla: str, dims: tuple[int, int], dtypes: tuple, segment_ids=None,
+                per_key: bool = False) -> tuple[str, str]:
+    """``(implementation, why)`` an op runs for ``impl``, where ``"pallas"`` names this kernel
+    and ``xla`` the op's own chunked path.
 
     ``"auto"`` takes the kernel on a GPU when the inputs' ``dtypes`` (q, k, v or their SSD
-    counterparts) are all 16-bit, the padded key and value widths ``dims`` fit ``MAX_WIDTH``
-    and the decay is not per key, ``xla`` elsewhere: in float32 the kernel's matmuls run far
-    slower than XLA's (Hydra's quasiseparable fwd+bwd at (32, 2000, 3 heads, 64, state 64) on an
-    H100: 74.1 ms against XLA's 2.8 ms; in bf16 0.94 against 2.67 ms, benchmarks/RESULTS.md), and
-    per-key decays are not shown faster. Packed sequences (``segment_ids``) always run ``xla``:
-    the kernel has no resets.
+    counterparts) are all 16-bit, a tiling fits the GPU's shared memory at the padded key and
+    value widths ``dims`` (``chunked_tiling.resolve_tiling``) and the decay is not per key,
+    ``xla`` elsewhere: in float32 the kernel's matmuls run far slower than XLA's (Hydra's
+    quasiseparable fwd+bwd at (32, 2000, 3 heads, 64, state 64) on an H100: 74.1 ms against
+    XLA's 2.8 ms; in bf16 0.94 against 2.67 ms, benchmarks/RESULTS.md), and the per-key kernel
+    is 4-8x slower than fla's chunk_gla (H200, benchmarks/RESULTS.md). Packed sequences
+    (``segment_ids``) always run ``xla``: the kernel has no resets.
     """
-    half = all(jnp.dtype(d).itemsize == 2 for d in dtypes)
-    usable = half and not per_key and all(_width(d) <= MAX_WIDTH for d in dims)
-    impl = launch.pick(impl, kernel="pallas" if usable else xla, xla=xla)
-    return xla if impl == "pallas" and segment_ids is not None else impl
+    if impl == "pallas" and segment_ids is not None:
+        return xla, "packed segment_ids: the kernel has no resets"
+    if impl != "auto":
+        return impl, "asked for"
+    if not launch.kernels_compiled():
+        return xla, "Pallas kernels are compiled on a GPU only"
+    if not all(jnp.dtype(d).itemsize == 2 for d in dtypes):
+        return xla, "float32: XLA's matmuls are faster than the kernel's"
+    if per_key:
+        return xla, "per-key decays: the kernel is slower than fla's (issue 24)"
+    if segment_ids is not None:
+        return xla, "packed segment_ids: the kernel has no resets"
+    tiling, why = resolve_tiling(None, *(_width(d) for d in dims), device_limit())
+    return ("pallas", why) if tiling is not None else (xla, why)
+
+
+def choose(impl: str, **options) -> str:
+    """The implementation of ``kernel_impl`` (same arguments), without the reason."""
+    return kernel_impl(impl, **options)[0]
 
 
 def gated_linear_attention(
@@ -215,7 +226,7 @@ def gated_linear_attention(
       g: log decays <= 0, None, (D, B, T, H_g) (scalar per head) or (D, B, T, H_g, dk) (per key).
       key_scale: (D, B, T, H_s) multiplies k_t (Mamba-2's dt); initial_state: (D, B, H, dk, dv).
       reverse: per direction, whether it runs from the end of the sequence.
-      tiling: launch parameters (default: ``TUNED``, ``TUNED_PER_DIMENSION`` for per-key decays);
+      tiling: launch parameters (default: ``chunked_tiling.resolve_tiling``'s for this GPU);
       max_chunk: caps its chunk (an op's ``chunk_size``). The chunk also shrinks to the next
       power of two >= T (at least 16) for short inputs.
     Returns ``o: (len(reverse), B, T, H, dv)`` in v's dtype and the final states
@@ -226,7 +237,9 @@ def gated_linear_attention(
         raise ValueError("scale must be non-zero")
     decay = None if g is None else ("scalar" if g.ndim == 4 else "key")
     if tiling is None:
-        tiling = TUNED_PER_DIMENSION if decay == "key" else TUNED
+        tiling, why = resolve_tiling(decay, _width(dk), _width(dv), device_limit())
+        if tiling is None:
+            raise ValueError(f"impl='pallas' cannot run here: {why}; use the op's XLA path")
     chunk = min(tiling.chunk, _width(length), _width(max_chunk or tiling.chunk))
     tiling = dataclasses.replace(tiling, chunk=chunk, sub=min(tiling.sub, chunk))
     steps, wk, wv = -(-length // chunk) * chunk, _width(dk), _width(dv)

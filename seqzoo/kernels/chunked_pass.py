@@ -27,7 +27,8 @@ ever exponentiates non-positive numbers:
   ``exp(G_last - G_i)``, keys times the other one (all <= 1).
 
 Matmuls take the inputs' dtype (bf16 on tensor cores; float32 at full IEEE precision) and
-accumulate in float32; decays, scores and the state are float32.
+accumulate in float32; decays, scores and the state are float32 (rounded to the matmul dtype as
+operands, or split in two bf16 parts with ``split``).
 """
 
 from __future__ import annotations
@@ -64,10 +65,11 @@ class Tiling:
     slice: int = 32
 
 
-# What the ops use (kernels/README.md): for no or scalar decays, the setting of the H100 table
-# (no tiling sweep has run yet); for per-key decays a register-lighter guess, not yet measured.
+# What the ops use where it fits (``chunked_tiling.resolve_tiling``): for no or scalar decays the
+# setting of the H100 table; for per-key decays the fastest of the H200 sweep of 2026-12-05 at
+# (4, 2048, 16, 128) (benchmarks/RESULTS.md).
 TUNED = Tiling()
-TUNED_PER_DIMENSION = Tiling(num_warps=8, slice=16)
+TUNED_PER_DIMENSION = Tiling(chunk=32, slice=16)
 
 
 def _pick(rev, if_reverse, if_causal):
@@ -334,6 +336,8 @@ def chunked_pass(
         (D, B, T, H_g, dk) for ``"key"``, (D, B, T, H_g, dv) for ``"value"``; float32.
       key_scale (``ks_j``), row_scale (``rs_i``): (D, B, T, H_s) float32.
       initial_state: (D, B, H, dk, dv) float32.
+      split: round float32 matmul operands (scores, states, decayed keys) as bf16 ``hi + lo``
+        (``_dot``): the gradient passes whose outputs enter the decays' gradient.
       boundaries: also return the state at the boundary after every chunk n (causal: after chunk
         n; reverse: before chunk n, i.e. after chunk n + 1; the last is the final (causal) or
         initial (reverse) state): ``(len(reverse), B, N dk, H, dv)`` float32, N = T / chunk,

@@ -1,21 +1,27 @@
 """Tilings of the chunked kernel that fit a GPU's shared memory.
 
-A program of ``chunked_pass`` keeps per chunk of ``C`` steps its q, k tiles ``(C, dk)``, its v
-and output tiles ``(C, block_v)``, decays and the ``C x C`` scores on chip, and Triton stages
-the operands of its matmuls, pipelined over ``num_stages`` buffers, in shared memory. The
-estimate (bytes, per program):
+Triton stages the tiles a program of ``chunked_pass`` reads per chunk (q, k, decays, v) in
+shared memory, ``num_stages`` buffers deep. What forward+backward asks for, over its four
+launches, fitted to the compiler's own numbers on an H200 (jax 0.11.2, bf16; the "requested N"
+of its "Shared memory size limit exceeded" errors, ``benchmarks/chunked_tiling.py``):
 
-    tiles  = C (2 dk + block_v) s + C x 4 [+ C dk 4 for per-dimension decays]
-    stage  = C C s + dk block_v s                   (scores and state as matmul operands)
-    total  = num_stages tiles + stage
+    per-dimension decays (GLA):  num_stages * chunk * (23 w + 7 block_v)  bytes
+    scalar or no decay:          num_stages * chunk * (10 w + 3 block_v)  bytes
 
-(s: the matmul operand size, 2 for bf16). ``DEVICE_LIMITS`` holds the opt-in shared memory per
-block of each compute capability (CUDA's programming guide).
+with ``w = max(dk, dv)`` after padding (the passes swap the key and value widths). The first is
+exact on its three failing points (chunk 64, stages 2: 434176 bytes at w 128 / block 64, 405504
+at block 32, 246016 at w 64) and puts the largest tilings that compiled at 217088; the second
+meets the one failure seen (Based's w 256, chunk 64, block 64, stages 2: 352256) and keeps the
+measured kernels (w <= 128) below the limit. ``DEVICE_LIMITS`` holds the opt-in shared memory
+per block of each compute capability (CUDA's programming guide); ``resolve_tiling`` takes the
+first of ``CANDIDATES`` (fastest measured first) that fits.
 """
 
 from __future__ import annotations
 
-from seqzoo.kernels.chunked_pass import Tiling
+import jax
+
+from seqzoo.kernels.chunked_pass import TUNED, TUNED_PER_DIMENSION, Tiling
 
 # Compute capability -> the most dynamic shared memory one block may opt into (bytes).
 DEVICE_LIMITS = {
@@ -25,15 +31,55 @@ DEVICE_LIMITS = {
     "9.0": 232_448,  # H100, H200
     "10.0": 232_448,
 }
+# bytes per (stage, chunk row) per unit of width w and of block_v: the fit above
+_PER_ROW = {"per_dimension": (23, 7), "whole": (10, 3)}
+
+CANDIDATES = {  # in order of preference; the first is what the kernel was tuned at
+    "whole": (
+        TUNED,
+        Tiling(num_stages=1),
+        Tiling(chunk=32, num_stages=1),
+        Tiling(chunk=32, block_v=32, num_stages=1),
+    ),
+    "per_dimension": (
+        TUNED_PER_DIMENSION,
+        Tiling(chunk=32, num_stages=1, slice=16),
+        Tiling(chunk=32, block_v=32, num_stages=1, slice=16),
+        Tiling(chunk=16, block_v=32, num_stages=1, slice=16),
+    ),
+}
 
 
-def shared_memory_bytes(tiling: Tiling, decay: str | None, dk: int, dv: int,
-                        itemsize: int) -> int:
-    """The estimate above for one program of a pass with these widths (after padding)."""
-    c, s = tiling.chunk, itemsize
-    bv = min(tiling.block_v, dv)
-    tiles = c * (2 * dk + bv) * s + c * 4
-    if decay in ("key", "value"):
-        tiles += c * max(dk, bv) * 4
-    stage = c * c * s + dk * bv * s
-    return tiling.num_stages * tiles + stage
+def kind_of(decay: str | None) -> str:
+    """``"per_dimension"`` for per-key decays (sub-chunks), ``"whole"`` otherwise."""
+    return "per_dimension" if decay == "key" else "whole"
+
+
+def shared_memory_bytes(tiling: Tiling, decay: str | None, dk: int, dv: int) -> int:
+    """The fit above for forward+backward at these (padded) key and value widths."""
+    width, block = max(dk, dv), min(tiling.block_v, max(dk, dv))
+    per_width, per_block = _PER_ROW[kind_of(decay)]
+    return tiling.num_stages * tiling.chunk * (per_width * width + per_block * block)
+
+
+def device_limit() -> int | None:
+    """The first GPU's opt-in shared memory per block; None off a GPU (interpret mode has no
+    limit) or for a compute capability not in ``DEVICE_LIMITS`` (then nothing is assumed)."""
+    capability = getattr(jax.devices()[0], "compute_capability", None)
+    return None if capability is None else DEVICE_LIMITS.get(capability)
+
+
+def resolve_tiling(decay: str | None, dk: int, dv: int,
+                   limit: int | None) -> tuple[Tiling | None, str]:
+    """``(tiling, why)``: the first candidate for this decay that fits ``limit`` bytes (the
+    first one when ``limit`` is None), or ``(None, why none does)``."""
+    options = CANDIDATES[kind_of(decay)]
+    if limit is None:
+        return options[0], "no shared-memory limit known (not a GPU)"
+    for tiling in options:
+        need = shared_memory_bytes(tiling, decay, dk, dv)
+        if need <= limit:
+            return tiling, f"needs about {need} of {limit} bytes of shared memory"
+    least = min(shared_memory_bytes(t, decay, dk, dv) for t in options)
+    return None, (f"no tiling of the chunked kernel fits {limit} bytes of shared memory at "
+                  f"key / value widths {dk} / {dv} (the smallest needs about {least})")

@@ -1,0 +1,66 @@
+"""The chunked kernel's tilings fit the GPU's shared memory (``seqzoo.kernels.chunked_tiling``).
+
+The model is checked against what the compiler said on an H200 (``benchmarks/chunked_tiling.py``
+of 2026-12-05, bf16 forward+backward): tilings that failed must be predicted not to fit, the
+ones that compiled must be predicted to fit; then every resolved tiling fits its device.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from seqzoo.kernels.chunked_pass import Tiling
+from seqzoo.kernels.chunked_tiling import (
+    CANDIDATES,
+    DEVICE_LIMITS,
+    resolve_tiling,
+    shared_memory_bytes,
+)
+
+H200 = DEVICE_LIMITS["9.0"]
+# (decay, width, chunk, block_v, num_stages) -> the compiler's requested bytes, or "fits"
+MEASURED = {
+    ("key", 128, 64, 64, 2): 434_176,
+    ("key", 128, 64, 32, 2): 405_504,
+    ("key", 64, 64, 64, 2): 246_016,
+    ("key", 128, 64, 64, 1): "fits",
+    ("key", 128, 64, 32, 1): "fits",
+    ("key", 128, 32, 64, 2): "fits",
+    ("key", 128, 32, 32, 2): "fits",
+    ("key", 64, 64, 32, 2): "fits",
+    (None, 256, 64, 64, 2): 352_256,  # Based's padded feature map, 2026-11-23 (H100)
+    (None, 128, 64, 64, 2): "fits",
+    ("scalar", 128, 64, 64, 2): "fits",
+}
+
+
+@pytest.mark.parametrize("measured", list(MEASURED), ids=str)
+def test_the_model_agrees_with_the_compiler(measured):
+    decay, width, chunk, block_v, stages = measured
+    tiling = Tiling(chunk=chunk, block_v=block_v, num_stages=stages, slice=16)
+    estimate = shared_memory_bytes(tiling, decay, width, width)
+    said = MEASURED[measured]
+    if said == "fits":
+        assert estimate <= H200
+    else:
+        assert said > H200 and estimate >= 0.99 * said
+
+
+@pytest.mark.parametrize("capability", sorted(DEVICE_LIMITS))
+@pytest.mark.parametrize("decay", [None, "scalar", "key"])
+@pytest.mark.parametrize("dk, dv", [(16, 16), (64, 64), (128, 128), (256, 64), (64, 256)])
+def test_resolved_tilings_fit_every_known_gpu(capability, decay, dk, dv):
+    limit = DEVICE_LIMITS[capability]
+    tiling, why = resolve_tiling(decay, dk, dv, limit)
+    if tiling is None:  # only the widest per-key kernels on small GPUs
+        assert decay == "key" and max(dk, dv) == 256 and "no tiling" in why
+        return
+    assert shared_memory_bytes(tiling, decay, dk, dv) <= limit
+    kind = "per_dimension" if decay == "key" else "whole"
+    assert tiling in CANDIDATES[kind]
+
+
+def test_the_tuned_tilings_are_taken_where_they_fit():
+    assert resolve_tiling("key", 128, 128, H200)[0] == CANDIDATES["per_dimension"][0]
+    assert resolve_tiling(None, 128, 128, H200)[0] == CANDIDATES["whole"][0]
+    assert resolve_tiling(None, 64, 64, None)[0] == CANDIDATES["whole"][0]  # not a GPU
