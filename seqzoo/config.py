@@ -8,6 +8,12 @@
 Every value is checked against its field's type (an int is accepted for a float, nothing else is
 converted); an unknown key or a value of the wrong type raises ``ValueError`` naming the key,
 before any compute. Dict fields (``model.mixer_options``) take JSON on the command line.
+
+Each field also declares the values it may take, its domain (``setting(default, domain)``, see
+``seqzoo.domains``): ``check_values(cfg)`` checks them all at once and names every key out of
+its domain with the values it allows. The runner calls it before any compute
+(``seqzoo.runner.build.check_config``); reading a config does not, so an old run's config
+stays readable.
 """
 
 from __future__ import annotations
@@ -20,6 +26,21 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from seqzoo.domains import (
+    ABOVE_0,
+    ANY,
+    AT_LEAST_0,
+    AT_LEAST_1,
+    FRACTION,
+    RELATIVE_NAME,
+    SEED,
+    OneOf,
+    Range,
+    Registered,
+    domain_of,
+    setting,
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
@@ -27,54 +48,60 @@ class TaskConfig:
 
     ``num_kv_pairs`` is MQAR's, ``num_tokens`` selective copying's; ``data_dir`` is read by
     tasks built from files (which keep their released splits: ``num_train`` etc. are for
-    generated tasks). ``resolution`` (32 / 64 / 128) and ``difficulty`` (``curv_baseline``,
-    ``curv_contour_length_9``, ``curv_contour_length_14``) pick the Pathfinder images; their
-    sequence length is ``resolution ** 2``, not ``seq_len``. ``permuted``: sequential
-    (Fashion-)MNIST with the pixels in a fixed random order drawn from ``seed`` (psMNIST).
-    ``test_seq_len`` (0: none) gives the test split of a synthetic task another length
-    (length extrapolation). ``random_non_queries``: MQAR's filler slots hold uniform random
-    tokens (Zoology's generator default) or 0 (Zoology's figure-2 configs). ``normalize``
-    (image tasks): each pixel is one float feature in [0, 1] through a linear encoder (S4's
-    setting) instead of one of 256 tokens through an embedding (LRA's).
+    generated tasks; ``num_val = 0``: no validation split, the test split is evaluated instead,
+    as for the tasks released without one). ``resolution`` (32 / 64 / 128) and ``difficulty``
+    (``curv_baseline``, ``curv_contour_length_9``, ``curv_contour_length_14``) pick the
+    Pathfinder images; their sequence length is ``resolution ** 2``, not ``seq_len``.
+    ``permuted``: sequential (Fashion-)MNIST with the pixels in a fixed random order drawn from
+    ``seed`` (psMNIST). ``test_seq_len`` (0: none) gives the test split of a synthetic task
+    another length (length extrapolation). ``random_non_queries``: MQAR's filler slots hold
+    uniform random tokens (Zoology's generator default) or 0 (Zoology's figure-2 configs).
+    ``normalize`` (image tasks): each pixel is one float feature in [0, 1] through a linear
+    encoder (S4's setting) instead of one of 256 tokens through an embedding (LRA's).
     """
 
-    name: str = "mqar"
-    seq_len: int = 64
-    num_kv_pairs: int = 8
-    num_tokens: int = 16
-    vocab_size: int = 128
-    num_train: int = 40000
-    num_val: int = 500
-    num_test: int = 500
-    seed: int = 0
-    data_dir: str = ""
-    resolution: int = 32
-    difficulty: str = "curv_contour_length_14"
-    permuted: bool = False
-    test_seq_len: int = 0
-    random_non_queries: bool = True
-    normalize: bool = False
+    name: str = setting("mqar", Registered("seqzoo.tasks:get_task"))
+    seq_len: int = setting(64, AT_LEAST_1)
+    num_kv_pairs: int = setting(8, AT_LEAST_1)
+    num_tokens: int = setting(16, AT_LEAST_1)
+    vocab_size: int = setting(128, AT_LEAST_1)
+    num_train: int = setting(40000, AT_LEAST_1)
+    num_val: int = setting(500, AT_LEAST_0)
+    num_test: int = setting(500, AT_LEAST_1)
+    seed: int = setting(0, SEED)
+    data_dir: str = setting("", ANY)  # a directory, checked by the task (tasks.check_data_dir)
+    resolution: int = setting(32, OneOf("seqzoo.data.pathfinder:LRA_CONFIGS"))
+    difficulty: str = setting(
+        "curv_contour_length_14", OneOf("seqzoo.data.pathfinder:DIFFICULTIES")
+    )
+    permuted: bool = setting(False, ANY)
+    test_seq_len: int = setting(0, AT_LEAST_0)
+    random_non_queries: bool = setting(True, ANY)
+    normalize: bool = setting(False, ANY)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A ``SequenceModel``; ``mixer`` may be ``"a,b"`` for a hybrid cycling over layers.
 
-    ``mixer_options``: options for every mixer, or ``{name: options}``. ``dtype``: compute dtype,
-    ``float32`` or ``bfloat16`` (parameters stay float32).
+    ``mixer_options``: options for every mixer, or ``{name: options}`` for each mixer of
+    ``mixer`` (checked by building each mixer abstractly: ``seqzoo.runner.mixer_options``).
+    ``mlp_ratio``: MLP hidden width over ``d_model`` (LRA's mlp_dim / emb_dim). ``max_length``:
+    learned position embeddings when > 0. ``dtype``: compute dtype, ``float32`` or ``bfloat16``
+    (parameters stay float32).
     """
 
-    mixer: str = "attention"
-    d_model: int = 64
-    n_layers: int = 2
-    mixer_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    bidirectional: bool = False
-    mlp: str = "none"
-    mlp_ratio: float = 4.0  # MLP hidden width over d_model (LRA's mlp_dim / emb_dim)
-    norm: str = "rms"
-    dropout: float = 0.0
-    max_length: int = 0  # learned position embeddings when > 0
-    dtype: str = "float32"
+    mixer: str = setting("attention", Registered("seqzoo.registry:mixer_entry", separator=","))
+    d_model: int = setting(64, AT_LEAST_1)
+    n_layers: int = setting(2, AT_LEAST_1)
+    mixer_options: dict[str, Any] = setting(dict, ANY, factory=True)
+    bidirectional: bool = setting(False, ANY)
+    mlp: str = setting("none", OneOf("seqzoo.models.blocks:MLPS"))
+    mlp_ratio: float = setting(4.0, ABOVE_0)
+    norm: str = setting("rms", OneOf("seqzoo.models.norms:NORMS"))
+    dropout: float = setting(0.0, FRACTION)
+    max_length: int = setting(0, AT_LEAST_0)
+    dtype: str = setting("float32", OneOf("seqzoo.runner.model:DTYPES"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,16 +109,16 @@ class OptimConfig:
     """AdamW, linear warmup then cosine decay to ``final_lr_fraction`` of the peak, global-norm
     gradient clipping; SSM parameters use ``ssm_lr`` and no weight decay (``runner.optim``)."""
 
-    lr: float = 1e-2
-    ssm_lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 50
-    steps: int = 600
-    batch_size: int = 64
-    grad_clip: float = 1.0
-    b1: float = 0.9
-    b2: float = 0.98
-    final_lr_fraction: float = 0.01
+    lr: float = setting(1e-2, AT_LEAST_0)
+    ssm_lr: float = setting(1e-3, AT_LEAST_0)
+    weight_decay: float = setting(0.1, AT_LEAST_0)
+    warmup_steps: int = setting(50, AT_LEAST_0)
+    steps: int = setting(600, AT_LEAST_1)
+    batch_size: int = setting(64, AT_LEAST_1)
+    grad_clip: float = setting(1.0, ABOVE_0)
+    b1: float = setting(0.9, FRACTION)
+    b2: float = setting(0.98, FRACTION)
+    final_lr_fraction: float = setting(0.01, Range(0, 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,30 +130,31 @@ class MeshConfig:
     state sharded over all devices, gathered for the compute; ``seqzoo.runner.sharding``).
     """
 
-    data: int = 0
-    seq: int = 1
-    params: str = "replicated"
+    data: int = setting(0, AT_LEAST_0)
+    seq: int = setting(1, AT_LEAST_1)
+    params: str = setting("replicated", OneOf("seqzoo.runner.sharding:PARAM_MODES"))
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: task, model, optimizer, and how the run is logged and checkpointed.
 
-    Evaluation on the validation split every ``eval_every`` steps (the best one is kept as a
-    checkpoint), training metrics every ``log_every``, a checkpoint every ``checkpoint_every``
-    (the last ``keep_checkpoints`` are kept) and at the end. ``max_minutes`` (0: none) is a
-    wall-clock budget from the start of the run: training stops at the first step past it,
-    then the run evaluates and tests as at its last step.
+    ``name`` names the run folder (``runs/<name>-<time>``), so it is a relative name that stays
+    inside ``runs/``. Evaluation on the validation split every ``eval_every`` steps (the best
+    one is kept as a checkpoint), training metrics every ``log_every``, a checkpoint every
+    ``checkpoint_every`` (the last ``keep_checkpoints`` are kept) and at the end.
+    ``max_minutes`` (0: none) is a wall-clock budget from the start of the run: training stops
+    at the first step past it, then the run evaluates and tests as at its last step.
     """
 
-    name: str = "default"
-    description: str = "MQAR with a 2-layer attention model, CPU-sized"
-    seed: int = 0
-    eval_every: int = 100
-    log_every: int = 10
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    max_minutes: float = 0.0
+    name: str = setting("default", RELATIVE_NAME)
+    description: str = setting("MQAR with a 2-layer attention model, CPU-sized", ANY)
+    seed: int = setting(0, SEED)
+    eval_every: int = setting(100, AT_LEAST_1)
+    log_every: int = setting(10, AT_LEAST_1)
+    checkpoint_every: int = setting(100, AT_LEAST_1)
+    keep_checkpoints: int = setting(2, AT_LEAST_1)
+    max_minutes: float = setting(0.0, AT_LEAST_0)
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
@@ -170,6 +198,35 @@ def _parse(key: str, text: str, kind: Any) -> Any:
 
 def _unknown(key: str, types: dict[str, Any]) -> ValueError:
     return ValueError(f"unknown config key {key!r}; valid here: {', '.join(sorted(types))}")
+
+
+def check_values(config: Any, prefix: str = "") -> None:
+    """Raise ``ValueError`` unless every value of ``config`` (a config dataclass, sections
+    included) has its field's type and lies in its field's domain. The message has one line per
+    bad value, naming the key (``prefix`` + field name, e.g. ``optim.lr``) and its domain."""
+    problems = list(_problems(config, prefix))
+    if len(problems) == 1:
+        raise ValueError(problems[0])
+    if problems:
+        raise ValueError(f"{len(problems)} config values are invalid:\n  " + "\n  ".join(problems))
+
+
+def _problems(config: Any, prefix: str):
+    """One message per value of ``config`` of the wrong type or outside its domain."""
+    types = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        key, value = f"{prefix}{field.name}", getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            yield from _problems(value, f"{key}.")
+            continue
+        try:
+            value = _check(key, value, types[field.name])
+        except ValueError as e:
+            yield str(e)
+            continue
+        problem = domain_of(field).error(key, value)
+        if problem:
+            yield problem
 
 
 # ---- overrides -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 
 import jax
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+import seqzoo.runner.experiments as experiments
+from seqzoo.cli import main
 from seqzoo.config import ExperimentConfig, apply_overrides, load_config, to_toml
 from seqzoo.runner.data import BatchSampler, eval_batches
 from seqzoo.runner.metrics import MetricsLog, read_metrics
@@ -86,6 +89,62 @@ def test_bad_config_files_name_the_file_and_key(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         load_config(path)
+
+
+# ---- experiments ----------------------------------------------------------------------------
+@pytest.fixture
+def two_experiment_dirs(tmp_path, monkeypatch):
+    """``./experiments`` (the current directory's) and a checkout's, with one file each."""
+    cwd, checkout = tmp_path / "cwd", tmp_path / "checkout"
+    for root, name in ((cwd, "mine"), (checkout, "lra/shipped")):
+        (root / "experiments" / name).parent.mkdir(parents=True)
+        (root / "experiments" / f"{name}.toml").write_text("[optim]\nsteps = 3\n")
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(experiments, "SOURCE_ROOT", checkout)
+    return tmp_path
+
+
+def test_experiments_are_found_in_the_current_directory_and_the_checkout(two_experiment_dirs):
+    assert experiments.experiment_names() == ["default", "mine", "lra/shipped"]
+    assert experiments.load_experiment("lra/shipped").name == "lra/shipped"
+    assert experiments.load_experiment("mine").optim.steps == 3
+
+
+def test_an_unknown_experiment_lists_where_it_looked(two_experiment_dirs):
+    with pytest.raises(ValueError, match="unknown experiment 'nope'") as info:
+        experiments.load_experiment("nope")
+    looked = f"{two_experiment_dirs / 'cwd' / 'experiments'}, "
+    assert looked + f"{two_experiment_dirs / 'checkout' / 'experiments'}" in str(info.value)
+    assert "known experiments: default, mine, lra/shipped" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name", ["../../x", "../mine", "lra/../../x", "/etc/passwd", "/x/y", "a//b"]
+)
+def test_experiment_names_cannot_leave_the_experiments_folders(two_experiment_dirs, name):
+    outside = two_experiment_dirs / "x.toml"  # ../../x from cwd/experiments
+    outside.write_text("[optim]\nsteps = 5\n")
+    with pytest.raises(ValueError, match=f"{re.escape(repr(name))} is not an experiment name"):
+        experiments.load_experiment(name)
+
+
+def test_a_toml_path_is_a_file_the_user_chose(two_experiment_dirs):
+    path = two_experiment_dirs / "elsewhere" / "mine.toml"
+    path.parent.mkdir()
+    path.write_text('name = "custom"\n[optim]\nsteps = 7\n')
+    cfg = experiments.load_experiment(str(path))
+    assert cfg.name == "custom" and cfg.optim.steps == 7
+    with pytest.raises(FileNotFoundError, match="config file lra/shipped.toml not found .*'lra/"):
+        experiments.load_experiment("lra/shipped.toml")
+
+
+def test_a_config_file_naming_its_run_outside_runs_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "escape.toml").write_text('name = "../../escaped"\n')
+    assert main(["train", "escape.toml"]) == 2
+    assert "name must be a relative name" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["escape.toml"]
+    assert not (tmp_path.parent.parent / "escaped").exists()
 
 
 # ---- optimizer -------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     "overrides, error, message",
     [
         (
-            ["model.mixer=toeplitz", "task.seq_len=160", "task.vocab_size=256"],
+            ["model.mixer=toeplitz", "task.seq_len=160", "task.vocab_size=256",
+             'model.mixer_options={"head_dim": 8}'],
             ValueError,
             "task.seq_len=160 exceeds max_length=128 of mixer 'toeplitz'.*model.mixer_options",
         ),
@@ -48,7 +49,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
         ),
         (
             ["model.mixer=toeplitz", "task.name=mqar", "task.test_seq_len=160",
-             "task.vocab_size=256"],
+             "task.vocab_size=256", 'model.mixer_options={"head_dim": 8}'],
             ValueError,
             "task.test_seq_len=160 exceeds max_length=128 of mixer 'toeplitz'",
         ),

@@ -19,6 +19,13 @@ Array = jax.Array
 MLPS = ("none", "mlp", "glu")
 
 
+def mlp_width(d_model: int, kind: str, ratio: float) -> int:
+    """The hidden width of an MLP of ``kind`` (mlp | glu): ``int(ratio * d_model)``, two thirds
+    of it for SwiGLU (``glu``) to keep the parameter count of the gelu MLP."""
+    hidden = int(ratio * d_model)
+    return int(2 * hidden / 3) if kind == "glu" else hidden
+
+
 class MLP(nn.Module):
     """``gelu`` MLP ``W_2 gelu(W_1 x)`` or SwiGLU ``W_2 (silu(W_g x) * W_1 x)``.
 
@@ -34,9 +41,13 @@ class MLP(nn.Module):
     def __call__(self, x: Array) -> Array:
         if self.kind not in ("mlp", "glu"):
             raise ValueError(f"mlp must be one of {MLPS}, got {self.kind!r}")
-        hidden = int(self.ratio * self.d_model)
+        hidden = mlp_width(self.d_model, self.kind, self.ratio)
+        if hidden < 1:
+            raise ValueError(
+                f"mlp_ratio={self.ratio} gives the {self.kind} MLP of d_model={self.d_model} a "
+                f"hidden width of {hidden}; it needs at least 1"
+            )
         if self.kind == "glu":
-            hidden = int(2 * hidden / 3)  # keep the parameter count of the gelu MLP
             h = jax.nn.silu(dense(hidden, "gate", dtype=self.dtype)(x)) * dense(
                 hidden, "up", dtype=self.dtype
             )(x)

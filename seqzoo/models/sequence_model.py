@@ -42,6 +42,35 @@ def last_valid(h: Array, mask: Array) -> Array:
     return jnp.take_along_axis(h, idx[:, None, None], axis=1)[:, 0]
 
 
+def layer_mixers(mixer: str | tuple[str, ...], n_layers: int, bidirectional: bool) -> list[str]:
+    """The registry name of each layer's mixer: ``mixer``, or the names of a hybrid used
+    cyclically; with ``bidirectional``, causal mixers are wrapped (``bi:<name>``)."""
+    names = (mixer,) if isinstance(mixer, str) else tuple(mixer)
+    out = [names[i % len(names)] for i in range(n_layers)]
+    if bidirectional:
+        out = [f"bi:{n}" if mixer_info(n).causal else n for n in out]
+    return out
+
+
+def mixer_options(config: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
+    """Options of mixer ``name`` (a ``bi:`` prefix ignored): ``config`` itself, or its entry for
+    that name when ``config`` maps mixer names to option dicts (``{}`` if it has none).
+
+    Raises ``ValueError`` for a ``config`` that mixes both (its plain options would be lost).
+    """
+    config = dict(config or {})
+    tables = sorted(k for k, v in config.items() if isinstance(v, Mapping))
+    if not tables:
+        return config
+    plain = sorted(set(config) - set(tables))
+    if plain:
+        raise ValueError(
+            f"mixer options are either one set for every mixer or one table per mixer name, not "
+            f"both: options {plain} beside tables for {tables}; move {plain} into the tables"
+        )
+    return dict(config.get(name.removeprefix("bi:"), {}))
+
+
 class SequenceModel(nn.Module):
     """A stack of residual blocks around registry mixers.
 
@@ -82,19 +111,12 @@ class SequenceModel(nn.Module):
     dtype: Any = None
 
     def layer_mixers(self) -> list[str]:
-        names = (self.mixer,) if isinstance(self.mixer, str) else tuple(self.mixer)
-        out = [names[i % len(names)] for i in range(self.n_layers)]
-        if self.bidirectional:
-            out = [f"bi:{n}" if mixer_info(n).causal else n for n in out]
-        return out
+        """The registry name of each layer's mixer (see ``layer_mixers``)."""
+        return layer_mixers(self.mixer, self.n_layers, self.bidirectional)
 
     def _config_for(self, name: str) -> dict[str, Any]:
-        """Options of mixer ``name``: ``mixer_config`` itself, or its entry for that name when
-        ``mixer_config`` maps mixer names to option dicts."""
-        config = dict(self.mixer_config or {})
-        if any(isinstance(v, Mapping) for v in config.values()):
-            return dict(config.get(name.removeprefix("bi:"), {}))
-        return config
+        """Options of mixer ``name`` (see ``mixer_options``)."""
+        return mixer_options(self.mixer_config, name)
 
     def setup(self):
         if self.head not in HEADS:

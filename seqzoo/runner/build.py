@@ -1,11 +1,13 @@
 """Everything a run needs before its first step, checked before any compute: the config, the
 task's data, the model, the device mesh and the abstract parameters.
 
-Errors name the config key and the fix: unknown task or mixer names (listing the valid ones), a
-mesh the devices cannot hold, a batch that does not split over the devices, a mixer without a
-sequence-parallel path on a mesh with ``mesh.seq > 1``, a sequence longer than a fixed-length mixer
-or the position table allows, a missing dataset directory, bad mixer options (found by tracing the
-model's ``init`` abstractly, ``jax.eval_shape``).
+Errors name the config key and the fix: a value outside its field's domain (``config.check_values``:
+ranges, unknown task or mixer names listing the valid ones ...), bad mixer options (each mixer
+built and traced abstractly, ``runner.mixer_options``), an MLP of width 0, a mesh the devices
+cannot hold, a batch that does not split over the devices, a mixer without a sequence-parallel
+path on a mesh with ``mesh.seq > 1``, a missing dataset directory; once the data is built, a
+sequence longer than a fixed-length mixer or the position table allows, and anything else the
+model's abstract ``init`` (``jax.eval_shape``) refuses.
 """
 
 from __future__ import annotations
@@ -18,19 +20,19 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from seqzoo.config import ExperimentConfig
+from seqzoo.config import ExperimentConfig, check_values
 from seqzoo.data import Dataset
 from seqzoo.data.dataset import Split
 from seqzoo.models import SequenceModel
+from seqzoo.models.blocks import mlp_width
 from seqzoo.parallel import SEQUENCE_PARALLEL_MIXERS
 from seqzoo.registry import mixer_entry
 from seqzoo.runner.experiments import transformer_config
+from seqzoo.runner.mixer_options import check_mixer_options
 from seqzoo.runner.model import build_model, model_inputs
 from seqzoo.runner.sharding import check_batch_size, make_mesh, mesh_shape, state_shardings
 from seqzoo.runner.variables import trainable
 from seqzoo.tasks import build_task, check_data_dir
-
-POSITIVE = ("eval_every", "log_every", "checkpoint_every", "keep_checkpoints")
 
 
 @dataclasses.dataclass
@@ -93,17 +95,18 @@ def param_count(variables: dict[str, Any]) -> int:
 
 
 def check_config(cfg: ExperimentConfig) -> None:
-    """Static checks: names, sizes, devices, data directory (nothing is computed or read)."""
-    for key in POSITIVE:
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
-    for key in ("steps", "batch_size"):
-        if getattr(cfg.optim, key) < 1:
-            raise ValueError(f"optim.{key} must be >= 1, got {getattr(cfg.optim, key)}")
-    mixers = cfg.model.mixer.split(",")
-    for name in mixers:
-        mixer_entry(name)  # an unknown name lists the registered ones
-    check_data_dir(cfg.task)  # also rejects an unknown task name
+    """Static checks: every value in its domain, the mixer options, devices, data directory
+    (no data is read, nothing is computed; the mixers are traced abstractly)."""
+    check_values(cfg)
+    m = cfg.model
+    width = mlp_width(m.d_model, m.mlp, m.mlp_ratio)
+    if m.mlp != "none" and width < 1:
+        raise ValueError(
+            f"model.mlp_ratio={m.mlp_ratio} gives the {m.mlp} MLP of model.d_model={m.d_model} "
+            f"a hidden width of {width}; raise model.mlp_ratio or set model.mlp=none"
+        )
+    check_data_dir(cfg.task)
+    mixers = m.mixer.split(",")
     data, seq = mesh_shape(cfg.mesh, jax.local_device_count())
     check_batch_size(cfg.optim.batch_size, data)
     unsupported = sorted(set(mixers) - SEQUENCE_PARALLEL_MIXERS)
@@ -118,6 +121,7 @@ def check_config(cfg: ExperimentConfig) -> None:
             f"its statistics summed over them, which is not implemented; use model.norm='layer' "
             f"or 'rms', or mesh.seq=1"
         )
+    check_mixer_options(m)
 
 
 def check_lengths(

@@ -1,7 +1,12 @@
 """Named experiments: ``default`` (the ``ExperimentConfig`` defaults) and one TOML file per
-task x model under the checkout's ``experiments/`` folder, each giving only the values that
-differ from the defaults. Files in subfolders are named by their path without ``.toml``,
-e.g. ``lra/listops_s4d`` for ``experiments/lra/listops_s4d.toml``.
+task x model in an ``experiments/`` folder, each giving only the values that differ from the
+defaults. Files in subfolders are named by their path without ``.toml``, e.g.
+``lra/listops_s4d`` for ``experiments/lra/listops_s4d.toml``.
+
+Experiments are looked up in ``experiment_dirs()``, in order: ``experiments/`` in the current
+directory, then the one of the source checkout seqzoo runs from (two folders above the package;
+a wheel install has none). A name is a relative path inside those folders (no ``..``, not
+absolute); any other config file is given by its path, ending in ``.toml``.
 
 LRA compares models at about the Transformer's parameter count (within 10%): the Transformer
 config of an experiment ``DIR/TASK_MODEL`` is ``DIR/TASK_transformer`` (see
@@ -14,35 +19,76 @@ import dataclasses
 from pathlib import Path
 
 from seqzoo.config import ExperimentConfig, load_config
+from seqzoo.domains import RELATIVE_NAME
 
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
-EXPERIMENTS_DIR = SOURCE_ROOT / "experiments"
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the source checkout, if seqzoo runs from one
+FOLDER = "experiments"
+SUFFIX = ".toml"
 DEFAULT = "default"
 TRANSFORMER = "_transformer"
 
 
+def experiment_dirs() -> list[Path]:
+    """The folders experiments are looked up in, first match first (they need not exist):
+    ``./experiments``, then the source checkout's ``experiments``."""
+    dirs: list[Path] = []
+    for folder in (Path.cwd() / FOLDER, SOURCE_ROOT / FOLDER):
+        if all(folder.resolve() != d.resolve() for d in dirs):
+            dirs.append(folder)
+    return dirs
+
+
+def _experiment_files() -> dict[str, Path]:
+    """Each experiment name and its file (a name in an earlier folder hides a later one's)."""
+    files: dict[str, Path] = {}
+    for folder in experiment_dirs():
+        for path in sorted(folder.rglob(f"*{SUFFIX}")) if folder.is_dir() else []:
+            files.setdefault(path.relative_to(folder).with_suffix("").as_posix(), path)
+    return files
+
+
 def experiment_names() -> list[str]:
-    """``default`` and the paths of ``experiments/**/*.toml`` without the suffix (top-level
-    files first)."""
-    paths = EXPERIMENTS_DIR.rglob("*.toml")
-    names = [p.relative_to(EXPERIMENTS_DIR).with_suffix("").as_posix() for p in paths]
-    return [DEFAULT] + sorted(names, key=lambda n: (n.count("/"), n))
+    """``default`` and the names of the ``experiments/**/*.toml`` files (top-level files
+    first)."""
+    return [DEFAULT] + sorted(_experiment_files(), key=lambda n: (n.count("/"), n))
 
 
 def load_experiment(name: str) -> ExperimentConfig:
-    """The config of experiment ``name``, or of the TOML file at path ``name``."""
+    """The config of experiment ``name``, or of the TOML file at path ``name`` (ending in
+    ``.toml``: a file the user chose, anywhere).
+
+    Raises ``FileNotFoundError`` for a ``.toml`` path that is not a file, ``ValueError`` for a
+    name that would leave the experiments folders or names no experiment (the message lists
+    the folders looked in and the known experiments).
+    """
     if name == DEFAULT:
         return ExperimentConfig()
-    path, named = Path(name), False
-    if not (path.suffix == ".toml" or path.is_file()):
-        path, named = EXPERIMENTS_DIR / f"{name}.toml", True
-    if not path.is_file():
+    if name.endswith(SUFFIX):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            stem = name.removesuffix(SUFFIX)
+            hint = (
+                f" (the experiment of that name is {stem!r})" if stem in _experiment_files() else ""
+            )
+            raise FileNotFoundError(f"config file {name} not found{hint}")
+        return load_config(path)
+    dirs = experiment_dirs()
+    looked = ", ".join(str(d) for d in dirs)
+    if not RELATIVE_NAME.allows(name):
         raise ValueError(
-            f"unknown experiment {name!r}; known experiments: {', '.join(experiment_names())} "
-            f"(or give the path of a .toml config file)"
+            f"{name!r} is not an experiment name: a name is a relative path inside the "
+            f"experiments folders ({looked}), with no empty, '.' or '..' part; to train from a "
+            f"config file elsewhere, give its path ending in {SUFFIX}"
         )
+    found = [d / f"{name}{SUFFIX}" for d in dirs if (d / f"{name}{SUFFIX}").is_file()]
+    if not found:
+        raise ValueError(
+            f"unknown experiment {name!r}: no {name}{SUFFIX} in {looked}; known experiments: "
+            f"{', '.join(experiment_names())} (or give the path of a {SUFFIX} config file)"
+        )
+    path = found[0]
     cfg = load_config(path)
-    if named and cfg.name == path.stem:  # a file without a name of its own: the nested name
+    if cfg.name == path.stem:  # a file without a name of its own: the nested name
         cfg = dataclasses.replace(cfg, name=name)
     return cfg
 

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from seqzoo.config import MeshConfig
+from seqzoo.config import MeshConfig, check_values
 from seqzoo.data import IGNORE_INDEX
 from seqzoo.parallel import pad_to_shards
 
@@ -33,10 +33,7 @@ PAD_VALUES = {"mask": False, "targets": IGNORE_INDEX}  # other arrays pad with 0
 
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int]:
     """``(data, seq)`` of ``cfg`` on ``num_devices`` devices, checked; errors name the keys."""
-    if cfg.params not in PARAM_MODES:
-        raise ValueError(f"mesh.params must be one of {PARAM_MODES}, got {cfg.params!r}")
-    if cfg.seq < 1 or cfg.data < 0:
-        raise ValueError(f"mesh.seq must be >= 1 and mesh.data >= 0, got {cfg.seq}, {cfg.data}")
+    check_values(cfg, "mesh.")
     if not cfg.data and num_devices % cfg.seq:
         raise ValueError(
             f"mesh.seq={cfg.seq} does not divide the {num_devices} local devices; set mesh.data "
