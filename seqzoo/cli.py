@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -104,9 +105,7 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from seqzoo.runner import evaluate_run
 
-    def note(line: str) -> None:
-        print(line, file=sys.stderr)
-
+    note = functools.partial(print, file=sys.stderr)  # which checkpoints were passed over
     result = evaluate_run(args.run_dir, split=args.split, best=args.best, log=note)
     which = "best" if args.best else "latest"
     print(

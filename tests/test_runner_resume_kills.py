@@ -144,7 +144,8 @@ def test_kills_at_every_stage_resume_to_the_uninterrupted_metrics(straight, tmp_
 
     # 1. a new run, killed inside the write of checkpoint 4: written, not yet committed
     finish(seqzoo(tmp_path, "rename:checkpoints/4", "train", *ARGS, "--run-dir", str(run)), True)
-    assert {p.name for p in (run / "checkpoints").iterdir()} == {"2", "4.orbax-checkpoint-tmp"}
+    names = {p.name for p in (run / "checkpoints").iterdir()} - {"2"}
+    assert names and all(n.startswith("4.") and "tmp" in n for n in names), names  # not "4"
     # 2. resumed from checkpoint 2, killed rewriting metrics.jsonl: the old file stays whole
     before = (run / "metrics.jsonl").read_text()
     finish(seqzoo(tmp_path, "rename:metrics.jsonl", *resume), True)

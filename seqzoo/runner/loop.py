@@ -88,10 +88,10 @@ class _Trainer:
                 restored.items[k] for k in ("params", "opt_state", "meta")
             )
             self.last_good = restored.path
-            moved = set_aside(run_dir, restored.skipped)
+        self.metrics = MetricsLog(run_dir, self.meta["step"])  # first: fails on a damaged file
+        moved = set_aside(run_dir, restored.skipped) if restored else {}
         self.checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
         self.checkpoints.discard_best_after(self.meta["step"])
-        self.metrics = MetricsLog(run_dir, self.meta["step"])
         if restored is not None:
             record_resume(run_dir, cfg, restored, moved, changes)
             self._log_resume(restored, moved, changes)
@@ -298,9 +298,9 @@ def train(
     started = time.perf_counter()
     deadline = started + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
     if resume:  # refused overrides fail before the data is built (checked again under the lock)
-        resume_changes(check_run_dir(run_dir, resume=True, overwrite=overwrite), cfg)
+        resume_changes(check_run_dir(run_dir, cfg, resume=True, overwrite=overwrite), cfg)
     built = build(cfg)
-    run_dir = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    run_dir = check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
     with RunLock(run_dir, log):
         if resume:
             changes = resume_changes(run_dir, cfg)  # against the config as it is now

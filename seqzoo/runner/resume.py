@@ -21,7 +21,7 @@ from typing import Any
 from seqzoo.config import ExperimentConfig
 from seqzoo.runner.checkpoint import Restored
 from seqzoo.runner.files import append_line
-from seqzoo.runner.rundir import run_config, write_config
+from seqzoo.runner.rundir import CONFIG_FILE, run_config, write_config
 
 RESUMES_FILE = "resumes.jsonl"
 RESUMABLE = (
@@ -67,7 +67,7 @@ def resume_changes(run_dir: str | Path, cfg: ExperimentConfig) -> dict[str, tupl
             f"--resume continues the run in {run_dir} with its own model, data, optimizer and "
             f"seed; these overrides would change them: {listed}. A resume may change only "
             f"{', '.join(RESUMABLE)}. To train with the changes, start a new run: "
-            f"seqzoo train {Path(run_dir) / 'config.toml'} OVERRIDES --run-dir NEW_DIR"
+            f"seqzoo train {Path(run_dir) / CONFIG_FILE} OVERRIDES --run-dir NEW_DIR"
         )
     return changes
 

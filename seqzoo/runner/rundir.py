@@ -49,10 +49,14 @@ def run_config(run_dir: str | Path) -> ExperimentConfig:
     return load_config(path)
 
 
-def check_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
-    """Check that ``run_dir`` can take the run (resuming: that it is a run) and create it if it
-    does not exist, empty, so that it can hold the run's lock. Nothing else is written."""
+def check_run_dir(
+    run_dir: str | Path, cfg: ExperimentConfig, *, resume: bool, overwrite: bool
+) -> Path:
+    """Check that ``run_dir`` can take a run of ``cfg`` (resuming: that it is a run) and create
+    it if it does not exist, empty, so that it can hold the run's lock. Nothing else is
+    written."""
     run_dir = Path(run_dir)
+    to_toml(cfg)  # fails (on a value TOML cannot hold) before anything is written
     if resume and overwrite:
         raise ValueError("give --resume or --overwrite, not both")
     if resume:
@@ -86,8 +90,8 @@ def start_run_dir(run_dir: Path, cfg: ExperimentConfig, *, overwrite: bool) -> N
             )
         if not (run_dir / CONFIG_FILE).is_file():
             raise FileExistsError(f"{run_dir} holds no {CONFIG_FILE}: not a run; not deleting it")
-        config_last = sorted(content, key=lambda p: p.name == CONFIG_FILE)  # a kill meanwhile
-        for path in config_last:  # leaves a folder still recognisable as a run
+        # config.toml last: a kill meanwhile leaves a folder still recognisable as a run
+        for path in sorted(content, key=lambda p: p.name == CONFIG_FILE):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
