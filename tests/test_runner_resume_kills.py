@@ -187,19 +187,22 @@ def test_kills_at_every_stage_resume_to_the_uninterrupted_metrics(straight, tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("sweep", range(5))
 def test_kills_at_random_moments_resume_to_the_uninterrupted_metrics(straight, tmp_path, sweep):
-    """Sessions killed after a random time from their start (imports and compilation
-    included), until one finishes; a session killed before the first checkpoint starts over."""
+    """Sessions killed at a random moment of their training (checkpoint writes, evaluations
+    and metrics rewrites included), until one finishes; a session killed before the first
+    checkpoint starts the run over."""
     seed = int(os.environ.get("SEQZOO_KILL_SEED", random.randrange(2**31)))
     rng = random.Random(seed)
     run = tmp_path / "run"
     new = ["train", *ARGS, "--run-dir", str(run), "--overwrite"]
     resume = ["train", "--resume", "--run-dir", str(run)]
     for _ in range(30):
-        started = (run / "checkpoints").is_dir() and any(
+        (tmp_path / "started").unlink(missing_ok=True)
+        saved = (run / "checkpoints").is_dir() and any(
             p.name.isdigit() for p in (run / "checkpoints").iterdir()
         )
-        session = seqzoo(tmp_path, "", *(resume if started else new))
-        kill_after(session, rng.uniform(1, 6))
+        session = seqzoo(tmp_path, "start", *(resume if saved else new))
+        training = wait_for(tmp_path / "started", session)
+        kill_after(session, rng.uniform(0, 1.2) if training else 0)
         if session.returncode == 0:
             break
     assert session.returncode == 0, f"SEQZOO_KILL_SEED={seed}"
