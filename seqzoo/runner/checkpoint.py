@@ -9,8 +9,8 @@ folder for writing). Files can still be damaged later: each ``meta`` is copied w
 starts and carries ``checksums`` of itself and of each saved tree (``seqzoo.runner.integrity``).
 Restoring takes the newest checkpoint that reads back whole: it restores, matches its
 checksums, holds only finite values and names its own step; the newer ones passed over are
-reported with the reason (``Restored.skipped``). Arrays are restored with the shardings of the
-abstract ``like`` trees given.
+reported with the reason (``Restored.skipped``) and a resuming run moves them to ``skipped/``
+(``set_aside``). Arrays are restored with the shardings of the abstract ``like`` trees given.
 
 Kept best checkpoints: the newest, and for each kept periodic checkpoint of step s the best one
 as of s (the one its meta names), so that whichever periodic checkpoint a run resumes from,
