@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -18,7 +19,10 @@ Any config field can be changed with section.key=value overrides, e.g.
 `seqzoo train mqar_gla model.d_model=128 optim.lr=1e-3 task.seq_len=128`
 (dict fields take JSON: model.mixer_options='{"num_heads": 4}').
 The run writes to --run-dir (default runs/<experiment>-<timestamp>): config.toml, metrics.jsonl,
-TensorBoard events, checkpoints/, best/ and summary.json."""
+TensorBoard events, checkpoints/, best/ and summary.json. `seqzoo train --resume --run-dir DIR`
+continues it from its newest checkpoint that reads back whole; overrides may then change only
+how long and how often it runs (optim.steps, max_minutes, eval_every, log_every,
+checkpoint_every, keep_checkpoints, description, mesh.*), and are recorded in resumes.jsonl."""
 
 
 def _list(args) -> int:
@@ -101,7 +105,8 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from seqzoo.runner import evaluate_run
 
-    result = evaluate_run(args.run_dir, split=args.split, best=args.best)
+    note = functools.partial(print, file=sys.stderr)  # which checkpoints were passed over
+    result = evaluate_run(args.run_dir, split=args.split, best=args.best, log=note)
     which = "best" if args.best else "latest"
     print(
         f"{args.split} accuracy {result['accuracy']:.4f} (loss {result['loss']:.4f}) "

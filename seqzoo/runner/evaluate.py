@@ -1,5 +1,6 @@
 """Evaluate a finished (or interrupted) run from its directory: the config it saved, its latest
-(or best) checkpoint, one split of its task."""
+(or best) checkpoint that reads back whole, one split of its task. Nothing in the run directory
+is written, so a run can be evaluated while it trains."""
 
 from __future__ import annotations
 
@@ -11,14 +12,20 @@ from seqzoo.runner.rundir import run_config
 from seqzoo.runner.steps import eval_step_fn, evaluate
 
 
-def evaluate_run(run_dir: str | Path, *, split: str = "test", best: bool = False) -> dict:
+def evaluate_run(
+    run_dir: str | Path, *, split: str = "test", best: bool = False, log=print
+) -> dict:
     """``{"step", "loss", "accuracy"}`` of the run's latest (``best``: best validation)
-    checkpoint on ``split``; with the final checkpoint this is the run's final test result."""
+    checkpoint on ``split``; with the final checkpoint this is the run's final test result.
+    A newer checkpoint that does not read back whole is passed over: ``log`` gets a line
+    naming it and the reason."""
     built = build(run_config(run_dir))
-    checkpoints = Checkpoints(run_dir)
+    checkpoints = Checkpoints(run_dir, read_only=True)
     try:
-        params, meta = checkpoints.restore_params(built.params_shape, best=best)
+        restored = checkpoints.restore_params(built.params_shape, best=best)
     finally:
         checkpoints.close()
-    result = evaluate(eval_step_fn(built), params, built.data[split], built)
-    return {"step": meta["step"], **result}
+    for path, reason in restored.skipped:
+        log(f"skipped the newer checkpoint {path}: {reason}")
+    result = evaluate(eval_step_fn(built), restored.items["params"], built.data[split], built)
+    return {"step": restored.step, **result}

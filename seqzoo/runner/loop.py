@@ -8,9 +8,14 @@
     past max_minutes (if set):     the step it finishes is the last one (evaluated, saved)
 
 The batch and the dropout key of step s are functions of (seed, s), so a run resumed from its
-checkpoint at step k repeats steps k+1.. exactly as an uninterrupted run does. Train metrics
-stay on the device between log steps; the guard then checks every step's loss and gradient norm
-and stops at the first non-finite one, before any checkpoint is written after it.
+checkpoint at step k repeats steps k+1.. exactly as an uninterrupted run does. The run holds the
+lock of its directory throughout (``runner.lock``); resuming, nothing in the directory changes
+until the newest checkpoint that reads back whole is restored (``runner.resume``).
+
+The NaN guard: train metrics stay on the device between log steps; the guard then checks every
+step's loss and gradient norm and stops at the first non-finite one. Before each evaluation or
+checkpoint it checks the parameters, then the validation loss, so every checkpoint written
+holds finite values only.
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ import numpy as np
 
 from seqzoo.config import ExperimentConfig
 from seqzoo.runner.build import Built, build, param_count
-from seqzoo.runner.checkpoint import LATEST, Checkpoints
+from seqzoo.runner.checkpoint import LATEST, Checkpoints, Restored, set_aside
 from seqzoo.runner.data import BatchSampler
+from seqzoo.runner.integrity import nonfinite_leaves
+from seqzoo.runner.lock import RunLock
 from seqzoo.runner.metrics import MetricsLog
 from seqzoo.runner.optim import make_optimizer
 from seqzoo.runner.progress import ProgressBar
-from seqzoo.runner.rundir import prepare_run_dir, write_summary
+from seqzoo.runner.resume import RESUMES_FILE, record_resume, resume_changes
+from seqzoo.runner.rundir import check_run_dir, start_run_dir, write_summary
 from seqzoo.runner.sharding import put_batch
 from seqzoo.runner.steps import eval_step_fn, evaluate, init_opt_state, train_step_fn
 
@@ -38,36 +46,73 @@ AVERAGED = ("loss", "accuracy", "grad_norm")  # per train record, over its steps
 
 
 class TrainingDiverged(RuntimeError):
-    """A non-finite training loss or gradient norm stopped the run."""
+    """A non-finite loss, gradient norm or parameter stopped the run."""
+
+
+def _restore(run_dir: Path, params: Any, opt_state: Any) -> Restored:
+    """The newest checkpoint of ``run_dir`` that reads back whole (read only: on failure the
+    folder is as it was)."""
+    reader = Checkpoints(run_dir, read_only=True)
+    try:
+        if reader.latest_step() is None:
+            raise FileNotFoundError(
+                f"nothing to resume: no checkpoint in {run_dir / LATEST}; start the run again "
+                f"with --overwrite"
+            )
+        return reader.restore(params, opt_state)
+    finally:
+        reader.close()
 
 
 class _Trainer:
-    """One run in a prepared run directory: state, checkpoints, metrics, the loop."""
+    """One run in its locked run directory: state, checkpoints, metrics, the loop.
 
-    def __init__(self, built: Built, run_dir: Path, resume: bool, log, progress, deadline=None):
+    ``changes``: None for a new run; resuming, the config changes from the run's config
+    (``resume.resume_changes``), recorded once the restore succeeded.
+    """
+
+    def __init__(self, built: Built, run_dir: Path, changes, log, progress, deadline=None):
         cfg = self.cfg = built.cfg
         self.deadline = deadline  # time.perf_counter() after which no new step starts
-        self.built, self.log = built, log
+        self.built, self.log, self.run_dir = built, log, run_dir
         init_key, self.dropout_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
         self.optimizer = make_optimizer(cfg.optim)
         self.params = built.init_params(init_key)
         self.opt_state = init_opt_state(built, self.optimizer, self.params)
-        self.checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
         self.meta = {"step": 0, "best_val_accuracy": -1.0, "best_step": 0}
-        if resume:
-            if self.checkpoints.latest_step() is None:
-                self.checkpoints.close()
-                raise FileNotFoundError(f"nothing to resume: no checkpoint in {run_dir / LATEST}")
-            self.params, self.opt_state, self.meta = self.checkpoints.restore(
-                self.params, self.opt_state
+        self.last_good: Path | None = None  # the newest checkpoint known to be finite
+        restored = None
+        if changes is not None:  # nothing on disk changes before this restore succeeded
+            restored = _restore(run_dir, self.params, self.opt_state)
+            self.params, self.opt_state, self.meta = (
+                restored.items[k] for k in ("params", "opt_state", "meta")
             )
-            self.checkpoints.discard_best_after(self.meta["step"])
-        self.metrics = MetricsLog(run_dir, self.meta["step"])
+            self.last_good = restored.path
+        self.metrics = MetricsLog(run_dir, self.meta["step"])  # first: fails on a damaged file
+        moved = set_aside(run_dir, restored.skipped) if restored else {}
+        self.checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
+        self.checkpoints.discard_best_after(self.meta["step"])
+        if restored is not None:
+            record_resume(run_dir, cfg, restored, moved, changes)
+            self._log_resume(restored, moved, changes)
+        self.updated = self.meta["step"] > 0  # whether an update may have changed the params
         self.bar = ProgressBar(cfg.optim.steps, progress)
         self.eval_step = eval_step_fn(built)
         self.tokens_per_step = cfg.optim.batch_size * built.data.seq_len
         self.pending: list[tuple[int, dict]] = []
         self.train_seconds, self.tokens_trained = 0.0, 0
+
+    def _log_resume(self, restored: Restored, moved: dict, changes: dict) -> None:
+        self.log(f"resuming from {restored.path} (step {restored.step})")
+        for path, reason in restored.skipped:
+            where = f" (moved to {moved[path]})" if path in moved else ""
+            self.log(f"skipped the newer checkpoint {path}{where}: {reason}")
+        if changes:
+            listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
+            self.log(f"changed on resume (recorded in {RESUMES_FILE}): {listed}")
+        if restored.step >= self.cfg.optim.steps:
+            self.log(f"the run had reached step {restored.step} of optim.steps="
+                     f"{self.cfg.optim.steps}: only its test split is evaluated again")
 
     # ---- train metrics -----------------------------------------------------------------------
     def _flush(self, step: int) -> dict[str, float]:
@@ -77,6 +122,7 @@ class _Trainer:
         for s, v in values:
             if not all(np.isfinite(v[k]) for k in CHECKED):
                 raise TrainingDiverged(self._diverged(s, v))
+            self.updated = self.updated or float(v["lr"]) != 0  # NaN counts as an update
         seconds = time.perf_counter() - self.clock
         self.train_seconds += seconds
         self.tokens_trained += len(values) * self.tokens_per_step
@@ -87,18 +133,51 @@ class _Trainer:
         self.bar.update(step, record["loss"], record["accuracy"], record["tokens_per_second"])
         return record
 
-    def _diverged(self, step: int, v: dict) -> str:
-        last = self.checkpoints.latest_step()
-        kept = (
-            f"the last good checkpoint is step {last} in {self.checkpoints.latest.directory}"
-            if last is not None
-            else "no checkpoint had been written yet"
-        )
+    def _kept(self) -> str:
+        """Where the run can be resumed from: the newest checkpoint known to be finite."""
+        if self.last_good is None:
+            return "the run stopped; no checkpoint had been written yet"
         return (
-            f"non-finite training loss at step {step} (loss {float(v['loss'])}, grad norm "
-            f"{float(v['grad_norm'])}); the run stopped and {kept}. Try a lower optim.lr or "
-            f"optim.grad_clip, model.dtype=float32, or check the data"
+            f"the run stopped and the last good checkpoint is step {self.last_good.name} in "
+            f"{self.last_good}"
         )
+
+    def _diverged(self, step: int, v: dict) -> str:
+        what = (
+            f"non-finite training loss at step {step} (loss {float(v['loss'])}, grad norm "
+            f"{float(v['grad_norm'])})"
+        )
+        if not self.updated:
+            return (
+                f"{what}, computed with the initial parameters (no update had changed them), so "
+                f"the learning rate is not the cause: check the data (labels outside the task's "
+                f"classes, token ids or pixel values beyond the vocabulary) and the model "
+                f"config (e.g. model.dtype=float32); {self._kept()}"
+            )
+        return (
+            f"{what}; {self._kept()}. Try a lower optim.lr or optim.grad_clip, "
+            f"model.dtype=float32, or check the data"
+        )
+
+    def _check_params(self, step: int, record: dict) -> None:
+        """Stop unless every parameter is finite (before they are evaluated or saved)."""
+        bad = nonfinite_leaves(self.params)
+        if bad:
+            raise TrainingDiverged(
+                f"the update of step {step} made parameters non-finite ({', '.join(bad[:3])}) "
+                f"though the training loss was finite ({record['loss']:.4g}); {self._kept()}. "
+                f"Try a lower optim.lr or optim.grad_clip, or model.dtype=float32"
+            )
+
+    def _check_val(self, step: int, record: dict, val: dict, split: str) -> None:
+        """Stop on a non-finite validation loss (with finite parameters: the data's fault)."""
+        if not np.isfinite(val["loss"]):
+            raise TrainingDiverged(
+                f"non-finite loss on the {split} split at step {step} ({val['loss']}) while the "
+                f"training loss ({record['loss']:.4g}) and the parameters are finite: check the "
+                f"{split} data (labels outside the task's classes, token ids or pixel values "
+                f"beyond the vocabulary); {self._kept()}"
+            )
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> None:
@@ -108,7 +187,7 @@ class _Trainer:
         if first > cfg.optim.steps:
             return
         sampler = BatchSampler(built.data["train"], cfg.optim.batch_size, cfg.seed)
-        val_split = built.data["val"] if "val" in built.data.splits else built.data["test"]
+        val_name = "val" if "val" in built.data.splits else "test"
         train_step = train_step_fn(built, self.optimizer, self.dropout_key)
         example = put_batch(sampler.batch(first), built.mesh)
         train_step = train_step.lower(self.params, self.opt_state, example, first).compile()
@@ -125,8 +204,11 @@ class _Trainer:
             if not (step % cfg.log_every == 0 or evaluate_now or save_now):
                 continue
             record = self._flush(step)
+            if evaluate_now or save_now:
+                self._check_params(step, record)
             if evaluate_now:
-                val = evaluate(self.eval_step, self.params, val_split, built)
+                val = evaluate(self.eval_step, self.params, built.data[val_name], built)
+                self._check_val(step, record, val, val_name)
                 self.metrics.write(step, "val", val)
                 self.bar.clear()
                 self.log(_eval_line(step, record, val, time.perf_counter() - started))
@@ -136,6 +218,7 @@ class _Trainer:
             if save_now:
                 self.meta["step"] = step
                 self.checkpoints.save(step, self.params, self.opt_state, self.meta)
+                self.last_good = Path(self.checkpoints.latest.directory) / str(step)
             self.clock = time.perf_counter()  # evaluation and saving are not training time
             if last:
                 break
@@ -148,6 +231,33 @@ class _Trainer:
         result = evaluate(self.eval_step, self.params, self.built.data["test"], self.built)
         self.metrics.write(self.meta["step"], "test", result)
         return result
+
+    def run(self, started: float) -> dict[str, Any]:
+        """Train, test and close; the summary (``started``: ``time.perf_counter()`` when the
+        run began)."""
+        built = self.built
+        try:
+            self.log(
+                f"run {self.run_dir}: {built.cfg.task.name}, {param_count(self.params):,} "
+                f"parameters, mixers {built.model.layer_mixers()}, {built.mesh.size} "
+                f"{jax.default_backend()} device(s)"
+                + (f", resuming after step {self.meta['step']}" if self.meta["step"] else "")
+            )
+            self.log(built.params_line())
+            self.fit()
+            test = self.test()
+        finally:
+            self.close()
+        return {
+            "test_accuracy": test["accuracy"],
+            "test_loss": test["loss"],
+            "best_val_accuracy": self.meta["best_val_accuracy"],
+            "best_step": self.meta["best_step"],
+            "steps": self.meta["step"],
+            "params": param_count(self.params),
+            "seconds": time.perf_counter() - started,
+            "tokens_per_second": self.tokens_trained / max(self.train_seconds, 1e-9),
+        }
 
     def close(self) -> None:
         self.bar.clear()
@@ -174,39 +284,29 @@ def train(
 ) -> dict[str, Any]:
     """Train ``cfg`` in ``run_dir`` (resuming from its latest checkpoint with ``resume``).
 
-    Everything is checked before ``run_dir`` is touched. ``log`` gets a header line and one
-    line per evaluation; ``progress``: draw a progress bar on stderr (None: if it is a TTY).
+    Everything is checked before ``run_dir`` is touched; the run holds its lock throughout
+    (``lock.RunDirLocked`` if another process has it). Resuming, ``cfg`` may differ from the
+    run's config only in ``resume.RESUMABLE`` keys, and nothing on disk changes unless a
+    checkpoint is restored. ``log`` gets a header line and one line per evaluation;
+    ``progress``: draw a progress bar on stderr (None: if it is a TTY).
     Returns the summary also written to ``summary.json``: ``test_accuracy``, ``test_loss``,
     ``best_val_accuracy``, ``best_step``, ``steps`` (the last one trained: fewer than
     ``optim.steps`` when ``max_minutes`` ran out), ``params``, ``seconds`` (wall),
     ``tokens_per_second`` (training steps of this session only). Raises ``TrainingDiverged``
-    on a non-finite loss.
+    on a non-finite loss, parameter or validation loss.
     """
     started = time.perf_counter()
     deadline = started + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
+    if resume:  # refused overrides fail before the data is built (checked again under the lock)
+        resume_changes(check_run_dir(run_dir, cfg, resume=True, overwrite=overwrite), cfg)
     built = build(cfg)
-    run_dir = prepare_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
-    trainer = _Trainer(built, run_dir, resume, log, progress, deadline)
-    try:
-        log(
-            f"run {run_dir}: {cfg.task.name}, {param_count(trainer.params):,} parameters, "
-            f"mixers {built.model.layer_mixers()}, {built.mesh.size} {jax.default_backend()} "
-            f"device(s)" + (f", resuming after step {trainer.meta['step']}" if resume else "")
-        )
-        log(built.params_line())
-        trainer.fit()
-        test = trainer.test()
-    finally:
-        trainer.close()
-    summary = {
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
-        "best_val_accuracy": trainer.meta["best_val_accuracy"],
-        "best_step": trainer.meta["best_step"],
-        "steps": trainer.meta["step"],
-        "params": param_count(trainer.params),
-        "seconds": time.perf_counter() - started,
-        "tokens_per_second": trainer.tokens_trained / max(trainer.train_seconds, 1e-9),
-    }
-    write_summary(run_dir, summary)
+    run_dir = check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
+    with RunLock(run_dir, log):
+        if resume:
+            changes = resume_changes(run_dir, cfg)  # against the config as it is now
+        else:
+            start_run_dir(run_dir, cfg, overwrite=overwrite)
+            changes = None
+        summary = _Trainer(built, run_dir, changes, log, progress, deadline).run(started)
+        write_summary(run_dir, summary)
     return summary

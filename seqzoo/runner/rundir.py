@@ -1,9 +1,11 @@
 """Run directories: ``runs/<experiment>-<timestamp>`` by default, holding ``config.toml`` (the
 resolved config: ``seqzoo train RUN_DIR/config.toml`` reruns it), ``metrics.jsonl``, TensorBoard
-events, ``checkpoints/``, ``best/`` and ``summary.json``.
+events, ``checkpoints/``, ``best/``, ``summary.json``, ``resumes.jsonl`` (one record per resume)
+and, while a process works on it, ``lock`` (``seqzoo.runner.lock``).
 
 An existing run directory is never written over, unless the run resumes it or ``overwrite``
 replaces it (only a directory that holds a ``config.toml``, so no other folder is deleted).
+``config.toml`` and ``summary.json`` are replaced whole (``files.write_atomic``).
 """
 
 from __future__ import annotations
@@ -11,15 +13,32 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from seqzoo.config import ExperimentConfig, load_config, to_toml
+from seqzoo.runner.files import write_atomic
+from seqzoo.runner.lock import LOCK_FILE
 
 CONFIG_FILE, SUMMARY_FILE = "config.toml", "summary.json"
+RUNS_ROOT = Path("runs")
+
+
+def check_run_name(name: str) -> None:
+    """Fail unless ``name`` (the config's ``name``) names a folder inside ``runs/``: a relative
+    path (subfolders allowed, e.g. ``lra/listops_s4d``) without ``..`` parts."""
+    path = PurePosixPath(name)
+    if not name or "\0" in name or path.is_absolute() or ".." in path.parts:
+        raise ValueError(
+            f"name={name!r} cannot name a run folder inside {RUNS_ROOT}/: it must be a relative "
+            f"path without '..' parts (e.g. name=\"mqar_gla\" or \"lra/listops_s4d\"); or "
+            f"give the folder with --run-dir"
+        )
 
 
 def default_run_dir(name: str) -> Path:
-    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """``runs/<name>-<timestamp>`` (``check_run_name`` first)."""
+    check_run_name(name)
+    return RUNS_ROOT / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def run_config(run_dir: str | Path) -> ExperimentConfig:
@@ -30,33 +49,58 @@ def run_config(run_dir: str | Path) -> ExperimentConfig:
     return load_config(path)
 
 
-def prepare_run_dir(
+def check_run_dir(
     run_dir: str | Path, cfg: ExperimentConfig, *, resume: bool, overwrite: bool
 ) -> Path:
-    """Create (or, resuming, reuse) ``run_dir`` and write ``cfg`` there as ``config.toml``."""
+    """Check that ``run_dir`` can take a run of ``cfg`` (resuming: that it is a run) and create
+    it if it does not exist, empty, so that it can hold the run's lock. Nothing else is
+    written."""
     run_dir = Path(run_dir)
-    text = to_toml(cfg)  # fails (on a value TOML cannot hold) before anything is written
-    marker = run_dir / CONFIG_FILE
+    to_toml(cfg)  # fails (on a value TOML cannot hold) before anything is written
     if resume and overwrite:
         raise ValueError("give --resume or --overwrite, not both")
-    if resume and not marker.is_file():
-        raise FileNotFoundError(f"nothing to resume: {marker} not found")
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+    if resume:
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"nothing to resume: {run_dir / CONFIG_FILE} not found")
+        return run_dir
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(
+            f"cannot create run directory {run_dir}: {e.strerror}; choose another with --run-dir"
+        ) from None
+    return run_dir
+
+
+def write_config(run_dir: str | Path, cfg: ExperimentConfig) -> None:
+    """Write ``cfg`` as ``run_dir/config.toml``, replacing any earlier one whole."""
+    write_atomic(Path(run_dir) / CONFIG_FILE, to_toml(cfg))
+
+
+def start_run_dir(run_dir: Path, cfg: ExperimentConfig, *, overwrite: bool) -> None:
+    """Make ``run_dir`` (existing, locked by the caller) a new run of ``cfg``: it must be empty
+    but for the lock, or, with ``overwrite``, a run (whose content is removed)."""
+    text = to_toml(cfg)  # fails (on a value TOML cannot hold) before anything is removed
+    content = [p for p in run_dir.iterdir() if p.name != LOCK_FILE]
+    if content:
         if not overwrite:
             raise FileExistsError(
                 f"run directory {run_dir} already exists; pass --resume to continue it, "
                 f"--overwrite to replace it, or choose another with --run-dir"
             )
-        if not marker.is_file():
+        if not (run_dir / CONFIG_FILE).is_file():
             raise FileExistsError(f"{run_dir} holds no {CONFIG_FILE}: not a run; not deleting it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(text)
-    return run_dir
+        # config.toml last: a kill meanwhile leaves a folder still recognisable as a run
+        for path in sorted(content, key=lambda p: p.name == CONFIG_FILE):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    write_atomic(run_dir / CONFIG_FILE, text)
 
 
 def write_summary(run_dir: str | Path, summary: dict) -> None:
-    (Path(run_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(Path(run_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
 
 def read_summary(run_dir: str | Path) -> dict:
