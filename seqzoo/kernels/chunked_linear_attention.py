@@ -170,6 +170,11 @@ def _width(d: int) -> int:
     return max(16, 1 << (d - 1).bit_length())
 
 
+# The widest padded key / value width the kernel has been compiled, checked and timed at on a GPU
+# (the H100 and H200 tables of benchmarks/RESULTS.md); wider ones run only when asked for.
+MEASURED_WIDTH = 128
+
+
 def kernel_impl(impl: str, *, xla: str, dims: tuple[int, int], dtypes: tuple, segment_ids=None,
                 per_key: bool = False) -> tuple[str, str]:
     """``(implementation, why)`` an op runs for ``impl``, where ``"pallas"`` names this kernel
@@ -177,7 +182,8 @@ def kernel_impl(impl: str, *, xla: str, dims: tuple[int, int], dtypes: tuple, se
 
     ``"auto"`` takes the kernel on a GPU when the inputs' ``dtypes`` (q, k, v or their SSD
     counterparts) are all 16-bit, a tiling fits the GPU's shared memory at the padded key and
-    value widths ``dims`` (``chunked_tiling.resolve_tiling``) and the decay is not per key,
+    value widths ``dims`` (``chunked_tiling.resolve_tiling``), those widths are at most
+    ``MEASURED_WIDTH`` and the decay is not per key,
     ``xla`` elsewhere: in float32 the kernel's matmuls run far slower than XLA's (Hydra's
     quasiseparable fwd+bwd at (32, 2000, 3 heads, 64, state 64) on an H100: 74.1 ms against
     XLA's 2.8 ms; in bf16 0.94 against 2.67 ms, benchmarks/RESULTS.md), and the per-key kernel
@@ -196,7 +202,10 @@ def kernel_impl(impl: str, *, xla: str, dims: tuple[int, int], dtypes: tuple, se
         return xla, "per-key decays: the kernel is slower than fla's (issue 24)"
     if segment_ids is not None:
         return xla, "packed segment_ids: the kernel has no resets"
-    tiling, why = resolve_tiling(None, *(_width(d) for d in dims), device_limit())
+    widths = [_width(d) for d in dims]
+    if max(widths) > MEASURED_WIDTH:
+        return xla, f"widths {dims} pad to {widths}: the kernel is measured up to {MEASURED_WIDTH}"
+    tiling, why = resolve_tiling(None, *widths, device_limit())
     return ("pallas", why) if tiling is not None else (xla, why)
 
 
