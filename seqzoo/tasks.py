@@ -8,9 +8,14 @@ tasks draw the three splits from the task seed plus fixed offsets, so they never
 generator, and build the test split at ``task.test_seq_len`` when it is set (to measure length
 extrapolation; the other tasks refuse it); ListOps and Pathfinder are generated (and cached in
 ``CACHE_DIR``) by their LRA generators; the other tasks read released files from
-``task.data_dir`` (each reader names the file and line or record of bad data). Every built
-dataset is checked before any compute: labels in the task's class range, inputs in its
-vocabulary (pixels in 0..255), no empty split or all-padding row.
+``task.data_dir`` (each reader names the file and line or record of bad data).
+
+Before any data is read or generated, :func:`check_task` checks the config: every value in
+its domain, options that belong to other tasks, and the task's constraints between values
+(a synthetic task's lengths against its counts and vocabulary, for ``task.seq_len`` and
+``task.test_seq_len`` alike; ListOps' room for enough distinct expressions), each error naming
+the config keys. Every built dataset is then checked before any compute: labels in the task's
+class range, inputs in its vocabulary (pixels in 0..255), no empty split or all-padding row.
 
 Retrieval (``lra_retrieval``) is LRA's two-document matching task; here both documents sit in
 one row (document 1 in the first half, document 2 in the second) and the model classifies the
@@ -20,13 +25,20 @@ concatenated sequence, not LRA's two-tower encoder with a combined representatio
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
-from seqzoo.config import TaskConfig
+from seqzoo.config import TaskConfig, check_values
 from seqzoo.data import Dataset
 from seqzoo.data.cache import DEFAULT_CACHE_DIR
-from seqzoo.data.listops import generate_listops
+from seqzoo.data.checks import Arg, require
+from seqzoo.data.listops import (
+    MAX_SHARE,
+    SHORTEST_EXPRESSION,
+    distinct_expressions,
+    generate_listops,
+)
 from seqzoo.data.lra_files import (
     load_lra_cifar10,
     load_lra_imdb,
@@ -36,7 +48,16 @@ from seqzoo.data.lra_files import (
 )
 from seqzoo.data.mnist import FASHION_MNIST_DIR, load_mnist
 from seqzoo.data.pathfinder import generate_pathfinder
-from seqzoo.data.synthetic import associative_recall, induction_heads, mqar, selective_copying
+from seqzoo.data.synthetic import (
+    associative_recall,
+    check_associative_recall,
+    check_induction_heads,
+    check_mqar,
+    check_selective_copying,
+    induction_heads,
+    mqar,
+    selective_copying,
+)
 from seqzoo.data.validate import check_dataset
 
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 2_000_003, "test": 1_000_003}
@@ -47,7 +68,9 @@ LISTOPS_MIN_LENGTH = 500  # LRA's; shorter for seq_len < 2000 (see the listops t
 @dataclasses.dataclass(frozen=True)
 class Task:
     """A named task: ``build(cfg)`` returns its ``Dataset``; ``data_files`` describes what a
-    file-based task expects in ``task.data_dir`` (empty for generated tasks)."""
+    file-based task expects in ``task.data_dir`` (empty for generated tasks); ``check(cfg,
+    length)`` raises ValueError naming the config keys when the task cannot be built at
+    ``length`` (``task.seq_len``, and ``task.test_seq_len`` where set), without any data."""
 
     build: Callable[[TaskConfig], Dataset]
     description: str
@@ -55,6 +78,7 @@ class Task:
     default_dir: str = ""  # used when task.data_dir is not set
     test_lengths: bool = False  # whether task.test_seq_len applies
     images: bool = False  # whether task.normalize applies (pixel inputs)
+    check: Callable[[TaskConfig, Arg], None] | None = None
 
 
 def data_dir(cfg: TaskConfig) -> str:
@@ -77,6 +101,65 @@ def sized(build: Callable[..., Dataset]) -> Callable[[TaskConfig], Dataset]:
 def from_files(load: Callable[..., Dataset], **options: Callable[[TaskConfig], object]) -> Callable:
     """A builder calling ``load(data_dir, **{key: option(cfg)})``."""
     return lambda cfg: load(data_dir(cfg), **{k: f(cfg) for k, f in options.items()})
+
+
+def _arg(cfg: TaskConfig, field: str) -> Arg:
+    """Config value ``task.<field>`` as an :class:`Arg` named by its key."""
+    return Arg(f"task.{field}", getattr(cfg, field))
+
+
+def _lengths(cfg: TaskConfig) -> list[Arg]:
+    """The sequence lengths a task is built at: ``task.seq_len``, and ``task.test_seq_len`` (the
+    test split's) when set."""
+    return [_arg(cfg, "seq_len")] + ([_arg(cfg, "test_seq_len")] if cfg.test_seq_len else [])
+
+
+def listops_lengths(seq_len: int) -> dict[str, int]:
+    """``min_length`` and ``max_length`` of the listops task's expressions: longer than
+    min(500, seq_len // 4) tokens and shorter than ``seq_len``."""
+    return {"min_length": min(LISTOPS_MIN_LENGTH, seq_len // 4), "max_length": seq_len}
+
+
+def _listops_expressions(seq_len: int, examples: int) -> int:
+    """The number of distinct expressions with an operator that the listops task can draw at
+    ``seq_len``, or a number >= ``examples / MAX_SHARE`` when there are enough for them."""
+    if seq_len <= SHORTEST_EXPRESSION:
+        return 0  # at most bare digits fit
+    return distinct_expressions(**listops_lengths(seq_len), enough=examples / MAX_SHARE)
+
+
+def _check_listops(cfg: TaskConfig, length: Arg) -> None:
+    """Fail unless ``task.seq_len`` leaves room for task.num_train + task.num_val +
+    task.num_test examples: the generator takes at most half of the distinct expressions that
+    fit (see ``generate_listops``), and each needs an operator."""
+    counts = [_arg(cfg, f"num_{split}") for split in ("train", "val", "test")]
+    examples = sum(c.value for c in counts)
+    found = _listops_expressions(length.value, examples)
+    if MAX_SHARE * found >= examples:
+        return
+    shortest = next(n for n in itertools.count(SHORTEST_EXPRESSION + 1)
+                    if MAX_SHARE * _listops_expressions(n, examples) >= examples)
+    asked = (f"{examples:,} examples ({' + '.join(c.name for c in counts)} = "
+             f"{' + '.join(str(c.value) for c in counts)})")
+    if found == 0:
+        problem = (f"fits no ListOps expression (the task keeps expressions shorter than "
+                   f"{length.name}, and the shortest, like [MAX 2 9 ], has "
+                   f"{SHORTEST_EXPRESSION} tokens)")
+    else:
+        shortest_kept = listops_lengths(length.value)["min_length"] + 1
+        problem = (f"leaves room for {found:,} distinct ListOps expressions (of "
+                   f"min({LISTOPS_MIN_LENGTH}, {length.name} // 4) + 1 = {shortest_kept} to "
+                   f"{length.name} - 1 = {length.value - 1} tokens), and the generator, drawing "
+                   f"them at random, takes at most half of them: {int(MAX_SHARE * found):,}")
+    fewer = f", or ask for at most {int(MAX_SHARE * found):,} examples" if found else ""
+    raise ValueError(f"{length} {problem}; for {asked} use {length.name} >= {shortest}{fewer}")
+
+
+def _check_retrieval(cfg: TaskConfig, length: Arg) -> None:
+    """Fail unless ``task.seq_len`` splits into two documents of equal length."""
+    require(length.value % 2 == 0,
+            f"{length} must be even: lra_retrieval puts two documents of {length.name} / 2 "
+            f"tokens in each row")
 
 
 def _pathfinder_options(cfg: TaskConfig) -> dict:
@@ -133,6 +216,9 @@ TASKS: dict[str, Task] = {
         "multi-query associative recall (Zoology); seq_len, num_kv_pairs, vocab_size, "
         "random_non_queries",
         test_lengths=True,
+        check=lambda c, length: check_mqar(
+            length, _arg(c, "num_kv_pairs"), _arg(c, "vocab_size")
+        ),
     ),
     "induction_heads": Task(
         generated(
@@ -140,6 +226,7 @@ TASKS: dict[str, Task] = {
         ),
         "induction heads (Mamba 4.1.2): recall the token after the trigger; seq_len, vocab_size",
         test_lengths=True,
+        check=lambda c, length: check_induction_heads(length, _arg(c, "vocab_size")),
     ),
     "selective_copying": Task(
         generated(
@@ -150,6 +237,11 @@ TASKS: dict[str, Task] = {
         "selective copying (Mamba 4.1.1): copy the scattered tokens in order; seq_len = blanks "
         "+ 2 num_tokens (Mamba: 4096 + 32), num_tokens, vocab_size (Mamba: 16)",
         test_lengths=True,
+        check=lambda c, length: check_selective_copying(
+            Arg(f"{length.name} - 2 * task.num_tokens", length.value - 2 * c.num_tokens),
+            _arg(c, "num_tokens"),
+            _arg(c, "vocab_size"),
+        ),
     ),
     "associative_recall": Task(
         generated(
@@ -157,19 +249,20 @@ TASKS: dict[str, Task] = {
         ),
         "single-query associative recall (H3); seq_len, vocab_size",
         test_lengths=True,
+        check=lambda c, length: check_associative_recall(length, _arg(c, "vocab_size")),
     ),
     "listops": Task(
         sized(
             lambda c, **sizes: generate_listops(
                 **sizes,
-                max_length=c.seq_len,
-                min_length=min(LISTOPS_MIN_LENGTH, c.seq_len // 4),
+                **listops_lengths(c.seq_len),
                 seed=c.seed,
                 cache_dir=CACHE_DIR,
             )
         ),
         "LRA ListOps, generated (10 classes, vocab 16); seq_len = max length (LRA: 2000), "
         "min length min(500, seq_len // 4)",
+        check=_check_listops,
     ),
     "pathfinder": Task(
         sized(lambda c, **sizes: generate_pathfinder(**sizes, **_pathfinder_options(c))),
@@ -188,6 +281,7 @@ TASKS: dict[str, Task] = {
         "LRA Retrieval (AAN), bytes, both documents in one row of seq_len (LRA: 2 x 4000) "
         "classified as one sequence; data_dir",
         "new_aan_pairs.train.tsv, new_aan_pairs.eval.tsv, new_aan_pairs.test.tsv",
+        check=_check_retrieval,
     ),
     "lra_imdb": Task(
         from_files(load_lra_imdb, max_length=lambda c: c.seq_len),
@@ -234,9 +328,12 @@ def _tasks_with(flag: str) -> str:
     return ", ".join(name for name, t in sorted(TASKS.items()) if getattr(t, flag))
 
 
-def build_task(cfg: TaskConfig) -> Dataset:
-    """The ``Dataset`` of task ``cfg.name`` (splits ``train``, ``val`` if it has one, ``test``),
-    checked by :func:`check_dataset` (labels, input range, no empty split or row)."""
+def check_task(cfg: TaskConfig) -> None:
+    """Everything about task ``cfg`` that can be checked without reading or generating data:
+    every value in its domain, the data directory of a file-based task, no option of another
+    task set, and the task's own constraints at each length it is built at (``Task.check``).
+    Errors are ValueErrors (FileNotFoundError for the directory) naming the config keys."""
+    check_values(cfg, "task.")
     check_data_dir(cfg)
     task = get_task(cfg.name)
     if cfg.test_seq_len and not task.test_lengths:
@@ -250,4 +347,14 @@ def build_task(cfg: TaskConfig) -> Dataset:
         raise ValueError(
             f"task.normalize is for the image tasks ({_tasks_with('images')}), not {cfg.name!r}"
         )
-    return check_dataset(task.build(cfg), cfg.name)
+    if task.check:
+        for length in _lengths(cfg):
+            task.check(cfg, length)
+
+
+def build_task(cfg: TaskConfig) -> Dataset:
+    """The ``Dataset`` of task ``cfg.name`` (splits ``train``, ``val`` if it has one, ``test``):
+    the config is checked first (:func:`check_task`, before any data is read or generated),
+    the data after (:func:`check_dataset`: labels, input range, no empty split or row)."""
+    check_task(cfg)
+    return check_dataset(get_task(cfg.name).build(cfg), cfg.name)

@@ -9,9 +9,16 @@ in generation order into train / val / test (LRA: 96k / 2k / 2k, depth 10, 10 ar
 ``]`` as a token: ids 0 pad, 1..10 digits 0..9, 11 ``[MIN``, 12 ``[MAX``, 13 ``[MED``,
 14 ``[SM``, 15 ``]`` (vocab 16). Each split has inputs (n, max_length) int32 padded with 0,
 targets (n,) int32 (the tree's value, 10 classes) and mask (n, max_length) bool.
+
+Trees are drawn at random until enough distinct ones are found, so the generator first counts
+the distinct trees that fit the lengths (:func:`distinct_expressions`) and refuses to ask for
+more than half of them (collecting nearly all of them at random would take very long); as a
+safety net, it also stops with an error when too few random trees fit the lengths or too
+many draws bring too few new distinct trees.
 """
 
 import functools
+import math
 import os
 
 import numpy as np
@@ -27,10 +34,15 @@ VOCAB = ("<pad>", *map(str, range(10)), *OPERATORS, END)
 TOKEN_IDS = {token: i for i, token in enumerate(VOCAB)}
 NUM_CLASSES = 10
 OPERATOR_P = 0.25
+SHORTEST_EXPRESSION = 4  # tokens of an operator with two digits, e.g. [MAX 2 9 ]
+MAX_SHARE = 0.5  # the most of the distinct trees that fit the lengths the generator asks for
 _FIRST_OP_ID = TOKEN_IDS[OPERATORS[0]]
 _END_ID = TOKEN_IDS[END]
 _CHUNK = 200  # accepted trees per work chunk
 _BUFFER = 1 << 14
+_MAX_DRAWS_PER_CHUNK = 1000 * _CHUNK  # safety net: fewer than 1 in 1000 random trees fit
+_MAX_ACCEPTED_PER_EXAMPLE = 20  # safety net: the fitting trees drawn per example asked
+_COUNT_CAP = 1e30  # tree counts saturate here (far above any dataset size)
 
 
 def apply_operator(op: str, values: list[int]) -> int:
@@ -90,12 +102,53 @@ def _grow(uniform: _Uniforms, depth: int, max_depth: int, max_args: int, max_len
     return apply_operator(OPERATORS[op_index], values)
 
 
+def _tree_counts(length: int, max_depth: int, max_args: int) -> np.ndarray:
+    """(length,) float64: entry n is the number of distinct trees of n tokens the generator can
+    draw (rooted at depth 1; operators at depths below ``max_depth``), saturating at
+    ``_COUNT_CAP``. Trees and token sequences correspond one to one (``]`` closes each
+    operator), so these are also the distinct examples."""
+    digits = np.zeros(length)
+    digits[1:2] = 10
+    counts = digits  # trees rooted at depth max_depth: digits only
+    for _ in range(max_depth - 1):  # trees rooted one level higher
+        power, arguments = counts, np.zeros(length)
+        for _ in range(2, max_args + 1):  # power: sequences of k subtrees, by total length
+            power = np.minimum(np.convolve(power, counts)[:length], _COUNT_CAP)
+            arguments += power
+        operators = np.zeros(length)
+        operators[2:] = len(OPERATORS) * arguments[:length - 2]  # operator token and ]
+        counts = np.minimum(digits + operators, _COUNT_CAP)
+    return counts
+
+
+def distinct_expressions(min_length: int, max_length: int, max_depth: int = 10,
+                         max_args: int = 10, enough: float = math.inf) -> int:
+    """The number of distinct trees with ``min_length < tokens < max_length`` that the
+    generator can draw at ``max_depth`` and ``max_args``; once that is known to be at least
+    ``enough``, a number >= ``enough`` (counting stops early: trees longer than the shortest
+    that fit are counted only as far as needed)."""
+    length = min(max_length, min_length + 65)
+    while True:
+        found = _tree_counts(length, max_depth, max_args)[min_length + 1:].sum()
+        if found >= enough or length == max_length:
+            return int(min(found, _COUNT_CAP))
+        length = min(max_length, 2 * length)
+
+
 def _generate_chunk(chunk: int, seed: int, max_depth: int, max_args: int, min_length: int,
                     max_length: int) -> list[tuple[bytes, int]]:
-    """``_CHUNK`` accepted trees as (uint8 token bytes, value), from ``chunk_rng(seed, chunk)``."""
+    """``_CHUNK`` accepted trees as (uint8 token bytes, value), from ``chunk_rng(seed, chunk)``;
+    a ValueError when fewer than 1 in 1000 random trees fit the lengths."""
     uniform = _Uniforms(chunk_rng(seed, chunk))
-    accepted = []
+    accepted, draws = [], 0
     while len(accepted) < _CHUNK:
+        if draws == _MAX_DRAWS_PER_CHUNK:
+            raise ValueError(
+                f"ListOps trees with {min_length} < length < {max_length} tokens are too rare "
+                f"at max_depth={max_depth}, max_args={max_args}: {len(accepted)} of "
+                f"{draws:,} random trees fit; widen the lengths"
+            )
+        draws += 1
         tokens: list[int] = []
         try:
             value = _grow(uniform, 1, max_depth, max_args, max_length, tokens)
@@ -125,12 +178,27 @@ def generate_listops(
     ``workers`` processes (default: all cores); the result depends only on the arguments
     that enter the cache file name, not on ``workers``. Lengths count tokens without
     parentheses, as LRA's generator does; inputs are padded to ``max_length``.
+
+    Raises ValueError before generating when the counts ask for more than half of the
+    distinct trees that fit the lengths (see the module docstring).
     """
     if not (1 <= max_depth and 2 <= max_args and 0 <= min_length < max_length - 1):
         raise ValueError(f"need max_depth >= 1, max_args >= 2 and min_length < max_length - 1;"
                          f" got {max_depth}, {max_args}, {min_length}, {max_length}")
     sizes = {"train": num_train, "val": num_val, "test": num_test}
+    if min(sizes.values()) < 0:
+        raise ValueError(f"num_train, num_val and num_test must be >= 0, got {num_train}, "
+                         f"{num_val}, {num_test}")
     total = sum(sizes.values())
+    distinct = distinct_expressions(min_length, max_length, max_depth, max_args,
+                                    enough=total / MAX_SHARE)
+    if total > MAX_SHARE * distinct:
+        raise ValueError(
+            f"num_train + num_val + num_test = {total:,} examples asked, but only {distinct:,} "
+            f"distinct ListOps trees have {min_length} < length < {max_length} tokens at "
+            f"max_depth={max_depth}, max_args={max_args}, and the generator asks for at most "
+            f"half of them ({int(MAX_SHARE * distinct):,}); ask for fewer or raise max_length"
+        )
     workers = default_workers() if workers is None else workers
 
     def build():
@@ -141,6 +209,12 @@ def generate_listops(
         next_chunk = 0
         with Progress(total, "ListOps", enabled=progress) as bar:
             while len(unique) < total:
+                if next_chunk * _CHUNK >= _MAX_ACCEPTED_PER_EXAMPLE * total:
+                    raise ValueError(
+                        f"only {len(unique):,} distinct ListOps trees with {min_length} < "
+                        f"length < {max_length} tokens among {next_chunk * _CHUNK:,} drawn, of "
+                        f"the {total:,} examples asked; ask for fewer or raise max_length"
+                    )
                 missing = total - len(unique)
                 chunks = range(next_chunk, next_chunk + -(-missing // _CHUNK))
                 next_chunk = chunks.stop

@@ -365,8 +365,9 @@ def render_scene(rng: np.random.Generator, cfg: PathfinderConfig, num_paddles: i
         if snakes is not None:
             break
     else:
-        raise RuntimeError(f"could not place two target snakes for {cfg} in "
-                           f"{_MAX_TARGET_TRIALS} trials")
+        raise RuntimeError(f"could not place two target snakes of {num_paddles} paddles in a "
+                           f"{cfg.resolution}x{cfg.resolution} image in {_MAX_TARGET_TRIALS:,} "
+                           f"trials")
     (first, second), mask, paths = snakes
     image = np.maximum(first, second)
     distractor_paddles = num_paddles // 3

@@ -2,7 +2,10 @@
 
 Every generator draws from ``np.random.default_rng(seed)``, returns a :class:`Dataset` with
 one split ``"all"`` (build train and test sets with different seeds), and caches the arrays
-under ``cache_dir`` (``None`` disables caching). Labels follow the next-token convention of
+under ``cache_dir`` (``None`` disables caching). Each has a ``check_*`` function for its
+constraints between arguments (lengths, counts, vocabulary), which it runs before generating
+anything; tasks run the same checks on their config, naming the config keys (see
+:mod:`seqzoo.data.checks`). Labels follow the next-token convention of
 the official generators: the label at position t is what the model must output after
 reading token t.
 
@@ -20,20 +23,35 @@ import os
 import numpy as np
 
 from seqzoo.data.cache import DEFAULT_CACHE_DIR, cached_splits
+from seqzoo.data.checks import Arg, named, require
 from seqzoo.data.dataset import IGNORE_INDEX, Dataset, make_split
 from seqzoo.data.sampling import distinct_choice, weighted_distinct_choice
 
 CacheDir = str | os.PathLike | None
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
-
-
 def _single_split(name, params, build, cache_dir, vocab_size, seq_len) -> Dataset:
+    """The dataset of split ``"all"`` that ``build()`` returns as (inputs, targets), cached
+    under ``name`` and ``params`` (whose ``n`` is the number of examples)."""
+    require(params["n"] >= 0, f"num_examples must be >= 0, got {params['n']}")
     splits = cached_splits(name, params, lambda: {"all": make_split(*build())}, cache_dir)
     return Dataset(name, splits, vocab_size=vocab_size, num_classes=vocab_size, seq_len=seq_len)
+
+
+def check_mqar(seq_len: Arg, num_kv_pairs: Arg, vocab_size: Arg) -> None:
+    """Raise ``ValueError`` naming the arguments unless :func:`mqar` can lay out its rows: an
+    even length, at least 4 slots per key-value pair (the pairs, then a query region as long),
+    and a vocabulary larger than the length (as Zoology's generator asserts)."""
+    require(seq_len.value % 2 == 0,
+            f"{seq_len} must be even: MQAR lays out keys and values, queries and the slots "
+            f"after them, in pairs")
+    require(num_kv_pairs.value >= 1, f"{num_kv_pairs} must be >= 1")
+    require(4 * num_kv_pairs.value <= seq_len.value,
+            f"{seq_len} is too short for {num_kv_pairs}: MQAR needs {seq_len.name} >= 4 * "
+            f"{num_kv_pairs.name} = {4 * num_kv_pairs.value} (the key-value pairs, then a query "
+            f"region as long)")
+    require(vocab_size.value > seq_len.value,
+            f"{vocab_size} must exceed {seq_len}, as Zoology's MQAR generator requires")
 
 
 def mqar(
@@ -57,10 +75,8 @@ def mqar(
     random tokens from [0, V) when ``random_non_queries`` (so token 0 occurs; the mask is all
     True). ``vocab_size = num_classes = V``.
     """
-    _require(seq_len % 2 == 0, f"seq_len must be even, got {seq_len}")
-    _require(vocab_size > seq_len, f"vocab_size ({vocab_size}) must exceed seq_len ({seq_len})")
-    _require(num_kv_pairs >= 1 and 4 * num_kv_pairs <= seq_len,
-             f"need 1 <= num_kv_pairs <= seq_len / 4, got {num_kv_pairs} for seq_len {seq_len}")
+    check_mqar(**named(seq_len=seq_len, num_kv_pairs=num_kv_pairs, vocab_size=vocab_size))
+    require(power_a > 0, f"power_a must be > 0, got {power_a}")
 
     def build():
         rng = np.random.default_rng(seed)
@@ -87,6 +103,16 @@ def mqar(
     return _single_split("mqar", params, build, cache_dir, vocab_size, seq_len)
 
 
+def check_selective_copying(num_blanks: Arg, num_tokens: Arg, vocab_size: Arg) -> None:
+    """Raise ``ValueError`` naming the arguments unless :func:`selective_copying` can build its
+    rows: no negative number of blanks, at least one data token, and a vocabulary with the
+    blank, the marker and at least one data token."""
+    require(num_blanks.value >= 0, f"{num_blanks} must be >= 0 (the number of blanks)")
+    require(num_tokens.value >= 1, f"{num_tokens} must be >= 1")
+    require(vocab_size.value >= 3,
+            f"{vocab_size} must be >= 3 (the blank, the marker and at least one data token)")
+
+
 def selective_copying(
     num_examples: int,
     num_blanks: int = 4096,
@@ -104,9 +130,9 @@ def selective_copying(
     M = 16, A = 16. ``vocab_size = num_classes = A`` (the blank shares id 0 with padding;
     the mask is all True).
     """
-    _require(vocab_size >= 3, f"vocab_size must be >= 3 (blank, marker, data), got {vocab_size}")
-    _require(num_tokens >= 1 and num_blanks >= 0,
-             f"need num_tokens >= 1 and num_blanks >= 0, got {num_tokens}, {num_blanks}")
+    check_selective_copying(
+        **named(num_blanks=num_blanks, num_tokens=num_tokens, vocab_size=vocab_size)
+    )
     seq_len = num_blanks + 2 * num_tokens
 
     def build():
@@ -123,6 +149,17 @@ def selective_copying(
 
     params = dict(n=num_examples, blanks=num_blanks, m=num_tokens, v=vocab_size, seed=seed)
     return _single_split("selective_copying", params, build, cache_dir, vocab_size, seq_len)
+
+
+def check_induction_heads(seq_len: Arg, vocab_size: Arg) -> None:
+    """Raise ``ValueError`` naming the arguments unless :func:`induction_heads` can build its
+    rows: room for a trigger, the token after it, context and the final trigger (length >= 4),
+    and a vocabulary with padding, the special token and a data token."""
+    require(seq_len.value >= 4,
+            f"{seq_len} must be >= 4 (a trigger, the token after it, one more context token "
+            f"and the final trigger)")
+    require(vocab_size.value >= 3,
+            f"{vocab_size} must be >= 3 (padding, the special token and at least one data token)")
 
 
 def induction_heads(
@@ -144,8 +181,7 @@ def induction_heads(
     safari's input_seq_len 256 (seq_len 257 here), V = 16, and tests lengths up to 2^20.
     Id 0 is unused (it is padding). ``vocab_size = num_classes = V``.
     """
-    _require(vocab_size >= 3, f"vocab_size must be >= 3 (pad, special, data), got {vocab_size}")
-    _require(seq_len >= 4, f"seq_len must be >= 4, got {seq_len}")
+    check_induction_heads(**named(seq_len=seq_len, vocab_size=vocab_size))
 
     def build():
         rng = np.random.default_rng(seed)
@@ -162,6 +198,18 @@ def induction_heads(
 
     params = dict(n=num_examples, l=seq_len, v=vocab_size, seed=seed, lm=lm_targets)
     return _single_split("induction_heads", params, build, cache_dir, vocab_size, seq_len)
+
+
+def check_associative_recall(seq_len: Arg, vocab_size: Arg) -> None:
+    """Raise ``ValueError`` naming the arguments unless :func:`associative_recall` can build its
+    rows: key-value pairs then the special token and the query (an even length >= 4), and a
+    vocabulary with padding, the special token, a key and a value."""
+    require(seq_len.value % 2 == 0 and seq_len.value >= 4,
+            f"{seq_len} must be even and >= 4 (key-value pairs, then the special token and the "
+            f"query key)")
+    require(vocab_size.value >= 5,
+            f"{vocab_size} must be >= 5 (padding, the special token, and at least one key and "
+            f"one value)")
 
 
 def associative_recall(
@@ -183,9 +231,7 @@ def associative_recall(
     input_seq_len 30 (seq_len 32 here), V = 20. Id 0 is unused (padding).
     ``vocab_size = num_classes = V``.
     """
-    _require(seq_len % 2 == 0 and seq_len >= 4, f"seq_len must be even and >= 4, got {seq_len}")
-    _require(vocab_size >= 5, f"vocab_size must be >= 5 (pad, special, >= 1 key and value), "
-                              f"got {vocab_size}")
+    check_associative_recall(**named(seq_len=seq_len, vocab_size=vocab_size))
 
     def build():
         rng = np.random.default_rng(seed)
