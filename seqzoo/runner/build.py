@@ -32,7 +32,7 @@ from seqzoo.runner.mixer_options import check_mixer_options
 from seqzoo.runner.model import build_model, model_inputs
 from seqzoo.runner.sharding import check_batch_size, make_mesh, mesh_shape, state_shardings
 from seqzoo.runner.variables import trainable
-from seqzoo.tasks import build_task, check_data_dir
+from seqzoo.tasks import build_task, check_task
 
 
 @dataclasses.dataclass
@@ -95,8 +95,9 @@ def param_count(variables: dict[str, Any]) -> int:
 
 
 def check_config(cfg: ExperimentConfig) -> None:
-    """Static checks: every value in its domain, the mixer options, devices, data directory
-    (no data is read, nothing is computed; the mixers are traced abstractly)."""
+    """Static checks: every value in its domain, the task's constraints and data directory, the
+    mixer options, devices (no data is read or generated, nothing is computed; the mixers are
+    traced abstractly)."""
     check_values(cfg)
     m = cfg.model
     width = mlp_width(m.d_model, m.mlp, m.mlp_ratio)
@@ -105,7 +106,7 @@ def check_config(cfg: ExperimentConfig) -> None:
             f"model.mlp_ratio={m.mlp_ratio} gives the {m.mlp} MLP of model.d_model={m.d_model} "
             f"a hidden width of {width}; raise model.mlp_ratio or set model.mlp=none"
         )
-    check_data_dir(cfg.task)
+    check_task(cfg.task)
     mixers = m.mixer.split(",")
     data, seq = mesh_shape(cfg.mesh, jax.local_device_count())
     check_batch_size(cfg.optim.batch_size, data)
