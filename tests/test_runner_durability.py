@@ -135,9 +135,9 @@ def test_run_names_cannot_leave_the_runs_folder(name, tmp_path, monkeypatch, cap
     cwd.mkdir(parents=True)
     monkeypatch.chdir(cwd)
     assert main(["train", "smoke", f"name={name}"]) == 2
-    assert f"name={name!r} cannot name a run folder inside runs/" in capsys.readouterr().err
+    assert "name must be a relative name" in capsys.readouterr().err
     assert snapshot(tmp_path) == {"a": b"<dir>", "a/b": b"<dir>"}
-    with pytest.raises(ValueError, match="cannot name a run folder"):
+    with pytest.raises(ValueError, match="name must be a relative name"):
         default_run_dir("")
     assert default_run_dir("lra/listops_s4d").parent == Path("runs/lra")
 

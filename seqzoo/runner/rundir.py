@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from seqzoo.config import ExperimentConfig, load_config, to_toml
+from seqzoo.domains import RELATIVE_NAME
 from seqzoo.runner.files import write_atomic
 from seqzoo.runner.lock import LOCK_FILE
 
@@ -24,15 +25,11 @@ RUNS_ROOT = Path("runs")
 
 
 def check_run_name(name: str) -> None:
-    """Fail unless ``name`` (the config's ``name``) names a folder inside ``runs/``: a relative
-    path (subfolders allowed, e.g. ``lra/listops_s4d``) without ``..`` parts."""
-    path = PurePosixPath(name)
-    if not name or "\0" in name or path.is_absolute() or ".." in path.parts:
-        raise ValueError(
-            f"name={name!r} cannot name a run folder inside {RUNS_ROOT}/: it must be a relative "
-            f"path without '..' parts (e.g. name=\"mqar_gla\" or \"lra/listops_s4d\"); or "
-            f"give the folder with --run-dir"
-        )
+    """Fail unless ``name`` (the config's ``name``) names a folder inside ``runs/``: the config
+    domain ``RELATIVE_NAME`` (subfolders allowed, e.g. ``lra/listops_s4d``; no ``..``)."""
+    error = RELATIVE_NAME.error("name", name)
+    if error:
+        raise ValueError(f"{error}; or give the run folder with --run-dir")
 
 
 def default_run_dir(name: str) -> Path:
