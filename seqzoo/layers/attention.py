@@ -54,7 +54,8 @@ class Attention(MatrixMixer):
       num_sinks: StreamingLLM attention sinks kept visible beside the window (needs ``window``).
       rope: rotary position embedding on q and k (half-split layout), base ``rope_theta``.
       max_decode_length: KV-cache slots for ``step`` when there is no window.
-      impl: ``auto | xla | cudnn``, passed to ``jax.nn.dot_product_attention``.
+      impl: ``auto | xla | cudnn``; ``auto`` takes cuDNN's flash attention on a GPU where it
+        applies (``seqzoo.ops.fused_attention.attention_impl`` says why it picks what it picks).
     """
 
     num_heads: int = 4
