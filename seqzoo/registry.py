@@ -21,12 +21,14 @@ class MixerEntry:
 
 
 def register_mixer(name: str, *, test_config: dict[str, Any] | None = None) -> Callable:
-    """Class decorator adding a ``MatrixMixer`` subclass to the registry under ``name``."""
+    """Class decorator adding a ``MatrixMixer`` subclass to the registry under ``name`` (also
+    stored as ``cls.registry_name``, the name its error messages use)."""
 
     def add(cls: type) -> type:
         if name in _MIXERS:
             raise ValueError(f"a mixer named {name!r} is already registered")
         _MIXERS[name] = MixerEntry(name, cls, dict(test_config or {}))
+        cls.registry_name = name
         return cls
 
     return add

@@ -78,10 +78,12 @@ def reference(params, x, mask, cfg):
         q = z * p["gamma"][0] + p["beta"][0]
         k = z * p["gamma"][1] + p["beta"][1]
         v = silu(lin("v_proj", x[b]))
+        start = int(np.argmax(mask[b]))  # chunks start at the first valid token
         for i in range(length):
             if not mask[b, i]:
                 continue
-            keys = [j for j in range(i + 1) if mask[b, j] and j // c == i // c]
+            chunk = (i - start) // c
+            keys = [j for j in range(i + 1) if mask[b, j] and (j - start) // c == chunk]
             s = np.array(
                 [q[i] @ k[j] / np.sqrt(z_dim) + p["rel_pos_bias"][c - 1 + j - i] for j in keys]
             )
@@ -94,8 +96,10 @@ def reference(params, x, mask, cfg):
 
 
 def holes_mask(length):
+    """Row 0: holes at 1 and 6; row 1: 3 left pads (chunks from position 3) and 3 right pads."""
     mask = np.ones((2, length), bool)
     mask[0, [1, 6]] = False
+    mask[1, :3] = False
     mask[1, -3:] = False
     return jnp.asarray(mask)
 
@@ -134,13 +138,34 @@ def test_relative_bias_layout_is_megas():
 
 
 def test_matrix_is_block_diagonal_causal():
+    """Chunks of 4 from each row's first valid token (0 in row 0, 3 in row 1)."""
     mixer, params, x = setup_layer()
     m = np.asarray(mixer.apply(params, x, holes_mask(LENGTH), method="matrix"))[:, 0]
-    pos = np.arange(LENGTH)
-    outside = (pos[:, None] // 4 != pos[None, :] // 4) | (pos[None, :] > pos[:, None])
-    assert np.all(m[:, outside] == 0)
+    for row, start in enumerate([0, 3]):
+        pos = np.arange(LENGTH) - start
+        outside = (pos[:, None] // 4 != pos[None, :] // 4) | (pos[None, :] > pos[:, None])
+        assert np.all(m[row][outside] == 0)
     valid_rows = np.asarray(holes_mask(LENGTH))
     np.testing.assert_allclose(m.sum(-1)[valid_rows], 1.0, rtol=1e-6)
+
+
+def test_left_padding_equals_shorter_sequence_in_every_path():
+    """Leading pads (any values) are invisible: chunks start at the first valid token, in the
+    parallel paths and in ``step`` (which keeps its state until that token)."""
+    mixer, params, x = setup_layer(length=9)
+    pads = 10 * jax.random.normal(jax.random.PRNGKey(9), (2, 3, D_MODEL))
+    padded = jnp.concatenate([pads, x], axis=1)
+    mask = jnp.ones((2, 12), bool).at[:, :3].set(False)
+    want = np.asarray(mixer.apply(params, x))
+    for method in ("__call__", "dense"):
+        got = mixer.apply(params, padded, mask, method=method)
+        np.testing.assert_allclose(np.asarray(got)[:, 3:], want, atol=1e-6, err_msg=method)
+    state = mixer.apply(params, 2, method="init_state")
+    ys = []
+    for t in range(12):
+        state, y = mixer.apply(params, state, padded[:, t], mask[:, t], method="step")
+        ys.append(y)
+    np.testing.assert_allclose(np.stack(ys, 1)[:, 3:], want, atol=1e-6, err_msg="step")
 
 
 def test_bad_config():

@@ -10,7 +10,8 @@ A subclass implements four small pieces and inherits the public paths:
 
 * ``mixer_inputs(x, mask[, segment_ids]) -> MixerInputs``: projections; ``MixerInputs.values``
   is ``v`` and ``MixerInputs.aux`` whatever the other pieces need (queries, decays, gates...).
-* ``mix_fast(inputs) -> (batch, length, heads, head_dim)``: the efficient algorithm.
+* ``mix_fast(inputs) -> (batch, length, heads, head_dim)``: the efficient algorithm (shaped as
+  ``v``; a nonlinear mixer without ``M`` may shape it its own way, only its output stage reads it).
 * ``mix_matrix(inputs) -> (batch, heads, length, length)``: the dense ``M``.
 * ``mixer_output(inputs, mixed) -> (batch, length, d_model)``.
 
@@ -21,9 +22,16 @@ Public paths (all take ``mask: (batch, length)`` bool, True at valid positions):
 * ``__call__(x, mask)`` fast path, ``dense(x, mask)`` the same output through ``M``,
   ``matrix(x, mask)`` returns ``M`` itself.
 
+Inputs: ``x`` must be floating (an integer or bool ``x`` is refused with a ``TypeError``: embed
+tokens first); outputs have ``x``'s dtype.
+
 Padding: padded positions never influence valid ones, in any path; values are zeroed there and each
 mixer removes padded columns from the parts of ``M`` that are normalised or data dependent. Outputs
-at padded positions are zero.
+at padded positions are zero. Right padding gives exactly the outputs of the shorter sequence. For
+causal mixers leading pads are no-ops too (left padding gives the shorter sequence's outputs): the
+``bi:`` wrapper's backward copy reads a right-padded row flipped, i.e. left padded. Whether a hole
+(a pad between valid tokens) or, for non-causal mixers, left padding counts as a position is each
+mixer's own rule, stated in its docstring.
 """
 
 from __future__ import annotations
@@ -143,6 +151,7 @@ class MatrixMixer(nn.Module):
     dtype: Any = None
 
     info: ClassVar[MixerInfo]
+    registry_name: ClassVar[str | None] = None  # set by ``register_mixer``
 
     # ---- pieces a subclass implements -------------------------------------------------------
     def mixer_inputs(self, x: Array, mask: Array) -> MixerInputs:
@@ -164,6 +173,15 @@ class MatrixMixer(nn.Module):
     def step_fn(self, state: Any, x_t: Array, mask_t: Array) -> tuple[Any, Array]:
         """One recurrent step on ``x_t: (batch, d_model)``; ``mask_t: (batch,)`` bool."""
         raise NotImplementedError(f"{type(self).__name__} is not causal: it has no step")
+
+    def length_limit(self) -> int | None:
+        """The longest input length this mixer accepts (``info.max_length_attr``), or None."""
+        bound = self.info.max_length_attr
+        return None if bound is None else getattr(self, bound)
+
+    def label(self) -> str:
+        """How error messages name this mixer: its registry name, or its class name."""
+        return self.registry_name or type(self).__name__
 
     # ---- the public paths --------------------------------------------------------------------
     def __call__(
@@ -200,6 +218,7 @@ class MatrixMixer(nn.Module):
         """
         if not self.info.causal:
             raise NotImplementedError(f"{type(self).__name__} is not causal: it has no step")
+        self.require_floating(x_t, "x_t")
         if x_t.ndim != 2 or x_t.shape[-1] != self.d_model:
             raise ValueError(f"x_t must be (batch, d_model={self.d_model}), got shape {x_t.shape}")
         if mask_t is None:
@@ -216,8 +235,19 @@ class MatrixMixer(nn.Module):
     def compute_dtype(self, x: Array) -> Any:
         return self.dtype or x.dtype
 
+    def require_floating(self, x: Array, what: str = "x") -> None:
+        """Refuse a non-floating ``x`` (integer token ids, bools): a mixer would silently compute
+        in that dtype and return integers."""
+        dtype = jnp.result_type(x)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"mixer {self.label()!r} needs floating inputs, got {what} of dtype {dtype}: "
+                "embed integer tokens first (e.g. nn.Embed) or cast, e.g. x.astype(jnp.float32)"
+            )
+
     def check_inputs(self, x: Array, mask: Array | None) -> tuple[Array, Array]:
-        """Validate ``x: (batch, length, d_model)`` and ``mask: (batch, length)``."""
+        """Validate ``x: (batch, length, d_model)`` floating and ``mask: (batch, length)``."""
+        self.require_floating(x)
         if x.ndim != 3:
             raise ValueError(f"x must be (batch, length, d_model), got rank {x.ndim}: {x.shape}")
         if x.shape[-1] != self.d_model:
@@ -226,11 +256,11 @@ class MatrixMixer(nn.Module):
             )
         if x.shape[1] < 1:
             raise ValueError("x must have length >= 1")
-        bound = self.info.max_length_attr
-        if bound is not None and x.shape[1] > getattr(self, bound):
+        limit = self.length_limit()
+        if limit is not None and x.shape[1] > limit:
             raise ValueError(
-                f"length {x.shape[1]} exceeds {type(self).__name__}.{bound}="
-                f"{getattr(self, bound)}, the size of its fixed mixing matrix"
+                f"length {x.shape[1]} exceeds {self.info.max_length_attr}={limit} of mixer "
+                f"{self.label()!r} (the longest input it is built for; raise it in its options)"
             )
         if mask is None:
             mask = jnp.ones(x.shape[:2], bool)

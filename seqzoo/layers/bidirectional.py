@@ -5,6 +5,10 @@
 In matrix form, with the two copies' values stacked as heads, ``M = [M_f, J M_b J]``: a lower and an
 upper triangular matrix, i.e. a quasiseparable mixer when ``M_f, M_b`` are semiseparable (the
 diagonal is counted by both; Hydra's ``quasiseparable`` op is the refined version).
+
+Padding: the flip is global, so the backward copy reads a right-padded row as a left-padded one;
+the contract makes leading pads no-ops for causal mixers, hence right padding gives exactly the
+shorter sequence's outputs here too. Holes count as positions where the inner mixer counts them.
 """
 
 from __future__ import annotations
@@ -36,6 +40,16 @@ class Bidirectional(MatrixMixer):
 
     mixer: str = "linear_attention"
     config: tuple[tuple[str, Any], ...] = ()
+
+    def label(self) -> str:
+        return f"bi:{self.mixer}"
+
+    def length_limit(self) -> int | None:
+        """The inner mixer's bound (e.g. ``bi:hyena``'s ``max_length``), or None."""
+        from seqzoo.registry import mixer_entry
+
+        inner = mixer_entry(self.mixer).cls(d_model=self.d_model, parent=None, **dict(self.config))
+        return inner.length_limit()  # an unbound copy (parent=None): only its options are read
 
     @property
     def info(self) -> MixerInfo:
@@ -79,7 +93,10 @@ class Bidirectional(MatrixMixer):
 
     def mixer_output(self, inputs, mixed):
         fwd, bwd = inputs.aux["forward"], inputs.aux["backward"]
-        heads = fwd.values.shape[2]
+        # The two copies are one mixer with one config: each owns half of the mixed heads. (Not
+        # as many as its values have: a nonlinear mixer's mixed output is shaped its own way, e.g.
+        # an LSTM's values are its 4 gates' pre-activations, its mixed output the hidden state.)
+        heads = mixed.shape[2] // 2
         y_fwd = self.forward.mixer_output(fwd, mixed[:, :, :heads])
         y_bwd = self.backward.mixer_output(bwd, _flip(mixed[:, :, heads:]))
         return y_fwd + _flip(y_bwd)

@@ -20,6 +20,8 @@ i.e. linear attention with the SSM kernel's Toeplitz matrix as mask (for p = 1,
 Padding: k and v are zero at padded positions (q too), and so is k~ there, so a padded token
 writes nothing into either SSM, in every path; both recurrent states still advance in ``step``
 (the time index moves on, as in the convolutions), which is what the parallel paths compute.
+Left or right padding gives the shorter sequence's outputs; a hole counts as a time step (for the
+shift SSM and the diagonal SSM alike), by design.
 """
 
 from __future__ import annotations

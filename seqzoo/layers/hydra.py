@@ -23,7 +23,8 @@ directions a padded token neither decays nor feeds the state); M's padded rows a
 zero. Since the shifted read-out of token i uses C at i - 1 (forward) and i + 1 (backward), and
 C is zero at a padded position, the token next to a pad gets nothing from that direction, as at
 the sequence ends: right (or left) padding equals the shorter sequence; a hole in the middle
-leaves the states running through it but empties those two read-outs. Segments: the conv does not
+leaves the states running through it but empties those two read-outs (and takes a conv tap), so
+it differs from removing the token, by design. Segments: the conv does not
 reach across segment boundaries and both scans reset there.
 
 Left out: ``learnable_init_states``, ``dt_limit``, the fused ``use_mem_eff_path`` (same math).

@@ -44,7 +44,9 @@ tokens are not supported (their inputs are dropped).
 Padding: the projections are zeroed at padded positions before the short convolution (a pad is a
 zero input to it), and ``v`` and the gates ``x_i`` are zero there, so every long convolution reads
 zero at pads; in ``step`` a padded token writes those zeros and the position still advances, as in
-the parallel paths.
+the parallel paths. Left or right padding gives the shorter sequence's outputs (the filters are
+convolutions from the first token; leading pads are zeros before it); a hole counts as a position
+(a zero input), by design.
 
 Initialisation: the layer's own (torch defaults: Linear and Conv1d U(+-1/sqrt(fan_in)); the safari
 LM re-initialises Linears at the model level, which is the model's business).

@@ -20,6 +20,8 @@ every batch row (data independent; semiseparable of rank order).
 
 Padding: u is zero at padded positions, so they do not reach the memory; in ``step`` a padded
 token is a zero input and the memory still advances (m = Abar m), exactly as the convolution.
+Left or right padding gives the shorter sequence's outputs; a hole counts as a time step (a zero
+input), by design.
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ plus D[d] on the diagonal; the z gate and out_proj are the output stage.
 Padding: the in_proj output feeding the conv is zeroed at padded positions (so the conv reads a
 zero there), the conv output too, and delta = 0 at padded positions (no decay, no input): a padded
 token is a no-op for the SSM state. ``step`` does the same: it pushes a zero into the conv buffer
-and leaves the SSM state unchanged. Segments (packed sequences): the conv does not reach across a
+and leaves the SSM state unchanged. Left or right padding gives the shorter sequence's outputs; a
+hole still takes a tap of the short conv (a zero), so it differs from removing the token, by
+design. Segments (packed sequences): the conv does not reach across a
 segment start and the scan resets there.
 
 Decoding state (``init_state``): ``conv (batch, E, d_conv - 1)``, the previous conv inputs (the

@@ -18,7 +18,9 @@ matrix) plus D on the diagonal; the gated norm and out_proj are the output stage
 
 Padding and segments as ``seqzoo.layers.mamba``: zero conv inputs and outputs at padded
 positions, dt = 0 there (a no-op for the state); ``step`` pushes a zero into the conv buffer and
-keeps the SSM state at a pad. The conv does not reach across segment starts; the SSD resets there.
+keeps the SSM state at a pad. Left or right padding gives the shorter sequence's outputs; a hole
+takes a conv tap (a zero), by design. The conv does not reach across segment starts; the SSD
+resets there.
 
 Left out: ``d_ssm`` (the extra gated-MLP channels), ``D_has_hdim`` (a per-channel D is no
 per-head matrix), ``dt_limit`` (a clamp on dt), tensor parallelism.

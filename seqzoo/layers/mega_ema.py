@@ -26,7 +26,8 @@ Recurrent mode (causal only): the state is ``h: (batch, d, ndim)``, the official
 
 Padding: x is zero at padded positions (base class), so a pad is a zero input to this LTI filter;
 in ``step`` a padded token is a zero input and the state still decays, exactly what the
-convolution computes, so ``step`` equals ``__call__`` for any mask.
+convolution computes, so ``step`` equals ``__call__`` for any mask. Left (causal) or right padding
+gives the shorter sequence's outputs; a hole counts as a time step (a zero input), by design.
 
 Left out: the official ``truncation`` (kernel cut to a length; default None) and the
 incremental multi-token ``step``; the model-level Mega gated attention around this layer.

@@ -34,7 +34,9 @@ heads have one non-zero per row, the rest are rank 1: the structure is reported 
 
 Padding: padded positions take part in no pooling (the official fills them with -10000 before the
 maxima and the softmax; here they are excluded exactly), the mean query averages valid positions
-only, and segments and windows count raw positions (a pad inside a window just drops out).
+only, and segments and windows count raw positions (a pad inside a window just drops out): right
+padding gives the shorter sequence's outputs, but left padding or a hole shifts the segment grid
+by design, as in the official layer.
 
 Initialisation as the Hugging Face model (``initializer_range``: weights ~ N(0, 0.02), biases 0).
 """

@@ -49,7 +49,8 @@ Differences from the official code, all deliberate:
 Padding: the base class zeroes the input at padded positions; for an LTI convolution that alone
 keeps them from influencing valid positions. In ``step`` a padded token is a zero input and the
 state still advances, exactly as the convolution sees it, so ``step`` equals ``__call__`` for any
-mask (holes included).
+mask (holes included). Leading pads are zeros before the sequence, so left (or right) padding
+gives the shorter sequence's outputs; a hole counts as a time step (a zero input), by design.
 """
 
 from __future__ import annotations

@@ -34,13 +34,22 @@ Matrix view: one head, values ``v`` (head_dim hdim), ``M = P``: block diagonal w
 blocks (data dependent, ``sparse``). Everything else (the TCN, gates, q, k) is computed from the
 input position by position or causally and enters ``M`` or the output stage.
 
+Chunks start at each row's first valid token: chunk ``c`` holds positions ``s + [c C, (c + 1) C)``
+with ``s`` the row's first valid position (Mega and TCNCA cut the sequence from its first token
+into chunks of C; their inputs are right padded, so there ``s = 0``). The parallel paths move each
+row left by ``s``, run the chunked attention and move the result back.
+
 Recurrent mode: per block, a buffer of its last ``(K - 1) f^i`` inputs; a cache of the current
-chunk's keys and values (cleared when a chunk starts) and the position. Chunks count raw positions.
+chunk's keys and values (cleared when a chunk starts) and the position, counted from the first
+valid token: until it comes, a padded token leaves the whole state as it was.
 
 Padding: x is zero at padded positions and so is every TCN block's output there (a pad is a zero
 at every level of the TCN, and the step pushes zeros into the buffers); padded keys are excluded
-from the attention and ``v`` is zero there. Positions (chunks, relative offsets, dilations) count
-padded tokens, so a hole keeps the chunk grid of the unpadded sequence.
+from the attention and ``v`` is zero there. Leading pads are therefore invisible: left or right
+padding gives exactly the shorter sequence's outputs (the ``bi:tcnca`` backward copy reads right
+padding as left padding). A hole, a pad between valid tokens, counts as a position (chunks,
+relative offsets and dilations count it, and the TCN reads a zero there): it keeps the chunk grid
+of the unpadded sequence, so it differs from removing that token.
 
 Parameters (Mega init, ``init_std`` 0.02): ``v_proj``, ``mx_proj``, ``h_proj`` ~ N(0, std), biases
 0; ``gamma (2, zdim)`` ~ N(0, std), ``beta (2, zdim)`` = 0; ``rel_pos_bias (2 C - 1,)`` ~ N(0,
@@ -56,7 +65,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, zero_padded
+from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, keep_where, zero_padded
 from seqzoo.layers.common import dense
 from seqzoo.ops.chunked_attention import (
     chunked_attention_init_cache,
@@ -73,6 +82,25 @@ Array = jax.Array
 def _positive_int(value, name: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def shift_rows(a: Array, shift: Array, axis: int = 1) -> Array:
+    """``a: (batch, ...)`` moved along ``axis`` by ``shift: (batch,)`` int steps per row (negative:
+    towards position 0), zeros (False) where nothing moves in: ``out[b, t] = a[b, t - shift[b]]``.
+    """
+    length = a.shape[axis]
+    shape = [1] * a.ndim
+    shape[0], shape[axis] = a.shape[0], length
+    source = (jnp.arange(length)[None, :] - shift[:, None]).reshape(shape)
+    inside = (source >= 0) & (source < length)
+    moved = jnp.take_along_axis(a, jnp.clip(source, 0, length - 1), axis=axis)
+    return jnp.where(inside, moved, jnp.zeros((), a.dtype))
+
+
+def first_valid(mask: Array) -> Array:
+    """The first valid position of each row of ``mask: (batch, length)``: ``(batch,)`` int32 (0
+    for a row without any)."""
+    return jnp.argmax(mask, axis=1).astype(jnp.int32)
 
 
 def _uniform(bound: float):
@@ -190,30 +218,38 @@ class TCNCA(MatrixMixer):
     def _scale(self) -> float:
         return self.zdim**-0.5
 
-    def mix_fast(self, inputs):
+    def _aligned(self, inputs: MixerInputs) -> tuple[Array, dict[str, Array]]:
+        """Each row's first valid position ``s: (batch,)`` and q, k, v (values), mask moved left
+        by ``s``, so that the op's chunks (from position 0) start at the first valid token."""
+        start = first_valid(inputs.mask)
         a = inputs.aux
+        parts = {"q": a["q"], "k": a["k"], "v": inputs.values[:, :, 0], "mask": inputs.mask}
+        return start, {key: shift_rows(part, -start) for key, part in parts.items()}
+
+    def mix_fast(self, inputs):
+        start, a = self._aligned(inputs)
         o = chunked_causal_attention(
             a["q"],
             a["k"],
-            inputs.values[:, :, 0],
-            inputs.mask,
+            a["v"],
+            a["mask"],
             chunk_size=self.chunk_size,
             rel_bias=self.rel_pos_bias,
             scale=self._scale(),
         )
-        return o[:, :, None, :]
+        return shift_rows(o, start)[:, :, None, :]
 
     def mix_matrix(self, inputs):
-        a = inputs.aux
+        start, a = self._aligned(inputs)
         p = chunked_attention_matrix(
             a["q"],
             a["k"],
-            inputs.mask,
+            a["mask"],
             chunk_size=self.chunk_size,
             rel_bias=self.rel_pos_bias,
             scale=self._scale(),
         )
-        return p[:, None]
+        return shift_rows(shift_rows(p, start, axis=1), start, axis=2)[:, None]
 
     def mixer_output(self, inputs, mixed):
         a = inputs.aux
@@ -253,4 +289,6 @@ class TCNCA(MatrixMixer):
             scale=self._scale(),
         )
         y = self._output(o, a, x_t.astype(jnp.float32))
-        return {"tcn": tuple(buffers), "attn": cache}, y
+        # the chunk position counts from the first valid token: before it, the state is kept
+        started = mask_t | (state["attn"]["t"] > 0)
+        return keep_where(started, {"tcn": tuple(buffers), "attn": cache}, state), y

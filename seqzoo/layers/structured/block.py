@@ -20,7 +20,11 @@ A structure implements ``feature_width``, ``setup_structure`` (its parameters), 
 
 Padding: x is zero at padded positions (so is ``x W_in``, which has no bias, hence the convolution
 reads zeros there), ``v`` is zero there, each structure removes padded positions from its
-data-dependent features, and ``M``'s padded rows and columns are zero.
+data-dependent features, and ``M``'s padded rows and columns are zero. Right padding gives exactly
+the shorter sequence's outputs. Positions count padded tokens, by design: a hole (a pad between
+valid tokens) is a zero the convolution reads, not a removed token, and where ``M`` depends on
+absolute positions (``dense``, ``low_rank_di``, ``cauchy``, ``vandermonde``, ``vandermonde_dd``,
+``toeplitz_dd``: each module says how) left padding shifts them and changes the outputs.
 """
 
 from __future__ import annotations

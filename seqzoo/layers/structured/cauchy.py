@@ -7,6 +7,9 @@
 with ``tol = 1e-8`` as the official code (the only guard: ``q, k > 0`` while ``b >= 0``). No
 cheaper exact product is used: the fast path builds ``block_size`` rows at a time,
 O(L^2 (r + p)) per head (``seqzoo.ops.structured.cauchy_rows``, ``blocked_matvec``).
+
+``cauchy`` indexes its learned ``Q, K`` by absolute position: left padding shifts them (see
+``seqzoo.layers.structured.block`` on padding).
 """
 
 from __future__ import annotations

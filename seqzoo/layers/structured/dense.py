@@ -5,6 +5,8 @@ dependent, the official ``Attention`` mixer; the official ``Dense`` has no data-
     dense_dd:  M_h[i, j] = softmax_j(q_i . k_j / sqrt(r))      over the valid keys j
 
 ``q, k: (b, heads, L, r)`` are convolved projections of ``x`` (no SiLU), as the official code.
+``dense`` indexes ``W_h`` by absolute positions: left padding shifts them (see
+``seqzoo.layers.structured.block`` on padding).
 """
 
 from __future__ import annotations

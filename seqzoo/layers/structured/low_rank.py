@@ -3,7 +3,9 @@
     low_rank:     q, k = SiLU of convolved projections of x: (b, heads, L, r)
     low_rank_di:  q, k learned (max_length, heads, r), cut to L
 
-The fast path is ``Q (K^T V)``, O(L r p) per head; ``rank(M_h) <= r``.
+The fast path is ``Q (K^T V)``, O(L r p) per head; ``rank(M_h) <= r``. ``low_rank_di`` indexes
+its learned ``Q, K`` by absolute position: left padding shifts them (see
+``seqzoo.layers.structured.block`` on padding).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@
 
 ``f, g: (b, L, heads)`` are SiLU of convolved projections of ``x``, zero at padded positions (a
 padded position gives no kernel entry). The fast path is an FFT convolution, O(L log L) per
-channel (``seqzoo.ops.structured.toeplitz_matvec``).
+channel (``seqzoo.ops.structured.toeplitz_matvec``). ``toeplitz_dd``'s kernel entry for offset
+``d`` comes from absolute position ``|d|``: left padding shifts it (see
+``seqzoo.layers.structured.block`` on padding); ``toeplitz``'s learned kernel does not move.
 
 The official code builds the data-dependent kernel as ``cat(flip(g[1:]), f)`` like here, but its
 FFT of length ``2 max_length - 1`` with the input left-padded by ``max_length - 1`` aliases: for

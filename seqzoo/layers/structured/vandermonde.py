@@ -19,6 +19,9 @@ product is known). Deviations from the official code: its ``is_dft=False`` path 
 instead of mixing (``einsum('n t l, b t n h -> b t n h')``) and starts the nodes at 0, where the
 cosine's gradient vanishes; here it mixes and the nodes start at the DFT frequencies ``i /
 max_length`` (plus a 1% jitter so the ``r`` copies differ).
+
+The powers ``i, j`` (and the learned nodes) are absolute positions: left padding shifts them (see
+``seqzoo.layers.structured.block`` on padding).
 """
 
 from __future__ import annotations
