@@ -89,6 +89,9 @@ def test_auto_policy_elsewhere_and_explicit_choices():
                           compute_capability="8.0")[0] == "xla"  # Ampere: d <= 128
     assert attention_impl("xla", jnp.bfloat16, 64, causal=True, **GPU) == ("xla", "asked for")
     assert attention_impl("auto", jnp.bfloat16, 64, causal=True)[0] == "xla"  # this CPU
+    chosen, why = attention_impl("auto", jnp.bfloat16, 64, causal=True, backend="gpu",
+                                 compute_capability="gfx90a")  # ROCm: no cuDNN
+    assert chosen == "xla" and "NVIDIA" in why
 
 
 def test_auto_routes_to_the_fused_wrapper(monkeypatch):

@@ -59,8 +59,12 @@ def attention_impl(
     if jnp.dtype(dtype) not in [jnp.dtype(d) for d in FUSED_DTYPES]:
         return "xla", f"cuDNN flash attention has no {jnp.dtype(dtype).name} kernel"
     if compute_capability is None:
-        compute_capability = getattr(jax.devices()[0], "compute_capability", "0")
-    limit = 256 if float(compute_capability) >= 9.0 else 128
+        compute_capability = getattr(jax.devices()[0], "compute_capability", "")
+    try:  # NVIDIA's "major.minor"; ROCm names its chips otherwise and has no cuDNN
+        major_minor = float(compute_capability)
+    except ValueError:
+        return "xla", f"cuDNN needs an NVIDIA GPU (compute capability {compute_capability!r})"
+    limit = 256 if major_minor >= 9.0 else 128
     if head_dim % 8 or head_dim > limit:
         return "xla", f"cuDNN needs a head dim <= {limit} and a multiple of 8, got {head_dim}"
     if num_sinks:
