@@ -6,8 +6,9 @@
    path on the same values (relative L2 error of the output and of dq, dk, dv), over padding
    masks (none, right, left, holes, an empty row), causal / not, a causal window, GQA.
 2. Speed: forward and forward+backward (gradients of ``sum(o * cos(arange(d)))`` w.r.t. q, k,
-   v) of ``auto``, of ``impl="xla"`` and of torch's ``scaled_dot_product_attention`` (when
-   torch with CUDA is importable) on the same shapes, median of repeated timings.
+   v) of ``auto``, of ``impl="xla"``, of torch's ``scaled_dot_product_attention`` (when torch
+   with CUDA is importable) and of tokamax's kernels (``mosaic``, ``triton``: when tokamax is
+   importable) on the same shapes, median of repeated timings; bf16, and float32 rows.
 3. Memory: XLA's temporary allocation for forward+backward of ``auto`` at growing lengths.
 """
 
@@ -45,11 +46,15 @@ def masks(b, l):
             "empty row": right.at[0].set(False)}
 
 
-def loss_fn(impl, mask, options):
+def weighted_sum(attend):
     def loss(q, k, v):
-        o = dot_product_attention(q, k, v, mask=mask, impl=impl, **options)
+        o = attend(q, k, v)
         return jnp.sum(o.astype(jnp.float32) * jnp.cos(jnp.arange(o.shape[-1])))
     return loss
+
+
+def loss_fn(impl, mask, options):
+    return weighted_sum(functools.partial(dot_product_attention, mask=mask, impl=impl, **options))
 
 
 def rel(a, b) -> float:
@@ -85,7 +90,33 @@ def accuracy(shape) -> None:
                   f"dv {errs[3]:.1e} | finite {finite}", flush=True)
 
 
-def torch_sdpa(b, l, h, kv, d, causal):
+def peer_accuracy(shape) -> None:
+    """tokamax's kernels, causal without a mask, against the float32 XLA path."""
+    b, l, h, kv, d = shape
+    print(f"## accuracy of tokamax, causal, against float32 xla, {shape}")
+    ref = jax.jit(jax.value_and_grad(loss_fn("xla", None, {"causal": True}), (0, 1, 2)))
+    for implementation, dtype in [("mosaic", jnp.bfloat16), ("triton", jnp.bfloat16),
+                                  ("triton", jnp.float32)]:
+        attend = tokamax_attention(implementation, True, None)
+        if attend is None:
+            return
+        q, k, v = qkv(b, l, h, kv, d, dtype)
+        up = [x.astype(jnp.float32) for x in (q, k, v)]
+        try:
+            o = jax.jit(attend)(q, k, v)
+            _, g = jax.jit(jax.value_and_grad(weighted_sum(attend), (0, 1, 2)))(q, k, v)
+        except Exception as e:  # an unsupported case: say so and go on
+            print(f"{implementation} {jnp.dtype(dtype).name}: failed ({type(e).__name__}: "
+                  f"{str(e).splitlines()[0][:80]})", flush=True)
+            continue
+        o_ref = jax.jit(functools.partial(dot_product_attention, causal=True, impl="xla"))(*up)
+        errs = [rel(o.astype(jnp.float32), o_ref)]
+        errs += [rel(x.astype(jnp.float32), y) for x, y in zip(g, ref(*up)[1], strict=True)]
+        print(f"{implementation} {jnp.dtype(dtype).name}: o {errs[0]:.1e} dq {errs[1]:.1e} "
+              f"dk {errs[2]:.1e} dv {errs[3]:.1e}", flush=True)
+
+
+def torch_sdpa(b, l, h, kv, d, causal, dtype):
     """(fwd, fwd+bwd) callables of torch's SDPA on the same layout, or None without CUDA."""
     try:
         import torch
@@ -93,8 +124,8 @@ def torch_sdpa(b, l, h, kv, d, causal):
             return None
     except ImportError:
         return None
-    t = [torch.randn(b, n, l, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-         for n in (h, kv, kv)]
+    t = [torch.randn(b, n, l, d, device="cuda", dtype=getattr(torch, jnp.dtype(dtype).name),
+                     requires_grad=True) for n in (h, kv, kv)]
     w = torch.cos(torch.arange(d, device="cuda", dtype=torch.float32))
 
     def fwd():
@@ -110,33 +141,54 @@ def torch_sdpa(b, l, h, kv, d, causal):
     return fwd, fb
 
 
+def tokamax_attention(implementation, causal, window):
+    """``o(q, k, v)`` through ``tokamax.dot_product_attention``, or None without tokamax."""
+    try:
+        import tokamax
+    except ImportError:
+        return None
+    sides = None if window is None else (window - 1, 0)
+    return functools.partial(tokamax.dot_product_attention, is_causal=causal,
+                             local_window_size=sides, implementation=implementation)
+
+
+def timed_cells(fwd, loss, args, repeats) -> list[str]:
+    """``[fwd ms, fwd+bwd ms]`` of jitted ``fwd`` and ``grad(loss)``, or why each failed."""
+    cells = []
+    for fn in (jax.jit(fwd), jax.jit(jax.grad(loss, (0, 1, 2)))):
+        try:
+            cells.append(f"{median_ms(functools.partial(fn, *args), repeats=repeats, calls=5):.3f}")
+        except Exception as e:  # e.g. XLA out of memory at long lengths, an unsupported case
+            cells.append(f"failed ({type(e).__name__}: {str(e).splitlines()[0][:60]})")
+    return cells
+
+
 def speed(shapes, repeats) -> None:
-    print("## speed (ms, median), bf16")
-    print("| shape (b, l, heads, kv heads, d) | options | auto picks | auto fwd | auto fwd+bwd "
-          "| xla fwd | xla fwd+bwd | torch sdpa fwd | torch sdpa fwd+bwd |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for shape, causal, window, mask_name in shapes:
+    print("## speed (ms, median)")
+    print("| shape (b, l, heads, kv heads, d) | dtype | options | auto picks | auto fwd "
+          "| auto fwd+bwd | xla fwd | xla fwd+bwd | torch sdpa fwd | torch sdpa fwd+bwd "
+          "| tokamax mosaic fwd | fwd+bwd | tokamax triton fwd | fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for shape, causal, window, mask_name, dtype in shapes:
         b, l, h, kv, d = shape
-        q, k, v = qkv(b, l, h, kv, d, jnp.bfloat16)
+        q, k, v = qkv(b, l, h, kv, d, dtype)
         mask = masks(b, l)[mask_name] if mask_name != "all valid" else jnp.ones((b, l), bool)
         options = {"causal": causal, "window": window}
-        cells = [attention_impl("auto", jnp.bfloat16, d, **options)[0]]
+        cells = [attention_impl("auto", dtype, d, **options)[0]]
         for impl in ("auto", "xla"):
-            fwd = jax.jit(functools.partial(dot_product_attention, mask=mask, impl=impl,
-                                            **options))
-            fb = jax.jit(jax.grad(loss_fn(impl, mask, options), (0, 1, 2)))
-            for fn in (fwd, fb):
-                try:
-                    ms = median_ms(functools.partial(fn, q, k, v), repeats=repeats, calls=5)
-                    cells.append(f"{ms:.3f}")
-                except Exception as e:  # e.g. XLA out of memory at long lengths
-                    cells.append(f"failed ({type(e).__name__})")
-        plain = window is None and mask_name == "none"
-        peer = torch_sdpa(b, l, h, kv, d, causal) if plain else None
+            attend = functools.partial(dot_product_attention, mask=mask, impl=impl, **options)
+            cells += timed_cells(attend, loss_fn(impl, mask, options), (q, k, v), repeats)
+        plain = mask_name == "none"
+        peer = torch_sdpa(b, l, h, kv, d, causal, dtype) if plain and window is None else None
         cells += ([f"{median_ms(f, repeats=repeats, calls=5):.3f}" for f in peer] if peer
                   else ["-", "-"])
+        for implementation in ("mosaic", "triton"):
+            attend = tokamax_attention(implementation, causal, window) if plain else None
+            cells += (timed_cells(attend, weighted_sum(attend), (q, k, v), repeats) if attend
+                      else ["-", "-"])
         label = f"causal={causal} window={window} mask={mask_name}"
-        print(f"| {shape} | {label} | " + " | ".join(cells) + " |", flush=True)
+        row = [str(shape), jnp.dtype(dtype).name, label, *cells]
+        print("| " + " | ".join(row) + " |", flush=True)
 
 
 def memory(lengths, heads=16, d=128) -> None:
@@ -157,14 +209,19 @@ def main(argv=None) -> None:
     print(f"# {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
     if args.quick:
         accuracy((2, 64, 4, 4, 16))
-        speed([((2, 128, 4, 4, 16), True, None, "none")], repeats=2)
+        speed([((2, 128, 4, 4, 16), True, None, "none", jnp.bfloat16),
+               ((2, 128, 4, 4, 16), True, 32, "none", jnp.float32)], repeats=2)
         memory([128, 256], heads=2, d=16)
         return
     accuracy((2, 1024, 8, 8, 64))
-    big = (4, 8192, 16, 16, 128)
-    speed([(big, True, None, "none"), (big, True, None, "all valid"), (big, True, None, "left"),
-           (big, True, 1024, "none"), ((4, 8192, 16, 4, 128), True, None, "none"),
-           ((4, 8192, 16, 16, 128), False, None, "none")], repeats=3)
+    peer_accuracy((2, 1024, 8, 8, 64))
+    big, bf16, f32 = (4, 8192, 16, 16, 128), jnp.bfloat16, jnp.float32
+    speed([(big, True, None, "none", bf16), (big, True, None, "all valid", bf16),
+           (big, True, None, "left", bf16), (big, True, 1024, "none", bf16),
+           ((4, 8192, 16, 4, 128), True, None, "none", bf16), (big, False, None, "none", bf16),
+           ((4, 2048, 16, 16, 128), True, None, "none", bf16),
+           ((4, 2048, 16, 16, 128), True, None, "none", f32), (big, True, None, "none", f32)],
+          repeats=3)
     memory([8192, 16384, 32768])
 
 
