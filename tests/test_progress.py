@@ -39,10 +39,19 @@ def test_off_a_terminal_a_long_phase_prints_plain_lines_at_10_percent_steps(cloc
             bar.update()
     lines = stream.getvalue().splitlines()
     assert "\r" not in stream.getvalue()
-    # nothing in the first QUIET_S (5 s: 50 items), then one line per 10%, one at the end
+    # nothing in the first QUIET_S (5 s: 50 items), then one line per 10%
     assert [line.split()[1] for line in lines] == ["51/100", "60/100", "70/100", "80/100",
-                                                   "90/100", "100/100", "100/100"]
+                                                   "90/100", "100/100"]
     assert lines[-1] == "gen: 100/100 100% 9s"
+    stream, clock.now = io.StringIO(), 0.0
+    with Progress(100, "gen", stream=stream) as bar:
+        for now in (6.0, 8.0, 9.0):
+            clock.now = now
+            bar.update(5)
+    # the end gets its own line where the last one is not the final count
+    assert stream.getvalue().splitlines() == [
+        "gen: 5/100 5% 6s", "gen: 10/100 10% 8s, eta 36s", "gen: 15/100 15% 9s, eta 25s"
+    ]
 
 
 def test_off_a_terminal_a_short_phase_prints_nothing(clock):

@@ -102,6 +102,7 @@ class Progress:
         self._first: tuple[float, int] | None = None  # (time, done) at the first update
         self._tenth = -1  # off a terminal: the last 10% step a line was printed at
         self._shown = False  # terminal: a line is on screen; elsewhere: a line was printed
+        self._printed = -1  # elsewhere: ``done`` as of the last line
 
     def __enter__(self) -> Progress:
         return self
@@ -137,7 +138,8 @@ class Progress:
 
     def close(self) -> None:
         """End the phase: the final counts stay on the terminal (erased if ``transient``);
-        elsewhere a last line, if the phase lasted long enough to print any."""
+        elsewhere a last line, if the phase lasted long enough to print any (and the last
+        one printed is not already the final count)."""
         if not self.enabled:
             return
         now = _now()
@@ -148,7 +150,7 @@ class Progress:
                 self._draw(now)
                 self.stream.write("\n")
                 self.stream.flush()
-        elif self._shown:
+        elif self._shown and self._printed != self.done:
             self._line(now)
         self.enabled = False
 
@@ -184,6 +186,6 @@ class Progress:
         self.stream.flush()
 
     def _line(self, now: float) -> None:
-        self._last, self._shown = now, True
+        self._last, self._shown, self._printed = now, True, self.done
         self.stream.write(self.text(now) + "\n")
         self.stream.flush()
