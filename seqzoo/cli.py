@@ -1,4 +1,5 @@
-"""The ``seqzoo`` command: list, train, eval, materialize, bench, plot (``seqzoo CMD --help``)."""
+"""The ``seqzoo`` command: list, config, train, eval, materialize, bench, plot
+(``seqzoo CMD --help``)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-from seqzoo.config import apply_overrides
+from seqzoo.config import apply_overrides, check_values
+from seqzoo.config_help import key_listing
 
-TRAIN_HELP = """\
+TRAIN_HELP = f"""\
 Train an experiment: EXPERIMENT is a name from `seqzoo list` (default: the built-in default,
 MQAR with a 2-layer attention model) or the path of a TOML config, e.g. a run's config.toml.
 Any config field can be changed with section.key=value overrides, e.g.
 `seqzoo train mqar_gla model.d_model=128 optim.lr=1e-3 task.seq_len=128`
-(dict fields take JSON: model.mixer_options='{"num_heads": 4}').
+(dict fields take JSON: model.mixer_options='{{"num_heads": 4}}'). The keys, by section:
+{key_listing()}
+`seqzoo config show EXPERIMENT [overrides]` prints the resolved config: every key with its
+type, default, allowed values and where its value comes from.
 The run writes to --run-dir (default runs/<experiment>-<timestamp>): config.toml, metrics.jsonl,
 TensorBoard events, checkpoints/, best/ and summary.json. `seqzoo train --resume --run-dir DIR`
 continues it from its newest checkpoint that reads back whole; overrides may then change only
 how long and how often it runs (optim.steps, max_minutes, eval_every, log_every,
-checkpoint_every, keep_checkpoints, description, mesh.*), and are recorded in resumes.jsonl."""
+checkpoint_every, keep_checkpoints, description, mesh.*), and are recorded in resumes.jsonl.
+Ctrl-C (SIGINT) or SIGTERM stops the run after the step under way, saving a checkpoint of that
+step, so --resume continues exactly where it stopped (a second signal stops at once)."""
 
 
 def _list(args) -> int:
@@ -61,8 +68,20 @@ def _split_train_args(items: list[str]) -> tuple[str | None, list[str]]:
     return experiment, overrides
 
 
+def _interrupted(run_dir: Path) -> str:
+    """What a Ctrl-C outside the training steps (no checkpoint saved for it) leaves to resume."""
+    folder = run_dir / "checkpoints"
+    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    if not steps:
+        return "interrupted before any checkpoint was saved"
+    return (
+        f"interrupted; `seqzoo train --resume --run-dir {run_dir}` continues from its newest "
+        f"checkpoint (step {max(steps)})"
+    )
+
+
 def _train(args) -> int:
-    from seqzoo.runner import TrainingDiverged, train
+    from seqzoo.runner import RunInterrupted, TrainingDiverged, train
     from seqzoo.runner.experiments import DEFAULT, load_experiment
     from seqzoo.runner.rundir import default_run_dir, run_config
 
@@ -86,11 +105,15 @@ def _train(args) -> int:
     except TrainingDiverged as e:
         print(f"seqzoo: stopped: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except RunInterrupted as e:
         print(
-            f"\nseqzoo: interrupted; continue with: seqzoo train --resume --run-dir {run_dir}",
+            f"seqzoo: stopped by {e.signal_name} after step {e.step}, saved in {e.checkpoint}; "
+            f"`seqzoo train --resume --run-dir {run_dir}` continues from step {e.step}",
             file=sys.stderr,
         )
+        return 128 + e.signal_number
+    except KeyboardInterrupt:
+        print(f"\nseqzoo: {_interrupted(Path(run_dir))}", file=sys.stderr)
         return 130
     print(
         f"final test accuracy {result['test_accuracy']:.3f} (loss {result['test_loss']:.4f}) "
@@ -106,12 +129,31 @@ def _eval(args) -> int:
     from seqzoo.runner import evaluate_run
 
     note = functools.partial(print, file=sys.stderr)  # which checkpoints were passed over
-    result = evaluate_run(args.run_dir, split=args.split, best=args.best, log=note)
+    result = evaluate_run(
+        args.run_dir,
+        split=args.split,
+        best=args.best,
+        log=note,
+        progress=False if args.no_progress else None,
+    )
     which = "best" if args.best else "latest"
     print(
         f"{args.split} accuracy {result['accuracy']:.4f} (loss {result['loss']:.4f}) "
         f"of the {which} checkpoint, step {result['step']}"
     )
+    return 0
+
+
+def _config_show(args) -> int:
+    from seqzoo.config_help import show_config
+    from seqzoo.runner.experiments import DEFAULT, load_experiment
+
+    name, overrides = _split_train_args(args.args)
+    experiment = load_experiment(name or DEFAULT)
+    cfg = apply_overrides(experiment, overrides)
+    check_values(cfg)
+    title = f"seqzoo config show {' '.join([name or DEFAULT, *overrides])}"
+    print(show_config(cfg, experiment, overrides, title), end="")
     return 0
 
 
@@ -171,6 +213,24 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_list)
 
     p = sub.add_parser(
+        "config", help="show an experiment's resolved config (seqzoo config show EXPERIMENT)"
+    )
+    config = p.add_subparsers(dest="action", required=True)
+    p = config.add_parser(
+        "show",
+        help="print the resolved config: every key, its type, default and allowed values",
+        description=(
+            "Print the config EXPERIMENT (a name from `seqzoo list`, default: the default "
+            "experiment; or a .toml path) with the section.key=value overrides applied, as "
+            "TOML: every key with its type, default, allowed values and where its value comes "
+            "from (the experiment or an override). Values are checked as `seqzoo train` checks "
+            "them, without building data or a model."
+        ),
+    )
+    p.add_argument("args", nargs="*", metavar="[EXPERIMENT] section.key=value")
+    p.set_defaults(run=_config_show)
+
+    p = sub.add_parser(
         "train",
         help="train an experiment (default: MQAR with a 2-layer attention model, CPU-sized)",
         description=TRAIN_HELP,
@@ -180,13 +240,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="run directory (default runs/<name>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue --run-dir from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.set_defaults(run=_train)
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on its task")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="default test")
     p.add_argument("--best", action="store_true", help="the best-validation checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.set_defaults(run=_eval)
 
     p = sub.add_parser(

@@ -162,7 +162,8 @@ class ExperimentConfig:
 
 
 # ---- typed values ----------------------------------------------------------------------------
-def _type_name(kind: Any) -> str:
+def type_name(kind: Any) -> str:
+    """``int``, ``float``, ``dict`` ... for a field's type annotation."""
     return getattr(typing.get_origin(kind) or kind, "__name__", str(kind))
 
 
@@ -172,7 +173,7 @@ def _check(key: str, value: Any, kind: Any) -> Any:
     if base is float and type(value) is int:
         return float(value)
     if type(value) is not base:
-        raise ValueError(f"{key} expects {_type_name(kind)}, got {value!r}")
+        raise ValueError(f"{key} expects {type_name(kind)}, got {value!r}")
     return value
 
 
@@ -193,7 +194,7 @@ def _parse(key: str, text: str, kind: Any) -> Any:
     try:
         return base(text)
     except (TypeError, ValueError):
-        raise ValueError(f"{key} expects {_type_name(kind)}, got {text!r}") from None
+        raise ValueError(f"{key} expects {type_name(kind)}, got {text!r}") from None
 
 
 def _unknown(key: str, types: dict[str, Any]) -> ValueError:
@@ -293,7 +294,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """``value`` written as TOML."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -303,10 +305,10 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, dict):
-        items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        items = ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items())
         return f"{{ {items} }}" if items else "{}"
     if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise ValueError(
         f"cannot write {value!r} in a TOML config (TOML has no null: leave the key out)"
     )
@@ -323,10 +325,10 @@ def to_toml(config: Any) -> str:
         value = getattr(config, field.name)
         if dataclasses.is_dataclass(value):
             body = "".join(
-                f"{f.name} = {_toml_value(getattr(value, f.name))}\n"
+                f"{f.name} = {toml_value(getattr(value, f.name))}\n"
                 for f in dataclasses.fields(value)
             )
             sections.append(f"\n[{field.name}]\n{body}")
         else:
-            scalars.append(f"{field.name} = {_toml_value(value)}\n")
+            scalars.append(f"{field.name} = {toml_value(value)}\n")
     return "".join(scalars + sections)

@@ -9,6 +9,8 @@
     RELATIVE_NAME                   a relative '/'-separated name, no empty, '.' or '..' part
     ANY                             any value of the field's type
 
+``str(domain)`` says what it allows, in words (``seqzoo config show`` prints it).
+
 ``OneOf`` and ``Registered`` name their collection or function as ``"module:attribute"``,
 imported when a value is checked, so that the config module imports no other part of seqzoo
 (the names live with the code that uses them: norms, tasks, the mixer registry ...).
@@ -67,11 +69,11 @@ class OneOf:
         found = _resolve(self.ref)
         return list(found.keys() if isinstance(found, Mapping) else found)
 
+    def __str__(self) -> str:
+        return f"one of {', '.join(map(str, self.choices()))}"
+
     def error(self, key: str, value: Any) -> str | None:
-        choices = self.choices()
-        if value in choices:
-            return None
-        return f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}"
+        return None if value in self.choices() else f"{key} must be {self}, got {value!r}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +83,10 @@ class Registered:
 
     ref: str
     separator: str | None = None
+
+    def __str__(self) -> str:
+        several = f", or several joined by {self.separator!r}" if self.separator else ""
+        return f"a name `seqzoo list` shows{several}"
 
     def error(self, key: str, value: str) -> str | None:
         lookup = _resolve(self.ref)
@@ -101,6 +107,9 @@ class RelativeName:
         parts = value.split("/")
         return not ({"", ".", ".."} & set(parts)) and not {"\\", "\0"} & set(value)
 
+    def __str__(self) -> str:
+        return "a relative name: '/'-separated parts, none empty, '.' or '..'"
+
     def error(self, key: str, value: str) -> str | None:
         if self.allows(value):
             return None
@@ -116,6 +125,9 @@ class AnyValue:
 
     def error(self, key: str, value: Any) -> str | None:
         return None
+
+    def __str__(self) -> str:
+        return "any"
 
 
 ANY = AnyValue()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import re
 import struct
 
@@ -18,7 +17,6 @@ from seqzoo.config import ExperimentConfig, apply_overrides, load_config, to_tom
 from seqzoo.runner.data import BatchSampler, eval_batches
 from seqzoo.runner.metrics import MetricsLog, read_metrics
 from seqzoo.runner.optim import make_optimizer, param_group
-from seqzoo.runner.progress import ProgressBar
 from seqzoo.runner.tensorboard import crc32c, masked_crc32c
 
 
@@ -262,23 +260,37 @@ def test_metrics_jsonl_and_tensorboard_events_agree(tmp_path):
         {"step": 10, "split": "train", "loss": 2.5, "accuracy": 0.25},
         {"step": 10, "split": "val", "accuracy": 0.5},
     ]
-    resumed = MetricsLog(tmp_path, start_step=5)  # drops the records after the checkpoint
-    resumed.close()
-    assert read_metrics(tmp_path) == []
-    first, second = (_read_events(p) for p in sorted(tmp_path.glob("events.out.tfevents.*")))
-    assert first[0].file_version == second[0].file_version == "brain.Event:2"
-    scalars = {(e.step, v.tag): v.simple_value for e in first[1:] for v in e.summary.value}
+    first = sorted(tmp_path.glob("events.out.tfevents.*"))[0]
+    events = _read_events(first)
+    assert events[0].file_version == "brain.Event:2"
+    scalars = {(e.step, v.tag): v.simple_value for e in events[1:] for v in e.summary.value}
     assert scalars == {
         (10, "train/loss"): 2.5,
         (10, "train/accuracy"): 0.25,
         (10, "val/accuracy"): 0.5,
     }
-    assert second[1].step == 5 and second[1].session_log.status == 1  # START: purge later steps
 
 
-def test_progress_bar_is_silent_off_a_terminal():
-    stream = io.StringIO()
-    ProgressBar(10, stream=stream).update(5, 1.0, 0.5, 100.0)
-    assert stream.getvalue() == ""
-    ProgressBar(10, enabled=True, stream=stream).update(5, 1.0, 0.5, 100.0)
-    assert "5/10" in stream.getvalue() and "loss 1.0000" in stream.getvalue()
+@pytest.mark.parametrize("start", [5, 10])
+def test_a_resume_drops_the_records_and_events_it_writes_again(tmp_path, start):
+    """Resumed after step 10, the train and val records of step 10 stay, its test record goes;
+    resumed after 5, everything of step 10 goes: from metrics.jsonl and the event files alike,
+    whose last record a kill had torn."""
+    log = MetricsLog(tmp_path)
+    for split in ("train", "val", "test"):
+        log.write(10, split, {"loss": 1.0})
+    log.write(3, "train", {"loss": 2.0})
+    log.close()
+    first = sorted(tmp_path.glob("events.out.tfevents.*"))[0]
+    first.write_bytes(first.read_bytes()[:-7])  # the record of step 3 torn
+    resumed = MetricsLog(tmp_path, start_step=start)
+    resumed.write(11, "train", {"loss": 0.5})
+    resumed.close()
+    kept = {10: ["train", "val"], 5: []}[start]
+    assert [(r["step"], r["split"]) for r in read_metrics(tmp_path)] == (
+        [(10, s) for s in kept] + [(3, "train"), (11, "train")]
+    )
+    files = sorted(tmp_path.glob("events.out.tfevents.*"))
+    assert len(files) == 2 and not list(tmp_path.glob(".*.tmp"))
+    events = [(e.step, v.tag) for f in files for e in _read_events(f) for v in e.summary.value]
+    assert events == [(10, f"{s}/loss") for s in kept] + [(11, "train/loss")]

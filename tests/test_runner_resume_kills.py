@@ -1,6 +1,8 @@
 """kill -9 at chosen and at random moments: a run killed and resumed any number of times ends
 with the ``metrics.jsonl`` of the uninterrupted run, record for record (no record lost, none
-twice), and a second process on a running run is refused with the owner's pid.
+twice), and a second process on a running run is refused with the owner's pid. SIGTERM and
+SIGINT: the run saves the step under way and resumes from it to the uninterrupted run's
+metrics, TensorBoard scalars and parameters.
 
 Each session is a fresh ``seqzoo`` process (``SEQZOO`` below) with one kill point armed through
 hooks of the standard library and the runner's data sampler, so no test code lives in the
@@ -19,10 +21,15 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from seqzoo.cli import main
+from seqzoo.runner.build import build
+from seqzoo.runner.checkpoint import Checkpoints
+from seqzoo.runner.rundir import run_config
 from tests.test_cli import records, shared_compilations  # noqa: F401 (an autouse fixture)
+from tests.test_runner_config import _read_events
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["smoke", "optim.steps=12", "checkpoint_every=2", "eval_every=3", "log_every=1"]
@@ -136,7 +143,9 @@ def straight(tmp_path_factory) -> Path:
     return run_dir
 
 
-def test_kills_at_every_stage_resume_to_the_uninterrupted_metrics(straight, tmp_path, capsys):
+def test_kills_at_every_stage_resume_to_the_uninterrupted_metrics_and_events(
+    straight, tmp_path, capsys
+):
     seed = int(os.environ.get("SEQZOO_KILL_SEED", random.randrange(2**31)))
     rng = random.Random(seed)
     run = tmp_path / "run"
@@ -178,6 +187,7 @@ def test_kills_at_every_stage_resume_to_the_uninterrupted_metrics(straight, tmp_
     assert "only its test split is evaluated again" in out
 
     assert records(run) == records(straight), f"SEQZOO_KILL_SEED={seed}"
+    assert scalars(run) == scalars(straight), f"SEQZOO_KILL_SEED={seed}"
     summaries = [json.loads((r / "summary.json").read_text()) for r in (run, straight)]
     assert summaries[0]["test_loss"] == summaries[1]["test_loss"]
     assert not list(run.glob(".*.tmp")) and not (run / "lock").exists()
@@ -207,3 +217,57 @@ def test_kills_at_random_moments_resume_to_the_uninterrupted_metrics(straight, t
             break
     assert session.returncode == 0, f"SEQZOO_KILL_SEED={seed}"
     assert records(run) == records(straight), f"SEQZOO_KILL_SEED={seed}"
+    assert scalars(run) == scalars(straight), f"SEQZOO_KILL_SEED={seed}"
+
+
+def scalars(run_dir: Path) -> dict[tuple[int, str], float]:
+    """The TensorBoard scalars of ``run_dir`` by (step, tag), but throughput; none twice."""
+    found = [
+        ((e.step, v.tag), v.simple_value)
+        for path in sorted(run_dir.glob("events.out.tfevents.*"))
+        for e in _read_events(path)
+        for v in e.summary.value
+        if v.tag != "train/tokens_per_second"
+    ]
+    assert len(dict(found)) == len(found), "a step is in the TensorBoard events twice"
+    return dict(found)
+
+
+def final_params(run_dir: Path):
+    checkpoints = Checkpoints(run_dir, read_only=True)
+    try:
+        return checkpoints.restore_params(build(run_config(run_dir)).params_shape).items["params"]
+    finally:
+        checkpoints.close()
+
+
+def test_sigterm_and_sigint_save_the_step_under_way_and_resume_exactly_there(tmp_path):
+    """Each signal is sent to a real ``seqzoo train`` process held before a step: SIGTERM
+    before step 5 (steps 4 and 5 not yet recorded: log_every=3), SIGINT before step 8 (a
+    checkpoint step). Each session finishes that step, saves it and says so; resumed, the run
+    ends as the uninterrupted one, with no step twice in metrics.jsonl or the events."""
+    args = ["smoke", "optim.steps=12", "checkpoint_every=4", "eval_every=6", "log_every=3"]
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    assert main(["train", *args, "--run-dir", str(straight), "--no-progress"]) == 0
+    sessions = [
+        (signal.SIGTERM, 5, ["train", *args, "--run-dir", str(run)]),
+        (signal.SIGINT, 8, ["train", "--resume", "--run-dir", str(run)]),
+    ]
+    for number, step, argv in sessions:
+        for name in ("held", "go"):
+            (tmp_path / name).unlink(missing_ok=True)
+        session = seqzoo(tmp_path, f"hold:{step}", *argv)
+        assert wait_for(tmp_path / "held", session), session.communicate()[1][-3000:]
+        session.send_signal(number)
+        (tmp_path / "go").touch()
+        _, err = session.communicate(timeout=300)
+        assert session.returncode == 128 + number, err[-3000:]
+        assert f"seqzoo: {number.name} received: the run stops after the step under way" in err
+        assert f"seqzoo: stopped by {number.name} after step {step}, saved in " in err
+        assert f"--run-dir {run}` continues from step {step}" in err
+        assert max(int(p.name) for p in (run / "checkpoints").iterdir()) == step
+    assert main(["train", "--resume", "--run-dir", str(run), "--no-progress"]) == 0
+    assert records(run) == records(straight)
+    assert scalars(run) == scalars(straight)
+    same = jax.tree.map(np.array_equal, final_params(run), final_params(straight))
+    assert all(jax.tree.leaves(same))

@@ -2,5 +2,6 @@
 
 from seqzoo.runner.evaluate import evaluate_run
 from seqzoo.runner.loop import TrainingDiverged, train
+from seqzoo.runner.signals import RunInterrupted
 
-__all__ = ["TrainingDiverged", "evaluate_run", "train"]
+__all__ = ["RunInterrupted", "TrainingDiverged", "evaluate_run", "train"]

@@ -26,15 +26,16 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Replace ``path`` by ``text``: written to ``.<name>.tmp`` beside it, synced, renamed.
+def write_atomic(path: str | Path, text: str | bytes) -> None:
+    """Replace ``path`` by ``text`` (or bytes): written to ``.<name>.tmp`` beside it, synced,
+    renamed.
 
     Only one process may write a given path at a time (the run lock ensures it), so the
     temporary name is fixed: a temporary file left by a killed writer is simply overwritten.
     """
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w") as f:
+    with temporary.open("wb" if isinstance(text, bytes) else "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

@@ -1,16 +1,20 @@
 """The training loop: jit steps over the data mesh, periodic validation, checkpoints, metrics.
 
     for step s = 1..optim.steps:   batch(seed, s) -> train step (AdamW groups, clipping)
-        every log_every:           metrics.jsonl / TensorBoard / progress bar; NaN guard
+        every log_every:           metrics.jsonl / TensorBoard; NaN guard (the bar: every step)
         every eval_every:          validation; the best params are checkpointed
         every checkpoint_every:    params, optimizer state and step are checkpointed
     at the end:                    test split, summary.json
     past max_minutes (if set):     the step it finishes is the last one (evaluated, saved)
+    on SIGINT / SIGTERM:           the step under way is finished and saved, then the run stops
 
 The batch and the dropout key of step s are functions of (seed, s), so a run resumed from its
-checkpoint at step k repeats steps k+1.. exactly as an uninterrupted run does. The run holds the
-lock of its directory throughout (``runner.lock``); resuming, nothing in the directory changes
-until the newest checkpoint that reads back whole is restored (``runner.resume``).
+checkpoint at step k repeats steps k+1.. exactly as an uninterrupted run does. A checkpoint
+saved on a signal between two train records also carries the metrics of the steps since the
+last record (``meta["pending"]``), so the resumed run writes the same records as well. The
+run holds the lock of its directory throughout (``runner.lock``); resuming, nothing in the
+directory changes until the newest checkpoint that reads back whole is restored
+(``runner.resume``).
 
 The NaN guard: train metrics stay on the device between log steps; the guard then checks every
 step's loss and gradient norm and stops at the first non-finite one. Before each evaluation or
@@ -20,6 +24,7 @@ holds finite values only.
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,7 @@ import jax
 import numpy as np
 
 from seqzoo.config import ExperimentConfig
+from seqzoo.data.progress import Progress, progress_output
 from seqzoo.runner.build import Built, build, param_count
 from seqzoo.runner.checkpoint import LATEST, Checkpoints, Restored, set_aside
 from seqzoo.runner.data import BatchSampler
@@ -35,14 +41,16 @@ from seqzoo.runner.integrity import nonfinite_leaves
 from seqzoo.runner.lock import RunLock
 from seqzoo.runner.metrics import MetricsLog
 from seqzoo.runner.optim import make_optimizer
-from seqzoo.runner.progress import ProgressBar
+from seqzoo.runner.progress import completed, eval_bar
 from seqzoo.runner.resume import RESUMES_FILE, record_resume, resume_changes
 from seqzoo.runner.rundir import check_run_dir, start_run_dir, write_summary
 from seqzoo.runner.sharding import put_batch
+from seqzoo.runner.signals import RunInterrupted, StopSignals
 from seqzoo.runner.steps import eval_step_fn, evaluate, init_opt_state, train_step_fn
 
 CHECKED = ("loss", "grad_norm")  # a non-finite value stops the run
 AVERAGED = ("loss", "accuracy", "grad_norm")  # per train record, over its steps
+PENDING = "pending"  # meta key of a checkpoint saved on a signal: the steps not yet recorded
 
 
 class TrainingDiverged(RuntimeError):
@@ -71,7 +79,7 @@ class _Trainer:
     (``resume.resume_changes``), recorded once the restore succeeded.
     """
 
-    def __init__(self, built: Built, run_dir: Path, changes, log, progress, deadline=None):
+    def __init__(self, built: Built, run_dir: Path, changes, log, deadline=None):
         cfg = self.cfg = built.cfg
         self.deadline = deadline  # time.perf_counter() after which no new step starts
         self.built, self.log, self.run_dir = built, log, run_dir
@@ -96,10 +104,14 @@ class _Trainer:
             record_resume(run_dir, cfg, restored, moved, changes)
             self._log_resume(restored, moved, changes)
         self.updated = self.meta["step"] > 0  # whether an update may have changed the params
-        self.bar = ProgressBar(cfg.optim.steps, progress)
+        self.bar: Progress | None = None  # the training bar, while the loop runs
+        self.signals = StopSignals()  # SIGINT and SIGTERM while the loop runs
         self.eval_step = eval_step_fn(built)
         self.tokens_per_step = cfg.optim.batch_size * built.data.seq_len
-        self.pending: list[tuple[int, dict]] = []
+        self.pending: list[tuple[int, dict]] = []  # (step, metrics on the device) not recorded
+        # ... and those a checkpoint saved on a signal carried over, with their training time
+        self.carried, self.carried_seconds = _carried(self.meta.pop(PENDING, None))
+        self.last_loss = float("nan")  # of the last step collected
         self.train_seconds, self.tokens_trained = 0.0, 0
 
     def _log_resume(self, restored: Restored, moved: dict, changes: dict) -> None:
@@ -115,14 +127,23 @@ class _Trainer:
                      f"{self.cfg.optim.steps}: only its test split is evaluated again")
 
     # ---- train metrics -----------------------------------------------------------------------
-    def _flush(self, step: int) -> dict[str, float]:
-        """Fetch the metrics of the steps since the last flush, check them, write a record."""
-        values = jax.device_get(self.pending)
-        self.pending = []
+    def _collect(self) -> list[tuple[int, dict]]:
+        """The metrics of the steps since the last record (waited for in order, advancing the
+        bar), checked by the NaN guard."""
+        completed([stats for _, stats in self.pending], self.bar)
+        values = self.carried + jax.device_get(self.pending)
+        self.pending, self.carried = [], []
         for s, v in values:
             if not all(np.isfinite(v[k]) for k in CHECKED):
                 raise TrainingDiverged(self._diverged(s, v))
             self.updated = self.updated or float(v["lr"]) != 0  # NaN counts as an update
+        if values:
+            self.last_loss = float(values[-1][1]["loss"])
+        return values
+
+    def _flush(self, step: int) -> dict[str, float]:
+        """Collect the metrics of the steps since the last record and write their record."""
+        values = self._collect()
         seconds = time.perf_counter() - self.clock
         self.train_seconds += seconds
         self.tokens_trained += len(values) * self.tokens_per_step
@@ -130,7 +151,10 @@ class _Trainer:
         record["lr"] = float(values[-1][1]["lr"])
         record["tokens_per_second"] = len(values) * self.tokens_per_step / max(seconds, 1e-9)
         self.metrics.write(step, "train", record)
-        self.bar.update(step, record["loss"], record["accuracy"], record["tokens_per_second"])
+        self.bar.update(0, note=(
+            f"loss {record['loss']:.4f} acc {record['accuracy']:.3f} "
+            f"{record['tokens_per_second']:,.0f} tok/s"
+        ))
         return record
 
     def _kept(self) -> str:
@@ -159,13 +183,13 @@ class _Trainer:
             f"model.dtype=float32, or check the data"
         )
 
-    def _check_params(self, step: int, record: dict) -> None:
+    def _check_params(self, step: int) -> None:
         """Stop unless every parameter is finite (before they are evaluated or saved)."""
         bad = nonfinite_leaves(self.params)
         if bad:
             raise TrainingDiverged(
                 f"the update of step {step} made parameters non-finite ({', '.join(bad[:3])}) "
-                f"though the training loss was finite ({record['loss']:.4g}); {self._kept()}. "
+                f"though the training loss was finite ({self.last_loss:.4g}); {self._kept()}. "
                 f"Try a lower optim.lr or optim.grad_clip, or model.dtype=float32"
             )
 
@@ -181,7 +205,8 @@ class _Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> None:
-        """Steps ``meta["step"] + 1 .. optim.steps``."""
+        """Steps ``meta["step"] + 1 .. optim.steps``; after a SIGINT or SIGTERM (``self.signals``),
+        the step under way is finished and saved, then ``RunInterrupted`` is raised."""
         cfg, built = self.cfg, self.built
         first = self.meta["step"] + 1
         if first > cfg.optim.steps:
@@ -191,7 +216,9 @@ class _Trainer:
         train_step = train_step_fn(built, self.optimizer, self.dropout_key)
         example = put_batch(sampler.batch(first), built.mesh)
         train_step = train_step.lower(self.params, self.opt_state, example, first).compile()
-        started = self.clock = time.perf_counter()
+        self.bar = Progress(cfg.optim.steps, "train (steps)", start=first - 1, transient=True)
+        started = time.perf_counter()
+        self.clock = started - self.carried_seconds
         for step in range(first, cfg.optim.steps + 1):
             batch = put_batch(sampler.batch(step), built.mesh)
             self.params, self.opt_state, stats = train_step(
@@ -201,34 +228,63 @@ class _Trainer:
             last = step == cfg.optim.steps or self._out_of_time()
             evaluate_now = step % cfg.eval_every == 0 or last
             save_now = step % cfg.checkpoint_every == 0 or last
-            if not (step % cfg.log_every == 0 or evaluate_now or save_now):
-                continue
-            record = self._flush(step)
-            if evaluate_now or save_now:
-                self._check_params(step, record)
-            if evaluate_now:
-                val = evaluate(self.eval_step, self.params, built.data[val_name], built)
-                self._check_val(step, record, val, val_name)
-                self.metrics.write(step, "val", val)
-                self.bar.clear()
-                self.log(_eval_line(step, record, val, time.perf_counter() - started))
-                if val["accuracy"] > self.meta["best_val_accuracy"]:
-                    self.meta.update(best_val_accuracy=val["accuracy"], best_step=step)
-                    self.checkpoints.save_best(step, self.params, {"step": step, **val})
-            if save_now:
-                self.meta["step"] = step
-                self.checkpoints.save(step, self.params, self.opt_state, self.meta)
-                self.last_good = Path(self.checkpoints.latest.directory) / str(step)
-            self.clock = time.perf_counter()  # evaluation and saving are not training time
+            if step % cfg.log_every == 0 or evaluate_now or save_now:
+                self._log_step(step, evaluate_now, save_now, val_name, started)
+            if self.signals.received is not None:
+                self._stop(step, self.signals.received)
             if last:
                 break
+
+    def _log_step(
+        self, step: int, evaluate_now: bool, save_now: bool, val_name: str, started: float
+    ) -> None:
+        """The train record of ``step``, and its evaluation and checkpoint where due."""
+        record = self._flush(step)
+        if evaluate_now or save_now:
+            self._check_params(step)
+        if evaluate_now:
+            val = self._evaluate(val_name)
+            self._check_val(step, record, val, val_name)
+            self.metrics.write(step, "val", val)
+            self.log(_eval_line(step, record, val, time.perf_counter() - started))
+            if val["accuracy"] > self.meta["best_val_accuracy"]:
+                self.meta.update(best_val_accuracy=val["accuracy"], best_step=step)
+                self.checkpoints.save_best(step, self.params, {"step": step, **val})
+        if save_now:
+            self._save(step)
+        self.clock = time.perf_counter()  # evaluation and saving are not training time
+
+    def _evaluate(self, name: str) -> dict[str, float]:
+        """The current parameters on split ``name``, with a bar."""
+        split = self.built.data[name]
+        if self.bar is not None:
+            self.bar.clear()
+        with eval_bar(split, self.cfg.optim.batch_size, name) as bar:
+            return evaluate(self.eval_step, self.params, split, self.built, bar)
+
+    def _save(self, step: int, pending: dict | None = None) -> None:
+        """Start saving the checkpoint of ``step`` (with ``pending``: the steps not recorded)."""
+        self.meta["step"] = step
+        meta = self.meta if pending is None else {**self.meta, PENDING: pending}
+        self.checkpoints.save(step, self.params, self.opt_state, meta)
+        self.last_good = Path(self.checkpoints.latest.directory) / str(step)
+
+    def _stop(self, step: int, received: signal.Signals) -> None:
+        """Save ``step`` (unless it was just saved) with the metrics of its steps not yet
+        recorded, then raise ``RunInterrupted``."""
+        if self.meta["step"] != step:
+            values = self._collect()
+            self._check_params(step)
+            seconds = time.perf_counter() - self.clock
+            self._save(step, _pending(values, seconds) if values else None)
+        raise RunInterrupted(received.name, int(received), step, self.last_good)
 
     def _out_of_time(self) -> bool:
         return self.deadline is not None and time.perf_counter() >= self.deadline
 
     def test(self) -> dict[str, float]:
         """The final params on the test split (also written as the ``test`` record)."""
-        result = evaluate(self.eval_step, self.params, self.built.data["test"], self.built)
+        result = self._evaluate("test")
         self.metrics.write(self.meta["step"], "test", result)
         return result
 
@@ -244,7 +300,8 @@ class _Trainer:
                 + (f", resuming after step {self.meta['step']}" if self.meta["step"] else "")
             )
             self.log(built.params_line())
-            self.fit()
+            with self.signals:
+                self.fit()
             test = self.test()
         finally:
             self.close()
@@ -260,9 +317,30 @@ class _Trainer:
         }
 
     def close(self) -> None:
-        self.bar.clear()
+        if self.bar is not None:
+            self.bar.close()
         self.metrics.close()
         self.checkpoints.close()
+
+
+def _pending(values: list[tuple[int, dict]], seconds: float) -> dict:
+    """The metrics ``values`` of steps not yet recorded, as JSON for a checkpoint's meta:
+    ``{"steps": [[step, {key: float}]], "dtypes": {key: dtype name}, "seconds"}``."""
+    return {
+        "steps": [[s, {k: float(x) for k, x in v.items()}] for s, v in values],
+        "dtypes": {k: np.asarray(x).dtype.name for k, x in values[0][1].items()},
+        "seconds": seconds,
+    }
+
+
+def _carried(pending: dict | None) -> tuple[list[tuple[int, dict]], float]:
+    """The steps and training seconds of ``_pending`` JSON, in their dtypes again (so their
+    averages round as in the uninterrupted run)."""
+    if not pending:
+        return [], 0.0
+    types = {k: np.dtype(name).type for k, name in pending["dtypes"].items()}
+    steps = [(s, {k: types[k](x) for k, x in v.items()}) for s, v in pending["steps"]]
+    return steps, pending["seconds"]
 
 
 def _eval_line(step: int, train: dict, val: dict, seconds: float) -> str:
@@ -288,25 +366,29 @@ def train(
     (``lock.RunDirLocked`` if another process has it). Resuming, ``cfg`` may differ from the
     run's config only in ``resume.RESUMABLE`` keys, and nothing on disk changes unless a
     checkpoint is restored. ``log`` gets a header line and one line per evaluation;
-    ``progress``: draw a progress bar on stderr (None: if it is a TTY).
+    ``progress``: whether data generation, training and evaluation show their progress on
+    stderr (``seqzoo.data.progress``; None: as the caller's ``progress_output`` says, by
+    default yes: a bar on a terminal, plain lines now and then elsewhere).
     Returns the summary also written to ``summary.json``: ``test_accuracy``, ``test_loss``,
     ``best_val_accuracy``, ``best_step``, ``steps`` (the last one trained: fewer than
     ``optim.steps`` when ``max_minutes`` ran out), ``params``, ``seconds`` (wall),
     ``tokens_per_second`` (training steps of this session only). Raises ``TrainingDiverged``
-    on a non-finite loss, parameter or validation loss.
+    on a non-finite loss, parameter or validation loss, ``RunInterrupted`` after SIGINT or
+    SIGTERM (once the step under way is saved: resuming continues from it).
     """
     started = time.perf_counter()
     deadline = started + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
     if resume:  # refused overrides fail before the data is built (checked again under the lock)
         resume_changes(check_run_dir(run_dir, cfg, resume=True, overwrite=overwrite), cfg)
-    built = build(cfg)
-    run_dir = check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
-    with RunLock(run_dir, log):
-        if resume:
-            changes = resume_changes(run_dir, cfg)  # against the config as it is now
-        else:
-            start_run_dir(run_dir, cfg, overwrite=overwrite)
-            changes = None
-        summary = _Trainer(built, run_dir, changes, log, progress, deadline).run(started)
-        write_summary(run_dir, summary)
+    with progress_output(progress):
+        built = build(cfg)
+        run_dir = check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
+        with RunLock(run_dir, log):
+            if resume:
+                changes = resume_changes(run_dir, cfg)  # against the config as it is now
+            else:
+                start_run_dir(run_dir, cfg, overwrite=overwrite)
+                changes = None
+            summary = _Trainer(built, run_dir, changes, log, deadline).run(started)
+            write_summary(run_dir, summary)
     return summary

@@ -6,7 +6,9 @@ since the previous record: ``loss``, ``accuracy``, ``grad_norm``; ``lr`` at ``st
 ``tokens_per_second``), ``val`` or ``test`` (``loss``, ``accuracy``).
 
 Records are appended (a kill can tear only the last line, which readers drop with a warning);
-the file is otherwise only ever replaced whole (``files.write_atomic``).
+the file is otherwise only ever replaced whole (``files.write_atomic``). A resumed run first
+drops the records it will write again from both (``_kept_on_resume``): neither holds a step
+twice.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 from pathlib import Path
 
 from seqzoo.runner.files import read_jsonl, write_atomic
-from seqzoo.runner.tensorboard import EventWriter
+from seqzoo.runner.tensorboard import EventWriter, trim_events
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -29,27 +31,29 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return read_jsonl(path)
 
 
-def _kept_on_resume(record: dict, start_step: int) -> bool:
-    """Whether a run resumed after ``start_step`` keeps ``record``: all of earlier steps, the
-    train and val records of ``start_step`` (written before its checkpoint), not its test
-    record (the run writes it again when it ends)."""
-    return record["step"] < start_step or (
-        record["step"] == start_step and record["split"] != "test"
-    )
+def _kept_on_resume(step: int, split: str, start_step: int) -> bool:
+    """Whether a run resumed after ``start_step`` keeps the record of ``split`` at ``step``:
+    all of earlier steps, the train and val records of ``start_step`` (written before its
+    checkpoint), not its test record (the run writes it again when it ends)."""
+    return step < start_step or (step == start_step and split != "test")
 
 
 class MetricsLog:
     """Writes records to ``run_dir``: a new file, or for a run resumed after ``start_step`` the
-    records it keeps (``_kept_on_resume``), so that no record is written twice."""
+    records it keeps (``_kept_on_resume``), so that no record is written twice; the same for
+    the TensorBoard events (old files trimmed, a new one started)."""
 
     def __init__(self, run_dir: str | Path, start_step: int = 0):
         self.path = Path(run_dir) / METRICS_FILE
         kept = []
         if start_step and self.path.is_file():
-            kept = [r for r in read_metrics(run_dir) if _kept_on_resume(r, start_step)]
+            records = read_metrics(run_dir)
+            kept = [r for r in records if _kept_on_resume(r["step"], r["split"], start_step)]
         write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        if start_step:
+            trim_events(run_dir, lambda step, split: _kept_on_resume(step, split, start_step))
         self.file = self.path.open("a")
-        self.events = EventWriter(run_dir, start_step)
+        self.events = EventWriter(run_dir)
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
         """Append ``values`` of ``split`` at ``step`` to both files."""

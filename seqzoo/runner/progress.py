@@ -1,36 +1,29 @@
-"""A one-line progress bar on stderr, redrawn in place; silent unless stderr is a terminal."""
+"""Bars of the runner's device work (``seqzoo.data.progress.Progress``, shared with the data
+generators): JAX dispatches steps asynchronously, far ahead of the compute, so a bar advances
+as each result completes on the device, not as it is dispatched."""
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from seqzoo.data.dataset import Split
+from seqzoo.data.progress import Progress
 
 
-class ProgressBar:
-    """``step/total [####----] loss ... acc ... tok/s``; ``enabled=None``: when stderr is a TTY."""
+def completed(results: Sequence[Any], bar: Progress | None) -> Sequence[Any]:
+    """``results`` (device values, in dispatch order) once every one is complete; ``bar``
+    advances by one as each completes."""
+    for result in results:
+        jax.block_until_ready(result)
+        if bar is not None:
+            bar.update()
+    return results
 
-    WIDTH = 24
 
-    def __init__(self, total: int, enabled: bool | None = None, stream=None):
-        self.stream = stream or sys.stderr
-        self.total = total
-        self.enabled = self.stream.isatty() if enabled is None else enabled
-        self.shown = False
-
-    def update(self, step: int, loss: float, accuracy: float, tokens_per_second: float) -> None:
-        if not self.enabled:
-            return
-        done = int(self.WIDTH * step / self.total)
-        bar = "#" * done + "-" * (self.WIDTH - done)
-        self.stream.write(
-            f"\r\033[K{step}/{self.total} [{bar}] loss {loss:.4f} acc {accuracy:.3f} "
-            f"{tokens_per_second:,.0f} tok/s"
-        )
-        self.stream.flush()
-        self.shown = True
-
-    def clear(self) -> None:
-        """Erase the bar (before other output)."""
-        if self.shown:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-            self.shown = False
+def eval_bar(split: Split, batch_size: int, name: str) -> Progress:
+    """The (transient) bar of an evaluation of ``split`` in batches of ``batch_size``."""
+    batches = -(-len(split["inputs"]) // batch_size)
+    return Progress(batches, f"eval {name} (batches)", transient=True)

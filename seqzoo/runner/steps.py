@@ -21,12 +21,14 @@ import numpy as np
 import optax
 
 from seqzoo.data.dataset import Split
+from seqzoo.data.progress import Progress
 from seqzoo.models import SequenceModel
 from seqzoo.runner.build import Built
 from seqzoo.runner.data import eval_batches
 from seqzoo.runner.gradients import batch_stats, stats_and_grads
 from seqzoo.runner.model import loss_and_accuracy, model_inputs, per_position, token_stats
 from seqzoo.runner.optim import schedule
+from seqzoo.runner.progress import completed
 from seqzoo.runner.sharding import batch_shardings, put_batch, replicated
 from seqzoo.runner.variables import model_state, trainable
 
@@ -112,9 +114,13 @@ def eval_step_fn(built: Built):
     return jax.jit(step_fn, in_shardings=in_shardings, out_shardings=replicated(built.mesh))
 
 
-def evaluate(eval_step, params: Any, split: Split, built: Built) -> dict[str, float]:
-    """``{"loss", "accuracy"}`` over every labelled target of ``split``."""
+def evaluate(
+    eval_step, params: Any, split: Split, built: Built, bar: Progress | None = None
+) -> dict[str, float]:
+    """``{"loss", "accuracy"}`` over every labelled target of ``split``; ``bar`` advances by
+    one as each batch completes."""
     batches = eval_batches(split, built.cfg.optim.batch_size)
-    stats = jax.device_get([eval_step(params, put_batch(b, built.mesh)) for b in batches])
+    results = [eval_step(params, put_batch(b, built.mesh)) for b in batches]
+    stats = jax.device_get(completed(results, bar))
     ce, correct, count = (float(np.sum([s[k] for s in stats])) for k in ("ce", "correct", "count"))
     return {"loss": ce / max(count, 1.0), "accuracy": correct / max(count, 1.0)}

@@ -4,9 +4,12 @@ An event file is a sequence of TFRecords ``len (uint64 LE), masked_crc32c(len) (
 data, masked_crc32c(data)``, each ``data`` a serialized ``tensorflow.Event`` protobuf:
 ``Event{wall_time: double = 1, step: int64 = 2, file_version: string = 3, summary: Summary = 5,
 session_log: SessionLog = 6}``, ``Summary{repeated Value value = 1}``,
-``Value{tag: string = 1, simple_value: float = 2}``, ``SessionLog{status: enum = 1}``.
-A ``SessionLog`` START at step s (written on resume) makes TensorBoard drop the earlier events
-with steps after s.
+``Value{tag: string = 1, simple_value: float = 2}``.
+
+A resumed run rewrites the run's event files without the events it writes again
+(``trim_events``) and starts a new file: the events hold no step twice for any reader
+(TensorBoard's ``SessionLog`` START purge, which the Python loader honours, was not enough:
+other readers ignore it, and it dropped the records of the resumed step itself).
 """
 
 from __future__ import annotations
@@ -14,7 +17,12 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from seqzoo.runner.files import write_atomic
+
+EVENTS_GLOB = "events.out.tfevents.*"
 
 
 def _crc32c_table() -> list[int]:
@@ -66,7 +74,6 @@ def event(
     wall_time: float,
     file_version: str = "",
     scalars=None,
-    session_start: bool = False,
 ) -> bytes:
     """A serialized ``Event`` (see the module docstring)."""
     out = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step))
@@ -78,8 +85,6 @@ def event(
             for tag, value in scalars.items()
         )
         out += _field(5, 2, values)
-    if session_start:
-        out += _field(6, 2, _field(1, 0, _varint(1)))
     return out
 
 
@@ -94,17 +99,89 @@ def record(data: bytes) -> bytes:
     )
 
 
-class EventWriter:
-    """Writes scalar events to a new ``events.out.tfevents.*`` file in ``logdir``; a writer
-    starting at ``start_step`` > 0 (a resumed run) first writes a ``SessionLog`` START."""
+def records(data: bytes) -> Iterator[bytes]:
+    """The ``data`` of each whole TFRecord of a file's bytes, up to the first one cut short or
+    failing its checksums (a kill can tear only the last one)."""
+    at = 0
+    while at + 12 <= len(data):
+        header = data[at : at + 8]
+        (length,) = struct.unpack("<Q", header)
+        end = at + 12 + length + 4
+        body = data[at + 12 : end - 4]
+        checksums = struct.unpack("<I", data[at + 8 : at + 12]) + struct.unpack(
+            "<I", data[end - 4 : end].rjust(4, b"\0")
+        )
+        if end > len(data) or checksums != (masked_crc32c(header), masked_crc32c(body)):
+            return
+        yield body
+        at = end
 
-    def __init__(self, logdir: str | Path, start_step: int = 0):
+
+def _fields(message: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """``(field number, value)`` of each field of a serialized protobuf message: an int for
+    varint fields, the bytes of the others."""
+    at = 0
+    while at < len(message):
+        key, at = _read_varint(message, at)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, at = _read_varint(message, at)
+        elif wire_type == 2:
+            length, at = _read_varint(message, at)
+            value, at = message[at : at + length], at + length
+        else:  # 1: 64-bit, 5: 32-bit
+            size = 8 if wire_type == 1 else 4
+            value, at = message[at : at + size], at + size
+        yield number, value
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if not byte & 0x80:
+            return value, at
+
+
+def scalar_tags(data: bytes) -> tuple[int, list[str]]:
+    """``(step, tags)`` of a serialized ``Event`` (no tags: not a summary)."""
+    step, tags = 0, []
+    for number, value in _fields(data):
+        if number == 2:
+            step = value
+        elif number == 5:
+            tags += [
+                dict(_fields(item))[1].decode() for kind, item in _fields(value) if kind == 1
+            ]
+    return step, tags
+
+
+def trim_events(logdir: str | Path, keep: Callable[[int, str], bool]) -> None:
+    """Rewrite each event file of ``logdir`` (atomically) with only the summaries whose
+    ``keep(step, split)`` holds (``split``: the tag up to its ``/``), and the events that are
+    not summaries; a torn last record is dropped."""
+    for path in sorted(Path(logdir).glob(EVENTS_GLOB)):
+        data = path.read_bytes()
+        kept = []
+        for body in records(data):
+            step, tags = scalar_tags(body)
+            if all(keep(step, tag.split("/")[0]) for tag in tags):
+                kept.append(record(body))
+        new = b"".join(kept)
+        if new != data:
+            write_atomic(path, new)
+
+
+class EventWriter:
+    """Writes scalar events to a new ``events.out.tfevents.*`` file in ``logdir``."""
+
+    def __init__(self, logdir: str | Path):
         now = time.time()  # microseconds in the name: files sort by creation, none is reused
         name = f"events.out.tfevents.{time.time_ns() // 1000}.{socket.gethostname()}"
         self.file = open(Path(logdir) / name, "wb")
-        self._write(event(start_step, wall_time=now, file_version="brain.Event:2"))
-        if start_step:
-            self._write(event(start_step, wall_time=now, session_start=True))
+        self._write(event(0, wall_time=now, file_version="brain.Event:2"))
 
     def _write(self, data: bytes) -> None:
         self.file.write(record(data))
