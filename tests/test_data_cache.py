@@ -1,6 +1,9 @@
-"""The on-disk split cache: its place (``SEQZOO_CACHE``), compact masks, a damaged cache file
-rebuilt with a warning naming it, a cache file holding pickled objects never unpickled, and the
-generators' per-split files (a new val size keeps the train file)."""
+"""The on-disk split cache: its place (``SEQZOO_CACHE``), compact masks, files readable as the
+umask allows, a damaged cache file rebuilt with a warning naming it, a cache file holding pickled
+objects never unpickled, and the generators' per-split files (a new val size keeps the train
+file)."""
+
+import os
 
 import numpy as np
 import pytest
@@ -75,6 +78,15 @@ def test_default_cache_dir_is_seqzoo_cache_else_home_cache(tmp_path, monkeypatch
     monkeypatch.setenv("SEQZOO_CACHE", "")  # empty: unset
     cached_splits("toy", {"n": 2}, _builder([]), DEFAULT_CACHE_DIR)
     assert (tmp_path / "home" / ".cache" / "seqzoo" / cache_file_name("toy", {"n": 2})).exists()
+
+
+def test_cache_files_get_the_permissions_of_any_new_file(tmp_path):
+    old = os.umask(0o027)
+    try:
+        cached_splits("toy", {"n": 2}, _builder([]), tmp_path)
+    finally:
+        os.umask(old)
+    assert (tmp_path / cache_file_name("toy", {"n": 2})).stat().st_mode & 0o777 == 0o640
 
 
 @pytest.mark.parametrize("lengths", [[3, 1, 0], [3, 3, 3]])

@@ -86,6 +86,7 @@ def cached_arrays(
     try:
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, **arrays)
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would make it: a shared cache stays shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -106,6 +107,12 @@ def cached_splits(
         split, field = key.rsplit(".", 1)
         fields.setdefault(split, {})[field] = array
     return {split: restore_split(arrays) for split, arrays in fields.items()}
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _read(path: Path) -> dict[str, np.ndarray] | None:
