@@ -18,7 +18,7 @@ TRAIN_HELP = f"""\
 Train an experiment: EXPERIMENT is a name from `seqzoo list` (default: the built-in default,
 MQAR with a 2-layer attention model) or the path of a TOML config, e.g. a run's config.toml.
 Any config field can be changed with section.key=value overrides, e.g.
-`seqzoo train mqar_gla model.d_model=128 optim.lr=1e-3 task.seq_len=128`
+`seqzoo train induction_heads_attention optim.steps=400 model.d_model=64`
 (dict fields take JSON: model.mixer_options='{{"num_heads": 4}}'). The keys, by section:
 {key_listing()}
 `seqzoo config show EXPERIMENT [overrides]` prints the resolved config: every key with its

@@ -85,8 +85,9 @@ BAD_VALUES = [
      r"model\.mixer_options: mixer 'bi:gla' .* rejects chunk_size=0"),
     (['model.mixer_options={"num_heads": "4"}'],
      r"model\.mixer_options: mixer 'attention' .* rejects num_heads='4'"),
-    (["model.mixer=rat", "model.d_model=16"],  # no option to blame: the width and defaults
-     r"mixer 'rat' cannot be built with model\.d_model=16 and its default options: head_dim=64"),
+    (["model.mixer=hydra", "model.d_model=48"],  # no option to blame: the width and defaults
+     r"mixer 'hydra' cannot be built with model\.d_model=48 and its default options: headdim=64 "
+     r"\(the default\) must divide d_inner = expand \* d_model = 96; set headdim to a divisor"),
     (['model.mixer_options={"d_model": 8}'], r"model\.mixer_options sets \['d_model'\]"),
     (['model.mixer_options={"gla": {"num_heads": 2}}'],
      r"model\.mixer_options has tables for \['gla'\], which model\.mixer='attention' does not"),

@@ -132,7 +132,7 @@ def test_seeded_and_cached(make, tmp_path):
 
 def test_cache_name_encodes_parameters():
     name = cache_file_name("mqar", dict(n=5, a=0.01, rnq=True))
-    assert name == "mqar-v1-n=5-a=0.01-rnq=1.npz"
+    assert name == "mqar-v2-n=5-a=0.01-rnq=1.npz"
     long = cache_file_name("x", {f"p{i}": i for i in range(100)})
     assert len(long) < 220 and long != cache_file_name("x", {f"p{i}": i + 1 for i in range(100)})
 

@@ -1,11 +1,15 @@
-"""On-disk cache of generated splits: one ``.npz`` per parameter set.
+"""On-disk cache of generated data: one ``.npz`` per parameter set.
 
+The cache lives in ``$SEQZOO_CACHE``, else ``~/.cache/seqzoo`` (:func:`resolve_cache_dir`).
 The file name encodes the task name and every generation parameter, so changing any
-parameter builds a new file; writes are atomic (temp file + rename), so concurrent
-processes never read a half-written cache. Integer arrays are stored in the smallest dtype
-that holds them and all-valid masks are left out; loading restores the house dtypes. Files
-are read without unpickling; a cache file that does not read back (damaged, or not written
-by this module) is rebuilt, with a warning naming it.
+parameter builds a new file; generators that build their splits one by one
+(``generate_listops``, ``generate_pathfinder``) store each split in its own file, keyed by
+what that split depends on, so changing one split's size keeps the others. Writes are atomic
+(temp file + rename), so concurrent processes never read a half-written cache. Integer arrays
+are stored in the smallest dtype that holds them, all-valid masks are left out and
+right-padding masks are stored as lengths; loading restores the house dtypes. Files are read
+without unpickling; a cache file that does not read back (damaged, or not written by this
+module) is rebuilt, with a warning naming it.
 """
 
 import hashlib
@@ -20,9 +24,23 @@ import numpy as np
 
 from seqzoo.data.dataset import Split, make_split
 
-DEFAULT_CACHE_DIR = "~/.cache/seqzoo"
-FORMAT_VERSION = 1  # bump when a generator's output changes, so old caches are not read
+CACHE_ENV = "SEQZOO_CACHE"
+FALLBACK_CACHE_DIR = "~/.cache/seqzoo"
+DEFAULT_CACHE_DIR = f"${CACHE_ENV}"  # a cache_dir value: $SEQZOO_CACHE, else the fallback
+FORMAT_VERSION = 2  # bump when a generator's output or the file layout changes
 _MAX_NAME = 200
+
+CacheDir = str | os.PathLike | None
+
+
+def resolve_cache_dir(cache_dir: CacheDir) -> Path | None:
+    """The directory ``cache_dir`` names: ``DEFAULT_CACHE_DIR`` is ``$SEQZOO_CACHE`` when set
+    (and not empty), else ``~/.cache/seqzoo``; None (no caching) stays None."""
+    if cache_dir is None:
+        return None
+    if cache_dir == DEFAULT_CACHE_DIR:
+        cache_dir = os.environ.get(CACHE_ENV) or FALLBACK_CACHE_DIR
+    return Path(cache_dir).expanduser()
 
 
 def cache_file_name(name: str, params: Mapping[str, object]) -> str:
@@ -42,43 +60,67 @@ def _fmt(value: object) -> str:
     return str(value).replace(os.sep, "_").replace(" ", "")
 
 
-def cached_splits(
+def cached_arrays(
     name: str,
     params: Mapping[str, object],
-    build: Callable[[], dict[str, Split]],
-    cache_dir: str | os.PathLike | None,
-) -> dict[str, Split]:
-    """Loads the splits from ``cache_dir`` if cached, else builds and saves them.
+    build: Callable[[], dict[str, np.ndarray]],
+    cache_dir: CacheDir,
+) -> dict[str, np.ndarray]:
+    """The arrays ``build()`` returns, read from the cache file of ``name`` and ``params`` in
+    ``cache_dir`` (see :func:`resolve_cache_dir`) if there, else built and saved there.
 
-    ``cache_dir=None`` disables caching (always builds, writes nothing).
+    ``cache_dir=None`` disables caching (always builds, writes nothing). Arrays are stored as
+    given: compact them first (:func:`compact_split`).
     """
-    if cache_dir is None:
+    directory = resolve_cache_dir(cache_dir)
+    if directory is None:
         return build()
-    directory = Path(cache_dir).expanduser()
     path = directory / cache_file_name(name, params)
     if path.exists():
         stored = _read(path)
         if stored is not None:
             return stored
-    splits = build()
+    arrays = build()
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp.npz")
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **_flatten(splits))
+            np.savez(handle, **arrays)
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would make it: a shared cache stays shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return splits
+    return arrays
 
 
-def _read(path: Path) -> dict[str, Split] | None:
-    """The splits stored in cache file ``path``, or None (with a warning naming it) when it
+def cached_splits(
+    name: str,
+    params: Mapping[str, object],
+    build: Callable[[], dict[str, Split]],
+    cache_dir: CacheDir,
+) -> dict[str, Split]:
+    """The splits ``build()`` returns, cached in one file as :func:`cached_arrays` does."""
+    flat = cached_arrays(name, params, lambda: _flatten(build()), cache_dir)
+    fields: dict[str, dict[str, np.ndarray]] = {}
+    for key, array in flat.items():
+        split, field = key.rsplit(".", 1)
+        fields.setdefault(split, {})[field] = array
+    return {split: restore_split(arrays) for split, arrays in fields.items()}
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _read(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays stored in cache file ``path``, or None (with a warning naming it) when it
     does not read back whole."""
     try:
         with np.load(path, allow_pickle=False) as stored:
-            return _unflatten({key: stored[key] for key in stored.files})
+            return {key: stored[key] for key in stored.files}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         warnings.warn(f"the cached data {path} does not read back ({type(err).__name__}: "
                       f"{err}); building it again", stacklevel=3)
@@ -86,12 +128,30 @@ def _read(path: Path) -> dict[str, Split] | None:
 
 
 def _flatten(splits: dict[str, Split]) -> dict[str, np.ndarray]:
-    flat = {}
-    for split, arrays in splits.items():
-        for field, array in arrays.items():
-            if not (field == "mask" and array.all()):
-                flat[f"{split}.{field}"] = _compact(array)
-    return flat
+    return {f"{split}.{field}": array for split, arrays in splits.items()
+            for field, array in compact_split(arrays).items()}
+
+
+def compact_split(split: Split) -> dict[str, np.ndarray]:
+    """``split``'s arrays as stored: integers in the smallest dtype that holds them; the mask
+    left out when all valid, or as ``lengths`` (n,) when each row is valid up to a length."""
+    arrays = {field: _compact(array) for field, array in split.items() if field != "mask"}
+    mask = split["mask"]
+    if not mask.all():
+        lengths = mask.sum(axis=1)
+        if np.array_equal(mask, np.arange(mask.shape[1]) < lengths[:, None]):
+            arrays["lengths"] = _compact(lengths)
+        else:
+            arrays["mask"] = mask
+    return arrays
+
+
+def restore_split(arrays: Mapping[str, np.ndarray]) -> Split:
+    """The split :func:`compact_split` stored as ``arrays``, in the house dtypes."""
+    mask = arrays.get("mask")
+    if "lengths" in arrays:
+        mask = np.arange(arrays["inputs"].shape[1]) < arrays["lengths"][:, None]
+    return make_split(arrays["inputs"], arrays["targets"], mask)
 
 
 def _compact(array: np.ndarray) -> np.ndarray:
@@ -102,12 +162,3 @@ def _compact(array: np.ndarray) -> np.ndarray:
         if info.min <= array.min() and array.max() <= info.max:
             return array.astype(dtype)
     return array
-
-
-def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, Split]:
-    fields: dict[str, dict[str, np.ndarray]] = {}
-    for key, array in flat.items():
-        split, field = key.rsplit(".", 1)
-        fields.setdefault(split, {})[field] = array
-    return {split: make_split(f["inputs"], f["targets"], f.get("mask")) for split, f in
-            fields.items()}

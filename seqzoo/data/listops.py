@@ -19,12 +19,18 @@ many draws bring too few new distinct trees.
 
 import functools
 import math
-import os
+from collections.abc import Callable
 
 import numpy as np
 
-from seqzoo.data.cache import DEFAULT_CACHE_DIR, cached_splits
-from seqzoo.data.dataset import Dataset, pack_sequences
+from seqzoo.data.cache import (
+    DEFAULT_CACHE_DIR,
+    CacheDir,
+    cached_arrays,
+    compact_split,
+    restore_split,
+)
+from seqzoo.data.dataset import Dataset, Split, pack_sequences
 from seqzoo.data.parallel import chunk_rng, default_workers, map_chunks
 from seqzoo.data.progress import Progress
 
@@ -169,15 +175,20 @@ def generate_listops(
     max_length: int = 2000,
     seed: int = 0,
     workers: int | None = None,
-    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+    cache_dir: CacheDir = DEFAULT_CACHE_DIR,
     progress: bool = True,
 ) -> Dataset:
     """Generates LRA ListOps splits ``train`` / ``val`` / ``test`` (see the module docstring).
 
-    Work runs in chunks of 200 accepted trees, chunk i seeded by ``[seed, i]``, over
-    ``workers`` processes (default: all cores); the result depends only on the arguments
-    that enter the cache file name, not on ``workers``. Lengths count tokens without
-    parentheses, as LRA's generator does; inputs are padded to ``max_length``.
+    The distinct trees come in one stream: work runs in chunks of 200 accepted trees, chunk i
+    seeded by ``[seed, i]``, over ``workers`` processes (default: all cores), and a tree seen
+    before is skipped; train holds the stream's first ``num_train`` trees, val the next
+    ``num_val``, test the next ``num_test``. The result depends only on the arguments that
+    enter the cache file names, not on ``workers``. Each split is cached in its own file,
+    keyed by its place in the stream (start, count) and the generation settings, with the
+    stream's position after it; so changing ``num_test`` keeps train and val, and changing
+    ``num_val`` keeps train. Lengths count tokens without parentheses, as LRA's generator
+    does; inputs are padded to ``max_length``.
 
     Raises ValueError before generating when the counts ask for more than half of the
     distinct trees that fit the lengths (see the module docstring).
@@ -199,40 +210,73 @@ def generate_listops(
             f"max_depth={max_depth}, max_args={max_args}, and the generator asks for at most "
             f"half of them ({int(MAX_SHARE * distinct):,}); ask for fewer or raise max_length"
         )
-    workers = default_workers() if workers is None else workers
-
-    def build():
-        fn = functools.partial(_generate_chunk, seed=seed, max_depth=max_depth,
-                               max_args=max_args, min_length=min_length,
-                               max_length=max_length)
-        unique: dict[bytes, int] = {}
-        next_chunk = 0
-        with Progress(total, "ListOps", enabled=progress) as bar:
-            while len(unique) < total:
-                if next_chunk * _CHUNK >= _MAX_ACCEPTED_PER_EXAMPLE * total:
-                    raise ValueError(
-                        f"only {len(unique):,} distinct ListOps trees with {min_length} < "
-                        f"length < {max_length} tokens among {next_chunk * _CHUNK:,} drawn, of "
-                        f"the {total:,} examples asked; ask for fewer or raise max_length"
-                    )
-                missing = total - len(unique)
-                chunks = range(next_chunk, next_chunk + -(-missing // _CHUNK))
-                next_chunk = chunks.stop
-                for accepted in map_chunks(fn, chunks, workers):
-                    for tokens, value in accepted:
-                        if len(unique) < total and tokens not in unique:
-                            unique[tokens] = value
-                            bar.update()
-        sequences, labels = list(unique), list(unique.values())
-        splits, start = {}, 0
-        for name, size in sizes.items():
-            part = slice(start, start + size)
-            splits[name] = pack_sequences(sequences[part], labels[part], max_length)
-            start += size
-        return splits
-
-    params = dict(train=num_train, val=num_val, test=num_test, depth=max_depth, args=max_args,
-                  minlen=min_length, maxlen=max_length, seed=seed)
-    splits = cached_splits("listops", params, build, cache_dir)
+    stream = _TreeStream(
+        functools.partial(_generate_chunk, seed=seed, max_depth=max_depth, max_args=max_args,
+                          min_length=min_length, max_length=max_length),
+        default_workers() if workers is None else workers,
+        total,
+        f"{min_length} < length < {max_length} tokens",
+    )
+    settings = dict(depth=max_depth, args=max_args, minlen=min_length, maxlen=max_length,
+                    seed=seed)
+    splits: dict[str, Split] = {}
+    cursor, start = np.zeros(2, np.int64), 0
+    for name, size in sizes.items():
+        build = functools.partial(stream.split, name, size, cursor, list(splits.values()),
+                                  max_length, progress)
+        params = dict(split=name, start=start, n=size, **settings)
+        arrays = cached_arrays("listops", params, build, cache_dir if size else None)
+        splits[name], cursor, start = restore_split(arrays), arrays["cursor"], start + size
     return Dataset("listops", splits, vocab_size=len(VOCAB), num_classes=NUM_CLASSES,
                    seq_len=max_length)
+
+
+class _TreeStream:
+    """The stream of distinct trees: the accepted trees of chunks 0, 1, ... in order, each tree
+    seen before skipped. A place in the stream is a cursor ``(chunk, index)``: the next tree to
+    look at is entry ``index`` of chunk ``chunk``'s accepted trees. ``examples`` (the number of
+    trees asked in all) and ``fits`` (the lengths kept, in words) are for the safety net on
+    too few distinct trees."""
+
+    def __init__(self, generate: Callable[[int], list[tuple[bytes, int]]], workers: int,
+                 examples: int, fits: str):
+        self.generate, self.workers, self.examples, self.fits = generate, workers, examples, fits
+
+    def split(self, name: str, size: int, cursor: np.ndarray, before: list[Split],
+              max_length: int, progress: bool) -> dict[str, np.ndarray]:
+        """The stored arrays of split ``name``: the ``size`` trees after ``cursor`` (``before``:
+        the splits holding the stream's trees up to it), padded to ``max_length``, and the
+        cursor after them as ``cursor``."""
+        seen = {row[:length].astype(np.uint8).tobytes() for split in before if size
+                for row, length in zip(split["inputs"], split["mask"].sum(axis=1), strict=True)}
+        with Progress(size, f"ListOps {name}", enabled=progress and size > 0) as bar:
+            trees, cursor = self.take(size, cursor, seen, bar.update)
+        split = pack_sequences(list(trees), list(trees.values()), max_length)
+        return {**compact_split(split), "cursor": cursor}
+
+    def take(self, count: int, cursor: np.ndarray, seen: set[bytes],
+             update: Callable[[], None]) -> tuple[dict[bytes, int], np.ndarray]:
+        """The next ``count`` trees from ``cursor`` not in ``seen`` (token bytes -> value), and
+        the cursor after them; ``update()`` is called once per tree."""
+        found: dict[bytes, int] = {}
+        chunk, index = (int(c) for c in cursor)
+        while len(found) < count:
+            if chunk * _CHUNK >= _MAX_ACCEPTED_PER_EXAMPLE * self.examples:
+                raise ValueError(
+                    f"only {len(seen) + len(found):,} distinct ListOps trees with {self.fits} "
+                    f"among {chunk * _CHUNK:,} drawn, of the {self.examples:,} examples asked; "
+                    f"ask for fewer or raise max_length"
+                )
+            chunks = range(chunk, chunk + -(-(count - len(found) + index) // _CHUNK))
+            for accepted in map_chunks(self.generate, chunks, self.workers):
+                while index < len(accepted) and len(found) < count:
+                    tokens, value = accepted[index]
+                    index += 1
+                    if tokens not in seen and tokens not in found:
+                        found[tokens] = value
+                        update()
+                if index == len(accepted):
+                    chunk, index = chunk + 1, 0
+                if len(found) == count:
+                    break
+        return found, np.array([chunk, index])

@@ -18,13 +18,19 @@ default to LRA's 80 / 10 / 10 % of 200k images.
 
 import functools
 import math
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-from seqzoo.data.cache import DEFAULT_CACHE_DIR, cached_splits
+from seqzoo.data.cache import (
+    DEFAULT_CACHE_DIR,
+    CacheDir,
+    cached_arrays,
+    compact_split,
+    restore_split,
+)
 from seqzoo.data.dataset import Dataset
 from seqzoo.data.images import image_dataset, image_split, import_pillow
 from seqzoo.data.parallel import chunk_rng, default_workers, map_chunks
@@ -390,6 +396,23 @@ def _render_chunk(chunk: int, seed: int, cfg: PathfinderConfig, num_paddles: int
     return images, labels
 
 
+def _render_images(render: Callable[[int], tuple[np.ndarray, np.ndarray]], resolution: int,
+                   start: int, count: int, workers: int, desc: str,
+                   progress: bool) -> dict[str, np.ndarray]:
+    """The stored arrays of images ``start`` to ``start + count`` of the stream of chunks
+    ``render(0)``, ``render(1)``, ... (``resolution`` x ``resolution`` images)."""
+    first, stop = start // _CHUNK, -(-(start + count) // _CHUNK)
+    images, labels = [np.zeros((0, resolution, resolution), np.uint8)], [np.zeros(0, int)]
+    with Progress(count, desc, enabled=progress and count > 0) as bar:
+        for chunk_images, chunk_labels in map_chunks(render, range(first, stop), workers):
+            images.append(chunk_images)
+            labels.append(chunk_labels)
+            bar.update(len(chunk_labels))
+    offset = start - first * _CHUNK
+    part = slice(offset, offset + count)
+    return compact_split(image_split(np.concatenate(images)[part], np.concatenate(labels)[part]))
+
+
 def generate_pathfinder(
     resolution: int = 32,
     difficulty: str = "curv_contour_length_14",
@@ -399,42 +422,32 @@ def generate_pathfinder(
     seed: int = 0,
     normalize: bool = False,
     workers: int | None = None,
-    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+    cache_dir: CacheDir = DEFAULT_CACHE_DIR,
     progress: bool = True,
 ) -> Dataset:
     """Generates Pathfinder splits ``train`` / ``val`` / ``test`` (see the module docstring).
 
     Returns inputs (n, resolution ** 2): int32 pixel tokens 0..255 (vocab 256), or float32
     in [0, 1] with ``normalize``; targets (n,) int32 in {0, 1}; an all-True mask. Chunk i of
-    64 images draws from ``[seed, i]``, so the result does not depend on ``workers``.
-    Needs Pillow.
+    64 images draws from ``[seed, i]``, so the result does not depend on ``workers``; train
+    holds the first ``num_train`` images, val the next ``num_val``, test the next
+    ``num_test``. Each split is cached in its own file, keyed by its place (start, count) and
+    the settings, so changing ``num_val`` or ``num_test`` keeps train. Needs Pillow.
     """
     if resolution not in LRA_CONFIGS:
         raise ValueError(f"resolution must be one of {sorted(LRA_CONFIGS)}, got {resolution}")
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {sorted(DIFFICULTIES)}, got {difficulty!r}")
     cfg, num_paddles = LRA_CONFIGS[resolution], DIFFICULTIES[difficulty]
-    sizes = {"train": num_train, "val": num_val, "test": num_test}
-    total = sum(sizes.values())
+    render = functools.partial(_render_chunk, seed=seed, cfg=cfg, num_paddles=num_paddles)
     workers = default_workers() if workers is None else workers
-
-    def build():
-        fn = functools.partial(_render_chunk, seed=seed, cfg=cfg, num_paddles=num_paddles)
-        images, labels = [], []
-        with Progress(total, f"Pathfinder{resolution} {difficulty}", enabled=progress) as bar:
-            for chunk_images, chunk_labels in map_chunks(fn, range(-(-total // _CHUNK)),
-                                                         workers):
-                images.append(chunk_images)
-                labels.append(chunk_labels)
-                bar.update(len(chunk_labels))
-        images, labels = np.concatenate(images)[:total], np.concatenate(labels)[:total]
-        splits, start = {}, 0
-        for name, size in sizes.items():
-            splits[name] = image_split(images[start:start + size], labels[start:start + size])
-            start += size
-        return splits
-
-    params = dict(res=resolution, diff=difficulty, train=num_train, val=num_val, test=num_test,
-                  seed=seed)
-    splits = cached_splits("pathfinder", params, build, cache_dir)
+    splits, start = {}, 0
+    for name, size in {"train": num_train, "val": num_val, "test": num_test}.items():
+        build = functools.partial(_render_images, render, resolution, start, size, workers,
+                                  f"Pathfinder{resolution} {difficulty} {name}", progress)
+        params = dict(split=name, start=start, n=size, res=resolution, diff=difficulty,
+                      seed=seed)
+        splits[name] = restore_split(cached_arrays("pathfinder", params, build,
+                                                   cache_dir if size else None))
+        start += size
     return image_dataset(f"pathfinder{resolution}_{difficulty}", splits, 2, normalize)

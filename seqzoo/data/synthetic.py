@@ -18,16 +18,12 @@ reading token t.
 * :func:`associative_recall` - H3 (Fu et al. 2023), safari ``assoc_recall`` generator.
 """
 
-import os
-
 import numpy as np
 
-from seqzoo.data.cache import DEFAULT_CACHE_DIR, cached_splits
+from seqzoo.data.cache import DEFAULT_CACHE_DIR, CacheDir, cached_splits
 from seqzoo.data.checks import Arg, named, require
 from seqzoo.data.dataset import IGNORE_INDEX, Dataset, make_split
 from seqzoo.data.sampling import distinct_choice, weighted_distinct_choice
-
-CacheDir = str | os.PathLike | None
 
 
 def _single_split(name, params, build, cache_dir, vocab_size, seq_len) -> Dataset:

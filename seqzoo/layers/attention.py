@@ -89,7 +89,11 @@ class Attention(MatrixMixer):
             )
         self.d = self.head_dim or self.d_model // h
         if self.rope and self.d % 2:
-            raise ValueError(f"rope needs an even head_dim, got head_dim={self.d}")
+            raise ValueError(
+                f"rope needs an even head_dim, got head_dim={self.d}"
+                + ("" if self.head_dim else f" (d_model // num_heads = {self.d_model} // {h})")
+                + "; set num_heads or head_dim, or rope=False"
+            )
         if self.max_decode_length < 1:
             raise ValueError(f"max_decode_length must be >= 1, got {self.max_decode_length}")
         self.q_proj = dense(h * self.d, "q_proj", dtype=self.dtype)

@@ -50,3 +50,23 @@ def dense(features: int, name: str, *, use_bias: bool = False, dtype: Any = None
     return nn.Dense(
         features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name, **kw
     )
+
+
+def resolve_head_dim(width: int, head_dim: int | None, option: str, default: int,
+                     width_name: str) -> int:
+    """The channels per head when ``width`` channels (named ``width_name``) split into heads:
+    option ``option`` = ``head_dim`` when set, else the paper's ``default``, or ``width``
+    itself (one head) when that is narrower, where the default would fit no head at all.
+
+    Raises ValueError naming ``option`` and sizes that work unless it divides ``width``."""
+    size = min(default, width) if head_dim is None else head_dim
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"{option} must be a positive int, got {size!r}")
+    if width % size:
+        fits = [d for d in range(min(default, width), 0, -1) if width % d == 0][:3]
+        given = "" if head_dim is not None else " (the default)"
+        raise ValueError(
+            f"{option}={size}{given} must divide {width_name} = {width}; set {option} to a "
+            f"divisor of {width}, e.g. {' or '.join(map(str, fits))}"
+        )
+    return size

@@ -81,7 +81,8 @@ class Hydra(MatrixMixer):
 
     Attributes (as the official ``Hydra``):
       d_state: N (64). d_conv: conv width, odd (7). conv_init: the conv kernel's init bound
-        (None: torch's default). expand: E = expand * d_model (2). headdim: P (64).
+        (None: torch's default). expand: E = expand * d_model (2). headdim: P (None: 64, or E
+        when E < 64, one head).
       ngroups: G groups of B, C per direction (1), dividing the number of heads.
       dt_min, dt_max, dt_init_floor: the dt_bias init. bias: in_proj / out_proj biases (False).
       conv_bias: (True). chunk_size: SSD chunk, a power of two (256). impl: ``ssd``'s impl.
@@ -91,7 +92,7 @@ class Hydra(MatrixMixer):
     d_conv: int = 7
     conv_init: float | None = None
     expand: int = 2
-    headdim: int = 64
+    headdim: int | None = None
     ngroups: int = 1
     dt_min: float = 1e-3
     dt_max: float = 0.1
@@ -121,7 +122,7 @@ class Hydra(MatrixMixer):
         if self.impl not in SSD_IMPLS:
             raise ValueError(f"impl must be one of {SSD_IMPLS}, got {self.impl!r}")
         e = inner_width(self.expand, self.d_model)
-        h = check_heads(e, self.headdim, self.ngroups)
+        h, self.head_size = check_heads(e, self.headdim, self.ngroups)
         gn = self.ngroups * self.d_state
         self.d_inner, self.nheads = e, h
         self.in_proj = torch_linear(
@@ -163,7 +164,7 @@ class Hydra(MatrixMixer):
         }
         if segment_ids is not None:
             aux["segment_ids"] = segment_ids
-        v = u.reshape(x.shape[:2] + (h, self.headdim))
+        v = u.reshape(x.shape[:2] + (h, self.head_size))
         return MixerInputs(values=v, mask=mask, aux=aux)
 
     def _ssm_args(self, a: dict) -> tuple:

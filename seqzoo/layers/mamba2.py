@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
-from seqzoo.layers.common import merge_heads, rms_normalize
+from seqzoo.layers.common import merge_heads, resolve_head_dim, rms_normalize
 from seqzoo.layers.mamba import (
     check_dt_range,
     check_positive_int,
@@ -105,16 +105,15 @@ def check_power_of_two(value, name: str) -> None:
         raise ValueError(f"{name} must be a power of two, got {value}")
 
 
-def check_heads(d_inner: int, headdim: int, ngroups: int) -> int:
-    """nheads = d_inner / headdim, with ValueErrors naming headdim and ngroups."""
-    check_positive_int(headdim, "headdim")
+def check_heads(d_inner: int, headdim: int | None, ngroups: int) -> tuple[int, int]:
+    """(nheads, P): P = ``headdim``, or 64 (the official default) when None, or ``d_inner``
+    when that is narrower; ValueErrors name headdim and ngroups."""
+    size = resolve_head_dim(d_inner, headdim, "headdim", 64, "d_inner = expand * d_model")
     check_positive_int(ngroups, "ngroups")
-    if d_inner % headdim:
-        raise ValueError(f"headdim={headdim} must divide d_inner = expand * d_model = {d_inner}")
-    nheads = d_inner // headdim
+    nheads = d_inner // size
     if nheads % ngroups:
         raise ValueError(f"ngroups={ngroups} must divide nheads = d_inner / headdim = {nheads}")
-    return nheads
+    return nheads, size
 
 
 def log_uniform_a_init(lo: float, hi: float):
@@ -132,7 +131,8 @@ class Mamba2(MatrixMixer):
 
     Attributes:
       d_state: N (128). d_conv: conv width (4). conv_init: the conv kernel's init bound (None:
-        torch's default). expand: E = expand * d_model (2). headdim: P (64).
+        torch's default). expand: E = expand * d_model (2). headdim: P (None: 64, or E when
+        E < 64, one head).
       ngroups: G groups of B, C (1); G must divide the number of heads.
       A_init_range: ``A_log = log U(A_init_range)`` ((1, 16)).
       rmsnorm: the gated RMSNorm (True); without it the output is ``y * silu(z)``.
@@ -145,7 +145,7 @@ class Mamba2(MatrixMixer):
     d_conv: int = 4
     conv_init: float | None = None
     expand: int = 2
-    headdim: int = 64
+    headdim: int | None = None
     ngroups: int = 1
     A_init_range: tuple[float, float] = (1.0, 16.0)
     rmsnorm: bool = True
@@ -178,7 +178,7 @@ class Mamba2(MatrixMixer):
         if self.impl not in SSD_IMPLS:
             raise ValueError(f"impl must be one of {SSD_IMPLS}, got {self.impl!r}")
         e = inner_width(self.expand, self.d_model)
-        h = check_heads(e, self.headdim, self.ngroups)
+        h, self.head_size = check_heads(e, self.headdim, self.ngroups)
         gn = self.ngroups * self.d_state
         self.d_inner, self.nheads = e, h
         self.in_proj = torch_linear(
@@ -211,7 +211,7 @@ class Mamba2(MatrixMixer):
         x, B, C = jnp.split(xbc, [e, e + gn], axis=-1)
         lead = xbc.shape[:-1]
         return (
-            x.reshape(lead + (self.nheads, self.headdim)),
+            x.reshape(lead + (self.nheads, self.head_size)),
             B.reshape(lead + (self.ngroups, self.d_state)),
             C.reshape(lead + (self.ngroups, self.d_state)),
         )
@@ -269,7 +269,7 @@ class Mamba2(MatrixMixer):
         channels = self.d_inner + 2 * self.ngroups * self.d_state
         return {
             "conv": conv_init_buffer(batch, channels, self.d_conv),
-            "ssm": jnp.zeros((batch, self.nheads, self.headdim, self.d_state), _F32),
+            "ssm": jnp.zeros((batch, self.nheads, self.head_size, self.d_state), _F32),
         }
 
     def step_fn(self, state, x_t, mask_t):

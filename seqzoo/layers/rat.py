@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, keep_where, zero_padded
-from seqzoo.layers.common import dense
+from seqzoo.layers.common import dense, resolve_head_dim
 from seqzoo.ops.rat import (
     check_chunk_size,
     rat_attention,
@@ -60,15 +60,17 @@ class RAT(MatrixMixer):
     """RAT's chunked recurrence + attention; ``x: (batch, length, d_model)``.
 
     Attributes:
-      head_dim: per-head ``d`` (official 64); ``heads = d_model / d``.
-      num_groups: q/k groups ``G`` (official ``ngroups=2``); must divide ``heads``.
+      head_dim: per-head ``d`` (None: the official 64, or ``d_model`` when narrower, one head);
+        ``heads = d_model / d``.
+      num_groups: q/k groups ``G`` (None: the official ``ngroups=2``, or 1 with one head); must
+        divide ``heads``.
       chunk_size: ``L`` (official 64).
       rope: RoPE on q and the chunk-end keys at chunk indices, base ``rope_theta``.
       max_decode_length: tokens whose chunk-end states ``step`` keeps.
     """
 
-    head_dim: int = 64
-    num_groups: int = 2
+    head_dim: int | None = None
+    num_groups: int | None = None
     chunk_size: int = 64
     rope: bool = True
     rope_theta: float = 10000.0
@@ -84,13 +86,12 @@ class RAT(MatrixMixer):
 
     def setup(self):
         check_chunk_size(self.chunk_size)
-        d = self.head_dim
-        if not isinstance(d, int) or d < 1 or self.d_model % d:
-            raise ValueError(f"head_dim={d!r} must be an int >= 1 dividing d_model={self.d_model}")
+        self.d = d = resolve_head_dim(self.d_model, self.head_dim, "head_dim", 64, "d_model")
         if self.rope and d % 2:
-            raise ValueError(f"rope needs an even head_dim, got head_dim={d}")
+            raise ValueError(f"rope needs an even head_dim, got head_dim={d}; set head_dim or "
+                             f"rope=False")
         self.heads = self.d_model // d
-        g = self.num_groups
+        self.groups = g = min(2, self.heads) if self.num_groups is None else self.num_groups
         if not isinstance(g, int) or g < 1 or self.heads % g:
             raise ValueError(f"num_groups={g!r} must be an int >= 1 dividing heads={self.heads}")
         if self.max_decode_length < 1:
@@ -104,7 +105,7 @@ class RAT(MatrixMixer):
     # ---- pieces -----------------------------------------------------------------------------
     def _project(self, x: Array) -> dict[str, Array]:
         """z ``(..., D)``; v, gate logits, q, k ``(..., heads, d)`` (q, k tiled from groups)."""
-        D, d, g = self.d_model, self.head_dim, self.num_groups
+        D, d, g = self.d_model, self.d, self.groups
         z, v, gate, q, k = jnp.split(self.in_proj(x), [D, 2 * D, 3 * D, 3 * D + g * d], axis=-1)
         lead = x.shape[:-1]
 
@@ -131,7 +132,7 @@ class RAT(MatrixMixer):
     def mix_fast(self, inputs):
         a = inputs.aux
         b, length = inputs.mask.shape
-        v = inputs.values.reshape(b, length, self.heads, self.head_dim)
+        v = inputs.values.reshape(b, length, self.heads, self.d)
         o = rat_attention(
             a["q"], a["k"], v, a["gate"], inputs.mask, self.chunk_size, **self._options()
         )
@@ -153,7 +154,7 @@ class RAT(MatrixMixer):
     # ---- recurrent path ---------------------------------------------------------------------
     def init_state(self, batch: int):
         slots = math.ceil(self.max_decode_length / self.chunk_size)
-        return rat_init_state(batch, slots, self.heads, self.head_dim)
+        return rat_init_state(batch, slots, self.heads, self.d)
 
     def step_fn(self, state, x_t, mask_t):
         p = self._project(x_t)

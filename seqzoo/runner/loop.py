@@ -44,7 +44,7 @@ from seqzoo.runner.optim import make_optimizer
 from seqzoo.runner.progress import completed, eval_bar
 from seqzoo.runner.resume import RESUMES_FILE, record_resume, resume_changes
 from seqzoo.runner.rundir import check_run_dir, start_run_dir, write_summary
-from seqzoo.runner.sharding import put_batch
+from seqzoo.runner.sharding import describe_devices, put_batch
 from seqzoo.runner.signals import RunInterrupted, StopSignals
 from seqzoo.runner.steps import eval_step_fn, evaluate, init_opt_state, train_step_fn
 
@@ -295,8 +295,8 @@ class _Trainer:
         try:
             self.log(
                 f"run {self.run_dir}: {built.cfg.task.name}, {param_count(self.params):,} "
-                f"parameters, mixers {built.model.layer_mixers()}, {built.mesh.size} "
-                f"{jax.default_backend()} device(s)"
+                f"parameters, mixers {built.model.layer_mixers()}, "
+                f"{describe_devices(built.mesh)}"
                 + (f", resuming after step {self.meta['step']}" if self.meta["step"] else "")
             )
             self.log(built.params_line())

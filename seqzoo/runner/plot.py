@@ -43,15 +43,39 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     return _save(fig, out)
 
 
-def plot_matrix(matrix: np.ndarray, out: str | Path, title: str) -> Path:
-    """Heatmap of ``matrix: (length, length)``: row i = output position, column j = input."""
+MATRIX_CMAP = "RdBu_r"
+MATRIX_LINTHRESH = 1e-3  # of max|M|: the symlog scale is linear within it
+
+
+def matrix_norm():
+    """The colour scale of every figure of M (``seqzoo materialize``, the notebooks): values
+    ``M / max|M|`` in [-1, 1] on a symmetric log scale, linear within ``MATRIX_LINTHRESH`` of
+    0, so entries decades below the largest still show (an SSM's decay away from the diagonal,
+    the off-diagonal blocks of a quasiseparable M) instead of only the diagonal."""
+    from matplotlib import colors
+
+    return colors.SymLogNorm(linthresh=MATRIX_LINTHRESH, vmin=-1, vmax=1)
+
+
+def show_matrix(ax, matrix: np.ndarray):
+    """Draws ``matrix / max|matrix|`` on ``ax`` in the shared colour scale; the image."""
+    limit = float(np.max(np.abs(matrix))) or 1.0
+    return ax.imshow(matrix / limit, cmap=MATRIX_CMAP, norm=matrix_norm(), interpolation="nearest")
+
+
+def matrix_figure(matrix: np.ndarray, title: str):
+    """Heatmap of ``matrix: (length, length)`` (row i = output position, column j = input) on
+    the symlog scale of :func:`matrix_norm`."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.2))
-    limit = float(np.max(np.abs(matrix))) or 1.0
-    image = ax.imshow(matrix, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-    fig.colorbar(image, ax=ax)
+    fig.colorbar(show_matrix(ax, matrix), ax=ax, label="M / max|M| (symlog)")
     ax.set(title=title, xlabel="input position j", ylabel="output position i")
-    return _save(fig, out)
+    return fig
+
+
+def plot_matrix(matrix: np.ndarray, out: str | Path, title: str) -> Path:
+    """Saves :func:`matrix_figure` of ``matrix`` as the PNG ``out``."""
+    return _save(matrix_figure(matrix, title), out)
 
 
 def _save(fig, out: str | Path) -> Path:

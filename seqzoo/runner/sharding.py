@@ -55,6 +55,19 @@ def make_mesh(cfg: MeshConfig) -> Mesh:
     return Mesh(np.array(devices[: data * seq]).reshape(data, seq), AXES)
 
 
+def describe_devices(mesh: Mesh) -> str:
+    """The devices of ``mesh`` for the run header: ``"8 cpu device(s)"``, or with the model where
+    it says more than the platform, e.g. ``"1 gpu device(s) (NVIDIA H100 80GB HBM3)"``. Which
+    devices JAX takes is set before it starts: ``JAX_PLATFORMS=cpu`` (or ``cuda``, ``tpu``),
+    ``CUDA_VISIBLE_DEVICES=0,1``."""
+    devices = list(mesh.devices.flat)
+    platforms = sorted({d.platform for d in devices})
+    kinds = sorted({d.device_kind for d in devices} - set(platforms))
+    return f"{len(devices)} {'/'.join(platforms)} device(s)" + (
+        f" ({', '.join(kinds)})" if kinds else ""
+    )
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

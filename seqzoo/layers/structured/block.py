@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInputs, zero_padded
-from seqzoo.layers.common import RMSNorm, dense, merge_heads, split_heads
+from seqzoo.layers.common import RMSNorm, dense, merge_heads, resolve_head_dim, split_heads
 from seqzoo.ops.short_conv import centered_depthwise_conv
 from seqzoo.ops.structured import blocked_matvec
 
@@ -74,7 +74,8 @@ class StructuredMixer(MatrixMixer):
 
     Attributes:
       expand: ``E = expand * d_model`` inner channels.
-      head_dim: channels per head (``heads = E / head_dim``); official ``headdim``.
+      head_dim: channels per head (``heads = E / head_dim``); official ``headdim`` (None: its
+        64, or ``E`` when narrower, one head).
       qk_dim: rank ``r`` of the per-position features (low rank, Cauchy, Vandermonde, attention).
       d_conv: width of the depthwise "same" convolution (odd).
       max_length: the official ``max_seq_len``: size of the data-independent parameters (a longer
@@ -82,7 +83,7 @@ class StructuredMixer(MatrixMixer):
     """
 
     expand: int = 2
-    head_dim: int = 64
+    head_dim: int | None = None
     qk_dim: int = 16
     d_conv: int = 7
     max_length: int = 128
@@ -90,16 +91,14 @@ class StructuredMixer(MatrixMixer):
     activate_features: ClassVar[bool] = False
 
     def setup(self):
-        for name in ("expand", "head_dim", "qk_dim", "d_conv", "max_length"):
+        for name in ("expand", "qk_dim", "d_conv", "max_length"):
             positive_int(getattr(self, name), name)
         if self.d_conv % 2 != 1:
             raise ValueError(f"d_conv must be odd for a 'same' convolution, got {self.d_conv}")
         self.inner = self.expand * self.d_model
-        if self.inner % self.head_dim:
-            raise ValueError(
-                f"head_dim={self.head_dim} must divide expand * d_model={self.inner}"
-            )
-        self.heads = self.inner // self.head_dim
+        self.heads = self.inner // resolve_head_dim(
+            self.inner, self.head_dim, "head_dim", 64, "expand * d_model"
+        )
         channels = self.inner + self.feature_width()
         bound = self.d_conv**-0.5  # PyTorch's Conv1d default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
         self.in_proj = dense(self.inner + channels, "in_proj", dtype=self.dtype)
