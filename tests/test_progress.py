@@ -108,7 +108,7 @@ def test_listops_generation_shows_its_progress_on_a_terminal(monkeypatch, capsys
     kwargs = dict(num_train=40, num_val=4, num_test=4, min_length=10, max_length=60, workers=1,
                   cache_dir=None)
     generate_listops(**kwargs)
-    assert "\r\033[KListOps: 48/48" in capsys.readouterr().err
+    assert "\r\033[KListOps train: 40/40" in capsys.readouterr().err
     with progress_output(False):
         generate_listops(**kwargs)
     assert capsys.readouterr().err == ""
