@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqzoo.ops.fft_conv import bidirectional_conv, causal_conv, fft_causal_conv
+from seqzoo.ops.conv import bidirectional_conv, causal_conv, fft_causal_conv
 
 causal_jit = jax.jit(causal_conv)
 bidirectional_jit = jax.jit(bidirectional_conv)
