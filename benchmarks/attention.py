@@ -6,7 +6,7 @@
    path on the same values (relative L2 error of the output and of dq, dk, dv), over padding
    masks (none, right, left, holes, an empty row), causal / not, a causal window, GQA.
 2. Speed: forward and forward+backward (gradients of ``sum(o * cos(arange(d)))`` w.r.t. q, k,
-   v) of ``auto``, of ``impl="xla"``, of torch's ``scaled_dot_product_attention`` (when torch
+   v) of ``auto``, of ``impl="parallel"``, of torch's ``scaled_dot_product_attention`` (when torch
    with CUDA is importable) and of tokamax's kernels (``mosaic``, ``triton``: when tokamax is
    importable) on the same shapes, median of repeated timings; bf16, and float32 rows.
 3. Memory: XLA's temporary allocation for forward+backward of ``auto`` at growing lengths.
@@ -26,8 +26,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from kernel_harness import median_ms  # noqa: E402
 
-from seqzoo.ops.attention import dot_product_attention  # noqa: E402
-from seqzoo.ops.fused_attention import attention_impl  # noqa: E402
+from seqzoo.ops.attention import (
+    attention_impl,  # noqa: E402
+    dot_product_attention,  # noqa: E402
+)
 
 
 def qkv(b, l, h, kv, d, dtype, seed=0):
@@ -75,12 +77,12 @@ def accuracy(shape) -> None:
             if names is not None and name not in names:
                 continue
             got = jax.jit(jax.value_and_grad(loss_fn("auto", mask, options), (0, 1, 2)))
-            ref = jax.jit(jax.value_and_grad(loss_fn("xla", mask, options), (0, 1, 2)))
+            ref = jax.jit(jax.value_and_grad(loss_fn("parallel", mask, options), (0, 1, 2)))
             o = jax.jit(functools.partial(dot_product_attention, mask=mask, **options))
             _, g = got(q, k, v)
             up = [x.astype(jnp.float32) for x in (q, k, v)]
             _, g_ref = ref(*up)
-            o_ref = jax.jit(functools.partial(dot_product_attention, mask=mask, impl="xla",
+            o_ref = jax.jit(functools.partial(dot_product_attention, mask=mask, impl="parallel",
                                               **options))(*up)
             errs = [rel(o(q, k, v).astype(jnp.float32), o_ref)]
             errs += [rel(x.astype(jnp.float32), y) for x, y in zip(g, g_ref, strict=True)]
@@ -94,7 +96,7 @@ def peer_accuracy(shape) -> None:
     """tokamax's kernels, causal without a mask, against the float32 XLA path."""
     b, l, h, kv, d = shape
     print(f"## accuracy of tokamax, causal, against float32 xla, {shape}")
-    ref = jax.jit(jax.value_and_grad(loss_fn("xla", None, {"causal": True}), (0, 1, 2)))
+    ref = jax.jit(jax.value_and_grad(loss_fn("parallel", None, {"causal": True}), (0, 1, 2)))
     for implementation, dtype in [("mosaic", jnp.bfloat16), ("triton", jnp.bfloat16),
                                   ("triton", jnp.float32)]:
         attend = tokamax_attention(implementation, True, None)
@@ -109,7 +111,7 @@ def peer_accuracy(shape) -> None:
             print(f"{implementation} {jnp.dtype(dtype).name}: failed ({type(e).__name__}: "
                   f"{str(e).splitlines()[0][:80]})", flush=True)
             continue
-        o_ref = jax.jit(functools.partial(dot_product_attention, causal=True, impl="xla"))(*up)
+        o_ref = jax.jit(functools.partial(dot_product_attention, causal=True, impl="parallel"))(*up)
         errs = [rel(o.astype(jnp.float32), o_ref)]
         errs += [rel(x.astype(jnp.float32), y) for x, y in zip(g, ref(*up)[1], strict=True)]
         print(f"{implementation} {jnp.dtype(dtype).name}: o {errs[0]:.1e} dq {errs[1]:.1e} "
@@ -175,7 +177,7 @@ def speed(shapes, repeats) -> None:
         mask = masks(b, l)[mask_name] if mask_name != "all valid" else jnp.ones((b, l), bool)
         options = {"causal": causal, "window": window}
         cells = [attention_impl("auto", dtype, d, **options)[0]]
-        for impl in ("auto", "xla"):
+        for impl in ("auto", "parallel"):
             attend = functools.partial(dot_product_attention, mask=mask, impl=impl, **options)
             cells += timed_cells(attend, loss_fn(impl, mask, options), (q, k, v), repeats)
         plain = mask_name == "none"

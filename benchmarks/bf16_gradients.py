@@ -21,8 +21,7 @@ import numpy as np
 
 from seqzoo.ops.linear_attention import linear_attention
 from seqzoo.ops.quasiseparable import quasiseparable
-from seqzoo.ops.recurrence import linear_recurrence
-from seqzoo.ops.selective_scan import selective_scan
+from seqzoo.ops.scan import linear_recurrence, selective_scan
 from seqzoo.ops.ssd import ssd
 
 BF16 = jnp.bfloat16
@@ -143,7 +142,7 @@ def run_linear_attention(shape, decay: str | None):
         diff += ("log_decay",)
     g = normal(k[4], (b, l, h, d))
     return [("seqzoo pallas", errors(functools.partial(linear_attention, impl="pallas"),
-                                     functools.partial(linear_attention, impl="chunk"),
+                                     functools.partial(linear_attention, impl="chunked"),
                                      args, diff, g, ("log_decay",)))]
 
 

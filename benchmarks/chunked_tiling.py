@@ -28,7 +28,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from kernel_harness import median_ms  # noqa: E402
 
-from seqzoo.kernels.chunked_linear_attention import gated_linear_attention  # noqa: E402
 from seqzoo.kernels.chunked_pass import Tiling  # noqa: E402
 from seqzoo.kernels.chunked_tiling import (  # noqa: E402
     device_limit,
@@ -36,6 +35,7 @@ from seqzoo.kernels.chunked_tiling import (  # noqa: E402
     shared_memory_bytes,
 )
 from seqzoo.ops.linear_attention import linear_attention  # noqa: E402
+from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention  # noqa: E402
 
 
 def inputs(b, t, h, widths, decay):
@@ -96,7 +96,7 @@ def check_resolved(decay) -> None:
         q, k, v, g = inputs(2, 300, 2, widths, decay)
         args = (q[0], k[0], v[0]) + (() if decay is None else (g[0],))
         errs = []
-        for impl in ("pallas", "chunk"):
+        for impl in ("pallas", "chunked"):
             def loss(*a, impl=impl):
                 o = linear_attention(*a[:3], log_decay=a[3] if len(a) > 3 else None, impl=impl)
                 return jnp.sum(o.astype(jnp.float32) * jnp.cos(jnp.arange(o.shape[-1])))

@@ -41,8 +41,8 @@ from jax.sharding import PartitionSpec as P
 from kernel_harness import median_ms  # benchmarks/ is on sys.path when a script runs
 
 import seqzoo
+from seqzoo.ops.attention.sequence_parallel import sharded_attention
 from seqzoo.parallel import sequence_parallel, shard_map
-from seqzoo.parallel.ring_attention import sharded_attention
 
 F32 = 4
 HEADS, STATE, HEADDIM, CHUNK = 4, 16, 16, 64

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from seqzoo.ops import attention as attention_op
-from seqzoo.ops.attention import dot_product_attention
-from seqzoo.ops.fused_attention import attention_impl, fused_attention
+from seqzoo.ops.attention import attention_impl, dot_product_attention
+from seqzoo.ops.attention.cudnn import fused_attention
 
 B, L, H, D = 2, 13, 4, 8
 
@@ -53,7 +53,7 @@ def test_lengths_and_gathers_equal_the_masked_reference(mask_name, causal, windo
 
     def reference(q, k, v):
         return dot_product_attention(q, k, v, causal=causal, window=window, mask=mask,
-                                     impl="xla")
+                                     impl="parallel")
 
     np.testing.assert_allclose(fused(*args), reference(*args), atol=1e-6)
     for name, got, want in zip("qkv", gradients(fused, args), gradients(reference, args),
@@ -71,12 +71,12 @@ GPU = {"backend": "gpu", "compute_capability": "9.0"}
     (dict(dtype=jnp.float16, head_dim=64, causal=False), "cudnn", "flash"),
     (dict(dtype=jnp.bfloat16, head_dim=64, causal=True, window=128), "cudnn", "flash"),
     (dict(dtype=jnp.bfloat16, head_dim=256, causal=True), "cudnn", "flash"),
-    (dict(dtype=jnp.float32, head_dim=64, causal=True), "xla", "no float32 kernel"),
-    (dict(dtype=jnp.bfloat16, head_dim=60, causal=True), "xla", "multiple of 8"),
-    (dict(dtype=jnp.bfloat16, head_dim=64, causal=True, window=8, num_sinks=2), "xla",
+    (dict(dtype=jnp.float32, head_dim=64, causal=True), "parallel", "no float32 kernel"),
+    (dict(dtype=jnp.bfloat16, head_dim=60, causal=True), "parallel", "multiple of 8"),
+    (dict(dtype=jnp.bfloat16, head_dim=64, causal=True, window=8, num_sinks=2), "parallel",
      "sinks"),
-    (dict(dtype=jnp.bfloat16, head_dim=64, causal=True, segment_ids=True), "xla", "packed"),
-    (dict(dtype=jnp.bfloat16, head_dim=64, causal=False, window=8), "xla", "causal only"),
+    (dict(dtype=jnp.bfloat16, head_dim=64, causal=True, segment_ids=True), "parallel", "packed"),
+    (dict(dtype=jnp.bfloat16, head_dim=64, causal=False, window=8), "parallel", "causal only"),
 ])
 def test_auto_policy_on_a_gpu(options, expected, why):
     chosen, reason = attention_impl("auto", **options, **GPU)
@@ -84,14 +84,18 @@ def test_auto_policy_on_a_gpu(options, expected, why):
 
 
 def test_auto_policy_elsewhere_and_explicit_choices():
-    assert attention_impl("auto", jnp.bfloat16, 64, causal=True, backend="cpu")[0] == "xla"
+    assert attention_impl("auto", jnp.bfloat16, 64, causal=True, backend="cpu")[0] == "parallel"
     assert attention_impl("auto", jnp.bfloat16, 256, causal=True, backend="gpu",
-                          compute_capability="8.0")[0] == "xla"  # Ampere: d <= 128
-    assert attention_impl("xla", jnp.bfloat16, 64, causal=True, **GPU) == ("xla", "asked for")
-    assert attention_impl("auto", jnp.bfloat16, 64, causal=True)[0] == "xla"  # this CPU
+                          compute_capability="8.0")[0] == "parallel"  # Ampere: d <= 128
+    assert attention_impl("parallel", jnp.bfloat16, 64, causal=True, **GPU) == (
+        "parallel", "asked for")
+    with pytest.warns(DeprecationWarning):  # the old name of "parallel"
+        assert attention_impl("xla", jnp.bfloat16, 64, causal=True, **GPU) == (
+            "parallel", "asked for")
+    assert attention_impl("auto", jnp.bfloat16, 64, causal=True)[0] == "parallel"  # this CPU
     chosen, why = attention_impl("auto", jnp.bfloat16, 64, causal=True, backend="gpu",
                                  compute_capability="gfx90a")  # ROCm: no cuDNN
-    assert chosen == "xla" and "NVIDIA" in why
+    assert chosen == "parallel" and "NVIDIA" in why
 
 
 def test_auto_routes_to_the_fused_wrapper(monkeypatch):
@@ -108,5 +112,5 @@ def test_auto_routes_to_the_fused_wrapper(monkeypatch):
     mask = padding("left")
     got = dot_product_attention(q, k, v, causal=True, mask=mask)
     assert calls and calls[0]["mask"] is mask
-    want = dot_product_attention(q, k, v, causal=True, mask=mask, impl="xla")
+    want = dot_product_attention(q, k, v, causal=True, mask=mask, impl="parallel")
     np.testing.assert_allclose(got, want, atol=1e-6)

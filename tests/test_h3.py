@@ -14,7 +14,7 @@ import pytest
 
 import seqzoo
 from seqzoo.layers.h3 import shift_kernel
-from seqzoo.ops.hippo import s4d_init
+from seqzoo.ops.s4 import s4d_init
 
 D_MODEL, N, LENGTH = 4, 4, 10
 

@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqzoo.kernels import chunked_linear_attention, launch
-from seqzoo.kernels.chunked_linear_attention import choose, gated_linear_attention, kernel_impl
 from seqzoo.kernels.chunked_pass import Tiling
-from seqzoo.ops.linear_attention import linear_attention
+from seqzoo.ops.dispatch import resolve
+from seqzoo.ops.linear_attention import linear_attention, pallas_gpu
+from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention
 from seqzoo.ops.quasiseparable import quasiseparable
 from seqzoo.ops.ssd import ssd
 
@@ -82,9 +82,9 @@ def test_linear_attention_matches_xla_and_recurrence(decay, dtype):
     got = value_and_grads(partial(attention, "pallas"), args, cot)
     tol = F32_TOL if dtype == jnp.float32 else BF16_TOL
     assert got[0][0].dtype == dtype
-    assert_close(got, value_and_grads(partial(attention, "chunk"), args, cot), tol)
+    assert_close(got, value_and_grads(partial(attention, "chunked"), args, cot), tol)
     if dtype == jnp.float32:
-        assert_close(got, value_and_grads(partial(attention, "recurrent"), args, cot), tol)
+        assert_close(got, value_and_grads(partial(attention, "sequential"), args, cot), tol)
 
 
 @pytest.mark.parametrize("decay", ["head", "key"])
@@ -93,7 +93,7 @@ def test_strong_decay_is_finite_and_exact(decay):
     args, rng = attention_inputs(decay, jnp.float32, strength=20.0, t=50, seed=1)
     cot = (normal(rng, 2, 50, 2, 16), normal(rng, 2, 2, 16, 16))
     got = value_and_grads(partial(attention, "pallas"), args, cot)
-    assert_close(got, value_and_grads(partial(attention, "recurrent"), args, cot), F32_TOL)
+    assert_close(got, value_and_grads(partial(attention, "sequential"), args, cot), F32_TOL)
 
 
 def test_vmap_and_packed_fallback():
@@ -101,40 +101,16 @@ def test_vmap_and_packed_fallback():
     (q, k, v, g, _), _ = attention_inputs("head", jnp.float32, t=20, seed=2)
     run = jax.jit(jax.vmap(lambda q, k, v, g: linear_attention(
         q[None], k[None], v[None], log_decay=g[None], chunk_size=16, impl="pallas")[0]))
-    want = linear_attention(q, k, v, log_decay=g, chunk_size=16, impl="chunk")
+    want = linear_attention(q, k, v, log_decay=g, chunk_size=16, impl="chunked")
     assert_close(run(q, k, v, g), want, F32_TOL)
     ids = jnp.array([[0] * 9 + [1] * 11] * 2)
-    assert choose("pallas", xla="chunk", dims=(16, 16), dtypes=(), segment_ids=ids) == "chunk"
-    assert choose("auto", xla="chunk", dims=(16, 16), dtypes=(jnp.bfloat16,)) == "chunk"  # CPU
-
-
-H200 = 232_448  # opt-in shared memory per block, compute capability 9.0 (H100 and H200)
-
-
-@pytest.mark.parametrize(
-    "dtypes, dims, per_key, limit, expected, why",
-    [
-        ((jnp.bfloat16, jnp.bfloat16), (64, 64), False, H200, "pallas", "shared memory"),
-        ((jnp.float16,), (128, 128), False, H200, "pallas", "shared memory"),
-        ((jnp.bfloat16,), (153, 64), False, H200, "chunk", "measured up to 128"),  # Based
-        ((jnp.bfloat16, jnp.float32), (64, 64), False, H200, "chunk", "float32"),
-        ((jnp.float32,), (64, 64), False, H200, "chunk", "float32"),
-        ((jnp.bfloat16,), (64, 64), True, H200, "chunk", "per-key"),
-        ((jnp.bfloat16,), (128, 128), False, 20_000, "chunk", "no tiling"),
-    ],
-)
-def test_auto_on_a_gpu_takes_the_kernel_where_it_is_faster_and_fits(
-    monkeypatch, dtypes, dims, per_key, limit, expected, why
-):
-    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
-    monkeypatch.setattr(chunked_linear_attention, "device_limit", lambda: limit)
-    chosen, reason = kernel_impl("auto", xla="chunk", dims=dims, dtypes=dtypes, per_key=per_key)
-    assert chosen == expected and why in reason
-    assert choose("chunk", xla="chunk", dims=dims, dtypes=dtypes, per_key=per_key) == "chunk"
+    facts = dict(dims=(16, 16), dtypes=(jnp.bfloat16,))
+    assert resolve("linear_attention", "pallas", **facts, segment_ids=ids).impl == "chunked"
+    assert resolve("linear_attention", "auto", **facts).impl == "chunked"  # CPU
 
 
 def test_pallas_where_no_tiling_fits_says_why(monkeypatch):
-    monkeypatch.setattr(chunked_linear_attention, "device_limit", lambda: 1_000)
+    monkeypatch.setattr(pallas_gpu, "device_limit", lambda: 1_000)
     (q, k, v, g, _), _ = attention_inputs("key", jnp.bfloat16)
     with pytest.raises(ValueError, match="no tiling of the chunked kernel fits 1000 bytes"):
         linear_attention(q, k, v, log_decay=g, impl="pallas")

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from test_ops_recurrence import loss, make_inputs, reference
 
-from seqzoo.kernels import linear_recurrence as kernel
 from seqzoo.kernels.launch import kernels_compiled
-from seqzoo.ops.recurrence import linear_recurrence
+from seqzoo.ops.scan import linear_recurrence
+from seqzoo.ops.scan import pallas_gpu_recurrence as kernel
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

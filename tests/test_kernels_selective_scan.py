@@ -23,8 +23,8 @@ from test_ops_selective_scan import (
     value_and_vjp,
 )
 
-from seqzoo.kernels import selective_scan as kernel
-from seqzoo.ops.selective_scan import selective_scan
+from seqzoo.ops.scan import pallas_gpu_selective as kernel
+from seqzoo.ops.scan import selective_scan
 
 PALLAS = partial(selective_scan, delta_softplus=True, return_final_state=True, impl="pallas")
 REFERENCE = partial(reference, delta_softplus=True)

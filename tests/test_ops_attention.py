@@ -178,7 +178,8 @@ def test_bad_input():
 
 
 def test_segment_positions_restart_per_run_and_skip_padding():
-    from seqzoo.ops.attention import segment_positions, segment_runs
+    from seqzoo.ops.attention import segment_positions
+    from seqzoo.ops.segments import segment_runs
 
     seg = jnp.array([[0, 0, 0, 1, 1, 0, 0]])
     mask = jnp.array([[True, False, True, True, True, True, False]])

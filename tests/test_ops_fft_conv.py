@@ -5,7 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqzoo.ops.fft_conv import bidirectional_conv, causal_conv, fft_causal_conv
+from seqzoo.ops.conv import (
+    anticausal_toeplitz,
+    bidirectional_conv,
+    causal_conv,
+    causal_toeplitz,
+    fft_causal_conv,
+)
 
 causal_jit = jax.jit(causal_conv)
 bidirectional_jit = jax.jit(bidirectional_conv)
@@ -150,3 +156,21 @@ _U, _K = np.zeros((2, 5, 3)), np.zeros((3, 5))
 def test_bad_arguments_raise_value_error_naming_them(call, argument):
     with pytest.raises(ValueError, match=argument):
         call()
+
+
+@pytest.mark.parametrize("length", [1, 2, 7])
+def test_causal_and_anticausal_toeplitz_are_the_conv_matrices(length):
+    """The one Toeplitz builder: the matrices of ``causal_conv`` and of ``bidirectional_conv``'s
+    backward half, entry by entry and applied to a signal."""
+    k = random(3, 2, 3, length + 1).astype(np.float32)  # (channels, h, taps), more than needed
+    t_causal = np.asarray(causal_toeplitz(jnp.asarray(k), length))
+    t_back = np.asarray(anticausal_toeplitz(jnp.asarray(k), length))
+    for i in range(length):
+        for j in range(length):
+            assert (t_causal[..., i, j] == (k[..., i - j] if j <= i else 0.0)).all()
+            assert (t_back[..., i, j] == (k[..., j - i - 1] if j > i else 0.0)).all()
+    u = random(4, 2, length, 3)
+    np.testing.assert_allclose(np.einsum("chtj,bjh->btch", t_causal, u), direct_causal(u, k),
+                               atol=1e-5)
+    np.testing.assert_allclose(np.einsum("chtj,bjh->btch", t_back, u), direct_backward(u, k),
+                               atol=1e-5)

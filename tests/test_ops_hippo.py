@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from seqzoo.ops.hippo import hippo, nplr, rank_correction, s4d_init
+from seqzoo.ops.s4 import hippo, nplr, rank_correction, s4d_init
 
 
 def legs_by_entries(n):

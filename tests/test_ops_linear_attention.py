@@ -10,7 +10,7 @@ import pytest
 from seqzoo.ops.feature_maps import feature_map, feature_size
 from seqzoo.ops.linear_attention import linear_attention, linear_attention_step
 
-IMPLS = ["chunk", "parallel", "recurrent"]
+IMPLS = ["chunked", "parallel", "sequential"]
 DECAYS = [None, "head", "key"]
 
 
@@ -60,7 +60,7 @@ def test_forward_matches_reference(impl, t, decay):
 
 
 @pytest.mark.parametrize("decay", DECAYS, ids=lambda d: f"decay-{d}")
-@pytest.mark.parametrize("impl", ["chunk", "parallel"])
+@pytest.mark.parametrize("impl", ["chunked", "parallel"])
 def test_gradients_match_recurrent(impl, decay):
     """Gradients of every input (initial state and decays included) against the scan form."""
     q, k, v, g, s0 = make(1, 21, 2, 4, 3, decay, seed=1)
@@ -82,7 +82,7 @@ def test_gradients_match_recurrent(impl, decay):
 
     argnums = (1, 2, 3, 5) if g is None else (1, 2, 3, 4, 5)  # every array input
     got = jax.grad(loss, argnums=argnums)(impl, q, k, v, g, s0)
-    want = jax.grad(loss, argnums=argnums)("recurrent", q, k, v, g, s0)
+    want = jax.grad(loss, argnums=argnums)("sequential", q, k, v, g, s0)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 

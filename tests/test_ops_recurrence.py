@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqzoo.ops.recurrence import linear_recurrence, segment_starts
+from seqzoo.ops.scan import linear_recurrence
+from seqzoo.ops.segments import segment_starts
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 IMPLS = ["associative", "sequential"]

@@ -12,9 +12,7 @@ import pytest
 import scipy.linalg
 
 from seqzoo.ops.complex_params import complex_normal, from_real_pair, to_real_pair
-from seqzoo.ops.hippo import nplr, s4d_init
-from seqzoo.ops.s4_dplr_kernel import cauchy, s4_dplr_c_tilde, s4_dplr_kernel
-from seqzoo.ops.s4d_kernel import s4d_kernel
+from seqzoo.ops.s4 import cauchy, nplr, s4_dplr_c_tilde, s4_dplr_kernel, s4d_init, s4d_kernel
 
 # Jitted once per shape: much faster than eager op-by-op dispatch, and how the layers call them.
 s4d_jit = jax.jit(s4d_kernel, static_argnames=("L", "disc"))

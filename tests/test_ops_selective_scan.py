@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqzoo.ops.selective_scan import selective_scan, selective_scan_step
+from seqzoo.ops.scan import selective_scan, selective_scan_step
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 BATCH, D_INNER, N = 2, 8, 4

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqzoo.ops.short_conv import (
+from seqzoo.ops.conv import (
     causal_depthwise_conv,
     centered_depthwise_conv,
     conv_init_buffer,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from seqzoo.ops import structured as ops
+from seqzoo.ops.conv.toeplitz import toeplitz_matrix, toeplitz_matvec
 
 RNG = np.random.default_rng(0)
 
@@ -28,14 +29,14 @@ def apply_np(m, v):
 @pytest.mark.parametrize("length", [1, 2, 5, 17])
 def test_toeplitz_matrix_and_fft_matvec(length):
     kernel = rand(1, 3, 2 * length - 1)  # c[d] at L - 1 + d, batch 1 broadcasts
-    m = np.asarray(ops.toeplitz_matrix(kernel))
+    m = np.asarray(toeplitz_matrix(kernel))
     for i in range(length):
         for j in range(length):
             assert m[0, :, i, j].tolist() == kernel[0, :, length - 1 + i - j].tolist()
     v = rand(2, length, 3, 4)
-    close(ops.toeplitz_matvec(kernel, v), apply_np(m, v))
+    close(toeplitz_matvec(kernel, v), apply_np(m, v))
     kernel2 = rand(2, 3, 2 * length - 1)  # one kernel per batch row
-    close(ops.toeplitz_matvec(kernel2, v), apply_np(np.asarray(ops.toeplitz_matrix(kernel2)), v))
+    close(toeplitz_matvec(kernel2, v), apply_np(np.asarray(toeplitz_matrix(kernel2)), v))
 
 
 def test_low_rank_matrix_and_matvec():

@@ -13,8 +13,8 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec
 
 from seqzoo.config import ExperimentConfig, MeshConfig, apply_overrides, from_dict, to_toml
+from seqzoo.ops.conv import causal_depthwise_conv
 from seqzoo.ops.linear_attention import linear_attention
-from seqzoo.ops.short_conv import causal_depthwise_conv
 from seqzoo.parallel import pad_to_shards, padded_length, sequence_axis, sequence_parallel
 from seqzoo.runner.build import check_config
 from seqzoo.runner.sharding import mesh_shape, pad_batch, state_shardings

@@ -35,11 +35,11 @@ from jax.sharding import PartitionSpec as P
 
 from seqzoo.models import SequenceModel
 from seqzoo.ops.attention import dot_product_attention
+from seqzoo.ops.attention.sequence_parallel import sharded_attention
+from seqzoo.ops.conv import causal_depthwise_conv, centered_depthwise_conv
 from seqzoo.ops.linear_attention import linear_attention
 from seqzoo.ops.quasiseparable import quasiseparable
-from seqzoo.ops.recurrence import linear_recurrence
-from seqzoo.ops.selective_scan import selective_scan
-from seqzoo.ops.short_conv import causal_depthwise_conv, centered_depthwise_conv
+from seqzoo.ops.scan import linear_recurrence, selective_scan
 from seqzoo.ops.ssd import ssd
 from seqzoo.parallel import (
     SEQUENCE_PARALLEL_MIXERS,
@@ -48,7 +48,6 @@ from seqzoo.parallel import (
     shard_map,
 )
 from seqzoo.parallel.context import sequence_axis
-from seqzoo.parallel.ring_attention import sharded_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS, BATCH = 4, 4  # (data=2, seq=4): two rows per data shard
@@ -158,7 +157,7 @@ def check_linear_attention(length):
 
     def fn(scalar, per_key, **a):
         runs = [
-            linear_attention(**a, log_decay=g, return_final_state=even, impl="recurrent")
+            linear_attention(**a, log_decay=g, return_final_state=even, impl="sequential")
             for g in (None, scalar, per_key)
         ]
         return jax.tree.map(lambda *r: jnp.concatenate(r, axis=-1), *runs)
@@ -287,10 +286,10 @@ MIXER_CONFIG = {  # small, and the scans' quick-to-compile impls (the ops are im
     "hydra": {"d_state": 4, "headdim": 4, "impl": "sequential"},
     "attention": {"num_heads": 2, "num_kv_heads": 1},
     "bidirectional_attention": {"num_heads": 2},
-    "linear_attention": {"num_heads": 2, "impl": "recurrent"},
-    "retnet": {"num_heads": 2, "impl": "recurrent"},
-    "gla": {"num_heads": 2, "gate_low_rank": 4, "impl": "recurrent"},
-    "based": {"num_heads": 2, "key_dim": 4, "impl": "recurrent"},
+    "linear_attention": {"num_heads": 2, "impl": "sequential"},
+    "retnet": {"num_heads": 2, "impl": "sequential"},
+    "gla": {"num_heads": 2, "gate_low_rank": 4, "impl": "sequential"},
+    "based": {"num_heads": 2, "key_dim": 4, "impl": "sequential"},
 }
 MODELS = {  # between them, every mixer of SEQUENCE_PARALLEL_MIXERS
     # causal: convs, scans, RoPE in attention, learned positions

@@ -17,7 +17,7 @@ import pytest
 from scipy.special import erf
 
 import seqzoo
-from seqzoo.ops.hippo import nplr, s4d_init
+from seqzoo.ops.s4 import nplr, s4d_init
 
 D_MODEL, N, LENGTH = 4, 6, 11
 

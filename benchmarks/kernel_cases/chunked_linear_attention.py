@@ -18,12 +18,12 @@ import jax
 import jax.numpy as jnp
 from kernel_harness import Case, floor_ms
 
-from seqzoo.kernels.chunked_linear_attention import gated_linear_attention
 from seqzoo.kernels.chunked_pass import Tiling
-from seqzoo.kernels.chunked_ssd import ssd_kernel
 from seqzoo.ops.linear_attention import linear_attention
+from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention
 from seqzoo.ops.quasiseparable import quasiseparable
 from seqzoo.ops.ssd import ssd
+from seqzoo.ops.ssd.pallas_gpu import ssd_kernel
 
 SHAPES = [(4, 2048, 16, 128), (4, 4096, 64, 128), (8, 1024, 8, 64)]
 SCALING = [(65536 // t, t, 16, 128) for t in (1024, 2048, 4096, 8192, 16384, 32768, 65536)]
@@ -126,7 +126,7 @@ def attention_case(shape, kind, mode, *, with_xla=True) -> Case:
 
     variants = {}
     if with_xla:
-        variants["xla"] = _jax_variant(op("chunk"), args, do, mode)
+        variants["xla"] = _jax_variant(op("chunked"), args, do, mode)
     variants["pallas"] = _jax_variant(op("pallas"), args, do, mode)
     fla = _fla_variant(kind, mode, q, k, v, g, do)
     if fla is not None:

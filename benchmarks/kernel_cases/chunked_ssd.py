@@ -1,7 +1,7 @@
 """Mamba-2's SSD and Hydra's quasiseparable mixer on the chunked linear-attention kernels.
 
 Variants: ``xla`` (the ops' chunked XLA path, ``impl="chunked"``, the reference) and ``pallas``
-(``impl="pallas"``: ``seqzoo.kernels.chunked_ssd``). Inputs as the layers pass them: x, B, C in
+(``impl="pallas"``: ``seqzoo.ops.ssd.pallas_gpu``). Inputs as the layers pass them: x, B, C in
 the layer's dtype, dt after softplus in f32, A = -1 .. -heads, one group of B and C. Forward,
 and forward+backward as the gradients of ``sum(y * g)`` w.r.t. x, dt, B and C. Shapes
 (batch, length, heads, headdim, state): Hydra's and Mamba-2's at ListOps in

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from kernel_harness import Case, floor_ms
 from parallel_compile import precompile
 
-from seqzoo.kernels import linear_recurrence as kernel
-from seqzoo.ops.recurrence import linear_recurrence
+from seqzoo.ops.scan import linear_recurrence
+from seqzoo.ops.scan import pallas_gpu_recurrence as kernel
 
 MAIN = (8, 4096, 2048)
 SCALING = [(32, 1024, 2048), (16, 2048, 2048), (8, 4096, 2048), (4, 8192, 2048),

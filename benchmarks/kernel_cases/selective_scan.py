@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from kernel_harness import Case, floor_ms
 from parallel_compile import precompile
 
-from seqzoo.kernels import selective_scan as kernel
-from seqzoo.ops.selective_scan import selective_scan
+from seqzoo.ops.scan import pallas_gpu_selective as kernel
+from seqzoo.ops.scan import selective_scan
 
 MAIN = (4, 2048, 2048, 16)  # batch, length, d, n
 SWEEP = {"fwd": [(32, 16, 4), (16, 8, 2), (64, 8, 4)], "fwd+bwd": [(32, 16, 4), (16, 8, 2)]}

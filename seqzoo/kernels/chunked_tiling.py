@@ -50,6 +50,12 @@ CANDIDATES = {  # in order of preference; the first is what the kernel was tuned
 }
 
 
+def padded_width(d: int) -> int:
+    """The smallest power of two >= max(d, 16): the key or value width the kernel runs at
+    (Triton's matmuls take powers of two of at least 16)."""
+    return max(16, 1 << (d - 1).bit_length())
+
+
 def kind_of(decay: str | None) -> str:
     """``"per_dimension"`` for per-key decays (sub-chunks), ``"whole"`` otherwise."""
     return "per_dimension" if decay == "key" else "whole"

@@ -2,8 +2,9 @@
 
 Every kernel is written once for Pallas' Triton lowering (the GPU target reachable from both
 jax 0.10 and 0.11) and runs in Pallas *interpret* mode on CPU, which is how the normal test suite
-checks it against the pure-JAX op it must equal. ``impl="auto"`` on an op picks the kernel only
-where it is compiled (a GPU); elsewhere "auto" keeps the XLA path.
+checks it against the pure-JAX op it must equal. ``impl="auto"`` on an op picks a kernel only
+where it is compiled (a GPU; ``seqzoo.ops.dispatch`` holds the rules); elsewhere "auto" keeps
+the XLA path.
 """
 
 from __future__ import annotations
@@ -25,13 +26,6 @@ warnings.filterwarnings("ignore", message=".*Pallas Triton backend is deprecated
 def kernels_compiled() -> bool:
     """True where Pallas kernels are compiled (a GPU); False where they would be interpreted."""
     return jax.default_backend() in GPU_BACKENDS
-
-
-def pick(impl: str, *, kernel: str, xla: str) -> str:
-    """Resolve ``impl="auto"``: the kernel's name on a GPU, the XLA implementation's elsewhere."""
-    if impl != "auto":
-        return impl
-    return kernel if kernels_compiled() else xla
 
 
 def pallas_call(kernel, *, num_warps: int = 4, num_stages: int = 1, **kwargs):

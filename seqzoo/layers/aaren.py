@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, zero_padded
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import dense, merge_heads, split_heads
 from seqzoo.ops.aaren import causal_softmax_init, causal_softmax_scan, causal_softmax_step
 from seqzoo.ops.attention import attention_mask, attention_probs, valid_positions
-from seqzoo.registry import register_mixer
 
 Array = jax.Array
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, zero_padded
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import dense, merge_heads, split_heads
 from seqzoo.ops.attention import (
     attention_mask,
@@ -37,7 +38,6 @@ from seqzoo.ops.attention import (
     segment_positions,
 )
 from seqzoo.ops.rope import apply_rope
-from seqzoo.registry import register_mixer
 
 Array = jax.Array
 
@@ -54,8 +54,8 @@ class Attention(MatrixMixer):
       num_sinks: StreamingLLM attention sinks kept visible beside the window (needs ``window``).
       rope: rotary position embedding on q and k (half-split layout), base ``rope_theta``.
       max_decode_length: KV-cache slots for ``step`` when there is no window.
-      impl: ``auto | xla | cudnn``; ``auto`` takes cuDNN's flash attention on a GPU where it
-        applies (``seqzoo.ops.fused_attention.attention_impl`` says why it picks what it picks).
+      impl: ``auto | parallel | cudnn``; ``auto`` takes cuDNN's flash attention on a GPU where it
+        applies (``seqzoo.ops.attention_impl`` says why it picks what it picks).
     """
 
     num_heads: int = 4

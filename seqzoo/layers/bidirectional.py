@@ -19,6 +19,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
+from seqzoo.layers.catalog import build_mixer, mixer_entry, mixer_info
 from seqzoo.parallel.collectives import flip_sequence
 from seqzoo.parallel.context import sequence_axis
 
@@ -46,15 +47,11 @@ class Bidirectional(MatrixMixer):
 
     def length_limit(self) -> int | None:
         """The inner mixer's bound (e.g. ``bi:hyena``'s ``max_length``), or None."""
-        from seqzoo.registry import mixer_entry
-
         inner = mixer_entry(self.mixer).cls(d_model=self.d_model, parent=None, **dict(self.config))
         return inner.length_limit()  # an unbound copy (parent=None): only its options are read
 
     @property
     def info(self) -> MixerInfo:
-        from seqzoo.registry import mixer_info
-
         inner = mixer_info(self.mixer)
         structure = "quasiseparable" if inner.structure == "semiseparable" else inner.structure
         return dataclasses.replace(
@@ -62,12 +59,10 @@ class Bidirectional(MatrixMixer):
         )
 
     def setup(self):
-        from seqzoo.registry import get_mixer
-
-        self.forward = get_mixer(
+        self.forward = build_mixer(
             self.mixer, d_model=self.d_model, name="forward", **dict(self.config)
         )
-        self.backward = get_mixer(
+        self.backward = build_mixer(
             self.mixer, d_model=self.d_model, name="backward", **dict(self.config)
         )
 

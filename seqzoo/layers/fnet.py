@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, zero_padded
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.ops.fnet import check_length, cos_sin_transform, dft_matrix
-from seqzoo.registry import register_mixer
 
 Array = jax.Array
 

@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, zero_padded
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import dense
-from seqzoo.layers.s4 import S4DKernel, causal_toeplitz, check_ssm_options
-from seqzoo.ops.fft_conv import causal_conv, fft_causal_conv
-from seqzoo.registry import register_mixer
+from seqzoo.layers.s4 import S4DKernel, check_ssm_options
+from seqzoo.ops.conv import causal_conv, causal_toeplitz, fft_causal_conv
 
 Array = jax.Array
 

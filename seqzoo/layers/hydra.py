@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import merge_heads
 from seqzoo.layers.mamba import (
     check_dt_range,
@@ -53,7 +54,6 @@ from seqzoo.layers.mamba import (
 from seqzoo.layers.mamba2 import GatedRMSNorm, check_heads, check_power_of_two
 from seqzoo.ops.quasiseparable import quasiseparable, quasiseparable_matrix
 from seqzoo.ops.ssd import IMPLS as SSD_IMPLS
-from seqzoo.registry import register_mixer
 
 Array = jax.Array
 _F32 = jnp.float32

@@ -62,11 +62,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, zero_padded
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import dense
-from seqzoo.layers.s4 import causal_toeplitz
-from seqzoo.ops.dilated_conv import conv_buffer, dilated_causal_conv, dilated_conv_step
-from seqzoo.ops.fft_conv import causal_conv
-from seqzoo.registry import register_mixer
+from seqzoo.ops.checks import check_positive_int
+from seqzoo.ops.conv import (
+    causal_conv,
+    causal_toeplitz,
+    conv_buffer,
+    dilated_causal_conv,
+    dilated_conv_step,
+)
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
@@ -77,11 +82,6 @@ def _uniform(bound: float):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
-
-
-def _positive_int(value, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def hyena_positional_features(max_length: int, emb_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +152,7 @@ class Hyena(MatrixMixer):
 
     def setup(self):
         for name in ("max_length", "filter_order", "short_filter_order"):
-            _positive_int(getattr(self, name), name)
+            check_positive_int(getattr(self, name), name)
         if not isinstance(self.order, int) or isinstance(self.order, bool) or self.order < 2:
             raise ValueError(f"order must be an int >= 2, got {self.order!r}")
         if not isinstance(self.emb_dim, int) or self.emb_dim < 3 or self.emb_dim % 2 == 0:

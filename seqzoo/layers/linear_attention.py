@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, zero_padded
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import RMSNorm, dense
-from seqzoo.ops.attention import segment_runs
 from seqzoo.ops.feature_maps import feature_map, feature_size
 from seqzoo.ops.linear_attention import IMPLS, linear_attention, linear_attention_step
-from seqzoo.registry import register_mixer
+from seqzoo.ops.segments import segment_runs
 
 Array = jax.Array
 DECAYS = (None, "retnet", "alibi", "simple_gla", "gla")

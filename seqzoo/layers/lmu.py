@@ -33,8 +33,10 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import dense
-from seqzoo.layers.s4 import causal_toeplitz
+from seqzoo.ops.checks import check_positive_int
+from seqzoo.ops.conv import causal_toeplitz
 from seqzoo.ops.lmu import (
     DISCRETISATIONS,
     lmu_discretize,
@@ -42,7 +44,6 @@ from seqzoo.ops.lmu import (
     lmu_memory_parallel,
     lmu_transition,
 )
-from seqzoo.registry import register_mixer
 
 Array = jax.Array
 HIDDEN_ACTIVATIONS = {
@@ -94,9 +95,7 @@ class LMU(MatrixMixer):
 
     def setup(self):
         for field in ("memory_d", "order"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field} must be a positive int, got {value!r}")
+            check_positive_int(getattr(self, field), field)
         if not self.theta > 0:
             raise ValueError(f"theta must be positive, got {self.theta!r}")
         if self.discretizer not in DISCRETISATIONS:

@@ -45,12 +45,13 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, zero_padded
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import dense
-from seqzoo.ops.recurrence import IMPLS as SCAN_IMPLS
-from seqzoo.ops.selective_scan import selective_scan, selective_scan_step
-from seqzoo.ops.short_conv import conv_init_buffer, conv_step, depthwise_conv
+from seqzoo.ops.checks import check_positive_int
+from seqzoo.ops.conv import conv_init_buffer, conv_step, depthwise_conv
+from seqzoo.ops.scan import IMPLS as SCAN_IMPLS
+from seqzoo.ops.scan import selective_scan, selective_scan_step
 from seqzoo.ops.ssd import ssd_matrix
-from seqzoo.registry import register_mixer
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -140,12 +141,6 @@ def dt_bias_init(dt_min: float, dt_max: float, dt_init_floor: float):
         return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)
 
     return init
-
-
-def check_positive_int(value: Any, name: str) -> None:
-    """ValueError naming ``name`` unless ``value`` is an int >= 1."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def check_dt_range(dt_min: float, dt_max: float, dt_init_floor: float) -> None:

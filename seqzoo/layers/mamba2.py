@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import merge_heads, resolve_head_dim, rms_normalize
 from seqzoo.layers.mamba import (
     check_dt_range,
@@ -46,10 +47,9 @@ from seqzoo.layers.mamba import (
     step_size,
     torch_linear,
 )
-from seqzoo.ops.short_conv import conv_init_buffer, conv_step
+from seqzoo.ops.conv import conv_init_buffer, conv_step
 from seqzoo.ops.ssd import IMPLS as SSD_IMPLS
 from seqzoo.ops.ssd import ssd, ssd_matrix, ssd_step
-from seqzoo.registry import register_mixer
 
 Array = jax.Array
 _F32 = jnp.float32

@@ -42,10 +42,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
-from seqzoo.layers.s4 import anticausal_toeplitz, causal_toeplitz
+from seqzoo.layers.catalog import register_mixer
+from seqzoo.ops.checks import check_positive_int
+from seqzoo.ops.conv import (
+    anticausal_toeplitz,
+    bidirectional_conv,
+    causal_conv,
+    causal_toeplitz,
+)
 from seqzoo.ops.ema import ema_kernel, ema_step
-from seqzoo.ops.fft_conv import bidirectional_conv, causal_conv
-from seqzoo.registry import register_mixer
 
 Array = jax.Array
 PAPER = "Ma et al. 2023, Mega: Moving Average Equipped Gated Attention"
@@ -90,8 +95,7 @@ class MegaEMA(MatrixMixer):
     )
 
     def setup(self):
-        if not isinstance(self.ndim, int) or isinstance(self.ndim, bool) or self.ndim < 1:
-            raise ValueError(f"ndim must be a positive int, got {self.ndim!r}")
+        check_positive_int(self.ndim, "ndim")
         shape = ((2 if self.bidirectional else 1) * self.d_model, self.ndim)
         self.delta = self.param("delta", normal_init(0.2), shape, jnp.float32)
         self.alpha = self.param("alpha", normal_init(0.2), shape, jnp.float32)

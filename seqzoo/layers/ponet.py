@@ -50,7 +50,9 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, zero_padded
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import dense, split_heads
+from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.pooling import (
     fixed_segment_ids,
     local_max_selection,
@@ -58,15 +60,9 @@ from seqzoo.ops.pooling import (
     masked_local_max,
     segment_max_selection,
 )
-from seqzoo.registry import register_mixer
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
-
-
-def _positive_int(value, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 @register_mixer("ponet", test_config={"num_heads": 2, "segment_size": 4, "initializer_range": 0.5})
@@ -94,12 +90,12 @@ class PoNet(MatrixMixer):
     )
 
     def setup(self):
-        _positive_int(self.num_heads, "num_heads")
+        check_positive_int(self.num_heads, "num_heads")
         if self.d_model % self.num_heads:
             raise ValueError(f"num_heads={self.num_heads} must divide d_model={self.d_model}")
         if self.segment_size is not None:
-            _positive_int(self.segment_size, "segment_size")
-        _positive_int(self.local_window, "local_window")
+            check_positive_int(self.segment_size, "segment_size")
+        check_positive_int(self.local_window, "local_window")
         if self.local_window % 2 != 1:
             raise ValueError(f"local_window must be odd, got {self.local_window}")
         if not self.initializer_range > 0:

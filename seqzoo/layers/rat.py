@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, keep_where, zero_padded
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import dense, resolve_head_dim
 from seqzoo.ops.rat import (
     check_chunk_size,
@@ -40,7 +41,6 @@ from seqzoo.ops.rat import (
     rat_matrix,
     rat_step,
 )
-from seqzoo.registry import register_mixer
 
 Array = jax.Array
 

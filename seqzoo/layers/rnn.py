@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, keep_where, zero_padded
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import dense
-from seqzoo.registry import register_mixer
 
 Array = jax.Array
 _F32 = jnp.float32

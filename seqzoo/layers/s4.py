@@ -11,9 +11,9 @@ followed by GLU (the official ``FFTConv`` + ``S4Block(final_act='glu')``).
 The two models share this skeleton and differ only in the kernel:
 
 * ``S4D``: A diagonal (S4D-Lin by default; inv / real / legs), kernel by a Vandermonde product,
-  ZOH (default) or bilinear discretisation (``seqzoo.ops.s4d_kernel``).
+  ZOH (default) or bilinear discretisation (``seqzoo.ops.s4.s4d``).
 * ``S4``: A = diag(Lambda) - P P^* diagonal plus low rank from the HiPPO-LegS NPLR form, bilinear
-  discretisation, kernel by the Cauchy/Woodbury generating function (``seqzoo.ops.s4_dplr_kernel``).
+  discretisation, kernel by the Cauchy/Woodbury generating function (``seqzoo.ops.s4.dplr``).
 
 Both store one of each conjugate pair (N/2 complex entries); the real system's output is
 ``2 Re(C x)``.
@@ -64,13 +64,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import dense
+from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.complex_params import complex_normal, from_real_pair, to_real_pair
-from seqzoo.ops.fft_conv import bidirectional_conv, causal_conv
-from seqzoo.ops.hippo import NPLR_MEASURES, S4D_KINDS, nplr, s4d_init
-from seqzoo.ops.s4_dplr_kernel import conj_pairs, s4_dplr_c_tilde, s4_dplr_kernel
-from seqzoo.ops.s4d_kernel import DISCRETISATIONS, s4d_kernel
-from seqzoo.registry import register_mixer
+from seqzoo.ops.conv import (
+    anticausal_toeplitz,
+    bidirectional_conv,
+    causal_conv,
+    causal_toeplitz,
+)
+from seqzoo.ops.s4 import (
+    DISCRETISATIONS,
+    NPLR_MEASURES,
+    S4D_KINDS,
+    conj_pairs,
+    nplr,
+    s4_dplr_c_tilde,
+    s4_dplr_kernel,
+    s4d_init,
+    s4d_kernel,
+)
 
 Array = jax.Array
 
@@ -85,20 +99,6 @@ ACTIVATIONS = {
 }
 FINAL_ACTS = ("glu", "id", None)
 MIN_A_REAL = 1e-4  # -Re A >= 1e-4 (the official inv_transform clamp)
-
-
-# ---- matrices of LTI convolutions ---------------------------------------------------------------
-def causal_toeplitz(k: Array, length: int) -> Array:
-    """T[..., i, j] = k[..., i - j] for j <= i, else 0. k: (..., >= length) -> (..., L, L)."""
-    lag = np.arange(length)[:, None] - np.arange(length)[None, :]
-    return jnp.where(lag >= 0, k[..., np.clip(lag, 0, None)], 0.0)
-
-
-def anticausal_toeplitz(k: Array, length: int) -> Array:
-    """T[..., i, j] = k[..., j - i - 1] for j > i, else 0 (the backward kernel of
-    ``bidirectional_conv``: k_0 weights the next position). k: (..., >= length - 1)."""
-    lead = np.arange(length)[None, :] - np.arange(length)[:, None] - 1
-    return jnp.where(lead >= 0, k[..., np.clip(lead, 0, None)], 0.0)
 
 
 def log_uniform_init(low: float, high: float):
@@ -311,8 +311,7 @@ class _SSMConvMixer(MatrixMixer):
             )
         if self.final_act not in FINAL_ACTS:
             raise ValueError(f"final_act must be one of {FINAL_ACTS}, got {self.final_act!r}")
-        if not isinstance(self.channels, int) or self.channels < 1:
-            raise ValueError(f"channels must be a positive int, got {self.channels!r}")
+        check_positive_int(self.channels, "channels")
         if self.final_act is None and self.channels != 1:
             raise ValueError("final_act=None (no output linear) needs channels == 1")
         self.kernel = self.make_kernel()

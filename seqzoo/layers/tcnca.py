@@ -21,7 +21,7 @@ The TCN (depth D, kernel K, dilation base f): ``h_0 = x`` and for block ``i = 0 
 
     h_{i+1} = h_i + gelu(conv_i(h_i)),    conv_i a causal convolution of kernel K, dilation f^i
 
-(``seqzoo.ops.dilated_conv``; depthwise by default, as the per-channel EMA it replaces), receptive
+(``seqzoo.ops.conv.dilated``; depthwise by default, as the per-channel EMA it replaces), receptive
 field ``1 + (K - 1)(f^D - 1)/(f - 1)`` positions, cost O(L D K d): no FFT, the point of the paper.
 Neither official TCNCA code nor the paper's full text was available when this was written: from
 its abstract, a dilated-convolution TCN replaces Mega's linear recurrence (O(L) instead of the FFT's
@@ -66,22 +66,18 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, keep_where, zero_padded
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import dense
-from seqzoo.ops.chunked_attention import (
+from seqzoo.ops.attention.chunked import (
     chunked_attention_init_cache,
     chunked_attention_matrix,
     chunked_attention_step,
     chunked_causal_attention,
 )
-from seqzoo.ops.dilated_conv import conv_buffer, dilated_causal_conv, dilated_conv_step
-from seqzoo.registry import register_mixer
+from seqzoo.ops.checks import check_positive_int
+from seqzoo.ops.conv import conv_buffer, dilated_causal_conv, dilated_conv_step
 
 Array = jax.Array
-
-
-def _positive_int(value, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def shift_rows(a: Array, shift: Array, axis: int = 1) -> Array:
@@ -153,9 +149,9 @@ class TCNCA(MatrixMixer):
 
     def setup(self):
         for name in ("zdim", "chunk_size", "tcn_depth", "tcn_kernel_size", "tcn_dilation"):
-            _positive_int(getattr(self, name), name)
+            check_positive_int(getattr(self, name), name)
         if self.hdim is not None:
-            _positive_int(self.hdim, "hdim")
+            check_positive_int(self.hdim, "hdim")
         if not self.init_std > 0:
             raise ValueError(f"init_std must be > 0, got {self.init_std!r}")
         d = self.d_model

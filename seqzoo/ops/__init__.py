@@ -1,18 +1,30 @@
 """Pure functions carrying the math of every mixer (equations and shapes in each docstring).
 
-Names below are the public ops; ``seqzoo.ops.linear_attention`` etc. are the functions.
+Names below are the public ops; ``seqzoo.ops.linear_attention`` etc. are the functions. One
+folder per op family, ``seqzoo/ops/<op>/``: ``__init__.py`` the public function (validation and
+dispatch), ``xla.py`` the XLA forms, ``reference.py`` the step-by-step form the others are tested
+against, ``pallas_gpu*.py`` the Pallas kernels, ``sequence_parallel.py`` the form for a sequence
+split over devices (linear_attention, ssd, quasiseparable, scan, attention, conv; s4 holds the
+S4 kernels and inits). The smaller ops are one module each. Every ``impl=`` takes one
+vocabulary, and ``impl="auto"`` is decided by one policy table: ``dispatch`` (``resolve`` and
+``explain`` say what runs and why).
 """
 
 from seqzoo.ops.aaren import causal_softmax_scan
-from seqzoo.ops.attention import attention_matrix, dot_product_attention
-from seqzoo.ops.chunked_attention import chunked_causal_attention
+from seqzoo.ops.attention import attention_impl, attention_matrix, dot_product_attention
+from seqzoo.ops.attention.chunked import chunked_causal_attention
 from seqzoo.ops.complex_params import from_real_pair, to_real_pair
-from seqzoo.ops.dilated_conv import dilated_causal_conv
+from seqzoo.ops.conv import (
+    bidirectional_conv,
+    causal_conv,
+    causal_depthwise_conv,
+    dilated_causal_conv,
+    fft_causal_conv,
+)
+from seqzoo.ops.dispatch import explain, resolve
 from seqzoo.ops.ema import ema_kernel
 from seqzoo.ops.feature_maps import feature_map
-from seqzoo.ops.fft_conv import bidirectional_conv, causal_conv, fft_causal_conv
 from seqzoo.ops.fnet import valid_dft
-from seqzoo.ops.hippo import hippo, nplr, s4d_init
 from seqzoo.ops.linear_attention import linear_attention, linear_attention_step
 from seqzoo.ops.lmu import (
     lmu_discretize,
@@ -23,16 +35,22 @@ from seqzoo.ops.lmu import (
 from seqzoo.ops.pooling import masked_local_max, masked_segment_max
 from seqzoo.ops.quasiseparable import quasiseparable, quasiseparable_matrix
 from seqzoo.ops.rat import rat_attention
-from seqzoo.ops.recurrence import linear_recurrence
 from seqzoo.ops.rope import apply_rope
-from seqzoo.ops.s4_dplr_kernel import cauchy, s4_dplr_c_tilde, s4_dplr_kernel
-from seqzoo.ops.s4d_kernel import s4d_kernel
-from seqzoo.ops.selective_scan import selective_scan, selective_scan_step
-from seqzoo.ops.short_conv import causal_depthwise_conv
+from seqzoo.ops.s4 import (
+    cauchy,
+    hippo,
+    nplr,
+    s4_dplr_c_tilde,
+    s4_dplr_kernel,
+    s4d_init,
+    s4d_kernel,
+)
+from seqzoo.ops.scan import linear_recurrence, selective_scan, selective_scan_step
 from seqzoo.ops.ssd import ssd, ssd_matrix, ssd_step
 
 __all__ = [
     "apply_rope",
+    "attention_impl",
     "attention_matrix",
     "bidirectional_conv",
     "cauchy",
@@ -43,6 +61,7 @@ __all__ = [
     "dilated_causal_conv",
     "dot_product_attention",
     "ema_kernel",
+    "explain",
     "feature_map",
     "fft_causal_conv",
     "from_real_pair",
@@ -60,6 +79,7 @@ __all__ = [
     "quasiseparable",
     "quasiseparable_matrix",
     "rat_attention",
+    "resolve",
     "s4_dplr_c_tilde",
     "s4_dplr_kernel",
     "s4d_init",

@@ -1,135 +1,20 @@
-"""Which attention kernel runs, and the fused (flash) path through cuDNN.
-
-``attention_impl`` is the one policy behind ``dot_product_attention(impl="auto")``: on a GPU,
-cuDNN's flash attention (through ``jax.nn.dot_product_attention(implementation="cudnn")``,
-memory linear in length) wherever it computes our semantics exactly, XLA's dense softmax
-elsewhere, each with its reason:
-
-    cuDNN takes:   bf16 / fp16 inputs, head dim <= 128 (<= 256 from Hopper on) and a multiple of 8,
-                   causal or not, a causal sliding window, GQA, any padding mask
-    XLA keeps:     float32 inputs (cuDNN has no float32 kernel), attention sinks, packed
-                   segment_ids, a two-sided window (cuDNN's windows are causal), other backends
-
-Padding: positions count valid tokens only (``seqzoo.ops.attention``), so a mask is the same as
-moving the valid tokens to the front in order and giving cuDNN each row's length
-(``query_seq_lengths = key_value_seq_lengths = mask.sum(1)``). Right-padded rows (every valid
-token before every padded one: the usual case) are already in that order and run as they are;
-otherwise (left padding, holes) the tokens are gathered into that order, and the output gathered
-back (``lax.cond`` on the whole batch, so right padding never pays for the gathers).
-"""
+"""Deprecated alias, removed in the next release: ``attention_impl`` is
+``seqzoo.ops.attention_impl`` (``seqzoo.ops.resolve("attention", ...)``) and the cuDNN path
+``seqzoo.ops.attention.cudnn``."""
 
 from __future__ import annotations
 
-import functools
+import warnings
 
-import jax
-import jax.numpy as jnp
-from jax import lax
+from seqzoo.ops.attention import attention_impl
+from seqzoo.ops.attention.cudnn import fused_attention
+from seqzoo.ops.dispatch import FUSED_DTYPES
 
-from seqzoo.kernels.launch import GPU_BACKENDS
+warnings.warn(
+    "seqzoo.ops.fused_attention is deprecated: use seqzoo.ops.attention_impl (or "
+    "seqzoo.ops.resolve) and seqzoo.ops.attention.cudnn",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
-Array = jax.Array
-FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
-
-
-def attention_impl(
-    impl: str,
-    dtype,
-    head_dim: int,
-    *,
-    causal: bool,
-    window: int | None = None,
-    num_sinks: int = 0,
-    segment_ids: bool = False,
-    backend: str | None = None,
-    compute_capability: str | None = None,
-) -> tuple[str, str]:
-    """``(implementation, why)`` that ``dot_product_attention`` runs for these options.
-
-    impl: the op's ``impl`` (``auto | xla | cudnn``; an explicit choice is kept as given).
-    dtype: the inputs' dtype; head_dim: ``d``; segment_ids: whether packed ids are given.
-    backend, compute_capability: the platform and the GPU's capability (default: the first
-    device's).
-    """
-    if impl != "auto":
-        return impl, "asked for"
-    backend = jax.default_backend() if backend is None else backend
-    if backend not in GPU_BACKENDS:
-        return "xla", f"no fused attention kernel is wired for {backend!r}"
-    if jnp.dtype(dtype) not in [jnp.dtype(d) for d in FUSED_DTYPES]:
-        return "xla", f"cuDNN flash attention has no {jnp.dtype(dtype).name} kernel"
-    if compute_capability is None:
-        compute_capability = getattr(jax.devices()[0], "compute_capability", "")
-    try:  # NVIDIA's "major.minor"; ROCm names its chips otherwise and has no cuDNN
-        major_minor = float(compute_capability)
-    except ValueError:
-        return "xla", f"cuDNN needs an NVIDIA GPU (compute capability {compute_capability!r})"
-    limit = 256 if major_minor >= 9.0 else 128
-    if head_dim % 8 or head_dim > limit:
-        return "xla", f"cuDNN needs a head dim <= {limit} and a multiple of 8, got {head_dim}"
-    if num_sinks:
-        return "xla", "cuDNN has no attention sinks"
-    if segment_ids:
-        return "xla", "packed segment_ids: cuDNN's packed layout is not exposed by jax.nn"
-    if window is not None and not causal:
-        return "xla", "cuDNN's sliding windows are causal only"
-    return "cudnn", "bf16/fp16 flash attention"
-
-
-@jax.custom_vjp
-def _gather_rows(x: Array, order: Array, inverse: Array) -> Array:
-    """``x[b, order[b, t]]`` along axis 1 of ``x: (batch, length, ...)``; ``inverse`` is the
-    inverse permutation, which makes the gradient a gather too (not a scatter)."""
-    index = order.reshape(order.shape + (1,) * (x.ndim - 2))
-    return jnp.take_along_axis(x, index, axis=1)
-
-
-def _gather_rows_fwd(x, order, inverse):
-    return _gather_rows(x, order, inverse), (order, inverse)
-
-
-def _gather_rows_bwd(res, g):
-    order, inverse = res
-    return _gather_rows(g, inverse, order), None, None
-
-
-_gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
-
-
-def fused_attention(
-    q: Array,
-    k: Array,
-    v: Array,
-    *,
-    causal: bool,
-    window: int | None,
-    mask: Array | None,
-    scale: float | None,
-    implementation: str = "cudnn",
-) -> Array:
-    """``jax.nn.dot_product_attention`` with padding as sequence lengths (module docstring).
-
-    q: ``(batch, length, heads, d)``; k, v: ``(batch, length, kv_heads, d)``; mask:
-    ``(batch, length)`` bool or None. ``implementation`` is jax's (``"xla"`` runs this same
-    wrapper off a GPU: the tests' path). Padded query rows of the output are 0.
-    """
-    sides = None if window is None else (window - 1, 0 if causal else window - 1)
-    run = functools.partial(jax.nn.dot_product_attention, scale=scale, is_causal=causal,
-                            local_window_size=sides, implementation=implementation)
-    if mask is None:
-        return run(q, k, v)
-    mask = mask.astype(bool)
-    lengths = jnp.sum(mask, axis=1, dtype=jnp.int32)
-
-    def in_order(q, k, v):
-        return run(q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths)
-
-    def gathered(q, k, v):
-        order = jnp.argsort(~mask, axis=1, stable=True)  # valid tokens first, in order
-        inverse = jnp.argsort(order, axis=1)
-        o = in_order(*(_gather_rows(t, order, inverse) for t in (q, k, v)))
-        return _gather_rows(o, inverse, order)
-
-    right_padded = jnp.all(mask == (jnp.arange(mask.shape[1]) < lengths[:, None]))
-    o = lax.cond(right_padded, in_order, gathered, q, k, v)
-    return jnp.where(mask[:, :, None, None], o, jnp.zeros((), o.dtype))
+__all__ = ["FUSED_DTYPES", "attention_impl", "fused_attention"]

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
-from seqzoo.ops.fft_conv import fft_causal_conv
-from seqzoo.ops.hippo import hippo
+from seqzoo.ops.checks import check_positive_int
+from seqzoo.ops.conv.fft import fft_causal_conv
+from seqzoo.ops.s4.hippo import hippo
 
 Array = jax.Array
 DISCRETISATIONS = ("zoh", "euler")
@@ -76,8 +77,7 @@ def lmu_impulse_response(Abar: Array, Bbar: Array, L: int) -> Array:
         raise ValueError(f"Abar must be square (order, order), got shape {jnp.shape(Abar)}")
     if jnp.shape(Bbar) != (order,):
         raise ValueError(f"Bbar must be (order,)=({order},), got shape {jnp.shape(Bbar)}")
-    if not isinstance(L, int) or L < 1:
-        raise ValueError(f"L must be a positive int, got {L!r}")
+    check_positive_int(L, "L")
     power = jnp.asarray(Abar, jnp.float32)  # Abar^m, m = len(h)
     h = jnp.asarray(Bbar, jnp.float32)[None]
     while h.shape[0] < L:

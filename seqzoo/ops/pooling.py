@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqzoo.ops.checks import check_positive_int
+
 Array = jax.Array
 _F32 = jnp.float32
 
@@ -40,8 +42,7 @@ def fixed_segment_ids(length: int, segment_size: int | None) -> np.ndarray:
     ``segment_size = L // segment_num + 1``); None: one segment. Returns ``(length,)`` int32."""
     if segment_size is None:
         return np.zeros(length, np.int32)
-    if not isinstance(segment_size, int) or isinstance(segment_size, bool) or segment_size < 1:
-        raise ValueError(f"segment_size must be None or a positive int, got {segment_size!r}")
+    check_positive_int(segment_size, "segment_size")
     return (np.arange(length) // segment_size).astype(np.int32)
 
 

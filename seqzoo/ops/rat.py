@@ -38,8 +38,9 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.ops.attention import valid_positions
-from seqzoo.ops.recurrence import linear_recurrence
+from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.rope import apply_rope
+from seqzoo.ops.scan import linear_recurrence
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
@@ -47,8 +48,8 @@ _F32 = jnp.float32
 
 
 def check_chunk_size(chunk_size) -> None:
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    """``ValueError`` unless ``chunk_size`` (``L``) is a positive int."""
+    check_positive_int(chunk_size, "chunk_size")
 
 
 def chunk_layout(mask: Array, chunk_size: int) -> tuple[Array, Array]:

@@ -1,8 +1,8 @@
 """Structured mixing matrices of Hydra's matrix-mixer table (Hwang et al., 2024, Table 1).
 
-Products ``y = M v`` and the explicit ``M`` for the structures of the Hydra matrix mixers:
+Products ``y = M v`` and the explicit ``M`` for the structures of the Hydra matrix mixers (the
+Toeplitz one, ``M[i, j] = c[i - j]`` by FFT, is ``seqzoo.ops.conv.toeplitz``'s):
 
-* Toeplitz        ``M[i, j] = c[i - j]``                                   FFT, O(L log L)
 * low rank        ``M[i, j] = sum_d q[i, d] k[j, d]``                      ``Q (K^T V)``, O(L r)
 * Cauchy          ``M[i, j] = sum_d 1 / (q[i, d] + k[j, d] + tol)``        rows in blocks, O(L^2 r)
 * Vandermonde     ``M[i, j] = sum_d cos(2 pi q[i, d] j) + s cos(2 pi k[j, d] i)``
@@ -22,39 +22,10 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from seqzoo.ops.checks import check_positive_int
+
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
-
-
-def toeplitz_matrix(kernel: Array) -> Array:
-    """``M[i, j] = c[i - j]`` from ``kernel: (..., 2L - 1)`` holding ``c[d]`` at ``L - 1 + d``.
-
-    Returns ``(..., L, L)``.
-    """
-    length = (kernel.shape[-1] + 1) // 2
-    offsets = jnp.arange(length)[:, None] - jnp.arange(length)[None, :]
-    return kernel[..., length - 1 + offsets]
-
-
-def toeplitz_matvec(kernel: Array, values: Array) -> Array:
-    """``y_i = sum_j c[i - j] v_j`` (non-causal Toeplitz product) by FFT, O(L log L).
-
-    The linear convolution ``(kernel * v)[m]`` has support ``[0, 3L - 3]`` and ``y_i`` is its entry
-    ``L - 1 + i``; a circular convolution of any length ``n >= 2L - 1`` leaves those entries
-    unaliased, so ``n`` is the next power of two.
-
-    Args:
-      kernel: ``(batch | 1, heads, 2L - 1)``, ``c[d]`` at index ``L - 1 + d``.
-      values: ``v: (batch, length, heads, p)``.
-    Returns:
-      ``(batch, length, heads, p)`` float32.
-    """
-    length = values.shape[1]
-    n = 1 << (2 * length - 2).bit_length()
-    kernel_f = jnp.fft.rfft(kernel.astype(jnp.float32), n=n, axis=-1)  # (b, h, f)
-    values_f = jnp.fft.rfft(values.astype(jnp.float32), n=n, axis=1)  # (b, f, h, p)
-    y = jnp.fft.irfft(jnp.swapaxes(kernel_f, 1, 2)[..., None] * values_f, n=n, axis=1)
-    return y[:, length - 1 : 2 * length - 1]
 
 
 def low_rank_matrix(q: Array, k: Array) -> Array:
@@ -138,8 +109,7 @@ def blocked_matvec(rows: Callable[[Array], Array], values: Array, block_size: in
     Returns:
       ``(batch, L, heads, p)`` float32.
     """
-    if not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    check_positive_int(block_size, "block_size")
     batch, length, heads, p = values.shape
     values = values.astype(jnp.float32)
     size = min(block_size, length)

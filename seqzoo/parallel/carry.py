@@ -16,10 +16,27 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seqzoo.ops.recurrence import linear_recurrence
-from seqzoo.parallel.context import sequence_parallel, shard_index
+from seqzoo.parallel.context import shard_index
 
 Array = jax.Array
+
+
+def _combine(left, right):
+    (a_l, s_l), (a_r, s_r) = left, right
+    return a_l * a_r, a_r * s_l + s_r
+
+
+def _states_after(decays: Array, states: Array, initial_state: Array | None,
+                  reverse: bool) -> Array:
+    """The state after each shard, ``(batch, P, ...)``: the recurrence ``c_{i+1} = d_i c_i + s_i``
+    over the shard axis 1 from ``initial_state`` (reversed: from the last shard down), by an
+    associative scan, in at least float32."""
+    dtype = jnp.promote_types(jnp.result_type(decays, states), jnp.float32)
+    a, s = decays.astype(dtype), states.astype(dtype)
+    if initial_state is not None:
+        edge = -1 if reverse else 0
+        s = s.at[:, edge].set(a[:, edge] * initial_state.astype(dtype) + s[:, edge])
+    return jax.lax.associative_scan(_combine, (a, s), reverse=reverse, axis=1)[1]
 
 
 def gather_summaries(decay: Array, state: Array, axis: str) -> tuple[Array, Array]:
@@ -48,8 +65,7 @@ def combine_gathered(
       ``final`` is the same on every shard.
     """
     a, s = jnp.moveaxis(decays, 0, 1), jnp.moveaxis(states, 0, 1)  # (batch, P, ...)
-    with sequence_parallel(None):  # a recurrence over the P shard summaries, done on each shard
-        after = linear_recurrence(a, s, initial_state=initial_state, reverse=reverse)
+    after = _states_after(a, s, initial_state, reverse)  # done on each shard
     start = jnp.zeros_like(after[:, :1]) if initial_state is None else initial_state[:, None]
     start = start.astype(after.dtype)
     if reverse:

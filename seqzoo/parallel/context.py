@@ -10,17 +10,18 @@ runs there opts in with
 and every op with a sequence-parallel path (``linear_attention``, ``ssd``, ``selective_scan``,
 ``linear_recurrence``, ``quasiseparable``, ``dot_product_attention``, ``depthwise_conv`` and the
 token positions) then exchanges what it needs with the other shards. An op's explicit
-``seq_axis=`` argument wins over the context. ``sequence_parallel(None)`` switches it off again
-(the sequence-parallel paths use it for the local, per-shard part of their work).
+``seq_axis=`` argument wins over the context. ``sequence_parallel(None)`` switches it off again.
+Each op's own ``sequence_parallel.py`` (``seqzoo/ops/<op>/``) holds its sequence-parallel form;
+it runs the op's local core per shard, never the op again.
 
 The switch is a ``jax.make_user_context`` value, not a plain ``contextvars`` one: JAX keys its jit
 caches on it, so a function jitted once outside the context (``compiled_ssd`` in the layers) is
 traced again inside it rather than silently reusing a single-device trace.
 
-``shard_map`` runs with replication checks off (``check_vma=False``; ``check_rep=False`` in older
-JAX): the ops keep ``lax.scan`` carries that start from constants, which the checks reject inside a
-manual axis. Gradients are then per-device partials: differentiate each device's share of the
-loss and ``psum`` the gradients of replicated inputs (as ``seqzoo.runner.gradients`` does).
+``shard_map`` runs with replication checks off (``check_vma=False``): the ops keep ``lax.scan``
+carries that start from constants, which the checks reject inside a manual axis. Gradients are
+then per-device partials: differentiate each device's share of the loss and ``psum`` the
+gradients of replicated inputs (as ``seqzoo.runner.gradients`` does).
 """
 
 from __future__ import annotations
@@ -56,12 +57,5 @@ def shard_index(axis: str) -> jax.Array:
 
 
 def shard_map(f: Callable, mesh: jax.sharding.Mesh, in_specs, out_specs) -> Callable:
-    """``jax.shard_map`` (``jax.experimental.shard_map`` before it moved) without replication
-    checks; see the module docstring."""
-    if hasattr(jax, "shard_map"):
-        return jax.shard_map(
-            f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
-        )
-    from jax.experimental.shard_map import shard_map as experimental_shard_map
-
-    return experimental_shard_map(f, mesh, in_specs, out_specs, check_rep=False)
+    """``jax.shard_map`` without replication checks; see the module docstring."""
+    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)

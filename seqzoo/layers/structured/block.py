@@ -37,17 +37,12 @@ import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInputs, zero_padded
 from seqzoo.layers.common import RMSNorm, dense, merge_heads, resolve_head_dim, split_heads
-from seqzoo.ops.short_conv import centered_depthwise_conv
+from seqzoo.ops.checks import check_positive_int
+from seqzoo.ops.conv import centered_depthwise_conv
 from seqzoo.ops.structured import blocked_matvec
 
 Array = jax.Array
 PAPER = "Hwang et al. 2024, Hydra: Bidirectional SSMs through generalized matrix mixers"
-
-
-def positive_int(value, name: str) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is an int >= 1."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 # PyTorch's ``xavier_normal_`` on the official >= 3-d parameters: fan_in along axis 1, fan_out
@@ -92,7 +87,7 @@ class StructuredMixer(MatrixMixer):
 
     def setup(self):
         for name in ("expand", "qk_dim", "d_conv", "max_length"):
-            positive_int(getattr(self, name), name)
+            check_positive_int(getattr(self, name), name)
         if self.d_conv % 2 != 1:
             raise ValueError(f"d_conv must be odd for a 'same' convolution, got {self.d_conv}")
         self.inner = self.expand * self.d_model
@@ -193,7 +188,7 @@ class RowwiseMixer(StructuredMixer):
     block_size: int = 128
 
     def setup(self):
-        positive_int(self.block_size, "block_size")
+        check_positive_int(self.block_size, "block_size")
         super().setup()
 
     def rows_fn(self, inputs: MixerInputs) -> Callable[[Array], Array]:

@@ -19,10 +19,10 @@ from typing import ClassVar
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MixerInfo
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.structured.block import PAPER, XAVIER_NORMAL, RowwiseMixer
 from seqzoo.layers.structured.configs import ROWWISE_TEST_CONFIG
 from seqzoo.ops.structured import cauchy_rows
-from seqzoo.registry import register_mixer
 
 TOL = 1e-8
 

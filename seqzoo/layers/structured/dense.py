@@ -16,6 +16,7 @@ from typing import ClassVar
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MixerInfo, apply_matrix
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.structured.block import (
     PAPER,
     XAVIER_NORMAL,
@@ -24,7 +25,6 @@ from seqzoo.layers.structured.block import (
 )
 from seqzoo.layers.structured.configs import ROWWISE_TEST_CONFIG, TEST_CONFIG
 from seqzoo.ops.structured import masked_softmax_rows
-from seqzoo.registry import register_mixer
 
 
 @register_mixer("dense", test_config=TEST_CONFIG)

@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 from seqzoo.layers.base import MixerInfo
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.structured.block import PAPER, XAVIER_NORMAL, StructuredMixer
 from seqzoo.layers.structured.configs import TEST_CONFIG
 from seqzoo.ops.structured import low_rank_matrix, low_rank_matvec
-from seqzoo.registry import register_mixer
 
 
 @register_mixer("low_rank", test_config=TEST_CONFIG)

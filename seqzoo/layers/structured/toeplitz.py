@@ -6,7 +6,7 @@
 
 ``f, g: (b, L, heads)`` are SiLU of convolved projections of ``x``, zero at padded positions (a
 padded position gives no kernel entry). The fast path is an FFT convolution, O(L log L) per
-channel (``seqzoo.ops.structured.toeplitz_matvec``). ``toeplitz_dd``'s kernel entry for offset
+channel (``seqzoo.ops.conv.toeplitz_matvec``). ``toeplitz_dd``'s kernel entry for offset
 ``d`` comes from absolute position ``|d|``: left padding shifts it (see
 ``seqzoo.layers.structured.block`` on padding); ``toeplitz``'s learned kernel does not move.
 
@@ -25,10 +25,10 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from seqzoo.layers.base import MixerInfo, zero_padded
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.structured.block import PAPER, StructuredMixer
 from seqzoo.layers.structured.configs import TEST_CONFIG
-from seqzoo.ops.structured import toeplitz_matrix, toeplitz_matvec
-from seqzoo.registry import register_mixer
+from seqzoo.ops.conv import toeplitz_matrix, toeplitz_matvec
 
 
 @register_mixer("toeplitz", test_config=TEST_CONFIG)

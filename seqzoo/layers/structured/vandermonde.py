@@ -32,10 +32,10 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MixerInfo
+from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.structured.block import PAPER, RowwiseMixer
 from seqzoo.layers.structured.configs import ROWWISE_TEST_CONFIG
 from seqzoo.ops.structured import cosine_dft_matrix, cosine_dft_matvec, vandermonde_rows
-from seqzoo.registry import register_mixer
 
 NODE_SCALE_DD = 1e-3  # the official ``eps``, "to stabilize training"
 

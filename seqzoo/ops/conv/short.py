@@ -17,9 +17,12 @@ the current token).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
+from seqzoo.ops.conv import sequence_parallel
 from seqzoo.parallel.context import sequence_axis
 
 Array = jax.Array
@@ -61,12 +64,20 @@ def depthwise_conv(
     size = w.shape[0]
     if not 0 <= left < size:
         raise ValueError(f"left must be in [0, kernel_size={size}), got {left}")
+    local = functools.partial(depthwise_conv_local, left=left)
     axis = sequence_axis(seq_axis)
-    if axis is not None:  # sequence parallel: read the neighbours' edge steps, then convolve
-        from seqzoo.parallel.conv import sharded_depthwise_conv
+    if axis is None:
+        return local(x, w, b, segment_ids=segment_ids)
+    # sequence parallel: read the neighbours' edge steps, then convolve
+    return sequence_parallel.sharded_depthwise_conv(local, x, w, b, left=left, axis=axis,
+                                                    segment_ids=segment_ids)
 
-        return sharded_depthwise_conv(x, w, b, left=left, axis=axis, segment_ids=segment_ids)
-    length = x.shape[1]
+
+def depthwise_conv_local(x: Array, w: Array, b: Array | None = None, *, left: int,
+                         segment_ids: Array | None = None) -> Array:
+    """``depthwise_conv`` on unsplit data (no validation, no sequence axis: what
+    ``sequence_parallel.py`` runs on each shard's extended steps)."""
+    length, size = x.shape[1], w.shape[0]
     right = size - 1 - left
     xp = jnp.pad(x.astype(_F32), ((0, 0), (left, right), (0, 0)))
     if segment_ids is not None:

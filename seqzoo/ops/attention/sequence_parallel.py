@@ -1,4 +1,4 @@
-"""Sequence-parallel softmax attention: ring attention (Liu et al., 2023) and all-gather attention.
+"""Attention over devices: ring attention (Liu et al., 2023) and all-gather attention.
 
 Shard ``i`` keeps its queries and visits every shard's keys and values block by block with the
 online softmax of blockwise / flash attention: for a block of keys ``K_j, V_j``
@@ -31,7 +31,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from seqzoo.ops.attention import attention_mask, repeat_kv, valid_positions
+from seqzoo.ops.attention.masks import attention_mask, repeat_kv, valid_positions
+from seqzoo.ops.checks import check_positive_int
 from seqzoo.parallel.collectives import global_positions, reject_segments
 from seqzoo.parallel.context import num_shards, shard_index
 
@@ -86,21 +87,10 @@ def _attend_tile(state: tuple, queries: tuple, keys: tuple, pattern: dict) -> tu
     return m_new, total, o
 
 
-def sharded_attention(
-    q: Array,
-    k: Array,
-    v: Array,
-    *,
-    axis: str,
-    causal: bool = False,
-    window: int | None = None,
-    num_sinks: int = 0,
-    mask: Array | None = None,
-    segment_ids: Array | None = None,
-    scale: float | None = None,
-    schedule: str = "ring",
-    block_size: int = 1024,
-) -> Array:
+def sharded_attention(q: Array, k: Array, v: Array, *, axis: str, causal: bool = False,
+                      window: int | None = None, num_sinks: int = 0, mask: Array | None = None,
+                      segment_ids: Array | None = None, scale: float | None = None,
+                      schedule: str = "ring", block_size: int = 1024) -> Array:
     """``seqzoo.ops.dot_product_attention`` on a sequence split over mesh axis ``axis``.
 
     Args:
@@ -115,8 +105,7 @@ def sharded_attention(
     reject_segments(segment_ids)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    check_positive_int(block_size, "block_size")
     b, length, heads, d = q.shape
     scale = d**-0.5 if scale is None else scale
     if mask is None:

@@ -1,4 +1,4 @@
-"""Pallas kernel: the diagonal linear recurrence, forward and backward.
+"""The linear recurrence's Pallas GPU backend: the diagonal recurrence, forward and backward.
 
     h_t = a_t * h_{t-1} + b_t       t = 0 .. T-1, h_{-1} = initial state    (reverse: t = T-1 .. 0)
 

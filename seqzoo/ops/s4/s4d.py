@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seqzoo.ops.checks import check_stable
+from seqzoo.ops.checks import check_positive_int, check_stable
 
 Array = jax.Array
 DISCRETISATIONS = ("zoh", "bilinear")
@@ -29,8 +29,7 @@ def check_ssm_args(dt: Array, A: Array, B: Array, C: Array, L: int, a_name: str 
         raise ValueError(
             f"C must be (channels, H, N/2) with (H, N/2)={jnp.shape(A)}, got shape {jnp.shape(C)}"
         )
-    if not isinstance(L, int) or L < 1:
-        raise ValueError(f"L must be a positive int, got {L!r}")
+    check_positive_int(L, "L")
     check_stable(a_name, A)
 
 

@@ -2,9 +2,9 @@
 
     QS(x) = shift(SS_fwd(x)) + flip(shift(SS_bwd(flip(x)))) + D x
 
-is linear in the states entering each shard, so shard ``i`` adds to the local
-``seqzoo.ops.quasiseparable`` (both scans from zero, shifts inside the shard) the delayed
-read-out of its entering states, per direction ``d`` in that direction's own time order:
+is linear in the states entering each shard, so shard ``i`` adds to the op's local core (both
+scans from zero, shifts inside the shard) the delayed read-out of its entering states, per
+direction ``d`` in that direction's own time order:
 
     y_t += exp(L_{t-1}) C_{t-1} . H_in,d           (L_{-1} = 0; C_{-1}: the neighbour's last C)
 
@@ -16,14 +16,14 @@ right (the backward direction runs on the locally flipped shard, its neighbour i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
-from seqzoo.ops.quasiseparable import quasiseparable
+from seqzoo.ops.ssd.sequence_parallel import log_decay, memory_state, state_readout
 from seqzoo.parallel.carry import combine_gathered, gather_summaries
 from seqzoo.parallel.collectives import delayed, reject_segments
-from seqzoo.parallel.context import sequence_parallel
-from seqzoo.parallel.ssd import log_decay, memory_state, state_readout
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -39,35 +39,19 @@ def _summary(x, dt, B, A, dt_bias, dt_softplus) -> tuple[Array, Array, Array]:
     return jnp.exp(cum[:, -1])[..., None, None], memory_state(x, step, cum, B), cum
 
 
-def sharded_quasiseparable(
-    x: Array,
-    dt_fwd: Array,
-    dt_bwd: Array,
-    A: Array,
-    B_fwd: Array,
-    C_fwd: Array,
-    B_bwd: Array,
-    C_bwd: Array,
-    *,
-    axis: str,
-    D: Array | None = None,
-    chunk_size: int = 64,
-    dt_bias: Array | None = None,
-    dt_softplus: bool = False,
-    segment_ids: Array | None = None,
-    impl: str = "auto",
-) -> Array:
+def sharded_quasiseparable(local: Callable, x: Array, dt_fwd: Array, dt_bwd: Array, A: Array,
+                           B_fwd: Array, C_fwd: Array, B_bwd: Array, C_bwd: Array, *,
+                           axis: str, dt_bias: Array | None, dt_softplus: bool,
+                           segment_ids: Array | None = None) -> Array:
     """``seqzoo.ops.quasiseparable`` on a sequence split over mesh axis ``axis``.
 
-    Arguments as the op's, on local shards (``x: (batch, l, heads, headdim)``, data-dependent
-    ``D: (batch, l, heads)``). Returns ``(batch, l, heads, headdim)`` in ``x``'s dtype.
+    ``local(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd)`` is the op's local core with its
+    other options (D included) bound (``quasiseparable_local``). Arrays as the op's, on local
+    shards (``x: (batch, l, heads, headdim)``, data-dependent ``D: (batch, l, heads)``). Returns
+    ``(batch, l, heads, headdim)`` in ``x``'s dtype.
     """
     reject_segments(segment_ids)
-    with sequence_parallel(None):
-        y = quasiseparable(
-            x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=D, chunk_size=chunk_size,
-            dt_bias=dt_bias, dt_softplus=dt_softplus, impl=impl,
-        )
+    y = local(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd)
     forward = (x, dt_fwd, B_fwd)
     backward = (_flip(x), _flip(dt_bwd), _flip(B_bwd))  # in its own time order
     fwd, bwd = (_summary(*d, A, dt_bias, dt_softplus) for d in (forward, backward))

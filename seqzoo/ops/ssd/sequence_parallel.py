@@ -6,21 +6,21 @@ shard (``seqzoo.parallel.carry``),
 
     y_t = y_t^local + exp(L_t) C_t . H_in                   H_in: (batch, heads, headdim, n)
 
-``y^local`` and the shard's memory state are ``seqzoo.ops.ssd`` from a zero state; the shard's
+``y^local`` and the shard's memory state are the op's local core from a zero state; the shard's
 total decay is ``exp(L_l)``. One ``all_gather`` of ``P * batch * heads * (headdim * n + 1)``
 floats per call, whatever the length.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
-from seqzoo.ops.selective_scan import discretize_step, expand_groups
-from seqzoo.ops.ssd import ssd
+from seqzoo.ops.scan import discretize_step, expand_groups
 from seqzoo.parallel.carry import carry_in
 from seqzoo.parallel.collectives import reject_segments
-from seqzoo.parallel.context import sequence_parallel
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -57,6 +57,7 @@ def state_readout(C: Array, cum: Array, state: Array) -> Array:
 
 
 def sharded_ssd(
+    local: Callable,
     x: Array,
     dt: Array,
     A: Array,
@@ -64,28 +65,23 @@ def sharded_ssd(
     C: Array,
     *,
     axis: str,
-    chunk_size: int = 64,
-    D: Array | None = None,
-    z: Array | None = None,
-    dt_bias: Array | None = None,
-    dt_softplus: bool = False,
-    initial_state: Array | None = None,
-    return_final_state: bool = False,
+    z: Array | None,
+    dt_bias: Array | None,
+    dt_softplus: bool,
+    initial_state: Array | None,
     segment_ids: Array | None = None,
-    impl: str = "auto",
-):
+) -> tuple[Array, Array]:
     """``seqzoo.ops.ssd`` on a sequence split over mesh axis ``axis``.
 
-    Arguments as the op's, on local shards (``x: (batch, l, heads, headdim)``); ``initial_state``
-    enters the first shard. Returns ``(batch, l, heads, headdim)`` in ``x``'s dtype and, if asked,
-    the state after the whole sequence ``(batch, heads, headdim, n)`` float32 (on every shard).
+    ``local(x, dt, A, B, C, *, z, initial_state) -> (y, state)`` is the op's local core with its
+    other options bound (``ssd_local``). Arrays as the op's, on local shards (``x: (batch, l,
+    heads, headdim)``); ``initial_state`` enters the first shard. Returns ``(batch, l, heads,
+    headdim)`` in ``x``'s dtype and the state after the whole sequence ``(batch, heads, headdim,
+    n)`` float32 (on every shard).
     """
     reject_segments(segment_ids)
-    with sequence_parallel(None):  # the gate is applied after the correction, below
-        y, local_state = ssd(
-            x.astype(_F32), dt, A, B, C, chunk_size=chunk_size, D=D, dt_bias=dt_bias,
-            dt_softplus=dt_softplus, return_final_state=True, impl=impl,
-        )
+    # the gate is applied after the correction, below
+    y, local_state = local(x.astype(_F32), dt, A, B, C, z=None, initial_state=None)
     _, cum = log_decay(dt, A, dt_bias, dt_softplus)
     entering, final = carry_in(
         jnp.exp(cum[:, -1])[..., None, None], local_state, axis, initial_state=initial_state
@@ -93,5 +89,4 @@ def sharded_ssd(
     y = y + state_readout(C, cum, entering)
     if z is not None:
         y = y * jax.nn.silu(z.astype(_F32))
-    y = y.astype(x.dtype)
-    return (y, final) if return_final_state else y
+    return y.astype(x.dtype), final

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqzoo.ops.s4d_kernel import check_ssm_args, kernel_dtype
+from seqzoo.ops.s4.s4d import check_ssm_args, kernel_dtype
 
 Array = jax.Array
 

@@ -20,14 +20,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqzoo.ops.checks import check_positive_int
+
 Array = jax.Array
 _F32 = jnp.float32
 _HI = jax.lax.Precision.HIGHEST
 
 
 def _check(q: Array, k: Array, v: Array | None, mask: Array, chunk_size: int, bias) -> None:
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_positive_int(chunk_size, "chunk_size")
     if q.ndim != 3 or k.shape != q.shape:
         raise ValueError(f"q and k must be (batch, length, dk) alike, got {q.shape}, {k.shape}")
     if v is not None and (v.ndim != 3 or v.shape[:2] != q.shape[:2]):

@@ -16,14 +16,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from seqzoo.ops.checks import check_positive_int
+
 Array = jax.Array
 _F32 = jnp.float32
 _HI = jax.lax.Precision.HIGHEST
 
 
 def _check(w: Array, b: Array | None, channels: int, dilation: int) -> None:
-    if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
-        raise ValueError(f"dilation must be a positive int, got {dilation!r}")
+    check_positive_int(dilation, "dilation")
     if w.ndim not in (2, 3) or w.shape[0] < 1 or w.shape[1] != channels:
         raise ValueError(
             f"w must be (kernel_size, channels={channels}) (depthwise) or "

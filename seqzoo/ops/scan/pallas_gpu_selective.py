@@ -1,4 +1,4 @@
-"""Pallas kernel: Mamba-1's selective scan, forward and backward, state kept on chip.
+"""The selective scan's Pallas GPU backend: Mamba-1's scan, forward and backward, state on chip.
 
 Per channel d (a block of ``width`` channels per program) and state index n, in float32:
 

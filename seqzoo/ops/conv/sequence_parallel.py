@@ -8,16 +8,17 @@ whatever the length. Shards must be at least ``max(left, right)`` long.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 
-from seqzoo.ops.short_conv import depthwise_conv
 from seqzoo.parallel.collectives import reject_segments, with_halo
-from seqzoo.parallel.context import sequence_parallel
 
 Array = jax.Array
 
 
 def sharded_depthwise_conv(
+    local: Callable,
     x: Array,
     w: Array,
     b: Array | None = None,
@@ -26,14 +27,13 @@ def sharded_depthwise_conv(
     axis: str,
     segment_ids: Array | None = None,
 ) -> Array:
-    """``seqzoo.ops.short_conv.depthwise_conv`` on a sequence split over mesh axis ``axis``.
+    """``seqzoo.ops.conv.depthwise_conv`` on a sequence split over mesh axis ``axis``.
 
+    ``local(x, w, b)`` is the op's local core with ``left`` bound (``depthwise_conv_local``).
     x: (batch, l, C) this shard's steps; w: (K, C); b: (C,) or None; left: past taps.
     Returns (batch, l, C) in x's dtype.
     """
     reject_segments(segment_ids)
     length = x.shape[1]
     extended = with_halo(x, axis, left, w.shape[0] - 1 - left)
-    with sequence_parallel(None):
-        y = depthwise_conv(extended, w, b, left=left)
-    return y[:, left : left + length]
+    return local(extended, w, b)[:, left : left + length]

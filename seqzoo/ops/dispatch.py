@@ -1,0 +1,239 @@
+"""One ``impl`` vocabulary for every op, and the one policy table behind ``impl="auto"``.
+
+Every op with several implementations takes ``impl=`` from one vocabulary, one meaning per name:
+
+    auto          the first rule of the op's policy (``POLICY``) that applies
+    chunked       chunk-wise XLA: quadratic inside a chunk, a recurrence over chunks
+    parallel      the dense (quadratic) XLA form; for attention, jax.nn's XLA softmax
+    sequential    ``lax.scan``, step by step (the op's reference form)
+    associative   ``lax.associative_scan``, a parallel prefix scan
+    pallas        our Pallas kernel for the platform (``seqzoo/ops/<op>/pallas_gpu*.py``)
+    cudnn         cuDNN's fused (flash) attention
+
+Each op supports a subset (``POLICY[op].supported``). Renamed names keep working for one release
+with a ``DeprecationWarning`` (``RENAMED``): linear attention's ``"chunk"`` and ``"recurrent"``
+(now ``"chunked"`` and ``"sequential"``) and attention's ``"xla"`` (now ``"parallel"``).
+
+``resolve(op, impl, **facts)`` is the one resolver: ``Choice(impl, why, measured)``. For
+``"auto"`` it is the first rule of ``POLICY[op]`` whose condition holds on the facts (platform,
+dtypes, widths, options); an explicit name is kept ("asked for") unless a rule overrides it where
+the op cannot run it (``"pallas"`` with packed ``segment_ids`` takes the chunked XLA path). Each
+rule decided by a measurement links the section of ``benchmarks/RESULTS.md`` holding the numbers
+(``measured``); the numbers live there, not here. The platform is ``jax.default_backend()``
+unless a ``platform`` fact is given. ``explain`` says the same in a sentence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from seqzoo.kernels.chunked_tiling import device_limit, padded_width, resolve_tiling
+from seqzoo.kernels.launch import GPU_BACKENDS
+
+IMPLS = ("auto", "chunked", "parallel", "sequential", "associative", "pallas", "cudnn")
+RENAMED = {
+    "linear_attention": {"chunk": "chunked", "recurrent": "sequential"},
+    "attention": {"xla": "parallel"},
+}
+# The widest padded key / value width the chunked kernel has been compiled, checked and timed at
+# on a GPU; wider ones run only when asked for.
+MEASURED_WIDTH = 128
+FUSED_DTYPES = (jnp.bfloat16, jnp.float16)  # the dtypes cuDNN's flash attention takes
+
+_RESULTS = "benchmarks/RESULTS.md#"
+CHUNKED_KERNELS = _RESULTS + "chunked-linear-attention-kernels-issue-7-kernels-3-and-4-bf16"
+CHUNKED_SSD = _RESULTS + (
+    "mamba-2s-ssd-and-hydras-quasiseparable-mixer-on-the-chunked-kernels-and-a-training-step"
+)
+PER_KEY_TILING = _RESULTS + (
+    "bf16-gradients-of-the-chunked-kernels-and-the-per-key-tiling-issue-20-2026-12-05"
+)
+SCAN_KERNELS = _RESULTS + "linear-recurrence-and-selective-scan-kernels-issue-7-kernels-1-and-2"
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """What an op runs: ``impl`` (a name of ``IMPLS``), ``why``, and ``measured``: the section of
+    ``benchmarks/RESULTS.md`` behind the rule ("" where no measurement decided it)."""
+
+    impl: str
+    why: str
+    measured: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One row of an op's policy: run ``impl`` when ``when(facts)`` holds, because ``why``
+    (formatted with the facts). ``overrides``: explicit impls the rule replaces too (an op that
+    cannot run them under this condition); otherwise only ``"auto"`` consults it."""
+
+    impl: str
+    when: Callable[[dict], bool]
+    why: str
+    measured: str = ""
+    overrides: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """An op's implementations, the facts its rules read (a function of keyword facts returning
+    the dict the rules see) and its ordered rules; the last one always applies."""
+
+    supported: tuple[str, ...]
+    facts: Callable[..., dict]
+    rules: tuple[Rule, ...]
+
+
+def _platform(platform: str | None) -> str:
+    return jax.default_backend() if platform is None else platform
+
+
+def _given(flag) -> bool:
+    """A fact that may be passed as an array or None (``segment_ids``) or as a bool."""
+    return flag is not None and flag is not False
+
+
+def _chunked_kernel_facts(*, dims: tuple[int, int], dtypes: tuple = (), dtype=None,
+                          segment_ids=False, per_key: bool = False, platform: str | None = None,
+                          shared_memory: int | None = None) -> dict:
+    """Facts of the chunked linear-attention kernel: ``dims`` the key and value widths (SSD: state
+    and head widths), ``dtypes`` of the matmul inputs (or one ``dtype``), packed ``segment_ids``,
+    ``per_key`` decays, and the GPU's ``shared_memory`` per block (default: the first device's)."""
+    dtypes = tuple(dtypes) + (() if dtype is None else (dtype,))
+    widths = tuple(padded_width(d) for d in dims)
+    limit = device_limit() if shared_memory is None else shared_memory
+    tiling, tiling_why = resolve_tiling(None, *widths, limit)
+    return dict(
+        dims=tuple(dims), widths=widths, measured_width=MEASURED_WIDTH, per_key=per_key,
+        segment_ids=_given(segment_ids), gpu=_platform(platform) in GPU_BACKENDS,
+        all_16bit=all(jnp.dtype(d).itemsize == 2 for d in dtypes), tiling=tiling,
+        tiling_why=tiling_why,
+    )
+
+
+def _scan_facts(*, platform: str | None = None) -> dict:
+    return dict(gpu=_platform(platform) in GPU_BACKENDS)
+
+
+def _attention_facts(*, dtype, head_dim: int, causal: bool = False, window: int | None = None,
+                     num_sinks: int = 0, segment_ids=False, platform: str | None = None,
+                     compute_capability: str | None = None) -> dict:
+    """Facts of ``dot_product_attention``: the inputs' ``dtype``, ``head_dim``, the mask options,
+    and the GPU's ``compute_capability`` (NVIDIA's "major.minor"; default: the first device's)."""
+    platform = _platform(platform)
+    if compute_capability is None:
+        compute_capability = getattr(jax.devices()[0], "compute_capability", "")
+    try:  # NVIDIA's "major.minor"; ROCm names its chips otherwise and has no cuDNN
+        version = float(compute_capability)
+    except (TypeError, ValueError):
+        version = None
+    return dict(
+        platform=platform, gpu=platform in GPU_BACKENDS, dtype=jnp.dtype(dtype).name,
+        fused_dtype=jnp.dtype(dtype) in [jnp.dtype(d) for d in FUSED_DTYPES],
+        compute_capability=compute_capability, nvidia=version is not None, head_dim=head_dim,
+        head_dim_limit=256 if version is not None and version >= 9.0 else 128, causal=causal,
+        window=window, num_sinks=num_sinks, segment_ids=_given(segment_ids),
+    )
+
+
+_CHUNKED_KERNEL_RULES = (
+    Rule("chunked", lambda f: f["segment_ids"], "packed segment_ids: the kernel has no resets",
+         overrides=("pallas",)),
+    Rule("chunked", lambda f: not f["gpu"], "Pallas kernels are compiled on a GPU only"),
+    Rule("chunked", lambda f: not f["all_16bit"],
+         "float32: XLA's matmuls are faster than the kernel's", CHUNKED_SSD),
+    Rule("chunked", lambda f: f["per_key"],
+         "per-key decays: the kernel is slower than fla's (issue 24)", PER_KEY_TILING),
+    Rule("chunked", lambda f: max(f["widths"]) > f["measured_width"],
+         "widths {dims} pad to {widths}: the kernel is measured up to {measured_width}",
+         CHUNKED_KERNELS),
+    Rule("chunked", lambda f: f["tiling"] is None, "{tiling_why}"),
+    Rule("pallas", lambda f: True,
+         "16-bit inputs: the kernel is faster than XLA; its tiling {tiling_why}",
+         CHUNKED_KERNELS),
+)
+_SCAN_RULES = (
+    Rule("associative", lambda f: not f["gpu"], "Pallas kernels are compiled on a GPU only"),
+    Rule("pallas", lambda f: True, "the fused kernel is faster than the associative scan",
+         SCAN_KERNELS),
+)
+_ATTENTION_RULES = (
+    Rule("parallel", lambda f: not f["gpu"], "no fused attention kernel is wired for {platform!r}"),
+    Rule("parallel", lambda f: not f["fused_dtype"],
+         "cuDNN flash attention has no {dtype} kernel"),
+    Rule("parallel", lambda f: not f["nvidia"],
+         "cuDNN needs an NVIDIA GPU (compute capability {compute_capability!r})"),
+    Rule("parallel", lambda f: f["head_dim"] % 8 or f["head_dim"] > f["head_dim_limit"],
+         "cuDNN needs a head dim <= {head_dim_limit} and a multiple of 8, got {head_dim}"),
+    Rule("parallel", lambda f: f["num_sinks"], "cuDNN has no attention sinks"),
+    Rule("parallel", lambda f: f["segment_ids"],
+         "packed segment_ids: cuDNN's packed layout is not exposed by jax.nn"),
+    Rule("parallel", lambda f: f["window"] is not None and not f["causal"],
+         "cuDNN's sliding windows are causal only"),
+    Rule("cudnn", lambda f: True, "bf16/fp16 flash attention"),
+)
+_CHUNKED = ("chunked", "sequential", "pallas")
+_SCANS = ("associative", "sequential", "pallas")
+
+POLICY = {
+    "linear_attention": Policy(("chunked", "parallel", "sequential", "pallas"),
+                               _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),
+    "ssd": Policy(_CHUNKED, _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),
+    "quasiseparable": Policy(_CHUNKED, _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),
+    "linear_recurrence": Policy(_SCANS, _scan_facts, _SCAN_RULES),
+    "selective_scan": Policy(_SCANS, _scan_facts, _SCAN_RULES),
+    "attention": Policy(("parallel", "cudnn"), _attention_facts, _ATTENTION_RULES),
+}
+
+
+def _policy(op: str) -> Policy:
+    if op not in POLICY:
+        raise ValueError(f"op must be one of {tuple(POLICY)}, got {op!r}")
+    return POLICY[op]
+
+
+def accepted(op: str) -> tuple[str, ...]:
+    """Every ``impl`` name ``op`` takes: ``"auto"``, its own, then renamed ones (deprecated)."""
+    return ("auto", *_policy(op).supported, *RENAMED.get(op, {}))
+
+
+def canonical(op: str, impl: str) -> str:
+    """``impl`` in the one vocabulary: a renamed one with a ``DeprecationWarning``; a
+    ``ValueError`` listing ``op``'s valid names for anything else it does not support."""
+    valid = ("auto", *_policy(op).supported)
+    new = RENAMED.get(op, {}).get(impl) if isinstance(impl, str) else None
+    if new is not None:
+        warnings.warn(f"{op}: impl={impl!r} is renamed {new!r}; the old name goes in the next "
+                      "release", DeprecationWarning, stacklevel=3)
+        return new
+    if impl not in valid:
+        raise ValueError(f"impl must be one of {valid}, got {impl!r}")
+    return impl
+
+
+def resolve(op: str, impl: str = "auto", **facts) -> Choice:
+    """What ``op`` runs for ``impl`` given ``facts`` (see the module docstring and each op's
+    facts: ``_chunked_kernel_facts`` for linear_attention / ssd / quasiseparable,
+    ``_scan_facts`` for linear_recurrence / selective_scan, ``_attention_facts``)."""
+    policy = _policy(op)
+    impl = canonical(op, impl)
+    rules = [r for r in policy.rules if impl == "auto" or impl in r.overrides]
+    if rules:
+        known = policy.facts(**facts)
+        for rule in rules:
+            if rule.when(known):
+                return Choice(rule.impl, rule.why.format(**known), rule.measured)
+    return Choice(impl, "asked for")
+
+
+def explain(op: str, impl: str = "auto", **facts) -> str:
+    """``resolve`` as a sentence: what ``op`` runs for ``impl`` here, why, and where it was
+    measured, e.g. ``explain("ssd", dims=(128, 64), dtype=jnp.bfloat16)``."""
+    choice = resolve(op, impl, **facts)
+    where = f" (measured: {choice.measured})" if choice.measured else ""
+    return f"{op} with impl={impl!r} runs {choice.impl!r}: {choice.why}{where}"

@@ -1,0 +1,169 @@
+"""(Gated) linear attention: sequential, parallel, chunked and Pallas forms of one recurrence.
+
+    S_t = exp(g_t) * S_{t-1} + k_t v_t^T          S_t: (dk, dv)
+    o_t = scale * q_t S_t
+
+with no decay (Katharopoulos et al., 2020), a per-head scalar decay g_t (RetNet, Lightning
+Attention-2, Mamba-2 style) or a per-key-dimension decay g_t (GLA, Yang et al., 2024), where
+``exp(g_t)`` multiplies the rows of ``S``. Unrolled, with G_t = g_1 + ... + g_t,
+
+    o_i = scale * (q_i * exp(G_i)) S_0 + scale * sum_{j<=i} sum_d q_id exp(G_id - G_jd) k_jd v_j.
+
+With ``segment_ids`` (packed sequences) the state is reset to zero where the id changes, so each
+segment runs as its own sequence (the first continues from ``S_0``).
+
+Files: this one validates and dispatches; ``xla.py`` (``chunked``, ``parallel``),
+``reference.py`` (``sequential``, the step), ``pallas_gpu.py`` (``pallas``) and
+``sequence_parallel.py`` (a sequence split over devices) hold the forms; ``seqzoo.ops.dispatch``
+decides what ``impl="auto"`` runs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from seqzoo.ops.checks import check_positive_int
+from seqzoo.ops.dispatch import accepted, canonical, resolve
+from seqzoo.ops.linear_attention import pallas_gpu, reference, sequence_parallel, xla
+from seqzoo.ops.segments import segment_index
+from seqzoo.parallel.context import sequence_axis
+
+Array = jax.Array
+IMPLS = accepted("linear_attention")
+
+
+def _check(q, k, v, log_decay, initial_state, chunk_size):
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(
+            f"q, k, v must be (batch, length, heads, dim); got ranks {q.ndim}, {k.ndim}, {v.ndim}"
+        )
+    if q.shape != k.shape:
+        raise ValueError(f"q and k must have the same shape, got {q.shape} and {k.shape}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v's (batch, length, heads) {v.shape[:3]} differ from q's {q.shape[:3]}")
+    if log_decay is not None and log_decay.shape not in (q.shape[:3], q.shape):
+        raise ValueError(
+            f"log_decay must be (batch, length, heads)={q.shape[:3]} or (batch, length, heads, dk)"
+            f"={q.shape}, got {log_decay.shape}"
+        )
+    b, _, h, dk = q.shape
+    if initial_state is not None and initial_state.shape != (b, h, dk, v.shape[-1]):
+        raise ValueError(
+            f"initial_state must be (batch, heads, dk, dv)={(b, h, dk, v.shape[-1])}, "
+            f"got {initial_state.shape}"
+        )
+    check_positive_int(chunk_size, "chunk_size")
+
+
+def linear_attention_local(q, k, v, log_decay, initial_state, *, scale: float, chunk_size: int,
+                           segment_ids: Array | None, impl: str) -> tuple[Array, Array]:
+    """The op on unsplit data: ``(o, S_T)``, ``impl`` resolved here on these inputs (no
+    validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard)."""
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    impl = resolve("linear_attention", impl, dims=(dk, dv), dtypes=(q.dtype, k.dtype, v.dtype),
+                   segment_ids=segment_ids, per_key=log_decay is not None and log_decay.ndim == 4
+                   ).impl
+    if impl == "pallas":
+        return pallas_gpu.linear_attention_kernel(q, k, v, log_decay, scale=scale,
+                                                  initial_state=initial_state,
+                                                  chunk_size=chunk_size)
+    g = xla.decay_per_key(log_decay, q)
+    s0 = (jnp.zeros((b, h, dk, dv), jnp.float32) if initial_state is None
+          else initial_state.astype(jnp.float32))
+    qf, kf, vf = (a.astype(jnp.float32) for a in (q, k, v))
+    runs = segment_index(segment_ids, b, t)  # segment index, 0 for the first
+    if impl == "chunked":
+        o, s_final = xla.chunked(qf * scale, kf, vf, g, s0, runs, chunk_size)
+    else:
+        form = {"parallel": xla.parallel, "sequential": reference.sequential}[impl]
+        o, s_final = form(qf * scale, kf, vf, g, s0, runs)
+    return o.astype(v.dtype), s_final
+
+
+def linear_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    log_decay: Array | None = None,
+    scale: float | None = None,
+    initial_state: Array | None = None,
+    return_final_state: bool = False,
+    chunk_size: int = 64,
+    segment_ids: Array | None = None,
+    impl: str = "auto",
+    seq_axis: str | None = None,
+):
+    """Gated linear attention ``o_t = scale * q_t S_t``, ``S_t = exp(g_t) S_{t-1} + k_t v_t^T``.
+
+    Args:
+      q, k: ``(batch, length, heads, dk)``; feature maps are applied by the caller.
+      v: ``(batch, length, heads, dv)``.
+      log_decay: ``g``: None (no decay), ``(batch, length, heads)`` (scalar per head) or
+        ``(batch, length, heads, dk)`` (per key dimension). Should be <= 0.
+      scale: multiplies ``q``; default ``dk ** -0.5``.
+      initial_state: ``S_0: (batch, heads, dk, dv)``; default zeros.
+      return_final_state: also return ``S_T: (batch, heads, dk, dv)`` in float32.
+      chunk_size: block length of the chunked form; any ``length`` works (padded internally).
+      segment_ids: ``(batch, length)`` int or None: packed sequences, state reset at each change.
+      impl: ``"chunked"`` (Lightning-2 / GLA intra-chunk quadratic + inter-chunk state passing),
+        ``"parallel"`` (the quadratic form), ``"sequential"`` (a scan), ``"pallas"`` (the
+        chunked kernels, forward and backward; its chunk is ``chunk_size`` capped at its tuned
+        size; with ``segment_ids`` it falls back to ``"chunked"``) or ``"auto"``
+        (``seqzoo.ops.explain("linear_attention", ...)`` says what it picks and why).
+        ``"chunk"`` and ``"recurrent"`` are the deprecated names of ``"chunked"`` and
+        ``"sequential"``.
+      seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that
+        of the active ``seqzoo.parallel.sequence_parallel`` context).
+
+    Returns:
+      ``o: (batch, length, heads, dv)`` in ``v``'s dtype, and ``S_T`` if asked. Computation is
+      float32 whatever the input dtype.
+    """
+    _check(q, k, v, log_decay, initial_state, chunk_size)
+    impl = canonical("linear_attention", impl)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    local = functools.partial(linear_attention_local, scale=scale, chunk_size=chunk_size,
+                              segment_ids=segment_ids, impl=impl)
+    axis = sequence_axis(seq_axis)
+    if axis is None:
+        o, s_final = local(q, k, v, log_decay, initial_state)
+    else:  # sequence parallel: the state is carried across shards
+        o, s_final = sequence_parallel.sharded_linear_attention(
+            local, q, k, v, log_decay, initial_state, axis=axis, scale=scale,
+            segment_ids=segment_ids,
+        )
+    return (o, s_final) if return_final_state else o
+
+
+def linear_attention_step(
+    state: Array,
+    q_t: Array,
+    k_t: Array,
+    v_t: Array,
+    log_decay_t: Array | None = None,
+    scale: float | None = None,
+) -> tuple[Array, Array]:
+    """One decoding step: ``S = exp(g_t) S + k_t v_t^T``, ``o_t = scale * q_t S``.
+
+    Args:
+      state: ``(batch, heads, dk, dv)`` float32.
+      q_t, k_t: ``(batch, heads, dk)``; v_t: ``(batch, heads, dv)``.
+      log_decay_t: None, ``(batch, heads)`` or ``(batch, heads, dk)``.
+    Returns:
+      ``(state, o_t: (batch, heads, dv))`` with ``o_t`` in ``v_t``'s dtype.
+    """
+    dk = q_t.shape[-1]
+    scale = dk**-0.5 if scale is None else scale
+    state, o = reference.recurrence_step(
+        state.astype(jnp.float32),
+        q_t.astype(jnp.float32) * scale,
+        k_t.astype(jnp.float32),
+        v_t.astype(jnp.float32),
+        xla.decay_per_key(log_decay_t, q_t),
+    )
+    return state, o.astype(v_t.dtype)
