@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +62,8 @@ class _Static:
     scale: float
     reverse: tuple[bool, ...]
     decay: str | None
-    tiling: Tiling
+    tiling: Tiling  # or the launch parameters ``run`` takes (anything with a ``chunk``)
+    run: Callable = chunked_pass  # one pass: chunked_pass, or mosaic_tpu_chunked.mosaic_pass
 
 
 def _chunk_cumsum(g: Array, chunk: int) -> Array:
@@ -104,8 +106,8 @@ def _chunked(q, k, v, g, ks, s0, st: _Static):
 
 def _forward(q, k, v, g, ks, s0, st: _Static):
     cum = None if g is None else _chunk_cumsum(g, st.tiling.chunk)
-    out = chunked_pass(q, k, v, cum, ks, None, s0, scale=st.scale, reverse=st.reverse,
-                       decay=st.decay, tiling=st.tiling)
+    out = st.run(q, k, v, cum, ks, None, s0, scale=st.scale, reverse=st.reverse,
+                 decay=st.decay, tiling=st.tiling)
     return out, (q, k, v, g, cum, ks, s0)
 
 
@@ -130,15 +132,13 @@ def _backward(st: _Static, res, cotangents):
     # pass (state dS^T / scale) dots its own with them there: <S_n, dS_n> for dg; both split
     # their float32 matmul operands, since dg takes differences of q.dq and k.dk.
     decayed = g is not None
-    dq, _, *bounds = chunked_pass(do, v, k, cum, ks, None, _transposed(s0), reverse=st.reverse,
-                                  decay=_DUAL[st.decay], boundaries=decayed, split=decayed,
-                                  **common)
-    dv, ds0 = chunked_pass(k, q, do, cum, None, ks, ds_final / st.scale, reverse=flipped,
-                           decay=st.decay, **common)
-    dk_eff, _, *dots = chunked_pass(v, do, q, cum, None, None, _transposed(ds_final) / st.scale,
-                                    reverse=flipped, decay=_DUAL[st.decay],
-                                    partner=bounds[0] if bounds else None, split=decayed,
-                                    **common)
+    dq, _, *bounds = st.run(do, v, k, cum, ks, None, _transposed(s0), reverse=st.reverse,
+                            decay=_DUAL[st.decay], boundaries=decayed, split=decayed, **common)
+    dv, ds0 = st.run(k, q, do, cum, None, ks, ds_final / st.scale, reverse=flipped,
+                     decay=st.decay, **common)
+    dk_eff, _, *dots = st.run(v, do, q, cum, None, None, _transposed(ds_final) / st.scale,
+                              reverse=flipped, decay=_DUAL[st.decay],
+                              partner=bounds[0] if bounds else None, split=decayed, **common)
     ds0 = ds0 * st.scale
     heads = dq.shape[3]
     k_heads = _per_head(k, heads).astype(_F32)
@@ -250,7 +250,19 @@ def gated_linear_attention(
             raise ValueError(f"impl='pallas' cannot run here: {why}; use the op's XLA path")
     chunk = min(tiling.chunk, _width(length), _width(max_chunk or tiling.chunk))
     tiling = dataclasses.replace(tiling, chunk=chunk, sub=min(tiling.sub, chunk))
-    steps, wk, wv = -(-length // chunk) * chunk, _width(dk), _width(dv)
+    return padded_chunked(q, k, v, g, key_scale, initial_state, scale=scale, reverse=reverse,
+                          tiling=tiling, widths=(_width(dk), _width(dv)), run=chunked_pass)
+
+
+def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
+                   reverse: tuple[bool, ...], tiling, widths: tuple[int, int],
+                   run: Callable) -> tuple[Array, Array]:
+    """``gated_linear_attention`` on the passes ``run`` (arguments as there): the inputs
+    zero-padded to a multiple of ``tiling.chunk`` steps and to the key / value ``widths``
+    (identity steps, zero columns), the custom_vjp, the outputs cut back."""
+    length, dk, dv = q.shape[2], q.shape[-1], v.shape[-1]
+    decay = None if g is None else ("scalar" if g.ndim == 4 else "key")
+    steps, (wk, wv) = -(-length // tiling.chunk) * tiling.chunk, widths
     as_f32 = [None if x is None else x.astype(_F32) for x in (g, key_scale, initial_state)]
     out, final = _chunked(
         _padded(q, {2: steps, 4: wk}),
@@ -259,7 +271,7 @@ def gated_linear_attention(
         _padded(as_f32[0], {2: steps} | ({4: wk} if decay == "key" else {})),
         _padded(as_f32[1], {2: steps}),
         _padded(as_f32[2], {3: wk, 4: wv}),
-        _Static(float(scale), tuple(reverse), decay, tiling),
+        _Static(float(scale), tuple(reverse), decay, tiling, run),
     )
     return out[:, :, :length, :, :dv], final[..., :dk, :dv]
 

@@ -15,6 +15,8 @@ with the ops (elementwise, in XLA). Tolerances: as ``chunked_linear_attention``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -42,11 +44,17 @@ def ssd_kernel(
     chunk_size caps the chunk of ``tiling`` (default ``chunked_pass.TUNED``).
     Returns y: (b, l, h, p) in x's dtype and the final state (b, h, p, n) float32.
     """
+    return ssd_on(gated_linear_attention, x, dt, A, B, C, initial_state,
+                  chunk_size=chunk_size, tiling=tiling)
+
+
+def ssd_on(attention: Callable, x, dt, A, B, C, initial_state=None, *, chunk_size: int,
+           tiling=None) -> tuple[Array, Array]:
+    """``ssd_kernel`` on ``attention`` (a ``gated_linear_attention``: Triton or Mosaic-TPU)."""
     dt = dt.astype(_F32)
     s0 = None if initial_state is None else jnp.swapaxes(initial_state, -1, -2)[None]
-    y, final = gated_linear_attention(C[None], B[None], x[None], (dt * A.astype(_F32))[None],
-                                      dt[None], s0, scale=1.0, tiling=tiling,
-                                      max_chunk=chunk_size)
+    y, final = attention(C[None], B[None], x[None], (dt * A.astype(_F32))[None], dt[None], s0,
+                         scale=1.0, tiling=tiling, max_chunk=chunk_size)
     return y[0], jnp.swapaxes(final[0], -1, -2)
 
 
@@ -66,12 +74,20 @@ def quasiseparable_kernel(
 
     Arguments as there (dt already discretised; no D). Returns (b, l, h, p) float32.
     """
+    return quasiseparable_on(gated_linear_attention, x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd,
+                             C_bwd, chunk_size=chunk_size)
+
+
+def quasiseparable_on(attention: Callable, x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, *,
+                      chunk_size: int, tiling=None) -> Array:
+    """``quasiseparable_kernel`` on ``attention`` (Triton or Mosaic-TPU): both directions in
+    one launch, the backward one reverse."""
     dt = jnp.stack([dt_fwd, dt_bwd]).astype(_F32)
     log_decay = dt * A.astype(_F32)
     later = jnp.pad(log_decay[1, :, :-1], ((0, 0), (1, 0), (0, 0)))  # h_t = dt_{t-1} A
-    y, _ = gated_linear_attention(
+    y, _ = attention(
         jnp.stack([C_fwd, C_bwd]), jnp.stack([B_fwd, B_bwd]), x[None],
-        jnp.stack([log_decay[0], later]), dt, scale=1.0, reverse=(False, True),
+        jnp.stack([log_decay[0], later]), dt, scale=1.0, reverse=(False, True), tiling=tiling,
         max_chunk=chunk_size,
     )
     y = y.astype(_F32)
