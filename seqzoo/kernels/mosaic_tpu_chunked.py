@@ -24,8 +24,9 @@ so that only ``exp`` of non-positive numbers is ever taken):
 * no or scalar decay: the (C, C) scores ``q k^T`` on the MXU, the mask and ``exp(G_i - G_j)``
   applied in float32 (masked before the ``exp``), ``scores v + exp(G_i) q S``, and
   ``S <- exp(G_C) S + (exp(G_C - G_j) k_j)^T v``;
-* per-key decay (and its gradient passes' per-column decay): sub-chunks of ``sub`` rows; the
-  columns before the sub-chunk through its first row r as reference,
+* per-key decay (and its gradient passes' per-column decay): sub-chunks of ``sub`` (16) rows;
+  the columns before the sub-chunk through its first row r as reference (reverse: the columns
+  after it, through its last row),
   ``exp(G_i - G_j) = exp(G_i - G_r) exp(G_r - G_j)`` (both factors <= 1) on the MXU; the
   ``sub x sub`` diagonal block exactly on the VPU, key by key (a ``fori_loop`` of
   ``(sub, d)`` products ``q_i k_j exp(min(G_i - G_j, 0))`` reduced over d);
@@ -39,19 +40,23 @@ the Triton kernel. Row vectors become columns through a masked lane reduction wi
 identity (``_column``), never a reshape, and rows / lanes are picked by masked sums.
 
 Tiling and VMEM: ``vmem_bytes`` counts one grid step's working set (double-buffered blocks,
-the state, the float32 intermediates); ``pick_tiling`` takes chunk 256 where the MXU is 256
-wide (v6e) and 128 elsewhere, the widest value block (128 .. 512) that fits the generation's
-scoped VMEM default (``mosaic_tpu_common.GENERATIONS``), and raises ``vmem_limit_bytes`` only
-when nothing fits the default. Per generation at dk = 128 and bf16 (forward, ``vmem_bytes``):
+the state scratch, the float32 values the compiler keeps in VMEM); ``pick_tiling`` takes the
+chunk = the MXU's side (128; 256 on v6e), the widest value block (512, 256, 128) dividing the
+padded dv whose working set fits the generation's scoped VMEM default
+(``mosaic_tpu_common.GENERATIONS``), and raises ``vmem_limit_bytes`` only when none does.
+Working sets at bf16, dk = dv (``vmem_bytes``; the scoped default in brackets):
 
-    decay       chunk  block_v  working set   v4 / v5e / v5p scoped 16 MiB   v6e scoped 32 MiB
-    none/head   128    128      ~0.6 MiB      fits                            fits
-    none/head   256    256      ~2.2 MiB      (not taken: 128-wide MXU)       fits (taken)
-    per key     128    128      ~0.9 MiB      fits                            fits
+    dk = dv   decay       v4 / v5e / v5p [16 MiB]        v6e [32 MiB]
+    128       none/head   chunk 128, block 128: 1.4 MiB  chunk 256, block 128: 2.6 MiB
+    128       per key     chunk 128, block 128: 1.6 MiB  chunk 256, block 128: 2.5 MiB
+    256       none/head   chunk 128, block 256: 4.0 MiB  chunk 256, block 256: 5.6 MiB
+    512       none/head   chunk 128, block 512: 13.8 MiB chunk 256, block 512: 16.1 MiB
+    512       per key     chunk 128, block 512: 15.5 MiB chunk 256, block 512: 19.0 MiB
 
-Tolerances against the float32 XLA op (``tests/test_tpu_chunked.py``, TPU interpret mode on
-CPU): float32 inputs 1e-5 relative (outputs, final states, every gradient); bf16 inputs against
-the float32 op on the same values 2e-2 asserted (~3e-3 measured), as the Triton kernels.
+Tolerances against the float32 XLA ops (``tests/test_tpu_chunked.py``, TPU interpret mode on
+CPU; relative L2 error of outputs, final states and every gradient, each on its own): float32
+inputs <= 3.5e-6 measured (3.3e-5 for Hydra's d A, a sum over everything), 1e-4 asserted; bf16
+inputs against the float32 op on the same values <= 2.9e-3 measured, 6e-3 asserted.
 """
 
 from __future__ import annotations
@@ -102,16 +107,19 @@ def vmem_bytes(tiling: Tiling, decay: str | None, dk: int, itemsize: int) -> int
     """One grid step's VMEM working set (bytes) at key width ``dk`` (padded) and input itemsize.
 
     Double-buffered blocks: q, k (C, dk), v and o (C, block_v), the decays (C, dk) float32 per
-    key or a few (8, C) float32 rows, the initial / final / boundary states (dk, block_v)
-    float32; the state scratch; float32 intermediates: a few (C, C) score tiles for whole
-    chunks, a few (C, dk) decay factors for sub-chunks.
+    key or a few (8, C) float32 rows, the initial / final / boundary / partner states
+    (dk, block_v) float32; the state scratch; float32 values the compiler keeps in VMEM: three
+    states (before, after, a product), two (C, width) tiles, and four (C, C) score tiles for
+    whole chunks or six (C, width) decay factors for sub-chunks.
     """
     c, bv = tiling.chunk, tiling.block_v
+    width = max(dk, bv)
     blocks = c * (2 * dk + 2 * bv) * itemsize + 4 * dk * bv * 4
     blocks += c * dk * 4 if decay in ("key", "value") else 3 * 8 * c * 4
     scratch = dk * bv * 4
-    temps = (4 * c * c if decay in (None, "scalar") else 6 * c * max(dk, bv)) * 4
-    return 2 * blocks + scratch + temps
+    temps = 3 * dk * bv + 2 * c * width
+    temps += 4 * c * c if decay in (None, "scalar") else 6 * c * width
+    return 2 * blocks + scratch + 4 * temps
 
 
 def pick_tiling(decay: str | None, dk: int, dv: int, itemsize: int = 2,
