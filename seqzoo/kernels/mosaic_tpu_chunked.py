@@ -301,7 +301,7 @@ def _sub_chunks(spec: _Pass, refs: dict, rev: bool, state: Array) -> Array:
     key = spec.decay == "key"
     sign = -1.0 if rev else 1.0
     g = refs["g"]
-    last = g[c - 1:c, :]
+    last = _pick_row(g[c - 8:c, :], 7)  # an aligned 8-row load, then its last row
     key_scale = refs["ks"][...] if spec.has_key_scale else None
 
     def sub_chunk(n, carry):
@@ -474,6 +474,7 @@ def mosaic_pass(
         raise ValueError(f"length {length} must be a multiple of the chunk {c} and widths "
                          f"{dk}, {dv} of {LANES}")
     bv = min(tiling.block_v, dv)
+    bv = bv if dv % bv == 0 else LANES
     chunks = length // c
     at = _chunk_index(tuple(reverse), chunks)
     dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
@@ -532,7 +533,6 @@ def mosaic_pass(
     if partner is not None:
         rest[-1] = jnp.moveaxis(rest[-1][:, :, :, :, 0], 3, 2)  # (D, B, N, H, dv)
     return (out, *rest)
-
 
 
 def gated_linear_attention(
