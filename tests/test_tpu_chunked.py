@@ -168,6 +168,21 @@ def test_linear_attention_bf16(decay):
     compare(kernel_attention, xla_attention, args, rng, jnp.bfloat16, BF16_TOL)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("decay", ["head", "key"])
+def test_v6e_tiling(decay):
+    """Chunk 256 and 256-wide value blocks (v6e's tiling), with two value blocks per head."""
+    rng = np.random.default_rng(8)
+    q, k, _, g, _ = attention_args(decay, jnp.float32, 300, rng)
+    v, s0 = normal(rng, 2, 300, 2, 400), normal(rng, 2, 2, 16, 400)
+    tiling = Tiling(chunk=256, block_v=256)
+
+    def kernel(q, k, v, g, s0):
+        return linear_attention_kernel(q, k, v, g, scale=0.3, initial_state=s0, tiling=tiling)
+
+    compare(kernel, xla_attention, (q, k, v, g, s0), rng, jnp.float32, F32_TOL)
+
+
 def flipped(x, axis=1):
     return None if x is None else jnp.flip(x, axis)
 

@@ -48,7 +48,7 @@ def ssd_kernel(
                   chunk_size=chunk_size, tiling=tiling)
 
 
-def ssd_on(attention: Callable, x, dt, A, B, C, initial_state=None, *, chunk_size: int,
+def ssd_on(attention: Callable, x, dt, A, B, C, initial_state=None, *, chunk_size: int | None,
            tiling=None) -> tuple[Array, Array]:
     """``ssd_kernel`` on ``attention`` (a ``gated_linear_attention``: Triton or Mosaic-TPU)."""
     dt = dt.astype(_F32)
@@ -79,7 +79,7 @@ def quasiseparable_kernel(
 
 
 def quasiseparable_on(attention: Callable, x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, *,
-                      chunk_size: int, tiling=None) -> Array:
+                      chunk_size: int | None, tiling=None) -> Array:
     """``quasiseparable_kernel`` on ``attention`` (Triton or Mosaic-TPU): both directions in
     one launch, the backward one reverse."""
     dt = jnp.stack([dt_fwd, dt_bwd]).astype(_F32)

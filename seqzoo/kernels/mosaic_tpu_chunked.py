@@ -578,13 +578,14 @@ def linear_attention_kernel(
     *,
     scale: float,
     initial_state: Array | None = None,
-    chunk_size: int = 128,
+    chunk_size: int | None = None,
     tiling: Tiling | None = None,
 ) -> tuple[Array, Array]:
     """``seqzoo.ops.linear_attention`` (no segment_ids) on the Mosaic kernels.
 
     q, k: (B, T, H, dk); v: (B, T, H, dv); log_decay: None, (B, T, H) or (B, T, H, dk);
-    initial_state: (B, H, dk, dv). Returns ``o`` in v's dtype and ``S_T`` float32.
+    initial_state: (B, H, dk, dv); chunk_size: caps the tiling's chunk (never below 128).
+    Returns ``o`` in v's dtype and ``S_T`` float32.
     """
     lead = [None if a is None else a[None] for a in (q, k, v, log_decay, initial_state)]
     o, final = gated_linear_attention(*lead[:4], None, lead[4], scale=scale, tiling=tiling,

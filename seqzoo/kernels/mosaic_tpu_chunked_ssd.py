@@ -5,7 +5,7 @@ The adapters of ``chunked_ssd`` (its docstring has the mapping: q = C, k = B, v 
 backward one reverse with its log decays moved one step later), on
 ``mosaic_tpu_chunked.gated_linear_attention``. D, the z gate and the one-step shifts stay with
 the ops (elementwise, XLA). The chunk is 128 (256 on v6e) whatever ``chunk_size`` below 128 an
-op passes. Tolerances: as ``mosaic_tpu_chunked``.
+op passes (``chunk_size`` None: the tiling's). Tolerances: as ``mosaic_tpu_chunked``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ Array = jax.Array
 
 
 def ssd_kernel(x: Array, dt: Array, A: Array, B: Array, C: Array,
-               initial_state: Array | None = None, *, chunk_size: int = 128,
+               initial_state: Array | None = None, *, chunk_size: int | None = None,
                tiling: Tiling | None = None) -> tuple[Array, Array]:
     """``y`` of ``seqzoo.ops.ssd`` without D and z, on a TPU; dt already discretised.
 
@@ -31,8 +31,8 @@ def ssd_kernel(x: Array, dt: Array, A: Array, B: Array, C: Array,
 
 
 def quasiseparable_kernel(x: Array, dt_fwd: Array, dt_bwd: Array, A: Array, B_fwd: Array,
-                          C_fwd: Array, B_bwd: Array, C_bwd: Array, *, chunk_size: int = 128,
-                          tiling: Tiling | None = None) -> Array:
+                          C_fwd: Array, B_bwd: Array, C_bwd: Array, *,
+                          chunk_size: int | None = None, tiling: Tiling | None = None) -> Array:
     """``shift(SS_fwd(x)) + flip(shift(SS_bwd(flip(x))))`` of ``seqzoo.ops.quasiseparable``
     on a TPU, both directions in one launch. Arguments as there (dt already discretised; no
     D). Returns (b, l, h, p) float32.
