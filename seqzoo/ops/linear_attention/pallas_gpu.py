@@ -7,8 +7,9 @@ Mamba-2's dt). A reverse direction runs the same recurrence from the end of the 
 ``o_i`` collecting keys ``j >= i`` decayed by ``exp(g_{i+1} + ... + g_j)``: Hydra's backward
 scan, read in place instead of flipped.
 
-Every pass is one launch of ``chunked_pass`` (see there for the kernel). The backward pass is
-three more launches of the same kernel, with the roles of the inputs exchanged:
+Every pass is one launch of ``chunked_pass`` (see there for the kernel), driven by
+``seqzoo.kernels.chunked_vjp`` (shared with the TPU backend). The backward pass is three more
+launches of the same kernel, with the roles of the inputs exchanged:
 
     dq = pass(q=do, k=v,  v=k,  causal,  S_0^T)          decay on dq's columns
     dv = pass(q=k,  k=q,  v=do, reverse, dS_T) * ks      its final state is dS_0
@@ -46,128 +47,14 @@ with the float32 op on the same values to 1.5e-3 .. 3e-3 relative, outputs and e
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
-import jax.numpy as jnp
-from jax import lax
 
 from seqzoo.kernels.chunked_pass import Tiling, chunked_pass
 from seqzoo.kernels.chunked_tiling import device_limit, padded_width, resolve_tiling
+from seqzoo.kernels.chunked_vjp import padded_chunked
 
 Array = jax.Array
-_F32 = jnp.float32
-_DUAL = {None: None, "scalar": "scalar", "key": "value"}  # the decay of the dq / dk passes
-
-
-@dataclasses.dataclass(frozen=True)
-class _Static:
-    scale: float
-    reverse: tuple[bool, ...]
-    decay: str | None
-    tiling: Tiling
-
-
-def _chunk_cumsum(g: Array, chunk: int) -> Array:
-    """Inclusive cumulative sum along axis 2 restarting at every chunk of ``chunk`` steps."""
-    s = g.shape
-    blocks = g.reshape(*s[:2], s[2] // chunk, chunk, *s[3:])
-    return jnp.cumsum(blocks, axis=3).reshape(s)
-
-
-def _chunk_reverse_cumsum(x: Array, chunk: int) -> Array:
-    """``sum_{s >= t, s in t's chunk} x_s`` along axis 2: the transpose of ``_chunk_cumsum``."""
-    s = x.shape
-    blocks = x.reshape(*s[:2], s[2] // chunk, chunk, *s[3:])
-    return lax.cumsum(blocks, axis=3, reverse=True).reshape(s)
-
-
-def _per_head(x: Array, heads: int) -> Array:
-    """``(D, B, T, H_x, ...)`` -> ``(D, B, T, heads, ...)``, head h reading ``h // (heads/H_x)``."""
-    return jnp.repeat(x, heads // x.shape[3], axis=3)
-
-
-def _like(grad: Array, x: Array, head_axis: int = 3) -> Array:
-    """A per-direction, per-head gradient summed back to ``x``'s directions and heads."""
-    dirs, heads = grad.shape[0], grad.shape[head_axis]
-    split = (*grad.shape[:head_axis], x.shape[head_axis], heads // x.shape[head_axis])
-    grad = grad.reshape(*split, *grad.shape[head_axis + 1:]).sum(head_axis + 1)
-    if x.shape[0] == 1 and dirs > 1:
-        grad = grad.sum(0, keepdims=True)
-    return grad.astype(x.dtype)
-
-
-def _transposed(state: Array | None) -> Array | None:
-    return None if state is None else jnp.swapaxes(state, -1, -2)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _chunked(q, k, v, g, ks, s0, st: _Static):
-    return _forward(q, k, v, g, ks, s0, st)[0]
-
-
-def _forward(q, k, v, g, ks, s0, st: _Static):
-    cum = None if g is None else _chunk_cumsum(g, st.tiling.chunk)
-    out = chunked_pass(q, k, v, cum, ks, None, s0, scale=st.scale, reverse=st.reverse,
-                       decay=st.decay, tiling=st.tiling)
-    return out, (q, k, v, g, cum, ks, s0)
-
-
-def _decay_grads(dcum: Array, dots: Array, st: _Static) -> Array:
-    """d loss / d g from the chunk-local identity: ``dcum`` (D, B, T, H, dk) plus the boundary
-    dots (D, B, N, H, dk) at every chunk's last step, summed back within each chunk."""
-    if st.decay == "scalar":
-        dcum, dots = dcum.sum(-1), dots.sum(-1)
-    c = st.tiling.chunk
-    s = dcum.shape
-    blocks = dcum.reshape(*s[:2], s[2] // c, c, *s[3:])
-    blocks = blocks.at[:, :, :, -1].add(dots * st.scale)
-    return _chunk_reverse_cumsum(blocks.reshape(s), c)
-
-
-def _backward(st: _Static, res, cotangents):
-    q, k, v, g, cum, ks, s0 = res
-    do, ds_final = cotangents
-    flipped = tuple(not r for r in st.reverse)
-    common = dict(scale=st.scale, tiling=st.tiling, out_dtype=_F32)
-    # With decays, the dq pass (state S^T) writes its state at every chunk boundary and the dk
-    # pass (state dS^T / scale) dots its own with them there: <S_n, dS_n> for dg; both split
-    # their float32 matmul operands, since dg takes differences of q.dq and k.dk.
-    decayed = g is not None
-    dq, _, *bounds = chunked_pass(do, v, k, cum, ks, None, _transposed(s0), reverse=st.reverse,
-                                  decay=_DUAL[st.decay], boundaries=decayed, split=decayed,
-                                  **common)
-    dv, ds0 = chunked_pass(k, q, do, cum, None, ks, ds_final / st.scale, reverse=flipped,
-                           decay=st.decay, **common)
-    dk_eff, _, *dots = chunked_pass(v, do, q, cum, None, None, _transposed(ds_final) / st.scale,
-                                    reverse=flipped, decay=_DUAL[st.decay],
-                                    partner=bounds[0] if bounds else None, split=decayed,
-                                    **common)
-    ds0 = ds0 * st.scale
-    heads = dq.shape[3]
-    k_heads = _per_head(k, heads).astype(_F32)
-    dk = dk_eff if ks is None else dk_eff * _per_head(ks, heads)[..., None]
-    grads_g = None
-    if g is not None:
-        sign = jnp.where(jnp.asarray(st.reverse), -1.0, 1.0).reshape(-1, 1, 1, 1, 1)
-        dcum = sign * (_per_head(q, heads).astype(_F32) * dq - k_heads * dk)
-        grads_g = _like(_decay_grads(dcum, dots[0], st), g)
-    grads_ks = None if ks is None else _like(jnp.sum(k_heads * dk_eff, axis=-1), ks)
-    grads_s0 = None if s0 is None else _like(ds0, s0, head_axis=2)
-    return (_like(dq, q), _like(dk, k), _like(dv, v), grads_g, grads_ks, grads_s0)
-
-
-_chunked.defvjp(_forward, _backward)
-
-
-def _padded(x: Array | None, sizes: dict[int, int]) -> Array | None:
-    """``x`` zero-padded at the end of each axis in ``sizes`` to that size."""
-    if x is None:
-        return None
-    pad = [(0, 0)] * x.ndim
-    for axis, size in sizes.items():
-        pad[axis] = (0, size - x.shape[axis])
-    return jnp.pad(x, pad) if any(p[1] for p in pad) else x
 
 
 def gated_linear_attention(
@@ -207,18 +94,9 @@ def gated_linear_attention(
             raise ValueError(f"impl='pallas' cannot run here: {why}; use the op's XLA path")
     chunk = min(tiling.chunk, padded_width(length), padded_width(max_chunk or tiling.chunk))
     tiling = dataclasses.replace(tiling, chunk=chunk, sub=min(tiling.sub, chunk))
-    steps, wk, wv = -(-length // chunk) * chunk, padded_width(dk), padded_width(dv)
-    as_f32 = [None if x is None else x.astype(_F32) for x in (g, key_scale, initial_state)]
-    out, final = _chunked(
-        _padded(q, {2: steps, 4: wk}),
-        _padded(k, {2: steps, 4: wk}),
-        _padded(v, {2: steps, 4: wv}),
-        _padded(as_f32[0], {2: steps} | ({4: wk} if decay == "key" else {})),
-        _padded(as_f32[1], {2: steps}),
-        _padded(as_f32[2], {3: wk, 4: wv}),
-        _Static(float(scale), tuple(reverse), decay, tiling),
-    )
-    return out[:, :, :length, :, :dv], final[..., :dk, :dv]
+    return padded_chunked(q, k, v, g, key_scale, initial_state, scale=scale, reverse=reverse,
+                          tiling=tiling, widths=(padded_width(dk), padded_width(dv)),
+                          run=chunked_pass)
 
 
 def linear_attention_kernel(

@@ -1,46 +1,24 @@
-"""SSD's Pallas GPU backend: Mamba-2's SSD on the chunked linear-attention kernels.
+"""SSD's Pallas GPU backend: ``seqzoo.ops.ssd.pallas.ssd_on`` on the Triton chunked kernel.
 
-SSD is scalar-decay linear attention (Dao & Gu, 2024): with q = C, k = B, v = x, log decay
-``dt A`` and the key scaled by ``dt`` (inside the kernel, so ``x dt`` is never written),
-
-    H_t = exp(dt_t A) H_{t-1} + dt_t x_t B_t^T,   y_t = H_t C_t   (H_t: (headdim, n) = S_t^T).
-
-The ``D`` skip and the ``z`` gate stay with the op (elementwise, in XLA). Tolerances: as
-``seqzoo.ops.linear_attention.pallas_gpu``, whose ``gated_linear_attention`` this calls.
+Tolerances: as ``seqzoo.ops.linear_attention.pallas_gpu``, whose ``gated_linear_attention``
+this runs.
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from seqzoo.kernels.chunked_pass import Tiling
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention
+from seqzoo.ops.ssd.pallas import ssd_on
 
 Array = jax.Array
-_F32 = jnp.float32
 
 
-def ssd_kernel(
-    x: Array,
-    dt: Array,
-    A: Array,
-    B: Array,
-    C: Array,
-    initial_state: Array | None = None,
-    *,
-    chunk_size: int = 64,
-    tiling: Tiling | None = None,
-) -> tuple[Array, Array]:
-    """``y`` of ``seqzoo.ops.ssd`` without D and z; dt already discretised (non-negative).
-
-    x: (b, l, h, p); dt: (b, l, h); A: (h,); B, C: (b, l, g, n); initial_state: (b, h, p, n).
-    chunk_size caps the chunk of ``tiling`` (default ``chunked_pass.TUNED``).
-    Returns y: (b, l, h, p) in x's dtype and the final state (b, h, p, n) float32.
-    """
-    dt = dt.astype(_F32)
-    s0 = None if initial_state is None else jnp.swapaxes(initial_state, -1, -2)[None]
-    y, final = gated_linear_attention(C[None], B[None], x[None], (dt * A.astype(_F32))[None],
-                                      dt[None], s0, scale=1.0, tiling=tiling,
-                                      max_chunk=chunk_size)
-    return y[0], jnp.swapaxes(final[0], -1, -2)
+def ssd_kernel(x: Array, dt: Array, A: Array, B: Array, C: Array,
+               initial_state: Array | None = None, *, chunk_size: int = 64,
+               tiling: Tiling | None = None) -> tuple[Array, Array]:
+    """``ssd_on`` (arguments and shapes there) on the GPU kernel; ``tiling`` default: the
+    GPU's resolved tiling."""
+    return ssd_on(gated_linear_attention, x, dt, A, B, C, initial_state, chunk_size=chunk_size,
+                  tiling=tiling)
