@@ -29,6 +29,17 @@ from jax.experimental import pallas as pl
 from seqzoo.kernels.mosaic_tpu_common import SUBLANES, cdiv
 
 
+def div(x, d: int):
+    """x // d for x >= 0: truncating division, which Mosaic lowers on every generation (jnp's
+    floor division adds sign corrections that need the chip's generation)."""
+    return x // d if isinstance(x, int) else jax.lax.div(x, jnp.int32(d))
+
+
+def rem(x, d: int):
+    """x % d for x >= 0 (see ``div``)."""
+    return x % d if isinstance(x, int) else jax.lax.rem(x, jnp.int32(d))
+
+
 def time_block(step, blocks: int, descending: bool):
     """The time block visited at grid step ``step`` of ``blocks``."""
     return blocks - 1 - step if descending else step
@@ -86,9 +97,9 @@ def inside(first, shape: tuple[int, ...], length: int):
     return first + row_ids(shape) < length
 
 
-def row(tile, r: int):
-    """Row r of a (rows, lanes) tile as an (8, lanes) value, every sublane equal."""
-    return jnp.broadcast_to(tile[r:r + 1], (SUBLANES, tile.shape[1]))
+def row(tile, r: int, height: int = SUBLANES):
+    """Row r of a (rows, lanes) tile as a (height, lanes) value, every sublane equal."""
+    return jnp.broadcast_to(tile[r:r + 1], (height, tile.shape[1]))
 
 
 def put_row(tile, r: int, value):
