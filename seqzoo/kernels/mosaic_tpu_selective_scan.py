@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -301,7 +302,7 @@ def _backward_kernel(*refs, cfg: Config):
         for name in ("dA_acc", "dD_acc", "dbias_acc"):
             refs[name][...] = jnp.zeros(refs[name].shape, _F32)
 
-    x_in = refs["ckpt"][...]
+    x_in = blk.state("ckpt")
 
     def recompute(j, x):  # the block's states x_t into scratch, a tile's rows at once
         tiles, slabs = blk.tiles(j, ("u", "delta")), blk.slabs(j)
@@ -499,11 +500,13 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
 def _block_channels(channels: int, groups: int) -> int:
-    """Lanes per block, up to ``LANE_CAP``: a multiple of 128 that holds whole groups of B/C
-    or lies in one."""
+    """Lanes per block: a multiple of 128 up to ``LANE_CAP`` that holds whole groups of B/C or
+    lies in one; else the smallest multiple of 128 holding whole groups, else all channels."""
     size = channels // groups
-    return common.lane_block(channels, LANE_CAP,
-                             lambda w: groups == 1 or size % w == 0 or w % size == 0)
+    width = common.lane_block(channels, LANE_CAP,
+                              lambda w: groups == 1 or size % w == 0 or w % size == 0)
+    whole_groups = math.lcm(LANES, size)
+    return whole_groups if width == channels and whole_groups < channels else width
 
 
 def default_blocks(length: int, channels: int, state: int, groups: int, rows: int,
