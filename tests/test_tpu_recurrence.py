@@ -99,4 +99,4 @@ def test_default_blocks_fit_the_budget(dtype, planes):
         assert block_time % rows == 0 and block_time <= max(common.round_up(length, rows), 16)
         assert block_channels == channels or block_channels % 128 == 0
         assert kernel.working_set(block_time, block_channels, planes,
-                                  (itemsize,) * 5) <= common.BUDGET
+                                  (itemsize,) * 5) <= common.vmem_budget()

@@ -128,7 +128,7 @@ def test_default_blocks_fit_the_budget(length, d, n, groups):
     assert block_time % 128 == 0 or block_time >= length
     per_block = max(1, block_channels // size)
     assert kernel.working_set(block_time, block_channels, n, per_block,
-                              itemsizes) <= common.BUDGET
+                              itemsizes) <= common.vmem_budget()
 
 
 def test_no_block_fits_a_huge_state():

@@ -20,9 +20,11 @@ extra block of the tile's height just outside the block (a halo BlockSpec on h);
 initial state. Bytes moved: forward reads a, b and writes h (3 arrays), backward reads a, g, h
 and writes da, db (5 arrays): memory bound (``benchmarks/tpu_model.py``).
 
-VMEM: ``block_time`` is the largest of ``TIME_BLOCKS`` whose backward working set (2 buffers of
-a, g, h, da, db per plane) fits ``mosaic_tpu_common.BUDGET`` (12 MiB); ``block_channels`` is up to
-``LANE_CAP`` lanes: at 512 x 512 float32 real that is 10 MiB backward, 6 MiB forward.
+VMEM: ``block_channels`` is up to ``LANE_CAP`` lanes and ``block_time`` the largest of
+``TIME_BLOCKS`` whose backward working set (``working_set``: 2 buffers of a, g, h, da, db per
+plane) fits ``mosaic_tpu_common.vmem_budget()``, 3/4 of the scoped default: 12 MiB on v4, v5e and
+v5p, 24 MiB on v6e. Float32 real: 512 x 512 (10.3 MiB) on every generation; complex: 256 x 512
+(10.7 MiB) on v4/v5, 512 x 512 (20.7 MiB) on v6e; bf16 real: 512 x 512 (5.2 MiB).
 
 Tolerance: float32 inputs round as the sequential ``lax.scan`` (``impl="sequential"``) does, up
 to fused multiply-adds: values and gradients within 1e-5 relative in the tests (interpret mode).
@@ -218,8 +220,8 @@ def _call(kernel, cfg: Config, batch: int, in_specs: list, outs: list, args: tup
         out_shape=[jax.ShapeDtypeStruct(shape, dtype) for shape, dtype, _ in outs],
         scratch_shapes=[state] * cfg.planes,
         compiler_params=common.compiler_params(("parallel", "parallel", "arbitrary"),
-                                               cfg.vmem_bytes),
-        interpret=common.interpret_params(cfg.interpret),
+                                               common.vmem_limit(cfg.vmem_bytes)),
+        interpret=common.interpret_mode(cfg.interpret),
     )(*args)
 
 
@@ -331,7 +333,7 @@ def linear_recurrence(a: Array, b: Array, initial_state: Array | None = None, *,
         block_time=block_time, block_channels=block_channels, rows=rows,
         b_dtype=np.dtype(b_planes[0].dtype), h_dtype=np.dtype(real_dtype),
         vmem_bytes=working_set(block_time, block_channels, planes, itemsizes),
-        interpret=common.interpret_mode(interpret),
+        interpret=not common.on_tpu() if interpret is None else interpret,
     )
     h, last = _recurrence(cfg, a_planes, b_planes, h0_planes)
     if complex_:

@@ -40,10 +40,12 @@ by the wrapper; dB and dC are written per channel block as (n, block_time) lane-
 (a column per step, assembled in the 128-step slab) and summed over channel blocks.
 
 VMEM: ``default_blocks`` picks block_channels up to ``LANE_CAP`` and the longest block_time of
-``TIME_BLOCKS`` (multiples of 128: the lanes of the B/C blocks) whose backward working set
-(``working_set``: double-buffered blocks and the states scratch, which dominates: block_time x n
-x block_channels x 4 bytes) fits ``mosaic_tpu_common.BUDGET``; at n = 16, 256 x 256 float32 is
-7.8 MiB.
+``TIME_BLOCKS`` (multiples of 128: the lanes of the B/C blocks; a sequence of at most 128 steps
+is one block) whose backward working set (``working_set``: double-buffered blocks and the
+states scratch, block_time x n x block_channels x 4 bytes) fits
+``mosaic_tpu_common.vmem_budget()`` (12 MiB on v4/v5e/v5p, 24 MiB on v6e). With z, at n = 16:
+float32 256 x 256 (7.8 MiB) on v4/v5, 512 x 256 (15.5 MiB) on v6e; bf16 512 x 256 (12.0 MiB).
+At n = 64: 128 x 256 (10.8 MiB) on v4/v5. A state too large for 128 steps raises ValueError.
 
 Tolerance: float32 throughout; against the XLA op (associative or sequential scan) relative
 errors ~1e-6 (outputs) to ~1e-5 (gradients summed over the sequence): tests assert 1e-5 and 1e-4.
@@ -432,8 +434,8 @@ def _launch(kernel, cfg: Config, ins: list, outs: list, shapes: dict, arrays: di
         out_shape=[jax.ShapeDtypeStruct(*shapes[name]) for name in outs],
         scratch_shapes=scratch,
         compiler_params=common.compiler_params(("parallel", "parallel", "arbitrary"),
-                                               cfg.vmem_bytes),
-        interpret=common.interpret_params(cfg.interpret),
+                                               common.vmem_limit(cfg.vmem_bytes)),
+        interpret=common.interpret_mode(cfg.interpret),
     )(*(arrays[name] for name in ins))
 
 
@@ -593,7 +595,7 @@ def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Arra
         block_channels=block_channels, rows=rows,
         vmem_bytes=working_set(block_time, block_channels, n_pad,
                                max(1, block_channels // (d // groups)), itemsizes),
-        interpret=common.interpret_mode(interpret),
+        interpret=not common.on_tpu() if interpret is None else interpret,
     )
     arrays = _prepare(cfg, u, delta, A, B, C, D, z, delta_bias, initial_state, resets)
     out, last = _scan(cfg, arrays)
