@@ -149,22 +149,23 @@ class _Block:
         self.first = self.block * cfg.block_time
         self.base = walk.rem(self.first, cfg.column_block)  # first step in its B/C block
         shape = (cfg.state, cfg.block_channels)
-        self.lanes_ok = None
-        if cfg.channels % cfg.block_channels:  # the last block overhangs: mask its lanes
-            lane = jax.lax.broadcasted_iota(jnp.int32, (1, cfg.block_channels), 1)
-            self.lanes_ok = pl.program_id(1) * cfg.block_channels + lane < cfg.channels
+        self.ragged = cfg.channels % cfg.block_channels != 0  # the last block overhangs
         self.A = self.lanes(refs["A"][...], shape)
         self.D = self.lanes(refs["D"][...], (1, cfg.block_channels))
         self.bias = self.lanes(refs["bias"][...], (1, cfg.block_channels))
         group = walk.div(jax.lax.broadcasted_iota(jnp.int32, shape, 1), cfg.group_size)
         self.group_of_lane = group if cfg.groups_per_block > 1 else None
 
+    def lanes_ok(self, shape):
+        """(.., block_channels) bool: the lanes holding channels (an iota of the shape itself:
+        no boolean broadcasts)."""
+        lane = jax.lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1)
+        return pl.program_id(1) * self.cfg.block_channels + lane < self.cfg.channels
+
     def lanes(self, x, shape):
         """x in float32, 0 in the lanes past the last channel."""
         x = x.astype(_F32)
-        if self.lanes_ok is None:
-            return x
-        return jnp.where(jnp.broadcast_to(self.lanes_ok, shape), x, 0.0)
+        return jnp.where(self.lanes_ok(shape), x, 0.0) if self.ragged else x
 
     def state(self, name):
         return self.lanes(self.refs[name][...], (self.cfg.state, self.cfg.block_channels))
@@ -178,8 +179,8 @@ class _Block:
         keep = None
         if cfg.length % cfg.block_time:
             keep = walk.inside(self.first + j * rows, shape, cfg.length)
-        if self.lanes_ok is not None:
-            lanes = jnp.broadcast_to(self.lanes_ok, shape)
+        if self.ragged:
+            lanes = self.lanes_ok(shape)
             keep = lanes if keep is None else keep & lanes
         out = {}
         for name in names:
