@@ -64,12 +64,13 @@ def test_values_and_gradients(length, complex_, reverse, channels, blocks):
 
 
 def test_bf16_against_float32():
-    """bf16 a, b, initial state: float32 inside, rounded once on output; against the float32 op
-    on the same values (da uses the bf16-rounded stored states)."""
+    """bf16 a, b, initial state (16-row tiles, 3 time blocks): float32 inside, rounded once on
+    output; against the float32 op on the same values (da uses the bf16-rounded stored
+    states)."""
     inputs, cot = _inputs(37)
     bf16 = {k: v.astype(jnp.bfloat16) for k, v in inputs.items()}
     run = jax.jit(partial(value_and_grads, cotangents=cot), static_argnums=0)
-    outs, grads = run(_kernel(False), bf16)
+    outs, grads = run(_kernel(False, block_time=16), bf16)
     assert outs["out"].dtype == jnp.bfloat16 and grads["a"].dtype == jnp.bfloat16
     want_outs, want_grads = run(_xla(False), {k: v.astype(jnp.float32) for k, v in bf16.items()})
     assert_each_rel_l2(outs, want_outs, BF16_TOL)

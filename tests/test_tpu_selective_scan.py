@@ -75,14 +75,14 @@ def test_values_and_gradients_over_blocks():
 
 
 def test_bf16_against_float32():
-    """bf16 u, delta, z, B, C (16-row tiles): float32 inside, outputs and gradients rounded once;
-    against the float32 op on the same values."""
+    """bf16 u, delta, z, B, C (16-row tiles, 3 time blocks): float32 inside, outputs and
+    gradients rounded once; against the float32 op on the same values."""
     inputs = make_inputs(37, groups=2)
     bf16 = {k: v.astype(jnp.bfloat16) if k in ("u", "delta", "z", "B", "C") else v
             for k, v in inputs.items()}
     cot = (cotangent((BATCH, 37, 8), 7), cotangent((BATCH, 8, 4), 8))
     run = jax.jit(partial(value_and_grads, cotangents=cot), static_argnums=0)
-    outs, grads = run(_kernel(), bf16)
+    outs, grads = run(_kernel(block_time=16), bf16)
     assert outs["out"].dtype == jnp.bfloat16 and grads["u"].dtype == jnp.bfloat16
     want_outs, want_grads = run(_xla(), {k: v.astype(jnp.float32) for k, v in bf16.items()})
     assert_each_rel_l2(outs, want_outs, BF16_TOL)
