@@ -93,12 +93,40 @@ def _groups(refs, planes: int, n: int) -> list:
     return [refs[i * planes:(i + 1) * planes] for i in range(n)]
 
 
-def _load(refs, start: int, rows: int, keep, fills: tuple) -> tuple:
-    """A tile of each ref in float32; rows outside the sequence (``keep`` False) read ``fills``."""
-    tiles = tuple(walk.load_tile(r, start, rows) for r in refs)
-    if keep is None:
-        return tiles
-    return tuple(jnp.where(keep, t, f) for t, f in zip(tiles, fills, strict=True))
+def _over_blocks(cfg: Config, tile, init, state, final, descending: bool) -> None:
+    """Run ``tile(j, carry) -> carry`` over the block's tiles, the carry (per plane, (8, lanes))
+    kept in ``state`` scratch across time blocks: read from ``init`` ((1, lanes) refs) at the
+    first grid step, written to ``final`` after the last."""
+    step = pl.program_id(2)
+
+    @pl.when(step == 0)
+    def _():
+        for s, x in zip(state, init, strict=True):
+            s[...] = walk.replicate(x[...])
+
+    carry = walk.walk(cfg.block_time // cfg.rows, tile, tuple(s[...] for s in state), descending)
+    for s, c in zip(state, carry, strict=True):
+        s[...] = c
+
+    @pl.when(step == cfg.time_blocks - 1)
+    def _():
+        for ref, c in zip(final, carry, strict=True):
+            ref[...] = c[0:1].astype(ref.dtype)
+
+
+def _tiles(cfg: Config, refs_and_fills: list, first, start) -> list:
+    """Tile ``start``'s rows of each group of refs, float32; rows past the sequence's end (in
+    a partial last block) read the group's fills."""
+    keep = None
+    if cfg.length % cfg.block_time:
+        keep = walk.inside(first + start, (cfg.rows, cfg.block_channels), cfg.length)
+    out = []
+    for refs, fills in refs_and_fills:
+        tiles = tuple(walk.load_tile(r, start, cfg.rows) for r in refs)
+        if keep is not None:
+            tiles = tuple(jnp.where(keep, t, f) for t, f in zip(tiles, fills, strict=True))
+        out.append(tiles)
+    return out
 
 
 def _identity(planes: int) -> tuple:
@@ -109,21 +137,11 @@ def _identity(planes: int) -> tuple:
 def _forward_kernel(*refs, cfg: Config):
     p, rows = cfg.planes, cfg.rows
     a, b, h0, h, last, state = _groups(refs, p, 6)
-    step = pl.program_id(2)
-    first = cfg.first_row(step, cfg.reverse)
-    ragged = cfg.length % cfg.block_time != 0
-
-    @pl.when(step == 0)
-    def _():
-        for s, x in zip(state, h0, strict=True):
-            s[...] = walk.replicate(x[...])
+    first = cfg.first_row(pl.program_id(2), cfg.reverse)
 
     def tile(j, carry):
         start = j * rows
-        keep = walk.inside(first + start, (rows, cfg.block_channels), cfg.length) if ragged \
-            else None
-        a_t = _load(a, start, rows, keep, _identity(p))
-        b_t = _load(b, start, rows, keep, (0.0,) * p)
+        a_t, b_t = _tiles(cfg, [(a, _identity(p)), (b, (0.0,) * p)], first, start)
         out = [jnp.zeros_like(t) for t in b_t]
         for r in walk.positions(rows, cfg.reverse):
             carry = add(mul(tuple(walk.row(t, r) for t in a_t), carry),
@@ -133,14 +151,7 @@ def _forward_kernel(*refs, cfg: Config):
             walk.store_tile(ref, start, rows, o)
         return carry
 
-    carry = walk.walk(cfg.block_time // rows, tile, tuple(s[...] for s in state), cfg.reverse)
-    for s, c in zip(state, carry, strict=True):
-        s[...] = c
-
-    @pl.when(step == cfg.time_blocks - 1)
-    def _():
-        for ref, c in zip(last, carry, strict=True):
-            ref[...] = c[0:1].astype(ref.dtype)
+    _over_blocks(cfg, tile, h0, state, last, cfg.reverse)
 
 
 def _previous_states(cfg: Config, h, halo, h0, j, first_row):
@@ -172,21 +183,11 @@ def _backward_kernel(*refs, cfg: Config):
     p, rows = cfg.planes, cfg.rows
     a, g, h, halo, h0, g_last, da, db, dh0, state = _groups(refs, p, 10)
     descending = not cfg.reverse
-    step = pl.program_id(2)
-    first = cfg.first_row(step, descending)
-    ragged = cfg.length % cfg.block_time != 0
-
-    @pl.when(step == 0)
-    def _():
-        for s, x in zip(state, g_last, strict=True):
-            s[...] = walk.replicate(x[...])
+    first = cfg.first_row(pl.program_id(2), descending)
 
     def tile(j, mu):
         start = j * rows
-        keep = walk.inside(first + start, (rows, cfg.block_channels), cfg.length) if ragged \
-            else None
-        a_t = _load(a, start, rows, keep, _identity(p))
-        g_t = _load(g, start, rows, keep, (0.0,) * p)
+        a_t, g_t = _tiles(cfg, [(a, _identity(p)), (g, (0.0,) * p)], first, start)
         lam_t = [jnp.zeros_like(t) for t in g_t]
         for r in walk.positions(rows, descending):
             lam = add(mu, tuple(walk.row(t, r) for t in g_t))
@@ -199,14 +200,7 @@ def _backward_kernel(*refs, cfg: Config):
             walk.store_tile(ref, start, rows, v)
         return mu
 
-    mu = walk.walk(cfg.block_time // rows, tile, tuple(s[...] for s in state), descending)
-    for s, m in zip(state, mu, strict=True):
-        s[...] = m
-
-    @pl.when(step == cfg.time_blocks - 1)
-    def _():
-        for ref, m in zip(dh0, mu, strict=True):
-            ref[...] = m[0:1].astype(ref.dtype)
+    _over_blocks(cfg, tile, g_last, state, dh0, descending)
 
 
 def _call(kernel, cfg: Config, batch: int, in_specs: list, outs: list, args: tuple):
