@@ -2,10 +2,10 @@
 
 Output, final state and the gradient w.r.t. every input (u, delta, A, B, C, D, z, delta_bias,
 initial state), each compared on its own against ``seqzoo.ops.selective_scan(impl=
-"sequential")``: B/C in groups with packed segments; shared B/C over several time blocks (a
-partial last one, time blocks sharing one B/C block) and a ragged channel block; bf16 against
-float32; forward and backward kernels lowered for TPU on this machine; the block choice within
-the VMEM budget.
+"sequential")``: B/C in groups with packed segments; in reverse (against the op on the
+time-reversed sequence) over several time blocks (a partial last one, time blocks sharing one
+B/C block) and a ragged channel block; bf16 against float32 over several time blocks; forward
+and backward kernels lowered for TPU on this machine; the block choice within the VMEM budget.
 """
 
 from functools import partial
@@ -29,24 +29,32 @@ GRAD_TOL = dict(rtol=1e-4, atol=1e-4)  # dA, dD, d delta_bias sum over the whole
 BF16_TOL = 1e-2
 
 
-def _kernel(segment_ids=None, **blocks):
+def _kernel(segment_ids=None, **options):
     def fn(**kw):
         resets = None if segment_ids is None else segment_starts(segment_ids, *kw["u"].shape[:2])
-        return kernel.selective_scan(**kw, delta_softplus=True, resets=resets, **blocks)
+        return kernel.selective_scan(**kw, delta_softplus=True, resets=resets, **options)
     return fn
 
 
-def _xla(segment_ids=None):
-    return partial(selective_scan, delta_softplus=True, return_final_state=True,
+def _xla(segment_ids=None, reverse=False):
+    scan = partial(selective_scan, delta_softplus=True, return_final_state=True,
                    segment_ids=segment_ids, impl="sequential")
+    if not reverse:
+        return scan
+
+    def flipped(**kw):  # the op has no reverse: the scan of the time-reversed sequence
+        out, last = scan(**{k: jnp.flip(v, 1) if k in ("u", "delta", "z", "B", "C") else v
+                            for k, v in kw.items()})
+        return jnp.flip(out, 1), last
+    return flipped
 
 
-def _check(inputs, segment_ids=None, **blocks):
+def _check(inputs, segment_ids=None, **options):
     length, (d, n) = inputs["u"].shape[1], inputs["A"].shape
     cot = (cotangent((BATCH, length, d), 7), cotangent((BATCH, d, n), 8))
     run = jax.jit(partial(value_and_grads, cotangents=cot), static_argnums=0)
-    outs, grads = run(_kernel(segment_ids, **blocks), inputs)
-    want_outs, want_grads = run(_xla(segment_ids), inputs)
+    outs, grads = run(_kernel(segment_ids, **options), inputs)
+    want_outs, want_grads = run(_xla(segment_ids, options.get("reverse", False)), inputs)
     assert_each_close(outs, want_outs, **TOL)
     assert_each_close(grads, want_grads, **GRAD_TOL)
 
@@ -58,10 +66,10 @@ def test_values_and_gradients_groups_and_packed_segments():
     _check(make_inputs(37, groups=2), ids)
 
 
-def test_values_and_gradients_over_blocks():
-    """130 steps in blocks of 64 (3 time blocks, the last partial; all three share one 128-step
-    B/C block), 160 channels in blocks of 128 (the second ragged), shared B/C, no D, z or
-    delta_bias."""
+def test_values_and_gradients_reverse_over_blocks():
+    """From the end (against the op on the time-reversed sequence): 130 steps in blocks of 64
+    (3 time blocks, the last partial, visited first; all three share one 128-step B/C block),
+    160 channels in blocks of 128 (the second ragged), shared B/C, no D, z or delta_bias."""
     rng = np.random.default_rng(3)
     length, d, n = 130, 160, 4
 
@@ -71,7 +79,7 @@ def test_values_and_gradients_over_blocks():
     inputs = dict(u=normal(BATCH, length, d), delta=normal(BATCH, length, d, shift=-1.0),
                   A=-jnp.exp(normal(d, n)), B=normal(BATCH, length, n),
                   C=normal(BATCH, length, n), initial_state=normal(BATCH, d, n))
-    _check(inputs, block_time=64, block_channels=128)
+    _check(inputs, reverse=True, block_time=64, block_channels=128)
 
 
 def test_bf16_against_float32():

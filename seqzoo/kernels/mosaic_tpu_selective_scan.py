@@ -7,7 +7,8 @@ kernel whose signature and semantics this one mirrors):
     x_t  = keep_t exp(dt_t A) x_{t-1} + dt_t u_t B_t       x: (n, channels of the block)
     y_t  = (C_t . x_t + D u_t) silu(z_t)                    (gate optional)
 
-keep_t = 0 where a packed segment starts (``resets``), else 1. B and C are shared by all
+keep_t = 0 where a packed segment starts (``resets``), else 1; with ``reverse`` the scan runs
+from the end (x_{t+1} for x_{t-1}), which the XLA op does not offer. B and C are shared by all
 channels or by groups of channels. Discretisation, state, readout, skip and gate are fused: the
 forward pass reads u, delta, z, B, C once and writes y; the (batch, length, d, n) states never
 reach HBM.
@@ -87,6 +88,7 @@ class Config:
     softplus: bool
     gate: bool
     resets: bool
+    reverse: bool
     block_time: int
     block_channels: int
     rows: int  # rows per tile of the (length, d) blocks
@@ -258,7 +260,7 @@ def _forward_kernel(*refs, cfg: Config, save: bool):
     ins, outs = _names(cfg, backward=False)
     names = ins + outs + (["ckpt"] if save else []) + ["x"]
     refs = dict(zip(names, refs, strict=True))
-    blk = _Block(cfg, refs, descending=False)
+    blk = _Block(cfg, refs, descending=cfg.reverse)
     step = pl.program_id(2)
     rows = cfg.rows
 
@@ -272,7 +274,7 @@ def _forward_kernel(*refs, cfg: Config, save: bool):
     def tile(j, x):
         tiles, slabs = blk.tiles(j), blk.slabs(j)
         y = jnp.zeros_like(tiles["u"])
-        for r in range(rows):
+        for r in walk.positions(rows, cfg.reverse):
             _, x = blk.step(x, tiles, slabs, r)
             y = walk.put_row(y, r, jnp.sum(x * blk.column(slabs["C"], r), axis=0,
                                            keepdims=True))
@@ -282,7 +284,7 @@ def _forward_kernel(*refs, cfg: Config, save: bool):
         walk.store_tile(refs["y"], j * rows, rows, y)
         return x
 
-    x = walk.walk(cfg.block_time // rows, tile, refs["x"][...], descending=False)
+    x = walk.walk(cfg.block_time // rows, tile, refs["x"][...], descending=cfg.reverse)
     refs["x"][...] = x
 
     @pl.when(step == cfg.time_blocks - 1)
@@ -294,9 +296,11 @@ def _backward_kernel(*refs, cfg: Config):
     ins, outs = _names(cfg, backward=True)
     names = ins + outs + ["states", "mu", "dA_acc", "dD_acc", "dbias_acc"]
     refs = dict(zip(names, refs, strict=True))
-    blk = _Block(cfg, refs, descending=True)
+    descending = not cfg.reverse  # the adjoint walks against the forward
+    blk = _Block(cfg, refs, descending=descending)
     step = pl.program_id(2)
     rows, n, width = cfg.rows, cfg.state, cfg.block_channels
+    tiles_per_block = cfg.block_time // rows
     states = refs["states"]
 
     @pl.when(step == 0)
@@ -309,14 +313,17 @@ def _backward_kernel(*refs, cfg: Config):
 
     def recompute(j, x):  # the block's states x_t into scratch, a tile's rows at once
         tiles, slabs = blk.tiles(j, ("u", "delta")), blk.slabs(j)
-        xs = []
-        for r in range(rows):
+        xs = [None] * rows
+        for r in walk.positions(rows, cfg.reverse):
             _, x = blk.step(x, tiles, slabs, r)
-            xs.append(x)
+            xs[r] = x
         states[pl.ds(pl.multiple_of(j * rows, rows), rows)] = jnp.stack(xs)
         return x
 
-    walk.walk(cfg.block_time // rows, recompute, x_in, descending=False)
+    walk.walk(tiles_per_block, recompute, x_in, descending=cfg.reverse)
+    # the state before row r in the forward walk: row r - 1 (reverse: r + 1), across the tile's
+    # edge the neighbouring tile's, at the block's start the checkpoint
+    back, edge_row, first_tile = (1, 0, tiles_per_block - 1) if cfg.reverse else (-1, rows - 1, 0)
 
     def tile(j, carry):
         mu, dA = carry
@@ -327,18 +334,19 @@ def _backward_kernel(*refs, cfg: Config):
         else:
             dy = tiles["g"]
         lam_b, d_dt, cx = (jnp.zeros_like(dy) for _ in range(3))
-        d_b, d_c = [], []
+        d_b, d_c = [None] * rows, [None] * rows
         xs = states[pl.ds(pl.multiple_of(start, rows), rows)]
-        before = jnp.where(walk.splat(j == 0, (n, width)), x_in,
-                           states[jnp.maximum(start - 1, 0)])
-        for r in reversed(range(rows)):
-            x_r, x_prev = xs[r], xs[r - 1] if r > 0 else before
+        neighbour = jnp.clip(start + back * rows + edge_row, 0, cfg.block_time - 1)
+        outside = jnp.where(walk.splat(j == first_tile, (n, width)), x_in, states[neighbour])
+        for r in walk.positions(rows, descending):
+            x_r = xs[r]
+            x_prev = xs[r + back] if 0 <= r + back < rows else outside
             decay = blk.decay(tiles, slabs, r)
             c_col = blk.column(slabs["C"], r)
             dy_r = walk.row(dy, r, n)
             lam = mu + dy_r * c_col
-            d_c.append(blk.group_sums(dy_r * x_r))
-            d_b.append(blk.group_sums(lam * walk.row(tiles["dtu"], r, n)))
+            d_c[r] = blk.group_sums(dy_r * x_r)
+            d_b[r] = blk.group_sums(lam * walk.row(tiles["dtu"], r, n))
             lam_b = walk.put_row(lam_b, r, jnp.sum(lam * blk.column(slabs["B"], r), axis=0,
                                                    keepdims=True))
             if cfg.gate:
@@ -359,14 +367,14 @@ def _backward_kernel(*refs, cfg: Config):
             y = cx + blk.D * tiles["u"]
             dz = tiles["g"] * y * sig * (1.0 + tiles["z"] * (1.0 - sig))
             walk.store_tile(refs["dz"], start, rows, dz)
-        _store_columns(refs, "dB", blk.lane(j), d_b[::-1])
-        _store_columns(refs, "dC", blk.lane(j), d_c[::-1])
+        _store_columns(refs, "dB", blk.lane(j), d_b)
+        _store_columns(refs, "dC", blk.lane(j), d_c)
         refs["dD_acc"][...] += jnp.sum(dy * tiles["u"], axis=0, keepdims=True)
         refs["dbias_acc"][...] += jnp.sum(d_dt, axis=0, keepdims=True)
         return mu, dA
 
-    mu, dA = walk.walk(cfg.block_time // rows, tile, (refs["mu"][...], refs["dA_acc"][...]),
-                       descending=True)
+    mu, dA = walk.walk(tiles_per_block, tile, (refs["mu"][...], refs["dA_acc"][...]),
+                       descending)
     refs["mu"][...] = mu
     refs["dA_acc"][...] = dA
 
@@ -449,7 +457,8 @@ def _forward(cfg: Config, arrays: dict, save: bool):
               "ckpt": ((batch, cfg.time_blocks, cfg.state, cfg.channels), _F32)}
     outs = outs + (["ckpt"] if save else [])
     scratch = [pltpu.VMEM((cfg.state, cfg.block_channels), _F32)]
-    return _launch(_forward_kernel, cfg, ins, outs, shapes, arrays, scratch, False, save=save)
+    return _launch(_forward_kernel, cfg, ins, outs, shapes, arrays, scratch, cfg.reverse,
+                   save=save)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -483,7 +492,7 @@ def _scan_bwd(cfg, residuals, cotangents):
                pltpu.VMEM((1, width), _F32)]
     inputs = arrays | {"g": g, "g_last": g_last.astype(_F32), "ckpt": ckpt}
     grads = dict(zip(outs, _launch(_backward_kernel, cfg, ins, outs, shapes, inputs, scratch,
-                                   True), strict=True))
+                                   not cfg.reverse), strict=True))
     per_group = cfg.channel_blocks * cfg.groups_per_block // cfg.groups
 
     def columns(part):  # (batch, blocks, per block, n, T') -> (batch, groups, n, T')
@@ -563,13 +572,15 @@ def _prepare(cfg: Config, u, delta, A, B, C, D, z, delta_bias, initial_state, re
 def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Array | None = None,
                    z: Array | None = None, delta_bias: Array | None = None,
                    delta_softplus: bool = False, initial_state: Array | None = None,
-                   resets: Array | None = None, *, block_time: int | None = None,
-                   block_channels: int | None = None, interpret: bool | None = None
-                   ) -> tuple[Array, Array]:
+                   resets: Array | None = None, *, reverse: bool = False,
+                   block_time: int | None = None, block_channels: int | None = None,
+                   interpret: bool | None = None) -> tuple[Array, Array]:
     """Mamba-1's selective scan by the Mosaic-TPU kernel; the same call as
     ``seqzoo.kernels.selective_scan.selective_scan`` (arguments as ``seqzoo.ops.selective_scan``,
     which validates them), ``resets``: (batch, length) bool, True where the state is zeroed
-    before the step (segment starts).
+    before the step (segment starts). With ``reverse`` the scan runs from the end,
+    x_t = keep_t exp(dt_t A) x_{t+1} + dt_t u_t B_t, initial_state is x_length, the final state
+    x_0, and resets[t] zeroes the state coming from step t+1.
 
     block_time (a multiple of 128, a divisor of 128 that is a multiple of the tile height 8 or
     16 (bf16), or the whole row-padded sequence) and block_channels (a multiple of 128 holding
@@ -592,7 +603,7 @@ def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Arra
                          f"divide 128, or cover the sequence ({length})")
     cfg = Config(
         length=length, channels=d, state=n_pad, groups=groups, softplus=delta_softplus,
-        gate=z is not None, resets=resets is not None, block_time=block_time,
+        gate=z is not None, resets=resets is not None, reverse=reverse, block_time=block_time,
         block_channels=block_channels, rows=rows,
         vmem_bytes=working_set(block_time, block_channels, n_pad,
                                max(1, block_channels // (d // groups)), itemsizes),
