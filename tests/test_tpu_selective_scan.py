@@ -98,11 +98,11 @@ def test_bf16_against_float32():
 
 
 @pytest.mark.parametrize(
-    "dtype, shape",
-    [(jnp.float32, (2, 300, 256, 16, 2)), (jnp.bfloat16, (2, 37, 8, 4, None))],
-    ids=["f32-T300-D256-N16-g2", "bf16-T37-D8-N4-shared"],
+    "dtype, shape, reverse",
+    [(jnp.float32, (2, 300, 256, 16, 2), True), (jnp.bfloat16, (2, 37, 8, 4, None), False)],
+    ids=["f32-T300-D256-N16-g2-reverse", "bf16-T37-D8-N4-shared"],
 )
-def test_forward_and_gradient_lower_for_tpu(dtype, shape):
+def test_forward_and_gradient_lower_for_tpu(dtype, shape, reverse):
     """jit(grad) over every input, with gate, bias, skip, initial state and resets, lowered for
     TPU on this machine: one forward and one backward Mosaic kernel."""
     batch, length, d, n, groups = shape
@@ -112,7 +112,7 @@ def test_forward_and_gradient_lower_for_tpu(dtype, shape):
 
     def loss(u, delta, A, B, C, D, z, bias, x0):
         y, last = kernel.selective_scan(u, delta, A, B, C, D, z, bias, True, x0, resets,
-                                        interpret=False)
+                                        reverse=reverse, interpret=False)
         return jnp.sum(y.astype(jnp.float32)) + jnp.sum(last)
 
     args = (u, u, -jnp.ones((d, n)), bc, bc, jnp.ones(d), u, jnp.ones(d),
