@@ -23,8 +23,10 @@ limit (jax's CompilerParams docs). HBM bandwidth and peak bf16 from Google Cloud
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 
 import jax
+import numpy as np
 from jax.experimental.pallas import tpu as pltpu
 
 MIB = 1 << 20
@@ -81,3 +83,63 @@ def compiler_params(semantics: tuple[str, ...], vmem_limit_bytes: int | None = N
     before 0.7): the grid's dimension semantics ("parallel" / "arbitrary") and the VMEM limit."""
     cls = getattr(pltpu, "CompilerParams", None) or pltpu.TPUCompilerParams
     return cls(dimension_semantics=semantics, vmem_limit_bytes=vmem_limit_bytes)
+
+
+# --- tiles and blocks of the sequential-scan kernels (mosaic_tpu_recurrence, _selective_scan) --
+
+LANES = 128  # the last axis of a vector register
+SUBLANES = 8  # its second-to-last axis, for 32-bit values
+
+
+def vmem_budget(gen: Generation | None = None) -> int:
+    """What one grid step's working set may fill: 3/4 of the scoped VMEM default of ``gen`` (the
+    current TPU's, else v5e's: 12 MiB on v4/v5e/v5p, 24 MiB on v6e); the rest is left to Mosaic's
+    own scratch and spilled vector registers."""
+    gen = gen or generation() or GENERATIONS["v5e"]
+    return 3 * gen.scoped_vmem // 4
+
+
+def vmem_limit(working_set: int) -> int | None:
+    """``vmem_limit_bytes`` for a working set: None (the default) within ``vmem_budget``, else
+    the working set and a quarter (explicit block sizes past the budget)."""
+    return None if working_set <= vmem_budget() else working_set + working_set // 4
+
+
+def tile_rows(*dtypes) -> int:
+    """Rows of one (rows, 128) tile of every dtype given: 8 for 32-bit, 16 when one is 16-bit
+    (bf16 packs two rows per sublane)."""
+    return max(SUBLANES * 4 // np.dtype(d).itemsize for d in dtypes)
+
+
+def cdiv(n: int, d: int) -> int:
+    return -(-n // d)
+
+
+def round_up(n: int, multiple: int) -> int:
+    return cdiv(n, multiple) * multiple
+
+
+def lane_block(width: int, cap: int, compatible: Callable[[int], bool] = lambda w: True) -> int:
+    """Lanes per block along an axis of ``width``: the largest multiple of 128 up to ``cap`` (and
+    up to ``width`` rounded up to 128) that is ``compatible``; the whole axis when it is at most
+    128 wide or nothing is compatible."""
+    if width <= LANES:
+        return width
+    top = min(cap, round_up(width, LANES))
+    for w in range(top - top % LANES, 0, -LANES):
+        if compatible(w):
+            return w
+    return width
+
+
+def largest_fitting(candidates: Iterable[int], working_set: Callable[[int], int],
+                    budget: int | None = None) -> int:
+    """The largest candidate whose working set fits ``budget`` (default ``vmem_budget()``);
+    ValueError if none does."""
+    budget = vmem_budget() if budget is None else budget
+    options = sorted(set(candidates), reverse=True)
+    for c in options:
+        if working_set(c) <= budget:
+            return c
+    raise ValueError(f"no block of {options} fits the VMEM budget of {budget} bytes "
+                     f"(smallest needs {working_set(options[-1])})")

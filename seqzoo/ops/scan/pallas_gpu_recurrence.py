@@ -43,6 +43,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 
 from seqzoo.kernels.launch import pallas_call
+from seqzoo.kernels.planes import add, mul, one, split
 from seqzoo.kernels.scan_loop import (
     ChannelBlock,
     Rows,
@@ -84,24 +85,6 @@ class Config:
 
     def grid(self, batch: int) -> tuple[int, ...]:
         return (_ceil_div(self.channels, self.width), batch, self.segments)
-
-
-def _mul(x: tuple, y: tuple, conj_x: bool = False) -> tuple:
-    """x * y (or conj(x) * y) for values as planes: (re,) real, (re, im) complex."""
-    if len(x) == 1:
-        return (x[0] * y[0],)
-    (xr, xi), (yr, yi) = x, y
-    if conj_x:
-        xi = -xi
-    return (xr * yr - xi * yi, xr * yi + xi * yr)
-
-
-def _add(x: tuple, y: tuple) -> tuple:
-    return tuple(p + q for p, q in zip(x, y, strict=True))
-
-
-def _one(like: tuple) -> tuple:
-    return (jnp.ones_like(like[0]),) + tuple(jnp.zeros_like(p) for p in like[1:])
 
 
 def _groups(refs, planes: int, n: int):
@@ -184,9 +167,9 @@ def _forward_kernel(*refs, cfg: Config, summary: bool):
         out = [[None] * cfg.chunk for _ in range(p)]
         for j in _positions(cfg.chunk, cfg.reverse):
             a_j = tuple(r[j] for r in rows[:p])
-            state = _add(_mul(a_j, state), tuple(r[j] for r in rows[p:]))
+            state = add(mul(a_j, state), tuple(r[j] for r in rows[p:]))
             if summary:
-                decay = _mul(a_j, decay)
+                decay = mul(a_j, decay)
             for k in range(p):
                 out[k][j] = state[k]
         if not summary:
@@ -195,7 +178,7 @@ def _forward_kernel(*refs, cfg: Config, summary: bool):
 
     if summary:
         zero = tuple(jnp.zeros((cfg.width,), cfg.acc_dtype) for _ in range(p))
-        init = (zero, _one(zero))
+        init = (zero, one(zero))
     else:
         init = (walk.segment_state(h_in), None)
     state, decay = walk.loop(lambda start: walk.load((*a, *b), start, fills), run, init,
@@ -236,17 +219,17 @@ def _backward_kernel(*refs, cfg: Config, summary: bool):
         d_a, d_b = ([[None] * c for _ in range(p)] for _ in range(2))
         for j in _positions(c, not cfg.reverse):
             a_j, g_j = tuple(r[j] for r in rows[:p]), tuple(r[j] for r in rows[p:2 * p])
-            lam = _add(mu, g_j)
-            mu = _mul(a_j, lam, conj_x=True)
+            lam = add(mu, g_j)
+            mu = mul(a_j, lam, conj_x=True)
             if summary:
-                decay = _mul(a_j, decay, conj_x=True)
+                decay = mul(a_j, decay, conj_x=True)
                 continue
             k = j + step
             h_prev = tuple(o if not 0 <= k < c else r[k]
                            for o, r in zip(outside, rows[2 * p:], strict=True))
             h_prev = tuple(jnp.where(start + j == edge, f, v)
                            for f, v in zip(first, h_prev, strict=True))
-            for i, v in enumerate(_mul(h_prev, lam, conj_x=True)):
+            for i, v in enumerate(mul(h_prev, lam, conj_x=True)):
                 d_a[i][j], d_b[i][j] = v, lam[i]
         if not summary:
             walk.store(da, start, d_a)
@@ -255,7 +238,7 @@ def _backward_kernel(*refs, cfg: Config, summary: bool):
 
     if summary:
         zero = tuple(jnp.zeros((cfg.width,), cfg.acc_dtype) for _ in range(p))
-        init = (zero, _one(zero))
+        init = (zero, one(zero))
     else:
         init = (walk.segment_state(mu_in), None)
     mu, decay = walk.loop(load, run, init, not cfg.reverse)
@@ -276,7 +259,7 @@ def _combine(decays: tuple, ends: tuple, init: tuple, descending: bool) -> tuple
     (axis 1) in descending order if ``descending``."""
     def step(carry, pe):
         decay, end = pe
-        return _add(_mul(decay, carry), end), carry
+        return add(mul(decay, carry), end), carry
 
     moved = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), (decays, ends))
     _, entering = jax.lax.scan(step, init, moved, reverse=descending)
@@ -342,10 +325,6 @@ def _ceil_div(n: int, d: int) -> int:
     return -(-n // d)
 
 
-def _planes(x: Array, complex_: bool) -> tuple:
-    return (jnp.real(x), jnp.imag(x)) if complex_ else (x,)
-
-
 def _segments(batch: int, length: int, channels: int, chunk: int, width: int,
               num_warps: int) -> int:
     """How many segments to split the sequence into: 1 if the channels alone give MIN_WARPS
@@ -385,7 +364,7 @@ def linear_recurrence(a: Array, b: Array, initial_state: Array | None = None, *,
           else initial_state.reshape(batch, channels))
     if complex_:
         a, b, h0 = (x.astype(out_dtype) for x in (a, b, h0))
-    a_planes, b_planes, h0_planes = (_planes(x, complex_) for x in (a, b, h0))
+    a_planes, b_planes, h0_planes = (split(x, complex_) for x in (a, b, h0))
     chunk = chunk or ROWS_IN_FLIGHT // planes
     width = min(width, next_power_of_2(channels))
     segments = segments or _segments(batch, length, channels, chunk, width, num_warps)
