@@ -5,8 +5,8 @@
 elementwise over channels, real or complex (complex as real/imaginary planes), one multiply-add
 per step in float32 exactly as written (no log-space sums), like the Triton kernel
 ``seqzoo.ops.scan.pallas_gpu_recurrence`` whose signature and semantics this one mirrors. The
-backward pass (``jax.custom_vjp``) is the adjoint recurrence walked in the opposite direction with every
-gradient fused:
+backward pass (``jax.custom_vjp``) is the adjoint recurrence walked in the opposite direction
+with every gradient fused:
 
     lam_t = g_t + mu_t,   mu_{t-1} = conj(a_t) lam_t,   mu_{T-1} = cotangent of the final state
     db_t = lam_t,   da_t = lam_t conj(h_{t-1}),   d initial state = mu_{-1}
