@@ -7,6 +7,7 @@ from seqzoo.ops.aaren import causal_softmax_scan
 from seqzoo.ops.attention import attention_matrix, dot_product_attention
 from seqzoo.ops.chunked_attention import chunked_causal_attention
 from seqzoo.ops.complex_params import from_real_pair, to_real_pair
+from seqzoo.ops.delta_rule import delta_rule, delta_rule_matrix, delta_rule_step
 from seqzoo.ops.dilated_conv import dilated_causal_conv
 from seqzoo.ops.ema import ema_kernel
 from seqzoo.ops.feature_maps import feature_map
@@ -40,6 +41,9 @@ __all__ = [
     "causal_depthwise_conv",
     "causal_softmax_scan",
     "chunked_causal_attention",
+    "delta_rule",
+    "delta_rule_matrix",
+    "delta_rule_step",
     "dilated_causal_conv",
     "dot_product_attention",
     "ema_kernel",
