@@ -80,6 +80,17 @@ def test_forward_matches_float64_reference(impl, chunk, t, gated):
     assert_close(s, s_ref, 2e-5, "final state")
 
 
+@pytest.mark.parametrize("impl", ["chunked", "sequential"])
+def test_strong_decay_is_exact_not_overflowing(impl):
+    """Log decays down to about -60 per step: decay factors underflow to zero, never overflow."""
+    inputs = make(13)
+    inputs["log_decay"] = inputs["log_decay"] * 30.0
+    o, s = fast(**inputs, return_final_state=True, chunk_size=4, impl=impl)
+    o_ref, s_ref = reference64(inputs)
+    assert_close(o, o_ref, 2e-5, "output")
+    assert_close(s, s_ref, 2e-5, "final state")
+
+
 def loss_of(form):
     """sum(o * co) + sum(S_T * cs) as a function of the named inputs."""
 
