@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ FACTS = {  # enough facts for every op's rules
     "linear_recurrence": {},
     "selective_scan": {},
     "attention": dict(dtype=jnp.bfloat16, head_dim=64, causal=True),
+    "delta_rule": {},
 }
 RENAMED_NAMES = sorted({old for names in RENAMED.values() for old in names})
 
@@ -75,6 +77,7 @@ def _tiny_inputs():
                            (normal(b, t, d), normal(b, t, d), -jnp.ones((d, n)), normal(b, t, n),
                             normal(b, t, n)), {}),
         "attention": (seqzoo.ops.dot_product_attention, (x, x, x), {}),
+        "delta_rule": (seqzoo.ops.delta_rule, (x, x, x, jax.nn.sigmoid(dt)), {}),
     }
 
 

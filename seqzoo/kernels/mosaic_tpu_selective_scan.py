@@ -579,8 +579,8 @@ def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Arra
     ``seqzoo.ops.scan.pallas_gpu_selective.selective_scan`` (arguments as
     ``seqzoo.ops.selective_scan``, which validates them), ``resets``: (batch, length) bool,
     True where the state is zeroed before the step (segment starts). With ``reverse`` the scan
-    runs from the end, x_t = keep_t exp(dt_t A) x_{t+1} + dt_t u_t B_t, initial_state is x_length, the final state
-    x_0, and resets[t] zeroes the state coming from step t+1.
+    runs from the end, x_t = keep_t exp(dt_t A) x_{t+1} + dt_t u_t B_t, initial_state is
+    x_length, the final state x_0, and resets[t] zeroes the state coming from step t+1.
 
     block_time (a multiple of 128, a divisor of 128 that is a multiple of the tile height 8 or
     16 (bf16), or the whole row-padded sequence) and block_channels (a multiple of 128 holding

@@ -17,6 +17,7 @@ from seqzoo.layers import hyena  # noqa: F401
 from seqzoo.layers import aaren  # noqa: F401
 from seqzoo.layers import rnn  # noqa: F401
 from seqzoo.layers import fnet  # noqa: F401
+from seqzoo.layers import delta_net  # noqa: F401
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
 
 __all__ = ["MatrixMixer", "MixerInfo", "MixerInputs"]

@@ -1,4 +1,4 @@
-"""Small building blocks shared by the mixers: head reshapes, RMS norms, projections."""
+"""Small building blocks shared by the mixers: head reshapes, RMS and L2 norms, projections."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ def rms_normalize(x: Array, eps: float) -> Array:
     """``x / sqrt(mean(x^2) + eps)`` over the last axis, in float32."""
     x = x.astype(jnp.float32)
     return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
+    """``x / sqrt(sum(x^2) + eps)`` over the last axis, in float32 (fla's ``l2norm``)."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
 class RMSNorm(nn.Module):

@@ -21,6 +21,7 @@ from seqzoo.ops.conv import (
     dilated_causal_conv,
     fft_causal_conv,
 )
+from seqzoo.ops.delta_rule import delta_rule, delta_rule_matrix, delta_rule_step
 from seqzoo.ops.dispatch import explain, resolve
 from seqzoo.ops.ema import ema_kernel
 from seqzoo.ops.feature_maps import feature_map
@@ -58,6 +59,9 @@ __all__ = [
     "causal_depthwise_conv",
     "causal_softmax_scan",
     "chunked_causal_attention",
+    "delta_rule",
+    "delta_rule_matrix",
+    "delta_rule_step",
     "dilated_causal_conv",
     "dot_product_attention",
     "ema_kernel",

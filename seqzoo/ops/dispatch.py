@@ -188,6 +188,8 @@ POLICY = {
     "linear_recurrence": Policy(_SCANS, _scan_facts, _SCAN_RULES),
     "selective_scan": Policy(_SCANS, _scan_facts, _SCAN_RULES),
     "attention": Policy(("parallel", "cudnn"), _attention_facts, _ATTENTION_RULES),
+    "delta_rule": Policy(("chunked", "sequential"), lambda **_: {},
+                         (Rule("chunked", lambda f: True, "the chunked WY form (no kernel yet)"),)),
 }
 
 
