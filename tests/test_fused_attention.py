@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from seqzoo.ops import attention as attention_op
+from seqzoo.ops import dispatch
 from seqzoo.ops.attention import attention_impl, dot_product_attention
 from seqzoo.ops.attention.cudnn import fused_attention
 
@@ -106,7 +107,7 @@ def test_auto_routes_to_the_fused_wrapper(monkeypatch):
         calls.append(kwargs)
         return fused_attention(*args, **kwargs, implementation="xla")
 
-    monkeypatch.setattr(attention_op, "attention_impl", lambda *a, **k: ("cudnn", "test"))
+    monkeypatch.setattr(dispatch, "resolve", lambda *a, **k: dispatch.Choice("cudnn", "test"))
     monkeypatch.setattr(attention_op, "fused_attention", on_xla)
     q, k, v = inputs(4)
     mask = padding("left")

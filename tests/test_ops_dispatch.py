@@ -135,14 +135,14 @@ def test_packed_sequences_take_the_chunked_path_even_when_pallas_is_asked(op):
         assert chosen.impl == "chunked" and "segment_ids" in chosen.why
     assert resolve(op, "sequential", **facts, segment_ids=True).impl == "sequential"
     assert resolve(op, "auto", **{**facts, "platform": "cpu"}).why == (
-        "Pallas kernels are compiled on a GPU only"
+        "no Pallas kernel is wired for this platform"
     )
 
 
 @pytest.mark.parametrize("op", ["linear_recurrence", "selective_scan"])
 @pytest.mark.parametrize("platform, expected", [("gpu", "pallas"), ("cuda", "pallas"),
-                                                ("cpu", "associative"), ("tpu", "associative")])
-def test_scans_take_the_kernel_on_a_gpu_only(op, platform, expected):
+                                                ("cpu", "associative"), ("tpu", "pallas")])
+def test_scans_take_a_kernel_on_a_gpu_or_a_tpu(op, platform, expected):
     chosen = resolve(op, "auto", platform=platform)
     assert chosen.impl == expected
     assert bool(chosen.measured) == (expected == "pallas")
@@ -181,3 +181,25 @@ def test_explain_says_what_runs_why_and_where_it_was_measured():
     assert said.startswith("ssd with impl='auto' runs 'chunked': float32")
     assert dispatch.CHUNKED_SSD in said
     assert "asked for" in seqzoo.ops.explain("attention", "cudnn")
+
+
+@pytest.mark.parametrize("op", ["linear_attention", "ssd", "quasiseparable", "linear_recurrence",
+                                "selective_scan"])
+def test_a_tpu_takes_the_mosaic_kernels_but_not_for_packed_sequences(op):
+    choice = resolve(op, "auto", platform="tpu", **FACTS[op])
+    assert choice.impl == "pallas" and "predicted" in choice.why and choice.measured
+    if "dims" in FACTS[op]:
+        f32 = {**FACTS[op], "dtypes": (jnp.float32,), "per_key": True}
+        assert resolve(op, "auto", platform="tpu", **f32).impl == "pallas"
+        packed = resolve(op, "auto", platform="tpu", segment_ids=True, **FACTS[op])
+        assert packed.impl == "chunked" and "segment_ids" in packed.why
+
+
+def test_a_tpu_takes_splash_attention_except_with_sinks():
+    facts = FACTS["attention"]
+    assert resolve("attention", "auto", platform="tpu", **facts).impl == "splash"
+    float32 = {**facts, "dtype": jnp.float32, "segment_ids": True}
+    assert resolve("attention", "auto", platform="tpu", **float32).impl == "splash"
+    sinks = resolve("attention", "auto", platform="tpu", window=8, num_sinks=2,
+                    **{k: v for k, v in facts.items()})
+    assert sinks.impl == "parallel" and "sink" in sinks.why

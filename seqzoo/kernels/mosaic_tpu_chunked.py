@@ -566,6 +566,8 @@ def gated_linear_attention(
     if max_chunk is not None and max_chunk < tiling.chunk:
         chunk = max(LANES, max_chunk // LANES * LANES)
         tiling = dataclasses.replace(tiling, chunk=chunk, sub=min(tiling.sub, chunk))
+    if tiling.interpret is None:  # decided now: the backward passes are built later, elsewhere
+        tiling = dataclasses.replace(tiling, interpret=not common.on_tpu())
     return padded_chunked(q, k, v, g, key_scale, initial_state, scale=scale, reverse=reverse,
                           tiling=tiling, widths=(_lanes(dk), _lanes(dv)), run=mosaic_pass)
 

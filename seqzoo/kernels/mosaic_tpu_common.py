@@ -22,8 +22,10 @@ limit (jax's CompilerParams docs). HBM bandwidth and peak bf16 from Google Cloud
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -55,9 +57,25 @@ _KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e", "TPU v5": "v5p
           "TPU v5p": "v5p", "TPU v6 lite": "v6e", "TPU v6e": "v6e"}
 
 
+_BUILDING_FOR_TPU = contextvars.ContextVar("building_for_tpu", default=False)
+
+
+@contextlib.contextmanager
+def building_for_tpu() -> Iterator[None]:
+    """Inside, kernels are built to compile for a TPU whatever the default backend: the TPU branch
+    of ``lax.platform_dependent`` (``seqzoo.ops.dispatch.on_platform``) is traced on any machine
+    and lowered only for a TPU."""
+    token = _BUILDING_FOR_TPU.set(True)
+    try:
+        yield
+    finally:
+        _BUILDING_FOR_TPU.reset(token)
+
+
 def on_tpu() -> bool:
-    """True where the default backend is a TPU (kernels compile there)."""
-    return jax.default_backend() == "tpu"
+    """True where the default backend is a TPU or inside ``building_for_tpu`` (kernels compile
+    there)."""
+    return _BUILDING_FOR_TPU.get() or jax.default_backend() == "tpu"
 
 
 def generation() -> Generation | None:

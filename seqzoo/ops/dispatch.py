@@ -7,8 +7,10 @@ Every op with several implementations takes ``impl=`` from one vocabulary, one m
     parallel      the dense (quadratic) XLA form; for attention, jax.nn's XLA softmax
     sequential    ``lax.scan``, step by step (the op's reference form)
     associative   ``lax.associative_scan``, a parallel prefix scan
-    pallas        our Pallas kernel for the platform (``seqzoo/ops/<op>/pallas_gpu*.py``)
+    pallas        our Pallas kernel for the platform (``seqzoo/ops/<op>/pallas_gpu*.py`` on a GPU,
+                  ``pallas_tpu*.py`` on a TPU)
     cudnn         cuDNN's fused (flash) attention
+    splash        jax's splash attention (a Pallas kernel for TPUs)
 
 Each op supports a subset (``POLICY[op].supported``). Renamed names keep working for one release
 with a ``DeprecationWarning`` (``RENAMED``): linear attention's ``"chunk"`` and ``"recurrent"``
@@ -21,6 +23,12 @@ the op cannot run it (``"pallas"`` with packed ``segment_ids`` takes the chunked
 rule decided by a measurement links the section of ``benchmarks/RESULTS.md`` holding the numbers
 (``measured``); the numbers live there, not here. The platform is ``jax.default_backend()``
 unless a ``platform`` fact is given. ``explain`` says the same in a sentence.
+
+The platform a computation runs on is the one it is *lowered* for, which need not be the default
+backend (``jax.jit(f).trace(*args).lower(lowering_platforms=("tpu",))`` on a CPU machine).
+``on_platform`` runs an op's choice for the default backend and, where a TPU would choose
+otherwise, its TPU choice beside it under ``lax.platform_dependent``: each platform lowers only
+its own branch.
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ import jax.numpy as jnp
 
 from seqzoo.kernels.chunked_tiling import device_limit, padded_width, resolve_tiling
 from seqzoo.kernels.launch import GPU_BACKENDS
+from seqzoo.kernels.mosaic_tpu_common import building_for_tpu
 
-IMPLS = ("auto", "chunked", "parallel", "sequential", "associative", "pallas", "cudnn")
+IMPLS = ("auto", "chunked", "parallel", "sequential", "associative", "pallas", "cudnn", "splash")
 RENAMED = {
     "linear_attention": {"chunk": "chunked", "recurrent": "sequential"},
     "attention": {"xla": "parallel"},
@@ -54,6 +63,7 @@ PER_KEY_TILING = _RESULTS + (
     "bf16-gradients-of-the-chunked-kernels-and-the-per-key-tiling-issue-20-2026-12-05"
 )
 SCAN_KERNELS = _RESULTS + "linear-recurrence-and-selective-scan-kernels-issue-7-kernels-1-and-2"
+TPU_MODEL = _RESULTS + "tpu-predicted-not-measured"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,13 +121,14 @@ def _chunked_kernel_facts(*, dims: tuple[int, int], dtypes: tuple = (), dtype=No
     return dict(
         dims=tuple(dims), widths=widths, measured_width=MEASURED_WIDTH, per_key=per_key,
         segment_ids=_given(segment_ids), gpu=_platform(platform) in GPU_BACKENDS,
+        tpu=_platform(platform) == "tpu",
         all_16bit=all(jnp.dtype(d).itemsize == 2 for d in dtypes), tiling=tiling,
         tiling_why=tiling_why,
     )
 
 
 def _scan_facts(*, platform: str | None = None) -> dict:
-    return dict(gpu=_platform(platform) in GPU_BACKENDS)
+    return dict(gpu=_platform(platform) in GPU_BACKENDS, tpu=_platform(platform) == "tpu")
 
 
 def _attention_facts(*, dtype, head_dim: int, causal: bool = False, window: int | None = None,
@@ -133,7 +144,8 @@ def _attention_facts(*, dtype, head_dim: int, causal: bool = False, window: int 
     except (TypeError, ValueError):
         version = None
     return dict(
-        platform=platform, gpu=platform in GPU_BACKENDS, dtype=jnp.dtype(dtype).name,
+        platform=platform, gpu=platform in GPU_BACKENDS, tpu=platform == "tpu",
+        dtype=jnp.dtype(dtype).name,
         fused_dtype=jnp.dtype(dtype) in [jnp.dtype(d) for d in FUSED_DTYPES],
         compute_capability=compute_capability, nvidia=version is not None, head_dim=head_dim,
         head_dim_limit=256 if version is not None and version >= 9.0 else 128, causal=causal,
@@ -144,7 +156,10 @@ def _attention_facts(*, dtype, head_dim: int, causal: bool = False, window: int 
 _CHUNKED_KERNEL_RULES = (
     Rule("chunked", lambda f: f["segment_ids"], "packed segment_ids: the kernel has no resets",
          overrides=("pallas",)),
-    Rule("chunked", lambda f: not f["gpu"], "Pallas kernels are compiled on a GPU only"),
+    Rule("pallas", lambda f: f["tpu"],
+         "the Mosaic-TPU kernel moves a fraction of the XLA form's bytes (predicted, not measured "
+         "on a TPU)", TPU_MODEL),
+    Rule("chunked", lambda f: not f["gpu"], "no Pallas kernel is wired for this platform"),
     Rule("chunked", lambda f: not f["all_16bit"],
          "float32: XLA's matmuls are faster than the kernel's", CHUNKED_SSD),
     Rule("chunked", lambda f: f["per_key"],
@@ -158,11 +173,16 @@ _CHUNKED_KERNEL_RULES = (
          CHUNKED_KERNELS),
 )
 _SCAN_RULES = (
-    Rule("associative", lambda f: not f["gpu"], "Pallas kernels are compiled on a GPU only"),
+    Rule("pallas", lambda f: f["tpu"],
+         "the Mosaic-TPU kernel moves a fraction of the associative scan's bytes (predicted, not "
+         "measured on a TPU)", TPU_MODEL),
+    Rule("associative", lambda f: not f["gpu"], "no Pallas kernel is wired for this platform"),
     Rule("pallas", lambda f: True, "the fused kernel is faster than the associative scan",
          SCAN_KERNELS),
 )
 _ATTENTION_RULES = (
+    Rule("parallel", lambda f: f["tpu"] and f["num_sinks"], "splash attention: no sink mask wired"),
+    Rule("splash", lambda f: f["tpu"], "jax's splash attention: flash attention on a TPU"),
     Rule("parallel", lambda f: not f["gpu"], "no fused attention kernel is wired for {platform!r}"),
     Rule("parallel", lambda f: not f["fused_dtype"],
          "cuDNN flash attention has no {dtype} kernel"),
@@ -187,7 +207,7 @@ POLICY = {
     "quasiseparable": Policy(_CHUNKED, _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),
     "linear_recurrence": Policy(_SCANS, _scan_facts, _SCAN_RULES),
     "selective_scan": Policy(_SCANS, _scan_facts, _SCAN_RULES),
-    "attention": Policy(("parallel", "cudnn"), _attention_facts, _ATTENTION_RULES),
+    "attention": Policy(("parallel", "cudnn", "splash"), _attention_facts, _ATTENTION_RULES),
     "delta_rule": Policy(("chunked", "sequential"), lambda **_: {},
                          (Rule("chunked", lambda f: True, "the chunked WY form (no kernel yet)"),)),
 }
@@ -239,3 +259,31 @@ def explain(op: str, impl: str = "auto", **facts) -> str:
     choice = resolve(op, impl, **facts)
     where = f" (measured: {choice.measured})" if choice.measured else ""
     return f"{op} with impl={impl!r} runs {choice.impl!r}: {choice.why}{where}"
+
+
+def on_platform(op: str, impl: str, run: Callable[[str, str], Callable], *args, **facts):
+    """``op`` on ``args`` by the implementation chosen for the platform it is lowered for.
+
+    ``run(impl, platform)`` returns the function of ``args`` that runs ``impl`` (a name of
+    ``IMPLS``) on ``platform`` ("tpu", or the default backend: the ``pallas`` of a GPU and of a
+    TPU are different kernels). With ``facts`` as ``resolve`` takes them (without ``platform``).
+    Off a TPU, where the TPU's choice differs, both run under ``lax.platform_dependent``; the TPU
+    branch is built inside ``mosaic_tpu_common.building_for_tpu``. A TPU branch that cannot be
+    built for these shapes (a ``ValueError``, e.g. no tiling fits) leaves the default's alone.
+    """
+    here = jax.default_backend()
+    choice = resolve(op, impl, platform=here, **facts).impl
+    if here == "tpu":
+        return run(choice, here)(*args)
+    on_tpu = resolve(op, impl, platform="tpu", **facts).impl
+    if on_tpu == choice and choice != "pallas":
+        return run(choice, here)(*args)
+
+    def tpu_branch(*operands):
+        with building_for_tpu():
+            return run(on_tpu, "tpu")(*operands)
+
+    try:
+        return jax.lax.platform_dependent(*args, tpu=tpu_branch, default=run(choice, here))
+    except ValueError:
+        return run(choice, here)(*args)

@@ -25,6 +25,8 @@ attention, its own op) and ``sequence_parallel.py`` (ring attention over devices
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -38,8 +40,9 @@ from seqzoo.ops.attention.masks import (
     valid_positions,
 )
 from seqzoo.ops.attention.sequence_parallel import sharded_attention
+from seqzoo.ops.attention.splash_tpu import splash_attention
 from seqzoo.ops.attention.xla import attention_probs
-from seqzoo.ops.dispatch import accepted, canonical, resolve
+from seqzoo.ops.dispatch import accepted, canonical, on_platform, resolve
 from seqzoo.parallel.context import sequence_axis
 
 Array = jax.Array
@@ -155,9 +158,11 @@ def dot_product_attention(
       mask: ``(batch, length)`` bool padding mask (True = valid) or None.
       segment_ids: ``(batch, length)`` int, packed sequences (see the module docstring), or None.
       scale: default ``d ** -0.5``.
-      impl: ``"parallel"`` (XLA's dense softmax), ``"cudnn"`` (cuDNN's flash attention) or
-        ``"auto"`` (``attention_impl`` picks, and says why: cuDNN on a GPU where it applies,
-        else XLA); ``"xla"`` is the deprecated name of ``"parallel"``.
+      impl: ``"parallel"`` (XLA's dense softmax), ``"cudnn"`` (cuDNN's flash attention),
+        ``"splash"`` (jax's splash attention, TPU) or ``"auto"`` (``attention_impl`` picks, and
+        says why: cuDNN on a GPU where it applies, splash attention on a TPU (no sinks), else
+        XLA; the TPU's choice is taken where the computation is lowered for a TPU);
+        ``"xla"`` is the deprecated name of ``"parallel"``.
       seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that of
         the active ``seqzoo.parallel.sequence_parallel`` context): ring attention
         (``sequence_parallel.py``; ``impl`` is not used there).
@@ -179,11 +184,17 @@ def dot_product_attention(
         )
     dtype = jnp.result_type(q, k, v)
     q, k, v = (a.astype(dtype) for a in (q, k, v))
-    chosen, _ = attention_impl(impl, dtype, q.shape[-1], causal=causal, window=window,
-                               num_sinks=num_sinks, segment_ids=segment_ids is not None)
-    if chosen == "cudnn" and not num_sinks and segment_ids is None:
-        return fused_attention(q, k, v, causal=causal, window=window, mask=mask, scale=scale)
-    # (impl="cudnn" asked for with sinks or segments: cuDNN takes the mask too)
-    return xla.dense(q, k, v, causal=causal, window=window, num_sinks=num_sinks, mask=mask,
-                     segment_ids=segment_ids, scale=scale,
-                     implementation="cudnn" if chosen == "cudnn" else "xla")
+    options = dict(causal=causal, window=window, mask=mask, scale=scale)
+
+    def run(impl: str, platform: str):
+        if impl == "cudnn" and not num_sinks and segment_ids is None:
+            return functools.partial(fused_attention, **options)
+        if impl == "splash":
+            return functools.partial(splash_attention, segment_ids=segment_ids, **options)
+        # (impl="cudnn" asked for with sinks or segments: cuDNN takes the mask too)
+        return functools.partial(xla.dense, num_sinks=num_sinks, segment_ids=segment_ids,
+                                 implementation="cudnn" if impl == "cudnn" else "xla", **options)
+
+    return on_platform("attention", impl, run, q, k, v, dtype=dtype, head_dim=q.shape[-1],
+                       causal=causal, window=window, num_sinks=num_sinks,
+                       segment_ids=segment_ids is not None)

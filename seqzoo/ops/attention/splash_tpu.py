@@ -56,7 +56,9 @@ def _kernel(length: int, heads: int, causal: bool, window: int | None, mqa: bool
         block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block,
     )
     make = splash.make_splash_mqa_single_device if mqa else splash.make_splash_mha_single_device
-    return make(masks.MultiHeadMask([pattern] * heads), block_sizes=sizes, interpret=interpret)
+    with jax.ensure_compile_time_eval():  # its mask tables are constants, cached across traces
+        return make(masks.MultiHeadMask([pattern] * heads), block_sizes=sizes,
+                    interpret=interpret)
 
 
 def splash_attention(

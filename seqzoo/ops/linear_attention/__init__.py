@@ -26,8 +26,14 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.ops.checks import check_positive_int
-from seqzoo.ops.dispatch import accepted, canonical, resolve
-from seqzoo.ops.linear_attention import pallas_gpu, reference, sequence_parallel, xla
+from seqzoo.ops.dispatch import accepted, canonical, on_platform
+from seqzoo.ops.linear_attention import (
+    pallas_gpu,
+    pallas_tpu,
+    reference,
+    sequence_parallel,
+    xla,
+)
 from seqzoo.ops.segments import segment_index
 from seqzoo.parallel.context import sequence_axis
 
@@ -64,13 +70,25 @@ def linear_attention_local(q, k, v, log_decay, initial_state, *, scale: float, c
     validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard)."""
     b, t, h, dk = q.shape
     dv = v.shape[-1]
-    impl = resolve("linear_attention", impl, dims=(dk, dv), dtypes=(q.dtype, k.dtype, v.dtype),
-                   segment_ids=segment_ids, per_key=log_decay is not None and log_decay.ndim == 4
-                   ).impl
-    if impl == "pallas":
-        return pallas_gpu.linear_attention_kernel(q, k, v, log_decay, scale=scale,
-                                                  initial_state=initial_state,
-                                                  chunk_size=chunk_size)
+
+    def run(impl: str, platform: str):
+        if impl == "pallas":
+            kernel = pallas_tpu if platform == "tpu" else pallas_gpu
+            return lambda q, k, v, g, s0: kernel.linear_attention_kernel(
+                q, k, v, g, scale=scale, initial_state=s0, chunk_size=chunk_size)
+        return functools.partial(_xla_forms, impl=impl, scale=scale, chunk_size=chunk_size,
+                                 segment_ids=segment_ids)
+
+    return on_platform("linear_attention", impl, run, q, k, v, log_decay, initial_state,
+                       dims=(dk, dv), dtypes=(q.dtype, k.dtype, v.dtype), segment_ids=segment_ids,
+                       per_key=log_decay is not None and log_decay.ndim == 4)
+
+
+def _xla_forms(q, k, v, log_decay, initial_state, *, impl: str, scale: float, chunk_size: int,
+               segment_ids: Array | None) -> tuple[Array, Array]:
+    """``(o, S_T)`` by the XLA form ``impl`` (chunked, parallel or sequential)."""
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
     g = xla.decay_per_key(log_decay, q)
     s0 = (jnp.zeros((b, h, dk, dv), jnp.float32) if initial_state is None
           else initial_state.astype(jnp.float32))

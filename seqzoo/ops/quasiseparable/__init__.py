@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.ops.checks import check_power_of_two, check_shape
-from seqzoo.ops.dispatch import accepted, canonical, resolve
-from seqzoo.ops.quasiseparable import pallas_gpu, sequence_parallel, xla
+from seqzoo.ops.dispatch import accepted, canonical, on_platform
+from seqzoo.ops.quasiseparable import pallas_gpu, pallas_tpu, sequence_parallel, xla
 from seqzoo.ops.scan import discretize_step
 from seqzoo.ops.ssd import check_ssd_inputs
 from seqzoo.parallel.context import sequence_axis
@@ -53,16 +53,22 @@ def quasiseparable_local(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, *, D,
     """The op on unsplit data, in x's dtype; ``impl`` resolved here on these inputs (no
     validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard)."""
     dtypes = (x.dtype, B_fwd.dtype, C_fwd.dtype, B_bwd.dtype, C_bwd.dtype)
-    impl = resolve("quasiseparable", impl, dims=(B_fwd.shape[-1], x.shape[-1]), dtypes=dtypes,
-                   segment_ids=segment_ids).impl
-    if impl == "pallas":
-        steps = (discretize_step(d, dt_bias, dt_softplus) for d in (dt_fwd, dt_bwd))
-        y = pallas_gpu.quasiseparable_kernel(x, *steps, A, B_fwd, C_fwd, B_bwd, C_bwd,
-                                             chunk_size=chunk_size)
-    else:
-        y = xla.quasiseparable(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd,
-                               chunk_size=chunk_size, dt_bias=dt_bias, dt_softplus=dt_softplus,
-                               segment_ids=segment_ids, impl=impl)
+
+    def run(impl: str, platform: str):
+        if impl == "pallas":
+            kernel = pallas_tpu if platform == "tpu" else pallas_gpu
+
+            def on_kernel(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd):
+                steps = (discretize_step(d, dt_bias, dt_softplus) for d in (dt_fwd, dt_bwd))
+                return kernel.quasiseparable_kernel(x, *steps, A, B_fwd, C_fwd, B_bwd, C_bwd,
+                                                    chunk_size=chunk_size)
+            return on_kernel
+        form = functools.partial(xla.quasiseparable, chunk_size=chunk_size, dt_bias=dt_bias,
+                                 dt_softplus=dt_softplus, segment_ids=segment_ids, impl=impl)
+        return lambda *operands: form(*operands).astype(_F32)  # as the kernels return
+
+    y = on_platform("quasiseparable", impl, run, x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd,
+                    dims=(B_fwd.shape[-1], x.shape[-1]), dtypes=dtypes, segment_ids=segment_ids)
     if D is not None:
         y = y + x.astype(_F32) * xla.diagonal(D)[..., None]
     return y.astype(x.dtype)

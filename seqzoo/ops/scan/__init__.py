@@ -32,8 +32,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels import mosaic_tpu_recurrence, mosaic_tpu_selective_scan
 from seqzoo.ops.checks import check_groups, check_shape, check_stable
-from seqzoo.ops.dispatch import accepted, canonical, resolve
+from seqzoo.ops.dispatch import accepted, canonical, on_platform
 from seqzoo.ops.scan import (
     pallas_gpu_recurrence,
     pallas_gpu_selective,
@@ -66,9 +67,25 @@ def linear_recurrence_local(a: Array, b: Array, initial_state: Array | None = No
                             reverse: bool = False, impl: str = "auto") -> tuple[Array, Array]:
     """The recurrence on unsplit data: ``(h, last state)``, ``impl`` resolved here (no
     validation, no sequence axis: what ``sequence_parallel.py`` and the chunked SSD run)."""
-    impl = resolve("linear_recurrence", impl).impl
-    if impl == "pallas":
-        return pallas_gpu_recurrence.linear_recurrence(a, b, initial_state, reverse=reverse)
+    out_dtype = jnp.result_type(a, b)
+
+    def run(impl: str, platform: str):
+        if impl == "pallas" and platform == "tpu":
+            def on_tpu(a, b, initial_state):
+                h, last = mosaic_tpu_recurrence.linear_recurrence(a, b, initial_state,
+                                                                  reverse=reverse)
+                return h.astype(out_dtype), last.astype(out_dtype)
+            return on_tpu
+        if impl == "pallas":
+            return functools.partial(pallas_gpu_recurrence.linear_recurrence, reverse=reverse)
+        return functools.partial(_xla_recurrence, reverse=reverse, impl=impl)
+
+    return on_platform("linear_recurrence", impl, run, a, b, initial_state)
+
+
+def _xla_recurrence(a: Array, b: Array, initial_state: Array | None, *, reverse: bool,
+                    impl: str) -> tuple[Array, Array]:
+    """``(h, last state)`` by ``impl``: "sequential" (``lax.scan``) or "associative"."""
     out_dtype = jnp.result_type(a, b)
     dtype = compute_dtype(out_dtype)
     a, b = a.astype(dtype), b.astype(dtype)
@@ -154,16 +171,28 @@ def selective_scan_local(u, delta, A, B, C, D, z, delta_bias, delta_softplus, in
                          segment_ids, *, impl: str) -> tuple[Array, Array]:
     """The selective scan on unsplit data: ``(out, final state)``, ``impl`` resolved here (no
     validation, no sequence axis: what ``sequence_parallel.py`` and SSD's sequential form run)."""
-    impl = resolve("selective_scan", impl).impl
     starts = None if segment_ids is None else segment_starts(segment_ids, *u.shape[:2])
-    if impl == "pallas":
-        return pallas_gpu_selective.selective_scan(u, delta, A, B, C, D, z, delta_bias,
+
+    def run(impl: str, platform: str):
+        if impl == "pallas":
+            kernel = mosaic_tpu_selective_scan if platform == "tpu" else pallas_gpu_selective
+
+            def on_kernel(u, delta, A, B, C, D, z, delta_bias, initial_state):
+                out, final = kernel.selective_scan(u, delta, A, B, C, D, z, delta_bias,
                                                    delta_softplus, initial_state, starts)
-    decay, drive = xla.discretize(u, delta, A, B, delta_bias, delta_softplus)
-    if starts is not None:
-        decay = jnp.where(starts[..., None, None], 0.0, decay)
-    states, final = linear_recurrence_local(decay, drive, initial_state, impl=impl)
-    return xla.readout(states, u, C, D, z).astype(u.dtype), final
+                return out.astype(u.dtype), final.astype(jnp.float32)
+            return on_kernel
+
+        def on_xla(u, delta, A, B, C, D, z, delta_bias, initial_state):
+            decay, drive = xla.discretize(u, delta, A, B, delta_bias, delta_softplus)
+            if starts is not None:
+                decay = jnp.where(starts[..., None, None], 0.0, decay)
+            states, final = linear_recurrence_local(decay, drive, initial_state, impl=impl)
+            return xla.readout(states, u, C, D, z).astype(u.dtype), final.astype(jnp.float32)
+        return on_xla
+
+    return on_platform("selective_scan", impl, run, u, delta, A, B, C, D, z, delta_bias,
+                       initial_state)
 
 
 def selective_scan(

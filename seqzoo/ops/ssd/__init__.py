@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.ops.checks import check_groups, check_power_of_two, check_shape, check_stable
-from seqzoo.ops.dispatch import accepted, canonical, resolve
+from seqzoo.ops.dispatch import accepted, canonical, on_platform
 from seqzoo.ops.scan import discretize_step, selective_scan_local, selective_scan_step
 from seqzoo.ops.segments import segment_index
-from seqzoo.ops.ssd import pallas_gpu, sequence_parallel, xla
+from seqzoo.ops.ssd import pallas_gpu, pallas_tpu, sequence_parallel, xla
 from seqzoo.parallel.context import sequence_axis
 
 Array = jax.Array
@@ -54,23 +54,35 @@ def ssd_local(x, dt, A, B, C, *, chunk_size: int, D, z, dt_bias, dt_softplus: bo
     """The op on unsplit data: ``(out, final state)``, ``impl`` resolved here on these inputs
     (no validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard)."""
     b, l, h, p = x.shape
-    impl = resolve("ssd", impl, dims=(B.shape[-1], p), dtypes=(x.dtype, B.dtype, C.dtype),
-                   segment_ids=segment_ids).impl
-    if impl == "sequential":
+
+    def sequential(x, dt, A, B, C, initial_state):
         u, delta, A_, D_, z_, bias, state0 = xla.as_channels(x, dt, A, B, D, z, dt_bias,
                                                              initial_state)
         out, final = selective_scan_local(u, delta, A_, B, C, D_, z_, bias, dt_softplus, state0,
                                           segment_ids, impl="sequential")
         return out.reshape(x.shape), final.reshape(b, h, p, -1)
-    step = discretize_step(dt, dt_bias, dt_softplus)
-    if impl == "pallas":
-        y, final = pallas_gpu.ssd_kernel(x, step, A, B, C, initial_state, chunk_size=chunk_size)
-    else:
+
+    def chunked(x, dt, A, B, C, initial_state):
+        step = discretize_step(dt, dt_bias, dt_softplus)
         chunk = min(chunk_size, 1 << max(l - 1, 0).bit_length())
         seg = segment_index(segment_ids, b, l)
         y, final = xla.chunked(x.astype(_F32), step, A.astype(_F32), B.astype(_F32),
                                C.astype(_F32), seg, initial_state, chunk)
-    return xla.skip_and_gate(y, x, D, z).astype(x.dtype), final
+        return xla.skip_and_gate(y, x, D, z).astype(x.dtype), final
+
+    def run(impl: str, platform: str):
+        if impl != "pallas":
+            return {"sequential": sequential, "chunked": chunked}[impl]
+        kernel = pallas_tpu if platform == "tpu" else pallas_gpu
+
+        def on_kernel(x, dt, A, B, C, initial_state):
+            step = discretize_step(dt, dt_bias, dt_softplus)
+            y, final = kernel.ssd_kernel(x, step, A, B, C, initial_state, chunk_size=chunk_size)
+            return xla.skip_and_gate(y, x, D, z).astype(x.dtype), final
+        return on_kernel
+
+    return on_platform("ssd", impl, run, x, dt, A, B, C, initial_state, dims=(B.shape[-1], p),
+                       dtypes=(x.dtype, B.dtype, C.dtype), segment_ids=segment_ids)
 
 
 def ssd(
