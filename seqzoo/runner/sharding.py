@@ -20,7 +20,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from seqzoo.config import MeshConfig, check_values
 from seqzoo.data import IGNORE_INDEX
@@ -49,10 +49,17 @@ def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int]:
 
 
 def make_mesh(cfg: MeshConfig) -> Mesh:
-    """The ``(data, seq)`` mesh of the first ``data * seq`` local devices."""
+    """The ``(data, seq)`` mesh of the first ``data * seq`` local devices, laid out by
+    ``jax.make_mesh`` for the device topology (a TPU slice's torus: neighbours along ``seq``,
+    whose ring and all-gathers carry the sequence-parallel traffic), in order where it has no
+    layout for that subset of devices."""
     devices = jax.local_devices()
     data, seq = mesh_shape(cfg, len(devices))
-    return Mesh(np.array(devices[: data * seq]).reshape(data, seq), AXES)
+    chosen = devices[: data * seq]
+    try:
+        return jax.make_mesh((data, seq), AXES, (AxisType.Auto,) * 2, devices=chosen)
+    except (ValueError, NotImplementedError, AssertionError):
+        return Mesh(np.array(chosen).reshape(data, seq), AXES)
 
 
 def describe_devices(mesh: Mesh) -> str:
