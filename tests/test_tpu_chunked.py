@@ -96,7 +96,7 @@ def kernel_attention(q, k, v, g, s0):
 
 def xla_attention(q, k, v, g, s0):
     return linear_attention(q, k, v, log_decay=g, scale=0.3, initial_state=s0,
-                            return_final_state=True, chunk_size=32, impl="chunk")
+                            return_final_state=True, chunk_size=32, impl="chunked")
 
 
 @pytest.mark.parametrize("decay, t", [("head", 200), ("key", 150)])

@@ -269,7 +269,9 @@ def on_platform(op: str, impl: str, run: Callable[[str, str], Callable], *args, 
     TPU are different kernels). With ``facts`` as ``resolve`` takes them (without ``platform``).
     Off a TPU, where the TPU's choice differs, both run under ``lax.platform_dependent``; the TPU
     branch is built inside ``mosaic_tpu_common.building_for_tpu``. A TPU branch that cannot be
-    built for these shapes (a ``ValueError``, e.g. no tiling fits) leaves the default's alone.
+    built here (a ``ValueError``: no tiling fits these shapes; a ``TypeError``: forward-mode
+    autodiff, e.g. ``jax.jacfwd``, which the kernels' ``custom_vjp`` refuses) leaves the
+    default's alone, for every platform.
     """
     here = jax.default_backend()
     choice = resolve(op, impl, platform=here, **facts).impl
@@ -285,5 +287,5 @@ def on_platform(op: str, impl: str, run: Callable[[str, str], Callable], *args, 
 
     try:
         return jax.lax.platform_dependent(*args, tpu=tpu_branch, default=run(choice, here))
-    except ValueError:
+    except (ValueError, TypeError):  # e.g. forward-mode autodiff: the kernels are custom_vjp
         return run(choice, here)(*args)
