@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from seqzoo.ops.lean_grad import rms_norm
+
 Array = jax.Array
 
 
@@ -45,6 +47,8 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: Array, z: Array | None = None) -> Array:
         w = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        if z is None:  # its backward pass keeps x only (seqzoo.ops.lean_grad)
+            return rms_norm(x, w, self.eps)
         h = x.astype(jnp.float32)
         if z is not None:
             h = h * jax.nn.silu(z.astype(jnp.float32))

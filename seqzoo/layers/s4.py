@@ -55,6 +55,7 @@ gives the shorter sequence's outputs; a hole counts as a time step (a zero input
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import ClassVar
 
@@ -63,9 +64,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
+from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, zero_padded
 from seqzoo.layers.catalog import register_mixer
-from seqzoo.layers.common import dense
 from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.complex_params import complex_normal, from_real_pair, to_real_pair
 from seqzoo.ops.conv import (
@@ -74,6 +74,7 @@ from seqzoo.ops.conv import (
     causal_conv,
     causal_toeplitz,
 )
+from seqzoo.ops.lean_grad import blockwise
 from seqzoo.ops.s4 import (
     DISCRETISATIONS,
     NPLR_MEASURES,
@@ -174,7 +175,8 @@ class S4DKernel(nn.Module):
     def __call__(self, length: int) -> Array:
         """The convolution kernel K: (channels, H, length) float32."""
         dt, A, B, C = self.ssm()
-        return s4d_kernel(dt, A, B, C, length, disc=self.disc)
+        k = _lean_s4d_kernel(length, self.disc)((dt, A, B, jnp.moveaxis(C, 0, 1)), ())
+        return jnp.moveaxis(k, 1, 0)
 
     def discrete(self) -> tuple[Array, Array, Array]:
         """(Abar, Bbar, C): (H, n), (H, n), (channels, H, n), as ``s4d_kernel``."""
@@ -244,8 +246,8 @@ class S4DPLRKernel(nn.Module):
     def __call__(self, length: int) -> Array:
         """K_l = C Abar^l Bbar (bilinear), (channels, H, length) float32, via C~ for this length."""
         dt, lam, P, B, C = self.ssm()
-        c_tilde = s4_dplr_c_tilde(dt, lam, P, C, length)
-        return s4_dplr_kernel(dt, lam, P, B, c_tilde, length)
+        rows = (dt, lam, jnp.moveaxis(P, 0, 1), B, jnp.moveaxis(C, 0, 1))
+        return jnp.moveaxis(_lean_s4_dplr_kernel(length)(rows, ()), 1, 0)
 
     def init_state(self, batch: int) -> Array:
         return jnp.zeros((batch, self.H, self.d_state // 2), jnp.complex64)
@@ -278,7 +280,88 @@ class S4DPLRKernel(nn.Module):
         return state, y
 
 
+# The kernels as functions of per-channel rows (H leading), whose backward passes keep only the
+# parameters (``lean_grad.blockwise``): autodiff would keep the (H, N/2, L) Vandermonde powers or
+# Cauchy terms of every layer until the backward pass.
+@functools.cache
+def _lean_s4d_kernel(length: int, disc: str):
+    def fn(rows, _):
+        dt, A, B, C = rows  # C: (H, channels, n)
+        return jnp.moveaxis(s4d_kernel(dt, A, B, jnp.moveaxis(C, 1, 0), length, disc=disc), 0, 1)
+
+    def per_channel(rows):  # the complex powers (N/2, L) and the (channels, L) products
+        return 2 * rows[1].shape[1] * length * (1 + rows[3].shape[1])
+
+    return blockwise(fn, forward=True, row_elements=per_channel)
+
+
+@functools.cache
+def _lean_s4_dplr_kernel(length: int):
+    def fn(rows, _):
+        dt, lam, P, B, C = (rows[0], rows[1], jnp.moveaxis(rows[2], 1, 0), rows[3],
+                            jnp.moveaxis(rows[4], 1, 0))
+        c_tilde = s4_dplr_c_tilde(dt, lam, P, C, length)
+        return jnp.moveaxis(s4_dplr_kernel(dt, lam, P, B, c_tilde, length), 0, 1)
+
+    def per_channel(rows):  # the complex Cauchy terms (1 + rank, channels + rank, N, L / 2)
+        rank, channels, n = rows[2].shape[1], rows[4].shape[1], rows[1].shape[1]
+        return 2 * (1 + rank) * (channels + rank) * 2 * n * (length // 2 + 1)
+
+    return blockwise(fn, forward=True, row_elements=per_channel)
+
+
 # ---- the layer skeleton -------------------------------------------------------------------------
+class LinearParams(nn.Module):
+    """The parameters of ``nn.Dense(features, use_bias=True)`` on ``in_features`` inputs (the
+    same names, shapes, initialisers and order, hence the same initial values), returned as
+    arrays for a pure function: ``kernel (in_features, features)``, ``bias (features,)``."""
+
+    in_features: int
+    features: int
+
+    def setup(self):
+        shape = (self.in_features, self.features)
+        self.kernel = self.param("kernel", nn.linear.default_kernel_init, shape, jnp.float32)
+        self.bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+
+    def __call__(self) -> tuple[Array, Array]:
+        return self.kernel, self.bias
+
+
+def _output_stage(y: Array, activation: str, final_act: str | None, dtype, linear) -> Array:
+    """(..., channels * H) -> (..., d_model): activation, then ``nn.Dense``'s Linear (``dtype``
+    compute) and GLU; ``linear``: ``(kernel, bias)`` or ``()`` without one."""
+    y = ACTIVATIONS[activation](y.astype(jnp.float32))
+    if final_act is None:
+        return y
+    kernel, bias = linear
+    y, kernel, bias = nn.dtypes.promote_dtype(y, kernel, bias, dtype=dtype)
+    y = jax.lax.dot_general(y, kernel, (((y.ndim - 1,), (0,)), ((), ())))
+    y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+    if final_act == "glu":
+        a, g = jnp.split(y, 2, axis=-1)
+        y = a * jax.nn.sigmoid(g)
+    return y
+
+
+@functools.cache
+def _fast_path(activation: str, final_act: str | None, dtype):
+    """``(u, (kf, kb, D, linear)) -> output``: the convolution (bidirectional when ``kb`` is
+    not None), D, activation and Linear (+ GLU) of a ``(batch, length, H)`` input, as one
+    ``blockwise`` function (its backward pass keeps u and recomputes the rest)."""
+
+    def fn(u, shared):
+        kf, kb, D, linear = shared
+        if kb is None:
+            y = causal_conv(u, kf, D, lean=False)
+        else:
+            y = bidirectional_conv(u, kf, kb, D, lean=False)
+        y = y.reshape(y.shape[:2] + (-1,))  # (b, l, channels * H), (c h)
+        return _output_stage(y, activation, final_act, dtype, linear)
+
+    return blockwise(fn)
+
+
 class _SSMConvMixer(MatrixMixer):
     """Shared S4 / S4D layer: kernel convolution (+ D u), activation, Linear + GLU.
 
@@ -320,7 +403,20 @@ class _SSMConvMixer(MatrixMixer):
         )
         if self.final_act is not None:
             width = 2 * self.d_model if self.final_act == "glu" else self.d_model
-            self.out_proj = dense(width, "out_proj", use_bias=True, dtype=self.dtype)
+            self.out_proj = LinearParams(self.channels * self.d_model, width, name="out_proj")
+
+    # ---- the fast path ----------------------------------------------------------------------
+    def __call__(self, x, mask=None, segment_ids=None):
+        """The fast path as one ``lean_grad.blockwise`` function of the input: convolution, D,
+        activation, Linear (+ GLU); its backward pass keeps only the input and recomputes the
+        rest block by block of rows (``mix_fast`` and ``mixer_output`` give the same values:
+        the activations are 0 at 0, so masking before or after them is the same)."""
+        inputs, x = self._inputs(x, mask, segment_ids)
+        kf, kb = self._split(inputs.aux["kernel"])
+        linear = () if self.final_act is None else self.out_proj()
+        fast = _fast_path(self.activation, self.final_act, self.dtype)
+        y = fast(inputs.values[:, :, : self.d_model, 0], (kf, kb, self.D, linear))
+        return zero_padded(y, inputs.mask).astype(x.dtype)
 
     @property
     def kernel_channels(self) -> int:
@@ -362,14 +458,8 @@ class _SSMConvMixer(MatrixMixer):
 
     def _output(self, y: Array) -> Array:
         """(..., channels * H) -> (..., d_model): activation, then Linear (+ GLU)."""
-        y = ACTIVATIONS[self.activation](y.astype(jnp.float32))
-        if self.final_act is None:
-            return y
-        y = self.out_proj(y)
-        if self.final_act == "glu":
-            a, g = jnp.split(y, 2, axis=-1)
-            y = a * jax.nn.sigmoid(g)
-        return y
+        linear = () if self.final_act is None else self.out_proj()
+        return _output_stage(y, self.activation, self.final_act, self.dtype, linear)
 
     # ---- recurrent path ---------------------------------------------------------------------
     def init_state(self, batch: int):

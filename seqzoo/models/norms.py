@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.common import RMSNorm
+from seqzoo.ops.lean_grad import layer_norm
 
 Array = jax.Array
 NORMS = ("rms", "layer", "batch")
@@ -45,6 +46,20 @@ class MaskedBatchNorm(nn.Module):
         return y.astype(x.dtype)
 
 
+class LayerNorm(nn.Module):
+    """flax's ``nn.LayerNorm`` (float32 ``scale`` and ``bias``, epsilon 1e-6, float32 statistics)
+    whose backward pass keeps only its input (``seqzoo.ops.lean_grad.layer_norm``)."""
+
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = (x.shape[-1],)
+        scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+        return layer_norm(x, scale, bias, self.epsilon)
+
+
 def make_norm(kind: str, name: str) -> nn.Module:
     """The normalisation called ``kind`` (one of ``NORMS``) as a submodule named ``name``."""
     if kind not in NORMS:
@@ -52,7 +67,7 @@ def make_norm(kind: str, name: str) -> nn.Module:
     if kind == "rms":
         return RMSNorm(name=name)
     if kind == "layer":
-        return nn.LayerNorm(param_dtype=jnp.float32, name=name)
+        return LayerNorm(name=name)
     return MaskedBatchNorm(name=name)
 
 

@@ -3,6 +3,11 @@
 Zero-padding both signals to n >= L + K - 1 turns the circular FFT convolution into the
 linear one; the bidirectional kernel packs its backward half at the end of the same buffer, as
 ``state-spaces/s4`` ``src/models/sequence/kernels/fftconv.py`` does.
+
+Memory: the backward passes of ``causal_conv`` and ``bidirectional_conv`` keep only ``u``, the
+kernels and ``D``, and recompute the transforms block by block of batch rows
+(``seqzoo.ops.lean_grad.blockwise``); autodiff would keep the zero-padded input's spectrum and
+the inverse transform of length n, four float32 copies of ``u``'s size per call.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+
+from seqzoo.ops.lean_grad import blockwise
 
 Array = jax.Array
 
@@ -56,22 +63,32 @@ def _conv_layout(u: Array, k_ndim: int, D: Array | None, conv: Callable[[Array],
     return y.astype(u.dtype)
 
 
-def causal_conv(u: Array, k: Array, D: Array | None = None) -> Array:
+def causal_conv(u: Array, k: Array, D: Array | None = None, *, lean: bool = True) -> Array:
     """y_t = sum_{j <= t} k_{t-j} u_j + D u_t per feature h (S4 eq. 5 plus the skip D).
 
     u: (batch, length, h).
     k: (*channels, h, k_len), e.g. (h, k_len) or S4's (channels, h, k_len); any k_len (taps
        past ``length`` are dropped, missing taps are zero).
     D: (*channels, h) or None.
+    lean: the backward pass keeps only the arguments (see the module docstring); False: plain
+       autodiff (for a caller that recomputes the convolution in its own backward pass).
 
     Computed in float32 by FFT; returns (batch, length, *channels, h) in u's dtype.
     """
     _check_conv_args(u, k, D)
+    return (_lean_causal_conv if lean else _causal_conv)(u, (k, D))
+
+
+def _causal_conv(u: Array, shared: tuple) -> Array:
+    k, D = shared
     return _conv_layout(u, jnp.ndim(k), D, lambda u_t: fft_causal_conv(u_t, k))
 
 
+_lean_causal_conv = blockwise(_causal_conv)
+
+
 def bidirectional_conv(
-    u: Array, k_forward: Array, k_backward: Array, D: Array | None = None
+    u: Array, k_forward: Array, k_backward: Array, D: Array | None = None, *, lean: bool = True
 ) -> Array:
     """y_t = sum_{j <= t} kf_{t-j} u_j + sum_{j > t} kb_{j-t-1} u_j + D u_t (S4 bidirectional).
 
@@ -81,7 +98,7 @@ def bidirectional_conv(
     2 x channels channels, split as ``(s c)``: the first half is k_forward.
 
     u: (batch, length, h); k_forward, k_backward: (*channels, h, k_len) (taps past ``length``
-    are dropped); D: (*channels, h) or None.
+    are dropped); D: (*channels, h) or None; lean: as ``causal_conv``.
     Computed in float32 by FFT; returns (batch, length, *channels, h) in u's dtype.
     """
     _check_conv_args(u, k_forward, D, k_name="k_forward")
@@ -90,6 +107,13 @@ def bidirectional_conv(
             f"k_backward must match k_forward's shape {jnp.shape(k_forward)}, "
             f"got {jnp.shape(k_backward)}"
         )
+    return (_lean_bidirectional_conv if lean else _bidirectional_conv)(
+        u, (k_forward, k_backward, D)
+    )
+
+
+def _bidirectional_conv(u: Array, shared: tuple) -> Array:
+    k_forward, k_backward, D = shared
     length = jnp.shape(u)[1]
     kf = jnp.asarray(k_forward, jnp.float32)[..., :length]
     kb = jnp.asarray(k_backward, jnp.float32)[..., :length]
@@ -97,3 +121,6 @@ def bidirectional_conv(
     full_kernel = jnp.concatenate([kf, gap, jnp.flip(kb, -1)], axis=-1)
     n = length + kf.shape[-1]
     return _conv_layout(u, kf.ndim, D, lambda u_t: _circular_conv(u_t, full_kernel, n))
+
+
+_lean_bidirectional_conv = blockwise(_bidirectional_conv)

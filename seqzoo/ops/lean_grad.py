@@ -1,0 +1,215 @@
+"""Functions whose backward pass keeps only their inputs, recomputing the rest block by block.
+
+JAX's autodiff keeps a function's intermediates for the backward pass: exact GELU its erfc and
+exp terms (three or four tensors of its input's size), GLU both halves and the sigmoid, layer
+norm the centred and normalised input, an FFT convolution the input's zero-padded spectrum and
+the twice-as-long inverse transform, the S4D kernel its ``(H, N/2, L)`` Vandermonde powers. In a
+training step each lives from the layer's forward pass until the backward pass reaches it, in
+every layer at once: most of an S4 model's memory. ``jax.checkpoint`` would recompute them, but
+XLA's CPU scheduler is free to run the recomputation early, inside the forward pass, so the
+memory stays: every residual block of lra/listops_s4d wrapped in ``nn.remat`` cut autodiff's
+residuals from 30.6 to 2.7 GiB and left the compiled CPU step at 34.97 GiB (jax 0.10.2).
+
+``blockwise(fn)`` is ``fn(rows, shared)`` (``rows``: arrays sharing a leading axis, e.g. the
+batch; ``shared``: anything else, e.g. parameters) with a ``custom_vjp`` that keeps only the
+arguments and, in the backward pass, recomputes ``fn`` and its VJP in a loop over blocks of
+rows (``BLOCKS``; gradients of ``shared`` summed over the blocks). A loop body cannot be merged
+with, or moved into, the forward pass, so this holds on every backend, and the recomputation's
+own intermediates exist for one block at a time (the loop's accumulators are made to wait for
+the cotangent, see ``_zero_after``). ``forward=True`` runs the forward pass block by block too,
+for functions whose forward intermediates are large (a scan's states, attention scores). The
+cost is one more forward pass of ``fn``.
+The values are ``fn``'s; gradients equal autodiff's up to float rounding (the sums over blocks).
+Forward-mode autodiff (``jax.jvp``) is not defined for these functions (``custom_vjp``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqzoo.parallel.context import sequence_axis, sequence_parallel
+
+Array = jax.Array
+BLOCKS = 4  # row blocks of a backward pass (the smallest divisor of the rows >= this)
+BLOCK_ELEMENTS = 2**24  # the most elements of one block's largest intermediate (``blockwise``)
+
+
+def num_blocks(rows: int, target: int = BLOCKS) -> int:
+    """The smallest divisor of ``rows`` that is at least ``min(rows, target)``."""
+    return next(k for k in range(max(1, min(rows, target)), rows + 1) if rows % k == 0)
+
+
+def blockwise(
+    fn: Callable[[Any, Any], Any],
+    *,
+    row_elements: Callable[[Any], int] | None = None,
+    forward: bool = False,
+) -> Callable[[Any, Any], Any]:
+    """``fn(rows, shared)`` with a backward pass that keeps only its arguments and recomputes
+    ``fn`` block by block (see the module docstring). ``fn``'s outputs have the rows' leading
+    axis and must not mix rows.
+
+    row_elements: ``rows -> elements`` of ``fn``'s largest intermediate per row; the blocks
+      are then also small enough that it stays under ``BLOCK_ELEMENTS`` per block (where rows
+      allow). forward: run the forward pass block by block too (for an ``fn`` whose forward
+      intermediates are the problem, e.g. a scan's states).
+    """
+
+    def blocks(rows) -> int:
+        n = jax.tree.leaves(rows)[0].shape[0]
+        wanted = BLOCKS
+        if row_elements is not None:
+            wanted = max(wanted, -(-n * row_elements(rows) // BLOCK_ELEMENTS))
+        return num_blocks(n, wanted)
+
+    def in_context(axis):  # fn as traced where it was called (see below)
+        def run(rows, shared):
+            with sequence_parallel(axis):
+                return fn(rows, shared)
+
+        return run
+
+    def forward_pass(rows, shared, axis):
+        k = blocks(rows) if forward else 1
+        if k == 1:
+            return in_context(axis)(rows, shared)
+        split = jax.tree.map(lambda a: a.reshape((k, a.shape[0] // k) + a.shape[1:]), rows)
+        out = jax.lax.map(lambda part: in_context(axis)(part, shared), split)
+        return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+    def call(rows, shared, axis):
+        return forward_pass(rows, shared, axis)
+
+    def fwd(rows, shared, axis):
+        return forward_pass(rows, shared, axis), (rows, shared)
+
+    def bwd(axis, residuals, g):
+        fn_here = in_context(axis)
+        rows, shared = residuals
+        n = jax.tree.leaves(rows)[0].shape[0]
+        k = blocks(rows)
+        size = n // k
+
+        def block(i, a):
+            return jax.lax.dynamic_slice_in_dim(a, i * size, size)
+
+        def put(i, full, part):
+            if full is None:  # not differentiable: no cotangent to keep
+                return None
+            return jax.lax.dynamic_update_slice_in_dim(full, part.astype(full.dtype), i * size, 0)
+
+        def body(i, carry):
+            d_shared, d_rows = carry
+            part = jax.tree.map(functools.partial(block, i), rows)
+            _, vjp = jax.vjp(fn_here, part, shared)
+            dr, ds = vjp(jax.tree.map(functools.partial(block, i), g))
+            d_rows = _map_float(functools.partial(put, i), d_rows, dr)
+            return _map_float(jnp.add, d_shared, ds), d_rows
+
+        zero = _zero_after(g)
+        zeros = (_float_zeros(shared, zero), _float_zeros(rows, zero))
+        d_shared, d_rows = jax.lax.fori_loop(0, k, body, zeros)
+        return _cotangents(d_rows, rows), _cotangents(d_shared, shared)
+
+    call.defvjp(fwd, bwd)
+
+    def lean(rows, shared):
+        # The backward pass is traced later, outside the caller's ``sequence_parallel`` context
+        # (the sharded ops call the plain ones under ``sequence_parallel(None)``): fn runs under
+        # the axis that was active here, in both passes.
+        return call(rows, shared, sequence_axis())
+
+    return lean
+
+
+def _differentiable(a) -> bool:
+    return jnp.issubdtype(jnp.result_type(a), jnp.inexact)
+
+
+def _zero_after(g) -> Array:
+    """An int32 0 computed from the cotangent ``g``, which XLA cannot prove to be 0.
+
+    The backward loop's accumulators start from zeros; made from a constant, XLA's CPU
+    scheduler allocates and fills them as early as it can, in the forward pass, so every
+    layer's would be held from then on. Adding this zero makes them wait for the cotangent.
+    (An integer: a float ``0 * g`` would turn an inf or NaN cotangent into NaN everywhere.)
+    """
+    leaf = jax.tree.leaves(g)[0]
+    first = jnp.abs(jnp.ravel(leaf)[:1]).astype(jnp.float32)  # complex and 16-bit leaves too
+    bits = jax.lax.bitcast_convert_type(first, jnp.int32)
+    return jnp.minimum(jax.lax.population_count(bits)[0], 0)
+
+
+def _float_zeros(tree, zero: Array):
+    """Zeros (plus the int ``zero``) for the floating leaves of ``tree``, None for the others
+    (ints, bools: no cotangent)."""
+
+    def zeros(a):
+        return jnp.zeros_like(a) + zero.astype(jnp.result_type(a)) if _differentiable(a) else None
+
+    return jax.tree.map(zeros, tree)
+
+
+def _map_float(f, acc, new):
+    """``f(acc_leaf, new_leaf)`` where ``acc`` (from ``_float_zeros``) has a leaf, else None."""
+    flat, treedef = jax.tree.flatten(acc, is_leaf=lambda a: a is None)
+    new_flat = treedef.flatten_up_to(new)
+    pairs = zip(flat, new_flat, strict=True)
+    return treedef.unflatten([None if a is None else f(a, b) for a, b in pairs])
+
+
+def _cotangents(acc, primal):
+    """The cotangent of ``primal``: ``acc``'s leaves, float0 zeros for non-float leaves."""
+    flat, treedef = jax.tree.flatten(acc, is_leaf=lambda a: a is None)
+    primal_flat = treedef.flatten_up_to(primal)
+    return treedef.unflatten([
+        a if a is not None or p is None else np.zeros(np.shape(p), jax.dtypes.float0)
+        for a, p in zip(flat, primal_flat, strict=True)
+    ])
+
+
+# ---- norms -----------------------------------------------------------------------------------
+def _layer_norm_fn(eps: float):
+    def fn(x, params):
+        scale, bias = params
+        x = x.astype(jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.maximum(0.0, jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean)
+        return (x - mean) * (jax.lax.rsqrt(var + eps) * scale) + bias
+
+    return fn
+
+
+@functools.cache
+def _layer_norm(eps: float):
+    return blockwise(_layer_norm_fn(eps))
+
+
+def layer_norm(x: Array, scale: Array, bias: Array, eps: float = 1e-6) -> Array:
+    """flax's ``LayerNorm`` over the last axis of ``x: (rows, ..., d)``: float32 statistics,
+    variance ``max(0, E[x^2] - E[x]^2)``, ``(x - mean) * (rsqrt(var + eps) * scale) + bias``,
+    in the result dtype of ``x`` and the parameters."""
+    dtype = jnp.result_type(x, scale, bias)
+    return _layer_norm(float(eps))(x, (scale, bias)).astype(dtype)
+
+
+@functools.cache
+def _rms_norm(eps: float):
+    def fn(x, scale):
+        x = x.astype(jnp.float32)
+        return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * scale
+
+    return blockwise(fn)
+
+
+def rms_norm(x: Array, scale: Array, eps: float = 1e-5) -> Array:
+    """``x / sqrt(mean(x^2) + eps) * scale`` over the last axis of ``x: (rows, ..., d)`` in
+    float32 (seqzoo's ``RMSNorm``), returned in ``x``'s dtype."""
+    return _rms_norm(float(eps))(x, scale).astype(x.dtype)
