@@ -14,6 +14,7 @@ import pytest
 from jax.test_util import check_grads
 
 from seqzoo.ops import attention as ops
+from seqzoo.ops import lean_grad
 
 B, L, H, D = 2, 7, 4, 4
 PATTERNS = [(None, 0), (3, 0), (2, 2)]  # (window, num_sinks)
@@ -104,6 +105,32 @@ def test_gradients_by_finite_differences(causal, window, num_sinks):
     q, k, v = qkv(2, length=6)
     opts = dict(causal=causal, window=window, num_sinks=num_sinks, mask=holes(6))
     check_grads(partial(dot_product_attention, **opts), (q, k, v), 1, ["rev"], atol=1e-2, rtol=1e-2)
+
+
+def test_lean_dense_gradients_equal_autodiff_over_several_row_blocks():
+    """``xla.lean_dense`` (scores one block of rows at a time, recomputed backwards) against
+    autodiff through ``xla.dense``: the output and the gradient of q, k and v separately, with
+    padding, over 6 rows in blocks of one row (``BLOCK_ELEMENTS`` below one row's scores)."""
+    keys = jax.random.split(jax.random.PRNGKey(3), 4)
+    q = jax.random.normal(keys[0], (6, L, H, D))
+    k, v = (jax.random.normal(key, (6, L, 2, D)) for key in keys[1:3])
+    mask = jnp.arange(L)[None, :] < jnp.array([7, 5, 1, 7, 3, 6])[:, None]
+    weights = jax.random.normal(keys[3], q.shape)
+    opts = dict(causal=True, window=None, num_sinks=1, mask=mask, segment_ids=None, scale=None)
+
+    def loss(f):
+        return lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v, **opts)) * weights)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lean_grad, "BLOCK_ELEMENTS", 1)
+        lean = partial(ops.xla.lean_dense)
+        np.testing.assert_allclose(lean(q, k, v, **opts), ops.xla.dense(q, k, v, **opts),
+                                   rtol=1e-6, atol=1e-6)
+        got = jax.grad(loss(lean), (0, 1, 2))(q, k, v)
+    want = jax.grad(loss(ops.xla.dense), (0, 1, 2))(q, k, v)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    assert float(jnp.max(jnp.abs(want[1]))) > 1e-2  # gradients that can differ
 
 
 def test_padded_rows_are_zero_without_nan():

@@ -168,7 +168,8 @@ def dot_product_attention(
         (``sequence_parallel.py``; ``impl`` is not used there).
 
     cuDNN gets the pattern as ``is_causal`` / ``local_window_size`` and padding as sequence
-    lengths (``fused_attention``); XLA gets an explicit boolean mask from ``attention_mask``
+    lengths (``fused_attention``); XLA (``xla.lean_dense``: the scores for a block of rows at a
+    time, recomputed backwards) gets an explicit boolean mask from ``attention_mask``
     wherever there is padding, sinks or segments.
     Returns ``(batch, length, heads, d)`` in the inputs' dtype; softmax in float32 (float32 inputs
     use full-precision matmuls); padded query rows are 0.
@@ -191,9 +192,11 @@ def dot_product_attention(
             return functools.partial(fused_attention, **options)
         if impl == "splash":
             return functools.partial(splash_attention, segment_ids=segment_ids, **options)
-        # (impl="cudnn" asked for with sinks or segments: cuDNN takes the mask too)
-        return functools.partial(xla.dense, num_sinks=num_sinks, segment_ids=segment_ids,
-                                 implementation="cudnn" if impl == "cudnn" else "xla", **options)
+        if impl == "cudnn":  # asked for with sinks or segments: cuDNN takes the mask too
+            return functools.partial(xla.dense, num_sinks=num_sinks, segment_ids=segment_ids,
+                                     implementation="cudnn", **options)
+        return functools.partial(xla.lean_dense, num_sinks=num_sinks, segment_ids=segment_ids,
+                                 **options)
 
     return on_platform("attention", impl, run, q, k, v, dtype=dtype, head_dim=q.shape[-1],
                        causal=causal, window=window, num_sinks=num_sinks,
