@@ -27,7 +27,9 @@ The run writes to --run-dir (default runs/<experiment>-<timestamp>): config.toml
 TensorBoard events, checkpoints/, best/ and summary.json. `seqzoo train --resume --run-dir DIR`
 continues it from its newest checkpoint that reads back whole; overrides may then change only
 how long and how often it runs (optim.steps, max_minutes, eval_every, log_every,
-checkpoint_every, keep_checkpoints, description, mesh.*), and are recorded in resumes.jsonl.
+checkpoint_every, keep_checkpoints, description, mesh.*) and optim.accumulate, and are recorded
+in resumes.jsonl. Out of memory? Lower optim.batch_size, or keep it and set optim.accumulate=N:
+each batch runs as N microbatches with the same gradient, in less memory.
 Ctrl-C (SIGINT) or SIGTERM stops the run after the step under way, saving a checkpoint of that
 step, so --resume continues exactly where it stopped (a second signal stops at once)."""
 
@@ -81,7 +83,7 @@ def _interrupted(run_dir: Path) -> str:
 
 
 def _train(args) -> int:
-    from seqzoo.runner import RunInterrupted, TrainingDiverged, train
+    from seqzoo.runner import OutOfMemory, RunInterrupted, TrainingDiverged, train
     from seqzoo.runner.experiments import DEFAULT, load_experiment
     from seqzoo.runner.rundir import default_run_dir, run_config
 
@@ -102,7 +104,7 @@ def _train(args) -> int:
             overwrite=args.overwrite,
             progress=False if args.no_progress else None,
         )
-    except TrainingDiverged as e:
+    except (TrainingDiverged, OutOfMemory) as e:
         print(f"seqzoo: stopped: {e}", file=sys.stderr)
         return 1
     except RunInterrupted as e:

@@ -107,7 +107,12 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """AdamW, linear warmup then cosine decay to ``final_lr_fraction`` of the peak, global-norm
-    gradient clipping; SSM parameters use ``ssm_lr`` and no weight decay (``runner.optim``)."""
+    gradient clipping; SSM parameters use ``ssm_lr`` and no weight decay (``runner.optim``).
+
+    ``accumulate``: each batch of ``batch_size`` rows is run as ``accumulate`` microbatches of
+    ``batch_size / accumulate`` rows whose gradients are summed into the batch's (the same
+    update in less memory; ``runner.steps``); it must divide ``batch_size``.
+    """
 
     lr: float = setting(1e-2, AT_LEAST_0)
     ssm_lr: float = setting(1e-3, AT_LEAST_0)
@@ -115,6 +120,7 @@ class OptimConfig:
     warmup_steps: int = setting(50, AT_LEAST_0)
     steps: int = setting(600, AT_LEAST_1)
     batch_size: int = setting(64, AT_LEAST_1)
+    accumulate: int = setting(1, AT_LEAST_1)
     grad_clip: float = setting(1.0, ABOVE_0)
     b1: float = setting(0.9, FRACTION)
     b2: float = setting(0.98, FRACTION)

@@ -63,6 +63,7 @@ BAD_VALUES = [
     (["optim.warmup_steps=-1"], r"optim\.warmup_steps must be >= 0, got -1"),
     (["optim.steps=0"], r"optim\.steps must be >= 1, got 0"),
     (["optim.batch_size=0"], r"optim\.batch_size must be >= 1, got 0"),
+    (["optim.accumulate=0"], r"optim\.accumulate must be >= 1, got 0"),
     (["optim.b2=1"], r"optim\.b2 must be in \[0, 1\), got 1\.0"),
     (["optim.final_lr_fraction=1.5"], r"optim\.final_lr_fraction must be in \[0, 1\], got 1\.5"),
     (["optim.lr=nan"], r"optim\.lr must be >= 0, got nan"),

@@ -2,6 +2,7 @@
 
 from seqzoo.runner.evaluate import evaluate_run
 from seqzoo.runner.loop import TrainingDiverged, train
+from seqzoo.runner.memory import OutOfMemory
 from seqzoo.runner.signals import RunInterrupted
 
-__all__ = ["RunInterrupted", "TrainingDiverged", "evaluate_run", "train"]
+__all__ = ["OutOfMemory", "RunInterrupted", "TrainingDiverged", "evaluate_run", "train"]

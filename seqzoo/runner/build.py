@@ -4,10 +4,11 @@ task's data, the model, the device mesh and the abstract parameters.
 Errors name the config key and the fix: a value outside its field's domain (``config.check_values``:
 ranges, unknown task or mixer names listing the valid ones ...), bad mixer options (each mixer
 built and traced abstractly, ``runner.mixer_options``), an MLP of width 0, a mesh the devices
-cannot hold, a batch that does not split over the devices, a mixer without a sequence-parallel
-path on a mesh with ``mesh.seq > 1``, a missing dataset directory; once the data is built, a
-sequence longer than a fixed-length mixer or the position table allows, and anything else the
-model's abstract ``init`` (``jax.eval_shape``) refuses.
+cannot hold, a batch that does not split over the devices or into ``optim.accumulate`` equal
+microbatches, a mixer without a sequence-parallel path on a mesh with ``mesh.seq > 1``, a missing
+dataset directory; once the data is built, a sequence longer than a fixed-length mixer or the
+position table allows, and anything else the model's abstract ``init`` (``jax.eval_shape``)
+refuses.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def check_config(cfg: ExperimentConfig) -> None:
     mixers = m.mixer.split(",")
     data, seq = mesh_shape(cfg.mesh, jax.local_device_count())
     check_batch_size(cfg.optim.batch_size, data)
+    check_accumulate(cfg.optim.batch_size, cfg.optim.accumulate, data)
     unsupported = sorted(set(mixers) - SEQUENCE_PARALLEL_MIXERS)
     if seq > 1 and unsupported:
         raise ValueError(
@@ -123,6 +125,27 @@ def check_config(cfg: ExperimentConfig) -> None:
             f"or 'rms', or mesh.seq=1"
         )
     check_mixer_options(m)
+
+
+def check_accumulate(batch_size: int, accumulate: int, devices: int = 1) -> None:
+    """Fail, naming the keys and values that work, unless ``accumulate`` splits a batch into
+    equal microbatches that split evenly over the ``devices`` the rows are spread over."""
+    if batch_size % accumulate:
+        divisors = [a for a in range(1, batch_size + 1) if batch_size % a == 0]
+        raise ValueError(
+            f"optim.accumulate={accumulate} does not divide optim.batch_size={batch_size} into "
+            f"equal microbatches; use one of its divisors ({', '.join(map(str, divisors))}) or "
+            f"change optim.batch_size"
+        )
+    rows = batch_size // accumulate
+    if rows % devices:
+        fits = [a for a in range(1, batch_size + 1)
+                if batch_size % a == 0 and (batch_size // a) % devices == 0]
+        raise ValueError(
+            f"optim.accumulate={accumulate} makes microbatches of optim.batch_size / "
+            f"optim.accumulate = {rows} rows, which do not split over the {devices} devices the "
+            f"rows are spread over; use optim.accumulate in {', '.join(map(str, fits))}"
+        )
 
 
 def check_lengths(

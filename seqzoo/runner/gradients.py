@@ -15,6 +15,10 @@ the rows over ``data``, so batch norm's statistics are the whole batch's). With
 the per-device partials of ``loss = sum ce / count`` (``seqzoo.parallel.context`` on why
 gradients are summed explicitly). The dropout key is folded with the device's position so the
 shards draw different masks.
+
+``count`` may be given: the loss is then ``sum ce / count`` with that count rather than the
+batch's own, which is how a microbatch's gradient becomes its share of the whole batch's
+(``optim.accumulate``, ``seqzoo.runner.steps``).
 """
 
 from __future__ import annotations
@@ -46,10 +50,12 @@ def _device_key(key: jax.Array | None) -> jax.Array | None:
     return key
 
 
-def _per_device(fn: Callable, mesh: Mesh, batch_ndims: dict[str, int]) -> Callable:
-    """``fn(params, batch, key)`` per device, parameters and key replicated, outputs too."""
+def _per_device(fn: Callable, mesh: Mesh, batch_ndims: dict[str, int], scalars: int = 0
+                ) -> Callable:
+    """``fn(params, batch, key, *scalars)`` per device, parameters, key and ``scalars`` more
+    arguments replicated, outputs too."""
     batch_specs = {k: array_spec(n) for k, n in batch_ndims.items()}
-    specs = (PartitionSpec(), batch_specs, PartitionSpec())
+    specs = (PartitionSpec(), batch_specs, PartitionSpec()) + (PartitionSpec(),) * scalars
     return shard_map(fn, mesh, in_specs=specs, out_specs=PartitionSpec())
 
 
@@ -75,16 +81,19 @@ def batch_stats(stats_fn: StatsFn, mesh: Mesh, per_position: bool, batch_ndims: 
 def stats_and_grads(
     stats_fn: StatsFn, mesh: Mesh, per_position: bool, batch_ndims: dict
 ) -> Callable:
-    """``(variables, batch, key) -> (stats, d loss / d trainable(variables), model state)``,
-    ``loss = sum ce / count``. With ``mesh.seq > 1`` the model has no state (``check_config``)."""
+    """``(variables, batch, key, count=None) -> (stats, d loss / d trainable(variables), model
+    state)``, ``loss = sum ce / count``, ``count`` the batch's own unless given. With
+    ``mesh.seq > 1`` the model has no state (``check_config``)."""
     if not _sequence_parallel(mesh):
 
-        def whole(variables, batch, key):
+        def whole(variables, batch, key, count=None):
             state = model_state(variables)
 
             def loss(p):
                 stats, new_state = stats_fn({**p, **state}, batch, key)
-                return loss_and_accuracy(stats)[0], (stats, new_state)
+                if count is None:
+                    return loss_and_accuracy(stats)[0], (stats, new_state)
+                return stats["ce"] / jnp.maximum(count, 1.0), (stats, new_state)
 
             (_, (stats, new_state)), grads = jax.value_and_grad(loss, has_aux=True)(
                 trainable(variables)
@@ -95,16 +104,23 @@ def stats_and_grads(
 
     replicas = 1 if per_position else mesh.shape["seq"]  # copies of a pooled row's loss
 
-    def block(params, batch, key):
+    def block(params, batch, key, count):
         key = _device_key(key)
 
         def share(p):  # this block's part of the loss
             stats, _ = stats_fn(p, batch, key)
             total = jax.lax.psum(stats, _reduced_axes(per_position))
-            return stats["ce"] / (replicas * jnp.maximum(total["count"], 1.0)), total
+            denominator = jnp.where(count < 0, total["count"], count)
+            return stats["ce"] / (replicas * jnp.maximum(denominator, 1.0)), total
 
         with sequence_parallel("seq"):
             (_, stats), grads = jax.value_and_grad(share, has_aux=True)(params)
         return stats, jax.lax.psum(grads, AXES), {}
 
-    return _per_device(block, mesh, batch_ndims)
+    blocks = _per_device(block, mesh, batch_ndims, scalars=1)
+
+    def sharded(variables, batch, key, count=None):
+        count = jnp.float32(-1.0) if count is None else jnp.asarray(count, jnp.float32)
+        return blocks(variables, batch, key, count)
+
+    return sharded

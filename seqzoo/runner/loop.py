@@ -20,6 +20,10 @@ The NaN guard: train metrics stay on the device between log steps; the guard the
 step's loss and gradient norm and stops at the first non-finite one. Before each evaluation or
 checkpoint it checks the parameters, then the validation loss, so every checkpoint written
 holds finite values only.
+
+Out of memory: XLA's ``RESOURCE_EXHAUSTED`` while compiling or running a step (or evaluating)
+stops the run with ``memory.OutOfMemory``, whose message names the phase, ``optim.batch_size``,
+``optim.accumulate`` and the compiled step's size; XLA's error is its ``__cause__``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from seqzoo.runner.checkpoint import LATEST, Checkpoints, Restored, set_aside
 from seqzoo.runner.data import BatchSampler
 from seqzoo.runner.integrity import nonfinite_leaves
 from seqzoo.runner.lock import RunLock
+from seqzoo.runner.memory import is_out_of_memory, out_of_memory
 from seqzoo.runner.metrics import MetricsLog
 from seqzoo.runner.optim import make_optimizer
 from seqzoo.runner.progress import completed, eval_bar
@@ -113,6 +118,7 @@ class _Trainer:
         self.carried, self.carried_seconds = _carried(self.meta.pop(PENDING, None))
         self.last_loss = float("nan")  # of the last step collected
         self.train_seconds, self.tokens_trained = 0.0, 0
+        self.phase, self.compiled = "compiling the training step", None  # for out_of_memory
 
     def _log_resume(self, restored: Restored, moved: dict, changes: dict) -> None:
         self.log(f"resuming from {restored.path} (step {restored.step})")
@@ -215,11 +221,15 @@ class _Trainer:
         val_name = "val" if "val" in built.data.splits else "test"
         train_step = train_step_fn(built, self.optimizer, self.dropout_key)
         example = put_batch(sampler.batch(first), built.mesh)
-        train_step = train_step.lower(self.params, self.opt_state, example, first).compile()
+        self.phase = "compiling the training step"
+        train_step = self.compiled = train_step.lower(
+            self.params, self.opt_state, example, first
+        ).compile()
         self.bar = Progress(cfg.optim.steps, "train (steps)", start=first - 1, transient=True)
         started = time.perf_counter()
         self.clock = started - self.carried_seconds
         for step in range(first, cfg.optim.steps + 1):
+            self.phase = "the training step"
             batch = put_batch(sampler.batch(step), built.mesh)
             self.params, self.opt_state, stats = train_step(
                 self.params, self.opt_state, batch, step
@@ -257,6 +267,7 @@ class _Trainer:
     def _evaluate(self, name: str) -> dict[str, float]:
         """The current parameters on split ``name``, with a bar."""
         split = self.built.data[name]
+        self.phase = f"the eval step (the {name} split)"
         if self.bar is not None:
             self.bar.clear()
         with eval_bar(split, self.cfg.optim.batch_size, name) as bar:
@@ -300,9 +311,15 @@ class _Trainer:
                 + (f", resuming after step {self.meta['step']}" if self.meta["step"] else "")
             )
             self.log(built.params_line())
-            with self.signals:
-                self.fit()
-            test = self.test()
+            try:
+                with self.signals:
+                    self.fit()
+                test = self.test()
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                compiled = self.compiled if self.phase == "the training step" else None
+                raise out_of_memory(self.cfg, self.phase, e, compiled) from e
         finally:
             self.close()
         return {
@@ -374,7 +391,8 @@ def train(
     ``optim.steps`` when ``max_minutes`` ran out), ``params``, ``seconds`` (wall),
     ``tokens_per_second`` (training steps of this session only). Raises ``TrainingDiverged``
     on a non-finite loss, parameter or validation loss, ``RunInterrupted`` after SIGINT or
-    SIGTERM (once the step under way is saved: resuming continues from it).
+    SIGTERM (once the step under way is saved: resuming continues from it),
+    ``memory.OutOfMemory`` when XLA runs out of memory compiling or running a step.
     """
     started = time.perf_counter()
     deadline = started + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None

@@ -2,7 +2,8 @@
 
 A resumed run keeps the model, data, optimizer and seed of its ``config.toml``, so that it
 continues the run it resumes. Only how long it runs, how often it evaluates, logs and saves,
-and where it runs may change (``RESUMABLE``); any other change is refused, naming each key.
+where it runs and how its batches are split into microbatches (``optim.accumulate``) may change
+(``RESUMABLE``); any other change is refused, naming each key.
 
 Each resume appends a line to ``RUN_DIR/resumes.jsonl``: ``{"time", "step"`` (the step it
 resumed after), ``"checkpoint"`` (the folder restored), ``"skipped"`` (newer checkpoints passed
@@ -32,6 +33,7 @@ RESUMABLE = (
     "checkpoint_every",
     "keep_checkpoints",
     "description",
+    "optim.accumulate",  # microbatches of the same batches: the same gradient, less memory
     "mesh.data",  # where it runs: devices, not what is computed
     "mesh.seq",
     "mesh.params",
