@@ -42,7 +42,7 @@ def _gated(rows, w):
     return (y @ w) * jax.nn.silu(z)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 6, 50])
+@pytest.mark.parametrize("rows", [1, 50])
 def test_blockwise_matches_autodiff(rows):
     x, z, w = _normal(0, rows, 7, 10), _normal(1, rows, 7, 10), _normal(2, 10, 10)
     _check(lambda x: gelu(x, ()), _gelu, x)
