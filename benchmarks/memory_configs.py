@@ -55,7 +55,8 @@ _SCAN = ("not reached: Mamba's selective scan keeps its (B, L, d_inner, N) state
 _SSD = ("not reached: the chunked quasiseparable / SSD form keeps each chunk's states and "
         "(C, C) scores (seqzoo/layers/hydra.py, mamba2.py, being restructured elsewhere)")
 _CHUNKED = ("not reached: the chunked linear-attention form keeps each chunk's (dk, dv) state "
-            "and (C, C) scores; lean_grad.blockwise over seqzoo/ops/linear_attention would not")
+            "and (C, C) scores; lean_grad.blockwise over the op (as for attention) would "
+            "recompute them")
 REASONS: dict[str, str] = {
     "*mamba*": _SCAN,
     "*hydra*": _SSD,
