@@ -18,7 +18,8 @@ Grouped-query attention (Ainslie et al., 2023): ``k, v`` have ``kv_heads`` heads
 reads kv head ``n // (heads / kv_heads)``.
 
 Files: this one validates and dispatches; ``masks.py`` (the allowed pairs), ``xla.py`` (the dense
-softmax, ``impl="parallel"``), ``cudnn.py`` (``impl="cudnn"``), ``chunked.py`` (Mega's chunked
+softmax, ``impl="parallel"``), ``cudnn.py`` (``impl="cudnn"``), ``tokamax_gpu.py``
+(``impl="tokamax"``), ``splash_tpu.py`` (``impl="splash"``), ``chunked.py`` (Mega's chunked
 attention, its own op) and ``sequence_parallel.py`` (ring attention over devices);
 ``seqzoo.ops.dispatch`` decides what ``impl="auto"`` runs.
 """
@@ -41,6 +42,7 @@ from seqzoo.ops.attention.masks import (
 )
 from seqzoo.ops.attention.sequence_parallel import sharded_attention
 from seqzoo.ops.attention.splash_tpu import splash_attention
+from seqzoo.ops.attention.tokamax_gpu import tokamax_attention
 from seqzoo.ops.attention.xla import attention_probs
 from seqzoo.ops.dispatch import accepted, canonical, on_platform, resolve
 from seqzoo.parallel.context import sequence_axis
@@ -159,6 +161,7 @@ def dot_product_attention(
       segment_ids: ``(batch, length)`` int, packed sequences (see the module docstring), or None.
       scale: default ``d ** -0.5``.
       impl: ``"parallel"`` (XLA's dense softmax), ``"cudnn"`` (cuDNN's flash attention),
+        ``"tokamax"`` (tokamax's flash attention, GPU, float32 too; optional dependency),
         ``"splash"`` (jax's splash attention, TPU) or ``"auto"`` (``attention_impl`` picks, and
         says why: cuDNN on a GPU where it applies, splash attention on a TPU (no sinks), else
         XLA; the TPU's choice is taken where the computation is lowered for a TPU);
@@ -189,6 +192,8 @@ def dot_product_attention(
     def run(impl: str, platform: str):
         if impl == "cudnn" and not num_sinks and segment_ids is None:
             return functools.partial(fused_attention, **options)
+        if impl == "tokamax":  # (the policy sends sinks and segment_ids to XLA)
+            return functools.partial(tokamax_attention, **options)
         if impl == "splash":
             return functools.partial(splash_attention, segment_ids=segment_ids, **options)
         # (impl="cudnn" asked for with sinks or segments: cuDNN takes the mask too)
