@@ -54,8 +54,9 @@ class Attention(MatrixMixer):
       num_sinks: StreamingLLM attention sinks kept visible beside the window (needs ``window``).
       rope: rotary position embedding on q and k (half-split layout), base ``rope_theta``.
       max_decode_length: KV-cache slots for ``step`` when there is no window.
-      impl: ``auto | parallel | cudnn``; ``auto`` takes cuDNN's flash attention on a GPU where it
-        applies (``seqzoo.ops.attention_impl`` says why it picks what it picks).
+      impl: ``auto | parallel | cudnn | tokamax | splash``; ``auto`` takes cuDNN's flash
+        attention on a GPU and splash attention on a TPU where they apply
+        (``seqzoo.ops.attention_impl`` says why it picks what it picks).
     """
 
     num_heads: int = 4
