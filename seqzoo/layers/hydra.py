@@ -109,7 +109,7 @@ class Hydra(SelectiveSSM):
         self.in_proj, self.out_proj = self.make_projections(2 * e + 4 * gn + 2 * h, e)
         self.conv_kernel, self.conv_bias_param = self.make_conv(e + 4 * gn, self.conv_init)
         self.dt_bias = self.make_dt_bias(h)
-        self.A_log = self.param("A_log", nn.initializers.zeros, (h,), _F32)
+        self.A_log = self.make_a_log(nn.initializers.zeros, (h,))
         self.D = self.make_skip(h)
         self.fc_D = torch_linear(h, e, "fc_D", dtype=self.dtype)
         self.norm = RMSNorm(eps=1e-5, norm_before_gate=True)
@@ -167,4 +167,4 @@ class Hydra(SelectiveSSM):
 
     def mixer_output(self, inputs, mixed):
         z = inputs.aux["z"]
-        return self.out_proj(self.norm(merge_heads(mixed), z).astype(z.dtype))
+        return self.output_stage(merge_heads(mixed), z, self.norm)

@@ -51,7 +51,7 @@ from seqzoo.layers.ssm import (
     conv_stage,
     dt_bias_init,
     plus_diagonal,
-    silu_gate,
+    s4d_real_a_init,
     ssm_info,
     step_size,
     symmetric_uniform,
@@ -178,8 +178,7 @@ class Mamba(SelectiveSSM):
             self.dt_init_floor,
             name="dt_proj",
         )
-        a_init = jnp.log(jnp.arange(1, n + 1, dtype=_F32))
-        self.A_log = self.param("A_log", lambda k, s: jnp.broadcast_to(a_init, s), (e, n))
+        self.A_log = self.make_a_log(s4d_real_a_init, (e, n))
         self.D = self.make_skip(e)
 
     # ---- pieces -----------------------------------------------------------------------------
@@ -212,10 +211,7 @@ class Mamba(SelectiveSSM):
 
     def mixer_output(self, inputs, mixed):
         z = inputs.aux["z"]
-        return self._output(mixed[..., 0], z)
-
-    def _output(self, y: Array, z: Array) -> Array:
-        return self.out_proj(silu_gate(y, z).astype(z.dtype))
+        return self.output_stage(mixed[..., 0], z)
 
     # ---- recurrent path ---------------------------------------------------------------------
     def init_state(self, batch: int):
@@ -233,4 +229,4 @@ class Mamba(SelectiveSSM):
         ssm, y = selective_scan_step(
             state["ssm"], u.astype(_F32), delta, -jnp.exp(self.A_log), B, C, D=self.D
         )
-        return {"conv": conv, "ssm": ssm}, self._output(y, z)
+        return {"conv": conv, "ssm": ssm}, self.output_stage(y, z)

@@ -44,7 +44,6 @@ from seqzoo.layers.ssm import (
     conv_stage,
     log_uniform_a_init,
     plus_diagonal,
-    silu_gate,
     ssm_info,
     step_size,
 )
@@ -108,7 +107,7 @@ class Mamba2(SelectiveSSM):
         self.in_proj, self.out_proj = self.make_projections(2 * e + 2 * gn + h, e)
         self.conv_kernel, self.conv_bias_param = self.make_conv(e + 2 * gn, self.conv_init)
         self.dt_bias = self.make_dt_bias(h)
-        self.A_log = self.param("A_log", log_uniform_a_init(lo, hi), (h,), _F32)
+        self.A_log = self.make_a_log(log_uniform_a_init(lo, hi), (h,))
         self.D = self.make_skip(h)
         if self.rmsnorm:
             self.norm = RMSNorm(
@@ -159,11 +158,7 @@ class Mamba2(SelectiveSSM):
 
     def _output(self, y: Array, z: Array) -> Array:
         """y: (..., E) f32, z: (..., E) -> (..., d_model)."""
-        if self.rmsnorm:
-            y = self.norm(y, z)
-        else:
-            y = silu_gate(y, z)
-        return self.out_proj(y.astype(z.dtype))
+        return self.output_stage(y, z, self.norm if self.rmsnorm else None)
 
     # ---- recurrent path ---------------------------------------------------------------------
     def init_state(self, batch: int):

@@ -111,6 +111,12 @@ def log_uniform_a_init(lo: float, hi: float):
     return init
 
 
+def s4d_real_a_init(key, shape, dtype=_F32):
+    """``A_log[..., n] = log(n + 1)`` (S4D-real, ``A = -(1..N)``): the official Mamba init."""
+    del key  # deterministic
+    return jnp.broadcast_to(jnp.log(jnp.arange(1, shape[-1] + 1, dtype=_F32)), shape).astype(dtype)
+
+
 def conv_params(
     module: nn.Module, d_conv: int, channels: int, conv_bias: bool, conv_init: float | None = None
 ) -> tuple[Array, Array | None]:
@@ -178,6 +184,11 @@ def ssm_info(paper: str, cost: str, *, causal: bool = True,
                      paper=paper, segments=True, sequence_parallel=True)
 
 
+def silu_gate(y: Array, z: Array) -> Array:
+    """``y * silu(z)`` in float32 (the output gate without a norm)."""
+    return y.astype(_F32) * jax.nn.silu(z.astype(_F32))
+
+
 # ---- the layers' shared options and parameters --------------------------------------------------
 class SelectiveSSM(MatrixMixer):
     """The options Mamba, Mamba-2 and Hydra share, and the parameters built from them.
@@ -230,9 +241,20 @@ class SelectiveSSM(MatrixMixer):
         init = dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor)
         return self.param("dt_bias", init, (features,), _F32)
 
+    def make_a_log(self, init, shape: tuple[int, ...]) -> Array:
+        """``A_log`` (``A = -exp(A_log)``) of ``shape``: (d_inner, N) for Mamba, (heads,) for
+        Mamba-2 and Hydra, each with its official ``init``."""
+        return self.param("A_log", init, shape, _F32)
+
     def make_skip(self, features: int) -> Array:
         """``D (features,)``, initialised to 1."""
         return self.param("D", nn.initializers.ones, (features,), _F32)
+
+    def output_stage(self, y: Array, z: Array, norm: nn.Module | None = None) -> Array:
+        """``out_proj(gate(y, z))``: ``y * silu(z)``, or the gated RMSNorm ``norm(y, z)``;
+        y, z: (..., d_inner) -> (..., d_model) in z's dtype."""
+        gated = silu_gate(y, z) if norm is None else norm(y, z)
+        return self.out_proj(gated.astype(z.dtype))
 
     def scan_inputs(self, values: Array, mask: Array, segment_ids: Array | None, **aux: Array):
         """``MixerInputs`` of the scan: ``values`` and ``aux`` (the gate ``z``, step sizes
@@ -246,7 +268,3 @@ class SelectiveSSM(MatrixMixer):
         a = inputs.aux
         return a["dt"], -jnp.exp(self.A_log), a["B"], a["C"]
 
-
-def silu_gate(y: Array, z: Array) -> Array:
-    """``y * silu(z)`` in float32 (the output gate without a norm)."""
-    return y.astype(_F32) * jax.nn.silu(z.astype(_F32))
