@@ -124,10 +124,11 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """The device mesh ``(data, seq)``: batches split over ``data``, each sequence over ``seq``
-    (sequence parallelism, ``seqzoo.parallel``; ``seq > 1`` needs mixers listed in
-    ``seqzoo.parallel.SEQUENCE_PARALLEL_MIXERS``). ``data = 0``: every local device not used by
-    ``seq``. ``params``: ``replicated`` on every device, or ``fsdp`` (parameters and optimizer
-    state sharded over all devices, gathered for the compute; ``seqzoo.runner.sharding``).
+    (sequence parallelism, ``seqzoo.parallel``; ``seq > 1`` needs mixers whose ``MixerInfo`` says
+    ``sequence_parallel``, ``seqzoo.registry.SEQUENCE_PARALLEL_MIXERS``). ``data = 0``: every
+    local device not used by ``seq``. ``params``: ``replicated`` on every device, or ``fsdp``
+    (parameters and optimizer state sharded over all devices, gathered for the compute;
+    ``seqzoo.runner.sharding``).
     """
 
     data: int = setting(0, AT_LEAST_0)

@@ -62,13 +62,20 @@ def _function_imports(tree: ast.Module):
                     yield node.name, inner
 
 
+# Packages that import every module inside them by discovery (importlib, no import statement).
+DISCOVERING = ("seqzoo.layers",)
+
+
 def _graph() -> dict[str, set[str]]:
     """Module -> the seqzoo modules it imports, wherever the import statement is (one inside a
-    function closes a cycle as surely when it runs)."""
+    function closes a cycle as surely when it runs); a discovering package imports each of its
+    modules and subpackages."""
     graph = {}
     for module, (path, tree) in SOURCES.items():
         imports = [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
         graph[module] = {t for node in imports for t in _targets(node, module, path)} - {module}
+    for package in DISCOVERING:
+        graph[package] |= {m for m in SOURCES if m.rpartition(".")[0] == package}
     return graph
 
 
@@ -109,6 +116,7 @@ def test_the_graph_is_read():
     assert "seqzoo.ops.scan" in graph["seqzoo.ops.ssd"]
     assert "seqzoo.ops.linear_attention.xla" in graph["seqzoo.ops.linear_attention"]
     assert "seqzoo.layers" in graph["seqzoo.registry"]
+    assert {"seqzoo.layers.mamba", "seqzoo.layers.structured"} <= graph["seqzoo.layers"]
 
 
 def test_no_import_cycle():

@@ -41,13 +41,9 @@ from seqzoo.ops.linear_attention import linear_attention
 from seqzoo.ops.quasiseparable import quasiseparable
 from seqzoo.ops.scan import linear_recurrence, selective_scan
 from seqzoo.ops.ssd import ssd
-from seqzoo.parallel import (
-    SEQUENCE_PARALLEL_MIXERS,
-    pad_to_shards,
-    sequence_parallel,
-    shard_map,
-)
+from seqzoo.parallel import pad_to_shards, sequence_parallel, shard_map
 from seqzoo.parallel.context import sequence_axis
+from seqzoo.registry import SEQUENCE_PARALLEL_MIXERS, mixer_entry, mixer_info, mixers_with
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS, BATCH = 4, 4  # (data=2, seq=4): two rows per data shard
@@ -280,23 +276,23 @@ def check_short_conv(length):
         compare(conv, seq, rep)
 
 
-MIXER_CONFIG = {  # small, and the scans' quick-to-compile impls (the ops are impl-agnostic)
-    "mamba": {"d_state": 4, "impl": "sequential"},
-    "mamba2": {"d_state": 4, "headdim": 4, "impl": "sequential"},
-    "hydra": {"d_state": 4, "headdim": 4, "impl": "sequential"},
-    "attention": {"num_heads": 2, "num_kv_heads": 1},
-    "bidirectional_attention": {"num_heads": 2},
-    "linear_attention": {"num_heads": 2, "impl": "sequential"},
-    "retnet": {"num_heads": 2, "impl": "sequential"},
-    "gla": {"num_heads": 2, "gate_low_rank": 4, "impl": "sequential"},
-    "based": {"num_heads": 2, "key_dim": 4, "impl": "sequential"},
+# Every mixer whose MixerInfo says sequence_parallel, from the registry: small (its test_config),
+# and the scans (semiseparable, quasiseparable) at their quick-to-compile sequential impl (the
+# sharded ops are impl-agnostic).
+SCANS = ("semiseparable", "quasiseparable")
+MIXER_CONFIG = {
+    name: mixer_entry(name).test_config
+    | ({"impl": "sequential"} if mixer_info(name).structure in SCANS else {})
+    for name in sorted(SEQUENCE_PARALLEL_MIXERS)
 }
-MODELS = {  # between them, every mixer of SEQUENCE_PARALLEL_MIXERS
+CAUSAL = mixers_with("sequence_parallel", "step")
+MODELS = {  # between them, every sequence-parallel mixer, each once
     # causal: convs, scans, RoPE in attention, learned positions
-    "lm": dict(mixer=("mamba", "mamba2", "attention", "gla", "hydra"), max_length=32),
-    # bidirectional wrappers (global flips), last-token pooling over shards
+    "lm": dict(mixer=tuple(CAUSAL[0::2]), max_length=32),
+    # bidirectional wrappers of the other causal ones (global flips), the non-causal mixers,
+    # last-token pooling over shards
     "classify": dict(
-        mixer=("linear_attention", "bidirectional_attention", "retnet", "based"),
+        mixer=tuple(CAUSAL[1::2]) + tuple(sorted(SEQUENCE_PARALLEL_MIXERS - set(CAUSAL))),
         bidirectional=True, num_classes=3, pooling="last",
     ),
 }
@@ -380,8 +376,9 @@ def test_sharded_equals_unsharded(results, case):
 
 
 def test_the_models_cover_every_sequence_parallel_mixer():
-    checked = {name for options in MODELS.values() for name in options["mixer"]}
-    assert checked == SEQUENCE_PARALLEL_MIXERS
+    checked = [name for options in MODELS.values() for name in options["mixer"]]
+    assert sorted(checked) == sorted(SEQUENCE_PARALLEL_MIXERS)
+    assert {"mamba", "mamba2", "hydra", "attention", "linear_attention"} <= set(checked)
 
 
 if __name__ == "__main__":

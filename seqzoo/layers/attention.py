@@ -20,6 +20,7 @@ in the text, so a sink's distance to the query is the true one and ``step`` equa
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import jax
@@ -37,6 +38,7 @@ from seqzoo.ops.attention import (
     repeat_kv,
     segment_positions,
 )
+from seqzoo.ops.dispatch import canonical
 from seqzoo.ops.rope import apply_rope
 
 Array = jax.Array
@@ -76,10 +78,12 @@ class Attention(MatrixMixer):
         cost="O(L^2 D)",
         paper="Vaswani et al. 2017, Attention Is All You Need",
         segments=True,
+        sequence_parallel=True,
     )
 
     def setup(self):
-        check_options(self.window, self.num_sinks, self.impl)
+        check_options(self.window, self.num_sinks)
+        self.op_impl = canonical("attention", self.impl)
         h = self.num_heads
         self.kv_heads = self.num_kv_heads or h
         if h % self.kv_heads:
@@ -131,7 +135,7 @@ class Attention(MatrixMixer):
             a["v"],
             mask=inputs.mask,
             segment_ids=a["segment_ids"],
-            impl=self.impl,
+            impl=self.op_impl,
             **self._pattern(),
         )
 
@@ -190,11 +194,4 @@ class BidirectionalAttention(Attention):
     init_state = MatrixMixer.init_state
     step_fn = MatrixMixer.step_fn
 
-    info: ClassVar[MixerInfo] = MixerInfo(
-        causal=False,
-        data_dependent=True,
-        structure="dense",
-        cost="O(L^2 D)",
-        paper="Vaswani et al. 2017, Attention Is All You Need",
-        segments=True,
-    )
+    info: ClassVar[MixerInfo] = dataclasses.replace(Attention.info, causal=False)

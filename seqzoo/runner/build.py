@@ -25,8 +25,7 @@ from seqzoo.data import Dataset
 from seqzoo.data.dataset import Split
 from seqzoo.models import SequenceModel
 from seqzoo.models.blocks import mlp_width
-from seqzoo.parallel import SEQUENCE_PARALLEL_MIXERS
-from seqzoo.registry import mixer_entry
+from seqzoo.registry import SEQUENCE_PARALLEL_MIXERS, mixer_entry
 from seqzoo.runner.experiments import transformer_config
 from seqzoo.runner.mixer_options import check_mixer_options
 from seqzoo.runner.model import build_model, model_inputs
