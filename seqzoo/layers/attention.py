@@ -44,7 +44,7 @@ from seqzoo.ops.rope import apply_rope
 Array = jax.Array
 
 
-@register_mixer("attention", test_config={"num_heads": 2})
+@register_mixer("attention", test_config={"num_heads": 2, "num_kv_heads": 1})
 class Attention(MatrixMixer):
     """Causal multi-head softmax attention; ``x: (batch, length, d_model)``.
 
