@@ -142,10 +142,20 @@ class _Painter:
         self.small_offsets = np.argwhere(_disc(margin)) - margin
         step = self.length + margin
         angles = np.arange(0, 360, 360.0 / (2 * step * np.pi)) * np.pi / 180
-        self.circle = (step * np.sin(angles), step * np.cos(angles))
+        # candidate heads around an integer pivot: the circle's points truncated to pixels,
+        # i.e. pivot + floor(offset) on the image, in (y, x) order, with their orientations
+        ring = np.floor(np.stack([step * np.sin(angles), step * np.cos(angles)], axis=1))
+        self.ring = np.unique(ring.astype(int), axis=0)
+        self.ring_angles = np.arctan2(self.ring[:, 0], self.ring[:, 1])
+        self.ring_reach = self.ring[:, None, :] + self.small_offsets[None]  # (K, S, 2)
+        self.ring_extent = int(np.abs(self.ring).max())
+        self.reach_extent = int(np.abs(self.ring_reach).max())
+        self.ring_reach_flat = self.ring_reach[..., 0] * cfg.resolution + self.ring_reach[..., 1]
         self.Image, self.ImageDraw = import_pillow()
         self._paddles: dict[float, tuple[np.ndarray, np.ndarray]] = {}
         self._structs: dict[float, np.ndarray] = {}
+        self._weights: dict[float, np.ndarray] = {}
+        self._seed_free: dict[tuple[float, bytes], np.ndarray] = {}
 
     def _resize(self, big: np.ndarray, size: int) -> np.ndarray:
         image = self.Image.fromarray(big).resize((size, size), self.Image.LANCZOS)
@@ -190,17 +200,21 @@ class _Painter:
             self._structs[theta] = struct >= 1.0
         return self._structs[theta]
 
-    def seed(self, rng, mask: np.ndarray, border: int, stop_with_availability: float | None):
-        """A first paddle (tail, orientation, pivot) on free space, or None."""
+    def seed(self, rng, mask: np.ndarray, border: int, stop_with_availability: float | None,
+             blank: bool = False):
+        """A first paddle (tail, orientation, pivot) on free space, or None. ``blank`` says
+        that ``mask`` is the empty image's (only its padding), whose free tails are memoised."""
         reach = self.length + self.margin
         for _ in range(self.cfg.max_paddle_retrial + 1):
             theta = int(rng.integers(-180, 180)) * math.pi / 180
-            lined = mask.copy()
-            lined[:border], lined[-border:], lined[:, :border], lined[:, -border:] = 1, 1, 1, 1
-            dilated = _dilate(lined, self._struct(theta))
             if stop_with_availability is not None and np.mean(mask <= 0.3) < stop_with_availability:
                 return None
-            free = np.argwhere(dilated <= 0.3)
+            if blank:
+                if (theta, border) not in self._seed_free:
+                    self._seed_free[theta, border] = self._free_tails(mask, border, theta)
+                free = self._seed_free[theta, border]
+            else:
+                free = self._free_tails(mask, border, theta)
             if len(free) == 0:
                 return None
             tail = tuple(int(v) for v in free[rng.integers(len(free))])
@@ -209,6 +223,13 @@ class _Painter:
             if _in_bounds(head, self.shape) and _in_bounds(pivot, self.shape):
                 return tail, theta, pivot
         return None
+
+    def _free_tails(self, mask: np.ndarray, border: int, theta: float) -> np.ndarray:
+        """(n, 2) pixels where a paddle along ``theta`` keeps clear of the mask and of a
+        ``border``-wide frame."""
+        lined = mask.copy()
+        lined[:border], lined[-border:], lined[:, :border], lined[:, -border:] = 1, 1, 1, 1
+        return np.argwhere(_dilate(lined, self._struct(theta)) <= 0.3)
 
     def extend(self, rng, mask: np.ndarray, pivot, theta: float, contrast: float):
         """The next paddle of a snake, as (patch, new pivot, new orientation, head), or None.
@@ -232,25 +253,41 @@ class _Painter:
         return None
 
     def _candidates(self, pivot, theta: float, mask: np.ndarray):
-        h, w = self.shape
-        ys, xs = pivot[0] + self.circle[0], pivot[1] + self.circle[1]
-        inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-        if not inside.any():
-            return None
-        keys = np.unique(ys[inside].astype(int) * w + xs[inside].astype(int))
-        coords = np.stack([keys // w, keys % w], axis=1)
-        orientations = np.arctan2(coords[:, 0] - pivot[0], coords[:, 1] - pivot[1])
-        turn = np.abs(orientations - theta)
-        turn = np.minimum(np.minimum(turn, 2 * np.pi - turn) * self.cfg.continuity, np.pi / 2)
-        pmf = (1 - self._dilated_at(mask, coords)) * np.maximum(np.cos(turn), 0) ** 2
+        """Ring points around ``pivot`` on the image: (coords, orientations, cmf), or None."""
+        if self._clear(pivot, self.ring_extent):
+            inside = slice(None)
+        else:
+            ys, xs = self.ring[:, 0] + pivot[0], self.ring[:, 1] + pivot[1]
+            inside = (ys >= 0) & (ys < self.shape[0]) & (xs >= 0) & (xs < self.shape[1])
+            if not inside.any():
+                return None
+        pmf = (1 - self._dilated_at(mask, pivot, inside)) * self._continuity(theta)[inside]
         if pmf.sum() < 1e-4:
             return None
-        return coords, orientations, np.cumsum(pmf / pmf.sum())
+        coords = self.ring[inside] + np.asarray(pivot)
+        return coords, self.ring_angles[inside], np.cumsum(pmf / pmf.sum())
 
-    def _dilated_at(self, mask: np.ndarray, coords: np.ndarray) -> np.ndarray:
-        """The mask dilated by a disc of the margin radius, evaluated at ``coords``."""
-        ys = coords[:, :1] + self.small_offsets[:, 0]
-        xs = coords[:, 1:] + self.small_offsets[:, 1]
+    def _clear(self, pivot, extent: int) -> bool:
+        """Whether every pixel within ``extent`` (Chebyshev) of ``pivot`` is on the image."""
+        return (extent <= pivot[0] < self.shape[0] - extent
+                and extent <= pivot[1] < self.shape[1] - extent)
+
+    def _continuity(self, theta: float) -> np.ndarray:
+        """cos(min(continuity * turn, pi / 2))^2 for each ring point, turning from ``theta``."""
+        if theta not in self._weights:
+            turn = np.abs(self.ring_angles - theta)
+            turn = np.minimum(np.minimum(turn, 2 * np.pi - turn) * self.cfg.continuity,
+                              np.pi / 2)
+            self._weights[theta] = np.maximum(np.cos(turn), 0) ** 2
+        return self._weights[theta]
+
+    def _dilated_at(self, mask: np.ndarray, pivot, inside) -> np.ndarray:
+        """The mask dilated by a disc of the margin radius, at the ring points ``inside``."""
+        if self._clear(pivot, self.reach_extent):
+            flat = pivot[0] * self.shape[1] + pivot[1]
+            return mask.ravel().take(self.ring_reach_flat[inside] + flat).max(axis=1)
+        reach = self.ring_reach[inside]
+        ys, xs = reach[..., 0] + pivot[0], reach[..., 1] + pivot[1]
         valid = (ys >= 0) & (ys < self.shape[0]) & (xs >= 0) & (xs < self.shape[1])
         values = mask[np.where(valid, ys, 0), np.where(valid, xs, 0)]
         return np.where(valid, values, 0.0).max(axis=1)
@@ -282,7 +319,8 @@ def _two_snakes(rng, painter: _Painter, num_paddles: int):
     def contrast(snake):
         return cfg.paddle_contrasts[rng.integers(len(cfg.paddle_contrasts))] * mu[snake]
 
-    first = painter.seed(rng, mask, border=2 * cfg.seed_distance, stop_with_availability=None)
+    first = painter.seed(rng, mask, border=2 * cfg.seed_distance, stop_with_availability=None,
+                         blank=True)
     if first is None:
         return None
     seeds = [(first, painter.paddle(first[0], first[1], contrast(0)))]
