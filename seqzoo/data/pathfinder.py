@@ -80,20 +80,28 @@ _MAX_TARGET_TRIALS = 100_000
 
 @dataclass
 class _Patch:
-    """A paddle's line and mask values on the image rows top.., columns left.."""
+    """A paddle's line (drawn at ``contrast``) and mask values on the image rows top..,
+    columns left.."""
 
     top: int
     left: int
     line: np.ndarray
     mask: np.ndarray
+    contrast: float = 1.0
 
     def region(self) -> tuple[slice, slice]:
         return (slice(self.top, self.top + self.line.shape[0]),
                 slice(self.left, self.left + self.line.shape[1]))
 
-    def max_into(self, canvas: np.ndarray, values: np.ndarray) -> None:
+    def draw(self, image: np.ndarray) -> None:
+        """image = max(image, contrast * line) on the patch."""
         region = self.region()
-        canvas[region] = np.maximum(canvas[region], values)
+        image[region] = np.maximum(image[region], self.line * self.contrast)
+
+    def cover(self, mask: np.ndarray) -> None:
+        """mask = max(mask, paddle mask) on the patch."""
+        region = self.region()
+        mask[region] = np.maximum(mask[region], self.mask)
 
 
 def _translate(coord, theta: float, dist: float) -> tuple[int, int]:
@@ -186,7 +194,7 @@ class _Painter:
         top, left = start[0] - r, start[1] - r
         rows = slice(max(0, -top), 2 * r + 1 - max(0, top + 2 * r - (h - 1)))
         cols = slice(max(0, -left), 2 * r + 1 - max(0, left + 2 * r - (w - 1)))
-        return _Patch(max(top, 0), max(left, 0), line[rows, cols] * contrast, mask[rows, cols])
+        return _Patch(max(top, 0), max(left, 0), line[rows, cols], mask[rows, cols], contrast)
 
     def _struct(self, theta: float) -> np.ndarray:
         """Seed dilation kernel: the full-valued mask of a paddle along ``theta`` whose head
@@ -196,7 +204,7 @@ class _Painter:
             shape = (2 * reach + 1,) * 2
             patch = self.paddle((reach + 1, reach + 1), theta, shape=shape)
             struct = np.zeros(shape)
-            patch.max_into(struct, patch.mask)
+            patch.cover(struct)
             self._structs[theta] = struct >= 1.0
         return self._structs[theta]
 
@@ -245,7 +253,7 @@ class _Painter:
             return None
         coords, orientations, cmf = candidates
         for _ in range(self.cfg.max_paddle_retrial + 1):
-            index = int(np.argmax(cmf - rng.random() > 0))
+            index = int((cmf > rng.random()).argmax())  # first cmf - r > 0
             head = (int(coords[index, 0]), int(coords[index, 1]))
             patch = self.paddle(head, _flip(orientations[index]), contrast)
             if (mask[patch.region()] + patch.mask).max() < 1.8:
@@ -262,10 +270,11 @@ class _Painter:
             if not inside.any():
                 return None
         pmf = (1 - self._dilated_at(mask, pivot, inside)) * self._continuity(theta)[inside]
-        if pmf.sum() < 1e-4:
+        total = pmf.sum()
+        if total < 1e-4:
             return None
         coords = self.ring[inside] + np.asarray(pivot)
-        return coords, self.ring_angles[inside], np.cumsum(pmf / pmf.sum())
+        return coords, self.ring_angles[inside], (pmf / total).cumsum()
 
     def _clear(self, pivot, extent: int) -> bool:
         """Whether every pixel within ``extent`` (Chebyshev) of ``pivot`` is on the image."""
@@ -338,12 +347,9 @@ def _two_snakes(rng, painter: _Painter, num_paddles: int):
     else:
         return None
 
-    images = [np.zeros(painter.shape), np.zeros(painter.shape)]
-    for image, (_, patch) in zip(images, seeds, strict=True):
-        patch.max_into(image, patch.line)
     paths = [[tail, _translate(tail, theta, painter.length)] for (tail, theta, _), _ in seeds]
     pivots, thetas = [s[2] for s, _ in seeds], [s[1] for s, _ in seeds]
-    last_masks = [patch for _, patch in seeds]
+    patches = [[patch] for _, patch in seeds]  # drawn once both snakes are complete
     for _ in range(num_paddles - 1):
         level = cfg.paddle_contrasts[rng.integers(len(cfg.paddle_contrasts))]
         for s in (0, 1):
@@ -352,11 +358,14 @@ def _two_snakes(rng, painter: _Painter, num_paddles: int):
                 return None
             patch, pivots[s], thetas[s], head = step
             paths[s] += [_translate(head, _flip(thetas[s]), painter.length), head]
-            patch.max_into(images[s], patch.line)
-            last_masks[s].max_into(mask, last_masks[s].mask)
-            last_masks[s] = patch
+            patches[s][-1].cover(mask)
+            patches[s].append(patch)
     # as in snakes2.two_snakes, only the second snake's last paddle joins the mask
-    last_masks[1].max_into(mask, last_masks[1].mask)
+    patches[1][-1].cover(mask)
+    images = [np.zeros(painter.shape), np.zeros(painter.shape)]
+    for image, snake in zip(images, patches, strict=True):
+        for patch in snake:
+            patch.draw(image)
     return images, mask, paths
 
 
@@ -374,16 +383,16 @@ def _distractor(rng, painter: _Painter, image, mask, num_paddles: int) -> bool:
     tail, theta, pivot = seed
     new_image, new_mask = image.copy(), mask.copy()
     last = painter.paddle(tail, theta, level)
-    last.max_into(new_image, last.line)
+    last.draw(new_image)
     for _ in range(num_paddles - 1):
         step = painter.extend(rng, new_mask, pivot, theta, contrast())
         if step is None:
             return False
         patch, pivot, theta, _ = step
-        patch.max_into(new_image, patch.line)
-        last.max_into(new_mask, last.mask)
+        patch.draw(new_image)
+        last.cover(new_mask)
         last = patch
-    last.max_into(new_mask, last.mask)
+    last.cover(new_mask)
     image[...], mask[...] = new_image, new_mask
     return True
 
