@@ -5,7 +5,12 @@ import pytest
 
 pytest.importorskip("PIL")
 
-from seqzoo.data.pathfinder import LRA_CONFIGS, generate_pathfinder, render_scene  # noqa: E402
+from seqzoo.data.pathfinder import (  # noqa: E402
+    LRA_CONFIGS,
+    _painter,
+    generate_pathfinder,
+    render_scene,
+)
 
 SCALE = 4  # the test rasterises the paths on a 4x finer grid
 
@@ -157,8 +162,6 @@ def _candidates_reference(painter, pivot, theta, dilated):
 def test_candidate_heads_match_a_reference(resolution):
     """The painter's candidate heads (precomputed ring, memoised weights, fast lookups away
     from the border) equal the reference's for pivots all over the image, border included."""
-    from seqzoo.data.pathfinder import _painter
-
     cfg = LRA_CONFIGS[resolution]
     painter = _painter(cfg, cfg.paddle_margins[0])
     rng = np.random.default_rng(resolution)
