@@ -175,5 +175,11 @@ def test_candidate_heads_match_a_reference(resolution):
             want = _candidates_reference(painter, (y, x), theta, dilated)
             assert (got is None) == (want is None), (y, x)
             if got is not None:
-                for a, b in zip(got, want, strict=True):
-                    np.testing.assert_array_equal(a, b)
+                points, cmf = got
+                points = range(len(painter.ring_points)) if points is None else points
+                coords = [(y + painter.ring_points[k][0], x + painter.ring_points[k][1])
+                          for k in points]
+                np.testing.assert_array_equal(coords, want[0])
+                np.testing.assert_array_equal([painter.ring_orientations[k] for k in points],
+                                              want[1])
+                np.testing.assert_array_equal(cmf, want[2])

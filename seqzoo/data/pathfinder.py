@@ -155,6 +155,8 @@ class _Painter:
         ring = np.floor(np.stack([step * np.sin(angles), step * np.cos(angles)], axis=1))
         self.ring = np.unique(ring.astype(int), axis=0)
         self.ring_angles = np.arctan2(self.ring[:, 0], self.ring[:, 1])
+        self.ring_points = [(int(dy), int(dx)) for dy, dx in self.ring]
+        self.ring_orientations = [float(a) for a in self.ring_angles]
         self.ring_reach = self.ring[:, None, :] + self.small_offsets[None]  # (K, S, 2)
         self.ring_extent = int(np.abs(self.ring).max())
         self.reach_extent = int(np.abs(self.ring_reach).max())
@@ -251,17 +253,20 @@ class _Painter:
         candidates = self._candidates(new_pivot, theta, mask)
         if candidates is None:
             return None
-        coords, orientations, cmf = candidates
+        points, cmf = candidates
         for _ in range(self.cfg.max_paddle_retrial + 1):
             index = int((cmf > rng.random()).argmax())  # first cmf - r > 0
-            head = (int(coords[index, 0]), int(coords[index, 1]))
-            patch = self.paddle(head, _flip(orientations[index]), contrast)
+            point = index if points is None else int(points[index])
+            (dy, dx), orientation = self.ring_points[point], self.ring_orientations[point]
+            head = (new_pivot[0] + dy, new_pivot[1] + dx)
+            patch = self.paddle(head, _flip(orientation), contrast)
             if (mask[patch.region()] + patch.mask).max() < 1.8:
-                return patch, new_pivot, float(orientations[index]), head
+                return patch, new_pivot, orientation, head
         return None
 
     def _candidates(self, pivot, theta: float, mask: np.ndarray):
-        """Ring points around ``pivot`` on the image: (coords, orientations, cmf), or None."""
+        """The ring points around ``pivot`` that are on the image, as (their indices into
+        the ring, None for all, and the cmf over them), or None."""
         if self._clear(pivot, self.ring_extent):
             inside = slice(None)
         else:
@@ -273,8 +278,8 @@ class _Painter:
         total = pmf.sum()
         if total < 1e-4:
             return None
-        coords = self.ring[inside] + np.asarray(pivot)
-        return coords, self.ring_angles[inside], (pmf / total).cumsum()
+        points = None if isinstance(inside, slice) else np.flatnonzero(inside)
+        return points, (pmf / total).cumsum()
 
     def _clear(self, pivot, extent: int) -> bool:
         """Whether every pixel within ``extent`` (Chebyshev) of ``pivot`` is on the image."""
