@@ -27,7 +27,8 @@ import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, zero_padded
 from seqzoo.layers.catalog import register_mixer
-from seqzoo.layers.mamba import check_positive_int, conv_params, torch_linear
+from seqzoo.layers.ssm import conv_params, torch_linear
+from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.conv import conv_init_buffer, conv_step, depthwise_conv
 from seqzoo.ops.segments import segment_runs
 
