@@ -56,6 +56,8 @@ class TaskConfig:
     ``seed`` (psMNIST). ``test_seq_len`` (0: none) gives the test split of a synthetic task
     another length (length extrapolation). ``random_non_queries``: MQAR's filler slots hold
     uniform random tokens (Zoology's generator default) or 0 (Zoology's figure-2 configs).
+    ``context_repeats``: MQAR's key-value pairs written that many times before the queries
+    (2: JRT-Prompt, Arora et al. 2024; ``seq_len`` counts every copy).
     ``normalize`` (image tasks): each pixel is one float feature in [0, 1] through a linear
     encoder (S4's setting) instead of one of 256 tokens through an embedding (LRA's).
     """
@@ -77,6 +79,7 @@ class TaskConfig:
     permuted: bool = setting(False, ANY)
     test_seq_len: int = setting(0, AT_LEAST_0)
     random_non_queries: bool = setting(True, ANY)
+    context_repeats: int = setting(1, AT_LEAST_1)
     normalize: bool = setting(False, ANY)
 
 
