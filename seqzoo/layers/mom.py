@@ -47,11 +47,12 @@ import jax.numpy as jnp
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
 from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import RMSNorm, dense, l2_normalize, merge_heads, split_heads
-from seqzoo.layers.delta_net import _whole, compiled_delta_rule
 from seqzoo.layers.ssm import (
     check_dt_range,
+    compiled_delta_rule,
     conv_params,
     conv_stage,
+    delta_head_dims,
     dt_bias_init,
     log_uniform_a_init,
     step_size,
@@ -159,12 +160,8 @@ class MoM(MatrixMixer):
         if not 0 <= lo <= hi:
             raise ValueError(f"A_init_range must satisfy 0 <= lo <= hi, got {(lo, hi)}")
         h = self.num_heads
-        if self.head_dim is None:
-            dk = _whole(self.expand_k * self.d_model / h, "expand_k * d_model / num_heads")
-        else:
-            check_positive_int(self.head_dim, "head_dim")
-            dk = self.head_dim
-        self.dk, self.dv = dk, _whole(dk * self.expand_v, "head_dim * expand_v")
+        self.dk, self.dv = delta_head_dims(self.d_model, h, self.head_dim, self.expand_k,
+                                           self.expand_v)
         self.slots = self.num_memories + int(self.shared_mem)
 
         def proj(features, name):
@@ -175,11 +172,12 @@ class MoM(MatrixMixer):
                               (self.slots, self.d_model, features), _F32)
 
         self.router = proj(self.num_memories, "router")
-        self.q_proj = proj(h * dk, "q_proj")
-        self.k_proj, self.v_proj = per_memory(h * dk, "k_proj"), per_memory(h * self.dv, "v_proj")
+        self.q_proj = proj(h * self.dk, "q_proj")
+        self.k_proj = per_memory(h * self.dk, "k_proj")
+        self.v_proj = per_memory(h * self.dv, "v_proj")
         self.b_proj, self.a_proj = per_memory(h, "b_proj"), per_memory(h, "a_proj")
         self.conv_kernel, self.conv_bias_param = conv_params(
-            self, self.conv_size, h * (2 * dk + self.dv), self.conv_bias
+            self, self.conv_size, h * (2 * self.dk + self.dv), self.conv_bias
         )
         self.A_log = self.param("A_log", log_uniform_a_init(lo, hi), (h,), _F32)
         self.dt_bias = self.param(

@@ -31,6 +31,7 @@ from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, zero_padded
 from seqzoo.layers.common import dense, resolve_head_dim
 from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.conv import depthwise_conv
+from seqzoo.ops.delta_rule import delta_rule
 from seqzoo.ops.dispatch import canonical
 
 Array = jax.Array
@@ -55,6 +56,28 @@ def conv_stage(
 def compiled(op, *static: str):
     """``op`` under ``jax.jit`` with its keyword options ``static`` (see ``conv_stage``)."""
     return jax.jit(op, static_argnames=static)
+
+
+compiled_delta_rule = compiled(delta_rule, "return_final_state", "chunk_size", "impl")
+
+
+def _whole(value: float, name: str) -> int:
+    """``value`` as an int, or a ValueError naming ``name`` if it is not a positive whole number."""
+    if value <= 0 or not math.isclose(value, round(value), rel_tol=1e-6):
+        raise ValueError(f"{name} must be a positive whole number, got {value}")
+    return round(value)
+
+
+def delta_head_dims(d_model: int, num_heads: int, head_dim: int | None, expand_k: float,
+                    expand_v: float) -> tuple[int, int]:
+    """fla's DeltaNet head widths ``(dk, dv)``: ``dk = head_dim`` or ``expand_k d_model / H``,
+    ``dv = dk expand_v``; a ValueError naming the option where one is not a whole number."""
+    if head_dim is None:
+        dk = _whole(expand_k * d_model / num_heads, "expand_k * d_model / num_heads")
+    else:
+        check_positive_int(head_dim, "head_dim")
+        dk = head_dim
+    return dk, _whole(dk * expand_v, "head_dim * expand_v")
 
 
 def plus_diagonal(m: Array, D: Array, mask: Array) -> Array:
