@@ -90,7 +90,7 @@ def test_mesh_shapes():
 
 
 def test_mixers_without_a_sequence_parallel_path_are_refused(monkeypatch):
-    monkeypatch.setattr(jax, "local_device_count", lambda: 8)
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
     cfg = apply_overrides(ExperimentConfig(), ["model.mixer=mamba,s4d", "mesh.seq=4"])
     with pytest.raises(ValueError, match=r"mesh.seq=4 .* mixer\(s\) \['s4d'\]"):
         check_config(cfg)
@@ -98,7 +98,7 @@ def test_mixers_without_a_sequence_parallel_path_are_refused(monkeypatch):
 
 
 def test_the_batch_splits_over_the_data_axis_only(monkeypatch):
-    monkeypatch.setattr(jax, "local_device_count", lambda: 8)
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
     cfg = apply_overrides(ExperimentConfig(), ["optim.batch_size=4", "mesh.seq=4"])
     check_config(cfg)  # 4 rows over data=2
     with pytest.raises(ValueError, match="not divisible by the 2 devices"):

@@ -4,6 +4,8 @@ Training: epoch e visits the examples in the order ``default_rng((seed, e)).perm
 step s (1-based) takes positions ``[(s - 1) B, s B)`` of the concatenated epochs.
 Evaluation: the split in order, in batches of B; the last one is filled up with copies of the
 first row whose targets are -100, so every example counts once and no shape changes.
+Each process of a multi-process run reads only ``rows``, its rows of every batch
+(``sharding.process_rows``).
 """
 
 from __future__ import annotations
@@ -41,16 +43,17 @@ class BatchSampler:
             out[at] = self._order(int(epoch))[offsets[at]]
         return out
 
-    def batch(self, step: int) -> Split:
-        idx = self.indices(step)
+    def batch(self, step: int, rows: slice = slice(None)) -> Split:
+        """The batch of ``step`` (1-based), or its ``rows``."""
+        idx = self.indices(step)[rows]
         return {k: v[idx] for k, v in self.split.items()}
 
 
-def eval_batches(split: Split, batch_size: int) -> Iterator[Split]:
-    """``split`` in order, in full batches; padding rows carry no labels."""
+def eval_batches(split: Split, batch_size: int, rows: slice = slice(None)) -> Iterator[Split]:
+    """``split`` in order, in full batches (or their ``rows``); padding rows carry no labels."""
     n = len(split["inputs"])
     for start in range(0, n, batch_size):
-        idx = np.arange(start, start + batch_size)
+        idx = np.arange(start, start + batch_size)[rows]
         pad = idx >= n
         batch = {k: v[np.where(pad, 0, idx)] for k, v in split.items()}
         batch["targets"] = np.where(

@@ -29,7 +29,7 @@ from seqzoo.runner.gradients import batch_stats, stats_and_grads
 from seqzoo.runner.model import loss_and_accuracy, model_inputs, per_position, token_stats
 from seqzoo.runner.optim import schedule
 from seqzoo.runner.progress import completed
-from seqzoo.runner.sharding import batch_shardings, put_batch, replicated
+from seqzoo.runner.sharding import batch_shardings, process_rows, put_batch, replicated
 from seqzoo.runner.variables import model_state, trainable
 
 
@@ -119,8 +119,9 @@ def evaluate(
 ) -> dict[str, float]:
     """``{"loss", "accuracy"}`` over every labelled target of ``split``; ``bar`` advances by
     one as each batch completes."""
-    batches = eval_batches(split, built.cfg.optim.batch_size)
-    results = [eval_step(params, put_batch(b, built.mesh)) for b in batches]
+    size = built.cfg.optim.batch_size
+    batches = eval_batches(split, size, process_rows(built.mesh, size))
+    results = [eval_step(params, put_batch(b, built.mesh, size)) for b in batches]
     stats = jax.device_get(completed(results, bar))
     ce, correct, count = (float(np.sum([s[k] for s in stats])) for k in ("ce", "correct", "count"))
     return {"loss": ce / max(count, 1.0), "accuracy": correct / max(count, 1.0)}
