@@ -128,11 +128,15 @@ class MeshConfig:
     ``seqzoo.parallel.SEQUENCE_PARALLEL_MIXERS``). ``data = 0``: every local device not used by
     ``seq``. ``params``: ``replicated`` on every device, or ``fsdp`` (parameters and optimizer
     state sharded over all devices, gathered for the compute; ``seqzoo.runner.sharding``).
+    ``attention``: how softmax attention crosses the ``seq`` shards: ``ring`` (keys and values
+    passed around the shards) or ``ulysses`` (DeepSpeed-Ulysses: all-to-all from sequence
+    shards to head shards and back; ``mesh.seq`` must divide the heads).
     """
 
     data: int = setting(0, AT_LEAST_0)
     seq: int = setting(1, AT_LEAST_1)
     params: str = setting("replicated", OneOf("seqzoo.runner.sharding:PARAM_MODES"))
+    attention: str = setting("ring", OneOf("seqzoo.parallel.context:ATTENTION_SCHEMES"))
 
 
 @dataclasses.dataclass(frozen=True)

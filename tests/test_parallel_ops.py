@@ -19,9 +19,11 @@ with the layers' default chunked ones.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +38,7 @@ from jax.sharding import PartitionSpec as P
 from seqzoo.models import SequenceModel
 from seqzoo.ops.attention import dot_product_attention
 from seqzoo.ops.attention.sequence_parallel import sharded_attention
+from seqzoo.ops.attention.ulysses import communication_bytes
 from seqzoo.ops.conv import causal_depthwise_conv, centered_depthwise_conv
 from seqzoo.ops.linear_attention import linear_attention
 from seqzoo.ops.quasiseparable import quasiseparable
@@ -246,11 +249,13 @@ def check_quasiseparable(length):
     compare(fn, seq, rep)
 
 
-def check_attention(length, causal, block_size=None):
+def check_attention(length, causal, block_size=None, scheme="ring", heads=(4, 2), packed=False):
     """The op sharded against whole; with ``block_size``, the sharded side calls the ring with
-    tiles of that many keys (fewer than a shard's, and not dividing it)."""
+    tiles of that many keys (fewer than a shard's, and not dividing it). ``scheme``: the
+    sequence-parallel attention; ``heads``: query and kv heads (grouped-query attention);
+    ``packed``: with ``segment_ids`` too (Ulysses only)."""
     rng = np.random.default_rng(6)
-    b, h, kv, d = BATCH, 4, 2, 4  # grouped-query attention
+    (h, kv), b, d = heads, BATCH, 4
     mask = np.ones((b, length), bool)
     mask[0, 3] = mask[1, 9:14] = mask[2, :20] = False  # holes, and a row empty on early shards
     seq = {
@@ -259,6 +264,8 @@ def check_attention(length, causal, block_size=None):
         "v": _normal(rng, b, length, kv, d),
         "mask": jnp.asarray(mask),
     }
+    if packed:  # segments that cross the shards' borders
+        seq["segment_ids"] = jnp.asarray(np.cumsum(rng.random((b, length)) < 0.15, axis=1))
     # causal also with a sliding window and sinks: global positions decide the pattern
     patterns = [{}, {"window": 5, "num_sinks": 2}] if causal else [{}]
 
@@ -266,10 +273,64 @@ def check_attention(length, causal, block_size=None):
         attend = dot_product_attention
         if block_size and sequence_axis(None):
             attend = functools.partial(sharded_attention, axis="seq", block_size=block_size)
-        outs = [attend(**a, causal=causal, **pattern) for pattern in patterns]
+        with contextlib.ExitStack() as context:
+            if sequence_axis(None):
+                context.enter_context(sequence_parallel("seq", attention=scheme))
+            outs = [attend(**a, causal=causal, **pattern) for pattern in patterns]
         return jnp.concatenate(outs, axis=-1)
 
     compare(fn, seq, {})
+
+
+def _collective_bytes(hlo: str) -> dict[str, int]:
+    """``{collective: bytes of its operands}`` of one device's compiled program (HLO text):
+    all-to-all, all-gather, collective-permute, all-reduce."""
+    sizes = {}  # instruction name -> bytes of its (array) result
+    for name, dtype, dims in re.findall(r"%(\S+) = (\w+)\[([\d,]*)\]", hlo):
+        count = int(np.prod([int(n) for n in dims.split(",") if n]))
+        bits = 8 if dtype == "pred" else int(re.sub(r"\D", "", dtype))  # f32, bf16, s32 ...
+        sizes[name] = count * bits // 8
+    found = {}
+    pattern = r" (all-to-all|all-gather|collective-permute|all-reduce)(?:-start)?\(([^)]*)\)"
+    for kind, operands in re.findall(pattern, hlo):
+        names = re.findall(r"%([\w.\-]+)", operands)
+        found[kind] = found.get(kind, 0) + sum(sizes[n] for n in names)
+    return found
+
+
+def check_ulysses_bytes(length):
+    """The collectives' bytes in Ulysses attention's compiled programs (forward, and forward with
+    backward) equal ``communication_bytes``, and stay the same for ``length / SHARDS`` tokens
+    per device on 2 and 8 devices; ring attention's forward grows with the devices."""
+    b, h, d, local = 2, 8, 4, length // SHARDS
+    seen = {}
+    for shards in (2, 8):
+        mesh = Mesh(np.array(jax.devices()[:shards]).reshape(1, shards), ("data", "seq"))
+        shape = (b, local * shards, h, d)
+        q = jax.ShapeDtypeStruct(shape, jnp.float32)
+        mask = jax.ShapeDtypeStruct(shape[:2], jnp.bool_)
+        for scheme, backward in (("ulysses", False), ("ulysses", True), ("ring", False)):
+
+            def local_attention(q, k, v, mask, scheme=scheme):
+                with sequence_parallel("seq", attention=scheme):
+                    return dot_product_attention(q, k, v, causal=True, mask=mask)
+
+            fwd = shard_map(local_attention, mesh, in_specs=(P("data", "seq"),) * 4,
+                            out_specs=P("data", "seq"))
+
+            def both(q, k, v, mask, fwd=fwd):  # the output, and the gradients it backpropagates
+                out, pullback = jax.vjp(lambda q, k, v: fwd(q, k, v, mask), q, k, v)
+                return out, pullback(out)
+
+            hlo = jax.jit(both if backward else fwd).lower(q, q, q, mask).compile().as_text()
+            seen[scheme, shards, backward] = got = sum(_collective_bytes(hlo).values())
+            if scheme == "ulysses":
+                want = communication_bytes(b, local, h, h, d, jnp.float32, shards,
+                                           backward=backward)
+                assert got == want, (shards, backward, got, want)
+    assert seen["ulysses", 2, False] == seen["ulysses", 8, False], seen
+    assert seen["ulysses", 2, True] == seen["ulysses", 8, True], seen
+    assert seen["ring", 2, False] < seen["ring", 8, False], seen
 
 
 def check_short_conv(length):
@@ -334,6 +395,20 @@ CHECKS = {  # name: (check, the lengths it runs at)
     ),
     "ring_attention-tiled": (functools.partial(check_attention, causal=True, block_size=3),
                              ("uneven",)),
+    "ulysses_attention-causal": (
+        functools.partial(check_attention, causal=True, scheme="ulysses"), ("even", "uneven")
+    ),
+    "ulysses_attention-bidirectional": (
+        functools.partial(check_attention, causal=False, scheme="ulysses"), ("even",)
+    ),
+    "ulysses_attention-gqa": (  # the kv heads split over the shards, not repeated
+        functools.partial(check_attention, causal=True, scheme="ulysses", heads=(8, 4)), ("even",)
+    ),
+    "ulysses_attention-packed": (
+        functools.partial(check_attention, causal=True, scheme="ulysses", packed=True),
+        ("uneven",),
+    ),
+    "ulysses_bytes": (check_ulysses_bytes, ("even",)),
     "short_conv": (check_short_conv, ("even", "uneven")),
     # the models pad like the ops (mask=False): their uneven runs would repeat the ops' checks
     "model-lm": (functools.partial(check_model, head="lm"), ("even",)),

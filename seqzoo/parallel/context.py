@@ -11,6 +11,9 @@ and every op with a sequence-parallel path (``linear_attention``, ``ssd``, ``sel
 ``linear_recurrence``, ``quasiseparable``, ``dot_product_attention``, ``depthwise_conv`` and the
 token positions) then exchanges what it needs with the other shards. An op's explicit
 ``seq_axis=`` argument wins over the context. ``sequence_parallel(None)`` switches it off again.
+``sequence_parallel("seq", attention="ulysses")`` makes softmax attention trade its sequence
+shards for head shards (DeepSpeed-Ulysses) instead of passing keys around the ring
+(``ATTENTION_SCHEMES``; ``seqzoo.ops.attention``).
 Each op's own ``sequence_parallel.py`` (``seqzoo/ops/<op>/``) holds its sequence-parallel form;
 it runs the op's local core per shard, never the op again.
 
@@ -31,14 +34,25 @@ from collections.abc import Callable, Iterator
 
 import jax
 
+ATTENTION_SCHEMES = ("ring", "ulysses")
 _SEQUENCE_AXIS = jax.make_user_context(default_value=None)
+_ATTENTION = jax.make_user_context(default_value="ring")
 
 
 @contextlib.contextmanager
-def sequence_parallel(axis: str | None) -> Iterator[None]:
-    """Within the block, ops split the sequence over mesh axis ``axis`` (None: not split)."""
-    with _SEQUENCE_AXIS(axis):
+def sequence_parallel(axis: str | None, attention: str = "ring") -> Iterator[None]:
+    """Within the block, ops split the sequence over mesh axis ``axis`` (None: not split), and
+    softmax attention exchanges it by ``attention`` (one of ``ATTENTION_SCHEMES``)."""
+    if attention not in ATTENTION_SCHEMES:
+        raise ValueError(f"attention must be one of {ATTENTION_SCHEMES}, got {attention!r}")
+    with _SEQUENCE_AXIS(axis), _ATTENTION(attention):
         yield
+
+
+def attention_scheme() -> str:
+    """How softmax attention is sequence parallel in the active context: ``"ring"`` or
+    ``"ulysses"``."""
+    return _ATTENTION.value
 
 
 def sequence_axis(explicit: str | None = None) -> str | None:

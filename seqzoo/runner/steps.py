@@ -66,7 +66,9 @@ def _layout(built: Built) -> tuple:
 def train_step_fn(built: Built, optimizer: optax.GradientTransformation, dropout_key: jax.Array):
     """The jitted train step (parameters and optimizer state are donated)."""
     lr = schedule(built.cfg.optim, built.cfg.optim.lr)
-    grads_fn = stats_and_grads(stats_fn(built.model, False), built.mesh, *_layout(built))
+    grads_fn = stats_and_grads(
+        stats_fn(built.model, False), built.mesh, *_layout(built), built.cfg.mesh.attention
+    )
 
     def step_fn(variables, opt_state, batch, step):
         stats, grads, state = grads_fn(variables, batch, jax.random.fold_in(dropout_key, step))
@@ -105,7 +107,9 @@ def init_opt_state(built: Built, optimizer: optax.GradientTransformation, variab
 
 def eval_step_fn(built: Built):
     """The jitted eval step: summed ``token_stats`` of one batch."""
-    stats = batch_stats(stats_fn(built.model, True), built.mesh, *_layout(built))
+    stats = batch_stats(
+        stats_fn(built.model, True), built.mesh, *_layout(built), built.cfg.mesh.attention
+    )
 
     def step_fn(params, batch):
         return stats(params, batch, None)
