@@ -50,6 +50,7 @@ from seqzoo.parallel import (
     sequence_parallel,
     shard_map,
 )
+from seqzoo.parallel.carry import carry_in, scan_carry_in
 from seqzoo.parallel.context import sequence_axis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,8 @@ def _dot(out, ct) -> jax.Array:
     return sum(jnp.sum(o * c) for o, c in pairs)
 
 
-def compare(fn, seq_args: dict, rep_args: dict, row_args=None, *, kinds=("seq",), tol=TOL):
+def compare(fn, seq_args: dict, rep_args: dict, row_args=None, *, kinds=("seq",), tol=TOL,
+            carry="all_gather"):
     """Check ``fn(**seq_args, **rep_args, **row_args)`` sharded against whole; raise on a mismatch.
 
     seq_args: ``(batch, length, ...)`` arrays split over (data, seq); rep_args: replicated
@@ -78,7 +80,8 @@ def compare(fn, seq_args: dict, rep_args: dict, row_args=None, *, kinds=("seq",)
     Gradients are taken with respect to every floating argument. fn returns one output or a
     tuple; ``kinds`` says for each whether it is ``"seq"`` ``(batch, length, ...)`` or ``"rows"``
     ``(batch, ...)``, which every seq shard must return whole (final states, pooled logits).
-    ``tol``: ``assert_allclose``'s rtol and atol.
+    ``tol``: ``assert_allclose``'s rtol and atol; ``carry``: how the sharded side carries
+    linear recurrences' states (``seqzoo.parallel.carry``).
     """
     row_args = row_args or {}
     length = next(iter(seq_args.values())).shape[1]
@@ -110,7 +113,7 @@ def compare(fn, seq_args: dict, rep_args: dict, row_args=None, *, kinds=("seq",)
             weights = [1.0 if kind == "seq" else 1.0 / SHARDS for kind in kinds]
             return sum(w * jnp.sum(o * c) for w, o, c in zip(weights, out, ct, strict=True)), out
 
-        with sequence_parallel("seq"):
+        with sequence_parallel("seq", carry=carry):
             (_, out), grads = jax.value_and_grad(local_loss, (0, 1, 2), True)(seq, rep, rows)
         g_seq, g_rep, g_rows = grads  # per-device partials: sum those of shared arguments
         g_rep, g_rows = jax.lax.psum(g_rep, ("data", "seq")), jax.lax.psum(g_rows, "seq")
@@ -147,10 +150,10 @@ def _normal(rng, *shape, shift=0.0, scale=1.0):
 
 
 # ---- the checks ----------------------------------------------------------------------------------
-def check_linear_attention(length):
+def check_linear_attention(length, carry="all_gather"):
     """No decay, a scalar decay per head and one per key dimension (GLA), side by side."""
     rng = np.random.default_rng(1)
-    b, h, dk, dv = BATCH, 2, 4, 3
+    b, h, dk, dv = BATCH, 2, 4, 6
     seq = {name: _normal(rng, b, length, h, dk) for name in ("q", "k")}
     seq["v"] = _normal(rng, b, length, h, dv)
     seq["scalar"] = -jnp.abs(_normal(rng, b, length, h, scale=0.3))
@@ -165,12 +168,12 @@ def check_linear_attention(length):
         ]
         return jax.tree.map(lambda *r: jnp.concatenate(r, axis=-1), *runs)
 
-    compare(fn, seq, {}, rows, kinds=FINAL if even else OUT)
+    compare(fn, seq, {}, rows, kinds=FINAL if even else OUT, carry=carry)
 
 
-def check_ssd(length):
+def check_ssd(length, carry="all_gather"):
     rng = np.random.default_rng(2)
-    b, h, p, g, n = BATCH, 4, 3, 2, 5
+    b, h, p, g, n = BATCH, 4, 3, 2, 6
     seq = {
         "x": _normal(rng, b, length, h, p),
         "dt": _normal(rng, b, length, h, shift=-1.0),
@@ -189,7 +192,42 @@ def check_ssd(length):
     def fn(**a):
         return ssd(**a, dt_softplus=True, return_final_state=even, impl="sequential")
 
-    compare(fn, seq, rep, rows, kinds=FINAL if even else OUT)
+    compare(fn, seq, rep, rows, kinds=FINAL if even else OUT, carry=carry)
+
+
+def check_all_scan(length):
+    """ZeCO's chunked All-Scan carry against LASP-2's all-gather one, forward and reversed, with
+    an initial state, state chunks that divide the last axis and that do not: the states, and
+    the gradients of each shard's inputs."""
+    rng = np.random.default_rng(9)
+    b, h, n = BATCH, 3, 12
+    args = (jax.nn.sigmoid(_normal(rng, b * SHARDS, h, 1)), _normal(rng, b * SHARDS, h, n),
+            _normal(rng, b, h, n))
+    ct = _normal(rng, b * SHARDS, h, n), _normal(rng, b * SHARDS, h, n)
+    mesh = Mesh(np.array(jax.devices()[:SHARDS]), ("seq",))
+    for reverse, chunks in ((False, 4), (True, 8), (False, 5)):
+
+        def both(decay, state, initial, ct, reverse=reverse, chunks=chunks):
+            runs = (
+                functools.partial(carry_in, axis="seq", reverse=reverse),
+                functools.partial(scan_carry_in, axis="seq", reverse=reverse, chunks=chunks),
+            )
+            results = []
+            for run in runs:
+                out, pullback = jax.vjp(
+                    lambda d, s, i, run=run: run(d, s, initial_state=i), decay, state, initial
+                )
+                g_decay, g_state, g_initial = pullback(ct)  # the initial state's: partials
+                results.append((out, (g_decay, g_state, jax.lax.psum(g_initial, "seq"))))
+            return tuple(results)
+
+        shard = P("seq")
+        got = jax.jit(shard_map(both, mesh, in_specs=(shard, shard, P(), (shard, shard)),
+                                out_specs=(((shard, shard), (shard, shard, P())),) * 2))(*args, ct)
+        gathered, scanned = (jax.tree_util.tree_flatten_with_path(r)[0] for r in got)
+        for (path, w), (_, g) in zip(gathered, scanned, strict=True):
+            where = f"reverse={reverse} chunks={chunks} {jax.tree_util.keystr(path)}"
+            np.testing.assert_allclose(g, w, **TOL, err_msg=where)
 
 
 def check_linear_recurrence(length, reverse=False):
@@ -409,6 +447,11 @@ CHECKS = {  # name: (check, the lengths it runs at)
         ("uneven",),
     ),
     "ulysses_bytes": (check_ulysses_bytes, ("even",)),
+    "all_scan": (check_all_scan, ("even",)),
+    "linear_attention-all_scan": (
+        functools.partial(check_linear_attention, carry="all_scan"), ("even", "uneven")
+    ),
+    "ssd-all_scan": (functools.partial(check_ssd, carry="all_scan"), ("even",)),
     "short_conv": (check_short_conv, ("even", "uneven")),
     # the models pad like the ops (mask=False): their uneven runs would repeat the ops' checks
     "model-lm": (functools.partial(check_model, head="lm"), ("even",)),

@@ -36,6 +36,7 @@ RESUMABLE = (
     "mesh.seq",
     "mesh.params",
     "mesh.attention",
+    "mesh.carry",
 )
 
 

@@ -63,11 +63,16 @@ def _layout(built: Built) -> tuple:
     return per_position(built.data), {k: np.ndim(v) for k, v in built.sample.items()}
 
 
+def _schemes(built: Built) -> dict[str, str]:
+    """How the sequence-parallel ops exchange their shards: ``mesh.attention``, ``mesh.carry``."""
+    return {"attention": built.cfg.mesh.attention, "carry": built.cfg.mesh.carry}
+
+
 def train_step_fn(built: Built, optimizer: optax.GradientTransformation, dropout_key: jax.Array):
     """The jitted train step (parameters and optimizer state are donated)."""
     lr = schedule(built.cfg.optim, built.cfg.optim.lr)
     grads_fn = stats_and_grads(
-        stats_fn(built.model, False), built.mesh, *_layout(built), built.cfg.mesh.attention
+        stats_fn(built.model, False), built.mesh, *_layout(built), **_schemes(built)
     )
 
     def step_fn(variables, opt_state, batch, step):
@@ -107,9 +112,7 @@ def init_opt_state(built: Built, optimizer: optax.GradientTransformation, variab
 
 def eval_step_fn(built: Built):
     """The jitted eval step: summed ``token_stats`` of one batch."""
-    stats = batch_stats(
-        stats_fn(built.model, True), built.mesh, *_layout(built), built.cfg.mesh.attention
-    )
+    stats = batch_stats(stats_fn(built.model, True), built.mesh, *_layout(built), **_schemes(built))
 
     def step_fn(params, batch):
         return stats(params, batch, None)
