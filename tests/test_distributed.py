@@ -31,6 +31,11 @@ CONFIG = [
 ]
 SHORT = ["optim.steps=4", "checkpoint_every=2"]
 DIED = "another task died"  # JAX's message when a peer process is gone
+# `seqzoo train` runs one after another in one interpreter (the first failure stops it)
+IN_TURN = (
+    "import json, sys; from seqzoo.cli import main; "
+    "sys.exit(next((code for code in map(main, json.loads(sys.argv[1])) if code), 0))"
+)
 
 
 def _env(devices: int) -> dict:
@@ -40,9 +45,8 @@ def _env(devices: int) -> dict:
     return env
 
 
-def _train_command(run_dir: Path, extra: list[str], *flags: str) -> list[str]:
-    return [sys.executable, "-m", "seqzoo.cli", "train", *CONFIG, *extra,
-            "--run-dir", str(run_dir), "--no-progress", *flags]
+def _train_args(run_dir: Path, extra: list[str], *flags: str) -> list[str]:
+    return ["train", *CONFIG, *extra, "--run-dir", str(run_dir), "--no-progress", *flags]
 
 
 def _free_port() -> int:
@@ -56,7 +60,8 @@ def _start_two(run_dir: Path, extra: list[str], *flags: str) -> list[subprocess.
     where = ["--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2"]
     return [
         subprocess.Popen(
-            _train_command(run_dir, extra, *flags, *where, "--process-id", str(i)),
+            [sys.executable, "-m", "seqzoo.cli",
+             *_train_args(run_dir, extra, *flags, *where, "--process-id", str(i))],
             env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for i in range(2)
@@ -68,8 +73,9 @@ def _finish(processes: list[subprocess.Popen], timeout: float = 240) -> list[tup
     return [(p.wait(timeout), p.communicate()[1]) for p in processes]
 
 
-def _one(run_dir: Path, extra: list[str], *flags: str) -> None:
-    done = subprocess.run(_train_command(run_dir, extra, *flags), env=_env(8),
+def _one(*runs: list[str]) -> None:
+    """The ``seqzoo train`` argument lists ``runs`` in turn, in one process of 8 devices."""
+    done = subprocess.run([sys.executable, "-c", IN_TURN, json.dumps(runs)], env=_env(8),
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -84,13 +90,12 @@ def test_two_processes_train_as_one_and_resume_on_one(tmp_path):
     assert [code for code, _ in ends] == [0, 0], [err[-3000:] for _, err in ends]
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["2", "4"]
     assert not (two / "lock").exists()
-    _one(one, SHORT)
-    assert _losses(two) == pytest.approx(_losses(one), abs=1e-5)
-    assert len(_losses(two)) == 4 and len(set(_losses(two))) == 4
-    # the checkpoint of step 2 written by 2 processes, resumed by 1 process of 8 devices
+    # and the checkpoint of step 2 written by 2 processes, resumed by 1 process of 8 devices
     shutil.copytree(two, moved)
     shutil.rmtree(moved / "checkpoints" / "4")
-    _one(moved, SHORT, "--resume")
+    _one(_train_args(one, SHORT), _train_args(moved, SHORT, "--resume"))
+    assert _losses(two) == pytest.approx(_losses(one), abs=1e-5)
+    assert len(_losses(two)) == 4 and len(set(_losses(two))) == 4
     assert _losses(moved) == pytest.approx(_losses(one), abs=1e-5)
     resumes = [json.loads(line) for line in (moved / "resumes.jsonl").read_text().splitlines()]
     assert [r["step"] for r in resumes] == [2]
@@ -114,7 +119,7 @@ def test_a_killed_process_stops_the_other_and_the_run_resumes(tmp_path):
     assert read_metrics(run)[-1]["step"] < 40  # it did stop mid-run
     ends = _finish(_start_two(run, long, "--resume"))
     assert [c for c, _ in ends] == [0, 0], [e[-3000:] for _, e in ends]
-    _one(reference, long)
+    _one(_train_args(reference, long))
     assert _losses(run) == pytest.approx(_losses(reference), abs=1e-5)
 
 
@@ -138,6 +143,7 @@ def test_launch_reads_the_flags_then_the_environment(env, flags, expected):
 
 @pytest.mark.parametrize("flags, match", [
     ((None, 2, 0), "missing --coordinator"),
+    (("h:1", None, None), "missing --num-processes, --process-id"),
     (("h:1", None, 0), "missing --num-processes"),
     (("h:1", 2, 2), r"--process-id=2 must be in \[0, --num-processes=2\)"),
 ])

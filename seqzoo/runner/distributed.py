@@ -46,10 +46,11 @@ def launch(
 ) -> dict | None:
     """The arguments of ``jax.distributed.initialize`` for this launch (see the module docstring),
     ``{}`` to let JAX detect the cluster, or None for a single process."""
+    explicit = (coordinator, num_processes, process_id) != (None, None, None)
     coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS")
     given = {"--coordinator": coordinator, "--num-processes": num_processes,
              "--process-id": process_id}
-    if num_processes is not None or process_id is not None:
+    if explicit:
         missing = [flag for flag, value in given.items() if value is None]
         if missing:
             raise ValueError(
