@@ -19,8 +19,7 @@ import pytest
 
 from seqzoo.ops import attention as attention_op
 from seqzoo.ops import dispatch
-from seqzoo.ops.attention import attention_impl, dot_product_attention
-from seqzoo.ops.attention import tokamax_gpu
+from seqzoo.ops.attention import attention_impl, dot_product_attention, tokamax_gpu
 from seqzoo.ops.attention.cudnn import fused_attention
 
 B, L, H, D = 2, 13, 4, 8
