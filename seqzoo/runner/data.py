@@ -19,10 +19,11 @@ from seqzoo.data.dataset import Split
 
 
 class BatchSampler:
-    """Training batches of ``batch_size`` rows of ``split``, by step (see the module docstring)."""
+    """Training batches of ``batch_size`` rows of ``split``, by step (see the module docstring);
+    ``batch`` gives their ``rows`` only (a process's, in a multi-process run)."""
 
-    def __init__(self, split: Split, batch_size: int, seed: int):
-        self.split, self.batch_size, self.seed = split, batch_size, seed
+    def __init__(self, split: Split, batch_size: int, seed: int, rows: slice = slice(None)):
+        self.split, self.batch_size, self.seed, self.rows = split, batch_size, seed, rows
         self.n = len(split["inputs"])
         self._epoch, self._permutation = None, None
 
@@ -43,9 +44,9 @@ class BatchSampler:
             out[at] = self._order(int(epoch))[offsets[at]]
         return out
 
-    def batch(self, step: int, rows: slice = slice(None)) -> Split:
-        """The batch of ``step`` (1-based), or its ``rows``."""
-        idx = self.indices(step)[rows]
+    def batch(self, step: int) -> Split:
+        """The ``rows`` of the batch of ``step`` (1-based)."""
+        idx = self.indices(step)[self.rows]
         return {k: v[idx] for k, v in self.split.items()}
 
 

@@ -224,17 +224,17 @@ class _Trainer:
         if first > cfg.optim.steps:
             return
         size = cfg.optim.batch_size
-        sampler = BatchSampler(built.data["train"], size, cfg.seed)
         rows = process_rows(built.mesh, size)  # this process reads only these of each batch
+        sampler = BatchSampler(built.data["train"], size, cfg.seed, rows)
         val_name = "val" if "val" in built.data.splits else "test"
         train_step = train_step_fn(built, self.optimizer, self.dropout_key)
-        example = put_batch(sampler.batch(first, rows), built.mesh, size)
+        example = put_batch(sampler.batch(first), built.mesh, size)
         train_step = train_step.lower(self.params, self.opt_state, example, first).compile()
         self.bar = Progress(cfg.optim.steps, "train (steps)", start=first - 1, transient=True)
         started = time.perf_counter()
         self.clock = started - self.carried_seconds
         for step in range(first, cfg.optim.steps + 1):
-            batch = put_batch(sampler.batch(step, rows), built.mesh, size)
+            batch = put_batch(sampler.batch(step), built.mesh, size)
             self.params, self.opt_state, stats = train_step(
                 self.params, self.opt_state, batch, step
             )
