@@ -132,11 +132,18 @@ class MeshConfig:
     local device not used by ``seq``. ``params``: ``replicated`` on every device, or ``fsdp``
     (parameters and optimizer state sharded over all devices, gathered for the compute;
     ``seqzoo.runner.sharding``).
+    ``attention``: how softmax attention crosses the ``seq`` shards: ``ring`` (keys and values
+    passed around the shards) or ``ulysses`` (DeepSpeed-Ulysses: all-to-all from sequence
+    shards to head shards and back; ``mesh.seq`` must divide the heads). ``carry``: how linear
+    recurrences (linear attention, SSD, the scans) pass their states across the ``seq`` shards:
+    ``all_gather`` (LASP-2) or ``all_scan`` (ZeCO's pipelined chunks; ``seqzoo.parallel.carry``).
     """
 
     data: int = setting(0, AT_LEAST_0)
     seq: int = setting(1, AT_LEAST_1)
     params: str = setting("replicated", OneOf("seqzoo.runner.sharding:PARAM_MODES"))
+    attention: str = setting("ring", OneOf("seqzoo.parallel.context:ATTENTION_SCHEMES"))
+    carry: str = setting("all_gather", OneOf("seqzoo.parallel.context:CARRY_SCHEMES"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -153,11 +153,19 @@ def test_the_policy_table_imports_no_op():
     assert ops == set()
 
 
+# Where an op may switch the sequence axis off, with why.
+WHOLE_AGAIN = {
+    "seqzoo.ops.attention.ulysses": "Ulysses runs attention's local core (not the public op) on "
+    "head shards of whole sequences: the sequence is not split there",
+}
+
+
 def test_ops_never_switch_the_sequence_axis_off():
     """Each op's sequence-parallel form calls the op's local core, never an op again under
     ``sequence_parallel(None)``."""
     calls = [f"{module} (line {node.lineno})" for module, (_, tree) in SOURCES.items()
-             if module.startswith("seqzoo.ops") for node in ast.walk(tree)
+             if module.startswith("seqzoo.ops") and module not in WHOLE_AGAIN
+             for node in ast.walk(tree)
              if isinstance(node, ast.Call)
              and getattr(node.func, "id", getattr(node.func, "attr", None)) == "sequence_parallel"]
     assert calls == []

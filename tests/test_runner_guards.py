@@ -78,7 +78,7 @@ def test_fixed_length_bound_can_be_raised_through_mixer_options():
 
 
 def test_batch_not_divisible_by_the_devices_names_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr(jax, "local_device_count", lambda: 8)
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
     with pytest.raises(ValueError, match=r"not divisible by the 8 devices.*batch_size=16"):
         train(smoke("optim.batch_size=12"), tmp_path / "run")
     assert not (tmp_path / "run").exists()

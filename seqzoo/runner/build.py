@@ -107,7 +107,7 @@ def check_config(cfg: ExperimentConfig) -> None:
         )
     check_task(cfg.task)
     mixers = m.mixer.split(",")
-    data, seq = mesh_shape(cfg.mesh, jax.local_device_count())
+    data, seq = mesh_shape(cfg.mesh, jax.device_count())
     check_batch_size(cfg.optim.batch_size, data)
     unsupported = sorted(set(mixers) - SEQUENCE_PARALLEL_MIXERS)
     if seq > 1 and unsupported:

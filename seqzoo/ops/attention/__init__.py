@@ -20,7 +20,8 @@ reads kv head ``n // (heads / kv_heads)``.
 Files: this one validates and dispatches; ``masks.py`` (the allowed pairs), ``xla.py`` (the dense
 softmax, ``impl="parallel"``), ``cudnn.py`` (``impl="cudnn"``), ``tokamax_gpu.py``
 (``impl="tokamax"``), ``splash_tpu.py`` (``impl="splash"``), ``chunked.py`` (Mega's chunked
-attention, its own op) and ``sequence_parallel.py`` (ring attention over devices);
+attention, its own op), ``sequence_parallel.py`` (ring attention over devices) and
+``ulysses.py`` (DeepSpeed-Ulysses: the sequence traded for heads around any of the others);
 ``seqzoo.ops.dispatch`` decides what ``impl="auto"`` runs.
 """
 
@@ -43,9 +44,10 @@ from seqzoo.ops.attention.masks import (
 from seqzoo.ops.attention.sequence_parallel import sharded_attention
 from seqzoo.ops.attention.splash_tpu import splash_attention
 from seqzoo.ops.attention.tokamax_gpu import tokamax_attention
+from seqzoo.ops.attention.ulysses import ulysses_attention
 from seqzoo.ops.attention.xla import attention_probs
 from seqzoo.ops.dispatch import accepted, canonical, on_platform, resolve
-from seqzoo.parallel.context import sequence_axis
+from seqzoo.parallel.context import attention_scheme, sequence_axis
 
 Array = jax.Array
 IMPLS = accepted("attention")
@@ -168,7 +170,9 @@ def dot_product_attention(
         ``"xla"`` is the deprecated name of ``"parallel"``.
       seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that of
         the active ``seqzoo.parallel.sequence_parallel`` context): ring attention
-        (``sequence_parallel.py``; ``impl`` is not used there).
+        (``sequence_parallel.py``; ``impl`` is not used there), or where the context says
+        ``attention="ulysses"``, DeepSpeed-Ulysses (``ulysses.py``: ``impl`` runs on head
+        shards of whole sequences).
 
     cuDNN gets the pattern as ``is_causal`` / ``local_window_size`` and padding as sequence
     lengths (``fused_attention``); XLA gets an explicit boolean mask from ``attention_mask``
@@ -180,11 +184,23 @@ def dot_product_attention(
     impl = canonical("attention", impl)
     _check(q, k, v)
     axis = sequence_axis(seq_axis)
+    pattern = dict(causal=causal, window=window, num_sinks=num_sinks, scale=scale)
+    if axis is not None and attention_scheme() == "ulysses":  # whole sequences, some heads
+        whole = functools.partial(_whole_sequences, impl=impl, **pattern)
+        return ulysses_attention(q, k, v, axis=axis, attend=whole, mask=mask,
+                                 segment_ids=segment_ids)
     if axis is not None:  # sequence parallel: K and V travel around the ring of shards
         return sharded_attention(
-            q, k, v, axis=axis, causal=causal, window=window, num_sinks=num_sinks, mask=mask,
-            segment_ids=segment_ids, scale=scale,
+            q, k, v, axis=axis, mask=mask, segment_ids=segment_ids, **pattern
         )
+    return _whole_sequences(q, k, v, mask, segment_ids, impl=impl, **pattern)
+
+
+def _whole_sequences(
+    q: Array, k: Array, v: Array, mask: Array | None, segment_ids: Array | None, *,
+    causal: bool, window: int | None, num_sinks: int, scale: float | None, impl: str,
+) -> Array:
+    """``dot_product_attention`` of sequences held whole (checked ``impl``)."""
     dtype = jnp.result_type(q, k, v)
     q, k, v = (a.astype(dtype) for a in (q, k, v))
     options = dict(causal=causal, window=window, mask=mask, scale=scale)
