@@ -26,10 +26,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from kernel_harness import median_ms  # noqa: E402
 
-from seqzoo.ops.attention import (
-    attention_impl,  # noqa: E402
-    dot_product_attention,  # noqa: E402
+from seqzoo.ops.attention import (  # noqa: E402
+    attention_impl,
+    dot_product_attention,
 )
+from seqzoo.ops.attention.tokamax_gpu import tokamax_installed  # noqa: E402
+
+OURS = ("auto", "parallel", "tokamax") if tokamax_installed() else ("auto", "parallel")
 
 
 def qkv(b, l, h, kv, d, dtype, seed=0):
@@ -64,21 +67,21 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def accuracy(shape) -> None:
+def accuracy(shape, impl="auto", dtype=jnp.bfloat16) -> None:
     b, l, h, kv, d = shape
-    print(f"## accuracy, bf16 auto vs float32 xla, {shape}")
+    print(f"## accuracy, {jnp.dtype(dtype).name} {impl} vs float32 xla, {shape}")
     for causal, window, groups, names in [(True, None, 1, None), (False, None, 1, None),
                                           (True, l // 4, 1, ("right", "holes")),
                                           (True, None, 4, ("none", "left"))]:
         options = {"causal": causal, "window": window}
-        q, k, v = qkv(b, l, h, h // groups, d, jnp.bfloat16)
-        chosen, why = attention_impl("auto", jnp.bfloat16, d, **options)
+        q, k, v = qkv(b, l, h, h // groups, d, dtype)
+        chosen, why = attention_impl(impl, dtype, d, **options)
         for name, mask in masks(b, l).items():
             if names is not None and name not in names:
                 continue
-            got = jax.jit(jax.value_and_grad(loss_fn("auto", mask, options), (0, 1, 2)))
+            got = jax.jit(jax.value_and_grad(loss_fn(impl, mask, options), (0, 1, 2)))
             ref = jax.jit(jax.value_and_grad(loss_fn("parallel", mask, options), (0, 1, 2)))
-            o = jax.jit(functools.partial(dot_product_attention, mask=mask, **options))
+            o = jax.jit(functools.partial(dot_product_attention, mask=mask, impl=impl, **options))
             _, g = got(q, k, v)
             up = [x.astype(jnp.float32) for x in (q, k, v)]
             _, g_ref = ref(*up)
@@ -167,17 +170,18 @@ def timed_cells(fwd, loss, args, repeats) -> list[str]:
 
 def speed(shapes, repeats) -> None:
     print("## speed (ms, median)")
-    print("| shape (b, l, heads, kv heads, d) | dtype | options | auto picks | auto fwd "
-          "| auto fwd+bwd | xla fwd | xla fwd+bwd | torch sdpa fwd | torch sdpa fwd+bwd "
+    ours = "".join(f"| {i} fwd | {i} fwd+bwd " for i in OURS)
+    print("| shape (b, l, heads, kv heads, d) | dtype | options | auto picks " + ours +
+          "| torch sdpa fwd | torch sdpa fwd+bwd "
           "| tokamax mosaic fwd | fwd+bwd | tokamax triton fwd | fwd+bwd |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---" * (10 + 2 * len(OURS)) + "|")
     for shape, causal, window, mask_name, dtype in shapes:
         b, l, h, kv, d = shape
         q, k, v = qkv(b, l, h, kv, d, dtype)
         mask = masks(b, l)[mask_name] if mask_name != "all valid" else jnp.ones((b, l), bool)
         options = {"causal": causal, "window": window}
         cells = [attention_impl("auto", dtype, d, **options)[0]]
-        for impl in ("auto", "parallel"):
+        for impl in OURS:
             attend = functools.partial(dot_product_attention, mask=mask, impl=impl, **options)
             cells += timed_cells(attend, loss_fn(impl, mask, options), (q, k, v), repeats)
         plain = mask_name == "none"
@@ -193,12 +197,13 @@ def speed(shapes, repeats) -> None:
         print("| " + " | ".join(row) + " |", flush=True)
 
 
-def memory(lengths, heads=16, d=128) -> None:
-    print("## memory: XLA temporary bytes of auto's forward+backward, batch 1, bf16")
+def memory(lengths, heads=16, d=128, impl="auto", dtype=jnp.bfloat16) -> None:
+    print(f"## memory: XLA temporary bytes of {impl}'s forward+backward, batch 1, "
+          f"{jnp.dtype(dtype).name}, padding mask")
     for l in lengths:
-        q, k, v = qkv(1, l, heads, heads, d, jnp.bfloat16)
+        q, k, v = qkv(1, l, heads, heads, d, dtype)
         mask = jnp.ones((1, l), bool)
-        fb = jax.jit(jax.grad(loss_fn("auto", mask, {"causal": True}), (0, 1, 2)))
+        fb = jax.jit(jax.grad(loss_fn(impl, mask, {"causal": True}), (0, 1, 2)))
         stats = fb.lower(q, k, v).compile().memory_analysis()
         temp = getattr(stats, "temp_size_in_bytes", float("nan"))
         print(f"length {l}: temp {temp / 2**20:.1f} MiB, per token {temp / l:.0f} B", flush=True)
@@ -216,16 +221,20 @@ def main(argv=None) -> None:
         memory([128, 256], heads=2, d=16)
         return
     accuracy((2, 1024, 8, 8, 64))
-    peer_accuracy((2, 1024, 8, 8, 64))
+    if tokamax_installed():
+        accuracy((2, 1024, 8, 8, 64), "tokamax", jnp.float32)
+    memory([8192, 16384, 32768])
+    if tokamax_installed():
+        memory([8192, 16384, 32768], impl="tokamax", dtype=jnp.float32)
     big, bf16, f32 = (4, 8192, 16, 16, 128), jnp.bfloat16, jnp.float32
-    speed([(big, True, None, "none", bf16), (big, True, None, "all valid", bf16),
+    speed([(big, True, None, "none", bf16), (big, True, None, "none", f32),
            (big, True, None, "left", bf16), (big, True, 1024, "none", bf16),
            ((4, 8192, 16, 4, 128), True, None, "none", bf16), (big, False, None, "none", bf16),
+           (big, False, 1024, "none", f32), (big, True, None, "all valid", bf16),
            ((4, 2048, 16, 16, 128), True, None, "none", bf16),
-           ((4, 2048, 16, 16, 128), True, None, "none", f32), (big, True, None, "none", f32)],
+           ((4, 2048, 16, 16, 128), True, None, "none", f32)],
           repeats=3)
-    memory([8192, 16384, 32768])
-
+    peer_accuracy((2, 1024, 8, 8, 64))
 
 if __name__ == "__main__":
     main()

@@ -31,7 +31,12 @@ checkpoint_every, keep_checkpoints, description, mesh.*) and optim.accumulate, a
 in resumes.jsonl. Out of memory? Lower optim.batch_size, or keep it and set optim.accumulate=N:
 each batch runs as N microbatches with the same gradient, in less memory.
 Ctrl-C (SIGINT) or SIGTERM stops the run after the step under way, saving a checkpoint of that
-step, so --resume continues exactly where it stopped (a second signal stops at once)."""
+step, so --resume continues exactly where it stopped (a second signal stops at once).
+Many processes (one per host, or several on one): start the same command in each with
+--coordinator HOST:PORT --num-processes N --process-id I, or under `srun` (SLURM) or on every
+host of a TPU slice, where they find each other by themselves; the mesh spans all their
+devices, each reads its part of every batch, and process 0 writes the run's files (README:
+"Many hosts")."""
 
 
 def _list(args) -> int:
@@ -83,6 +88,9 @@ def _interrupted(run_dir: Path) -> str:
 
 
 def _train(args) -> int:
+    from seqzoo.runner.distributed import initialize, is_main
+
+    initialize(args.coordinator, args.num_processes, args.process_id)  # before JAX's devices
     from seqzoo.runner import OutOfMemory, RunInterrupted, TrainingDiverged, train
     from seqzoo.runner.experiments import DEFAULT, load_experiment
     from seqzoo.runner.rundir import default_run_dir, run_config
@@ -117,6 +125,8 @@ def _train(args) -> int:
     except KeyboardInterrupt:
         print(f"\nseqzoo: {_interrupted(Path(run_dir))}", file=sys.stderr)
         return 130
+    if not is_main():
+        return 0
     print(
         f"final test accuracy {result['test_accuracy']:.3f} (loss {result['test_loss']:.4f}) "
         f"after {result['steps']} steps in {result['seconds']:.0f}s "
@@ -243,6 +253,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue --run-dir from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="multi-process run: address of process 0's coordinator")
+    p.add_argument("--num-processes", type=int, help="multi-process run: how many processes")
+    p.add_argument("--process-id", type=int, help="multi-process run: this process, 0..N-1")
     p.set_defaults(run=_train)
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on its task")

@@ -56,6 +56,8 @@ class TaskConfig:
     ``seed`` (psMNIST). ``test_seq_len`` (0: none) gives the test split of a synthetic task
     another length (length extrapolation). ``random_non_queries``: MQAR's filler slots hold
     uniform random tokens (Zoology's generator default) or 0 (Zoology's figure-2 configs).
+    ``context_repeats``: MQAR's key-value pairs written that many times before the queries
+    (2: JRT-Prompt, Arora et al. 2024; ``seq_len`` counts every copy).
     ``normalize`` (image tasks): each pixel is one float feature in [0, 1] through a linear
     encoder (S4's setting) instead of one of 256 tokens through an embedding (LRA's).
     """
@@ -77,6 +79,7 @@ class TaskConfig:
     permuted: bool = setting(False, ANY)
     test_seq_len: int = setting(0, AT_LEAST_0)
     random_non_queries: bool = setting(True, ANY)
+    context_repeats: int = setting(1, AT_LEAST_1)
     normalize: bool = setting(False, ANY)
 
 
@@ -130,15 +133,23 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """The device mesh ``(data, seq)``: batches split over ``data``, each sequence over ``seq``
-    (sequence parallelism, ``seqzoo.parallel``; ``seq > 1`` needs mixers listed in
-    ``seqzoo.parallel.SEQUENCE_PARALLEL_MIXERS``). ``data = 0``: every local device not used by
-    ``seq``. ``params``: ``replicated`` on every device, or ``fsdp`` (parameters and optimizer
-    state sharded over all devices, gathered for the compute; ``seqzoo.runner.sharding``).
+    (sequence parallelism, ``seqzoo.parallel``; ``seq > 1`` needs mixers whose ``MixerInfo`` says
+    ``sequence_parallel``, ``seqzoo.registry.SEQUENCE_PARALLEL_MIXERS``). ``data = 0``: every
+    local device not used by ``seq``. ``params``: ``replicated`` on every device, or ``fsdp``
+    (parameters and optimizer state sharded over all devices, gathered for the compute;
+    ``seqzoo.runner.sharding``).
+    ``attention``: how softmax attention crosses the ``seq`` shards: ``ring`` (keys and values
+    passed around the shards) or ``ulysses`` (DeepSpeed-Ulysses: all-to-all from sequence
+    shards to head shards and back; ``mesh.seq`` must divide the heads). ``carry``: how linear
+    recurrences (linear attention, SSD, the scans) pass their states across the ``seq`` shards:
+    ``all_gather`` (LASP-2) or ``all_scan`` (ZeCO's pipelined chunks; ``seqzoo.parallel.carry``).
     """
 
     data: int = setting(0, AT_LEAST_0)
     seq: int = setting(1, AT_LEAST_1)
     params: str = setting("replicated", OneOf("seqzoo.runner.sharding:PARAM_MODES"))
+    attention: str = setting("ring", OneOf("seqzoo.parallel.context:ATTENTION_SCHEMES"))
+    carry: str = setting("all_gather", OneOf("seqzoo.parallel.context:CARRY_SCHEMES"))
 
 
 @dataclasses.dataclass(frozen=True)

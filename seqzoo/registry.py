@@ -2,8 +2,9 @@
 
 A mixer registers itself with ``@register_mixer("name", test_config={...})``
 (``seqzoo.layers.catalog``); importing this module imports every layer module, so every mixer is
-here. ``test_config`` is the small configuration (besides ``d_model``) the contract suite and the
-notebooks build it with.
+here. ``mixers_with(*capabilities)`` finds them by what they can do
+(``MixerInfo.capabilities``). ``test_config`` is the small configuration (besides ``d_model``)
+the contract suite and the notebooks build it with.
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ from seqzoo.layers.catalog import (
     list_mixers,
     mixer_entry,
     mixer_info,
+    mixers_with,
     register_mixer,
 )
 
-__all__ = ["MixerEntry", "get_mixer", "list_mixers", "mixer_entry", "mixer_info",
-           "register_mixer"]
+__all__ = ["SEQUENCE_PARALLEL_MIXERS", "MixerEntry", "get_mixer", "list_mixers", "mixer_entry",
+           "mixer_info", "mixers_with", "register_mixer"]
+
+# The mixers whose fast path runs sequence parallel (``MixerInfo.sequence_parallel``); it was
+# ``seqzoo.parallel.SEQUENCE_PARALLEL_MIXERS``, a hand-kept list.
+SEQUENCE_PARALLEL_MIXERS = frozenset(mixers_with("sequence_parallel"))
 
 
 def get_mixer(name: str, /, **config: Any):

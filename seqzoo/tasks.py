@@ -213,13 +213,14 @@ TASKS: dict[str, Task] = {
             lambda c, n, seed: mqar(
                 n, c.seq_len, c.num_kv_pairs, c.vocab_size, seed=seed,
                 random_non_queries=c.random_non_queries, cache_dir=None,
+                context_repeats=c.context_repeats,
             )
         ),
         "multi-query associative recall (Zoology); seq_len, num_kv_pairs, vocab_size, "
-        "random_non_queries",
+        "random_non_queries, context_repeats (2: JRT-Prompt)",
         test_lengths=True,
         check=lambda c, length: check_mqar(
-            length, _arg(c, "num_kv_pairs"), _arg(c, "vocab_size")
+            length, _arg(c, "num_kv_pairs"), _arg(c, "vocab_size"), _arg(c, "context_repeats")
         ),
     ),
     "induction_heads": Task(
@@ -345,6 +346,8 @@ def check_task(cfg: TaskConfig) -> None:
         )
     if not cfg.random_non_queries and cfg.name != "mqar":
         raise ValueError(f"task.random_non_queries is MQAR's option, not {cfg.name!r}'s")
+    if cfg.context_repeats != 1 and cfg.name != "mqar":
+        raise ValueError(f"task.context_repeats is MQAR's option, not {cfg.name!r}'s")
     if cfg.normalize and not task.images:
         raise ValueError(
             f"task.normalize is for the image tasks ({_tasks_with('images')}), not {cfg.name!r}"

@@ -41,6 +41,7 @@ BAD_VALUES = [
     (["task.name=nope"], r"task\.name: unknown task 'nope'; known tasks: associative_recall"),
     (["task.seq_len=0"], r"task\.seq_len must be >= 1, got 0"),
     (["task.num_kv_pairs=0"], r"task\.num_kv_pairs must be >= 1, got 0"),
+    (["task.context_repeats=0"], r"task\.context_repeats must be >= 1, got 0"),
     (["task.num_tokens=0"], r"task\.num_tokens must be >= 1, got 0"),
     (["task.vocab_size=0"], r"task\.vocab_size must be >= 1, got 0"),
     (["task.num_val=-1"], r"task\.num_val must be >= 0, got -1"),

@@ -5,7 +5,12 @@ import pytest
 
 pytest.importorskip("PIL")
 
-from seqzoo.data.pathfinder import LRA_CONFIGS, generate_pathfinder, render_scene  # noqa: E402
+from seqzoo.data.pathfinder import (  # noqa: E402
+    LRA_CONFIGS,
+    _painter,
+    generate_pathfinder,
+    render_scene,
+)
 
 SCALE = 4  # the test rasterises the paths on a 4x finer grid
 
@@ -50,7 +55,7 @@ def _touch(a, b):
     return (grown & b).any()
 
 
-@pytest.mark.parametrize("resolution,num_paddles,count", [(32, 6, 40), (32, 14, 4), (128, 6, 6)])
+@pytest.mark.parametrize("resolution,num_paddles,count", [(32, 6, 40), (32, 14, 12), (128, 6, 6)])
 def test_label_is_connectivity_of_the_two_markers(resolution, num_paddles, count):
     """Positive: the markers' path component (flood fill over the test's own rasterisation
     of the target paths) joins them. Negative: it does not, unless the two target paths
@@ -101,3 +106,80 @@ def test_rejects_unknown_settings():
         generate_pathfinder(resolution=48, cache_dir=None)
     with pytest.raises(ValueError, match="difficulty"):
         generate_pathfinder(difficulty="curv_contour_length_10", cache_dir=None)
+
+
+@pytest.mark.parametrize("resolution,num_paddles", [(32, 14), (32, 6)])
+def test_target_paths_are_drawn_in_the_image(resolution, num_paddles):
+    """Every paddle end of both target paths lies on a drawn stroke of the rendered image
+    (brightest pixel of its 3x3 neighbourhood >= 100 of 255), while most pixels of the image
+    are not near one: the scene's paths, which decide the label, are the ones a model sees."""
+    rng = np.random.default_rng(7)
+    for label in (0, 1, 0, 1):
+        scene = render_scene(rng, LRA_CONFIGS[resolution], num_paddles, label)
+        padded = np.pad(scene.image, 1)
+        near = np.max([padded[dy:dy + resolution, dx:dx + resolution]
+                       for dy in range(3) for dx in range(3)], axis=0) >= 100
+        ends = np.array([end for path in scene.paths for end in path])
+        assert ((ends >= 0) & (ends < resolution)).all()
+        assert near[ends[:, 0], ends[:, 1]].all()
+        assert near.mean() < 0.7
+
+
+def _dilated_reference(mask, margin):
+    """The mask dilated by a disc of radius ``margin`` (grey dilation, image edges ignored)."""
+    h, w = mask.shape
+    out = mask.copy()
+    for dy in range(-margin, margin + 1):
+        for dx in range(-margin, margin + 1):
+            if dy * dy + dx * dx <= margin * margin:
+                shifted = np.zeros_like(mask)
+                shifted[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = \
+                    mask[max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)]
+                out = np.maximum(out, shifted)
+    return out
+
+
+def _candidates_reference(painter, pivot, theta, dilated):
+    """snakes.get_coords_cmf, written out: circle points of radius length + margin around
+    the pivot truncated to pixels, weighted by continuity and by 1 - the dilated mask."""
+    step, (h, w) = painter.length + painter.margin, dilated.shape
+    angles = np.arange(0, 360, 360.0 / (2 * step * np.pi)) * np.pi / 180
+    ys, xs = pivot[0] + step * np.sin(angles), pivot[1] + step * np.cos(angles)
+    keep = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    if not keep.any():
+        return None
+    coords = np.unique(np.stack([ys[keep], xs[keep]], axis=1).astype(int), axis=0)
+    orientations = np.arctan2(coords[:, 0] - pivot[0], coords[:, 1] - pivot[1])
+    turn = np.abs(orientations - theta)
+    turn = np.minimum(np.minimum(turn, 2 * np.pi - turn) * painter.cfg.continuity, np.pi / 2)
+    pmf = (1 - dilated[coords[:, 0], coords[:, 1]]) * np.maximum(np.cos(turn), 0) ** 2
+    if pmf.sum() < 1e-4:
+        return None
+    return coords, orientations, np.cumsum(pmf / pmf.sum())
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_candidate_heads_match_a_reference(resolution):
+    """The painter's candidate heads (precomputed ring, memoised weights, fast lookups away
+    from the border) equal the reference's for pivots all over the image, border included."""
+    cfg = LRA_CONFIGS[resolution]
+    painter = _painter(cfg, cfg.paddle_margins[0])
+    rng = np.random.default_rng(resolution)
+    mask = np.where(rng.random((resolution, resolution)) < 0.2, rng.random((resolution,) * 2), 0)
+    dilated = _dilated_reference(mask, painter.margin)
+    step = max(1, resolution // 16)
+    for y in range(-2, resolution + 2, step):
+        for x in range(-2, resolution + 2, step):
+            theta = float(rng.integers(-180, 180)) * np.pi / 180
+            got = painter._candidates((y, x), theta, mask)
+            want = _candidates_reference(painter, (y, x), theta, dilated)
+            assert (got is None) == (want is None), (y, x)
+            if got is not None:
+                points, cmf = got
+                points = range(len(painter.ring_points)) if points is None else points
+                coords = [(y + painter.ring_points[k][0], x + painter.ring_points[k][1])
+                          for k in points]
+                np.testing.assert_array_equal(coords, want[0])
+                np.testing.assert_array_equal([painter.ring_orientations[k] for k in points],
+                                              want[1])
+                np.testing.assert_array_equal(cmf, want[2])

@@ -40,6 +40,24 @@ def test_mqar_labels_are_the_values_that_followed_the_queried_keys(random_non_qu
         assert (inputs[~labelled] != 0).sum() == 2 * kv * n
 
 
+def test_mqar_jrt_prompt_repeats_the_context_and_asks_the_same_questions():
+    """JRT-Prompt (context_repeats=2): the pairs twice, then the query region of the plain rows
+    (same seed, seq_len raised by one copy of the context)."""
+    n, kv, vocab = 50, 6, 256
+    plain = mqar(n, 48, kv, vocab_size=vocab, seed=4, random_non_queries=False, cache_dir=None)
+    jrt = mqar(n, 60, kv, vocab_size=vocab, seed=4, random_non_queries=False, cache_dir=None,
+               context_repeats=2)
+    inputs, targets, _ = _check_split(jrt, n, 60)
+    p_inputs, p_targets = plain["all"]["inputs"], plain["all"]["targets"]
+    np.testing.assert_array_equal(inputs[:, : 2 * kv], p_inputs[:, : 2 * kv])
+    np.testing.assert_array_equal(inputs[:, 2 * kv : 4 * kv], p_inputs[:, : 2 * kv])
+    np.testing.assert_array_equal(inputs[:, 4 * kv :], p_inputs[:, 2 * kv :])
+    np.testing.assert_array_equal(targets[:, 4 * kv :], p_targets[:, 2 * kv :])
+    assert (targets[:, : 4 * kv] == IGNORE).all()
+    with pytest.raises(ValueError, match="context_repeats"):
+        mqar(1, 48, kv, vocab_size=vocab, cache_dir=None, context_repeats=4)
+
+
 def test_mqar_gaps_follow_the_power_law():
     ds = mqar(2000, 256, 4, vocab_size=1024, seed=0, cache_dir=None)
     gaps = (np.nonzero(ds["all"]["targets"] != IGNORE)[1] - 8) // 2

@@ -3,10 +3,14 @@
 ``fused_attention`` runs here with jax's XLA implementation (cuDNN needs a GPU; the same wrapper
 runs there, checked by ``benchmarks/attention.py``): equal to the masked dense reference, output
 and every gradient apart, for no padding, right and left padding, holes and an empty row,
-causal or not, a window, GQA.
+causal or not, a window, GQA. ``tokamax_attention`` (tokamax needs Python >= 3.12 and a GPU)
+runs here on a stand-in ``tokamax`` module with tokamax's signature over jax's XLA attention.
 """
 
 from __future__ import annotations
+
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +19,7 @@ import pytest
 
 from seqzoo.ops import attention as attention_op
 from seqzoo.ops import dispatch
-from seqzoo.ops.attention import attention_impl, dot_product_attention
+from seqzoo.ops.attention import attention_impl, dot_product_attention, tokamax_gpu
 from seqzoo.ops.attention.cudnn import fused_attention
 
 B, L, H, D = 2, 13, 4, 8
@@ -115,3 +119,62 @@ def test_auto_routes_to_the_fused_wrapper(monkeypatch):
     assert calls and calls[0]["mask"] is mask
     want = dot_product_attention(q, k, v, causal=True, mask=mask, impl="parallel")
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.fixture
+def stand_in_tokamax(monkeypatch):
+    """A ``tokamax`` module whose ``dot_product_attention`` is jax's XLA attention; records the
+    ``precision`` and ``implementation`` it was called with."""
+    calls = []
+
+    def dot_product_attention(q, k, v, *, precision, implementation, **kwargs):
+        calls.append((precision, implementation))
+        return jax.nn.dot_product_attention(q, k, v, implementation="xla", **kwargs)
+
+    monkeypatch.setitem(sys.modules, "tokamax",
+                        types.SimpleNamespace(dot_product_attention=dot_product_attention))
+    monkeypatch.setattr(tokamax_gpu, "tokamax_installed", lambda: True)
+    return calls
+
+
+@pytest.mark.parametrize("mask_name", ["none", "left", "empty row"])
+@pytest.mark.parametrize("causal, window, kv_heads", [(True, 3, 4), (False, 3, 2)])
+def test_tokamax_wrapper_equals_the_masked_reference(stand_in_tokamax, mask_name, causal,
+                                                     window, kv_heads):
+    mask = padding(mask_name)
+    args = inputs(kv_heads)
+
+    def fused(q, k, v):
+        return dot_product_attention(q, k, v, causal=causal, window=window, mask=mask,
+                                     impl="tokamax")
+
+    def reference(q, k, v):
+        return dot_product_attention(q, k, v, causal=causal, window=window, mask=mask,
+                                     impl="parallel")
+
+    np.testing.assert_allclose(fused(*args), reference(*args), atol=1e-6)
+    for name, got, want in zip("qkv", gradients(fused, args), gradients(reference, args),
+                               strict=True):
+        np.testing.assert_allclose(got, want, atol=2e-6, err_msg=f"d{name}")
+    assert stand_in_tokamax[0] == (jax.lax.Precision.HIGHEST, tokamax_gpu.KERNELS)
+
+
+def test_tokamax_precision_follows_the_dtype_and_unsupported_options_take_xla(stand_in_tokamax):
+    q, k, v = (a.astype(jnp.bfloat16) for a in inputs(4))
+    dot_product_attention(q, k, v, causal=True, impl="tokamax")
+    assert stand_in_tokamax[-1][0] is None  # 16-bit: tokamax's default (float32 accumulation)
+    count = len(stand_in_tokamax)
+    dot_product_attention(q, k, v, causal=True, window=4, num_sinks=1, impl="tokamax")
+    dot_product_attention(q, k, v, causal=True, segment_ids=jnp.zeros((B, L), jnp.int32),
+                          impl="tokamax")
+    assert len(stand_in_tokamax) == count  # sinks, segment_ids: the XLA path
+    assert attention_impl("tokamax", jnp.float32, 64, causal=True, num_sinks=0, **GPU) == (
+        "tokamax", "asked for")
+    assert attention_impl("tokamax", jnp.float32, 64, causal=True, window=4, num_sinks=1,
+                          **GPU)[0] == "parallel"
+
+
+def test_tokamax_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(tokamax_gpu, "tokamax_installed", lambda: False)
+    with pytest.raises(ImportError, match=r"seqzoo\[tokamax\]"):
+        dot_product_attention(*inputs(4), causal=True, impl="tokamax")

@@ -138,7 +138,7 @@ def test_bad_accumulate_names_the_keys_and_the_values_that_work(overrides, messa
 
 
 def test_accumulate_must_leave_microbatches_that_split_over_the_devices(monkeypatch):
-    monkeypatch.setattr(jax, "local_device_count", lambda: 4)
+    monkeypatch.setattr(jax, "device_count", lambda: 4)
     with pytest.raises(ValueError, match=r"optim\.batch_size / optim\.accumulate = 2 rows, "
                                          r"which do not split over the 4 devices.*"
                                          r"use optim\.accumulate in 1, 2, 4$"):

@@ -193,7 +193,7 @@ def test_batch_norm_run_trains_evaluates_and_resumes(tmp_path):
 def test_batch_norm_is_refused_with_sequence_parallel(tmp_path, monkeypatch):
     from seqzoo.runner import train
 
-    monkeypatch.setattr(jax, "local_device_count", lambda: 8)
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
     with pytest.raises(ValueError, match="model.norm='batch'.*mesh.seq=1"):
         train(smoke("mesh.data=4", "mesh.seq=2"), tmp_path / "run")
     assert not (tmp_path / "run").exists()

@@ -13,9 +13,11 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec
 
 from seqzoo.config import ExperimentConfig, MeshConfig, apply_overrides, from_dict, to_toml
+from seqzoo.ops.attention import dot_product_attention
 from seqzoo.ops.conv import causal_depthwise_conv
 from seqzoo.ops.linear_attention import linear_attention
 from seqzoo.parallel import pad_to_shards, padded_length, sequence_axis, sequence_parallel
+from seqzoo.parallel.context import attention_scheme, carry_scheme
 from seqzoo.runner.build import check_config
 from seqzoo.runner.sharding import mesh_shape, pad_batch, state_shardings
 
@@ -29,6 +31,31 @@ def test_explicit_axis_wins_over_the_context_and_none_switches_it_off():
             assert sequence_axis() is None
         assert sequence_axis() == "seq"
     assert sequence_axis() is None
+
+
+def test_the_exchange_schemes_default_nest_and_are_checked():
+    assert (attention_scheme(), carry_scheme()) == ("ring", "all_gather")
+    with sequence_parallel("seq", attention="ulysses", carry="all_scan"):
+        assert (attention_scheme(), carry_scheme()) == ("ulysses", "all_scan")
+        with sequence_parallel(None):
+            assert (attention_scheme(), carry_scheme()) == ("ring", "all_gather")
+        assert (attention_scheme(), carry_scheme()) == ("ulysses", "all_scan")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        sequence_parallel("seq", attention="tree").__enter__()
+    with pytest.raises(ValueError, match="carry must be one of"):
+        sequence_parallel("seq", carry="ring").__enter__()
+
+
+def test_ulysses_needs_shards_that_divide_the_heads():
+    """Traced under a named vmap axis of 3 "shards": 4 heads do not split over them."""
+    x = jnp.ones((3, 1, 2, 4, 8))
+
+    def attend(x):
+        with sequence_parallel("seq", attention="ulysses"):
+            return dot_product_attention(x, x, x)
+
+    with pytest.raises(ValueError, match="splits the 4 heads over the 3 sequence shards"):
+        jax.eval_shape(jax.vmap(attend, axis_name="seq"), x)
 
 
 def test_the_context_is_part_of_the_jit_cache_key():
@@ -73,9 +100,11 @@ def test_runner_pads_batches_with_invalid_ignored_positions():
 @pytest.mark.parametrize(
     "mesh, message",
     [
-        (MeshConfig(seq=3), "mesh.seq=3 does not divide the 8 local devices"),
+        (MeshConfig(seq=3), "mesh.seq=3 does not divide the 8 devices"),
         (MeshConfig(data=4, seq=4), "needs 16 devices"),
         (MeshConfig(params="zero"), "mesh.params must be one of"),
+        (MeshConfig(attention="tree"), "mesh.attention must be one of ring, ulysses"),
+        (MeshConfig(carry="ring"), "mesh.carry must be one of all_gather, all_scan"),
     ],
 )
 def test_bad_meshes_name_the_keys(mesh, message):
@@ -90,7 +119,7 @@ def test_mesh_shapes():
 
 
 def test_mixers_without_a_sequence_parallel_path_are_refused(monkeypatch):
-    monkeypatch.setattr(jax, "local_device_count", lambda: 8)
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
     cfg = apply_overrides(ExperimentConfig(), ["model.mixer=mamba,s4d", "mesh.seq=4"])
     with pytest.raises(ValueError, match=r"mesh.seq=4 .* mixer\(s\) \['s4d'\]"):
         check_config(cfg)
@@ -98,7 +127,7 @@ def test_mixers_without_a_sequence_parallel_path_are_refused(monkeypatch):
 
 
 def test_the_batch_splits_over_the_data_axis_only(monkeypatch):
-    monkeypatch.setattr(jax, "local_device_count", lambda: 8)
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
     cfg = apply_overrides(ExperimentConfig(), ["optim.batch_size=4", "mesh.seq=4"])
     check_config(cfg)  # 4 rows over data=2
     with pytest.raises(ValueError, match="not divisible by the 2 devices"):

@@ -19,9 +19,11 @@ with the layers' default chunked ones.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,18 +38,16 @@ from jax.sharding import PartitionSpec as P
 from seqzoo.models import SequenceModel
 from seqzoo.ops.attention import dot_product_attention
 from seqzoo.ops.attention.sequence_parallel import sharded_attention
+from seqzoo.ops.attention.ulysses import communication_bytes
 from seqzoo.ops.conv import causal_depthwise_conv, centered_depthwise_conv
 from seqzoo.ops.linear_attention import linear_attention
 from seqzoo.ops.quasiseparable import quasiseparable
 from seqzoo.ops.scan import linear_recurrence, selective_scan
 from seqzoo.ops.ssd import ssd
-from seqzoo.parallel import (
-    SEQUENCE_PARALLEL_MIXERS,
-    pad_to_shards,
-    sequence_parallel,
-    shard_map,
-)
+from seqzoo.parallel import pad_to_shards, sequence_parallel, shard_map
+from seqzoo.parallel.carry import carry_in, scan_carry_in
 from seqzoo.parallel.context import sequence_axis
+from seqzoo.registry import SEQUENCE_PARALLEL_MIXERS, mixer_entry, mixer_info, mixers_with
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS, BATCH = 4, 4  # (data=2, seq=4): two rows per data shard
@@ -67,7 +67,8 @@ def _dot(out, ct) -> jax.Array:
     return sum(jnp.sum(o * c) for o, c in pairs)
 
 
-def compare(fn, seq_args: dict, rep_args: dict, row_args=None, *, kinds=("seq",), tol=TOL):
+def compare(fn, seq_args: dict, rep_args: dict, row_args=None, *, kinds=("seq",), tol=TOL,
+            carry="all_gather"):
     """Check ``fn(**seq_args, **rep_args, **row_args)`` sharded against whole; raise on a mismatch.
 
     seq_args: ``(batch, length, ...)`` arrays split over (data, seq); rep_args: replicated
@@ -75,7 +76,8 @@ def compare(fn, seq_args: dict, rep_args: dict, row_args=None, *, kinds=("seq",)
     Gradients are taken with respect to every floating argument. fn returns one output or a
     tuple; ``kinds`` says for each whether it is ``"seq"`` ``(batch, length, ...)`` or ``"rows"``
     ``(batch, ...)``, which every seq shard must return whole (final states, pooled logits).
-    ``tol``: ``assert_allclose``'s rtol and atol.
+    ``tol``: ``assert_allclose``'s rtol and atol; ``carry``: how the sharded side carries
+    linear recurrences' states (``seqzoo.parallel.carry``).
     """
     row_args = row_args or {}
     length = next(iter(seq_args.values())).shape[1]
@@ -107,7 +109,7 @@ def compare(fn, seq_args: dict, rep_args: dict, row_args=None, *, kinds=("seq",)
             weights = [1.0 if kind == "seq" else 1.0 / SHARDS for kind in kinds]
             return sum(w * jnp.sum(o * c) for w, o, c in zip(weights, out, ct, strict=True)), out
 
-        with sequence_parallel("seq"):
+        with sequence_parallel("seq", carry=carry):
             (_, out), grads = jax.value_and_grad(local_loss, (0, 1, 2), True)(seq, rep, rows)
         g_seq, g_rep, g_rows = grads  # per-device partials: sum those of shared arguments
         g_rep, g_rows = jax.lax.psum(g_rep, ("data", "seq")), jax.lax.psum(g_rows, "seq")
@@ -144,10 +146,10 @@ def _normal(rng, *shape, shift=0.0, scale=1.0):
 
 
 # ---- the checks ----------------------------------------------------------------------------------
-def check_linear_attention(length):
+def check_linear_attention(length, carry="all_gather"):
     """No decay, a scalar decay per head and one per key dimension (GLA), side by side."""
     rng = np.random.default_rng(1)
-    b, h, dk, dv = BATCH, 2, 4, 3
+    b, h, dk, dv = BATCH, 2, 4, 6
     seq = {name: _normal(rng, b, length, h, dk) for name in ("q", "k")}
     seq["v"] = _normal(rng, b, length, h, dv)
     seq["scalar"] = -jnp.abs(_normal(rng, b, length, h, scale=0.3))
@@ -162,12 +164,12 @@ def check_linear_attention(length):
         ]
         return jax.tree.map(lambda *r: jnp.concatenate(r, axis=-1), *runs)
 
-    compare(fn, seq, {}, rows, kinds=FINAL if even else OUT)
+    compare(fn, seq, {}, rows, kinds=FINAL if even else OUT, carry=carry)
 
 
-def check_ssd(length):
+def check_ssd(length, carry="all_gather"):
     rng = np.random.default_rng(2)
-    b, h, p, g, n = BATCH, 4, 3, 2, 5
+    b, h, p, g, n = BATCH, 4, 3, 2, 6
     seq = {
         "x": _normal(rng, b, length, h, p),
         "dt": _normal(rng, b, length, h, shift=-1.0),
@@ -186,7 +188,42 @@ def check_ssd(length):
     def fn(**a):
         return ssd(**a, dt_softplus=True, return_final_state=even, impl="sequential")
 
-    compare(fn, seq, rep, rows, kinds=FINAL if even else OUT)
+    compare(fn, seq, rep, rows, kinds=FINAL if even else OUT, carry=carry)
+
+
+def check_all_scan(length):
+    """ZeCO's chunked All-Scan carry against LASP-2's all-gather one, forward and reversed, with
+    an initial state, state chunks that divide the last axis and that do not: the states, and
+    the gradients of each shard's inputs."""
+    rng = np.random.default_rng(9)
+    b, h, n = BATCH, 3, 12
+    args = (jax.nn.sigmoid(_normal(rng, b * SHARDS, h, 1)), _normal(rng, b * SHARDS, h, n),
+            _normal(rng, b, h, n))
+    ct = _normal(rng, b * SHARDS, h, n), _normal(rng, b * SHARDS, h, n)
+    mesh = Mesh(np.array(jax.devices()[:SHARDS]), ("seq",))
+    for reverse, chunks in ((False, 4), (True, 8), (False, 5)):
+
+        def both(decay, state, initial, ct, reverse=reverse, chunks=chunks):
+            runs = (
+                functools.partial(carry_in, axis="seq", reverse=reverse),
+                functools.partial(scan_carry_in, axis="seq", reverse=reverse, chunks=chunks),
+            )
+            results = []
+            for run in runs:
+                out, pullback = jax.vjp(
+                    lambda d, s, i, run=run: run(d, s, initial_state=i), decay, state, initial
+                )
+                g_decay, g_state, g_initial = pullback(ct)  # the initial state's: partials
+                results.append((out, (g_decay, g_state, jax.lax.psum(g_initial, "seq"))))
+            return tuple(results)
+
+        shard = P("seq")
+        got = jax.jit(shard_map(both, mesh, in_specs=(shard, shard, P(), (shard, shard)),
+                                out_specs=(((shard, shard), (shard, shard, P())),) * 2))(*args, ct)
+        gathered, scanned = (jax.tree_util.tree_flatten_with_path(r)[0] for r in got)
+        for (path, w), (_, g) in zip(gathered, scanned, strict=True):
+            where = f"reverse={reverse} chunks={chunks} {jax.tree_util.keystr(path)}"
+            np.testing.assert_allclose(g, w, **TOL, err_msg=where)
 
 
 def check_linear_recurrence(length, reverse=False):
@@ -246,11 +283,13 @@ def check_quasiseparable(length):
     compare(fn, seq, rep)
 
 
-def check_attention(length, causal, block_size=None):
+def check_attention(length, causal, block_size=None, scheme="ring", heads=(4, 2), packed=False):
     """The op sharded against whole; with ``block_size``, the sharded side calls the ring with
-    tiles of that many keys (fewer than a shard's, and not dividing it)."""
+    tiles of that many keys (fewer than a shard's, and not dividing it). ``scheme``: the
+    sequence-parallel attention; ``heads``: query and kv heads (grouped-query attention);
+    ``packed``: with ``segment_ids`` too (Ulysses only)."""
     rng = np.random.default_rng(6)
-    b, h, kv, d = BATCH, 4, 2, 4  # grouped-query attention
+    (h, kv), b, d = heads, BATCH, 4
     mask = np.ones((b, length), bool)
     mask[0, 3] = mask[1, 9:14] = mask[2, :20] = False  # holes, and a row empty on early shards
     seq = {
@@ -259,6 +298,8 @@ def check_attention(length, causal, block_size=None):
         "v": _normal(rng, b, length, kv, d),
         "mask": jnp.asarray(mask),
     }
+    if packed:  # segments that cross the shards' borders
+        seq["segment_ids"] = jnp.asarray(np.cumsum(rng.random((b, length)) < 0.15, axis=1))
     # causal also with a sliding window and sinks: global positions decide the pattern
     patterns = [{}, {"window": 5, "num_sinks": 2}] if causal else [{}]
 
@@ -266,10 +307,64 @@ def check_attention(length, causal, block_size=None):
         attend = dot_product_attention
         if block_size and sequence_axis(None):
             attend = functools.partial(sharded_attention, axis="seq", block_size=block_size)
-        outs = [attend(**a, causal=causal, **pattern) for pattern in patterns]
+        with contextlib.ExitStack() as context:
+            if sequence_axis(None):
+                context.enter_context(sequence_parallel("seq", attention=scheme))
+            outs = [attend(**a, causal=causal, **pattern) for pattern in patterns]
         return jnp.concatenate(outs, axis=-1)
 
     compare(fn, seq, {})
+
+
+def _collective_bytes(hlo: str) -> dict[str, int]:
+    """``{collective: bytes of its operands}`` of one device's compiled program (HLO text):
+    all-to-all, all-gather, collective-permute, all-reduce."""
+    sizes = {}  # instruction name -> bytes of its (array) result
+    for name, dtype, dims in re.findall(r"%(\S+) = (\w+)\[([\d,]*)\]", hlo):
+        count = int(np.prod([int(n) for n in dims.split(",") if n]))
+        bits = 8 if dtype == "pred" else int(re.sub(r"\D", "", dtype))  # f32, bf16, s32 ...
+        sizes[name] = count * bits // 8
+    found = {}
+    pattern = r" (all-to-all|all-gather|collective-permute|all-reduce)(?:-start)?\(([^)]*)\)"
+    for kind, operands in re.findall(pattern, hlo):
+        names = re.findall(r"%([\w.\-]+)", operands)
+        found[kind] = found.get(kind, 0) + sum(sizes[n] for n in names)
+    return found
+
+
+def check_ulysses_bytes(length):
+    """The collectives' bytes in Ulysses attention's compiled programs (forward, and forward with
+    backward) equal ``communication_bytes``, and stay the same for ``length / SHARDS`` tokens
+    per device on 2 and 8 devices; ring attention's forward grows with the devices."""
+    b, h, d, local = 2, 8, 4, length // SHARDS
+    seen = {}
+    for shards in (2, 8):
+        mesh = Mesh(np.array(jax.devices()[:shards]).reshape(1, shards), ("data", "seq"))
+        shape = (b, local * shards, h, d)
+        q = jax.ShapeDtypeStruct(shape, jnp.float32)
+        mask = jax.ShapeDtypeStruct(shape[:2], jnp.bool_)
+        for scheme, backward in (("ulysses", False), ("ulysses", True), ("ring", False)):
+
+            def local_attention(q, k, v, mask, scheme=scheme):
+                with sequence_parallel("seq", attention=scheme):
+                    return dot_product_attention(q, k, v, causal=True, mask=mask)
+
+            fwd = shard_map(local_attention, mesh, in_specs=(P("data", "seq"),) * 4,
+                            out_specs=P("data", "seq"))
+
+            def both(q, k, v, mask, fwd=fwd):  # the output, and the gradients it backpropagates
+                out, pullback = jax.vjp(lambda q, k, v: fwd(q, k, v, mask), q, k, v)
+                return out, pullback(out)
+
+            hlo = jax.jit(both if backward else fwd).lower(q, q, q, mask).compile().as_text()
+            seen[scheme, shards, backward] = got = sum(_collective_bytes(hlo).values())
+            if scheme == "ulysses":
+                want = communication_bytes(b, local, h, h, d, jnp.float32, shards,
+                                           backward=backward)
+                assert got == want, (shards, backward, got, want)
+    assert seen["ulysses", 2, False] == seen["ulysses", 8, False], seen
+    assert seen["ulysses", 2, True] == seen["ulysses", 8, True], seen
+    assert seen["ring", 2, False] < seen["ring", 8, False], seen
 
 
 def check_short_conv(length):
@@ -280,23 +375,23 @@ def check_short_conv(length):
         compare(conv, seq, rep)
 
 
-MIXER_CONFIG = {  # small, and the scans' quick-to-compile impls (the ops are impl-agnostic)
-    "mamba": {"d_state": 4, "impl": "sequential"},
-    "mamba2": {"d_state": 4, "headdim": 4, "impl": "sequential"},
-    "hydra": {"d_state": 4, "headdim": 4, "impl": "sequential"},
-    "attention": {"num_heads": 2, "num_kv_heads": 1},
-    "bidirectional_attention": {"num_heads": 2},
-    "linear_attention": {"num_heads": 2, "impl": "sequential"},
-    "retnet": {"num_heads": 2, "impl": "sequential"},
-    "gla": {"num_heads": 2, "gate_low_rank": 4, "impl": "sequential"},
-    "based": {"num_heads": 2, "key_dim": 4, "impl": "sequential"},
+# Every mixer whose MixerInfo says sequence_parallel, from the registry: small (its test_config),
+# and the scans (semiseparable, quasiseparable) at their quick-to-compile sequential impl (the
+# sharded ops are impl-agnostic).
+SCANS = ("semiseparable", "quasiseparable")
+MIXER_CONFIG = {
+    name: mixer_entry(name).test_config
+    | ({"impl": "sequential"} if mixer_info(name).structure in SCANS else {})
+    for name in sorted(SEQUENCE_PARALLEL_MIXERS)
 }
-MODELS = {  # between them, every mixer of SEQUENCE_PARALLEL_MIXERS
+CAUSAL = mixers_with("sequence_parallel", "step")
+MODELS = {  # between them, every sequence-parallel mixer, each once
     # causal: convs, scans, RoPE in attention, learned positions
-    "lm": dict(mixer=("mamba", "mamba2", "attention", "gla", "hydra"), max_length=32),
-    # bidirectional wrappers (global flips), last-token pooling over shards
+    "lm": dict(mixer=tuple(CAUSAL[0::2]), max_length=32),
+    # bidirectional wrappers of the other causal ones (global flips), the non-causal mixers,
+    # last-token pooling over shards
     "classify": dict(
-        mixer=("linear_attention", "bidirectional_attention", "retnet", "based"),
+        mixer=tuple(CAUSAL[1::2]) + tuple(sorted(SEQUENCE_PARALLEL_MIXERS - set(CAUSAL))),
         bidirectional=True, num_classes=3, pooling="last",
     ),
 }
@@ -334,6 +429,23 @@ CHECKS = {  # name: (check, the lengths it runs at)
     ),
     "ring_attention-tiled": (functools.partial(check_attention, causal=True, block_size=3),
                              ("uneven",)),
+    # (the runner pads lengths for every scheme alike: the ring's uneven cases cover that)
+    "ulysses_attention-causal": (
+        functools.partial(check_attention, causal=True, scheme="ulysses"), ("even",)
+    ),
+    "ulysses_attention-gqa": (  # the kv heads split over the shards, not repeated
+        functools.partial(check_attention, causal=True, scheme="ulysses", heads=(8, 4)), ("even",)
+    ),
+    "ulysses_attention-packed": (
+        functools.partial(check_attention, causal=False, scheme="ulysses", packed=True),
+        ("uneven",),
+    ),
+    "ulysses_bytes": (check_ulysses_bytes, ("even",)),
+    "all_scan": (check_all_scan, ("even",)),
+    "linear_attention-all_scan": (
+        functools.partial(check_linear_attention, carry="all_scan"), ("even",)
+    ),
+    "ssd-all_scan": (functools.partial(check_ssd, carry="all_scan"), ("even",)),
     "short_conv": (check_short_conv, ("even", "uneven")),
     # the models pad like the ops (mask=False): their uneven runs would repeat the ops' checks
     "model-lm": (functools.partial(check_model, head="lm"), ("even",)),
@@ -380,8 +492,9 @@ def test_sharded_equals_unsharded(results, case):
 
 
 def test_the_models_cover_every_sequence_parallel_mixer():
-    checked = {name for options in MODELS.values() for name in options["mixer"]}
-    assert checked == SEQUENCE_PARALLEL_MIXERS
+    checked = [name for options in MODELS.values() for name in options["mixer"]]
+    assert sorted(checked) == sorted(SEQUENCE_PARALLEL_MIXERS)
+    assert {"mamba", "mamba2", "hydra", "attention", "linear_attention"} <= set(checked)
 
 
 if __name__ == "__main__":

@@ -29,19 +29,19 @@ RUNS = {
             '"attention": {"num_heads": 2}}',
             "optim.steps=16",
         ],
-        ["mesh.data=2", "mesh.seq=4"],
+        ["mesh.data=2", "mesh.seq=4", "mesh.carry=all_scan"],  # ZeCO's carry of the SSD state
     ),
     # classification (pooled head), a length 4 does not divide (padded), learned positions,
-    # Hydra and bidirectional ring attention, FSDP parameters
+    # Hydra and bidirectional Ulysses attention, FSDP parameters
     "listops-hydra-fsdp": (
         [
             "task.name=listops", "task.seq_len=62", "task.num_train=64", "model.max_length=62",
             "model.mixer=hydra,bidirectional_attention", "model.n_layers=2", "model.d_model=32",
             'model.mixer_options={"hydra": {"d_state": 8, "headdim": 8, "chunk_size": 8}, '
-            '"bidirectional_attention": {"num_heads": 2}}',
+            '"bidirectional_attention": {"num_heads": 4}}',
             "optim.steps=6",
         ],
-        ["mesh.data=2", "mesh.seq=4", "mesh.params=fsdp"],
+        ["mesh.data=2", "mesh.seq=4", "mesh.params=fsdp", "mesh.attention=ulysses"],
     ),
     # batch norm over a batch split into one row per device: its statistics are the batch's
     "listops-s4d-batchnorm": (
@@ -105,7 +105,9 @@ def test_fsdp_shards_the_parameters(curves):
 
 def test_mesh_config_appears_in_the_run_config():
     cfg = config("listops-hydra-fsdp", RUNS["listops-hydra-fsdp"][1])
-    assert (cfg.mesh.data, cfg.mesh.seq, cfg.mesh.params) == (2, 4, "fsdp")
+    assert (cfg.mesh.data, cfg.mesh.seq, cfg.mesh.params, cfg.mesh.attention) == (
+        2, 4, "fsdp", "ulysses"
+    )
 
 
 if __name__ == "__main__":

@@ -92,13 +92,13 @@ def test_bad_config_files_name_the_file_and_key(tmp_path, text, message):
 # ---- experiments ----------------------------------------------------------------------------
 @pytest.fixture
 def two_experiment_dirs(tmp_path, monkeypatch):
-    """``./experiments`` (the current directory's) and a checkout's, with one file each."""
+    """``./experiments`` (the current directory's) and the package's, with one file each."""
     cwd, checkout = tmp_path / "cwd", tmp_path / "checkout"
     for root, name in ((cwd, "mine"), (checkout, "lra/shipped")):
         (root / "experiments" / name).parent.mkdir(parents=True)
         (root / "experiments" / f"{name}.toml").write_text("[optim]\nsteps = 3\n")
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(experiments, "SOURCE_ROOT", checkout)
+    monkeypatch.setattr(experiments, "PACKAGE_ROOT", checkout)
     return tmp_path
 
 

@@ -54,6 +54,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
             "task.test_seq_len=160 exceeds max_length=128 of mixer 'toeplitz'",
         ),
         (["task.name=listops", "task.random_non_queries=false"], ValueError, "MQAR's option"),
+        (["task.name=induction_heads", "task.context_repeats=2"], ValueError, "MQAR's option"),
         (["task.name=listops", "task.normalize=true"], ValueError, "for the image tasks"),
         (['model.mixer_options={"bogus": 1}'], ValueError, "bogus"),
         (["model.dtype=float8"], ValueError, "model.dtype must be one of float32, bfloat16"),
@@ -77,7 +78,7 @@ def test_fixed_length_bound_can_be_raised_through_mixer_options():
 
 
 def test_batch_not_divisible_by_the_devices_names_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr(jax, "local_device_count", lambda: 8)
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
     with pytest.raises(ValueError, match=r"not divisible by the 8 devices.*batch_size=16"):
         train(smoke("optim.batch_size=12"), tmp_path / "run")
     assert not (tmp_path / "run").exists()

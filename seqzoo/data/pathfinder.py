@@ -80,20 +80,28 @@ _MAX_TARGET_TRIALS = 100_000
 
 @dataclass
 class _Patch:
-    """A paddle's line and mask values on the image rows top.., columns left.."""
+    """A paddle's line (drawn at ``contrast``) and mask values on the image rows top..,
+    columns left.."""
 
     top: int
     left: int
     line: np.ndarray
     mask: np.ndarray
+    contrast: float = 1.0
 
     def region(self) -> tuple[slice, slice]:
         return (slice(self.top, self.top + self.line.shape[0]),
                 slice(self.left, self.left + self.line.shape[1]))
 
-    def max_into(self, canvas: np.ndarray, values: np.ndarray) -> None:
+    def draw(self, image: np.ndarray) -> None:
+        """image = max(image, contrast * line) on the patch."""
         region = self.region()
-        canvas[region] = np.maximum(canvas[region], values)
+        image[region] = np.maximum(image[region], self.line * self.contrast)
+
+    def cover(self, mask: np.ndarray) -> None:
+        """mask = max(mask, paddle mask) on the patch."""
+        region = self.region()
+        mask[region] = np.maximum(mask[region], self.mask)
 
 
 def _translate(coord, theta: float, dist: float) -> tuple[int, int]:
@@ -142,10 +150,22 @@ class _Painter:
         self.small_offsets = np.argwhere(_disc(margin)) - margin
         step = self.length + margin
         angles = np.arange(0, 360, 360.0 / (2 * step * np.pi)) * np.pi / 180
-        self.circle = (step * np.sin(angles), step * np.cos(angles))
+        # candidate heads around an integer pivot: the circle's points truncated to pixels,
+        # i.e. pivot + floor(offset) on the image, in (y, x) order, with their orientations
+        ring = np.floor(np.stack([step * np.sin(angles), step * np.cos(angles)], axis=1))
+        self.ring = np.unique(ring.astype(int), axis=0)
+        self.ring_angles = np.arctan2(self.ring[:, 0], self.ring[:, 1])
+        self.ring_points = [(int(dy), int(dx)) for dy, dx in self.ring]
+        self.ring_orientations = [float(a) for a in self.ring_angles]
+        self.ring_reach = self.ring[:, None, :] + self.small_offsets[None]  # (K, S, 2)
+        self.ring_extent = int(np.abs(self.ring).max())
+        self.reach_extent = int(np.abs(self.ring_reach).max())
+        self.ring_reach_flat = self.ring_reach[..., 0] * cfg.resolution + self.ring_reach[..., 1]
         self.Image, self.ImageDraw = import_pillow()
         self._paddles: dict[float, tuple[np.ndarray, np.ndarray]] = {}
         self._structs: dict[float, np.ndarray] = {}
+        self._weights: dict[float, np.ndarray] = {}
+        self._seed_free: dict[tuple[float, bytes], np.ndarray] = {}
 
     def _resize(self, big: np.ndarray, size: int) -> np.ndarray:
         image = self.Image.fromarray(big).resize((size, size), self.Image.LANCZOS)
@@ -176,7 +196,7 @@ class _Painter:
         top, left = start[0] - r, start[1] - r
         rows = slice(max(0, -top), 2 * r + 1 - max(0, top + 2 * r - (h - 1)))
         cols = slice(max(0, -left), 2 * r + 1 - max(0, left + 2 * r - (w - 1)))
-        return _Patch(max(top, 0), max(left, 0), line[rows, cols] * contrast, mask[rows, cols])
+        return _Patch(max(top, 0), max(left, 0), line[rows, cols], mask[rows, cols], contrast)
 
     def _struct(self, theta: float) -> np.ndarray:
         """Seed dilation kernel: the full-valued mask of a paddle along ``theta`` whose head
@@ -186,21 +206,25 @@ class _Painter:
             shape = (2 * reach + 1,) * 2
             patch = self.paddle((reach + 1, reach + 1), theta, shape=shape)
             struct = np.zeros(shape)
-            patch.max_into(struct, patch.mask)
+            patch.cover(struct)
             self._structs[theta] = struct >= 1.0
         return self._structs[theta]
 
-    def seed(self, rng, mask: np.ndarray, border: int, stop_with_availability: float | None):
-        """A first paddle (tail, orientation, pivot) on free space, or None."""
+    def seed(self, rng, mask: np.ndarray, border: int, stop_with_availability: float | None,
+             blank: bool = False):
+        """A first paddle (tail, orientation, pivot) on free space, or None. ``blank`` says
+        that ``mask`` is the empty image's (only its padding), whose free tails are memoised."""
         reach = self.length + self.margin
         for _ in range(self.cfg.max_paddle_retrial + 1):
             theta = int(rng.integers(-180, 180)) * math.pi / 180
-            lined = mask.copy()
-            lined[:border], lined[-border:], lined[:, :border], lined[:, -border:] = 1, 1, 1, 1
-            dilated = _dilate(lined, self._struct(theta))
             if stop_with_availability is not None and np.mean(mask <= 0.3) < stop_with_availability:
                 return None
-            free = np.argwhere(dilated <= 0.3)
+            if blank:
+                if (theta, border) not in self._seed_free:
+                    self._seed_free[theta, border] = self._free_tails(mask, border, theta)
+                free = self._seed_free[theta, border]
+            else:
+                free = self._free_tails(mask, border, theta)
             if len(free) == 0:
                 return None
             tail = tuple(int(v) for v in free[rng.integers(len(free))])
@@ -209,6 +233,13 @@ class _Painter:
             if _in_bounds(head, self.shape) and _in_bounds(pivot, self.shape):
                 return tail, theta, pivot
         return None
+
+    def _free_tails(self, mask: np.ndarray, border: int, theta: float) -> np.ndarray:
+        """(n, 2) pixels where a paddle along ``theta`` keeps clear of the mask and of a
+        ``border``-wide frame."""
+        lined = mask.copy()
+        lined[:border], lined[-border:], lined[:, :border], lined[:, -border:] = 1, 1, 1, 1
+        return np.argwhere(_dilate(lined, self._struct(theta)) <= 0.3)
 
     def extend(self, rng, mask: np.ndarray, pivot, theta: float, contrast: float):
         """The next paddle of a snake, as (patch, new pivot, new orientation, head), or None.
@@ -222,35 +253,55 @@ class _Painter:
         candidates = self._candidates(new_pivot, theta, mask)
         if candidates is None:
             return None
-        coords, orientations, cmf = candidates
+        points, cmf = candidates
         for _ in range(self.cfg.max_paddle_retrial + 1):
-            index = int(np.argmax(cmf - rng.random() > 0))
-            head = (int(coords[index, 0]), int(coords[index, 1]))
-            patch = self.paddle(head, _flip(orientations[index]), contrast)
+            index = int((cmf > rng.random()).argmax())  # first cmf - r > 0
+            point = index if points is None else int(points[index])
+            (dy, dx), orientation = self.ring_points[point], self.ring_orientations[point]
+            head = (new_pivot[0] + dy, new_pivot[1] + dx)
+            patch = self.paddle(head, _flip(orientation), contrast)
             if (mask[patch.region()] + patch.mask).max() < 1.8:
-                return patch, new_pivot, float(orientations[index]), head
+                return patch, new_pivot, orientation, head
         return None
 
     def _candidates(self, pivot, theta: float, mask: np.ndarray):
-        h, w = self.shape
-        ys, xs = pivot[0] + self.circle[0], pivot[1] + self.circle[1]
-        inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-        if not inside.any():
+        """The ring points around ``pivot`` that are on the image, as (their indices into
+        the ring, None for all, and the cmf over them), or None."""
+        if self._clear(pivot, self.ring_extent):
+            inside = slice(None)
+        else:
+            ys, xs = self.ring[:, 0] + pivot[0], self.ring[:, 1] + pivot[1]
+            inside = (ys >= 0) & (ys < self.shape[0]) & (xs >= 0) & (xs < self.shape[1])
+            if not inside.any():
+                return None
+        pmf = (1 - self._dilated_at(mask, pivot, inside)) * self._continuity(theta)[inside]
+        total = pmf.sum()
+        if total < 1e-4:
             return None
-        keys = np.unique(ys[inside].astype(int) * w + xs[inside].astype(int))
-        coords = np.stack([keys // w, keys % w], axis=1)
-        orientations = np.arctan2(coords[:, 0] - pivot[0], coords[:, 1] - pivot[1])
-        turn = np.abs(orientations - theta)
-        turn = np.minimum(np.minimum(turn, 2 * np.pi - turn) * self.cfg.continuity, np.pi / 2)
-        pmf = (1 - self._dilated_at(mask, coords)) * np.maximum(np.cos(turn), 0) ** 2
-        if pmf.sum() < 1e-4:
-            return None
-        return coords, orientations, np.cumsum(pmf / pmf.sum())
+        points = None if isinstance(inside, slice) else np.flatnonzero(inside)
+        return points, (pmf / total).cumsum()
 
-    def _dilated_at(self, mask: np.ndarray, coords: np.ndarray) -> np.ndarray:
-        """The mask dilated by a disc of the margin radius, evaluated at ``coords``."""
-        ys = coords[:, :1] + self.small_offsets[:, 0]
-        xs = coords[:, 1:] + self.small_offsets[:, 1]
+    def _clear(self, pivot, extent: int) -> bool:
+        """Whether every pixel within ``extent`` (Chebyshev) of ``pivot`` is on the image."""
+        return (extent <= pivot[0] < self.shape[0] - extent
+                and extent <= pivot[1] < self.shape[1] - extent)
+
+    def _continuity(self, theta: float) -> np.ndarray:
+        """cos(min(continuity * turn, pi / 2))^2 for each ring point, turning from ``theta``."""
+        if theta not in self._weights:
+            turn = np.abs(self.ring_angles - theta)
+            turn = np.minimum(np.minimum(turn, 2 * np.pi - turn) * self.cfg.continuity,
+                              np.pi / 2)
+            self._weights[theta] = np.maximum(np.cos(turn), 0) ** 2
+        return self._weights[theta]
+
+    def _dilated_at(self, mask: np.ndarray, pivot, inside) -> np.ndarray:
+        """The mask dilated by a disc of the margin radius, at the ring points ``inside``."""
+        if self._clear(pivot, self.reach_extent):
+            flat = pivot[0] * self.shape[1] + pivot[1]
+            return mask.ravel().take(self.ring_reach_flat[inside] + flat).max(axis=1)
+        reach = self.ring_reach[inside]
+        ys, xs = reach[..., 0] + pivot[0], reach[..., 1] + pivot[1]
         valid = (ys >= 0) & (ys < self.shape[0]) & (xs >= 0) & (xs < self.shape[1])
         values = mask[np.where(valid, ys, 0), np.where(valid, xs, 0)]
         return np.where(valid, values, 0.0).max(axis=1)
@@ -282,7 +333,8 @@ def _two_snakes(rng, painter: _Painter, num_paddles: int):
     def contrast(snake):
         return cfg.paddle_contrasts[rng.integers(len(cfg.paddle_contrasts))] * mu[snake]
 
-    first = painter.seed(rng, mask, border=2 * cfg.seed_distance, stop_with_availability=None)
+    first = painter.seed(rng, mask, border=2 * cfg.seed_distance, stop_with_availability=None,
+                         blank=True)
     if first is None:
         return None
     seeds = [(first, painter.paddle(first[0], first[1], contrast(0)))]
@@ -300,12 +352,9 @@ def _two_snakes(rng, painter: _Painter, num_paddles: int):
     else:
         return None
 
-    images = [np.zeros(painter.shape), np.zeros(painter.shape)]
-    for image, (_, patch) in zip(images, seeds, strict=True):
-        patch.max_into(image, patch.line)
     paths = [[tail, _translate(tail, theta, painter.length)] for (tail, theta, _), _ in seeds]
     pivots, thetas = [s[2] for s, _ in seeds], [s[1] for s, _ in seeds]
-    last_masks = [patch for _, patch in seeds]
+    patches = [[patch] for _, patch in seeds]  # drawn once both snakes are complete
     for _ in range(num_paddles - 1):
         level = cfg.paddle_contrasts[rng.integers(len(cfg.paddle_contrasts))]
         for s in (0, 1):
@@ -314,11 +363,14 @@ def _two_snakes(rng, painter: _Painter, num_paddles: int):
                 return None
             patch, pivots[s], thetas[s], head = step
             paths[s] += [_translate(head, _flip(thetas[s]), painter.length), head]
-            patch.max_into(images[s], patch.line)
-            last_masks[s].max_into(mask, last_masks[s].mask)
-            last_masks[s] = patch
+            patches[s][-1].cover(mask)
+            patches[s].append(patch)
     # as in snakes2.two_snakes, only the second snake's last paddle joins the mask
-    last_masks[1].max_into(mask, last_masks[1].mask)
+    patches[1][-1].cover(mask)
+    images = [np.zeros(painter.shape), np.zeros(painter.shape)]
+    for image, snake in zip(images, patches, strict=True):
+        for patch in snake:
+            patch.draw(image)
     return images, mask, paths
 
 
@@ -336,16 +388,16 @@ def _distractor(rng, painter: _Painter, image, mask, num_paddles: int) -> bool:
     tail, theta, pivot = seed
     new_image, new_mask = image.copy(), mask.copy()
     last = painter.paddle(tail, theta, level)
-    last.max_into(new_image, last.line)
+    last.draw(new_image)
     for _ in range(num_paddles - 1):
         step = painter.extend(rng, new_mask, pivot, theta, contrast())
         if step is None:
             return False
         patch, pivot, theta, _ = step
-        patch.max_into(new_image, patch.line)
-        last.max_into(new_mask, last.mask)
+        patch.draw(new_image)
+        last.cover(new_mask)
         last = patch
-    last.max_into(new_mask, last.mask)
+    last.cover(new_mask)
     image[...], mask[...] = new_image, new_mask
     return True
 

@@ -34,18 +34,23 @@ def _single_split(name, params, build, cache_dir, vocab_size, seq_len) -> Datase
     return Dataset(name, splits, vocab_size=vocab_size, num_classes=vocab_size, seq_len=seq_len)
 
 
-def check_mqar(seq_len: Arg, num_kv_pairs: Arg, vocab_size: Arg) -> None:
+def check_mqar(seq_len: Arg, num_kv_pairs: Arg, vocab_size: Arg,
+               context_repeats: Arg | None = None) -> None:
     """Raise ``ValueError`` naming the arguments unless :func:`mqar` can lay out its rows: an
-    even length, at least 4 slots per key-value pair (the pairs, then a query region as long),
-    and a vocabulary larger than the length (as Zoology's generator asserts)."""
+    even length, room for the key-value pairs (``context_repeats`` times) and a query region as
+    long as one copy of them, and a vocabulary larger than the length (as Zoology's generator
+    asserts)."""
+    repeats = 1 if context_repeats is None else context_repeats.value
     require(seq_len.value % 2 == 0,
             f"{seq_len} must be even: MQAR lays out keys and values, queries and the slots "
             f"after them, in pairs")
     require(num_kv_pairs.value >= 1, f"{num_kv_pairs} must be >= 1")
-    require(4 * num_kv_pairs.value <= seq_len.value,
-            f"{seq_len} is too short for {num_kv_pairs}: MQAR needs {seq_len.name} >= 4 * "
-            f"{num_kv_pairs.name} = {4 * num_kv_pairs.value} (the key-value pairs, then a query "
-            f"region as long)")
+    require(repeats >= 1, f"{context_repeats} must be >= 1")
+    need = 2 * (repeats + 1) * num_kv_pairs.value
+    times = "" if repeats == 1 else f" {context_repeats.name} times"
+    require(need <= seq_len.value,
+            f"{seq_len} is too short for {num_kv_pairs}: MQAR needs {seq_len.name} >= {need} "
+            f"(the key-value pairs{times}, then a query region as long as one copy)")
     require(vocab_size.value > seq_len.value,
             f"{vocab_size} must exceed {seq_len}, as Zoology's MQAR generator requires")
 
@@ -59,6 +64,7 @@ def mqar(
     seed: int = 0,
     random_non_queries: bool = True,
     cache_dir: CacheDir = DEFAULT_CACHE_DIR,
+    context_repeats: int = 1,
 ) -> Dataset:
     """Multi-query associative recall (MQAR), as Zoology's ``multiquery_ar``.
 
@@ -70,13 +76,20 @@ def mqar(
     v_i at the position of the query of k_i and -100 elsewhere. Other slots are 0, or uniform
     random tokens from [0, V) when ``random_non_queries`` (so token 0 occurs; the mask is all
     True). ``vocab_size = num_classes = V``.
+
+    ``context_repeats = r > 1`` is JRT-Prompt (Arora et al. 2024, "Just read twice"): the
+    ``2 * num_kv_pairs`` context tokens are written ``r`` times in a row before the query region,
+    which is then ``seq_len - 2 r num_kv_pairs`` long. With the same seed and query region (raise
+    ``seq_len`` by ``2 (r - 1) num_kv_pairs``) the rows ask the same questions as with ``r = 1``.
     """
-    check_mqar(**named(seq_len=seq_len, num_kv_pairs=num_kv_pairs, vocab_size=vocab_size))
+    check_mqar(**named(seq_len=seq_len, num_kv_pairs=num_kv_pairs, vocab_size=vocab_size,
+                       context_repeats=context_repeats))
     require(power_a > 0, f"power_a must be > 0, got {power_a}")
 
     def build():
         rng = np.random.default_rng(seed)
-        n, half, context = num_examples, vocab_size // 2, 2 * num_kv_pairs
+        n, half, pairs = num_examples, vocab_size // 2, 2 * num_kv_pairs
+        context = context_repeats * pairs  # JRT-Prompt: the pairs read r times
         keys = 1 + distinct_choice(rng, n, half - 1, num_kv_pairs)
         values = half + distinct_choice(rng, n, vocab_size - half, num_kv_pairs)
         space = (seq_len - context) // 2
@@ -84,7 +97,8 @@ def mqar(
         gaps = weighted_distinct_choice(rng, n, probs / probs.sum(), num_kv_pairs)
 
         inputs = np.zeros((n, seq_len), np.int64)
-        inputs[:, 0:context:2], inputs[:, 1:context:2] = keys, values
+        for start in range(0, context, pairs):
+            inputs[:, start:start + pairs:2], inputs[:, start + 1:start + pairs:2] = keys, values
         query_pos = context + 2 * gaps
         np.put_along_axis(inputs, query_pos, keys, axis=1)
         targets = np.full((n, seq_len), IGNORE_INDEX, np.int64)
@@ -96,6 +110,8 @@ def mqar(
 
     params = dict(n=num_examples, l=seq_len, kv=num_kv_pairs, v=vocab_size, a=power_a,
                   seed=seed, rnq=random_non_queries)
+    if context_repeats != 1:  # the cache keys of plain MQAR stay as they were
+        params["jrt"] = context_repeats
     return _single_split("mqar", params, build, cache_dir, vocab_size, seq_len)
 
 

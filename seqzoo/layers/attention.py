@@ -20,6 +20,7 @@ in the text, so a sink's distance to the query is the true one and ``step`` equa
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import jax
@@ -37,12 +38,13 @@ from seqzoo.ops.attention import (
     repeat_kv,
     segment_positions,
 )
+from seqzoo.ops.dispatch import canonical
 from seqzoo.ops.rope import apply_rope
 
 Array = jax.Array
 
 
-@register_mixer("attention", test_config={"num_heads": 2})
+@register_mixer("attention", test_config={"num_heads": 2, "num_kv_heads": 1})
 class Attention(MatrixMixer):
     """Causal multi-head softmax attention; ``x: (batch, length, d_model)``.
 
@@ -54,8 +56,9 @@ class Attention(MatrixMixer):
       num_sinks: StreamingLLM attention sinks kept visible beside the window (needs ``window``).
       rope: rotary position embedding on q and k (half-split layout), base ``rope_theta``.
       max_decode_length: KV-cache slots for ``step`` when there is no window.
-      impl: ``auto | parallel | cudnn``; ``auto`` takes cuDNN's flash attention on a GPU where it
-        applies (``seqzoo.ops.attention_impl`` says why it picks what it picks).
+      impl: ``auto | parallel | cudnn | tokamax | splash``; ``auto`` takes cuDNN's flash
+        attention on a GPU and splash attention on a TPU where they apply
+        (``seqzoo.ops.attention_impl`` says why it picks what it picks).
     """
 
     num_heads: int = 4
@@ -75,10 +78,12 @@ class Attention(MatrixMixer):
         cost="O(L^2 D)",
         paper="Vaswani et al. 2017, Attention Is All You Need",
         segments=True,
+        sequence_parallel=True,
     )
 
     def setup(self):
-        check_options(self.window, self.num_sinks, self.impl)
+        check_options(self.window, self.num_sinks)
+        self.op_impl = canonical("attention", self.impl)
         h = self.num_heads
         self.kv_heads = self.num_kv_heads or h
         if h % self.kv_heads:
@@ -130,7 +135,7 @@ class Attention(MatrixMixer):
             a["v"],
             mask=inputs.mask,
             segment_ids=a["segment_ids"],
-            impl=self.impl,
+            impl=self.op_impl,
             **self._pattern(),
         )
 
@@ -189,11 +194,4 @@ class BidirectionalAttention(Attention):
     init_state = MatrixMixer.init_state
     step_fn = MatrixMixer.step_fn
 
-    info: ClassVar[MixerInfo] = MixerInfo(
-        causal=False,
-        data_dependent=True,
-        structure="dense",
-        cost="O(L^2 D)",
-        paper="Vaswani et al. 2017, Attention Is All You Need",
-        segments=True,
-    )
+    info: ClassVar[MixerInfo] = dataclasses.replace(Attention.info, causal=False)

@@ -72,7 +72,17 @@ class MixerInfo:
       max_length_attr: name of the attribute bounding the length of fixed-size mixers, or None.
       segments: accepts ``segment_ids`` (packed sequences: no mixing across segments, recurrent
         state reset at each segment start).
+      sequence_parallel: the fast path runs with the sequence split over devices
+        (``seqzoo.parallel``; without ``segment_ids``).
+
+    ``capabilities`` names what a mixer can do, from ``CAPABILITIES``: ``"matrix"``
+    (``has_matrix``), ``"segment_ids"`` (``segments``), ``"sequence_parallel"`` and ``"step"``
+    (causal mixers); ``seqzoo.registry.mixers_with`` queries the registry by them.
     """
+
+    CAPABILITIES: ClassVar[tuple[str, ...]] = (
+        "matrix", "segment_ids", "sequence_parallel", "step"
+    )
 
     causal: bool
     data_dependent: bool
@@ -82,6 +92,13 @@ class MixerInfo:
     has_matrix: bool = True
     max_length_attr: str | None = None
     segments: bool = False
+    sequence_parallel: bool = False
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """The names of ``CAPABILITIES`` this mixer has."""
+        has = (self.has_matrix, self.segments, self.sequence_parallel, self.causal)
+        return frozenset(name for name, yes in zip(self.CAPABILITIES, has, strict=True) if yes)
 
     def __post_init__(self):
         if self.structure not in STRUCTURES:

@@ -1,7 +1,8 @@
 """The catalog every mixer adds itself to: ``@register_mixer("name", test_config={...})``.
 
-Layer modules register here (this module imports no layer); ``seqzoo.registry`` imports every
-layer module and is where the rest of seqzoo looks mixers up. ``test_config`` is the small
+Layer modules register here (this module imports no layer); importing ``seqzoo.layers`` imports
+every module of that package (found, not listed: a new mixer is one new file), and
+``seqzoo.registry`` is where the rest of seqzoo looks mixers up. ``test_config`` is the small
 configuration (besides ``d_model``) the contract suite and the notebooks build a mixer with.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from typing import Any
+
+from seqzoo.layers.base import MixerInfo
 
 _MIXERS: dict[str, MixerEntry] = {}
 
@@ -50,6 +53,17 @@ def mixer_entry(name: str) -> MixerEntry:
 def mixer_info(name: str):
     """The ``MixerInfo`` (causal, data dependent, structure, cost, paper) of mixer ``name``."""
     return mixer_entry(name).cls.info
+
+
+def mixers_with(*capabilities: str) -> list[str]:
+    """Names of the registered mixers having every one of ``capabilities`` (names of
+    ``MixerInfo.CAPABILITIES``: ``"matrix"``, ``"segment_ids"``, ``"sequence_parallel"``,
+    ``"step"``), sorted."""
+    unknown = sorted(set(capabilities) - set(MixerInfo.CAPABILITIES))
+    if unknown:
+        raise ValueError(f"unknown capabilities {unknown}; valid: {list(MixerInfo.CAPABILITIES)}")
+    wanted = set(capabilities)
+    return sorted(n for n, e in _MIXERS.items() if wanted <= e.cls.info.capabilities)
 
 
 def build_mixer(name: str, /, **config: Any):

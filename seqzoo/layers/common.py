@@ -36,23 +36,37 @@ def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm (Zhang & Sennrich, 2019) over the last axis: ``y = w * x / rms(x)``.
+    """RMSNorm (Zhang & Sennrich, 2019) over the last axis, optionally gated: the one RMSNorm of
+    the mixers, and the official ``RMSNormGated`` (``mamba_ssm.ops.triton.layernorm_gated``).
 
-    Statistics in float32; output in ``x``'s dtype. With ``gated``, ``__call__(x, z)`` computes
-    ``norm(x * silu(z))`` as the gated RMSNorm of Mamba-2 (norm_before_gate=False).
+        y = w * x / rms(x)                                   __call__(x)
+        y = w * norm(x * silu(z))                            __call__(x, z)   (Mamba-2)
+        y = w * norm(x) * silu(z)                            norm_before_gate (Hydra, DeltaNet)
+
+    The RMS statistics per group of ``group_size`` channels (None: all of them), in float32;
+    ``scale (d,)`` initialised to 1. Output in ``x``'s dtype.
     """
 
     eps: float = 1e-5
+    group_size: int | None = None
+    norm_before_gate: bool = False
 
     @nn.compact
     def __call__(self, x: Array, z: Array | None = None) -> Array:
-        w = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
-        if z is None:  # its backward pass keeps x only (seqzoo.ops.lean_grad)
+        d = x.shape[-1]
+        w = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
+        if z is None and (self.group_size or d) == d:  # backward keeps x only (ops.lean_grad)
             return rms_norm(x, w, self.eps)
         h = x.astype(jnp.float32)
-        if z is not None:
-            h = h * jax.nn.silu(z.astype(jnp.float32))
-        return (rms_normalize(h, self.eps) * w).astype(x.dtype)
+        gate = None if z is None else jax.nn.silu(z.astype(jnp.float32))
+        if gate is not None and not self.norm_before_gate:
+            h = h * gate
+        size = self.group_size or d
+        h = rms_normalize(h.reshape(h.shape[:-1] + (d // size, size)), self.eps)
+        h = h.reshape(x.shape) * w
+        if gate is not None and self.norm_before_gate:
+            h = h * gate
+        return h.astype(x.dtype)
 
 
 def dense(features: int, name: str, *, use_bias: bool = False, dtype: Any = None, **kw) -> nn.Dense:

@@ -36,7 +36,6 @@ Left out: grouped value heads (``num_v_heads``), DeltaNet's ``use_beta=False``, 
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import jax
@@ -44,36 +43,25 @@ import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
 from seqzoo.layers.catalog import register_mixer
-from seqzoo.layers.common import l2_normalize, merge_heads, split_heads
-from seqzoo.layers.mamba import (
+from seqzoo.layers.common import RMSNorm, l2_normalize, merge_heads, split_heads
+from seqzoo.layers.ssm import (
     check_dt_range,
-    check_positive_int,
+    compiled_delta_rule,
     conv_params,
     conv_stage,
+    delta_head_dims,
     dt_bias_init,
+    log_uniform_a_init,
     step_size,
     torch_linear,
 )
-from seqzoo.layers.mamba2 import GatedRMSNorm, log_uniform_a_init
+from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.conv import conv_init_buffer, conv_step
-from seqzoo.ops.delta_rule import delta_rule, delta_rule_matrix, delta_rule_step
+from seqzoo.ops.delta_rule import delta_rule_matrix, delta_rule_step
 from seqzoo.ops.dispatch import canonical
 
 Array = jax.Array
 _F32 = jnp.float32
-
-# one compiled program in eager calls (see ``seqzoo.layers.mamba.conv_stage``)
-compiled_delta_rule = jax.jit(
-    delta_rule, static_argnames=("return_final_state", "chunk_size", "impl")
-)
-
-
-def _whole(value: float, name: str) -> int:
-    """``value`` as an int, or a ValueError naming ``name`` if it is not a positive whole number."""
-    if value <= 0 or not math.isclose(value, round(value), rel_tol=1e-6):
-        raise ValueError(f"{name} must be a positive whole number, got {value}")
-    return round(value)
-
 
 def _info(paper: str) -> MixerInfo:
     return MixerInfo(
@@ -129,15 +117,11 @@ class DeltaNet(MatrixMixer):
         check_positive_int(self.num_heads, "num_heads")
         check_positive_int(self.conv_size, "conv_size")
         check_positive_int(self.chunk_size, "chunk_size")
-        canonical("delta_rule", self.impl)
+        self.rule_impl = canonical("delta_rule", self.impl)
         h = self.num_heads
-        if self.head_dim is None:
-            dk = _whole(self.expand_k * self.d_model / h, "expand_k * d_model / num_heads")
-        else:
-            check_positive_int(self.head_dim, "head_dim")
-            dk = self.head_dim
-        self.dk, self.dv = dk, _whole(dk * self.expand_v, "head_dim * expand_v")
-        widths = (h * dk, h * dk, h * self.dv)
+        self.dk, self.dv = delta_head_dims(self.d_model, h, self.head_dim, self.expand_k,
+                                           self.expand_v)
+        widths = (h * self.dk, h * self.dk, h * self.dv)
         self.q_proj, self.k_proj, self.v_proj = (
             torch_linear(w, self.d_model, name, dtype=self.dtype)
             for w, name in zip(widths, ("q_proj", "k_proj", "v_proj"), strict=True)
@@ -158,7 +142,7 @@ class DeltaNet(MatrixMixer):
             )
         if self.use_gate:
             self.g_proj = torch_linear(h * self.dv, self.d_model, "g_proj", dtype=self.dtype)
-        self.o_norm = GatedRMSNorm(eps=self.norm_eps, norm_before_gate=True)
+        self.o_norm = RMSNorm(eps=self.norm_eps, norm_before_gate=True)
         self.o_proj = torch_linear(self.d_model, h * self.dv, "o_proj", dtype=self.dtype)
 
     # ---- pieces -----------------------------------------------------------------------------
@@ -196,7 +180,7 @@ class DeltaNet(MatrixMixer):
         a = inputs.aux
         return compiled_delta_rule(
             a["q"], a["k"], inputs.values, a["beta"], a.get("log_decay"), scale=self.dk**-0.5,
-            segment_ids=a["segment_ids"], chunk_size=self.chunk_size, impl=self.impl,
+            segment_ids=a["segment_ids"], chunk_size=self.chunk_size, impl=self.rule_impl,
         )
 
     def mix_matrix(self, inputs):

@@ -38,30 +38,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
+from seqzoo.layers.base import MixerInfo, MixerInputs
 from seqzoo.layers.catalog import register_mixer
-from seqzoo.layers.common import merge_heads
-from seqzoo.layers.mamba import (
-    check_dt_range,
-    check_positive_int,
-    conv_params,
+from seqzoo.layers.common import RMSNorm, merge_heads
+from seqzoo.layers.ssm import (
+    SelectiveSSM,
+    check_heads,
+    check_power_of_two,
+    compiled,
     conv_stage,
-    dt_bias_init,
-    inner_width,
+    ssm_info,
     step_size,
     torch_linear,
 )
-from seqzoo.layers.mamba2 import GatedRMSNorm, check_heads, check_power_of_two
 from seqzoo.ops.quasiseparable import quasiseparable, quasiseparable_matrix
-from seqzoo.ops.ssd import IMPLS as SSD_IMPLS
 
-Array = jax.Array
 _F32 = jnp.float32
 
-# one compiled program each in eager calls (see ``seqzoo.layers.mamba.conv_stage``)
-compiled_quasiseparable = jax.jit(
-    quasiseparable, static_argnames=("chunk_size", "dt_softplus", "impl")
-)
+compiled_quasiseparable = compiled(quasiseparable, "chunk_size", "dt_softplus", "impl")
 
 
 @jax.jit
@@ -76,7 +70,7 @@ def hydra_matrix(dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, mask, segment
 
 
 @register_mixer("hydra", test_config={"d_state": 4, "headdim": 4, "expand": 2, "chunk_size": 4})
-class Hydra(MatrixMixer):
+class Hydra(SelectiveSSM):
     """Hydra mixer (bidirectional, no step); ``x: (batch, length, d_model)``.
 
     Attributes (as the official ``Hydra``):
@@ -90,57 +84,35 @@ class Hydra(MatrixMixer):
 
     d_state: int = 64
     d_conv: int = 7
-    conv_init: float | None = None
     expand: int = 2
+    conv_init: float | None = None
     headdim: int | None = None
     ngroups: int = 1
-    dt_min: float = 1e-3
-    dt_max: float = 0.1
-    dt_init_floor: float = 1e-4
-    bias: bool = False
-    conv_bias: bool = True
     chunk_size: int = 256
-    impl: str = "auto"
 
-    info: ClassVar[MixerInfo] = MixerInfo(
-        causal=False,
-        data_dependent=True,
-        structure="quasiseparable",
-        cost="O(L E (N + Q))",
-        paper="Hwang et al. 2024, Hydra: Bidirectional State Space Models Through Generalized "
+    info: ClassVar[MixerInfo] = ssm_info(
+        "Hwang et al. 2024, Hydra: Bidirectional State Space Models Through Generalized "
         "Matrix Mixers",
-        segments=True,
+        "O(L E (N + Q))",
+        causal=False,
+        structure="quasiseparable",
     )
 
     def setup(self):
-        check_positive_int(self.d_state, "d_state")
-        check_positive_int(self.d_conv, "d_conv")
+        e, self.ssd_impl = self.check_ssm_options("quasiseparable")
         if self.d_conv % 2 != 1:
             raise ValueError(f"d_conv must be odd for a 'same' convolution, got {self.d_conv}")
         check_power_of_two(self.chunk_size, "chunk_size")
-        check_dt_range(self.dt_min, self.dt_max, self.dt_init_floor)
-        if self.impl not in SSD_IMPLS:
-            raise ValueError(f"impl must be one of {SSD_IMPLS}, got {self.impl!r}")
-        e = inner_width(self.expand, self.d_model)
         h, self.head_size = check_heads(e, self.headdim, self.ngroups)
         gn = self.ngroups * self.d_state
         self.d_inner, self.nheads = e, h
-        self.in_proj = torch_linear(
-            2 * e + 4 * gn + 2 * h, self.d_model, "in_proj", use_bias=self.bias, dtype=self.dtype
-        )
-        self.conv_kernel, self.conv_bias_param = conv_params(
-            self, self.d_conv, e + 4 * gn, self.conv_bias, self.conv_init
-        )
-        self.dt_bias = self.param(
-            "dt_bias", dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor), (h,), _F32
-        )
-        self.A_log = self.param("A_log", nn.initializers.zeros, (h,), _F32)
-        self.D = self.param("D", nn.initializers.ones, (h,), _F32)
+        self.in_proj, self.out_proj = self.make_projections(2 * e + 4 * gn + 2 * h, e)
+        self.conv_kernel, self.conv_bias_param = self.make_conv(e + 4 * gn, self.conv_init)
+        self.dt_bias = self.make_dt_bias(h)
+        self.A_log = self.make_a_log(nn.initializers.zeros, (h,))
+        self.D = self.make_skip(h)
         self.fc_D = torch_linear(h, e, "fc_D", dtype=self.dtype)
-        self.norm = GatedRMSNorm(eps=1e-5, norm_before_gate=True)
-        self.out_proj = torch_linear(
-            self.d_model, e, "out_proj", use_bias=self.bias, dtype=self.dtype
-        )
+        self.norm = RMSNorm(eps=1e-5, norm_before_gate=True)
 
     # ---- pieces -----------------------------------------------------------------------------
     def mixer_inputs(self, x, mask, segment_ids=None):
@@ -186,7 +158,7 @@ class Hydra(MatrixMixer):
             D=a["D"],
             chunk_size=self.chunk_size,
             segment_ids=a.get("segment_ids"),
-            impl=self.impl,
+            impl=self.ssd_impl,
         )
 
     def mix_matrix(self, inputs):
@@ -195,4 +167,4 @@ class Hydra(MatrixMixer):
 
     def mixer_output(self, inputs, mixed):
         z = inputs.aux["z"]
-        return self.out_proj(self.norm(merge_heads(mixed), z).astype(z.dtype))
+        return self.output_stage(merge_heads(mixed), z, self.norm)

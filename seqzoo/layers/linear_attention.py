@@ -24,8 +24,9 @@ import jax.numpy as jnp
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, zero_padded
 from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import RMSNorm, dense
+from seqzoo.ops.dispatch import canonical
 from seqzoo.ops.feature_maps import feature_map, feature_size
-from seqzoo.ops.linear_attention import IMPLS, linear_attention, linear_attention_step
+from seqzoo.ops.linear_attention import linear_attention, linear_attention_step
 from seqzoo.ops.segments import segment_runs
 
 Array = jax.Array
@@ -56,7 +57,7 @@ def alibi_slopes(heads: int) -> Array:
 
 def _info(paper: str, cost: str = "O(L C dk + L dk dv)") -> MixerInfo:
     """The metadata every linear-attention variant shares: causal, data dependent,
-    semiseparable; chunked cost with chunk ``C``."""
+    semiseparable, sequence parallel; chunked cost with chunk ``C``."""
     return MixerInfo(
         causal=True,
         data_dependent=True,
@@ -64,6 +65,7 @@ def _info(paper: str, cost: str = "O(L C dk + L dk dv)") -> MixerInfo:
         cost=cost,
         paper=paper,
         segments=True,
+        sequence_parallel=True,
     )
 
 
@@ -105,8 +107,7 @@ class LinearAttention(MatrixMixer):
     def setup(self):
         if self.decay not in DECAYS:
             raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}")
-        if self.impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
+        self.op_impl = canonical("linear_attention", self.impl)
         if self.d_model % self.num_heads and (self.key_dim is None or self.value_dim is None):
             raise ValueError(
                 f"num_heads={self.num_heads} must divide d_model={self.d_model} "
@@ -192,7 +193,7 @@ class LinearAttention(MatrixMixer):
             scale=self.dk**-0.5,
             chunk_size=self.chunk_size,
             segment_ids=a["segment_ids"],
-            impl=self.impl,
+            impl=self.op_impl,
         )
         return self._normalized(o)
 

@@ -30,34 +30,30 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
+from seqzoo.layers.base import MixerInfo
 from seqzoo.layers.catalog import register_mixer
-from seqzoo.layers.common import merge_heads, resolve_head_dim, rms_normalize
-from seqzoo.layers.mamba import (
-    check_dt_range,
-    check_positive_int,
-    conv_params,
+from seqzoo.layers.common import RMSNorm, merge_heads
+from seqzoo.layers.ssm import (
+    SelectiveSSM,
+    check_heads,
+    check_power_of_two,
+    compiled,
     conv_stage,
-    dt_bias_init,
-    inner_width,
+    log_uniform_a_init,
+    plus_diagonal,
+    ssm_info,
     step_size,
-    torch_linear,
 )
 from seqzoo.ops.conv import conv_init_buffer, conv_step
-from seqzoo.ops.ssd import IMPLS as SSD_IMPLS
 from seqzoo.ops.ssd import ssd, ssd_matrix, ssd_step
 
 Array = jax.Array
 _F32 = jnp.float32
 
-# one compiled program each in eager calls (see ``seqzoo.layers.mamba.conv_stage``)
-compiled_ssd = jax.jit(
-    ssd, static_argnames=("chunk_size", "dt_softplus", "return_final_state", "impl")
-)
+compiled_ssd = compiled(ssd, "chunk_size", "dt_softplus", "return_final_state", "impl")
 
 
 @jax.jit
@@ -66,67 +62,11 @@ def ssd_mixing_matrix(
 ) -> Array:
     """``ssd_matrix`` (dt already discretised) plus ``D[h]`` on the diagonal at valid positions:
     ``(batch, heads, length, length)`` float32. D: (heads,); mask: (batch, length)."""
-    m = ssd_matrix(dt, A, B, C, segment_ids=segment_ids).astype(_F32)
-    diag = jnp.where(mask[:, None, :], D[None, :, None], 0.0)  # (b, H, l)
-    return m + diag[..., None] * jnp.eye(m.shape[-1], dtype=_F32)
-
-
-class GatedRMSNorm(nn.Module):
-    """The official ``RMSNormGated`` (``mamba_ssm.ops.triton.layernorm_gated.RMSNorm``).
-
-    ``norm(x * silu(z))`` (``norm_before_gate=False``, Mamba-2) or ``norm(x) * silu(z)``
-    (Hydra); the RMS statistics per group of ``group_size`` channels (None: all), in f32;
-    ``scale (d,)`` initialised to 1. Returns float32.
-    """
-
-    eps: float = 1e-5
-    group_size: int | None = None
-    norm_before_gate: bool = False
-
-    @nn.compact
-    def __call__(self, x: Array, z: Array | None = None) -> Array:
-        d = x.shape[-1]
-        w = self.param("scale", nn.initializers.ones, (d,), _F32)
-        h = x.astype(_F32)
-        gate = None if z is None else jax.nn.silu(z.astype(_F32))
-        if gate is not None and not self.norm_before_gate:
-            h = h * gate
-        size = self.group_size or d
-        h = rms_normalize(h.reshape(h.shape[:-1] + (d // size, size)), self.eps)
-        h = h.reshape(x.shape) * w
-        if gate is not None and self.norm_before_gate:
-            h = h * gate
-        return h
-
-
-def check_power_of_two(value, name: str) -> None:
-    check_positive_int(value, name)
-    if value & (value - 1):
-        raise ValueError(f"{name} must be a power of two, got {value}")
-
-
-def check_heads(d_inner: int, headdim: int | None, ngroups: int) -> tuple[int, int]:
-    """(nheads, P): P = ``headdim``, or 64 (the official default) when None, or ``d_inner``
-    when that is narrower; ValueErrors name headdim and ngroups."""
-    size = resolve_head_dim(d_inner, headdim, "headdim", 64, "d_inner = expand * d_model")
-    check_positive_int(ngroups, "ngroups")
-    nheads = d_inner // size
-    if nheads % ngroups:
-        raise ValueError(f"ngroups={ngroups} must divide nheads = d_inner / headdim = {nheads}")
-    return nheads, size
-
-
-def log_uniform_a_init(lo: float, hi: float):
-    """``log U(lo, hi)``: the official ``A_log`` init (``A = -exp(A_log)``)."""
-
-    def init(key, shape, dtype=_F32):
-        return jnp.log(jax.random.uniform(key, shape, _F32, lo, hi)).astype(dtype)
-
-    return init
+    return plus_diagonal(ssd_matrix(dt, A, B, C, segment_ids=segment_ids), D, mask)
 
 
 @register_mixer("mamba2", test_config={"d_state": 4, "headdim": 4, "expand": 2, "chunk_size": 4})
-class Mamba2(MatrixMixer):
+class Mamba2(SelectiveSSM):
     """Mamba-2 mixer; ``x: (batch, length, d_model)``. Attributes as the official ``Mamba2``:
 
     Attributes:
@@ -142,63 +82,37 @@ class Mamba2(MatrixMixer):
     """
 
     d_state: int = 128
-    d_conv: int = 4
-    conv_init: float | None = None
     expand: int = 2
+    conv_init: float | None = None
     headdim: int | None = None
     ngroups: int = 1
     A_init_range: tuple[float, float] = (1.0, 16.0)
     rmsnorm: bool = True
     norm_before_gate: bool = False
-    dt_min: float = 1e-3
-    dt_max: float = 0.1
-    dt_init_floor: float = 1e-4
-    bias: bool = False
-    conv_bias: bool = True
     chunk_size: int = 256
-    impl: str = "auto"
 
-    info: ClassVar[MixerInfo] = MixerInfo(
-        causal=True,
-        data_dependent=True,
-        structure="semiseparable",
-        cost="O(L E (N + Q))",
-        paper="Dao & Gu 2024, Transformers are SSMs (Mamba-2)",
-        segments=True,
+    info: ClassVar[MixerInfo] = ssm_info(
+        "Dao & Gu 2024, Transformers are SSMs (Mamba-2)", "O(L E (N + Q))"
     )
 
     def setup(self):
-        check_positive_int(self.d_state, "d_state")
-        check_positive_int(self.d_conv, "d_conv")
+        e, self.ssd_impl = self.check_ssm_options("ssd")
         check_power_of_two(self.chunk_size, "chunk_size")
-        check_dt_range(self.dt_min, self.dt_max, self.dt_init_floor)
         lo, hi = self.A_init_range
         if not 0 < lo <= hi:
             raise ValueError(f"A_init_range must satisfy 0 < lo <= hi, got {self.A_init_range}")
-        if self.impl not in SSD_IMPLS:
-            raise ValueError(f"impl must be one of {SSD_IMPLS}, got {self.impl!r}")
-        e = inner_width(self.expand, self.d_model)
         h, self.head_size = check_heads(e, self.headdim, self.ngroups)
         gn = self.ngroups * self.d_state
         self.d_inner, self.nheads = e, h
-        self.in_proj = torch_linear(
-            2 * e + 2 * gn + h, self.d_model, "in_proj", use_bias=self.bias, dtype=self.dtype
-        )
-        self.conv_kernel, self.conv_bias_param = conv_params(
-            self, self.d_conv, e + 2 * gn, self.conv_bias, self.conv_init
-        )
-        self.dt_bias = self.param(
-            "dt_bias", dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor), (h,), _F32
-        )
-        self.A_log = self.param("A_log", log_uniform_a_init(lo, hi), (h,), _F32)
-        self.D = self.param("D", nn.initializers.ones, (h,), _F32)
+        self.in_proj, self.out_proj = self.make_projections(2 * e + 2 * gn + h, e)
+        self.conv_kernel, self.conv_bias_param = self.make_conv(e + 2 * gn, self.conv_init)
+        self.dt_bias = self.make_dt_bias(h)
+        self.A_log = self.make_a_log(log_uniform_a_init(lo, hi), (h,))
+        self.D = self.make_skip(h)
         if self.rmsnorm:
-            self.norm = GatedRMSNorm(
+            self.norm = RMSNorm(
                 eps=1e-5, group_size=e // self.ngroups, norm_before_gate=self.norm_before_gate
             )
-        self.out_proj = torch_linear(
-            self.d_model, e, "out_proj", use_bias=self.bias, dtype=self.dtype
-        )
 
     # ---- pieces -----------------------------------------------------------------------------
     def _split(self, zxbcdt: Array) -> tuple[Array, Array, Array]:
@@ -222,47 +136,29 @@ class Mamba2(MatrixMixer):
             xbc, mask, self.conv_kernel, self.conv_bias_param, segment_ids, left=self.d_conv - 1
         )
         v, B, C = self._ssm_inputs(xbc)
-        aux = {"z": z, "dt": step_size(dt, self.dt_bias, mask), "B": B, "C": C}
-        if segment_ids is not None:
-            aux["segment_ids"] = segment_ids
-        return MixerInputs(values=v, mask=mask, aux=aux)
+        dt = step_size(dt, self.dt_bias, mask)
+        return self.scan_inputs(v, mask, segment_ids, z=z, dt=dt, B=B, C=C)
 
     def mix_fast(self, inputs):
-        a = inputs.aux
         return compiled_ssd(
             inputs.values.astype(_F32),
-            a["dt"],
-            -jnp.exp(self.A_log),
-            a["B"],
-            a["C"],
+            *self.scan_args(inputs),
             chunk_size=self.chunk_size,
             D=self.D,
-            segment_ids=a.get("segment_ids"),
-            impl=self.impl,
+            segment_ids=inputs.aux.get("segment_ids"),
+            impl=self.ssd_impl,
         )
 
     def mix_matrix(self, inputs):
-        a = inputs.aux
-        return ssd_mixing_matrix(
-            a["dt"],
-            -jnp.exp(self.A_log),
-            a["B"],
-            a["C"],
-            self.D,
-            inputs.mask,
-            a.get("segment_ids"),
-        )
+        segment_ids = inputs.aux.get("segment_ids")
+        return ssd_mixing_matrix(*self.scan_args(inputs), self.D, inputs.mask, segment_ids)
 
     def mixer_output(self, inputs, mixed):
         return self._output(merge_heads(mixed), inputs.aux["z"])
 
     def _output(self, y: Array, z: Array) -> Array:
         """y: (..., E) f32, z: (..., E) -> (..., d_model)."""
-        if self.rmsnorm:
-            y = self.norm(y, z)
-        else:
-            y = y.astype(_F32) * jax.nn.silu(z.astype(_F32))
-        return self.out_proj(y.astype(z.dtype))
+        return self.output_stage(y, z, self.norm if self.rmsnorm else None)
 
     # ---- recurrent path ---------------------------------------------------------------------
     def init_state(self, batch: int):

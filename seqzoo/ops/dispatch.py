@@ -11,6 +11,7 @@ Every op with several implementations takes ``impl=`` from one vocabulary, one m
                   ``pallas_tpu*.py`` on a TPU)
     cudnn         cuDNN's fused (flash) attention
     splash        jax's splash attention (a Pallas kernel for TPUs)
+    tokamax       tokamax's flash attention (Pallas kernels for GPUs; an optional dependency)
 
 Each op supports a subset (``POLICY[op].supported``). Renamed names keep working for one release
 with a ``DeprecationWarning`` (``RENAMED``): linear attention's ``"chunk"`` and ``"recurrent"``
@@ -44,7 +45,8 @@ from seqzoo.kernels.chunked_tiling import device_limit, padded_width, resolve_ti
 from seqzoo.kernels.launch import GPU_BACKENDS
 from seqzoo.kernels.mosaic_tpu_common import building_for_tpu
 
-IMPLS = ("auto", "chunked", "parallel", "sequential", "associative", "pallas", "cudnn", "splash")
+IMPLS = ("auto", "chunked", "parallel", "sequential", "associative", "pallas", "cudnn", "splash",
+         "tokamax")
 RENAMED = {
     "linear_attention": {"chunk": "chunked", "recurrent": "sequential"},
     "attention": {"xla": "parallel"},
@@ -190,9 +192,11 @@ _ATTENTION_RULES = (
          "cuDNN needs an NVIDIA GPU (compute capability {compute_capability!r})"),
     Rule("parallel", lambda f: f["head_dim"] % 8 or f["head_dim"] > f["head_dim_limit"],
          "cuDNN needs a head dim <= {head_dim_limit} and a multiple of 8, got {head_dim}"),
-    Rule("parallel", lambda f: f["num_sinks"], "cuDNN has no attention sinks"),
+    Rule("parallel", lambda f: f["num_sinks"], "cuDNN and tokamax have no attention sinks",
+         overrides=("tokamax",)),
     Rule("parallel", lambda f: f["segment_ids"],
-         "packed segment_ids: cuDNN's packed layout is not exposed by jax.nn"),
+         "packed segment_ids: neither jax.nn (cuDNN) nor tokamax takes them without a dense "
+         "mask", overrides=("tokamax",)),
     Rule("parallel", lambda f: f["window"] is not None and not f["causal"],
          "cuDNN's sliding windows are causal only"),
     Rule("cudnn", lambda f: True, "bf16/fp16 flash attention"),
@@ -207,7 +211,8 @@ POLICY = {
     "quasiseparable": Policy(_CHUNKED, _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),
     "linear_recurrence": Policy(_SCANS, _scan_facts, _SCAN_RULES),
     "selective_scan": Policy(_SCANS, _scan_facts, _SCAN_RULES),
-    "attention": Policy(("parallel", "cudnn", "splash"), _attention_facts, _ATTENTION_RULES),
+    "attention": Policy(("parallel", "cudnn", "splash", "tokamax"), _attention_facts,
+                        _ATTENTION_RULES),
     "delta_rule": Policy(("chunked", "sequential"), lambda **_: {},
                          (Rule("chunked", lambda f: True, "the chunked WY form (no kernel yet)"),)),
 }

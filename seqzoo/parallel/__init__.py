@@ -18,7 +18,8 @@ beside it, ``seqzoo/ops/<op>/sequence_parallel.py``:
   shards (``pooling``).
 
 Only the fast path (``__call__``) of a mixer is sequence parallel, and ``segment_ids`` are not
-supported. ``SEQUENCE_PARALLEL_MIXERS`` lists the mixers whose fast path is covered.
+supported. The mixers whose fast path is covered say so in their ``MixerInfo``
+(``sequence_parallel``); ``seqzoo.registry.mixers_with("sequence_parallel")`` lists them.
 """
 
 from seqzoo.parallel.context import (
@@ -30,22 +31,7 @@ from seqzoo.parallel.context import (
 )
 from seqzoo.parallel.layout import pad_to_shards, padded_length
 
-SEQUENCE_PARALLEL_MIXERS = frozenset(
-    {
-        "attention",
-        "bidirectional_attention",
-        "linear_attention",
-        "based",
-        "retnet",
-        "gla",
-        "mamba",
-        "mamba2",
-        "hydra",
-    }
-)
-
 __all__ = [
-    "SEQUENCE_PARALLEL_MIXERS",
     "num_shards",
     "pad_to_shards",
     "padded_length",

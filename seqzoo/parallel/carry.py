@@ -9,14 +9,26 @@ true state entering shard ``i`` is the combine of everything before it,
 which each shard evaluates after one ``all_gather`` of ``(d_i, s_i)``: communication is
 ``P * size(state)``, independent of the sequence length. Inside the shard the true states are
 then ``S_t = (prod_{t' <= t} a_t') * c_i + S_t^local``, a local correction.
+
+ZeCO's All-Scan (Chou et al., 2025) evaluates the same combine as a pipeline instead
+(``carry="all_scan"`` in ``seqzoo.parallel.sequence_parallel``): the state is cut into ``K``
+chunks along its last axis; at step ``t`` shard ``i`` (counted along the recurrence) completes
+chunk ``j = t - i`` of ``c_{i+1} = d_i c_i + s_i`` and sends it to shard ``i + 1`` alone
+(``ppermute``). After ``P + K - 2`` steps every shard holds its ``c_i``; each step moves
+``size(state) / K``, so a device sends ``(P + K - 2) / K`` states in all rather than gathering
+``P`` of them (and ``d_i`` never travels). The state after the whole sequence is then the last
+shard's, summed to every shard (one ``psum`` of a state, dropped by XLA where unused).
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
-from seqzoo.parallel.context import shard_index
+from seqzoo.parallel.collectives import from_neighbour
+from seqzoo.parallel.context import carry_scheme, num_shards, shard_index
 
 Array = jax.Array
 
@@ -84,8 +96,56 @@ def carry_in(
     initial_state: Array | None = None,
 ) -> tuple[Array, Array]:
     """``combine_gathered`` of this shard's ``decay: (batch, ...)`` and ``state: (batch, ...)``
-    after one ``all_gather``: ``(carry_in, final)``."""
+    after one ``all_gather``, or where the context says ``carry="all_scan"``, ``scan_carry_in``:
+    ``(carry_in, final)``."""
+    if carry_scheme() == "all_scan":
+        return scan_carry_in(decay, state, axis, reverse=reverse, initial_state=initial_state)
     decays, states = gather_summaries(decay, state, axis)
     return combine_gathered(
         decays, states, axis, reverse=reverse, initial_state=initial_state
     )
+
+
+def scan_carry_in(
+    decay: Array,
+    state: Array,
+    axis: str,
+    *,
+    reverse: bool = False,
+    initial_state: Array | None = None,
+    chunks: int = 8,
+) -> tuple[Array, Array]:
+    """``carry_in`` by ZeCO's All-Scan (see the module docstring): ``(carry_in, final)``.
+
+    ``state: (batch, ..., n)`` is cut into ``K = gcd(n, chunks)`` chunks of its last axis;
+    ``decay`` broadcasts to ``state``. Returns both ``(batch, ..., n)`` in the state's dtype (at
+    least float32); ``final`` is the same on every shard.
+    """
+    p = num_shards(axis)
+    me = shard_index(axis)
+    position = p - 1 - me if reverse else me  # along the recurrence
+    dtype = jnp.promote_types(jnp.result_type(decay, state), jnp.float32)
+    n = state.shape[-1]
+    k = math.gcd(n, chunks)
+
+    def split(a):  # (..., n) -> (..., K, n / K)
+        return jnp.broadcast_to(a.astype(dtype), state.shape).reshape(*state.shape[:-1], k, -1)
+
+    d, s = split(decay), split(state)
+    c = jnp.zeros_like(s) if initial_state is None else split(initial_state)
+
+    def step(t, c):
+        j = jnp.clip(t - position, 0, k - 1)  # the chunk this shard completes and passes on
+        done = jax.lax.dynamic_index_in_dim(d, j, -2, False) * jax.lax.dynamic_index_in_dim(
+            c, j, -2, False
+        ) + jax.lax.dynamic_index_in_dim(s, j, -2, False)
+        received = from_neighbour(done, axis, -1 if reverse else 1)  # the previous shard's
+        r = t - position + 1  # the chunk it completed
+        keep = (position > 0) & (r >= 0) & (r < k)
+        updated = jax.lax.dynamic_update_index_in_dim(c, received, jnp.clip(r, 0, k - 1), -2)
+        return jnp.where(keep, updated, c)
+
+    c = jax.lax.fori_loop(0, p + k - 2, step, c)
+    last = jnp.where(position == p - 1, d * c + s, 0.0)
+    final = jax.lax.psum(last, axis)
+    return c.reshape(state.shape), final.reshape(state.shape)

@@ -11,6 +11,11 @@ and every op with a sequence-parallel path (``linear_attention``, ``ssd``, ``sel
 ``linear_recurrence``, ``quasiseparable``, ``dot_product_attention``, ``depthwise_conv`` and the
 token positions) then exchanges what it needs with the other shards. An op's explicit
 ``seq_axis=`` argument wins over the context. ``sequence_parallel(None)`` switches it off again.
+``sequence_parallel("seq", attention="ulysses")`` makes softmax attention trade its sequence
+shards for head shards (DeepSpeed-Ulysses) instead of passing keys around the ring
+(``ATTENTION_SCHEMES``; ``seqzoo.ops.attention``); ``carry="all_scan"`` makes the linear
+recurrences (linear attention, SSD, the scans) pass their states along the shards in chunks
+(ZeCO) instead of all-gathering them (``CARRY_SCHEMES``; ``seqzoo.parallel.carry``).
 Each op's own ``sequence_parallel.py`` (``seqzoo/ops/<op>/``) holds its sequence-parallel form;
 it runs the op's local core per shard, never the op again.
 
@@ -31,14 +36,38 @@ from collections.abc import Callable, Iterator
 
 import jax
 
+ATTENTION_SCHEMES = ("ring", "ulysses")
+CARRY_SCHEMES = ("all_gather", "all_scan")
 _SEQUENCE_AXIS = jax.make_user_context(default_value=None)
+_ATTENTION = jax.make_user_context(default_value="ring")
+_CARRY = jax.make_user_context(default_value="all_gather")
 
 
 @contextlib.contextmanager
-def sequence_parallel(axis: str | None) -> Iterator[None]:
-    """Within the block, ops split the sequence over mesh axis ``axis`` (None: not split)."""
-    with _SEQUENCE_AXIS(axis):
+def sequence_parallel(
+    axis: str | None, attention: str = "ring", carry: str = "all_gather"
+) -> Iterator[None]:
+    """Within the block, ops split the sequence over mesh axis ``axis`` (None: not split),
+    softmax attention exchanges it by ``attention`` (one of ``ATTENTION_SCHEMES``) and linear
+    recurrences carry their states across it by ``carry`` (one of ``CARRY_SCHEMES``)."""
+    if attention not in ATTENTION_SCHEMES:
+        raise ValueError(f"attention must be one of {ATTENTION_SCHEMES}, got {attention!r}")
+    if carry not in CARRY_SCHEMES:
+        raise ValueError(f"carry must be one of {CARRY_SCHEMES}, got {carry!r}")
+    with _SEQUENCE_AXIS(axis), _ATTENTION(attention), _CARRY(carry):
         yield
+
+
+def carry_scheme() -> str:
+    """How linear recurrences carry their states across shards in the active context:
+    ``"all_gather"`` (LASP-2) or ``"all_scan"`` (ZeCO)."""
+    return _CARRY.value
+
+
+def attention_scheme() -> str:
+    """How softmax attention is sequence parallel in the active context: ``"ring"`` or
+    ``"ulysses"``."""
+    return _ATTENTION.value
 
 
 def sequence_axis(explicit: str | None = None) -> str | None:

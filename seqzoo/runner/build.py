@@ -26,8 +26,7 @@ from seqzoo.data import Dataset
 from seqzoo.data.dataset import Split
 from seqzoo.models import SequenceModel
 from seqzoo.models.blocks import mlp_width
-from seqzoo.parallel import SEQUENCE_PARALLEL_MIXERS
-from seqzoo.registry import mixer_entry
+from seqzoo.registry import SEQUENCE_PARALLEL_MIXERS, mixer_entry
 from seqzoo.runner.experiments import transformer_config
 from seqzoo.runner.mixer_options import check_mixer_options
 from seqzoo.runner.model import build_model, model_inputs
@@ -109,7 +108,7 @@ def check_config(cfg: ExperimentConfig) -> None:
         )
     check_task(cfg.task)
     mixers = m.mixer.split(",")
-    data, seq = mesh_shape(cfg.mesh, jax.local_device_count())
+    data, seq = mesh_shape(cfg.mesh, jax.device_count())
     check_batch_size(cfg.optim.batch_size, data)
     check_accumulate(cfg.optim.batch_size, cfg.optim.accumulate, data)
     unsupported = sorted(set(mixers) - SEQUENCE_PARALLEL_MIXERS)

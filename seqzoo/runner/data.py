@@ -4,6 +4,8 @@ Training: epoch e visits the examples in the order ``default_rng((seed, e)).perm
 step s (1-based) takes positions ``[(s - 1) B, s B)`` of the concatenated epochs.
 Evaluation: the split in order, in batches of B; the last one is filled up with copies of the
 first row whose targets are -100, so every example counts once and no shape changes.
+Each process of a multi-process run reads only ``rows``, its rows of every batch
+(``sharding.process_rows``).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from seqzoo.data.dataset import Split
 
 
 class BatchSampler:
-    """Training batches of ``batch_size`` rows of ``split``, by step (see the module docstring)."""
+    """Training batches of ``batch_size`` rows of ``split``, by step (see the module docstring);
+    ``batch`` gives their ``rows`` only (a process's, in a multi-process run)."""
 
-    def __init__(self, split: Split, batch_size: int, seed: int):
-        self.split, self.batch_size, self.seed = split, batch_size, seed
+    def __init__(self, split: Split, batch_size: int, seed: int, rows: slice = slice(None)):
+        self.split, self.batch_size, self.seed, self.rows = split, batch_size, seed, rows
         self.n = len(split["inputs"])
         self._epoch, self._permutation = None, None
 
@@ -42,15 +45,16 @@ class BatchSampler:
         return out
 
     def batch(self, step: int) -> Split:
-        idx = self.indices(step)
+        """The ``rows`` of the batch of ``step`` (1-based)."""
+        idx = self.indices(step)[self.rows]
         return {k: v[idx] for k, v in self.split.items()}
 
 
-def eval_batches(split: Split, batch_size: int) -> Iterator[Split]:
-    """``split`` in order, in full batches; padding rows carry no labels."""
+def eval_batches(split: Split, batch_size: int, rows: slice = slice(None)) -> Iterator[Split]:
+    """``split`` in order, in full batches (or their ``rows``); padding rows carry no labels."""
     n = len(split["inputs"])
     for start in range(0, n, batch_size):
-        idx = np.arange(start, start + batch_size)
+        idx = np.arange(start, start + batch_size)[rows]
         pad = idx >= n
         batch = {k: v[np.where(pad, 0, idx)] for k, v in split.items()}
         batch["targets"] = np.where(

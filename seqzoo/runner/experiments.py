@@ -4,9 +4,11 @@ defaults. Files in subfolders are named by their path without ``.toml``, e.g.
 ``lra/listops_s4d`` for ``experiments/lra/listops_s4d.toml``.
 
 Experiments are looked up in ``experiment_dirs()``, in order: ``experiments/`` in the current
-directory, then the one of the source checkout seqzoo runs from (two folders above the package;
-a wheel install has none). A name is a relative path inside those folders (no ``..``, not
-absolute); any other config file is given by its path, ending in ``.toml``.
+directory, then the package's own, ``seqzoo/experiments``: in a source checkout a link to the
+checkout's ``experiments/`` folder, in an installed wheel the TOML files shipped as package data
+(``[tool.setuptools.package-data]`` in pyproject.toml). A name is a relative path inside those
+folders (no ``..``, not absolute); any other config file is given by its explicit path, ending in
+``.toml``, wherever it is.
 
 LRA compares models at about the Transformer's parameter count (within 10%): the Transformer
 config of an experiment ``DIR/TASK_MODEL`` is ``DIR/TASK_transformer`` (see
@@ -21,7 +23,8 @@ from pathlib import Path
 from seqzoo.config import ExperimentConfig, load_config
 from seqzoo.domains import RELATIVE_NAME
 
-SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the source checkout, if seqzoo runs from one
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # seqzoo/, whose experiments/ ships the TOMLs
+SOURCE_ROOT = PACKAGE_ROOT.parent  # the source checkout, if seqzoo runs from one (benchmarks/)
 FOLDER = "experiments"
 SUFFIX = ".toml"
 DEFAULT = "default"
@@ -30,9 +33,9 @@ TRANSFORMER = "_transformer"
 
 def experiment_dirs() -> list[Path]:
     """The folders experiments are looked up in, first match first (they need not exist):
-    ``./experiments``, then the source checkout's ``experiments``."""
+    ``./experiments``, then the package's ``seqzoo/experiments``."""
     dirs: list[Path] = []
-    for folder in (Path.cwd() / FOLDER, SOURCE_ROOT / FOLDER):
+    for folder in (Path.cwd() / FOLDER, PACKAGE_ROOT / FOLDER):
         if all(folder.resolve() != d.resolve() for d in dirs):
             dirs.append(folder)
     return dirs

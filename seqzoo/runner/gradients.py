@@ -6,7 +6,8 @@ of the batch it is given; the state is batch norm's running averages after this 
 variables only. With ``mesh.seq = 1`` it runs on the whole batch under ``jit`` (XLA splits
 the rows over ``data``, so batch norm's statistics are the whole batch's). With
 ``mesh.seq > 1`` it runs per device inside ``shard_map`` under
-``sequence_parallel("seq")`` on a ``(rows / data, length / seq)`` block; then
+``sequence_parallel("seq", **schemes)`` (``mesh.attention``: ring or Ulysses, ``mesh.carry``:
+all-gather or All-Scan) on a ``(rows / data, length / seq)`` block; then
 
     stats    = psum of the blocks' stats                         (a pooled head's are per row:
                                                                   counted once, not per seq shard)
@@ -65,13 +66,16 @@ def _reduced_axes(per_position: bool) -> tuple[str, ...]:
     return AXES if per_position else ("data",)
 
 
-def batch_stats(stats_fn: StatsFn, mesh: Mesh, per_position: bool, batch_ndims: dict) -> Callable:
-    """``(variables, batch, key) -> stats`` summed over the whole batch."""
+def batch_stats(
+    stats_fn: StatsFn, mesh: Mesh, per_position: bool, batch_ndims: dict, **schemes: str
+) -> Callable:
+    """``(variables, batch, key) -> stats`` summed over the whole batch (``schemes``: of
+    ``sequence_parallel``)."""
     if not _sequence_parallel(mesh):
         return lambda variables, batch, key: stats_fn(variables, batch, key)[0]
 
     def block(params, batch, key):
-        with sequence_parallel("seq"):
+        with sequence_parallel("seq", **schemes):
             stats, _ = stats_fn(params, batch, _device_key(key))
         return jax.lax.psum(stats, _reduced_axes(per_position))
 
@@ -79,7 +83,7 @@ def batch_stats(stats_fn: StatsFn, mesh: Mesh, per_position: bool, batch_ndims: 
 
 
 def stats_and_grads(
-    stats_fn: StatsFn, mesh: Mesh, per_position: bool, batch_ndims: dict
+    stats_fn: StatsFn, mesh: Mesh, per_position: bool, batch_ndims: dict, **schemes: str
 ) -> Callable:
     """``(variables, batch, key, count=None) -> (stats, d loss / d trainable(variables), model
     state)``, ``loss = sum ce / count``, ``count`` the batch's own unless given. With
@@ -113,7 +117,7 @@ def stats_and_grads(
             denominator = jnp.where(count < 0, total["count"], count)
             return stats["ce"] / (replicas * jnp.maximum(denominator, 1.0)), total
 
-        with sequence_parallel("seq"):
+        with sequence_parallel("seq", **schemes):
             (_, stats), grads = jax.value_and_grad(share, has_aux=True)(params)
         return stats, jax.lax.psum(grads, AXES), {}
 

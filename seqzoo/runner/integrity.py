@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqzoo.runner.distributed import host_values
+
 
 @jax.jit
 def _finite_leaves(tree: Any) -> Any:
@@ -28,9 +30,10 @@ def nonfinite_leaves(tree: Any) -> list[str]:
 
 def array_checksum(tree: Any) -> str:
     """CRC-32 (8 hex digits) of the leaves of ``tree``: dtype, shape and bytes of each, in tree
-    order (the arrays are fetched to the host)."""
+    order (the arrays are fetched to the host: gathered from every process, so the checksum of a
+    checkpoint does not depend on how many processes saved it)."""
     crc = 0
-    for leaf in jax.tree.leaves(jax.device_get(tree)):
+    for leaf in jax.tree.leaves(host_values(tree)):
         array = np.ascontiguousarray(leaf)
         crc = zlib.crc32(f"{array.dtype.name}{array.shape}".encode(), crc)
         crc = zlib.crc32(array.reshape(-1).view(np.uint8), crc)

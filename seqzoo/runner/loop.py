@@ -24,10 +24,17 @@ holds finite values only.
 Out of memory: XLA's ``RESOURCE_EXHAUSTED`` while compiling or running a step (or evaluating)
 stops the run with ``memory.OutOfMemory``, whose message names the phase, ``optim.batch_size``,
 ``optim.accumulate`` and the compiled step's size; XLA's error is its ``__cause__``.
+
+Over several processes (``seqzoo.runner.distributed``) every process runs this loop on its rows
+of each batch; process 0 alone holds the lock, writes ``config.toml``, the metrics, the resume
+record and the summary, logs and draws the bars; all of them save and restore the checkpoints.
+A stop one process decides alone (a signal, ``max_minutes``) is agreed at the next log step,
+so that all stop after the same step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -41,15 +48,16 @@ from seqzoo.data.progress import Progress, progress_output
 from seqzoo.runner.build import Built, build, param_count
 from seqzoo.runner.checkpoint import LATEST, Checkpoints, Restored, set_aside
 from seqzoo.runner.data import BatchSampler
+from seqzoo.runner.distributed import agree, barrier, is_main
 from seqzoo.runner.integrity import nonfinite_leaves
 from seqzoo.runner.lock import RunLock
 from seqzoo.runner.memory import is_out_of_memory, out_of_memory
-from seqzoo.runner.metrics import MetricsLog
+from seqzoo.runner.metrics import MetricsLog, NoMetrics
 from seqzoo.runner.optim import make_optimizer
 from seqzoo.runner.progress import completed, eval_bar
 from seqzoo.runner.resume import RESUMES_FILE, record_resume, resume_changes
 from seqzoo.runner.rundir import check_run_dir, start_run_dir, write_summary
-from seqzoo.runner.sharding import describe_devices, put_batch
+from seqzoo.runner.sharding import describe_devices, process_rows, put_batch
 from seqzoo.runner.signals import RunInterrupted, StopSignals
 from seqzoo.runner.steps import eval_step_fn, evaluate, init_opt_state, train_step_fn
 
@@ -81,7 +89,8 @@ class _Trainer:
     """One run in its locked run directory: state, checkpoints, metrics, the loop.
 
     ``changes``: None for a new run; resuming, the config changes from the run's config
-    (``resume.resume_changes``), recorded once the restore succeeded.
+    (``resume.resume_changes``), recorded once the restore succeeded (by process 0: the other
+    processes get ``{}``).
     """
 
     def __init__(self, built: Built, run_dir: Path, changes, log, deadline=None):
@@ -101,11 +110,14 @@ class _Trainer:
                 restored.items[k] for k in ("params", "opt_state", "meta")
             )
             self.last_good = restored.path
-        self.metrics = MetricsLog(run_dir, self.meta["step"])  # first: fails on a damaged file
-        moved = set_aside(run_dir, restored.skipped) if restored else {}
+        self.main = is_main()  # process 0: writes the run directory's own files
+        # first: fails on a damaged file
+        self.metrics = MetricsLog(run_dir, self.meta["step"]) if self.main else NoMetrics()
+        moved = set_aside(run_dir, restored.skipped) if restored and self.main else {}
+        barrier("seqzoo:set_aside")  # before any process's orbax lists the checkpoints
         self.checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
         self.checkpoints.discard_best_after(self.meta["step"])
-        if restored is not None:
+        if restored is not None and self.main:
             record_resume(run_dir, cfg, restored, moved, changes)
             self._log_resume(restored, moved, changes)
         self.updated = self.meta["step"] > 0  # whether an update may have changed the params
@@ -217,10 +229,12 @@ class _Trainer:
         first = self.meta["step"] + 1
         if first > cfg.optim.steps:
             return
-        sampler = BatchSampler(built.data["train"], cfg.optim.batch_size, cfg.seed)
+        size = cfg.optim.batch_size
+        rows = process_rows(built.mesh, size)  # this process reads only these of each batch
+        sampler = BatchSampler(built.data["train"], size, cfg.seed, rows)
         val_name = "val" if "val" in built.data.splits else "test"
         train_step = train_step_fn(built, self.optimizer, self.dropout_key)
-        example = put_batch(sampler.batch(first), built.mesh)
+        example = put_batch(sampler.batch(first), built.mesh, size)
         self.phase = "compiling the training step"
         train_step = self.compiled = train_step.lower(
             self.params, self.opt_state, example, first
@@ -230,20 +244,33 @@ class _Trainer:
         self.clock = started - self.carried_seconds
         for step in range(first, cfg.optim.steps + 1):
             self.phase = "the training step"
-            batch = put_batch(sampler.batch(step), built.mesh)
+            batch = put_batch(sampler.batch(step), built.mesh, size)
             self.params, self.opt_state, stats = train_step(
                 self.params, self.opt_state, batch, step
             )
             self.pending.append((step, stats))
-            last = step == cfg.optim.steps or self._out_of_time()
+            out_of_time, received = self._stop_requests(step)
+            last = step == cfg.optim.steps or out_of_time
             evaluate_now = step % cfg.eval_every == 0 or last
             save_now = step % cfg.checkpoint_every == 0 or last
             if step % cfg.log_every == 0 or evaluate_now or save_now:
                 self._log_step(step, evaluate_now, save_now, val_name, started)
-            if self.signals.received is not None:
-                self._stop(step, self.signals.received)
+            if received is not None:
+                self._stop(step, received)
             if last:
                 break
+
+    def _stop_requests(self, step: int) -> tuple[bool, signal.Signals | None]:
+        """``(max_minutes spent, the signal received)`` after ``step``. Over several processes,
+        agreed by all at log steps only (none elsewhere: the collective would wait for the
+        steps under way); a process that received no signal stops on the others' as SIGTERM."""
+        out_of_time, received = self._out_of_time(), self.signals.received
+        if jax.process_count() == 1:
+            return out_of_time, received
+        if step % self.cfg.log_every:
+            return False, None
+        stop = agree(received is not None)
+        return agree(out_of_time), (received or signal.SIGTERM) if stop else None
 
     def _log_step(
         self, step: int, evaluate_now: bool, save_now: bool, val_name: str, started: float
@@ -393,20 +420,47 @@ def train(
     on a non-finite loss, parameter or validation loss, ``RunInterrupted`` after SIGINT or
     SIGTERM (once the step under way is saved: resuming continues from it),
     ``memory.OutOfMemory`` when XLA runs out of memory compiling or running a step.
+    Over several processes (``seqzoo.runner.distributed``) every process calls this with the
+    same arguments; only process 0 logs, shows progress and writes the run directory's files.
     """
     started = time.perf_counter()
     deadline = started + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
     if resume:  # refused overrides fail before the data is built (checked again under the lock)
         resume_changes(check_run_dir(run_dir, cfg, resume=True, overwrite=overwrite), cfg)
-    with progress_output(progress):
+    main = is_main()
+    log = log if main else _silent
+    with progress_output(progress if main else False):
         built = build(cfg)
-        run_dir = check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
-        with RunLock(run_dir, log):
-            if resume:
-                changes = resume_changes(run_dir, cfg)  # against the config as it is now
-            else:
-                start_run_dir(run_dir, cfg, overwrite=overwrite)
-                changes = None
+        run_dir = Path(run_dir)
+        with contextlib.ExitStack() as held:
+            changes, failure = ({} if resume else None), None
+            if main:
+                try:
+                    changes = _open_run_dir(run_dir, cfg, resume, overwrite, log, held)
+                except Exception as e:  # noqa: BLE001 (re-raised below, once all processes know)
+                    failure = e
+            if agree(failure is not None):
+                raise failure or RuntimeError(
+                    f"process 0 could not open the run directory {run_dir}: see its error"
+                )
             summary = _Trainer(built, run_dir, changes, log, deadline).run(started)
-            write_summary(run_dir, summary)
+            if main:
+                write_summary(run_dir, summary)
     return summary
+
+
+def _silent(line: str) -> None:
+    """The log of the processes other than 0."""
+
+
+def _open_run_dir(
+    run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool, log, held
+) -> dict | None:
+    """Create (or check) ``run_dir``, take its lock (held until ``held`` closes) and start a new
+    run there, or check a resume: the changes ``_Trainer`` takes (None for a new run)."""
+    check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
+    held.enter_context(RunLock(run_dir, log))
+    if resume:
+        return resume_changes(run_dir, cfg)  # against the config as it is now
+    start_run_dir(run_dir, cfg, overwrite=overwrite)
+    return None

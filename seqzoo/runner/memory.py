@@ -126,7 +126,7 @@ def abstract_build(cfg: ExperimentConfig):
     from seqzoo.runner.sharding import check_batch_size, make_mesh, mesh_shape
 
     check_values(cfg)
-    devices, _ = mesh_shape(cfg.mesh, jax.local_device_count())
+    devices, _ = mesh_shape(cfg.mesh, jax.device_count())
     check_batch_size(cfg.optim.batch_size, devices)
     check_accumulate(cfg.optim.batch_size, cfg.optim.accumulate, devices)
     check_mixer_options(cfg.model)
@@ -301,7 +301,7 @@ def out_of_memory(cfg: ExperimentConfig, what: str, error: BaseException,
     try:
         from seqzoo.runner.sharding import mesh_shape
 
-        devices = mesh_shape(cfg.mesh, jax.local_device_count())[0]
+        devices = mesh_shape(cfg.mesh, jax.device_count())[0]
     except ValueError:
         devices = 1
     larger = next((a for a in range(o.accumulate + 1, o.batch_size + 1)

@@ -64,3 +64,13 @@ class MetricsLog:
     def close(self) -> None:
         self.file.close()
         self.events.close()
+
+
+class NoMetrics:
+    """The metrics of a process other than 0 of a multi-process run: written by process 0."""
+
+    def write(self, step: int, split: str, values: dict[str, float]) -> None:
+        """Nothing: process 0 writes the record."""
+
+    def close(self) -> None:
+        """Nothing to close."""

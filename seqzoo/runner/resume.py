@@ -37,6 +37,8 @@ RESUMABLE = (
     "mesh.data",  # where it runs: devices, not what is computed
     "mesh.seq",
     "mesh.params",
+    "mesh.attention",
+    "mesh.carry",
 )
 
 

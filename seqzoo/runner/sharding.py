@@ -12,6 +12,12 @@ gradient all-reduce. With ``mesh.seq > 1`` the model runs inside ``shard_map``
 ``fsdp`` shards each parameter (and its optimizer moments) along its largest dimension that all
 the mesh's devices divide (replicated when none does): memory at rest drops by the device count;
 the steps gather the parameters for the compute (ZeRO-3 storage, not per-layer gathering).
+
+Over several processes (``seqzoo.runner.distributed``) the mesh holds every process's devices;
+a process addresses the rows ``process_rows`` of each batch (those its devices hold, contiguous
+when the mesh is laid out process by process, as ``jax.make_mesh`` does) and reads only those
+from the data; ``put_batch`` assembles the global batch from them
+(``jax.make_array_from_process_local_data``).
 """
 
 from __future__ import annotations
@@ -36,24 +42,24 @@ def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int]:
     check_values(cfg, "mesh.")
     if not cfg.data and num_devices % cfg.seq:
         raise ValueError(
-            f"mesh.seq={cfg.seq} does not divide the {num_devices} local devices; set mesh.data "
+            f"mesh.seq={cfg.seq} does not divide the {num_devices} devices; set mesh.data "
             f"too (mesh.data * mesh.seq devices are used)"
         )
     data = cfg.data or num_devices // cfg.seq
     if data * cfg.seq > num_devices:
         raise ValueError(
             f"mesh.data={data} x mesh.seq={cfg.seq} needs {data * cfg.seq} devices; "
-            f"there are {num_devices} local devices"
+            f"there are {num_devices} devices (of all processes)"
         )
     return data, cfg.seq
 
 
 def make_mesh(cfg: MeshConfig) -> Mesh:
-    """The ``(data, seq)`` mesh of the first ``data * seq`` local devices, laid out by
+    """The ``(data, seq)`` mesh of the first ``data * seq`` devices (of all processes), laid out by
     ``jax.make_mesh`` for the device topology (a TPU slice's torus: neighbours along ``seq``,
     whose ring and all-gathers carry the sequence-parallel traffic), in order where it has no
     layout for that subset of devices."""
-    devices = jax.local_devices()
+    devices = jax.devices()
     data, seq = mesh_shape(cfg, len(devices))
     chosen = devices[: data * seq]
     try:
@@ -109,10 +115,35 @@ def pad_batch(batch: dict[str, np.ndarray], shards: int) -> dict[str, np.ndarray
     }
 
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Host arrays onto the devices: padded for, and split over, the mesh."""
+def process_rows(mesh: Mesh, batch_size: int) -> slice:
+    """The rows of a ``batch_size``-row batch that this process's devices hold (all of them in
+    a single process)."""
+    where = NamedSharding(mesh, PartitionSpec("data")).addressable_devices_indices_map(
+        (batch_size,)
+    )
+    spans = sorted({index[0].indices(batch_size)[:2] for index in where.values()})
+    start, stop = spans[0][0], spans[-1][1]
+    if sum(b - a for a, b in spans) != stop - start:
+        raise ValueError(
+            f"this process's devices hold the rows {spans} of the batch, not one block: the "
+            f"mesh interleaves the processes' devices along data"
+        )
+    return slice(start, stop)
+
+
+def put_batch(
+    batch: dict[str, np.ndarray], mesh: Mesh, batch_size: int | None = None
+) -> dict[str, jax.Array]:
+    """This process's rows (``process_rows``) of a ``batch_size``-row batch (None: ``batch`` is
+    the whole batch) onto its devices, padded for and split over the mesh: the global arrays
+    of the whole batch."""
     batch = pad_batch(batch, mesh.shape["seq"])
-    return jax.device_put(batch, batch_shardings(batch, mesh))
+    return {
+        k: jax.make_array_from_process_local_data(
+            where, batch[k], (batch_size or len(batch[k]), *batch[k].shape[1:])
+        )
+        for k, where in batch_shardings(batch, mesh).items()
+    }
 
 
 def state_shardings(tree: Any, mesh: Mesh, mode: str) -> Any:

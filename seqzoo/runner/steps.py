@@ -42,7 +42,7 @@ from seqzoo.runner.gradients import batch_stats, stats_and_grads
 from seqzoo.runner.model import loss_and_accuracy, model_inputs, per_position, token_stats
 from seqzoo.runner.optim import schedule
 from seqzoo.runner.progress import completed
-from seqzoo.runner.sharding import batch_shardings, put_batch, replicated
+from seqzoo.runner.sharding import batch_shardings, process_rows, put_batch, replicated
 from seqzoo.runner.variables import model_state, trainable
 
 
@@ -125,10 +125,17 @@ def accumulated(grads_fn, accumulate: int):
     return run
 
 
+def _schemes(built: Built) -> dict[str, str]:
+    """How the sequence-parallel ops exchange their shards: ``mesh.attention``, ``mesh.carry``."""
+    return {"attention": built.cfg.mesh.attention, "carry": built.cfg.mesh.carry}
+
+
 def train_step_fn(built: Built, optimizer: optax.GradientTransformation, dropout_key: jax.Array):
     """The jitted train step (parameters and optimizer state are donated)."""
     lr = schedule(built.cfg.optim, built.cfg.optim.lr)
-    grads_fn = stats_and_grads(stats_fn(built.model, False), built.mesh, *_layout(built))
+    grads_fn = stats_and_grads(
+        stats_fn(built.model, False), built.mesh, *_layout(built), **_schemes(built)
+    )
     grads_fn = accumulated(grads_fn, built.cfg.optim.accumulate)
 
     def step_fn(variables, opt_state, batch, step):
@@ -168,7 +175,7 @@ def init_opt_state(built: Built, optimizer: optax.GradientTransformation, variab
 
 def eval_step_fn(built: Built):
     """The jitted eval step: summed ``token_stats`` of one batch."""
-    stats = batch_stats(stats_fn(built.model, True), built.mesh, *_layout(built))
+    stats = batch_stats(stats_fn(built.model, True), built.mesh, *_layout(built), **_schemes(built))
     accumulate = built.cfg.optim.accumulate
 
     def step_fn(params, batch):
@@ -190,8 +197,9 @@ def evaluate(
 ) -> dict[str, float]:
     """``{"loss", "accuracy"}`` over every labelled target of ``split``; ``bar`` advances by
     one as each batch completes."""
-    batches = eval_batches(split, built.cfg.optim.batch_size)
-    results = [eval_step(params, put_batch(b, built.mesh)) for b in batches]
+    size = built.cfg.optim.batch_size
+    batches = eval_batches(split, size, process_rows(built.mesh, size))
+    results = [eval_step(params, put_batch(b, built.mesh, size)) for b in batches]
     stats = jax.device_get(completed(results, bar))
     ce, correct, count = (float(np.sum([s[k] for s in stats])) for k in ("ce", "correct", "count"))
     return {"loss": ce / max(count, 1.0), "accuracy": correct / max(count, 1.0)}

@@ -101,7 +101,7 @@ class StructuredMixer(MatrixMixer):
             "conv_kernel", _uniform(bound), (self.d_conv, channels), jnp.float32
         )
         self.conv_bias = self.param("conv_bias", _uniform(bound), (channels,), jnp.float32)
-        self.norm = RMSNorm(eps=1e-5)
+        self.norm = RMSNorm(eps=1e-5, norm_before_gate=True)
         self.out_proj = dense(self.d_model, "out_proj", dtype=self.dtype)
         self.setup_structure()
 
@@ -153,8 +153,7 @@ class StructuredMixer(MatrixMixer):
 
     def mixer_output(self, inputs, mixed):
         y = merge_heads(mixed + inputs.values)
-        gate = jax.nn.silu(inputs.aux["z"].astype(jnp.float32))
-        return self.out_proj(self.norm(y) * gate)
+        return self.out_proj(self.norm(y, inputs.aux["z"]))
 
     # ---- per-position features q, k, shared by several structures ---------------------------
     def setup_qk(self, init: Callable) -> None:

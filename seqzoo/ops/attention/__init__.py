@@ -18,8 +18,10 @@ Grouped-query attention (Ainslie et al., 2023): ``k, v`` have ``kv_heads`` heads
 reads kv head ``n // (heads / kv_heads)``.
 
 Files: this one validates and dispatches; ``masks.py`` (the allowed pairs), ``xla.py`` (the dense
-softmax, ``impl="parallel"``), ``cudnn.py`` (``impl="cudnn"``), ``chunked.py`` (Mega's chunked
-attention, its own op) and ``sequence_parallel.py`` (ring attention over devices);
+softmax, ``impl="parallel"``), ``cudnn.py`` (``impl="cudnn"``), ``tokamax_gpu.py``
+(``impl="tokamax"``), ``splash_tpu.py`` (``impl="splash"``), ``chunked.py`` (Mega's chunked
+attention, its own op), ``sequence_parallel.py`` (ring attention over devices) and
+``ulysses.py`` (DeepSpeed-Ulysses: the sequence traded for heads around any of the others);
 ``seqzoo.ops.dispatch`` decides what ``impl="auto"`` runs.
 """
 
@@ -41,9 +43,11 @@ from seqzoo.ops.attention.masks import (
 )
 from seqzoo.ops.attention.sequence_parallel import sharded_attention
 from seqzoo.ops.attention.splash_tpu import splash_attention
+from seqzoo.ops.attention.tokamax_gpu import tokamax_attention
+from seqzoo.ops.attention.ulysses import ulysses_attention
 from seqzoo.ops.attention.xla import attention_probs
 from seqzoo.ops.dispatch import accepted, canonical, on_platform, resolve
-from seqzoo.parallel.context import sequence_axis
+from seqzoo.parallel.context import attention_scheme, sequence_axis
 
 Array = jax.Array
 IMPLS = accepted("attention")
@@ -159,13 +163,16 @@ def dot_product_attention(
       segment_ids: ``(batch, length)`` int, packed sequences (see the module docstring), or None.
       scale: default ``d ** -0.5``.
       impl: ``"parallel"`` (XLA's dense softmax), ``"cudnn"`` (cuDNN's flash attention),
+        ``"tokamax"`` (tokamax's flash attention, GPU, float32 too; optional dependency),
         ``"splash"`` (jax's splash attention, TPU) or ``"auto"`` (``attention_impl`` picks, and
         says why: cuDNN on a GPU where it applies, splash attention on a TPU (no sinks), else
         XLA; the TPU's choice is taken where the computation is lowered for a TPU);
         ``"xla"`` is the deprecated name of ``"parallel"``.
       seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that of
         the active ``seqzoo.parallel.sequence_parallel`` context): ring attention
-        (``sequence_parallel.py``; ``impl`` is not used there).
+        (``sequence_parallel.py``; ``impl`` is not used there), or where the context says
+        ``attention="ulysses"``, DeepSpeed-Ulysses (``ulysses.py``: ``impl`` runs on head
+        shards of whole sequences).
 
     cuDNN gets the pattern as ``is_causal`` / ``local_window_size`` and padding as sequence
     lengths (``fused_attention``); XLA (``xla.lean_dense``: the scores for a block of rows at a
@@ -178,11 +185,23 @@ def dot_product_attention(
     impl = canonical("attention", impl)
     _check(q, k, v)
     axis = sequence_axis(seq_axis)
+    pattern = dict(causal=causal, window=window, num_sinks=num_sinks, scale=scale)
+    if axis is not None and attention_scheme() == "ulysses":  # whole sequences, some heads
+        whole = functools.partial(_whole_sequences, impl=impl, **pattern)
+        return ulysses_attention(q, k, v, axis=axis, attend=whole, mask=mask,
+                                 segment_ids=segment_ids)
     if axis is not None:  # sequence parallel: K and V travel around the ring of shards
         return sharded_attention(
-            q, k, v, axis=axis, causal=causal, window=window, num_sinks=num_sinks, mask=mask,
-            segment_ids=segment_ids, scale=scale,
+            q, k, v, axis=axis, mask=mask, segment_ids=segment_ids, **pattern
         )
+    return _whole_sequences(q, k, v, mask, segment_ids, impl=impl, **pattern)
+
+
+def _whole_sequences(
+    q: Array, k: Array, v: Array, mask: Array | None, segment_ids: Array | None, *,
+    causal: bool, window: int | None, num_sinks: int, scale: float | None, impl: str,
+) -> Array:
+    """``dot_product_attention`` of sequences held whole (checked ``impl``)."""
     dtype = jnp.result_type(q, k, v)
     q, k, v = (a.astype(dtype) for a in (q, k, v))
     options = dict(causal=causal, window=window, mask=mask, scale=scale)
@@ -190,6 +209,8 @@ def dot_product_attention(
     def run(impl: str, platform: str):
         if impl == "cudnn" and not num_sinks and segment_ids is None:
             return functools.partial(fused_attention, **options)
+        if impl == "tokamax":  # (the policy sends sinks and segment_ids to XLA)
+            return functools.partial(tokamax_attention, **options)
         if impl == "splash":
             return functools.partial(splash_attention, segment_ids=segment_ids, **options)
         if impl == "cudnn":  # asked for with sinks or segments: cuDNN takes the mask too

@@ -11,6 +11,7 @@ back, under ``lax.cond`` on the whole batch, so right padding never pays for the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -64,3 +65,33 @@ def valid_first(run: Callable[..., Array], mask: Array, *rows: Array) -> Array:
     out = lax.cond(right_padded, in_order, gathered, *rows)
     valid = mask.reshape(mask.shape + (1,) * (out.ndim - 2))
     return jnp.where(valid, out, jnp.zeros((), out.dtype))
+
+
+def with_lengths(
+    attend: Callable[..., Array],
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool,
+    window: int | None,
+    mask: Array | None,
+    scale: float | None,
+) -> Array:
+    """A fused kernel with ``jax.nn.dot_product_attention``'s keywords (``is_causal``,
+    ``local_window_size``, ``query_seq_lengths``, ``key_value_seq_lengths``, ``scale``) on our
+    semantics: the window as ``(w - 1, 0)`` (causal) or ``(w - 1, w - 1)``, padding as lengths
+    of the valid tokens moved to the front (``valid_first``).
+
+    q: ``(batch, length, heads, d)``; k, v: ``(batch, length, kv_heads, d)``; mask:
+    ``(batch, length)`` bool or None. Padded query rows of the output are 0.
+    """
+    sides = None if window is None else (window - 1, 0 if causal else window - 1)
+    run = functools.partial(attend, scale=scale, is_causal=causal, local_window_size=sides)
+    if mask is None:
+        return run(q, k, v)
+
+    def by_lengths(lengths, q, k, v):
+        return run(q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths)
+
+    return valid_first(by_lengths, mask, q, k, v)

@@ -1,0 +1,316 @@
+"""Mixture-of-Memories (MoM; Du et al. 2025), as fla's ``fla/layers/mom.py`` with the
+``gated_deltanet`` memory (the official ``MomConfig`` defaults: 4 memories, top-2, a shared one):
+
+    p_t     = softmax(x_t W_r)                   router over E memories
+    T_t     = top-k of p_t,  w_t^m = p_t^m / sum_{n in T_t} p_t^n   (m in T_t; 0 elsewhere)
+    memory m reads only its own tokens {t : m in T_t}, in order (the shared memory: every token):
+      q, k, v = silu(conv(x W_q)), silu(conv(x W_k^m)), silu(conv(x W_v^m))   conv over m's tokens
+      q, k    = q / ||q||, k / ||k||;  b = sigmoid(x W_b^m);  a = exp(-exp(A_log) softplus(x W_a^m
+                + dt_bias))
+      S^m_t   = a_t (I - b_t k_t k_t^T) S^m_{t-1} + b_t k_t v_t^T,   o^m_t = S^m_t^T q_t / sqrt(dk)
+      S^m_t   = S^m_{t-1} for a token not routed to m (its update is skipped, not decayed)
+    o_t = sum_{m in T_t} w_t^m o^m_t  (+ o^shared_t)
+    y   = RMSNorm(o_t) * silu(x_t W_g) per head, then W_o
+
+``W_q``, the conv weights, ``A_log`` and ``dt_bias`` are shared by the memories; ``W_k, W_v,
+W_b, W_a`` are each memory's own (``single_kv_proj=False``). Each memory's conv runs over the
+tokens routed to it (its own buffer in ``step``), as fla's compacted sequences do.
+
+Init as the official layer's ``_initialize_weights``: every projection (router included) Xavier
+uniform with gain ``2^-2.5``, no biases; convs torch's ``Conv1d`` default; ``A_log = log U(0,
+16)``, ``dt_bias`` Mamba-2's; norm weights 1.
+
+Matrix view: memory ``m`` is a Gated DeltaNet head on the tokens routed to it, ``M^m[i, j] =
+w_i^m q_i^T A_i ... A_{j+1} b_j k_j / sqrt(dk)`` (products over tokens routed to ``m``), with
+its own values ``v^m``. The mixer stacks the memories as heads: values ``(batch, length, (E +
+shared) H, dv)``, ``M: (batch, (E + shared) H, length, length)``; the output stage sums them.
+
+Cost: this form runs every memory over a sequence of the full length (routed tokens first), so
+``E + 1`` Gated DeltaNets instead of fla's ``topk + 1`` sequences of about ``topk L / E`` tokens.
+
+Padding: a pad is routed nowhere (no memory reads it, the shared one included); left, right
+padding and holes give the outputs of the sequence without the pads. With ``segment_ids`` a
+memory's conv and state reset where its tokens' segment changes.
+
+Left out: the load-balancing auxiliary loss (``aux_loss_scale``; a training loss, not part of
+the mixer's output), ``capacity`` (fla does not drop tokens either) and ``single_kv_proj``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
+from seqzoo.layers.catalog import register_mixer
+from seqzoo.layers.common import RMSNorm, dense, l2_normalize, merge_heads, split_heads
+from seqzoo.layers.ssm import (
+    check_dt_range,
+    compiled_delta_rule,
+    conv_params,
+    conv_stage,
+    delta_head_dims,
+    dt_bias_init,
+    log_uniform_a_init,
+    step_size,
+)
+from seqzoo.ops.checks import check_positive_int
+from seqzoo.ops.conv import conv_init_buffer, conv_step
+from seqzoo.ops.delta_rule import delta_rule_matrix, delta_rule_step
+from seqzoo.ops.dispatch import canonical
+from seqzoo.ops.segments import segment_runs
+
+Array = jax.Array
+_F32 = jnp.float32
+XAVIER_GAIN = 2.0**-2.5  # fla's MomAttention._initialize_weights
+
+
+def xavier_uniform(gain: float = XAVIER_GAIN, batch_axis: tuple[int, ...] = ()):
+    """torch's ``xavier_uniform_``: ``U(+-gain sqrt(6 / (fan_in + fan_out)))`` on ``(..., in,
+    out)`` kernels, one independent matrix per ``batch_axis`` entry."""
+    return nn.initializers.variance_scaling(
+        gain**2, "fan_avg", "uniform", in_axis=-2, out_axis=-1, batch_axis=batch_axis
+    )
+
+
+def route(logits: Array, mask: Array, topk: int) -> tuple[Array, Array]:
+    """Top-k routing: ``logits: (..., E)``, ``mask: (...)`` -> ``(routed (..., E) bool,
+    weights (..., E) f32)``, the softmax probabilities of the ``topk`` best memories renormalised
+    to sum to 1 (0 elsewhere and at pads)."""
+    probs = jax.nn.softmax(logits.astype(_F32), axis=-1)
+    top, index = jax.lax.top_k(probs, topk)
+    top = top / jnp.sum(top, axis=-1, keepdims=True)
+    one_hot = jax.nn.one_hot(index, logits.shape[-1], dtype=_F32)  # (..., topk, E)
+    weights = jnp.einsum("...k,...ke->...e", top, one_hot) * mask[..., None]
+    routed = (jnp.sum(one_hot, axis=-2) > 0) & mask[..., None]
+    return routed, weights
+
+
+def compaction(routed: Array) -> tuple[Array, Array, Array]:
+    """Each memory's tokens first, in order: ``routed: (..., L)`` bool -> ``(order, inverse,
+    valid)``, ``(..., L)`` each: ``a[order]`` is the compacted sequence (valid where
+    ``valid``), ``c[inverse]`` puts a compacted ``c`` back in place."""
+    order = jnp.argsort(~routed, axis=-1, stable=True)
+    inverse = jnp.argsort(order, axis=-1)
+    valid = jnp.arange(routed.shape[-1]) < jnp.sum(routed, axis=-1, keepdims=True)
+    return order, inverse, valid
+
+
+def gather(a: Array, index: Array) -> Array:
+    """``a: (n, b, L, ...)`` reordered along ``L`` by ``index: (n, b, L)``."""
+    return jnp.take_along_axis(a, index.reshape(index.shape + (1,) * (a.ndim - 3)), axis=2)
+
+
+@register_mixer(
+    "mom",
+    test_config={"num_heads": 2, "head_dim": 4, "num_memories": 3, "topk": 2, "chunk_size": 4},
+)
+class MoM(MatrixMixer):
+    """Mixture-of-Memories mixer; ``x: (batch, length, d_model)`` (module docstring).
+
+    Attributes:
+      num_heads: heads ``H`` (4). head_dim: key width ``dk`` (None: ``expand_k d_model / H``).
+      expand_k: ``H dk / d_model`` when ``head_dim`` is None (0.5: fla's 4 x 256 at 2048).
+      expand_v: value width over ``dk`` (1, ``MomConfig``'s).
+      num_memories: routed memories ``E`` (4). topk: memories per token (2).
+      shared_mem: a memory every token writes to and reads from, weight 1 (True).
+      use_gate: output gate ``silu(x W_g)`` after the per-head RMSNorm (True).
+      conv_size (4), conv_bias (False), norm_eps (1e-5), A_init_range ((0, 16)), dt_min,
+      dt_max, dt_init_floor: as ``GatedDeltaNet``'s. chunk_size / impl: ``seqzoo.ops.delta_rule``.
+    """
+
+    num_heads: int = 4
+    head_dim: int | None = None
+    expand_k: float = 0.5
+    expand_v: float = 1.0
+    num_memories: int = 4
+    topk: int = 2
+    shared_mem: bool = True
+    use_gate: bool = True
+    conv_size: int = 4
+    conv_bias: bool = False
+    norm_eps: float = 1e-5
+    A_init_range: tuple[float, float] = (0.0, 16.0)
+    dt_min: float = 1e-3
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    chunk_size: int = 64
+    impl: str = "auto"
+
+    info: ClassVar[MixerInfo] = MixerInfo(
+        causal=True,
+        data_dependent=True,
+        structure="semiseparable",
+        cost="O((E + 1) L (C^2 + C dk + dk dv))",
+        paper="Du et al. 2025, MoM: Linear Sequence Modeling with Mixture-of-Memories",
+        segments=True,
+    )
+
+    def setup(self):
+        for name in ("num_heads", "conv_size", "chunk_size", "num_memories", "topk"):
+            check_positive_int(getattr(self, name), name)
+        if self.topk > self.num_memories:
+            raise ValueError(f"topk={self.topk} exceeds num_memories={self.num_memories}")
+        canonical("delta_rule", self.impl)
+        check_dt_range(self.dt_min, self.dt_max, self.dt_init_floor)
+        lo, hi = self.A_init_range
+        if not 0 <= lo <= hi:
+            raise ValueError(f"A_init_range must satisfy 0 <= lo <= hi, got {(lo, hi)}")
+        h = self.num_heads
+        self.dk, self.dv = delta_head_dims(self.d_model, h, self.head_dim, self.expand_k,
+                                           self.expand_v)
+        self.slots = self.num_memories + int(self.shared_mem)
+
+        def proj(features, name):
+            return dense(features, name, dtype=self.dtype, kernel_init=xavier_uniform())
+
+        def per_memory(features, name):  # (slots, d_model, features): memory m's W^m
+            return self.param(name, xavier_uniform(batch_axis=(0,)),
+                              (self.slots, self.d_model, features), _F32)
+
+        self.router = proj(self.num_memories, "router")
+        self.q_proj = proj(h * self.dk, "q_proj")
+        self.k_proj = per_memory(h * self.dk, "k_proj")
+        self.v_proj = per_memory(h * self.dv, "v_proj")
+        self.b_proj, self.a_proj = per_memory(h, "b_proj"), per_memory(h, "a_proj")
+        self.conv_kernel, self.conv_bias_param = conv_params(
+            self, self.conv_size, h * (2 * self.dk + self.dv), self.conv_bias
+        )
+        self.A_log = self.param("A_log", log_uniform_a_init(lo, hi), (h,), _F32)
+        self.dt_bias = self.param(
+            "dt_bias", dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor), (h,), _F32
+        )
+        if self.use_gate:
+            self.g_proj = proj(h * self.dv, "g_proj")
+        self.o_norm = RMSNorm(eps=self.norm_eps, norm_before_gate=True)
+        self.o_proj = proj(self.d_model, "o_proj")
+
+    # ---- pieces (leading axes ``(slots, ...)`` for the per-memory quantities) ----------------
+    def _route(self, x: Array, mask: Array) -> tuple[Array, Array]:
+        """``(routed, weights)``, each ``(slots, ...)`` (the shared memory last: every token,
+        weight 1)."""
+        routed, weights = route(self.router(x), mask, self.topk)
+        if self.shared_mem:
+            routed = jnp.concatenate([routed, mask[..., None]], axis=-1)
+            weights = jnp.concatenate([weights, mask[..., None].astype(_F32)], axis=-1)
+        return jnp.moveaxis(routed, -1, 0), jnp.moveaxis(weights, -1, 0)
+
+    def _project(self, x: Array) -> tuple[Array, Array]:
+        """Each memory's conv input ``(slots, ..., H (2 dk + dv))`` (q shared) and its
+        ``b, a`` pre-activations ``(slots, ..., 2 H)``."""
+        dtype = self.dtype or jnp.result_type(x.dtype, _F32)  # as ``nn.Dense``'s
+
+        def mm(w):
+            return jnp.einsum("...d,ndf->n...f", x.astype(dtype), w.astype(dtype))
+
+        q = self.q_proj(x)
+        q = jnp.broadcast_to(q, (self.slots,) + q.shape)
+        qkv = jnp.concatenate([q, mm(self.k_proj), mm(self.v_proj)], axis=-1)
+        return qkv, jnp.concatenate([mm(self.b_proj), mm(self.a_proj)], axis=-1)
+
+    def _heads(self, qkv: Array, ba: Array, mask: Array) -> dict[str, Array]:
+        """Conv output and gate inputs -> L2-normalised q, k, values, ``beta`` and ``log_decay``
+        (both 0 where ``mask`` is False: a no-op for the state)."""
+        h, key_width = self.num_heads, self.num_heads * self.dk
+        q, k, v = jnp.split(qkv, [key_width, 2 * key_width], axis=-1)
+        b, a = jnp.split(ba, 2, axis=-1)
+        return {
+            "q": l2_normalize(split_heads(q, h)),
+            "k": l2_normalize(split_heads(k, h)),
+            "v": split_heads(v, h),
+            "beta": jnp.where(mask[..., None], jax.nn.sigmoid(b.astype(_F32)), 0.0),
+            "log_decay": -jnp.exp(self.A_log) * step_size(a, self.dt_bias, mask),
+        }
+
+    def mixer_inputs(self, x, mask, segment_ids=None):
+        routed, weights = self._route(x, mask)  # (n, b, l)
+        order, inverse, valid = compaction(routed)
+        qkv, ba = (gather(a, order) for a in self._project(x))
+        n, b, length = order.shape
+        runs = None
+        if segment_ids is not None:  # run indices increase, so a memory never merges two runs
+            runs = gather(jnp.broadcast_to(segment_runs(segment_ids), (n, b, length)), order)
+            runs = runs.reshape(n * b, length)
+        flat = valid.reshape(n * b, length)
+        qkv = conv_stage(qkv.reshape((n * b, length, -1)), flat, self.conv_kernel,
+                         self.conv_bias_param, runs, left=self.conv_size - 1)
+        heads = self._heads(qkv, ba.reshape((n * b, length, -1)), flat)
+        v = heads.pop("v")
+        values = gather(v.reshape((n, b) + v.shape[1:]), inverse)  # back in place, 0 unrouted
+        aux = heads | {"v": v, "runs": runs, "inverse": inverse, "weights": weights}
+        if self.use_gate:
+            aux["gate"] = split_heads(self.g_proj(x), self.num_heads)
+        return MixerInputs(values=self._stack(values), mask=mask, aux=aux)
+
+    def _stack(self, per_memory: Array) -> Array:
+        """``(n, b, l, H, dv)`` -> ``(b, l, n H, dv)``: the memories as heads."""
+        n, b, length, h, dv = per_memory.shape
+        return jnp.moveaxis(per_memory, 0, 2).reshape(b, length, n * h, dv)
+
+    def mix_fast(self, inputs):
+        a = inputs.aux
+        o = compiled_delta_rule(
+            a["q"], a["k"], a["v"], a["beta"], a["log_decay"], scale=self.dk**-0.5,
+            segment_ids=a["runs"], chunk_size=self.chunk_size, impl=self.impl,
+        )
+        n, b, length = a["inverse"].shape
+        o = gather(o.reshape((n, b) + o.shape[1:]), a["inverse"])
+        return self._stack(o * a["weights"][..., None, None])
+
+    def mix_matrix(self, inputs):
+        a = inputs.aux
+        m = delta_rule_matrix(
+            a["q"], a["k"], a["beta"], a["log_decay"], scale=self.dk**-0.5, segment_ids=a["runs"]
+        )  # (n b, H, L, L) on the compacted sequences
+        n, b, length = a["inverse"].shape
+        inv = a["inverse"].reshape(n * b, 1, length)
+        m = jnp.take_along_axis(m, inv[..., :, None], axis=2)  # rows back in place
+        m = jnp.take_along_axis(m, inv[..., None, :], axis=3)  # columns back in place
+        m = m.reshape((n, b) + m.shape[1:]) * a["weights"][:, :, None, :, None]
+        return jnp.moveaxis(m, 0, 1).reshape(b, n * self.num_heads, length, length)
+
+    def mixer_output(self, inputs, mixed):
+        b, length, _, dv = mixed.shape
+        o = mixed.reshape(b, length, self.slots, self.num_heads, dv).sum(axis=2)
+        return self._output(o, inputs.aux.get("gate"))
+
+    def _output(self, o: Array, gate: Array | None) -> Array:
+        """``o: (..., H, dv)`` -> ``(..., d_model)``: per-head (gated) RMSNorm, then ``W_o``."""
+        y = self.o_norm(o, gate)
+        return self.o_proj(merge_heads(y).astype(o.dtype))
+
+    # ---- recurrent path: every memory's conv buffer and state, ``(batch, slots, ...)`` ----------
+    def init_state(self, batch: int):
+        channels = self.num_heads * (2 * self.dk + self.dv)
+        conv = conv_init_buffer(batch * self.slots, channels, self.conv_size)
+        return {
+            "conv": conv.reshape((batch, self.slots) + conv.shape[1:]),
+            "S": jnp.zeros((batch, self.slots, self.num_heads, self.dk, self.dv), _F32),
+        }
+
+    def step_fn(self, state, x_t, mask_t):
+        routed, weights = (a.T for a in self._route(x_t, mask_t))  # (b, n)
+        b, n = routed.shape
+
+        def flat(a):  # (b, n, ...) -> (b n, ...)
+            return a.reshape((b * n,) + a.shape[2:])
+
+        qkv, ba = (flat(jnp.moveaxis(a, 0, 1)) for a in self._project(x_t))
+        used = flat(routed)
+        qkv = jnp.where(used[:, None], qkv, jnp.zeros((), qkv.dtype))
+        conv, qkv = conv_step(flat(state["conv"]), qkv, self.conv_kernel, self.conv_bias_param)
+        heads = self._heads(jax.nn.silu(qkv), ba, used)  # b = 0, a = 1 where not routed
+        s, o = delta_rule_step(flat(state["S"]), heads["q"], heads["k"], heads["v"],
+                               heads["beta"], heads["log_decay"], scale=self.dk**-0.5)
+        new = {  # a memory the token is not routed to keeps its buffer and state
+            "conv": jnp.where(routed[..., None, None], conv.reshape(state["conv"].shape),
+                              state["conv"]),
+            "S": jnp.where(routed[..., None, None, None], s.reshape(state["S"].shape),
+                           state["S"]),
+        }
+        o = (o.reshape((b, n) + o.shape[1:]) * weights[..., None, None]).sum(axis=1)
+        gate = split_heads(self.g_proj(x_t), self.num_heads) if self.use_gate else None
+        return new, self._output(o, gate)
