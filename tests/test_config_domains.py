@@ -73,6 +73,8 @@ BAD_VALUES = [
     (["mesh.data=-1"], r"mesh\.data must be >= 0, got -1"),
     (["mesh.seq=0"], r"mesh\.seq must be >= 1, got 0"),
     (["mesh.params=zero"], r"mesh\.params must be one of replicated, fsdp, got 'zero'"),
+    (["mesh.attention=star"], r"mesh\.attention must be one of ring, ulysses, got 'star'"),
+    (["mesh.carry=tree"], r"mesh\.carry must be one of all_gather, all_scan, got 'tree'"),
     # across fields and inside model.mixer_options (the mixers are traced abstractly)
     (["model.mlp=glu", "model.mlp_ratio=0.01", "model.d_model=16"],
      r"model\.mlp_ratio=0\.01 gives the glu MLP of model\.d_model=16 a hidden width of 0"),
