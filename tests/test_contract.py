@@ -72,32 +72,6 @@ def run_steps(mixer, params, x, mask):
     return jnp.moveaxis(ys, 0, 1)
 
 
-def memory_maps() -> tuple[int, int] | None:
-    """(mappings this process holds, the kernel's ``vm.max_map_count``); None off Linux."""
-    try:
-        with open("/proc/sys/vm/max_map_count") as f:
-            limit = int(f.read())
-        with open("/proc/self/maps") as f:
-            return sum(1 for _ in f), limit
-    except OSError:
-        return None
-
-
-@pytest.fixture(autouse=True)
-def free_compiled_programs_near_the_map_limit():
-    """Drop every compiled program when the process nears Linux's ``vm.max_map_count``.
-
-    The suite compiles thousands of small programs in one process (every path of every mixer, at
-    several shapes and dtypes), each holding a few memory mappings; past the limit (65530 by
-    default) XLA's compiler segfaults. Freeing them costs recompiles, so only near the limit.
-    """
-    counts = memory_maps()
-    if counts is not None and counts[0] > 0.6 * counts[1]:
-        paths.cache_clear()
-        path_grads.cache_clear()
-        jax.clear_caches()
-
-
 @functools.cache
 def paths(name):
     """The paths a mixer offers, each a jitted function (params, x, mask) -> y.

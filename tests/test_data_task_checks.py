@@ -174,8 +174,8 @@ BAD = [  # task, config values, the start of the error
     ("mqar", dict(seq_len=63), "task.seq_len=63 must be even"),
     ("mqar", dict(test_seq_len=33), "task.test_seq_len=33 must be even"),
     ("mqar", dict(num_kv_pairs=17),
-     "task.seq_len=64 is too short for task.num_kv_pairs=17: MQAR needs task.seq_len >= 4 * "
-     "task.num_kv_pairs = 68"),
+     "task.seq_len=64 is too short for task.num_kv_pairs=17: MQAR needs task.seq_len >= 68 "
+     "(the key-value pairs, then a query region as long as one copy)"),
     ("mqar", dict(test_seq_len=32, num_kv_pairs=12),
      "task.test_seq_len=32 is too short for task.num_kv_pairs=12"),
     ("mqar", dict(vocab_size=64), "task.vocab_size=64 must exceed task.seq_len=64"),
