@@ -45,7 +45,8 @@ def test_config_show_prints_every_key_with_type_default_and_origin(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["smoke", "optim.lrr=1"], "unknown config key 'optim.lrr'; valid here: accumulate, b1, b2,"),
+        (["smoke", "optim.lrr=1"],
+         "unknown config key 'optim.lrr'; valid here: accumulate, b1, b2,"),
         (["smoke", "optim.lr=-1"], "optim.lr must be >= 0, got -1.0"),
         (["no_such_experiment"], "unknown experiment 'no_such_experiment'"),
         (["smoke", "stray"], "expected section.key=value overrides after the experiment"),

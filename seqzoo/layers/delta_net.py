@@ -41,24 +41,19 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
+from seqzoo.layers.base import MixerInfo, MixerInputs
 from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import RMSNorm, l2_normalize, merge_heads, split_heads
 from seqzoo.layers.ssm import (
-    check_dt_range,
+    DeltaRuleMixer,
     compiled_delta_rule,
     conv_params,
     conv_stage,
-    delta_head_dims,
-    dt_bias_init,
-    log_uniform_a_init,
     step_size,
     torch_linear,
 )
-from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.conv import conv_init_buffer, conv_step
 from seqzoo.ops.delta_rule import delta_rule_matrix, delta_rule_step
-from seqzoo.ops.dispatch import canonical
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -75,7 +70,7 @@ def _info(paper: str) -> MixerInfo:
 
 
 @register_mixer("delta_net", test_config={"num_heads": 2, "chunk_size": 4})
-class DeltaNet(MatrixMixer):
+class DeltaNet(DeltaRuleMixer):
     """DeltaNet mixer; ``x: (batch, length, d_model)`` (module docstring for the equations).
 
     Attributes:
@@ -92,35 +87,17 @@ class DeltaNet(MatrixMixer):
       chunk_size / impl: passed to ``seqzoo.ops.delta_rule``.
     """
 
-    num_heads: int = 4
-    head_dim: int | None = None
-    expand_k: float = 1.0
-    expand_v: float = 1.0
     gated: bool = False
     use_gate: bool = False
     allow_neg_eigval: bool = False
-    conv_size: int = 4
-    conv_bias: bool = False
-    norm_eps: float = 1e-5
-    A_init_range: tuple[float, float] = (0.0, 16.0)
-    dt_min: float = 1e-3
-    dt_max: float = 0.1
-    dt_init_floor: float = 1e-4
-    chunk_size: int = 64
-    impl: str = "auto"
 
     info: ClassVar[MixerInfo] = _info(
         "Yang et al. 2024, Parallelizing Linear Transformers with the Delta Rule (DeltaNet)"
     )
 
     def setup(self):
-        check_positive_int(self.num_heads, "num_heads")
-        check_positive_int(self.conv_size, "conv_size")
-        check_positive_int(self.chunk_size, "chunk_size")
-        self.rule_impl = canonical("delta_rule", self.impl)
+        self.delta_setup(gated=self.gated)
         h = self.num_heads
-        self.dk, self.dv = delta_head_dims(self.d_model, h, self.head_dim, self.expand_k,
-                                           self.expand_v)
         widths = (h * self.dk, h * self.dk, h * self.dv)
         self.q_proj, self.k_proj, self.v_proj = (
             torch_linear(w, self.d_model, name, dtype=self.dtype)
@@ -131,15 +108,8 @@ class DeltaNet(MatrixMixer):
         )
         self.b_proj = torch_linear(h, self.d_model, "b_proj", dtype=self.dtype)
         if self.gated:
-            check_dt_range(self.dt_min, self.dt_max, self.dt_init_floor)
-            lo, hi = self.A_init_range
-            if not 0 <= lo <= hi:
-                raise ValueError(f"A_init_range must satisfy 0 <= lo <= hi, got {(lo, hi)}")
             self.a_proj = torch_linear(h, self.d_model, "a_proj", dtype=self.dtype)
-            self.A_log = self.param("A_log", log_uniform_a_init(lo, hi), (h,), _F32)
-            self.dt_bias = self.param(
-                "dt_bias", dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor), (h,), _F32
-            )
+            self.A_log, self.dt_bias = self.decay_params()
         if self.use_gate:
             self.g_proj = torch_linear(h * self.dv, self.d_model, "g_proj", dtype=self.dtype)
         self.o_norm = RMSNorm(eps=self.norm_eps, norm_before_gate=True)

@@ -44,23 +44,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs
+from seqzoo.layers.base import MixerInfo, MixerInputs
 from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import RMSNorm, dense, l2_normalize, merge_heads, split_heads
 from seqzoo.layers.ssm import (
-    check_dt_range,
+    DeltaRuleMixer,
     compiled_delta_rule,
     conv_params,
     conv_stage,
-    delta_head_dims,
-    dt_bias_init,
-    log_uniform_a_init,
     step_size,
 )
 from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.conv import conv_init_buffer, conv_step
 from seqzoo.ops.delta_rule import delta_rule_matrix, delta_rule_step
-from seqzoo.ops.dispatch import canonical
 from seqzoo.ops.segments import segment_runs
 
 Array = jax.Array
@@ -108,7 +104,7 @@ def gather(a: Array, index: Array) -> Array:
     "mom",
     test_config={"num_heads": 2, "head_dim": 4, "num_memories": 3, "topk": 2, "chunk_size": 4},
 )
-class MoM(MatrixMixer):
+class MoM(DeltaRuleMixer):
     """Mixture-of-Memories mixer; ``x: (batch, length, d_model)`` (module docstring).
 
     Attributes:
@@ -122,23 +118,11 @@ class MoM(MatrixMixer):
       dt_max, dt_init_floor: as ``GatedDeltaNet``'s. chunk_size / impl: ``seqzoo.ops.delta_rule``.
     """
 
-    num_heads: int = 4
-    head_dim: int | None = None
     expand_k: float = 0.5
-    expand_v: float = 1.0
     num_memories: int = 4
     topk: int = 2
     shared_mem: bool = True
     use_gate: bool = True
-    conv_size: int = 4
-    conv_bias: bool = False
-    norm_eps: float = 1e-5
-    A_init_range: tuple[float, float] = (0.0, 16.0)
-    dt_min: float = 1e-3
-    dt_max: float = 0.1
-    dt_init_floor: float = 1e-4
-    chunk_size: int = 64
-    impl: str = "auto"
 
     info: ClassVar[MixerInfo] = MixerInfo(
         causal=True,
@@ -150,18 +134,12 @@ class MoM(MatrixMixer):
     )
 
     def setup(self):
-        for name in ("num_heads", "conv_size", "chunk_size", "num_memories", "topk"):
+        for name in ("num_memories", "topk"):
             check_positive_int(getattr(self, name), name)
         if self.topk > self.num_memories:
             raise ValueError(f"topk={self.topk} exceeds num_memories={self.num_memories}")
-        canonical("delta_rule", self.impl)
-        check_dt_range(self.dt_min, self.dt_max, self.dt_init_floor)
-        lo, hi = self.A_init_range
-        if not 0 <= lo <= hi:
-            raise ValueError(f"A_init_range must satisfy 0 <= lo <= hi, got {(lo, hi)}")
+        self.delta_setup(gated=True)
         h = self.num_heads
-        self.dk, self.dv = delta_head_dims(self.d_model, h, self.head_dim, self.expand_k,
-                                           self.expand_v)
         self.slots = self.num_memories + int(self.shared_mem)
 
         def proj(features, name):
@@ -179,10 +157,7 @@ class MoM(MatrixMixer):
         self.conv_kernel, self.conv_bias_param = conv_params(
             self, self.conv_size, h * (2 * self.dk + self.dv), self.conv_bias
         )
-        self.A_log = self.param("A_log", log_uniform_a_init(lo, hi), (h,), _F32)
-        self.dt_bias = self.param(
-            "dt_bias", dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor), (h,), _F32
-        )
+        self.A_log, self.dt_bias = self.decay_params()
         if self.use_gate:
             self.g_proj = proj(h * self.dv, "g_proj")
         self.o_norm = RMSNorm(eps=self.norm_eps, norm_before_gate=True)

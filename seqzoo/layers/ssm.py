@@ -213,6 +213,56 @@ def silu_gate(y: Array, z: Array) -> Array:
 
 
 # ---- the layers' shared options and parameters --------------------------------------------------
+class DeltaRuleMixer(MatrixMixer):
+    """The options DeltaNet, Gated DeltaNet and MoM share (fla's names and defaults), their
+    checks, head widths (``delta_head_dims``) and Gated DeltaNet's decay parameters.
+
+    Attributes:
+      num_heads: heads ``H``. head_dim: key width ``dk`` per head (None: ``expand_k d_model /
+        H``). expand_k, expand_v: key width over ``d_model``, value width over ``dk``.
+      conv_size: short conv width (4). conv_bias: (False). norm_eps: the output RMSNorm's (1e-5).
+      A_init_range: ``A_log = log U(A_init_range)`` ((0, 16)). dt_min, dt_max, dt_init_floor:
+        the ``dt_bias`` init (as Mamba-2's). chunk_size / impl: ``seqzoo.ops.delta_rule``'s.
+    """
+
+    num_heads: int = 4
+    head_dim: int | None = None
+    expand_k: float = 1.0
+    expand_v: float = 1.0
+    conv_size: int = 4
+    conv_bias: bool = False
+    norm_eps: float = 1e-5
+    A_init_range: tuple[float, float] = (0.0, 16.0)
+    dt_min: float = 1e-3
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    chunk_size: int = 64
+    impl: str = "auto"
+
+    def delta_setup(self, *, gated: bool) -> None:
+        """Check the options (the decay's inits where ``gated``); set ``rule_impl``, ``dk``,
+        ``dv``."""
+        for name in ("num_heads", "conv_size", "chunk_size"):
+            check_positive_int(getattr(self, name), name)
+        self.rule_impl = canonical("delta_rule", self.impl)
+        if gated:
+            check_dt_range(self.dt_min, self.dt_max, self.dt_init_floor)
+            lo, hi = self.A_init_range
+            if not 0 <= lo <= hi:
+                raise ValueError(f"A_init_range must satisfy 0 <= lo <= hi, got {(lo, hi)}")
+        self.dk, self.dv = delta_head_dims(self.d_model, self.num_heads, self.head_dim,
+                                           self.expand_k, self.expand_v)
+
+    def decay_params(self) -> tuple[Array, Array]:
+        """Gated DeltaNet's per-head ``(A_log, dt_bias)``, both ``(H,)`` float32."""
+        h = self.num_heads
+        a_log = self.param("A_log", log_uniform_a_init(*self.A_init_range), (h,), _F32)
+        dt_bias = self.param(
+            "dt_bias", dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor), (h,), _F32
+        )
+        return a_log, dt_bias
+
+
 class SelectiveSSM(MatrixMixer):
     """The options Mamba, Mamba-2 and Hydra share, and the parameters built from them.
 
