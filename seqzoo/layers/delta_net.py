@@ -43,7 +43,7 @@ import jax.numpy as jnp
 
 from seqzoo.layers.base import MixerInfo, MixerInputs
 from seqzoo.layers.catalog import register_mixer
-from seqzoo.layers.common import RMSNorm, l2_normalize, merge_heads, split_heads
+from seqzoo.layers.common import RMSNorm, l2_normalize, split_heads
 from seqzoo.layers.ssm import (
     DeltaRuleMixer,
     compiled_delta_rule,
@@ -162,11 +162,6 @@ class DeltaNet(DeltaRuleMixer):
 
     def mixer_output(self, inputs, mixed):
         return self._output(mixed, inputs.aux.get("gate"))
-
-    def _output(self, o: Array, gate: Array | None) -> Array:
-        """``o: (..., H, dv)`` -> ``(..., d_model)``: per-head (gated) RMSNorm, then ``W_o``."""
-        y = self.o_norm(o, gate)
-        return self.o_proj(merge_heads(y).astype(o.dtype))
 
     # ---- recurrent path ---------------------------------------------------------------------
     def init_state(self, batch: int):

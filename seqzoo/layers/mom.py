@@ -46,7 +46,7 @@ import jax.numpy as jnp
 
 from seqzoo.layers.base import MixerInfo, MixerInputs
 from seqzoo.layers.catalog import register_mixer
-from seqzoo.layers.common import RMSNorm, dense, l2_normalize, merge_heads, split_heads
+from seqzoo.layers.common import RMSNorm, dense, l2_normalize, split_heads
 from seqzoo.layers.ssm import (
     DeltaRuleMixer,
     compiled_delta_rule,
@@ -251,11 +251,6 @@ class MoM(DeltaRuleMixer):
         b, length, _, dv = mixed.shape
         o = mixed.reshape(b, length, self.slots, self.num_heads, dv).sum(axis=2)
         return self._output(o, inputs.aux.get("gate"))
-
-    def _output(self, o: Array, gate: Array | None) -> Array:
-        """``o: (..., H, dv)`` -> ``(..., d_model)``: per-head (gated) RMSNorm, then ``W_o``."""
-        y = self.o_norm(o, gate)
-        return self.o_proj(merge_heads(y).astype(o.dtype))
 
     # ---- recurrent path: every memory's conv buffer and state, ``(batch, slots, ...)`` ----------
     def init_state(self, batch: int):

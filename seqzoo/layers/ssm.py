@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, zero_padded
-from seqzoo.layers.common import dense, resolve_head_dim
+from seqzoo.layers.common import dense, merge_heads, resolve_head_dim
 from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.conv import depthwise_conv
 from seqzoo.ops.delta_rule import delta_rule
@@ -261,6 +261,12 @@ class DeltaRuleMixer(MatrixMixer):
             "dt_bias", dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor), (h,), _F32
         )
         return a_log, dt_bias
+
+    def _output(self, o: Array, gate: Array | None) -> Array:
+        """``o: (..., H, dv)`` -> ``(..., d_model)``: the per-head (gated) RMSNorm ``o_norm``,
+        then ``o_proj`` (both built by the subclass's ``setup``)."""
+        y = self.o_norm(o, gate)
+        return self.o_proj(merge_heads(y).astype(o.dtype))
 
 
 class SelectiveSSM(MatrixMixer):
