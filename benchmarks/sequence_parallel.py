@@ -1,14 +1,15 @@
-"""Sequence parallelism: communication per layer, weak scaling, ring vs all-gather attention.
+"""Sequence parallelism: communication per layer, weak scaling, ring vs all-gather attention,
+Ulysses vs ring and ZeCO vs LASP-2.
 
     python benchmarks/sequence_parallel.py [--tokens 256] [--batch 2] [--d-model 64]
-        [--layers linear_attention mamba2 ...] [--tables 1 2 3]
+        [--layers linear_attention mamba2 ...] [--tables 1 2 3 4]
 
 With one accelerator (or none) give JAX 8 fake CPU devices first:
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \\
         python benchmarks/sequence_parallel.py
 
-Three markdown tables (the numbers in benchmarks/RESULTS.md come from here):
+Four markdown tables (the numbers in benchmarks/RESULTS.md come from here):
 
 1. Communication per layer on all devices, P of them: each mixer's forward (and forward +
    backward) inside ``shard_map`` under ``sequence_parallel``, the bytes each device receives
@@ -19,6 +20,12 @@ Three markdown tables (the numbers in benchmarks/RESULTS.md come from here):
    1, 2, 4, 8 devices (1 = the plain layer, no sharding).
 3. Causal attention on P devices: the ring (P - 1 ``ppermute`` steps, one block of K/V in memory)
    against all-gather (the whole K/V at once): bytes, compiled temporary memory, time.
+4. The exchange schemes of ``sequence_parallel`` on 2, 4, 8 devices with ``--tokens`` tokens per
+   device: causal attention (8 heads) by the ring or by DeepSpeed-Ulysses (``attention=``), and
+   linear attention and Mamba-2 (SSD) carrying their states by LASP-2's all-gather or ZeCO's
+   all-scan (``carry=``): bytes (predicted, the static HLO text, and with each ``while`` body
+   counted its trip count times: the all-scan's permutes sit in a loop), compiled temporary
+   memory of forward + backward, and its time.
 
 Bytes received per device: an all-gather's result (every result of a combined async one) minus
 its own part, a collective-permute's result, ``2 (g - 1) / g`` of an all-reduce (ring),
@@ -30,6 +37,7 @@ one CPU doing the work of all devices, so only the bytes are meaningful there.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from functools import partial
 
@@ -42,6 +50,7 @@ from kernel_harness import median_ms  # benchmarks/ is on sys.path when a script
 
 import seqzoo
 from seqzoo.ops.attention.sequence_parallel import sharded_attention
+from seqzoo.ops.attention.ulysses import communication_bytes
 from seqzoo.parallel import sequence_parallel, shard_map
 
 F32 = 4
@@ -62,6 +71,11 @@ _INSTRUCTION = re.compile(
 )
 _ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
 _GROUP = re.compile(r"replica_groups=\{\{([\d,]+)\}")
+_COMPUTATION = re.compile(r"^(ENTRY )?%?([\w.\-]+) .*\{\s*$")
+_CALLEE = re.compile(
+    r"\b(body|condition|calls|to_apply|true_computation|false_computation)=%?([\w.\-]+)"
+)
+_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 
 
 # ---- bytes from the compiled HLO -----------------------------------------------------------------
@@ -72,37 +86,81 @@ def _array_bytes(text: str) -> list[int]:
     ]
 
 
-def received_bytes(hlo: str, devices: int) -> int:
-    """Bytes one device receives in the collectives of compiled HLO text (see module doc)."""
-    total = 0
+def _instruction_bytes(line: str, devices: int) -> int:
+    """Bytes one device receives in the collective on HLO line ``line`` (0 for other lines)."""
+    match = _INSTRUCTION.search(line)
+    if not match:
+        return 0
+    result, op, start = match.groups()
+    sizes = _array_bytes(result)
+    if start and op == "all-gather":  # (operands..., results...): XLA may combine gathers
+        size = sum(sizes[len(sizes) // 2:])
+    elif start:  # a permute's (operand, result, contexts): the result is the largest
+        size = max(sizes)
+    else:
+        size = sum(sizes)
+    group = _GROUP.search(line)
+    g = len(group.group(1).split(",")) if group else devices
+    return {
+        "all-gather": size * (g - 1) // g,
+        "collective-permute": size,
+        "all-reduce": 2 * size * (g - 1) // g,
+        "reduce-scatter": size * (g - 1),
+        "all-to-all": size * (g - 1) // g,
+    }[op]
+
+
+def received_bytes(hlo: str, devices: int, loops: bool = True) -> int:
+    """Bytes one device receives in the collectives of compiled HLO text (see module doc).
+
+    With ``loops``, a ``while`` body's collectives count its known trip count times (XLA's
+    ``known_trip_count``; once where unknown) and every computation counts as often as it is
+    called; without, each collective instruction in the module counts once (the static text).
+    """
+    if not loops:
+        return sum(_instruction_bytes(line, devices) for line in hlo.splitlines())
+    own: dict[str, int] = {}  # computation: bytes of its own collectives
+    calls: dict[str, list[tuple[str, int]]] = {}  # computation: (callee, times)
+    entry = name = ""
     for line in hlo.splitlines():
-        match = _INSTRUCTION.search(line)
-        if not match:
+        header = _COMPUTATION.match(line)
+        if header:
+            name = header.group(2)
+            entry = name if header.group(1) else entry
+            own[name], calls[name] = 0, []
             continue
-        result, op, start = match.groups()
-        sizes = _array_bytes(result)
-        if start and op == "all-gather":  # (operands..., results...): XLA may combine gathers
-            size = sum(sizes[len(sizes) // 2:])
-        elif start:  # a permute's (operand, result, contexts): the result is the largest
-            size = max(sizes)
-        else:
-            size = sum(sizes)
-        group = _GROUP.search(line)
-        g = len(group.group(1).split(",")) if group else devices
-        total += {
-            "all-gather": size * (g - 1) // g,
-            "collective-permute": size,
-            "all-reduce": 2 * size * (g - 1) // g,
-            "reduce-scatter": size * (g - 1),
-            "all-to-all": size * (g - 1) // g,
-        }[op]
-    return total
+        if not name:
+            continue
+        own[name] += _instruction_bytes(line, devices)
+        trips = _TRIPS.search(line)
+        for key, callee in _CALLEE.findall(line):
+            times = int(trips.group(1)) if key == "body" and trips else 1
+            calls[name].append((callee, times))
+
+    def total(computation: str) -> int:
+        return own.get(computation, 0) + sum(
+            times * total(callee) for callee, times in calls.get(computation, ())
+        )
+
+    return total(entry)
 
 
 # ---- what the algorithms send (seqzoo.parallel's module docstrings) -----------------------------
-def predicted_bytes(name: str, mixer, b: int, length: int, p: int) -> int:
+def carried_bytes(state: tuple[int, ...], decay: int, p: int, carry: str = "all_gather") -> int:
+    """Bytes one device receives carrying a state of shape ``state`` (and ``decay`` elements of
+    total decay) across ``p`` shards: LASP-2's ``all_gather`` of both, or ZeCO's ``all_scan``,
+    ``P + K - 2`` permutes of ``1 / K`` of the state (``K = gcd(state[-1], 8)``; the decay
+    stays home, and the final state's ``psum`` is dropped where unused)."""
+    elements = int(np.prod(state))
+    if carry == "all_gather":
+        return (elements + decay) * (p - 1) * F32
+    k = math.gcd(state[-1], 8)
+    return (p + k - 2) * elements // k * F32
+
+
+def predicted_bytes(name: str, mixer, b: int, length: int, p: int,
+                    carry: str = "all_gather") -> int:
     """Forward bytes one device receives for mixer ``name`` with local length ``length``."""
-    gather = (p - 1) * F32  # an all_gather of n floats: n * gather bytes
     d = mixer.d_model
     if name == "attention":  # per ring step: k, v (f32) + positions (int32) + validity (bool)
         kv = 2 * b * length * d * F32 + b * length * (4 + 1)
@@ -113,18 +171,17 @@ def predicted_bytes(name: str, mixer, b: int, length: int, p: int) -> int:
         dk = dv = d // HEADS
         dv += int(mixer.normalize)  # the normaliser rides along as a value column
         decay = dk if mixer.decay == "gla" else 1  # per key dimension, or per head
-        return b * HEADS * (dk * dv + decay) * gather
+        return carried_bytes((b, HEADS, dk, dv), b * HEADS * decay, p, carry)
     inner = int(mixer.expand * d)
     halo = (mixer.d_conv - 1) * b * F32  # conv taps reaching into the neighbours, per channel
-    if name == "mamba":
-        return halo * inner + 2 * b * inner * STATE * gather  # + decay and state, (b, E, N) each
+    if name == "mamba":  # decay and state, (b, E, N) each
+        return halo * inner + carried_bytes((b, inner, STATE), b * inner * STATE, p, carry)
     heads = inner // HEADDIM
+    state = carried_bytes((b, heads, HEADDIM, STATE), b * heads, p, carry)
     if name == "mamba2":
-        channels = inner + 2 * STATE
-        return halo * channels + b * heads * (HEADDIM * STATE + 1) * gather
+        return halo * (inner + 2 * STATE) + state
     channels = inner + 4 * STATE  # hydra: both directions' B, C; the halo on both sides
-    both = 2 * b * heads * (HEADDIM * STATE + 1) * gather
-    return halo * channels + both + 2 * b * STATE * F32  # + the neighbours' C rows
+    return halo * channels + 2 * state + 2 * b * STATE * F32  # + the neighbours' C rows
 
 
 # ---- running the layers --------------------------------------------------------------------------
@@ -132,12 +189,15 @@ def sequence_mesh(p: int) -> Mesh:
     return Mesh(np.array(jax.devices()[:p]), ("seq",))
 
 
-def layer_functions(name: str, d_model: int, p: int):
-    """``(mixer, forward, forward + backward)`` jitted over ``p`` sequence shards (plain for 1)."""
-    mixer = seqzoo.get_mixer(name, d_model=d_model, **LAYERS[name])
+def layer_functions(name: str, d_model: int, p: int, attention: str = "ring",
+                    carry: str = "all_gather", **options):
+    """``(mixer, forward, forward + backward)`` jitted over ``p`` sequence shards (plain for 1),
+    exchanging by the ``attention`` and ``carry`` schemes of ``sequence_parallel``; ``options``
+    override the layer's ``LAYERS`` options."""
+    mixer = seqzoo.get_mixer(name, d_model=d_model, **{**LAYERS[name], **options})
 
     def local_forward(params, x):
-        with sequence_parallel("seq" if p > 1 else None):
+        with sequence_parallel("seq" if p > 1 else None, attention=attention, carry=carry):
             return mixer.apply(params, x)
 
     def loss(params, x):  # this shard's part of sum(y^2); gradients stay per-device partials
@@ -214,6 +274,51 @@ def attention_table(args, p: int) -> list[str]:
     return rows
 
 
+SCHEMES = {  # table 4: layer: (sequence_parallel keyword, its schemes, extra layer options)
+    "attention": ("attention", ("ring", "ulysses"), {"num_heads": 8}),  # Ulysses: P divides H
+    "linear_attention": ("carry", ("all_gather", "all_scan"), {}),
+    "mamba2": ("carry", ("all_gather", "all_scan"), {}),
+}
+
+
+def scheme_prediction(name: str, mixer, scheme: str, b: int, length: int, p: int) -> int:
+    """Forward bytes one device receives under ``scheme`` (table 4)."""
+    if scheme == "ulysses":  # all-to-all operands, (P - 1) / P of each crosses; no mask here
+        dh = mixer.d_model // mixer.num_heads
+        sent = communication_bytes(b, length, mixer.num_heads, mixer.num_heads, dh, np.float32,
+                                   p, mask=False)
+        return sent * (p - 1) // p
+    return predicted_bytes(name, mixer, b, length, p, **({} if scheme == "ring" else
+                                                          {"carry": scheme}))
+
+
+def scheme_table(args) -> list[str]:
+    """Ulysses vs ring attention and ZeCO's all-scan vs LASP-2's all-gather carry, on 2, 4, 8
+    devices with ``--tokens`` per device: bytes, compiled temporary memory, time."""
+    rows = ["| layer | scheme | devices | predicted fwd bytes | static HLO fwd bytes | fwd bytes "
+            "(loops x trips) | fwd+bwd bytes (loops x trips) | fwd+bwd temp memory | "
+            "fwd+bwd ms |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, (keyword, schemes, options) in SCHEMES.items():
+        for scheme in schemes:
+            for p in (2, 4, 8):
+                if p > jax.device_count():
+                    continue
+                mixer, forward, grad = layer_functions(name, args.d_model, p,
+                                                       **{keyword: scheme}, **options)
+                params, x = inputs(mixer, args.batch, args.tokens * p)
+                fwd_text = forward.lower(params, x).compile().as_text()
+                compiled = grad.lower(params, x).compile()
+                want = scheme_prediction(name, mixer, scheme, args.batch, args.tokens, p)
+                cells = (want, received_bytes(fwd_text, p, loops=False),
+                         received_bytes(fwd_text, p), received_bytes(compiled.as_text(), p),
+                         compiled.memory_analysis().temp_size_in_bytes)
+                ms = median_ms(partial(grad, params, x), repeats=args.repeats, calls=1)
+                rows.append(f"| {name} | {scheme} | {p} | " +
+                            " | ".join(f"{c:,}" for c in cells) + f" | {ms:.1f} |")
+            print("\n".join(rows[-3:]), flush=True)  # progress: a slow run still shows rows
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=256, help="tokens per device")
@@ -222,7 +327,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--layers", nargs="+", choices=list(LAYERS), default=list(LAYERS),
                         help="layers of tables 1 and 2 (default all)")
-    parser.add_argument("--tables", nargs="+", type=int, choices=(1, 2, 3), default=(1, 2, 3))
+    parser.add_argument("--tables", nargs="+", type=int, choices=(1, 2, 3, 4),
+                        default=(1, 2, 3, 4))
     args = parser.parse_args()
     p = jax.device_count()
     print(f"{p} x {jax.devices()[0].device_kind}, jax {jax.__version__}, batch {args.batch}, "
@@ -233,6 +339,8 @@ def main() -> None:
          lambda: scaling_table(args)),
         (f"Causal attention over {p} shards: ring vs all-gather",
          lambda: attention_table(args, p)),
+        (f"Ulysses vs ring, ZeCO all-scan vs LASP-2 all-gather, {args.tokens} tokens per "
+         "device", lambda: scheme_table(args)),
     )
     for number, (title, table) in enumerate(tables, 1):
         if number not in args.tables:
