@@ -37,7 +37,6 @@ one CPU doing the work of all devices, so only the bytes are meaningful there.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 from functools import partial
 
@@ -149,13 +148,15 @@ def received_bytes(hlo: str, devices: int, loops: bool = True) -> int:
 def carried_bytes(state: tuple[int, ...], decay: int, p: int, carry: str = "all_gather") -> int:
     """Bytes one device receives carrying a state of shape ``state`` (and ``decay`` elements of
     total decay) across ``p`` shards: LASP-2's ``all_gather`` of both, or ZeCO's ``all_scan``,
-    ``P + K - 2`` permutes of ``1 / K`` of the state (``K = gcd(state[-1], 8)``; the decay
-    stays home, and the final state's ``psum`` is dropped where unused)."""
+    ``P + K - 2`` permutes of ``1 / K`` of each row's state (``K = min(8, m)`` chunks of
+    ``ceil(m / K)`` of its ``m`` elements; the decay stays home, and the final state's ``psum``
+    is dropped where unused)."""
     elements = int(np.prod(state))
     if carry == "all_gather":
         return (elements + decay) * (p - 1) * F32
-    k = math.gcd(state[-1], 8)
-    return (p + k - 2) * elements // k * F32
+    m = elements // state[0]
+    k = min(8, m)
+    return (p + k - 2) * state[0] * -(-m // k) * F32
 
 
 def predicted_bytes(name: str, mixer, b: int, length: int, p: int,

@@ -193,8 +193,8 @@ def check_ssd(length, carry="all_gather"):
 
 def check_all_scan(length):
     """ZeCO's chunked All-Scan carry against LASP-2's all-gather one, forward and reversed, with
-    an initial state, state chunks that divide the last axis and that do not: the states, and
-    the gradients of each shard's inputs."""
+    an initial state, chunks that divide each row's 36 state elements (4) and that do not (8, 5:
+    zero-padded): the states, and the gradients of each shard's inputs."""
     rng = np.random.default_rng(9)
     b, h, n = BATCH, 3, 12
     args = (jax.nn.sigmoid(_normal(rng, b * SHARDS, h, 1)), _normal(rng, b * SHARDS, h, n),

@@ -11,13 +11,15 @@ which each shard evaluates after one ``all_gather`` of ``(d_i, s_i)``: communica
 then ``S_t = (prod_{t' <= t} a_t') * c_i + S_t^local``, a local correction.
 
 ZeCO's All-Scan (Chou et al., 2025) evaluates the same combine as a pipeline instead
-(``carry="all_scan"`` in ``seqzoo.parallel.sequence_parallel``): the state is cut into ``K``
-chunks along its last axis; at step ``t`` shard ``i`` (counted along the recurrence) completes
-chunk ``j = t - i`` of ``c_{i+1} = d_i c_i + s_i`` and sends it to shard ``i + 1`` alone
-(``ppermute``). After ``P + K - 2`` steps every shard holds its ``c_i``; each step moves
-``size(state) / K``, so a device sends ``(P + K - 2) / K`` states in all rather than gathering
-``P`` of them (and ``d_i`` never travels). The state after the whole sequence is then the last
-shard's, summed to every shard (one ``psum`` of a state, dropped by XLA where unused).
+(``carry="all_scan"`` in ``seqzoo.parallel.sequence_parallel``): each row's state is cut
+into ``K`` equal chunks of its elements (flattened, zero-padded to a multiple of ``K``); the
+combine is elementwise, so any cut works. At step ``t`` shard ``i`` (counted along the
+recurrence) completes chunk ``j = t - i`` of ``c_{i+1} = d_i c_i + s_i`` and sends it to shard
+``i + 1`` alone (``ppermute``). After ``P + K - 2`` steps every shard holds its ``c_i``; each
+step moves ``size(state) / K``, so a device sends ``(P + K - 2) / K`` states in all rather
+than gathering ``P`` of them (and ``d_i`` never travels). The state after the whole sequence
+is then the last shard's, summed to every shard (one ``psum`` of a state, dropped by XLA where
+unused).
 """
 
 from __future__ import annotations
@@ -117,19 +119,25 @@ def scan_carry_in(
 ) -> tuple[Array, Array]:
     """``carry_in`` by ZeCO's All-Scan (see the module docstring): ``(carry_in, final)``.
 
-    ``state: (batch, ..., n)`` is cut into ``K = gcd(n, chunks)`` chunks of its last axis;
-    ``decay`` broadcasts to ``state``. Returns both ``(batch, ..., n)`` in the state's dtype (at
-    least float32); ``final`` is the same on every shard.
+    ``state: (batch, ...)``: each row's ``m`` elements are cut into ``K = min(chunks, m)``
+    chunks of ``ceil(m / K)`` (zero-padded); ``decay`` broadcasts to ``state``. Returns both
+    ``(batch, ...)`` in the state's dtype (at least float32); ``final`` is the same on every
+    shard.
     """
     p = num_shards(axis)
     me = shard_index(axis)
     position = p - 1 - me if reverse else me  # along the recurrence
     dtype = jnp.promote_types(jnp.result_type(decay, state), jnp.float32)
-    n = state.shape[-1]
-    k = math.gcd(n, chunks)
+    rows, m = state.shape[0], math.prod(state.shape[1:])
+    k = min(chunks, m)
+    size = -(-m // k)
 
-    def split(a):  # (..., n) -> (..., K, n / K)
-        return jnp.broadcast_to(a.astype(dtype), state.shape).reshape(*state.shape[:-1], k, -1)
+    def split(a):  # (batch, ...) -> (batch, K, ceil(m / K))
+        a = jnp.broadcast_to(a.astype(dtype), state.shape).reshape(rows, m)
+        return jnp.pad(a, ((0, 0), (0, k * size - m))).reshape(rows, k, size)
+
+    def unsplit(a):
+        return a.reshape(rows, k * size)[:, :m].reshape(state.shape)
 
     d, s = split(decay), split(state)
     c = jnp.zeros_like(s) if initial_state is None else split(initial_state)
@@ -148,4 +156,4 @@ def scan_carry_in(
     c = jax.lax.fori_loop(0, p + k - 2, step, c)
     last = jnp.where(position == p - 1, d * c + s, 0.0)
     final = jax.lax.psum(last, axis)
-    return c.reshape(state.shape), final.reshape(state.shape)
+    return unsplit(c), unsplit(final)
