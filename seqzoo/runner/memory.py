@@ -42,9 +42,15 @@ import jax
 import numpy as np
 from jax.extend.core import Literal
 
-from seqzoo.config import ExperimentConfig, TaskConfig
+from seqzoo.config import ExperimentConfig, TaskConfig, check_values
 from seqzoo.data import Dataset
 from seqzoo.data.dataset import Split
+from seqzoo.runner.build import Built, check_accumulate, check_lengths, check_mixer_options
+from seqzoo.runner.model import build_model, loss_and_accuracy, per_position
+from seqzoo.runner.optim import make_optimizer
+from seqzoo.runner.sharding import check_batch_size, make_mesh, mesh_shape
+from seqzoo.runner.steps import eval_step_fn, opt_state_shape, stats_fn, train_step_fn
+from seqzoo.runner.variables import model_state, trainable
 
 GIB = 2**30
 
@@ -120,10 +126,6 @@ def abstract_build(cfg: ExperimentConfig):
     """``runner.build.build(cfg)`` on ``abstract_data``: every static check, the model and the
     abstract parameters, no data read or generated (a file-based task's ``data_dir`` is not
     needed)."""
-    from seqzoo.config import check_values
-    from seqzoo.runner.build import Built, check_accumulate, check_lengths, check_mixer_options
-    from seqzoo.runner.model import build_model
-    from seqzoo.runner.sharding import check_batch_size, make_mesh, mesh_shape
 
     check_values(cfg)
     devices, _ = mesh_shape(cfg.mesh, jax.device_count())
@@ -159,8 +161,6 @@ def compiled_bytes(compiled) -> dict[str, int]:
 def step_memory(built, *, eval_step: bool = True) -> dict[str, dict[str, int]]:
     """``{"train": compiled_bytes, "eval": compiled_bytes}`` of ``built``'s steps at its batch
     size and length, compiled on abstract arguments (nothing runs)."""
-    from seqzoo.runner.optim import make_optimizer
-    from seqzoo.runner.steps import eval_step_fn, opt_state_shape, train_step_fn
 
     optimizer = make_optimizer(built.cfg.optim)
     step = train_step_fn(built, optimizer, jax.random.PRNGKey(0))
@@ -197,9 +197,6 @@ def residual_bytes(built) -> int:
     """Bytes of the values JAX's autodiff keeps from the training step's forward pass for its
     backward pass (the VJP's residuals: arguments and broadcast constants left out), traced at
     ``built``'s batch and length without compiling (``accumulate`` ignored: one batch)."""
-    from seqzoo.runner.model import loss_and_accuracy
-    from seqzoo.runner.steps import stats_fn
-    from seqzoo.runner.variables import model_state, trainable
 
     stats = stats_fn(built.model, False)
 
@@ -264,7 +261,6 @@ def activation_estimate(built) -> int:
     """The written estimate of a training step's peak bytes (see the module docstring):
     ``n_layers x microbatch x length x d_model x 4 x activation_factor`` + the head's logits and
     probabilities (``2 x classes`` a position for per-position labels) + ``16 x params``."""
-    from seqzoo.runner.model import per_position
 
     cfg = built.cfg
     rows = cfg.optim.batch_size // cfg.optim.accumulate
@@ -299,7 +295,6 @@ def out_of_memory(cfg: ExperimentConfig, what: str, error: BaseException,
         except Exception:  # noqa: BLE001 - the size is a hint; the error stands without it
             need = ""
     try:
-        from seqzoo.runner.sharding import mesh_shape
 
         devices = mesh_shape(cfg.mesh, jax.device_count())[0]
     except ValueError:
