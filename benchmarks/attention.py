@@ -212,6 +212,8 @@ def memory(lengths, heads=16, d=128, impl="auto", dtype=jnp.bfloat16) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes (CPU smoke run)")
+    parser.add_argument("--float32", action="store_true",
+                        help="only the float32 speed rows (where auto's choice is open)")
     args = parser.parse_args(argv)
     print(f"# {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
     if args.quick:
@@ -220,19 +222,24 @@ def main(argv=None) -> None:
                ((2, 128, 4, 4, 16), True, 32, "none", jnp.float32)], repeats=2)
         memory([128, 256], heads=2, d=16)
         return
+    big, bf16, f32 = (4, 8192, 16, 16, 128), jnp.bfloat16, jnp.float32
+    float32_rows = [(big, True, None, "none", f32), (big, False, 1024, "none", f32),
+                    ((4, 2048, 16, 16, 128), True, None, "none", f32)]
+    if args.float32:
+        speed(float32_rows, repeats=3)
+        return
     accuracy((2, 1024, 8, 8, 64))
     if tokamax_installed():
         accuracy((2, 1024, 8, 8, 64), "tokamax", jnp.float32)
     memory([8192, 16384, 32768])
     if tokamax_installed():
         memory([8192, 16384, 32768], impl="tokamax", dtype=jnp.float32)
-    big, bf16, f32 = (4, 8192, 16, 16, 128), jnp.bfloat16, jnp.float32
-    speed([(big, True, None, "none", bf16), (big, True, None, "none", f32),
+    speed([(big, True, None, "none", bf16), float32_rows[0],
            (big, True, None, "left", bf16), (big, True, 1024, "none", bf16),
            ((4, 8192, 16, 4, 128), True, None, "none", bf16), (big, False, None, "none", bf16),
-           (big, False, 1024, "none", f32), (big, True, None, "all valid", bf16),
+           float32_rows[1], (big, True, None, "all valid", bf16),
            ((4, 2048, 16, 16, 128), True, None, "none", bf16),
-           ((4, 2048, 16, 16, 128), True, None, "none", f32)],
+           float32_rows[2]],
           repeats=3)
     peer_accuracy((2, 1024, 8, 8, 64))
 
