@@ -21,6 +21,7 @@ from seqzoo.ops import attention as attention_op
 from seqzoo.ops import dispatch
 from seqzoo.ops.attention import attention_impl, dot_product_attention, tokamax_gpu
 from seqzoo.ops.attention.cudnn import fused_attention
+from seqzoo.ops.attention.valid_first import with_lengths
 
 B, L, H, D = 2, 13, 4, 8
 
@@ -70,6 +71,38 @@ def assert_equals_the_masked_reference(fused, args, causal, window, mask):
         np.testing.assert_allclose(got, want, atol=2e-6, err_msg=f"d{name}")
     if mask is not None:
         assert not np.any(np.asarray(fused(*args))[~np.asarray(mask)])
+
+
+def flash_like(q, k, v, *, scale, is_causal, local_window_size, query_seq_lengths,
+               key_value_seq_lengths):
+    """A kernel as cuDNN and tokamax behaved on an H100 (``benchmarks/attention.py``): padded
+    query rows are skipped (output 0), and a row whose length is 0 gives NaN, which reaches dk
+    and dv through the backward pass even when that row's output is discarded."""
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    pos = jnp.arange(q.shape[1])
+    allowed = pos < key_value_seq_lengths[:, None, None, None]
+    if is_causal:
+        allowed &= pos[:, None] >= pos[None, :]
+    if local_window_size is not None:
+        left, right = local_window_size
+        gap = pos[:, None] - pos[None, :]
+        allowed &= (gap <= left) & (-gap <= right)
+    p = jnp.where(allowed, jnp.exp(s - jax.lax.stop_gradient(s.max(-1, keepdims=True))), 0.0)
+    query = (pos < query_seq_lengths[:, None])[:, None, :, None]
+    p = jnp.where(query, p / jnp.where(query, p.sum(-1, keepdims=True), 1.0), 0.0)
+    empty = jnp.where(key_value_seq_lengths == 0, jnp.nan, 1.0)[:, None, None, None]
+    return jnp.einsum("bhqk,bkhd->bqhd", p, v) * empty
+
+
+@pytest.mark.parametrize("causal, window", [(True, None), (False, None), (True, 3)])
+def test_an_empty_row_gives_finite_gradients_from_a_flash_kernel(causal, window):
+    mask = padding("empty row")
+
+    def fused(q, k, v):
+        return with_lengths(flash_like, q, k, v, causal=causal, window=window, mask=mask,
+                            scale=D**-0.5)
+
+    assert_equals_the_masked_reference(fused, inputs(H), causal, window, mask)
 
 
 GPU = {"backend": "gpu", "compute_capability": "9.0"}

@@ -84,7 +84,8 @@ def with_lengths(
     of the valid tokens moved to the front (``valid_first``).
 
     q: ``(batch, length, heads, d)``; k, v: ``(batch, length, kv_heads, d)``; mask:
-    ``(batch, length)`` bool or None. Padded query rows of the output are 0.
+    ``(batch, length)`` bool or None. Padded query rows of the output are 0, and a row with
+    no valid token gives 0 and finite gradients.
     """
     sides = None if window is None else (window - 1, 0 if causal else window - 1)
     run = functools.partial(attend, scale=scale, is_causal=causal, local_window_size=sides)
@@ -92,6 +93,11 @@ def with_lengths(
         return run(q, k, v)
 
     def by_lengths(lengths, q, k, v):
+        # A row with no valid token gets length 1: flash kernels divide by the softmax's sum,
+        # 0 / 0 for an empty row, and the NaN reaches dk and dv through the backward pass even
+        # though the row's output is discarded (cuDNN and tokamax on an H100, benchmarks/
+        # attention.py). Its one computed output row is padding, so ``valid_first`` zeroes it.
+        lengths = jnp.maximum(lengths, 1)
         return run(q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths)
 
     return valid_first(by_lengths, mask, q, k, v)
