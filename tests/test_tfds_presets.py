@@ -3,12 +3,15 @@ encoders (pixels, bytes), their splits, and the config checks made before any da
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from seqzoo.config import apply_overrides
 from seqzoo.data.images import rgb_to_grayscale
 from seqzoo.data.tfds_presets import PRESETS, encoder, image_pixels, resolve_splits, text_ids
+from seqzoo.data.tfds_source import check_features
 from seqzoo.runner.experiments import load_experiment
 from seqzoo.runner.memory import task_shape
 from seqzoo.tasks import check_task
@@ -90,3 +93,15 @@ def test_abstract_shapes_of_the_presets():
     assert (image.length, image.vocab_size, image.num_classes) == (1024, 256, 10)
     text = task_shape(_cfg("task.preset=lra_text", "task.seq_len=4000").task)
     assert (text.length, text.vocab_size, text.num_classes) == (4000, 257, 2)
+
+
+def test_features_are_checked_against_the_preset():
+    def builder(**features):
+        return SimpleNamespace(info=SimpleNamespace(features=features, full_name="mine/1.0.0"))
+
+    label = SimpleNamespace(num_classes=2)
+    assert check_features(builder(text=None, label=label), PRESETS["lra_text"], "lra_text") == 2
+    with pytest.raises(ValueError, match="has no feature 'text'.*its features are body, label"):
+        check_features(builder(body=None, label=label), PRESETS["lra_text"], "lra_text")
+    with pytest.raises(ValueError, match="has 2 classes; preset 'lra_image' is a 10-class"):
+        check_features(builder(image=None, label=label), PRESETS["lra_image"], "lra_image")
