@@ -11,8 +11,9 @@ The split is read once, in the source's order (fixed when the dataset was prepar
 other task's (``seqzoo.runner.data``: the batch of step s is a function of (seed, s), each
 process takes its rows of it), so a run is deterministic for a seed and resumes at its step.
 
-Needs the ``[tfds]`` extra (tensorflow-datasets, grain, array_record). Preparing a dataset
-(``tfds build``) downloads it and needs TensorFlow once; reading it here does not.
+Needs the ``[tfds]`` extra (tensorflow-datasets, grain, array_record, Pillow to decode images).
+Preparing a dataset (``tfds build``) downloads it and needs TensorFlow once (and apache-beam,
+which the ``tfds`` command imports: tensorflow/datasets#5463); reading it here does not.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from seqzoo.data.tfds_presets import PRESETS, Preset, encoder, resolve_splits
 from seqzoo.data.validate import check_labels
 
 INSTALL = 'pip install "seqzoo[tfds]"'
+PREPARE_INSTALL = "pip install tensorflow-cpu apache-beam"  # tensorflow/datasets#5463: the CLI
 
 
 def import_tfds():
@@ -53,9 +55,9 @@ def open_builder(tfds, dataset: str, data_dir: Path):
     FileNotFoundError with the ``tfds build`` command when it is not there, a ValueError when
     it was prepared in another format."""
     build = prepare_command(dataset, data_dir)
-    hint = (f"Prepare it once (this downloads it, and needs TensorFlow: pip install "
-            f"tensorflow-cpu) with:\n  {build}\nor set task.data_dir to the directory you "
-            f"prepared it in")
+    hint = (f"Prepare it once (this downloads it; preparing needs TensorFlow, and the tfds "
+            f"command apache-beam too: {PREPARE_INSTALL}) with:\n  {build}\nor set "
+            f"task.data_dir to the directory you prepared it in")
     try:
         builder = tfds.builder(dataset, data_dir=os.fspath(data_dir))
     except tfds.core.registered.DatasetNotFoundError:
