@@ -162,8 +162,12 @@ def test_errors_name_the_fix(data, tmp_path):
     with pytest.raises(FileNotFoundError, match=(
             f"tfds build cifar10 --data_dir={tmp_path} --file_format=array_record")):
         build_task(_cfg(tmp_path).task)
-    with pytest.raises(ValueError, match="has no split 'validation'.*train, test"):
+    with pytest.raises(ValueError, match="has no split 'validation'; its splits are train, test"):
         build_task(_cfg(root, 'task.splits={"val": "validation"}').task)
+    with pytest.raises(ValueError, match="TFDS split 'train\\[:abc\\]' .* does not parse"):
+        build_task(_cfg(root, 'task.splits={"val": "train[:abc]"}').task)
+    union = build_task(_cfg(root, 'task.splits={"val": "train[:3]+test[:2]"}').task)
+    assert len(union["val"]["targets"]) == 5
     with pytest.raises(ValueError, match="has no feature 'image'.*label, text"):
         build_task(_cfg(root, "task.dataset=imdb_reviews").task)
 

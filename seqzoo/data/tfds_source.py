@@ -92,6 +92,22 @@ def check_features(builder, preset: Preset, name: str) -> int:
     return classes
 
 
+def open_split(builder, tfds_split: str, split: str):
+    """The data source of ``tfds_split`` (``train``, ``train[:90%]``, ``train[:5]+test`` ...),
+    seqzoo's split ``split``; a ValueError naming task.splits and the dataset's splits when it
+    names another split or does not parse."""
+    known = list(builder.info.splits)
+    where = f"task.splits: TFDS split {tfds_split!r} (seqzoo's {split!r})"
+    unknown = [part for part in tfds_split.split("+") if part.split("[")[0].strip() not in known]
+    if unknown:
+        raise ValueError(f"{where}: TFDS dataset {builder.info.full_name} has no split "
+                         f"{unknown[0]!r}; its splits are {', '.join(known)}")
+    try:
+        return builder.as_data_source(split=tfds_split)
+    except ValueError as err:
+        raise ValueError(f"{where} does not parse: {err}") from None
+
+
 def read_split(grain, source, encode, workers: int, what: str, progress: bool) -> list:
     """``encode(example)`` of every example of ``source``, in order, decoded by ``workers``
     Grain threads."""
@@ -131,15 +147,10 @@ def load_tfds(
     directory = Path(data_dir).expanduser()
     builder = open_builder(tfds, dataset, directory)
     num_classes = check_features(builder, spec, preset)
-    known = list(builder.info.splits)
     workers = default_workers() if workers is None else workers
     out: dict[str, Split] = {}
     for split, tfds_split in resolve_splits(spec, splits or {}).items():
-        if tfds_split.split("[")[0] not in known:
-            raise ValueError(f"task.splits: TFDS dataset {builder.info.full_name} has no split "
-                             f"{tfds_split!r} (for seqzoo's {split!r}); its splits are "
-                             f"{', '.join(known)}")
-        source = builder.as_data_source(split=tfds_split)
+        source = open_split(builder, tfds_split, split)
         what = f"{builder.info.full_name} {tfds_split}"
         rows = read_split(grain, source, encoder(spec, max_length), workers, what, progress)
         if not rows:
