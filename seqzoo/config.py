@@ -60,6 +60,11 @@ class TaskConfig:
     (2: JRT-Prompt, Arora et al. 2024; ``seq_len`` counts every copy).
     ``normalize`` (image tasks): each pixel is one float feature in [0, 1] through a linear
     encoder (S4's setting) instead of one of 256 tokens through an embedding (LRA's).
+    ``preset``, ``dataset``, ``splits`` (the ``tfds`` task): how a prepared TFDS dataset
+    becomes a task (``lra_image``: grayscale CIFAR-10; ``lra_text``: IMDB bytes, cut to
+    ``seq_len``), the TFDS dataset to read instead of the preset's (``""``: the preset's, e.g.
+    ``cifar10``; ``name/config:version`` pins one), and seqzoo splits mapped to TFDS splits over
+    the preset's (``{"val": "train[95%:]"}``; ``""`` drops one).
     """
 
     name: str = setting("mqar", Registered("seqzoo.tasks:get_task"))
@@ -81,6 +86,9 @@ class TaskConfig:
     random_non_queries: bool = setting(True, ANY)
     context_repeats: int = setting(1, AT_LEAST_1)
     normalize: bool = setting(False, ANY)
+    preset: str = setting("lra_image", OneOf("seqzoo.data.tfds_presets:PRESETS"))
+    dataset: str = setting("", ANY)  # checked by the tfds task (seqzoo.data.tfds_source)
+    splits: dict[str, str] = setting(dict, ANY, factory=True)
 
 
 @dataclasses.dataclass(frozen=True)

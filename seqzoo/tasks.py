@@ -10,7 +10,9 @@ extrapolation; the other tasks refuse it); ListOps and Pathfinder are generated 
 generators and cached one file per split in ``CACHE_DIR`` (``$SEQZOO_CACHE``, else
 ``~/.cache/seqzoo``: ``seqzoo.data.cache``), so changing ``task.num_val`` or ``task.num_test``
 reuses the train split; the other tasks read released files from
-``task.data_dir`` (each reader names the file and line or record of bad data).
+``task.data_dir`` (each reader names the file and line or record of bad data), and ``tfds``
+reads a TFDS dataset prepared there in array_record format (``seqzoo.data.tfds_source``;
+``task.preset`` says which features become the sequence and the label, as LRA's Image and Text).
 
 Before any data is read or generated, :func:`check_task` checks the config: every value in
 its domain, options that belong to other tasks, and the task's constraints between values
@@ -60,6 +62,8 @@ from seqzoo.data.synthetic import (
     mqar,
     selective_copying,
 )
+from seqzoo.data.tfds_presets import PRESETS, resolve_splits
+from seqzoo.data.tfds_source import load_tfds
 from seqzoo.data.validate import check_dataset
 
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 2_000_003, "test": 1_000_003}
@@ -162,6 +166,20 @@ def _check_retrieval(cfg: TaskConfig, length: Arg) -> None:
     require(length.value % 2 == 0,
             f"{length} must be even: lra_retrieval puts two documents of {length.name} / 2 "
             f"tokens in each row")
+
+
+def _check_tfds(cfg: TaskConfig, length: Arg) -> None:
+    """Fail unless ``task.splits`` gives the preset train and test splits (and no other key),
+    and ``task.normalize`` is only set for an image preset."""
+    preset = PRESETS[cfg.preset]
+    resolve_splits(preset, cfg.splits)
+    require(not cfg.normalize or preset.kind == "image",
+            f"task.normalize is for image presets; task.preset={cfg.preset!r} reads text")
+
+
+def _tfds(cfg: TaskConfig) -> Dataset:
+    return load_tfds(data_dir(cfg), cfg.preset, cfg.dataset, cfg.splits, max_length=cfg.seq_len,
+                     normalize=cfg.normalize)
 
 
 def _pathfinder_options(cfg: TaskConfig) -> dict:
@@ -304,6 +322,18 @@ TASKS: dict[str, Task] = {
         "pathfinder{resolution}/{difficulty}/metadata/*.npy and .../imgs/*/sample_*.png",
         images=True,
     ),
+    "tfds": Task(
+        _tfds,
+        "a TFDS dataset prepared as array_record, read through Grain (pip install "
+        "'seqzoo[tfds]'); preset (lra_image: LRA Image, grayscale CIFAR-10, 1024 pixel tokens; "
+        "lra_text: LRA Text, IMDB bytes cut to seq_len, LRA: 4000), dataset, splits, normalize, "
+        "data_dir",
+        "a TFDS dataset prepared in array_record format (`tfds build DATASET "
+        "--data_dir=DIR --file_format=array_record` writes DIR/DATASET/[CONFIG/]VERSION/)",
+        "~/tensorflow_datasets",
+        images=True,  # normalize: image presets only (_check_tfds)
+        check=_check_tfds,
+    ),
 }
 
 
@@ -348,6 +378,9 @@ def check_task(cfg: TaskConfig) -> None:
         raise ValueError(f"task.random_non_queries is MQAR's option, not {cfg.name!r}'s")
     if cfg.context_repeats != 1 and cfg.name != "mqar":
         raise ValueError(f"task.context_repeats is MQAR's option, not {cfg.name!r}'s")
+    for key, default in (("dataset", ""), ("splits", {})):
+        if getattr(cfg, key) != default and cfg.name != "tfds":
+            raise ValueError(f"task.{key} is the tfds task's option, not {cfg.name!r}'s")
     if cfg.normalize and not task.images:
         raise ValueError(
             f"task.normalize is for the image tasks ({_tasks_with('images')}), not {cfg.name!r}"

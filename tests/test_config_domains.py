@@ -50,6 +50,7 @@ BAD_VALUES = [
     (["task.resolution=33"], r"task\.resolution must be one of 32, 64, 128, got 33"),
     (["task.difficulty=hard"], r"task\.difficulty must be one of curv_baseline, .*got 'hard'"),
     (["task.test_seq_len=-1"], r"task\.test_seq_len must be >= 0, got -1"),
+    (["task.preset=lra_audio"], r"task\.preset must be one of lra_image, lra_text, got 'lra_a"),
     # model
     (["model.mixer=attention,nope"], r"model\.mixer: unknown mixer 'nope'; registered mixers"),
     (["model.n_layers=0"], r"model\.n_layers must be >= 1, got 0"),
@@ -130,7 +131,8 @@ def test_every_field_has_a_domain_and_every_bounded_one_a_bad_value_above():
     unbounded = {key for key in fields if key not in bounded}  # free text, flags, traced dicts
     assert unbounded == {
         "description", "task.data_dir", "task.permuted", "task.random_non_queries",
-        "task.normalize", "model.mixer_options", "model.bidirectional",
+        "task.normalize", "task.dataset", "task.splits", "model.mixer_options",
+        "model.bidirectional",
     }
 
 

@@ -16,6 +16,7 @@ from seqzoo.data.lra_files import (
 from seqzoo.data.mnist import load_fashion_mnist, load_mnist
 from seqzoo.data.pathfinder import generate_pathfinder
 from seqzoo.data.synthetic import associative_recall, induction_heads, mqar, selective_copying
+from seqzoo.data.tfds_source import load_tfds
 
 __all__ = [
     "IGNORE_INDEX",
@@ -32,6 +33,7 @@ __all__ = [
     "load_lra_pathfinder",
     "load_lra_retrieval",
     "load_mnist",
+    "load_tfds",
     "mqar",
     "selective_copying",
 ]

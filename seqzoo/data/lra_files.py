@@ -16,7 +16,7 @@ from seqzoo.data import cifar10, listops
 from seqzoo.data.cache import DEFAULT_CACHE_DIR, cached_splits
 from seqzoo.data.dataset import Dataset, make_split, pack_sequences
 from seqzoo.data.files import find, missing, text_lines
-from seqzoo.data.images import image_dataset, image_split
+from seqzoo.data.images import image_dataset, image_split, rgb_to_grayscale
 from seqzoo.data.pathfinder import DIFFICULTIES, LRA_CONFIGS
 from seqzoo.data.pathfinder_files import read_pathfinder_image, read_pathfinder_metadata
 from seqzoo.data.progress import Progress
@@ -149,8 +149,9 @@ def load_lra_cifar10(data_dir: str | os.PathLike, val_fraction: float = 0.1,
     :mod:`seqzoo.data.cifar10`; the pickled Python release is refused, never read).
 
     Gray = floor((0.2989 R + 0.5870 G + 0.1140 B) / 255 * 255.5), as TF's
-    ``rgb_to_grayscale`` on uint8. Splits ``train`` / ``val`` (the last ``val_fraction`` of
-    the training batches, as LRA's ``train[90%:]``) / ``test``.
+    ``rgb_to_grayscale`` on uint8 (:func:`seqzoo.data.images.rgb_to_grayscale`). Splits
+    ``train`` / ``val`` (the last ``val_fraction`` of the training batches, as LRA's
+    ``train[90%:]``) / ``test``.
     """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -158,9 +159,7 @@ def load_lra_cifar10(data_dir: str | os.PathLike, val_fraction: float = 0.1,
 
     def batch(path):
         rgb, labels = cifar10.read_batch(path)
-        weights = np.array([0.2989, 0.5870, 0.1140], np.float32)
-        gray = np.tensordot(weights, rgb.astype(np.float32) / 255.0, axes=(0, 1))
-        return (gray * 255.5).astype(np.uint8), labels
+        return rgb_to_grayscale(rgb, axis=1), labels
 
     train = [batch(path) for path in train_paths]
     train_x, train_y = np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])

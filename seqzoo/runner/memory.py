@@ -45,6 +45,7 @@ from jax.extend.core import Literal
 from seqzoo.config import ExperimentConfig, TaskConfig, check_values
 from seqzoo.data import Dataset
 from seqzoo.data.dataset import Split
+from seqzoo.data.tfds_presets import PRESETS, Preset
 from seqzoo.runner.build import Built, check_accumulate, check_lengths, check_mixer_options
 from seqzoo.runner.model import build_model, loss_and_accuracy, per_position
 from seqzoo.runner.optim import make_optimizer
@@ -95,7 +96,15 @@ TASK_SHAPES = {
     "lra_cifar10": _image(1024, 10),
     "smnist": _image(784, 10),
     "sfashion_mnist": _image(784, 10),
+    "tfds": lambda cfg: _tfds_shape(PRESETS[cfg.preset])(cfg),
 }
+
+
+def _tfds_shape(preset: Preset):
+    """The shapes of a tfds preset (an image preset's pixel count is its dataset's)."""
+    if preset.kind == "image":
+        return _image(preset.pixels, preset.num_classes)
+    return _tokens(preset.vocab_size, preset.num_classes)
 
 
 def task_shape(cfg: TaskConfig) -> TaskShape:
