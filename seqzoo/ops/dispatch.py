@@ -66,6 +66,9 @@ PER_KEY_TILING = _RESULTS + (
 )
 SCAN_KERNELS = _RESULTS + "linear-recurrence-and-selective-scan-kernels-issue-7-kernels-1-and-2"
 TPU_MODEL = _RESULTS + "tpu-predicted-not-measured"
+FUSED_ATTENTION = _RESULTS + (
+    "fused-attention-as-auto-and-the-remaining-kernels-bf16-gradients-issue-20-2026-12-05"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +190,8 @@ _ATTENTION_RULES = (
     Rule("splash", lambda f: f["tpu"], "jax's splash attention: flash attention on a TPU"),
     Rule("parallel", lambda f: not f["gpu"], "no fused attention kernel is wired for {platform!r}"),
     Rule("parallel", lambda f: not f["fused_dtype"],
-         "cuDNN flash attention has no {dtype} kernel"),
+         "cuDNN flash attention has no {dtype} kernel (tokamax's speed not yet measured)",
+         FUSED_ATTENTION),
     Rule("parallel", lambda f: not f["nvidia"],
          "cuDNN needs an NVIDIA GPU (compute capability {compute_capability!r})"),
     Rule("parallel", lambda f: f["head_dim"] % 8 or f["head_dim"] > f["head_dim_limit"],
@@ -199,7 +203,7 @@ _ATTENTION_RULES = (
          "mask", overrides=("tokamax",)),
     Rule("parallel", lambda f: f["window"] is not None and not f["causal"],
          "cuDNN's sliding windows are causal only"),
-    Rule("cudnn", lambda f: True, "bf16/fp16 flash attention"),
+    Rule("cudnn", lambda f: True, "bf16/fp16 flash attention", FUSED_ATTENTION),
 )
 _CHUNKED = ("chunked", "sequential", "pallas")
 _SCANS = ("associative", "sequential", "pallas")
