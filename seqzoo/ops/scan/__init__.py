@@ -184,6 +184,9 @@ def selective_scan_local(u, delta, A, B, C, D, z, delta_bias, delta_softplus, in
             return on_kernel
 
         def on_xla(u, delta, A, B, C, D, z, delta_bias, initial_state):
+            if impl == "associative":  # lean: recomputes its states backwards, chunk by chunk
+                return xla.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                          initial_state, starts)
             decay, drive = xla.discretize(u, delta, A, B, delta_bias, delta_softplus)
             if starts is not None:
                 decay = jnp.where(starts[..., None, None], 0.0, decay)
