@@ -19,7 +19,8 @@ B and C are shared by all channels ``(batch, length, n)`` or by groups of ``d / 
 consecutive channels ``(batch, length, g, n)``. A is real and should be non-positive
 (``A = -exp(A_log)``) for a stable scan (checked on eager calls).
 
-Files: this one validates and dispatches; ``xla.py`` (``associative``, the discretisation),
+Files: this one validates and dispatches; ``xla.py`` (``associative``, the discretisation, and
+the selective scan's associative form, whose backward pass recomputes its states),
 ``reference.py`` (``sequential``), ``pallas_gpu_recurrence.py`` and ``pallas_gpu_selective.py``
 (``pallas``) and ``sequence_parallel.py`` (a sequence split over devices) hold the forms;
 ``seqzoo.ops.dispatch`` decides what ``impl="auto"`` runs.
