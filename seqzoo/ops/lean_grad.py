@@ -191,9 +191,9 @@ def chunkwise(fn: Callable[[Any, Any, Any], tuple[Any, Any]], chunk: int):
     op on the whole sequence: ``lean(rows, shared, state) -> (out, final state)``.
 
     rows: arrays ``(batch, steps, ...)`` (None and integer leaves allowed), cut along axis 1;
-    shared: anything else (parameters); state: the state entering the chunk (an array or a
-    tree); out: arrays ``(batch, steps, ...)``. ``fn`` must carry all it needs across steps in
-    ``state``, so that running the chunks one after the other gives the op's result.
+    shared: anything else (parameters); state: the state entering the chunk (a float array or
+    tree of them); out: arrays ``(batch, steps, ...)``. ``fn`` must carry all it needs across
+    steps in ``state``, so that running the chunks one after the other gives the op's result.
 
     Forward: a ``lax.scan`` over the ``length // chunk`` whole chunks (then ``fn`` once on a
     shorter last chunk), keeping the state entering each. Backward (a ``custom_vjp``): a reverse

@@ -12,8 +12,8 @@ associative scan would keep its ``(batch, length, d, n)`` decays, inputs and sta
 level of the scan's tree, for the backward pass (about 20 times the layer's activations in a
 Mamba training step). Here the rows run in blocks (``lean_grad.blockwise``), each ``CHUNK``
 steps at a time (``lean_grad.chunkwise``): between the passes only the arguments are kept, and
-the states exist for one chunk of one block at a time (a block's chunk of states at most the
-size of ``u``), recomputed in the backward pass. The cost: two more forward passes.
+the states exist for one chunk of one block at a time (a block's chunk of states at most an
+eighth of ``u``'s size), recomputed in the backward pass. The cost: two more forward passes.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def _lean_selective_scan(delta_softplus: bool, chunk: int):
         u, state = rows[0], rows[-1]
         return min(chunk, u.shape[1]) * state.shape[1] * state.shape[2]
 
-    def eighth_of_u(rows):  # the budget: a chunk's states of a block, a tenth of the
-        return rows[0].size // 8  # intermediates, at most an eighth of u's size
+    def eighth_of_u(rows):  # a block's chunk of states (of some ten such intermediates)
+        return rows[0].size // 8
 
     return blockwise(fn, forward=True, row_elements=states_per_row, block_elements=eighth_of_u)
