@@ -49,17 +49,12 @@ from seqzoo.runner.memory import (
 
 # config name (glob) -> why its ratio lies outside [1/2, 2]: what the mixer's core keeps for the
 # backward pass beyond the estimate (which assumes the core recomputes its intermediates, as
-# seqzoo.ops.lean_grad.blockwise does for S4/S4D and attention); none of these is fixed yet.
-_SCAN = ("not reached: Mamba's selective scan keeps its (B, L, d_inner, N) states and the "
-         "layer's conv and gate terms (seqzoo/layers/mamba.py, being restructured elsewhere)")
-_SSD = ("not reached: the chunked quasiseparable / SSD form keeps each chunk's states and "
-        "(C, C) scores (seqzoo/layers/hydra.py, mamba2.py, being restructured elsewhere)")
+# seqzoo.ops.lean_grad does for S4/S4D, attention, Mamba's selective scan and the SSD / Hydra
+# chunked forms); none of these is fixed yet.
 _CHUNKED = ("not reached: the chunked linear-attention form keeps each chunk's (dk, dv) state "
             "and (C, C) scores; lean_grad.blockwise over the op (as for attention) would "
             "recompute them")
 REASONS: dict[str, str] = {
-    "*mamba*": _SCAN,
-    "*hydra*": _SSD,
     "*linear_attention*": _CHUNKED,
     "*based*": _CHUNKED + " (Based's Taylor feature map: d_k = 1 + d + d^2)",
     "*gla*": _CHUNKED,

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqzoo.ops.lean_grad import blockwise, layer_norm, num_blocks, rms_norm
+from seqzoo.ops.lean_grad import blockwise, chunkwise, layer_norm, num_blocks, rms_norm
 
 
 def _normal(seed, *shape):
@@ -116,3 +116,46 @@ def test_backward_pass_keeps_only_the_inputs():
     size = 16 * 256 * 512 * 4
     lean, plain = step(lambda x: gelu(x, ())), step(_gelu)
     assert lean < 0.6 * plain and lean < 12 * size, (lean / size, plain / size)
+
+
+def _recurrence(rows, w, h):
+    """A nonlinear recurrence over axis 1: h_t = tanh(h_{t-1} w) * keep_t + x_t, y_t = h_t x_t."""
+    x, keep = rows
+
+    def step(h, xk):
+        h = jnp.tanh(h @ w) * xk[1][:, None] + xk[0]
+        return h, h * xk[0]
+
+    h, y = jax.lax.scan(step, h, (jnp.moveaxis(x, 1, 0), jnp.moveaxis(keep, 1, 0)))
+    return jnp.moveaxis(y, 0, 1), h
+
+
+@pytest.mark.parametrize("length", [16, 21], ids=["whole-chunks", "and-a-shorter-last"])
+def test_chunkwise_matches_autodiff_in_float64(length):
+    """Outputs, final state and the gradient of each float argument (x, w, the initial state)
+    equal plain autodiff of the whole-sequence scan to float64 rounding; chunks of 8 (a
+    sequence shorter than one chunk: the ops' tests at lengths 1 to 33)."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+
+        def normal(*shape):
+            return jnp.asarray(rng.standard_normal(shape))
+
+        x, w, h0, gy, gh = normal(3, length, 4), normal(4, 4), normal(3, 4), normal(3, length, 4), \
+            normal(3, 4)
+        keep = jnp.asarray(rng.integers(0, 2, (3, length)), jnp.int32)  # no cotangent
+        lean = chunkwise(_recurrence, 8)
+
+        def loss(f):
+            def run(x, w, h0):
+                y, h = f((x, keep), w, h0)
+                return jnp.sum(y * gy) + jnp.sum(jnp.sin(h) * gh)
+            return run
+
+        for got, want in zip(lean((x, keep), w, h0), _recurrence((x, keep), w, h0), strict=True):
+            assert got.dtype == jnp.float64
+            np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+        got = jax.jit(jax.grad(loss(lean), (0, 1, 2)))(x, w, h0)
+        want = jax.grad(loss(_recurrence), (0, 1, 2))(x, w, h0)
+        for name, g, v in zip(("x", "w", "initial state"), got, want, strict=True):
+            np.testing.assert_allclose(g, v, rtol=1e-12, atol=1e-12, err_msg=name)

@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compiled_memory import grad_temporaries
 
-from seqzoo.ops.scan import selective_scan, selective_scan_step
+from seqzoo.ops.scan import selective_scan, selective_scan_step, xla
+from seqzoo.ops.segments import segment_starts
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 BATCH, D_INNER, N = 2, 8, 4
@@ -159,6 +161,46 @@ def test_gradients_match_reference(impl, groups):
     want_outs, want = value_and_vjp(REFERENCE, inputs, ids, cot)
     assert_tree_close(outs, want_outs, ("out", "final_state"))
     assert_tree_close(grads.values(), want.values(), grads.keys())
+
+
+def lean_form(u, delta, A, B, C, D, z, delta_bias, initial_state, segment_ids):
+    """The lean associative form (``impl="associative"``) with chunks of 8 steps."""
+    starts = segment_starts(segment_ids, *u.shape[:2])
+    return xla.selective_scan(u, delta, A, B, C, D, z, delta_bias, True, initial_state, starts,
+                              chunk=8)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["f32", "f64"])
+def test_lean_form_gradients_match_reference(dtype):
+    """The lean form over four chunks of 8 and a last one of 5, in blocks of rows: outputs, and
+    the VJP w.r.t. each of u, delta, A, B, C, D, z, delta_bias, initial_state, against the loop
+    (float64 inputs are computed in float32, as the op does); packed, a segment starting on a
+    chunk boundary and one in the last step."""
+    with jax.enable_x64(dtype == jnp.float64):
+        inputs = {k: v.astype(dtype) for k, v in make_inputs(37, groups=2, batch=4).items()}
+        ids = jnp.array([[0] * 16 + [1] * 21, [0] * 37, [3] * 5 + [4] * 32, [1] * 36 + [2]])
+        cot = (cotangent((4, 37, D_INNER), 7).astype(dtype), cotangent((4, D_INNER, N), 8))
+        outs, grads = value_and_vjp(lean_form, inputs, ids, cot)
+        want_outs, want = value_and_vjp(REFERENCE, inputs, ids, cot)
+        assert outs[0].dtype == dtype
+        assert_tree_close(outs, want_outs, ("out", "final_state"))
+        assert_tree_close(grads.values(), want.values(), grads.keys())
+
+
+def test_lean_backward_keeps_no_states():
+    """The gradient at (4, 512, d 64, n 16) compiles to fewer temporary bytes than one
+    (batch, length, d, n) tensor of states: 0.63 of it, against 13 before the form was lean (the
+    associative scan's decays, inputs, states and tree levels; the sequential form keeps 12)."""
+    b, length, d, n = 4, 512, 64, 16
+
+    def loss(u, delta, A, B, C):
+        y = selective_scan(u, delta, A, B, C, delta_softplus=True, impl="associative")
+        return jnp.sum(jnp.sin(y))
+
+    f32 = partial(jax.ShapeDtypeStruct, dtype=jnp.float32)
+    lean = grad_temporaries(loss, f32((b, length, d)), f32((b, length, d)), f32((d, n)),
+                            f32((b, length, n)), f32((b, length, n)))
+    assert lean < b * length * d * n * 4, lean / (b * length * d * n * 4)
 
 
 def test_segments_run_independently():

@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compiled_memory import grad_temporaries
 
-from seqzoo.ops.ssd import ssd, ssd_matrix, ssd_step
+from seqzoo.ops.ssd import ssd, ssd_matrix, ssd_step, xla
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 BATCH, HEADS, HEADDIM, N = 2, 4, 3, 5
@@ -139,6 +140,47 @@ def test_gradients_match_reference(impl):
     want_outs, want = value_and_vjp(REFERENCE, inputs, ids, cot)
     assert_all_close(outs, want_outs, ("out", "final_state"))
     assert_all_close(grads.values(), want.values(), grads.keys())
+
+
+def lean_form(x, dt, A, B, C, dt_bias, initial_state, segment_ids):
+    """The lean chunked form (``impl="chunked"``): chunks of 4, parts of 8 steps."""
+    return xla.lean_ssd(4, True, steps=8)((x, dt, B, C, segment_ids, initial_state),
+                                          (A, dt_bias))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["f32", "f64"])
+def test_lean_form_gradients_match_reference(dtype):
+    """The lean form over four parts of 8 steps and a last one of 5, in blocks of rows:
+    outputs, and the VJP w.r.t. each of x, dt, A, B, C, dt_bias, initial_state, against the
+    loop (float64 inputs are computed in float32, as the op does); packed, segments starting on
+    a part boundary, inside a chunk and in the last step."""
+    with jax.enable_x64(dtype == jnp.float64):
+        inputs = make_inputs(37, groups=2, batch=4)
+        inputs = {k: inputs[k].astype(dtype) for k in
+                  ("x", "dt", "A", "B", "C", "dt_bias", "initial_state")}
+        ids = jnp.array([[0] * 16 + [1] * 21, [0] * 37, [3] * 6 + [4] * 31, [1] * 36 + [2]])
+        cot = (cotangent(inputs["x"].shape, 7), cotangent(inputs["initial_state"].shape, 8))
+        outs, grads = value_and_vjp(lean_form, inputs, ids, cot)
+        want_outs, want = value_and_vjp(REFERENCE, inputs, ids, cot)
+        assert outs[0].dtype == jnp.float32  # as the chunked core returns it
+        assert_all_close(outs, want_outs, ("out", "final_state"))
+        assert_all_close(grads.values(), want.values(), grads.keys())
+
+
+def test_lean_backward_keeps_no_scores():
+    """The gradient at (4, 1024, 8 heads, p 16, n 32, chunk 64) compiles to under 8 times x's
+    bytes of temporaries (4.0), against 27 before the chunked form was lean (every chunk's
+    scores, decays, weights and states)."""
+    b, length, h, p, n = 4, 1024, 8, 16, 32
+
+    def loss(x, dt, A, B, C):
+        return jnp.sum(jnp.sin(ssd(x, dt, A, B, C, chunk_size=64, dt_softplus=True,
+                                   impl="chunked")))
+
+    f32 = partial(jax.ShapeDtypeStruct, dtype=jnp.float32)
+    lean = grad_temporaries(loss, f32((b, length, h, p)), f32((b, length, h)), f32((h,)),
+                            f32((b, length, 1, n)), f32((b, length, 1, n)))
+    assert lean < 8 * b * length * h * p * 4, lean / (b * length * h * p * 4)
 
 
 def test_no_overflow_with_fast_decay():

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqzoo.ops.lean_grad import rms_norm
+from seqzoo.ops.lean_grad import blockwise, rms_norm
 
 Array = jax.Array
 
@@ -57,16 +58,29 @@ class RMSNorm(nn.Module):
         w = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
         if z is None and (self.group_size or d) == d:  # backward keeps x only (ops.lean_grad)
             return rms_norm(x, w, self.eps)
+        norm = _lean_rms_norm(self.eps, self.group_size or d, self.norm_before_gate)
+        return norm((x, z), w).astype(x.dtype)
+
+
+@functools.cache
+def _lean_rms_norm(eps: float, size: int, norm_before_gate: bool):
+    """``RMSNorm`` with groups or a gate as a ``lean_grad.blockwise`` function of the rows
+    ``(x, z)``: its backward pass keeps x and z (autodiff would keep the gate, the product and
+    the normalised values too)."""
+
+    def fn(rows, w):
+        x, z = rows
         h = x.astype(jnp.float32)
         gate = None if z is None else jax.nn.silu(z.astype(jnp.float32))
-        if gate is not None and not self.norm_before_gate:
+        if gate is not None and not norm_before_gate:
             h = h * gate
-        size = self.group_size or d
-        h = rms_normalize(h.reshape(h.shape[:-1] + (d // size, size)), self.eps)
+        h = rms_normalize(h.reshape(h.shape[:-1] + (h.shape[-1] // size, size)), eps)
         h = h.reshape(x.shape) * w
-        if gate is not None and self.norm_before_gate:
+        if gate is not None and norm_before_gate:
             h = h * gate
-        return h.astype(x.dtype)
+        return h
+
+    return blockwise(fn)
 
 
 def dense(features: int, name: str, *, use_bias: bool = False, dtype: Any = None, **kw) -> nn.Dense:

@@ -33,6 +33,7 @@ from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.conv import depthwise_conv
 from seqzoo.ops.delta_rule import delta_rule
 from seqzoo.ops.dispatch import canonical
+from seqzoo.ops.lean_grad import blockwise
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -48,9 +49,25 @@ def conv_stage(
     """``silu(conv(x))`` with the conv input and the result zero at padded positions.
 
     x: (batch, length, C); mask: (batch, length); w: (K, C); left: K - 1 (causal) or K // 2.
+    Its backward pass keeps x and recomputes the rest (``lean_grad.blockwise``): autodiff would
+    keep each tap's shifted copy of x and silu's terms, about eight copies of x.
     """
-    y = depthwise_conv(zero_padded(x, mask), w, b, left=left, segment_ids=segment_ids)
-    return zero_padded(jax.nn.silu(y), mask)
+    return _lean_conv_stage(left, w.shape[0])((x, mask, segment_ids), (w, b))
+
+
+@functools.cache
+def _lean_conv_stage(left: int, taps: int):
+    def fn(rows, shared):
+        (x, mask, segment_ids), (w, b) = rows, shared
+        y = depthwise_conv(zero_padded(x, mask), w, b, left=left, segment_ids=segment_ids)
+        return zero_padded(jax.nn.silu(y), mask)
+
+    def taps_per_row(rows):  # the backward pass's copies of x, a few per tap
+        return rows[0].shape[1] * rows[0].shape[2] * taps
+
+    # blocks small enough that those copies take at most a quarter of x's size
+    return blockwise(fn, row_elements=taps_per_row,
+                     block_elements=lambda rows: rows[0].size // 4)
 
 
 def compiled(op, *static: str):
@@ -208,8 +225,17 @@ def ssm_info(paper: str, cost: str, *, causal: bool = True,
 
 
 def silu_gate(y: Array, z: Array) -> Array:
-    """``y * silu(z)`` in float32 (the output gate without a norm)."""
+    """``y * silu(z)`` in float32 (the output gate without a norm); its backward pass keeps y and
+    z (``lean_grad.blockwise``; autodiff would keep silu's terms and the product too)."""
+    return _lean_silu_gate((y, z), ())
+
+
+def _silu_gate(rows, _):
+    y, z = rows
     return y.astype(_F32) * jax.nn.silu(z.astype(_F32))
+
+
+_lean_silu_gate = blockwise(_silu_gate)
 
 
 # ---- the layers' shared options and parameters --------------------------------------------------

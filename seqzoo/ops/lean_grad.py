@@ -21,6 +21,11 @@ for functions whose forward intermediates are large (a scan's states, attention 
 cost is one more forward pass of ``fn``.
 The values are ``fn``'s; gradients equal autodiff's up to float rounding (the sums over blocks).
 Forward-mode autodiff (``jax.jvp``) is not defined for these functions (``custom_vjp``).
+
+``chunkwise(fn, chunk)`` does the same along the sequence for a causal op that carries a state
+(a scan): ``fn(rows, shared, state)`` runs one chunk of steps, a ``lax.scan`` runs the chunks in
+order, and the backward pass keeps the arguments and the state entering each chunk, recomputing
+one chunk at a time in reverse (see its docstring).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ def blockwise(
     *,
     row_elements: Callable[[Any], int] | None = None,
     forward: bool = False,
+    block_elements: Callable[[Any], int] | None = None,
 ) -> Callable[[Any, Any], Any]:
     """``fn(rows, shared)`` with a backward pass that keeps only its arguments and recomputes
     ``fn`` block by block (see the module docstring). ``fn``'s outputs have the rows' leading
@@ -58,14 +64,18 @@ def blockwise(
     row_elements: ``rows -> elements`` of ``fn``'s largest intermediate per row; the blocks
       are then also small enough that it stays under ``BLOCK_ELEMENTS`` per block (where rows
       allow). forward: run the forward pass block by block too (for an ``fn`` whose forward
-      intermediates are the problem, e.g. a scan's states).
+      intermediates are the problem, e.g. a scan's states). block_elements: ``rows -> `` the
+      budget per block in place of ``BLOCK_ELEMENTS``, e.g. the rows' own size, for an ``fn``
+      whose intermediates are many times its arguments (so that they stay a fraction of the
+      activations however small the step is).
     """
 
     def blocks(rows) -> int:
         n = jax.tree.leaves(rows)[0].shape[0]
         wanted = BLOCKS
         if row_elements is not None:
-            wanted = max(wanted, -(-n * row_elements(rows) // BLOCK_ELEMENTS))
+            budget = BLOCK_ELEMENTS if block_elements is None else max(1, block_elements(rows))
+            wanted = max(wanted, -(-n * row_elements(rows) // budget))
         return num_blocks(n, wanted)
 
     def in_context(axis):  # fn as traced where it was called (see below)
@@ -173,6 +183,120 @@ def _cotangents(acc, primal):
         a if a is not None or p is None else np.zeros(np.shape(p), jax.dtypes.float0)
         for a, p in zip(flat, primal_flat, strict=True)
     ])
+
+
+# ---- sequences, chunk by chunk ----------------------------------------------------------------
+def chunkwise(fn: Callable[[Any, Any, Any], tuple[Any, Any]], chunk: int):
+    """``fn(rows, shared, state) -> (out, state)``, a causal op on one chunk of a sequence, as the
+    op on the whole sequence: ``lean(rows, shared, state) -> (out, final state)``.
+
+    rows: arrays ``(batch, steps, ...)`` (None and integer leaves allowed), cut along axis 1;
+    shared: anything else (parameters); state: the state entering the chunk (a float array or
+    tree of them); out: arrays ``(batch, steps, ...)``. ``fn`` must carry all it needs across
+    steps in ``state``, so that running the chunks one after the other gives the op's result.
+
+    Forward: a ``lax.scan`` over the ``length // chunk`` whole chunks (then ``fn`` once on a
+    shorter last chunk), keeping the state entering each. Backward (a ``custom_vjp``): a reverse
+    scan that recomputes each chunk from its entering state and takes ``fn``'s VJP there, the
+    state's cotangent carried to the chunk before. Kept between the passes: the arguments and
+    ``length / chunk`` states; a scan's per-step states (or a chunked form's scores) exist for
+    one chunk at a time, in both passes. The cost is one more forward pass of ``fn``; gradients
+    equal autodiff's up to float rounding (``shared``'s summed over the chunks).
+    """
+
+    def cut(rows, start: int | Array, size: int):
+        return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size, axis=1), rows)
+
+    def merge(stacked):  # (chunks, batch, chunk, ...) -> (batch, chunks * chunk, ...)
+        return jax.tree.map(
+            lambda a: jnp.moveaxis(a, 0, 1).reshape((a.shape[1], -1) + a.shape[3:]), stacked)
+
+    def join(first, last):
+        if first is None:
+            return last
+        if last is None:
+            return first
+        return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), first, last)
+
+    def forward_pass(rows, shared, state):
+        whole, tail = divmod(jax.tree.leaves(rows)[0].shape[1], chunk)
+        outs = entering = out_tail = None
+        if whole:
+            def body(state, i):
+                out, new = fn(cut(rows, i * chunk, chunk), shared, state)
+                return new, (out, state)
+
+            state, (outs, entering) = jax.lax.scan(body, state, jnp.arange(whole))
+            outs = merge(outs)
+        last = state
+        if tail:
+            out_tail, state = fn(cut(rows, whole * chunk, tail), shared, state)
+        return (join(outs, out_tail), state), (entering, last)
+
+    @jax.custom_vjp
+    def call(rows, shared, state):
+        return forward_pass(rows, shared, state)[0]
+
+    def fwd(rows, shared, state):
+        out, states = forward_pass(rows, shared, state)
+        return out, (rows, shared, states)
+
+    def bwd(residuals, g):
+        rows, shared, (entering, last) = residuals
+        g_out, g_state = g
+        whole, tail = divmod(jax.tree.leaves(rows)[0].shape[1], chunk)
+        floats, rebuild, cotangents = _float_leaves(rows)
+
+        def chunk_vjp(start, size, state, g_state):
+            part = cut(floats, start, size)
+
+            def of_floats(part_floats, shared, state):
+                return fn(rebuild(part_floats, cut(rows, start, size)), shared, state)
+
+            _, vjp = jax.vjp(of_floats, part, shared, state)
+            return vjp((cut(g_out, start, size), g_state))
+
+        d_shared = _float_zeros(shared, _zero_after(g))
+        d_tail = d_whole = None
+        if tail:
+            d_tail, ds, g_state = chunk_vjp(whole * chunk, tail, last, g_state)
+            d_shared = _map_float(jnp.add, d_shared, ds)
+        if whole:
+            def body(carry, xs):
+                g_state, d_shared = carry
+                i, state = xs
+                d_part, ds, g_state = chunk_vjp(i * chunk, chunk, state, g_state)
+                return (g_state, _map_float(jnp.add, d_shared, ds)), d_part
+
+            (g_state, d_shared), d_whole = jax.lax.scan(
+                body, (g_state, d_shared), (jnp.arange(whole), entering), reverse=True)
+            d_whole = merge(d_whole)
+        return cotangents(join(d_whole, d_tail)), _cotangents(d_shared, shared), g_state
+
+    call.defvjp(fwd, bwd)
+    return call
+
+
+def _float_leaves(tree):
+    """``(floats, rebuild, cotangents)``: ``tree``'s leaves as a list with None for the non-float
+    ones (ints, bools: no cotangent); ``rebuild(floats, like)`` puts ``like``'s non-float leaves
+    back (``like``: a tree of ``tree``'s structure, e.g. a slice of it); ``cotangents(floats)``
+    is ``tree``'s cotangent from such a list (float0 zeros for the others)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keep = [_differentiable(a) for a in leaves]
+
+    def rebuild(floats, like):
+        others = treedef.flatten_up_to(like)
+        return treedef.unflatten([f if k else o for f, o, k in zip(floats, others, keep,
+                                                                   strict=True)])
+
+    def cotangents(floats):
+        return treedef.unflatten([
+            f if k else np.zeros(np.shape(a), jax.dtypes.float0)
+            for f, a, k in zip(floats, leaves, keep, strict=True)
+        ])
+
+    return [a if k else None for a, k in zip(leaves, keep, strict=True)], rebuild, cotangents
 
 
 # ---- norms -----------------------------------------------------------------------------------

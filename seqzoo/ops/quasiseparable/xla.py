@@ -8,11 +8,14 @@ by one step and the backward half flipped back; the matrix is assembled the same
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from seqzoo.ops.segments import segment_starts
 from seqzoo.ops.ssd import ssd_local, ssd_matrix
+from seqzoo.ops.ssd.xla import LEAN_STEPS, chunked_parts, lean_rows
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -63,13 +66,44 @@ def _stacked_starts(segment_ids, batch, length):
 def quasiseparable(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, *, chunk_size: int,
                    dt_bias, dt_softplus: bool, segment_ids, impl: str) -> Array:
     """``shift(SS_fwd(x)) + flip(shift(SS_bwd(flip(x))))`` (no D) in f32; impl: ``"chunked"``
-    or ``"sequential"``, the batched SSD's."""
+    (lean: ``ssd.xla.lean_rows`` over the unstacked arguments, so that only they are kept for
+    the backward pass) or ``"sequential"``, the batched SSD's."""
+    rows = (x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, segment_ids)
+    if impl == "chunked":
+        return lean(chunk_size, dt_softplus)(rows, (A, dt_bias))
+
+    def sequential(x, dt, A, B, C, segment_ids, dt_bias):
+        return ssd_local(x, dt, A, B, C, chunk_size=chunk_size, D=None, z=None, dt_bias=dt_bias,
+                         dt_softplus=dt_softplus, initial_state=None, segment_ids=segment_ids,
+                         impl=impl)[0]
+
+    return _both_directions(sequential, rows, A, dt_bias)
+
+
+@functools.cache
+def lean(chunk_size: int, dt_softplus: bool, steps: int = LEAN_STEPS):
+    """``lean(chunk_size, dt_softplus)((x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd,
+    segment_ids), (A, dt_bias))``: the chunked mixer (no D) whose backward pass keeps only these
+    arguments (``ssd.xla.lean_rows`` over ``chunked_parts``, ``steps`` as its)."""
+
+    def causal(x, dt, A, B, C, segment_ids, dt_bias):
+        return chunked_parts(x, dt, A, B, C, segment_ids, None, chunk_size=chunk_size,
+                             dt_bias=dt_bias, dt_softplus=dt_softplus, steps=steps)[0]
+
+    def fn(rows, shared):
+        return _both_directions(causal, rows, *shared)
+
+    return lean_rows(fn, chunk_size, directions=2, steps=steps)
+
+
+def _both_directions(causal, rows, A, dt_bias) -> Array:
+    """The mixer from ``causal(x, dt, A, B, C, segment_ids, dt_bias) -> y``, a causal SSD run
+    once on both directions stacked along the batch axis."""
+    x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, segment_ids = rows
     b, l = x.shape[:2]
     ids, starts = _stacked_starts(segment_ids, b, l)
     dt, B, C = _stacked_params(dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd)
-    y, _ = ssd_local(_stack_directions(x, x).astype(_F32), dt, A, B, C, chunk_size=chunk_size,
-                     D=None, z=None, dt_bias=dt_bias, dt_softplus=dt_softplus,
-                     initial_state=None, segment_ids=ids, impl=impl)
+    y = causal(_stack_directions(x, x).astype(_F32), dt, A, B, C, ids, dt_bias)
     starts = None if starts is None else starts[..., None, None]
     return _merge_directions(_delay(y, 1, starts), (1,))
 

@@ -19,7 +19,8 @@ B and C are shared by all channels ``(batch, length, n)`` or by groups of ``d / 
 consecutive channels ``(batch, length, g, n)``. A is real and should be non-positive
 (``A = -exp(A_log)``) for a stable scan (checked on eager calls).
 
-Files: this one validates and dispatches; ``xla.py`` (``associative``, the discretisation),
+Files: this one validates and dispatches; ``xla.py`` (``associative``, the discretisation, and
+the selective scan's associative form, whose backward pass recomputes its states),
 ``reference.py`` (``sequential``), ``pallas_gpu_recurrence.py`` and ``pallas_gpu_selective.py``
 (``pallas``) and ``sequence_parallel.py`` (a sequence split over devices) hold the forms;
 ``seqzoo.ops.dispatch`` decides what ``impl="auto"`` runs.
@@ -184,6 +185,9 @@ def selective_scan_local(u, delta, A, B, C, D, z, delta_bias, delta_softplus, in
             return on_kernel
 
         def on_xla(u, delta, A, B, C, D, z, delta_bias, initial_state):
+            if impl == "associative":  # lean: recomputes its states backwards, chunk by chunk
+                return xla.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                          initial_state, starts)
             decay, drive = xla.discretize(u, delta, A, B, delta_bias, delta_softplus)
             if starts is not None:
                 decay = jnp.where(starts[..., None, None], 0.0, decay)

@@ -7,7 +7,8 @@ each shard corrects its states with the carry ``c`` entering it:
     h_t = h_t^local + (prod_{t' <= t} a_t') * c        (reversed: prod over t' >= t)
 
 For the selective scan ``a_t = exp(delta_t A)``, so the product is ``exp(A sum_{t' <= t}
-delta_t')`` and the correction of the output is ``C_t . (exp(A sum delta) * c)``.
+delta_t')`` and the correction of the output is ``C_t . (exp(A sum delta) * c)``, computed in
+blocks of rows whose backward pass recomputes those ``(batch, l, d, n)`` products.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from seqzoo.ops.lean_grad import blockwise
 from seqzoo.ops.scan.xla import compute_dtype, discretize_step, expand_groups
 from seqzoo.parallel.carry import carry_in
 from seqzoo.parallel.collectives import reject_segments
@@ -90,10 +92,27 @@ def sharded_selective_scan(
     # the gate is applied after the correction, below
     y, local_state = local(u.astype(_F32), delta, A, B, C, z=None, initial_state=None)
     cum = jnp.cumsum(discretize_step(delta, delta_bias, delta_softplus), axis=1)  # (b, l, d)
-    decay = jnp.exp(cum[..., None] * A.astype(_F32))  # prod a_t: (b, l, d, n)
-    entering, final = carry_in(decay[:, -1], local_state, axis, initial_state=initial_state)
-    C = expand_groups(C.astype(_F32), u.shape[-1], 2)
-    y = y + jnp.einsum("bldn,bldn,bdn->bld", C, decay, entering, precision=_HI)
+    total = jnp.exp(cum[:, -1, :, None] * A.astype(_F32))  # the shard's decay: (b, d, n)
+    entering, final = carry_in(total, local_state, axis, initial_state=initial_state)
+    y = y + _lean_correction((C, cum, entering), A)
     if z is not None:
         y = y * jax.nn.silu(z.astype(_F32))
     return y.astype(u.dtype), final
+
+
+def _correction(rows, A):
+    """``C_t . (exp(A cum_t) * entering)``: (b, l, d) from C: (b, l, [g,] n), cum: (b, l, d),
+    entering: (b, d, n)."""
+    C, cum, entering = rows
+    decay = jnp.exp(cum[..., None] * A.astype(_F32))  # prod a_t: (b, l, d, n)
+    C = expand_groups(C.astype(_F32), cum.shape[-1], 2)
+    return jnp.einsum("bldn,bldn,bdn->bld", C, decay, entering, precision=_HI)
+
+
+# Blocks of rows, forwards and backwards (``lean_grad.blockwise``): autodiff would keep the
+# (b, l, d, n) decays; a block's are at most an eighth of cum's size.
+_lean_correction = blockwise(
+    _correction, forward=True,
+    row_elements=lambda rows: rows[1].shape[1] * rows[1].shape[2] * rows[2].shape[2],
+    block_elements=lambda rows: rows[1].size // 8,
+)

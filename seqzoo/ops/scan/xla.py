@@ -6,16 +6,29 @@ evaluated exactly (no log-space tricks) as a parallel prefix scan over the assoc
 (a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2) (Blelloch, 1990; used for S5 / Mamba in JAX). The
 selective scan is that recurrence with ``a = exp(delta A)``, ``b = delta B u`` (``discretize``)
 and ``y = C . x + D u`` (``readout``).
+
+``selective_scan`` is the whole associative form with a lean backward pass: autodiff of the
+associative scan would keep its ``(batch, length, d, n)`` decays, inputs and states, and every
+level of the scan's tree, for the backward pass (about 20 times the layer's activations in a
+Mamba training step). Here the rows run in blocks (``lean_grad.blockwise``), each ``CHUNK``
+steps at a time (``lean_grad.chunkwise``): between the passes only the arguments are kept, and
+the states exist for one chunk of one block at a time (a block's chunk of states at most an
+eighth of ``u``'s size), recomputed in the backward pass. The cost: two more forward passes.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from seqzoo.ops.lean_grad import blockwise, chunkwise
 
 Array = jax.Array
 _F32 = jnp.float32
 _HI = jax.lax.Precision.HIGHEST
+CHUNK = 64  # steps recomputed at a time by the backward pass of ``selective_scan``
 
 
 def compute_dtype(dtype) -> jnp.dtype:
@@ -72,3 +85,44 @@ def readout(x, u, C, D, z):
     if z is not None:
         y = y * jax.nn.silu(z.astype(_F32))
     return y
+
+
+def selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, initial_state,
+                   starts, *, chunk: int = CHUNK) -> tuple[Array, Array]:
+    """The selective scan by the associative scan, lean (see the module docstring):
+    ``(out (batch, length, d) in u's dtype, final state (batch, d, n) float32)``.
+
+    Arguments as ``seqzoo.ops.scan.selective_scan``'s; starts: (batch, length) bool, the state
+    reset to zero before those steps, or None.
+    """
+    if initial_state is None:
+        initial_state = jnp.zeros(u.shape[:1] + A.shape, _F32)
+    rows = (u, delta, B, C, z, starts, initial_state.astype(_F32))
+    return _lean_selective_scan(bool(delta_softplus), chunk)(rows, (A, D, delta_bias))
+
+
+@functools.cache
+def _lean_selective_scan(delta_softplus: bool, chunk: int):
+    def one_chunk(rows, shared, state):
+        u, delta, B, C, z, starts = rows
+        A, D, delta_bias = shared
+        decay, drive = discretize(u, delta, A, B, delta_bias, delta_softplus)
+        if starts is not None:
+            decay = jnp.where(starts[..., None, None], 0.0, decay)
+        drive = drive.at[:, 0].add(decay[:, 0] * state)  # the state entering the chunk
+        states = associative(decay, drive)
+        return readout(states, u, C, D, z).astype(u.dtype), states[:, -1]
+
+    scan = chunkwise(one_chunk, chunk)
+
+    def fn(rows, shared):
+        return scan(rows[:-1], shared, rows[-1])
+
+    def states_per_row(rows):  # one chunk's (chunk, d, n) states
+        u, state = rows[0], rows[-1]
+        return min(chunk, u.shape[1]) * state.shape[1] * state.shape[2]
+
+    def eighth_of_u(rows):  # a block's chunk of states (of some ten such intermediates)
+        return rows[0].size // 8
+
+    return blockwise(fn, forward=True, row_elements=states_per_row, block_elements=eighth_of_u)

@@ -63,11 +63,8 @@ def ssd_local(x, dt, A, B, C, *, chunk_size: int, D, z, dt_bias, dt_softplus: bo
         return out.reshape(x.shape), final.reshape(b, h, p, -1)
 
     def chunked(x, dt, A, B, C, initial_state):
-        step = discretize_step(dt, dt_bias, dt_softplus)
-        chunk = min(chunk_size, 1 << max(l - 1, 0).bit_length())
-        seg = segment_index(segment_ids, b, l)
-        y, final = xla.chunked(x.astype(_F32), step, A.astype(_F32), B.astype(_F32),
-                               C.astype(_F32), seg, initial_state, chunk)
+        y, final = xla.lean_ssd(chunk_size, dt_softplus)(
+            (x, dt, B, C, segment_ids, initial_state), (A, dt_bias))
         return xla.skip_and_gate(y, x, D, z).astype(x.dtype), final
 
     def run(impl: str, platform: str):

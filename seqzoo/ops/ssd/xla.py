@@ -4,18 +4,32 @@ The chunked form is the paper's SSD algorithm (Dao & Gu, 2024): quadratic inside
 recurrence over chunk states between chunks; ``matrix`` is the (1-)semiseparable M itself. Both
 take the step size already discretised (``seqzoo.ops.scan.discretize_step``) and compute in f32.
 ``as_channels`` maps SSD's arguments onto the selective scan's (the sequential form and the step).
+
+``lean_ssd`` is the chunked form with a lean backward pass: autodiff would keep every chunk's
+``(chunk, chunk)`` scores, decays and weights per head, its states and inputs carried to its end,
+for the backward pass (6 to 9 times the layer's activations in a Hydra training step). There
+the rows run in blocks (``lean_rows``: ``lean_grad.blockwise``), each ``max(chunk, LEAN_STEPS)``
+steps at a time (``chunked_parts``: ``lean_grad.chunkwise``, the state carried between them):
+between the passes only the arguments are kept, and those intermediates exist for one block's
+steps at a time (at most the size of x), recomputed in the backward pass. The cost: two more
+forward passes. Hydra's quasiseparable form runs the same pieces on both directions.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
-from seqzoo.ops.scan import linear_recurrence_local
+from seqzoo.ops.lean_grad import blockwise, chunkwise
+from seqzoo.ops.scan import discretize_step, linear_recurrence_local
+from seqzoo.ops.segments import segment_starts
 
 Array = jax.Array
 _F32 = jnp.float32
 _HI = jax.lax.Precision.HIGHEST
+LEAN_STEPS = 256  # the fewest steps ``chunked_parts`` runs at a time (a multiple of the chunk)
 
 
 def skip_and_gate(y, x, D, z):
@@ -76,6 +90,71 @@ def chunked(x, dt, A, B, C, seg, initial_state, chunk):
     from_start = decay(cum, (seg == seg_before[..., None])[..., None, None])
     y = y + jnp.einsum("bcign,bcgkpn->bcigkp", C, entering, precision=_HI) * from_start[..., None]
     return y.reshape(b, nc * chunk, h, p)[:, :l], final.reshape(b, h, p, n)
+
+
+def chunk_length(chunk_size: int, length: int) -> int:
+    """The chunk ``chunked`` runs: ``chunk_size``, or the next power of two >= ``length`` if
+    smaller."""
+    return min(chunk_size, 1 << max(length - 1, 0).bit_length())
+
+
+def chunked_parts(x, dt, A, B, C, segment_ids, initial_state, *, chunk_size: int, dt_bias,
+                  dt_softplus: bool, steps: int = LEAN_STEPS) -> tuple[Array, Array]:
+    """``chunked`` on the op's raw arguments (dt discretised here, any float dtype, computed in
+    f32), ``max(chunk, steps)`` steps at a time (``lean_grad.chunkwise``: the backward pass keeps
+    the arguments and the state entering each part). Returns y: (b, l, h, p) f32 without the D
+    term, and the final state (b, h, p, n) f32."""
+    b, l, h, p = x.shape
+    chunk = chunk_length(chunk_size, l)
+    step = discretize_step(dt, dt_bias, dt_softplus)
+    starts = None if segment_ids is None else segment_starts(segment_ids, b, l)
+    if initial_state is None:
+        initial_state = jnp.zeros((b, h, p, B.shape[-1]), _F32)
+    return _parts(chunk, max(chunk, steps))((x, step, B, C, starts), A,
+                                            initial_state.astype(_F32))
+
+
+@functools.cache
+def _parts(chunk: int, steps: int):
+    def one_part(rows, A, state):
+        x, dt, B, C, starts = rows
+        b, l = x.shape[:2]
+        seg = (jnp.zeros((b, l), jnp.int32) if starts is None  # segments from the part's start
+               else jnp.cumsum(starts, axis=1, dtype=jnp.int32))
+        return chunked(x.astype(_F32), dt, A.astype(_F32), B.astype(_F32), C.astype(_F32), seg,
+                       state, chunk)
+
+    return chunkwise(one_part, steps)
+
+
+def lean_rows(fn, chunk_size: int, directions: int = 1, steps: int = LEAN_STEPS):
+    """``fn(rows, shared)`` (``rows[0]``: x, (b, l, h, p); fn runs ``chunked_parts`` on
+    ``directions`` stacked copies of its rows) as a ``lean_grad.blockwise`` function, forwards and
+    backwards: only the arguments are kept between the passes, and the blocks are small enough
+    that one part's ``(chunk, chunk)`` weights per head (``steps`` as ``chunked_parts``'s) are
+    at most the size of x."""
+
+    def weights_per_row(rows):
+        length, heads = rows[0].shape[1:3]
+        chunk = chunk_length(chunk_size, length)
+        return directions * min(max(chunk, steps), length) * chunk * heads
+
+    return blockwise(fn, forward=True, row_elements=weights_per_row,
+                     block_elements=lambda rows: rows[0].size)
+
+
+@functools.cache
+def lean_ssd(chunk_size: int, dt_softplus: bool, steps: int = LEAN_STEPS):
+    """``lean_ssd(chunk_size, dt_softplus)((x, dt, B, C, segment_ids, initial_state),
+    (A, dt_bias)) -> (y, final state)``: ``chunked_parts`` over blocks of rows (``lean_rows``)."""
+
+    def fn(rows, shared):
+        x, dt, B, C, segment_ids, initial_state = rows
+        A, dt_bias = shared
+        return chunked_parts(x, dt, A, B, C, segment_ids, initial_state, chunk_size=chunk_size,
+                             dt_bias=dt_bias, dt_softplus=dt_softplus, steps=steps)
+
+    return lean_rows(fn, chunk_size, steps=steps)
 
 
 def as_channels(x, dt, A, B, D, z, dt_bias, state):
