@@ -16,8 +16,8 @@ exactly balanced within each chunk of 64 images. Splits ``train`` / ``val`` / ``
 default to LRA's 80 / 10 / 10 % of 200k images.
 """
 
+import bisect
 import functools
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -173,7 +173,7 @@ def _in_bounds(coord, shape) -> bool:
 
 
 class _Paddle(NamedTuple):
-    """A paddle along one orientation, around its anchor (its tail, the patch centre).
+    """A paddle along ``theta``, around its anchor (its tail, the patch centre).
 
     ``line`` and ``mask`` cover the (2r + 1)^2 patch (r = the painter's radius). ``planes``
     (2, h, w) holds the part of ``mask`` with its nonzero pixels, framed by a margin of
@@ -182,6 +182,7 @@ class _Paddle(NamedTuple):
     threshold (mask values never exceed 1, so only those above 1.8 - 1) and ``solid_flat``
     the same as (offset in a canvas row by row, value)."""
 
+    theta: float
     line: np.ndarray
     mask: np.ndarray
     offset: tuple[int, int]
@@ -211,12 +212,14 @@ class _Canvas:
         return _Canvas(self.planes.copy(), self.frame)
 
     def cover(self, anchor, paddle: _Paddle) -> None:
-        """Adds the paddle at ``anchor``: both planes = max(plane, the paddle's). Where the
-        image edge cuts the paddle this still dilates the mask on the image only: a pixel
-        whose margin disc leaves the image has a padding pixel (mask 1, the maximum) in its
-        disc, so it stays 1."""
-        _paste_max(self.planes, paddle.planes, anchor[0] + self.frame + paddle.offset[0],
-                   anchor[1] + self.frame + paddle.offset[1])
+        """Adds the paddle at ``anchor`` (at most the frame minus the paddle's reach off the
+        image): both planes = max(plane, the paddle's). Where the image edge cuts the paddle
+        this still dilates the mask on the image only: a pixel whose margin disc leaves the
+        image has a padding pixel (mask 1, the maximum) in its disc, so it stays 1."""
+        (dy, dx), (_, h, w) = paddle.offset, paddle.planes.shape
+        top, left = anchor[0] + self.frame + dy, anchor[1] + self.frame + dx
+        view = self.planes[:, top:top + h, left:left + w]
+        np.maximum(view, paddle.planes, out=view)
 
 
 class _Painter:
@@ -251,11 +254,12 @@ class _Painter:
         self.ring_points = [(int(dy), int(dx)) for dy, dx in ring]
         self.ring_orientations = [float(a) for a in self.ring_angles]
         self.ring_flat = [dy * self.stride + dx for dy, dx in self.ring_points]
+        self.ring_indices = list(range(len(self.ring_points)))
         self.ring_extent = int(np.abs(ring).max())
         self.Image, self.ImageDraw = import_pillow()
         self._paddles: dict[float, _Paddle] = {}
         self._structs: dict[float, list[tuple[int, int]]] = {}
-        self._weights: dict[float, list[float]] = {}
+        self._weights: dict[float, list[tuple[int, float]]] = {}
         self._seed_free: dict[tuple[float, int], np.ndarray] = {}
         mask = np.zeros(self.shape)
         p = cfg.padding
@@ -299,19 +303,15 @@ class _Painter:
             solid = tuple((int(y) - r, int(x) - r, float(mask[y, x]))
                           for y, x in np.argwhere(mask > _OVERLAP - 1.05))
             self._paddles[theta] = _Paddle(
-                line, mask, (int(ys.min()) - r - m, int(xs.min()) - r - m),
+                theta, line, mask, (int(ys.min()) - r - m, int(xs.min()) - r - m),
                 np.stack([core, _dilate(core, self.small_kernel)]), solid,
                 tuple((dy * self.stride + dx, value) for dy, dx, value in solid))
         return self._paddles[theta]
 
-    def cover(self, canvas: _Canvas, anchor, theta: float) -> None:
-        """Adds the paddle from ``anchor`` along ``theta`` to the canvas."""
-        canvas.cover(anchor, self.paddle(theta))
-
-    def draw(self, image: np.ndarray, anchor, theta: float, contrast: float) -> None:
-        """image = max(image, contrast * line) for the paddle from ``anchor`` along ``theta``."""
+    def draw(self, image: np.ndarray, anchor, paddle: _Paddle, contrast: float) -> None:
+        """image = max(image, contrast * line) for ``paddle`` at ``anchor``."""
         r = self.radius
-        _paste_max(image, self.paddle(theta).line * contrast, anchor[0] - r, anchor[1] - r)
+        _paste_max(image, paddle.line * contrast, anchor[0] - r, anchor[1] - r)
 
     def _struct(self, theta: float) -> list[tuple[int, int]]:
         """Seed dilation kernel, as (dy, dx) from its centre: the full-valued mask of a paddle
@@ -366,8 +366,8 @@ class _Painter:
         return np.flatnonzero(~reached)
 
     def extend(self, rng, canvas: _Canvas, pivot, theta: float):
-        """The next paddle of a snake, as (head, its orientation, new pivot), or None; the
-        paddle runs from the head along the flipped orientation.
+        """The next paddle of a snake, as (head, its orientation, new pivot, the paddle from
+        the head along the flipped orientation), or None.
 
         Candidate heads lie on a circle of radius length + margin around the new pivot,
         weighted by cos(min(continuity * turn, pi / 2))^2 times the free space (1 - the mask
@@ -380,17 +380,14 @@ class _Painter:
             return None
         points, cmf = candidates
         for _ in range(self.cfg.max_paddle_retrial + 1):
-            threshold = rng.random()
-            index = 0  # numpy's argmax(cmf > threshold): the first above, else 0
-            for i, value in enumerate(cmf):
-                if value > threshold:
-                    index = i
-                    break
-            point = points[index]
+            # numpy's argmax(cmf > r): the first point above r (cmf never decreases), else 0
+            index = bisect.bisect_right(cmf, rng.random())
+            point = points[index if index < len(cmf) else 0]
             dy, dx = self.ring_points[point]
             head = (new_pivot[0] + dy, new_pivot[1] + dx)
-            if self._fits(canvas.values, head, self.ring_paddles[point]):
-                return head, self.ring_orientations[point], new_pivot
+            paddle = self.ring_paddles[point]
+            if self._fits(canvas.values, head, paddle):
+                return head, self.ring_orientations[point], new_pivot, paddle
         return None
 
     def _fits(self, values: memoryview, head, paddle: _Paddle) -> bool:
@@ -413,36 +410,43 @@ class _Painter:
     def _candidates(self, pivot, theta: float, canvas: _Canvas):
         """The ring points around ``pivot`` that are on the image, as (their indices into
         the ring, the cmf over them), or None."""
-        weights, values = self._continuity(theta), canvas.values
+        values = canvas.values
         y, x = pivot
         base = self.plane + self.origin + y * self.stride + x
         if self._clear(pivot, self.ring_extent):
-            points = range(len(self.ring_flat))
+            points = self.ring_indices
             pmf = [(1 - values[base + flat]) * weight
-                   for flat, weight in zip(self.ring_flat, weights, strict=True)]
+                   for flat, weight in self._continuity(theta)]
         else:
-            (h, w), ring, flats = self.shape, self.ring_points, self.ring_flat
+            (h, w), ring = self.shape, self.ring_points
             points = [k for k, (dy, dx) in enumerate(ring) if 0 <= y + dy < h and 0 <= x + dx < w]
             if not points:
                 return None
-            pmf = [(1 - values[base + flats[k]]) * weights[k] for k in points]
+            weights = self._continuity(theta)
+            pmf = [(1 - values[base + weights[k][0]]) * weights[k][1] for k in points]
         total = _numpy_sum(pmf)
         if total < 1e-4:
             return None
-        return points, list(itertools.accumulate([p / total for p in pmf]))
+        cmf, cumulative = [], 0.0  # numpy's cumsum(pmf / total)
+        for p in pmf:
+            cumulative += p / total
+            cmf.append(cumulative)
+        return points, cmf
 
     def _clear(self, pivot, extent: int) -> bool:
         """Whether every pixel within ``extent`` (Chebyshev) of ``pivot`` is on the image."""
         return (extent <= pivot[0] < self.shape[0] - extent
                 and extent <= pivot[1] < self.shape[1] - extent)
 
-    def _continuity(self, theta: float) -> list[float]:
-        """cos(min(continuity * turn, pi / 2))^2 for each ring point, turning from ``theta``."""
+    def _continuity(self, theta: float) -> list[tuple[int, float]]:
+        """(canvas offset, cos(min(continuity * turn, pi / 2))^2) for each ring point,
+        turning from ``theta``."""
         if theta not in self._weights:
             turn = np.abs(self.ring_angles - theta)
             turn = np.minimum(np.minimum(turn, 2 * np.pi - turn) * self.cfg.continuity,
                               np.pi / 2)
-            self._weights[theta] = (np.maximum(np.cos(turn), 0) ** 2).tolist()
+            weights = (np.maximum(np.cos(turn), 0) ** 2).tolist()
+            self._weights[theta] = list(zip(self.ring_flat, weights, strict=True))
         return self._weights[theta]
 
     def marker(self, centre) -> np.ndarray:
@@ -459,13 +463,13 @@ def _painter(cfg: PathfinderConfig, margin: int) -> _Painter:
     return _Painter(cfg, margin)
 
 
-def _path(paddles, length: int) -> list[tuple[int, int]]:
-    """The (y, x) ends of a snake's paddles (anchor, orientation), from the start tip: the
-    seed paddle runs from its anchor, the later ones towards theirs."""
-    (anchor, theta), *rest = paddles
-    path = [anchor, _translate(anchor, theta, length)]
-    for anchor, theta in rest:
-        path += [_translate(anchor, theta, length), anchor]
+def _path(paddles: list[tuple[tuple[int, int], _Paddle]], length: int) -> list[tuple[int, int]]:
+    """The (y, x) ends of a snake's paddles (anchor, paddle), from the start tip: the seed
+    paddle runs from its anchor, the later ones towards theirs."""
+    (anchor, paddle), *rest = paddles
+    path = [anchor, _translate(anchor, paddle.theta, length)]
+    for anchor, paddle in rest:
+        path += [_translate(anchor, paddle.theta, length), anchor]
     return path
 
 
@@ -494,7 +498,8 @@ def _two_snakes(rng, painter: _Painter, num_paddles: int):
     else:
         return None
 
-    paddles = [[first[:2]], [(tail, theta)]]  # (anchor, orientation), drawn at the end
+    # (anchor, paddle) of each snake, drawn once both are complete
+    paddles = [[(tail1, painter.paddle(first[1]))], [(tail, painter.paddle(theta))]]
     pivots, thetas = [first[2], pivot], [first[1], theta]
     for _ in range(num_paddles - 1):
         level = _pick(rng, cfg.paddle_contrasts)
@@ -502,16 +507,16 @@ def _two_snakes(rng, painter: _Painter, num_paddles: int):
             step = painter.extend(rng, canvas, pivots[s], thetas[s])
             if step is None:
                 return None
-            head, thetas[s], pivots[s] = step
-            painter.cover(canvas, *paddles[s][-1])
-            paddles[s].append((head, _flip(thetas[s])))
+            head, thetas[s], pivots[s], paddle = step
+            canvas.cover(*paddles[s][-1])
+            paddles[s].append((head, paddle))
             contrasts[s].append(level * mu[s])
     # as in snakes2.two_snakes, only the second snake's last paddle joins the mask
-    painter.cover(canvas, *paddles[1][-1])
+    canvas.cover(*paddles[1][-1])
     image = np.zeros(painter.shape)
     for snake, levels in zip(paddles, contrasts, strict=True):
-        for (anchor, theta), level in zip(snake, levels, strict=True):
-            painter.draw(image, anchor, theta, level)
+        for (anchor, paddle), level in zip(snake, levels, strict=True):
+            painter.draw(image, anchor, paddle, level)
     return image, canvas, [_path(snake, painter.length) for snake in paddles]
 
 
@@ -526,19 +531,19 @@ def _distractor(rng, painter: _Painter, image: np.ndarray, canvas: _Canvas,
         return None
     tail, theta, pivot = seed
     canvas = canvas.copy()
-    paddles, levels = [(tail, theta)], [level]
+    paddles, levels = [(tail, painter.paddle(theta))], [level]
     for _ in range(num_paddles - 1):
         level = _pick(rng, cfg.snake_contrasts)
         step = painter.extend(rng, canvas, pivot, theta)
         if step is None:
             return None
-        head, theta, pivot = step
-        painter.cover(canvas, *paddles[-1])
-        paddles.append((head, _flip(theta)))
+        head, theta, pivot, paddle = step
+        canvas.cover(*paddles[-1])
+        paddles.append((head, paddle))
         levels.append(level)
-    painter.cover(canvas, *paddles[-1])
-    for (anchor, orientation), level in zip(paddles, levels, strict=True):
-        painter.draw(image, anchor, orientation, level)
+    canvas.cover(*paddles[-1])
+    for (anchor, paddle), level in zip(paddles, levels, strict=True):
+        painter.draw(image, anchor, paddle, level)
     return canvas
 
 
