@@ -35,6 +35,7 @@ from seqzoo.data.cache import (
 from seqzoo.data.dataset import Dataset
 from seqzoo.data.images import image_dataset, image_split, import_pillow
 from seqzoo.data.parallel import chunk_rng, default_workers, map_chunks
+from seqzoo.data.pcg64_draws import replayed
 from seqzoo.data.progress import Progress
 
 
@@ -560,7 +561,13 @@ def render_scene(rng: np.random.Generator, cfg: PathfinderConfig, num_paddles: i
                  label: int) -> Scene:
     """One Pathfinder scene with the given label: a (resolution, resolution) uint8 image,
     the two target paths and the marker centres. Target snakes are re-drawn until both
-    reach ``num_paddles`` paddles (at 64 px with 14 paddles this rarely succeeds)."""
+    reach ``num_paddles`` paddles (at 64 px with 14 paddles this rarely succeeds). The
+    draws are numpy's (replayed in Python for PCG64 generators, see ``pcg64_draws``)."""
+    with replayed(rng) as draws:
+        return _render_scene(draws, cfg, num_paddles, label)
+
+
+def _render_scene(rng, cfg: PathfinderConfig, num_paddles: int, label: int) -> Scene:
     painter = _painter(cfg, _pick(rng, cfg.paddle_margins))
     for _ in range(_MAX_TARGET_TRIALS):
         snakes = _two_snakes(rng, painter, num_paddles)
