@@ -450,13 +450,32 @@ class _Painter:
             self._weights[theta] = list(zip(self.ring_flat, weights, strict=True))
         return self._weights[theta]
 
-    def marker(self, centre) -> np.ndarray:
-        """A disc of ``marker_radius`` drawn at ``antialias_scale`` x, Lanczos-downsampled."""
-        aa, (h, w) = self.cfg.antialias_scale, self.shape
-        y, x = np.ogrid[-centre[0] * aa:(h - centre[0]) * aa, -centre[1] * aa:(w - centre[1]) * aa]
-        big = np.where(x ** 2 + y ** 2 <= (self.cfg.marker_radius * aa) ** 2, 255, 0)
-        small = self.Image.fromarray(big.astype(np.uint8)).resize((w, h), self.Image.LANCZOS)
-        return np.asarray(small, np.float64) / 255.0
+
+@functools.lru_cache(maxsize=4096)
+def _marker(cfg: PathfinderConfig, centre: tuple[int, int]) -> tuple[np.ndarray, int, int]:
+    """A disc of ``marker_radius`` around ``centre`` drawn at ``antialias_scale`` x and
+    Lanczos-downsampled, as (patch, top, left): the image's pixels within ``reach`` of the
+    centre (read-only); all others are 0. Resampling the crop gives the whole image's values:
+    Lanczos reads 3 output pixels either way, a pixel's weights depend only on its place
+    relative to the crop's edges, the crop keeps the image's own edges, the pixels near its
+    other edges see only zeros in both, and both passes run in the same order."""
+    aa, size = cfg.antialias_scale, cfg.resolution
+    reach = math.ceil(cfg.marker_radius) + 8
+    (cy, cx), image = centre, import_pillow()[0]
+    top, left = max(cy - reach, 0), max(cx - reach, 0)
+    bottom, right = max(min(cy + reach + 1, size), top), max(min(cx + reach + 1, size), left)
+    if bottom == top or right == left:  # far off the image
+        return np.zeros((0, 0)), 0, 0
+    y, x = np.ogrid[(top - cy) * aa:(bottom - cy) * aa, (left - cx) * aa:(right - cx) * aa]
+    big = np.where(x ** 2 + y ** 2 <= (cfg.marker_radius * aa) ** 2, 255, 0)
+    # the horizontal pass, then the vertical one, as Pillow runs them on the square image
+    # (it picks the order by shape, and would turn it round for some crops)
+    narrow = image.fromarray(big.astype(np.uint8)).resize((right - left, big.shape[0]),
+                                                          image.LANCZOS)
+    small = narrow.resize((right - left, bottom - top), image.LANCZOS)
+    patch = np.asarray(small, np.float64) / 255.0
+    patch.flags.writeable = False
+    return patch, top, left
 
 
 @functools.lru_cache(maxsize=8)
@@ -588,7 +607,8 @@ def _render_scene(rng, cfg: PathfinderConfig, num_paddles: int, label: int) -> S
     origin = int(rng.integers(2))
     terminal = origin if label else 1 - origin
     markers = (paths[origin][0], paths[terminal][-1])
-    image = np.maximum(image, np.maximum(*map(painter.marker, markers)))
+    for centre in markers:
+        _paste_max(image, *_marker(cfg, centre))
     return Scene(np.round(image * (255.0 / image.max())).astype(np.uint8), paths, markers)
 
 
