@@ -177,11 +177,11 @@ class _Paddle(NamedTuple):
     """A paddle along ``theta``, around its anchor (its tail, the patch centre).
 
     ``line`` and ``mask`` cover the (2r + 1)^2 patch (r = the painter's radius). ``planes``
-    (2, h, w) holds the part of ``mask`` with its nonzero pixels, framed by a margin of
-    zeros, and that part dilated by the margin disc; its top-left pixel is ``offset`` from
-    the anchor. ``solid`` lists (dy, dx, value) of the mask pixels that can reach the overlap
-    threshold (mask values never exceed 1, so only those above 1.8 - 1) and ``solid_flat``
-    the same as (offset in a canvas row by row, value)."""
+    (h, w, 2) holds the part of ``mask`` with its nonzero pixels, framed by a margin of
+    zeros, and that part dilated by the margin disc (as a canvas does); its top-left pixel is
+    ``offset`` from the anchor. ``solid`` lists (dy, dx, value) of the mask pixels that can
+    reach the overlap threshold (mask values never exceed 1, so only those above 1.8 - 1)
+    and ``solid_flat`` the same as (offset in the canvas's flat values, value)."""
 
     theta: float
     line: np.ndarray
@@ -193,11 +193,12 @@ class _Paddle(NamedTuple):
 
 
 class _Canvas:
-    """What a scene's new paddles must keep clear of. ``planes`` (2, h + 2 f, w + 2 f) holds
+    """What a scene's new paddles must keep clear of. ``planes`` (h + 2 f, w + 2 f, 2) holds
     the image (h, w) framed by ``frame`` = f pixels that no paddle on it reaches past: plane
     0 is the mask (the covered paddles' masks and the padding frame), plane 1 the mask
-    dilated by the margin disc with zeros outside the image, kept in step paddle by paddle.
-    ``values`` reads both flat, as Python floats (cheaper than numpy for single pixels)."""
+    dilated by the margin disc with zeros outside the image, kept in step paddle by paddle
+    (interleaved, so a paddle updates both in one numpy call). ``values`` reads them flat,
+    as Python floats (cheaper than numpy for single pixels)."""
 
     def __init__(self, planes: np.ndarray, frame: int):
         self.planes, self.frame = planes, frame
@@ -207,7 +208,7 @@ class _Canvas:
     def mask(self) -> np.ndarray:
         """The mask on the image (h, w), a view."""
         f = self.frame
-        return self.planes[0, f:-f, f:-f]
+        return self.planes[f:-f, f:-f, 0]
 
     def copy(self) -> "_Canvas":
         return _Canvas(self.planes.copy(), self.frame)
@@ -217,9 +218,9 @@ class _Canvas:
         image): both planes = max(plane, the paddle's). Where the image edge cuts the paddle
         this still dilates the mask on the image only: a pixel whose margin disc leaves the
         image has a padding pixel (mask 1, the maximum) in its disc, so it stays 1."""
-        (dy, dx), (_, h, w) = paddle.offset, paddle.planes.shape
+        (dy, dx), (h, w, _) = paddle.offset, paddle.planes.shape
         top, left = anchor[0] + self.frame + dy, anchor[1] + self.frame + dx
-        view = self.planes[:, top:top + h, left:left + w]
+        view = self.planes[top:top + h, left:left + w]
         np.maximum(view, paddle.planes, out=view)
 
 
@@ -242,9 +243,8 @@ class _Painter:
         self.small_kernel = _disc(margin)
         # a paddle's anchor lies at most length + 1 off the image (the second seed's tail)
         self.frame = self.length + 1 + self.radius + margin
-        self.stride = cfg.resolution + 2 * self.frame  # canvas row length
-        self.origin = self.frame * self.stride + self.frame  # canvas offset of pixel (0, 0)
-        self.plane = self.stride ** 2  # canvas offset of the dilated mask
+        self.stride = 2 * (cfg.resolution + 2 * self.frame)  # canvas values per row
+        self.origin = self.frame * (self.stride + 2)  # canvas offset of pixel (0, 0)
         step = self.length + margin
         angles = np.arange(0, 360, 360.0 / (2 * step * np.pi)) * np.pi / 180
         # candidate heads around an integer pivot: the circle's points truncated to pixels,
@@ -254,7 +254,7 @@ class _Painter:
         self.ring_angles = np.arctan2(ring[:, 0], ring[:, 1])
         self.ring_points = [(int(dy), int(dx)) for dy, dx in ring]
         self.ring_orientations = [float(a) for a in self.ring_angles]
-        self.ring_flat = [dy * self.stride + dx for dy, dx in self.ring_points]
+        self.ring_flat = [dy * self.stride + 2 * dx for dy, dx in self.ring_points]
         self.ring_indices = list(range(len(self.ring_points)))
         self.ring_extent = int(np.abs(ring).max())
         self.Image, self.ImageDraw = import_pillow()
@@ -271,9 +271,9 @@ class _Painter:
 
     def canvas(self, mask: np.ndarray) -> _Canvas:
         """A canvas holding ``mask`` (h, w), values in [0, 1] with a frame of 1s."""
-        planes = np.zeros((2, self.stride, self.stride))
         f, (h, w) = self.frame, self.shape
-        planes[:, f:f + h, f:f + w] = mask, _dilate(mask, self.small_kernel)
+        planes = np.zeros((h + 2 * f, w + 2 * f, 2))
+        planes[f:f + h, f:f + w] = np.stack([mask, _dilate(mask, self.small_kernel)], axis=-1)
         return _Canvas(planes, f)
 
     def blank(self) -> _Canvas:
@@ -305,8 +305,8 @@ class _Painter:
                           for y, x in np.argwhere(mask > _OVERLAP - 1.05))
             self._paddles[theta] = _Paddle(
                 theta, line, mask, (int(ys.min()) - r - m, int(xs.min()) - r - m),
-                np.stack([core, _dilate(core, self.small_kernel)]), solid,
-                tuple((dy * self.stride + dx, value) for dy, dx, value in solid))
+                np.stack([core, _dilate(core, self.small_kernel)], axis=-1), solid,
+                tuple((dy * self.stride + 2 * dx, value) for dy, dx, value in solid))
         return self._paddles[theta]
 
     def draw(self, image: np.ndarray, anchor, paddle: _Paddle, contrast: float) -> None:
@@ -396,7 +396,7 @@ class _Painter:
         the image."""
         y, x = head
         if self._clear(head, self.radius):
-            base = self.origin + y * self.stride + x
+            base = self.origin + y * self.stride + 2 * x
             for flat, value in paddle.solid_flat:
                 if values[base + flat] + value >= _OVERLAP:
                     return False
@@ -404,7 +404,7 @@ class _Painter:
         (h, w), stride, origin = self.shape, self.stride, self.origin
         for dy, dx, value in paddle.solid:
             if (0 <= y + dy < h and 0 <= x + dx < w
-                    and values[origin + (y + dy) * stride + x + dx] + value >= _OVERLAP):
+                    and values[origin + (y + dy) * stride + 2 * (x + dx)] + value >= _OVERLAP):
                 return False
         return True
 
@@ -413,7 +413,7 @@ class _Painter:
         the ring, the cmf over them), or None."""
         values = canvas.values
         y, x = pivot
-        base = self.plane + self.origin + y * self.stride + x
+        base = self.origin + y * self.stride + 2 * x + 1  # the dilated mask
         if self._clear(pivot, self.ring_extent):
             points = self.ring_indices
             pmf = [(1 - values[base + flat]) * weight
