@@ -129,23 +129,23 @@ def _flip(theta: float) -> float:
     return theta + math.pi if theta < 0 else theta - math.pi
 
 
-def _disc(radius: float) -> np.ndarray:
+def _disc(radius: float) -> list[tuple[int, int]]:
+    """The (dy, dx) with dy^2 + dx^2 <= radius^2, row by row."""
     r = int(radius)
-    y, x = np.ogrid[-r:r + 1, -r:r + 1]
-    return x ** 2 + y ** 2 <= radius ** 2
+    return [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)
+            if dx ** 2 + dy ** 2 <= radius ** 2]
 
 
-def _dilate(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Grey dilation (max filter; OR for booleans) by a boolean kernel anchored at its
-    centre, zero outside the image (cv2.dilate)."""
-    offsets = np.argwhere(kernel) - np.array(kernel.shape) // 2
-    if len(offsets) == 0:
-        return np.zeros_like(image)
-    pad = int(np.abs(offsets).max())
-    padded = np.pad(image, pad)
+def _dilate(image: np.ndarray, offsets: list[tuple[int, int]]) -> np.ndarray:
+    """Grey dilation (max; OR for booleans): out[q] = max over (dy, dx) in ``offsets`` of
+    image[q + (dy, dx)], zero off the image (cv2.dilate with the kernel's pixels)."""
+    pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
     h, w = image.shape
-    out = np.full_like(image, -np.inf if image.dtype.kind == "f" else 0)
-    for dy, dx in offsets:
+    padded = np.zeros((h + 2 * pad, w + 2 * pad), image.dtype)
+    padded[pad:pad + h, pad:pad + w] = image
+    (dy, dx), *rest = offsets
+    out = padded[pad + dy:pad + dy + h, pad + dx:pad + dx + w].copy()
+    for dy, dx in rest:
         np.maximum(out, padded[pad + dy:pad + dy + h, pad + dx:pad + dx + w], out=out)
     return out
 
@@ -239,8 +239,8 @@ class _Painter:
         self.shape = (cfg.resolution, cfg.resolution)
         self.length = cfg.paddle_length
         self.radius = self.length + math.ceil(cfg.paddle_thickness) + margin
-        self.big_kernel = _disc(margin * cfg.antialias_scale)
-        self.small_kernel = _disc(margin)
+        self.big_disc = _disc(margin * cfg.antialias_scale)
+        self.small_disc = _disc(margin)
         # a paddle's anchor lies at most length + 1 off the image (the second seed's tail)
         self.frame = self.length + 1 + self.radius + margin
         self.stride = 2 * (cfg.resolution + 2 * self.frame)  # canvas values per row
@@ -273,16 +273,16 @@ class _Painter:
         """A canvas holding ``mask`` (h, w), values in [0, 1] with a frame of 1s."""
         f, (h, w) = self.frame, self.shape
         planes = np.zeros((h + 2 * f, w + 2 * f, 2))
-        planes[f:f + h, f:f + w] = np.stack([mask, _dilate(mask, self.small_kernel)], axis=-1)
+        planes[f:f + h, f:f + w] = np.stack([mask, _dilate(mask, self.small_disc)], axis=-1)
         return _Canvas(planes, f)
 
     def blank(self) -> _Canvas:
         """A new canvas holding only the padding frame."""
         return self._blank.copy()
 
-    def _resize(self, big: np.ndarray, size: int) -> np.ndarray:
-        image = self.Image.fromarray(big).resize((size, size), self.Image.LANCZOS)
-        return np.asarray(image, np.float64) / 255.0
+    def _resize(self, big, size: int) -> np.ndarray:
+        """A square Pillow image Lanczos-resized to ``size``, in [0, 1]."""
+        return np.asarray(big.resize((size, size), self.Image.LANCZOS), np.float64) / 255.0
 
     def paddle(self, theta: float) -> _Paddle:
         """The paddle from the centre of a (2r+1)^2 patch along ``theta``: drawn at
@@ -296,16 +296,16 @@ class _Painter:
             self.ImageDraw.Draw(canvas).line([(centre, centre), (head[1], head[0])],
                                              fill=255,
                                              width=round(self.cfg.paddle_thickness * aa))
-            line_big = np.asarray(canvas)
-            line = self._resize(line_big, 2 * r + 1)
-            mask = self._resize(_dilate(line_big, self.big_kernel), 2 * r + 1)
+            line = self._resize(canvas, 2 * r + 1)
+            mask = self._resize(self.Image.fromarray(_dilate(np.asarray(canvas), self.big_disc)),
+                                2 * r + 1)
             ys, xs = np.nonzero(mask)
             core = np.pad(mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1], m)
             solid = tuple((int(y) - r, int(x) - r, float(mask[y, x]))
                           for y, x in np.argwhere(mask > _OVERLAP - 1.05))
             self._paddles[theta] = _Paddle(
                 theta, line, mask, (int(ys.min()) - r - m, int(xs.min()) - r - m),
-                np.stack([core, _dilate(core, self.small_kernel)], axis=-1), solid,
+                np.stack([core, _dilate(core, self.small_disc)], axis=-1), solid,
                 tuple((dy * self.stride + 2 * dx, value) for dy, dx, value in solid))
         return self._paddles[theta]
 
