@@ -14,6 +14,13 @@ Images are 8-bit grayscale scaled so the brightest pixel is 255 (as ``scipy.misc
 wrote them), flattened row-major to sequences of ``resolution ** 2`` pixels. Labels are
 exactly balanced within each chunk of 64 images. Splits ``train`` / ``val`` / ``test``
 default to LRA's 80 / 10 / 10 % of 200k images.
+
+Target snakes are drawn by rejection (about 40 tries per 32 px image at 14 paddles), so the
+painter is written for per-try cost: a canvas keeps the mask and its dilation up to date,
+single pixels are read as Python floats, weights are summed in numpy's order and numpy's
+PCG64 draws are replayed in Python. It makes the same draws in the same order as a plain
+numpy version, so a seed gives the same images (pinned in the tests), at about 4 CPU-ms per
+32 px image.
 """
 
 import bisect
@@ -78,8 +85,6 @@ LRA_CONFIGS = {
 DIFFICULTIES = {"curv_baseline": 6, "curv_contour_length_9": 9, "curv_contour_length_14": 14}
 _CHUNK = 64
 _MAX_TARGET_TRIALS = 100_000
-
-
 _OVERLAP = 1.8  # a paddle is refused where mask + its mask reaches this (snakes2's 1.8)
 
 
@@ -225,11 +230,11 @@ class _Canvas:
 
 
 class _Painter:
-    """Draws paddles and markers for one configuration and paddle margin; paddles depend
-    only on the orientation, so they are memoised per orientation, and so are the
-    continuity weights and the blank image's free seed tails. Candidate heads and overlap
-    checks read single pixels of the canvas as Python floats and sum the weights in numpy's
-    order, so every draw is the one numpy arrays would give."""
+    """Draws paddles for one configuration and paddle margin; paddles depend only on the
+    orientation, so they are memoised per orientation, and so are the continuity weights and
+    the blank image's free seed tails. Candidate heads and overlap checks read single pixels
+    of the canvas as Python floats and sum the weights in numpy's order, so every draw is the
+    one numpy arrays would give."""
 
     def __init__(self, cfg: PathfinderConfig, margin: int):
         if cfg.padding < 1:
