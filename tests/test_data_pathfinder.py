@@ -160,23 +160,24 @@ def _candidates_reference(painter, pivot, theta, dilated):
 
 @pytest.mark.parametrize("resolution", [32, 64])
 def test_candidate_heads_match_a_reference(resolution):
-    """The painter's candidate heads (precomputed ring, memoised weights, fast lookups away
-    from the border) equal the reference's for pivots all over the image, border included."""
+    """The painter's candidate heads (precomputed ring, memoised weights, the canvas's
+    dilated mask read pixel by pixel, sums in numpy's order) equal the reference's for pivots
+    all over the image, border included."""
     cfg = LRA_CONFIGS[resolution]
     painter = _painter(cfg, cfg.paddle_margins[0])
     rng = np.random.default_rng(resolution)
     mask = np.where(rng.random((resolution, resolution)) < 0.2, rng.random((resolution,) * 2), 0)
+    canvas = painter.canvas(mask)
     dilated = _dilated_reference(mask, painter.margin)
     step = max(1, resolution // 16)
     for y in range(-2, resolution + 2, step):
         for x in range(-2, resolution + 2, step):
             theta = float(rng.integers(-180, 180)) * np.pi / 180
-            got = painter._candidates((y, x), theta, mask)
+            got = painter._candidates((y, x), theta, canvas)
             want = _candidates_reference(painter, (y, x), theta, dilated)
             assert (got is None) == (want is None), (y, x)
             if got is not None:
                 points, cmf = got
-                points = range(len(painter.ring_points)) if points is None else points
                 coords = [(y + painter.ring_points[k][0], x + painter.ring_points[k][1])
                           for k in points]
                 np.testing.assert_array_equal(coords, want[0])
