@@ -129,6 +129,19 @@ def blockwise(
     return lean
 
 
+def chunk_scan(body: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any) -> tuple[Any, Any]:
+    """``jax.lax.scan(body, init, xs)`` whose backward pass keeps only ``xs`` and the carry
+    entering each step, and recomputes a step's intermediates when it reaches it.
+
+    For chunked sequence ops (one step per chunk): the body runs under ``jax.checkpoint``
+    (nothing saved), so its intermediates (a chunk's scores, decays, states) exist for one chunk
+    at a time in both passes. Unlike ``jax.checkpoint`` on a whole function, a checkpoint inside
+    a loop body cannot be hoisted into the forward pass by XLA. Values and gradients are
+    ``lax.scan``'s; the cost is one more forward pass of each step.
+    """
+    return jax.lax.scan(jax.checkpoint(body, prevent_cse=False), init, xs)
+
+
 def _differentiable(a) -> bool:
     return jnp.issubdtype(jnp.result_type(a), jnp.inexact)
 

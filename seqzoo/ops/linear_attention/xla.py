@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from seqzoo.ops.lean_grad import chunk_scan
+
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
 
@@ -59,43 +61,50 @@ def parallel(q, k, v, g, s0, runs):
 
 def chunked(q, k, v, g, s0, runs, chunk_size):
     """Lightning-2 / GLA: the quadratic form inside chunks of ``chunk_size``, the state passed
-    over chunk boundaries (any length: padded with identity steps)."""
-    b, t, h, dk = q.shape
+    over chunk boundaries (any length: padded with identity steps).
+
+    One ``lax.scan`` step per chunk, its body under ``jax.checkpoint``: the backward pass keeps
+    only the inputs and the state entering each chunk, ``(n, b, h, dk, dv)``, and recomputes a
+    chunk's ``(C, C)`` scores (``(dk, C, C)`` decays with a per-key decay) when it reaches it
+    (``seqzoo.ops.lean_grad.chunk_scan``); the forward pass holds one chunk's at a time.
+    """
+    b, t, h, _ = q.shape
     c = min(chunk_size, t)
     n = -(-t // c)
     pad = n * c - t
 
-    def blocks(a):  # (b, t, h, d) -> (b, n, c, h, d); padding: q=k=v=0, g=0 (identity step)
-        a = jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0)))
-        return a.reshape(b, n, c, h, a.shape[-1])
+    def blocks(a):  # (b, t, ...) -> (n, b, c, ...); padding: q=k=v=0, g=0 (identity step)
+        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+        return jnp.moveaxis(a.reshape((b, n, c) + a.shape[2:]), 1, 0)
 
-    qc, kc, vc, gc = blocks(q), blocks(k), blocks(v), blocks(g)
-    rc = jnp.pad(runs, ((0, 0), (0, pad)), mode="edge").reshape(b, n, c)  # segment per position
-    cum = jnp.cumsum(gc, axis=2)  # G within each chunk, (b, n, c, h, d)
-    total = cum[:, :, -1]  # (b, n, h, d): log decay across the whole chunk
-    run_end = rc[:, :, -1]  # segment at each chunk's end, (b, n)
-    run_before = jnp.pad(run_end[:, :-1], ((0, 0), (1, 0)))  # at the previous chunk's end
+    rc = jnp.moveaxis(jnp.pad(runs, ((0, 0), (0, pad)), mode="edge").reshape(b, n, c), 1, 0)
+    run_before = jnp.pad(rc[:-1, :, -1], ((1, 0), (0, 0)))  # (n, b): at the previous chunk's end
+    xs = (blocks(q), blocks(k), blocks(v), blocks(g), rc, run_before)
+    s_final, o = chunk_scan(_chunk, s0, xs)
+    return jnp.moveaxis(o, 0, 1).reshape(b, n * c, h, -1)[:, :t], s_final
 
-    # intra-chunk: the quadratic form on each block, within a segment
-    same = (rc[..., :, None] == rc[..., None, :])[:, :, None]  # (b, n, 1, c, c)
-    scores = _decayed_scores(qc, kc, _decay_matrix(cum)) * same  # (b, n, h, c, c)
-    o_intra = jnp.einsum("bnhij,bnjhv->bnihv", scores, vc, precision=_HI)
 
-    # inter-chunk: pass the state S over chunk boundaries, cut where a segment starts
-    in_end_run = (rc == run_end[..., None])[..., None, None]
-    k_to_end = kc * jnp.exp(total[:, :, None] - cum) * in_end_run  # exp(G_end - G_j) <= 1
-    local = jnp.einsum("bnjhd,bnjhv->bnhdv", k_to_end, vc, precision=_HI)
-    keep = (run_end == run_before)[..., None, None]  # (b, n, 1, 1): no segment start inside
+def _chunk(s, inputs):
+    """One chunk entered with state ``s: (b, h, dk, dv)``: ``(S after it, o: (b, c, h, dv))``.
 
-    def carry(s, inputs):
-        local_c, total_c, keep_c = inputs
-        return keep_c[..., None] * jnp.exp(total_c)[..., None] * s + local_c, s
+    q, k ``(b, c, h, dk)``, v ``(b, c, h, dv)``, g ``(b, c, h, dk|1)``, rc ``(b, c)`` the segment
+    of each position, run_before ``(b,)`` the segment the state ``s`` belongs to."""
+    q, k, v, g, rc, run_before = inputs
+    cum = jnp.cumsum(g, axis=1)  # G within the chunk, (b, c, h, d)
+    total = cum[:, -1]  # (b, h, d): log decay across the whole chunk
+    run_end = rc[:, -1]  # (b,)
 
-    xs = (local, total, keep)
-    s_final, s_before = jax.lax.scan(carry, s0, tuple(jnp.moveaxis(a, 1, 0) for a in xs))
-    s_before = jnp.moveaxis(s_before, 0, 1)  # (b, n, h, dk, dv): state entering each chunk
-    in_first_run = (rc == run_before[..., None])[..., None, None]
-    q_from_start = qc * jnp.exp(cum) * in_first_run
-    o_inter = jnp.einsum("bnihd,bnhdv->bnihv", q_from_start, s_before, precision=_HI)
-    o = (o_intra + o_inter).reshape(b, n * c, h, -1)[:, :t]
-    return o, s_final
+    # intra-chunk: the quadratic form, within a segment
+    same = (rc[:, :, None] == rc[:, None, :])[:, None]  # (b, 1, c, c)
+    scores = _decayed_scores(q, k, _decay_matrix(cum)) * same  # (b, h, c, c)
+    o = jnp.einsum("bhij,bjhv->bihv", scores, v, precision=_HI)
+
+    # inter-chunk: the state entering the chunk reaches its first segment only
+    q_from_start = q * jnp.exp(cum) * (rc == run_before[:, None])[..., None, None]
+    o = o + jnp.einsum("bihd,bhdv->bihv", q_from_start, s, precision=_HI)
+
+    # the state leaving it: cut where a segment starts inside the chunk
+    k_to_end = k * jnp.exp(total[:, None] - cum) * (rc == run_end[:, None])[..., None, None]
+    keep = (run_end == run_before)[:, None, None, None]
+    s = keep * jnp.exp(total)[..., None] * s
+    return s + jnp.einsum("bjhd,bjhv->bhdv", k_to_end, v, precision=_HI), o
