@@ -16,6 +16,7 @@ from seqzoo.ops.lean_grad import chunk_scan
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
+PER_KEY_CHUNK = 16  # the longest chunk of the chunked form with a per-key decay (GLA)
 
 
 def decay_per_key(log_decay: Array | None, q: Array) -> Array:
@@ -66,10 +67,13 @@ def chunked(q, k, v, g, s0, runs, chunk_size):
     One ``lax.scan`` step per chunk, its body under ``jax.checkpoint``: the backward pass keeps
     only the inputs and the state entering each chunk, ``(n, b, h, dk, dv)``, and recomputes a
     chunk's ``(C, C)`` scores (``(dk, C, C)`` decays with a per-key decay) when it reaches it
-    (``seqzoo.ops.lean_grad.chunk_scan``); the forward pass holds one chunk's at a time.
+    (``seqzoo.ops.lean_grad.chunk_scan``); the forward pass holds one chunk's at a time. With a
+    per-key decay the chunk is at most ``PER_KEY_CHUNK``: its ``(dk, C, C)`` decays are ``dk C``
+    floats a position, ``C`` times the keys' size (GLA's secondary chunking, without its
+    ``exp(G_ref - G_j)`` factors that can overflow).
     """
     b, t, h, _ = q.shape
-    c = min(chunk_size, t)
+    c = min(chunk_size, t, PER_KEY_CHUNK if g.shape[-1] > 1 else t)
     n = -(-t // c)
     pad = n * c - t
 
