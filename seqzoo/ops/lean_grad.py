@@ -129,17 +129,64 @@ def blockwise(
     return lean
 
 
-def chunk_scan(body: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any) -> tuple[Any, Any]:
-    """``jax.lax.scan(body, init, xs)`` whose backward pass keeps only ``xs`` and the carry
-    entering each step, and recomputes a step's intermediates when it reaches it.
+def chunk_scan(
+    body: Callable[[Any, Any], tuple[Any, Any]],
+    layout: Callable[[Any, Any], tuple[Any, Any]],
+    init: Any,
+    floats: Any,
+    ints: Any,
+) -> tuple[Any, Any]:
+    """``jax.lax.scan(body, init, layout(floats, ints))`` (one step per chunk of a chunked
+    sequence op) whose backward pass keeps only ``floats``, ``ints`` and the carry entering
+    each step, ``(steps, *carry.shape)``.
 
-    For chunked sequence ops (one step per chunk): the body runs under ``jax.checkpoint``
-    (nothing saved), so its intermediates (a chunk's scores, decays, states) exist for one chunk
-    at a time in both passes. Unlike ``jax.checkpoint`` on a whole function, a checkpoint inside
-    a loop body cannot be hoisted into the forward pass by XLA. Values and gradients are
-    ``lax.scan``'s; the cost is one more forward pass of each step.
+    ``layout(floats, ints) -> (float_xs, int_xs)`` cuts the op's arguments into the scan's
+    steps (padding, reshapes, the chunk axis moved first: cheap, linear in ``floats``); it is
+    run again in the backward pass instead of keeping its copies. ``body(carry, (float_xs_i,
+    int_xs_i)) -> (carry, y_i)`` is one step; its intermediates (a chunk's scores, decays, ...)
+    exist for one step at a time in both passes: the backward pass is a reverse scan that
+    recomputes each step's VJP from its saved carry (a custom VJP; its inputs are made to wait
+    for the cotangent, see ``_zero_after``, so XLA cannot move the recomputation forward).
+    ``body`` and ``layout`` must not close over traced values. Returns ``(final carry, ys)``
+    with ``ys`` stacked over the steps. The cost is one more forward pass of ``body``.
     """
-    return jax.lax.scan(jax.checkpoint(body, prevent_cse=False), init, xs)
+    return _chunk_scan(body, layout, init, floats, ints)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _chunk_scan(body, layout, init, floats, ints):
+    return jax.lax.scan(body, init, layout(floats, ints))
+
+
+def _chunk_scan_fwd(body, layout, init, floats, ints):
+    def step(carry, xs):
+        new, y = body(carry, xs)
+        return new, (y, carry)
+
+    final, (ys, carries) = jax.lax.scan(step, init, layout(floats, ints))
+    return (final, ys), (floats, ints, carries)
+
+
+def _chunk_scan_bwd(body, layout, residuals, cotangents):
+    floats, ints, carries = residuals
+    zero = _zero_after(cotangents)
+    floats = jax.tree.map(lambda a: a + zero.astype(a.dtype), floats)
+    float_xs, layout_vjp = jax.vjp(lambda f: layout(f, ints)[0], floats)
+    int_xs = layout(floats, ints)[1]
+    ct_final, ct_ys = cotangents
+
+    def step(ct_carry, xs):
+        carry, x, i, ct_y = xs
+        _, vjp = jax.vjp(lambda c, f: body(c, (f, i)), carry, x)
+        return vjp((ct_carry, ct_y))
+
+    ct_init, ct_xs = jax.lax.scan(step, ct_final, (carries, float_xs, int_xs, ct_ys),
+                                  reverse=True)
+    no_cotangent = jax.tree.map(lambda a: np.zeros(np.shape(a), jax.dtypes.float0), ints)
+    return ct_init, layout_vjp(ct_xs)[0], no_cotangent
+
+
+_chunk_scan.defvjp(_chunk_scan_fwd, _chunk_scan_bwd)
 
 
 def _differentiable(a) -> bool:

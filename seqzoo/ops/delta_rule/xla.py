@@ -29,6 +29,8 @@ zeroes ``Gamma`` across it, as if ``a_t = 0`` there.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -110,27 +112,36 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
     """All outputs ``(b, t, h, dv)`` and the final state by the chunked WY form (module
     docstring); any ``t`` (the last chunk is padded with identity steps: ``b = g = 0``).
 
-    One ``lax.scan`` step per chunk, its body under ``jax.checkpoint``
-    (``seqzoo.ops.lean_grad.chunk_scan``): the backward pass keeps only the inputs and the state
-    entering each chunk, ``(n, b, h, dk, dv)``, and recomputes a chunk's ``(C, C)`` matrices
-    (``Gamma``, ``T``, the scores) and its ``U, W, D`` when it reaches it.
+    One scan step per chunk (``seqzoo.ops.lean_grad.chunk_scan``): the backward pass keeps
+    only the inputs and the state entering each chunk, ``(n, b, h, dk, dv)``, and recomputes a
+    chunk's ``(C, C)`` matrices (``Gamma``, ``T``, the scores) and its ``U, W, D`` when it
+    reaches it.
     """
     b, t, h, _ = q.shape
     c = min(chunk_size, t)
     n = -(-t // c)
-    pad = n * c - t
-
-    def blocks(a):  # (b, t, h, ...) -> (n, b, h, c, ...), zero padded
-        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
-        return jnp.moveaxis(jnp.moveaxis(a.reshape((b, n, c) + a.shape[2:]), 2, 3), 1, 0)
-
-    rc = jnp.pad(runs, ((0, 0), (0, pad)), mode="edge").reshape(b, n, c)
-    rc = jnp.moveaxis(rc, 1, 0)[:, :, None]  # (n, b, 1, c): the run of each position
-    run_before = jnp.pad(rc[:-1, ..., -1:], ((1, 0), (0, 0), (0, 0), (0, 0)))  # (n, b, 1, 1)
-    xs = (*(blocks(a) for a in (q, k, v, beta, g)), rc, run_before)
-    s_final, o = chunk_scan(_chunk, s0, xs)
+    layout = functools.partial(_layout, chunk=c)
+    s_final, o = chunk_scan(_chunk, layout, s0, (q, k, v, beta, g), runs)
     o = jnp.moveaxis(jnp.moveaxis(o, 0, 1), 3, 2)  # (b, n, c, h, dv)
     return o.reshape(b, n * c, h, -1)[:, :t], s_final
+
+
+def _layout(floats, runs, *, chunk: int):
+    """``(q, k, v, beta, g)`` as ``(n, b, h, c, ...)`` chunks (padding: zeros, identity steps);
+    ``runs`` as the run of each position ``(n, b, 1, c)`` and that at each previous chunk's end
+    ``(n, b, 1, 1)``."""
+    b, t = runs.shape
+    n = -(-t // chunk)
+    pad = n * chunk - t
+
+    def blocks(a):  # (b, t, h, ...) -> (n, b, h, c, ...)
+        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+        return jnp.moveaxis(jnp.moveaxis(a.reshape((b, n, chunk) + a.shape[2:]), 2, 3), 1, 0)
+
+    rc = jnp.pad(runs, ((0, 0), (0, pad)), mode="edge").reshape(b, n, chunk)
+    rc = jnp.moveaxis(rc, 1, 0)[:, :, None]
+    run_before = jnp.pad(rc[:-1, ..., -1:], ((1, 0), (0, 0), (0, 0), (0, 0)))
+    return tuple(blocks(a) for a in floats), (rc, run_before)
 
 
 def _chunk(s, inputs):
@@ -138,7 +149,7 @@ def _chunk(s, inputs):
 
     q, k ``(b, h, c, dk)``, v ``(b, h, c, dv)``, beta, g ``(b, h, c)``, rc ``(b, 1, c)`` the run
     of each position, run_before ``(b, 1, 1)`` the run the state ``s`` belongs to."""
-    q, k, v, beta, g, rc, run_before = inputs
+    (q, k, v, beta, g), (rc, run_before) = inputs
     c = q.shape[-2]
     run_end = rc[..., -1:]  # (b, 1, 1)
     cum = jnp.cumsum(g, axis=-1)  # log gamma_r, (b, h, c)

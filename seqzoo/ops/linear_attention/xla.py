@@ -9,6 +9,8 @@ before the ``exp``), so tiny decays underflow to zero instead of overflowing.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -64,28 +66,37 @@ def chunked(q, k, v, g, s0, runs, chunk_size):
     """Lightning-2 / GLA: the quadratic form inside chunks of ``chunk_size``, the state passed
     over chunk boundaries (any length: padded with identity steps).
 
-    One ``lax.scan`` step per chunk, its body under ``jax.checkpoint``: the backward pass keeps
+    One scan step per chunk (``seqzoo.ops.lean_grad.chunk_scan``): the backward pass keeps
     only the inputs and the state entering each chunk, ``(n, b, h, dk, dv)``, and recomputes a
-    chunk's ``(C, C)`` scores (``(dk, C, C)`` decays with a per-key decay) when it reaches it
-    (``seqzoo.ops.lean_grad.chunk_scan``); the forward pass holds one chunk's at a time. With a
-    per-key decay the chunk is at most ``PER_KEY_CHUNK``: its ``(dk, C, C)`` decays are ``dk C``
-    floats a position, ``C`` times the keys' size (GLA's secondary chunking, without its
-    ``exp(G_ref - G_j)`` factors that can overflow).
+    chunk's ``(C, C)`` scores (``(dk, C, C)`` decays with a per-key decay) when it reaches it;
+    the forward pass holds one chunk's at a time. With a per-key decay the chunk is at most
+    ``PER_KEY_CHUNK``: its ``(dk, C, C)`` decays are ``dk C`` floats a position, ``C`` times
+    the keys' size (GLA's secondary chunking, without its ``exp(G_ref - G_j)`` factors that can
+    overflow).
     """
     b, t, h, _ = q.shape
     c = min(chunk_size, t, PER_KEY_CHUNK if g.shape[-1] > 1 else t)
     n = -(-t // c)
-    pad = n * c - t
-
-    def blocks(a):  # (b, t, ...) -> (n, b, c, ...); padding: q=k=v=0, g=0 (identity step)
-        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
-        return jnp.moveaxis(a.reshape((b, n, c) + a.shape[2:]), 1, 0)
-
-    rc = jnp.moveaxis(jnp.pad(runs, ((0, 0), (0, pad)), mode="edge").reshape(b, n, c), 1, 0)
-    run_before = jnp.pad(rc[:-1, :, -1], ((1, 0), (0, 0)))  # (n, b): at the previous chunk's end
-    xs = (blocks(q), blocks(k), blocks(v), blocks(g), rc, run_before)
-    s_final, o = chunk_scan(_chunk, s0, xs)
+    layout = functools.partial(_layout, chunk=c)
+    s_final, o = chunk_scan(_chunk, layout, s0, (q, k, v, g), runs)
     return jnp.moveaxis(o, 0, 1).reshape(b, n * c, h, -1)[:, :t], s_final
+
+
+def _layout(floats, runs, *, chunk: int):
+    """``(q, k, v, g)`` as ``(n, b, c, h, d)`` chunks (padding: q=k=v=0, g=0, identity steps);
+    ``runs`` as the segment of each position ``(n, b, c)`` and that at each previous chunk's
+    end ``(n, b)``."""
+    b, t = runs.shape
+    n = -(-t // chunk)
+    pad = n * chunk - t
+
+    def blocks(a, mode="constant"):  # (b, t, ...) -> (n, b, c, ...)
+        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2), mode=mode)
+        return jnp.moveaxis(a.reshape((b, n, chunk) + a.shape[2:]), 1, 0)
+
+    rc = blocks(runs, mode="edge")
+    run_before = jnp.pad(rc[:-1, :, -1], ((1, 0), (0, 0)))
+    return tuple(blocks(a) for a in floats), (rc, run_before)
 
 
 def _chunk(s, inputs):
@@ -93,7 +104,7 @@ def _chunk(s, inputs):
 
     q, k ``(b, c, h, dk)``, v ``(b, c, h, dv)``, g ``(b, c, h, dk|1)``, rc ``(b, c)`` the segment
     of each position, run_before ``(b,)`` the segment the state ``s`` belongs to."""
-    q, k, v, g, rc, run_before = inputs
+    (q, k, v, g), (rc, run_before) = inputs
     cum = jnp.cumsum(g, axis=1)  # G within the chunk, (b, c, h, d)
     total = cum[:, -1]  # (b, h, d): log decay across the whole chunk
     run_end = rc[:, -1]  # (b,)
