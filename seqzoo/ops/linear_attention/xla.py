@@ -1,10 +1,11 @@
 """Linear attention's XLA forms: the quadratic (parallel) form and the chunked one.
 
-Both take float32 ``q`` (already scaled), ``k``, ``v``, per-key log decays ``g`` (last axis dk or
-1), the initial state ``s0`` and ``runs``, the segment index of each position (packed sequences,
-``seqzoo.ops.segments.segment_index``), and return ``(o, S_T)``. Decay factors are only ever
-formed as ``exp`` of a non-positive difference of cumulative sums taken inside a chunk (masked
-before the ``exp``), so tiny decays underflow to zero instead of overflowing.
+Both take float32 ``q`` (already scaled; ``chunked`` scales it itself), ``k``, ``v``, per-key log
+decays ``g`` (last axis dk or 1), the initial state ``s0`` and ``runs``, the segment index of each
+position (packed sequences, ``seqzoo.ops.segments.segment_index``), and return ``(o, S_T)``.
+Decay factors are only ever formed as ``exp`` of a non-positive difference of cumulative sums
+taken inside a chunk (masked before the ``exp``), so tiny decays underflow to zero instead of
+overflowing.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def parallel(q, k, v, g, s0, runs):
     return o, s_final
 
 
-def chunked(q, k, v, g, s0, runs, chunk_size):
+def chunked(q, k, v, g, s0, runs, chunk_size, scale=1.0):
     """Lightning-2 / GLA: the quadratic form inside chunks of ``chunk_size``, the state passed
     over chunk boundaries (any length: padded with identity steps).
 
@@ -72,13 +73,14 @@ def chunked(q, k, v, g, s0, runs, chunk_size):
     the forward pass holds one chunk's at a time. With a per-key decay the chunk is at most
     ``PER_KEY_CHUNK``: its ``(dk, C, C)`` decays are ``dk C`` floats a position, ``C`` times
     the keys' size (GLA's secondary chunking, without its ``exp(G_ref - G_j)`` factors that can
-    overflow).
+    overflow). ``q`` is scaled by ``scale`` chunk by chunk (so the ``q`` kept is the caller's).
     """
     b, t, h, _ = q.shape
     c = min(chunk_size, t, PER_KEY_CHUNK if g.shape[-1] > 1 else t)
     n = -(-t // c)
+    body = functools.partial(_chunk, scale=scale)
     layout = functools.partial(_layout, chunk=c)
-    s_final, o = chunk_scan(_chunk, layout, s0, (q, k, v, g), runs)
+    s_final, o = chunk_scan(body, layout, s0, (q, k, v, g), runs)
     return jnp.moveaxis(o, 0, 1).reshape(b, n * c, h, -1)[:, :t], s_final
 
 
@@ -99,12 +101,13 @@ def _layout(floats, runs, *, chunk: int):
     return tuple(blocks(a) for a in floats), (rc, run_before)
 
 
-def _chunk(s, inputs):
+def _chunk(s, inputs, *, scale: float):
     """One chunk entered with state ``s: (b, h, dk, dv)``: ``(S after it, o: (b, c, h, dv))``.
 
     q, k ``(b, c, h, dk)``, v ``(b, c, h, dv)``, g ``(b, c, h, dk|1)``, rc ``(b, c)`` the segment
     of each position, run_before ``(b,)`` the segment the state ``s`` belongs to."""
     (q, k, v, g), (rc, run_before) = inputs
+    q = q * scale
     cum = jnp.cumsum(g, axis=1)  # G within the chunk, (b, c, h, d)
     total = cum[:, -1]  # (b, h, d): log decay across the whole chunk
     run_end = rc[:, -1]  # (b,)
