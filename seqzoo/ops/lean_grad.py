@@ -131,59 +131,91 @@ def blockwise(
 
 def chunk_scan(
     body: Callable[[Any, Any], tuple[Any, Any]],
-    layout: Callable[[Any, Any], tuple[Any, Any]],
     init: Any,
-    floats: Any,
+    floats: tuple[Array, ...],
     ints: Any,
-) -> tuple[Any, Any]:
-    """``jax.lax.scan(body, init, layout(floats, ints))`` (one step per chunk of a chunked
-    sequence op) whose backward pass keeps only ``floats``, ``ints`` and the carry entering
-    each step, ``(steps, *carry.shape)``.
+    *,
+    chunk: int,
+) -> tuple[Any, Array]:
+    """A chunked sequence op's loop over chunks whose backward pass keeps only its arguments
+    and the carry entering each chunk.
 
-    ``layout(floats, ints) -> (float_xs, int_xs)`` cuts the op's arguments into the scan's
-    steps (padding, reshapes, the chunk axis moved first: cheap, linear in ``floats``); it is
-    run again in the backward pass instead of keeping its copies. ``body(carry, (float_xs_i,
-    int_xs_i)) -> (carry, y_i)`` is one step; its intermediates (a chunk's scores, decays, ...)
-    exist for one step at a time in both passes: the backward pass is a reverse scan that
-    recomputes each step's VJP from its saved carry (a custom VJP; its inputs are made to wait
-    for the cotangent, see ``_zero_after``, so XLA cannot move the recomputation forward).
-    ``body`` and ``layout`` must not close over traced values. Returns ``(final carry, ys)``
-    with ``ys`` stacked over the steps. The cost is one more forward pass of ``body``.
+    ``floats``: arrays ``(batch, t, ...)`` (zero padded to whole chunks), cut into chunks of
+    ``chunk`` positions along axis 1; ``ints``: per-chunk integer arrays with a leading
+    ``n = ceil(t / chunk)`` axis (segment indices, say). ``body(carry, (float_chunks,
+    int_chunks)) -> (carry, y)`` is one chunk, ``y: (batch, chunk, ...)``. Returns ``(final
+    carry, ys: (batch, t, ...))``.
+
+    The chunk's intermediates (scores, decays, ...) exist for one chunk at a time in both
+    passes: a custom VJP keeps ``floats``, ``ints`` and the ``(n, *carry.shape)`` entering
+    carries; its backward pass is a loop from the last chunk to the first that slices each
+    chunk out of the arguments, recomputes its VJP and writes its cotangents in place (no
+    chunk-major copies; the loop's accumulators wait for the cotangent, see ``_zero_after``, so
+    XLA cannot move the recomputation forward). ``body`` must not close over traced values. The
+    cost is one more forward pass of ``body``.
     """
-    return _chunk_scan(body, layout, init, floats, ints)
+    return _chunk_scan(body, chunk, init, tuple(floats), ints)
+
+
+def _chunks(a: Array, chunk: int) -> Array:
+    """``a: (batch, t, ...)`` zero padded to ``(batch, n * chunk, ...)``."""
+    pad = -a.shape[1] % chunk
+    return jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2)) if pad else a
+
+
+def _chunk_at(a: Array, i, chunk: int) -> Array:
+    return jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk, axis=1)
+
+
+def _chunk_scan_forward(body, chunk, init, floats, ints):
+    padded = tuple(_chunks(a, chunk) for a in floats)
+    b, t = floats[0].shape[:2]
+    n = padded[0].shape[1] // chunk
+
+    def step(carry, xs):
+        i, int_chunks = xs
+        new, y = body(carry, (tuple(_chunk_at(a, i, chunk) for a in padded), int_chunks))
+        return new, (y, carry)
+
+    final, (ys, carries) = jax.lax.scan(step, init, (jnp.arange(n), ints))
+    ys = jnp.moveaxis(ys, 0, 1).reshape((b, n * chunk) + ys.shape[3:])[:, :t]
+    return (final, ys), carries
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _chunk_scan(body, layout, init, floats, ints):
-    return jax.lax.scan(body, init, layout(floats, ints))
+def _chunk_scan(body, chunk, init, floats, ints):
+    return _chunk_scan_forward(body, chunk, init, floats, ints)[0]
 
 
-def _chunk_scan_fwd(body, layout, init, floats, ints):
-    def step(carry, xs):
-        new, y = body(carry, xs)
-        return new, (y, carry)
-
-    final, (ys, carries) = jax.lax.scan(step, init, layout(floats, ints))
-    return (final, ys), (floats, ints, carries)
+def _chunk_scan_fwd(body, chunk, init, floats, ints):
+    out, carries = _chunk_scan_forward(body, chunk, init, floats, ints)
+    return out, (floats, ints, carries)
 
 
-def _chunk_scan_bwd(body, layout, residuals, cotangents):
+def _chunk_scan_bwd(body, chunk, residuals, cotangents):
     floats, ints, carries = residuals
-    zero = _zero_after(cotangents)
-    floats = jax.tree.map(lambda a: a + zero.astype(a.dtype), floats)
-    float_xs, layout_vjp = jax.vjp(lambda f: layout(f, ints)[0], floats)
-    int_xs = layout(floats, ints)[1]
     ct_final, ct_ys = cotangents
+    zero = _zero_after(cotangents)
+    padded = tuple(_chunks(a, chunk) for a in floats)
+    ct_ys = _chunks(ct_ys, chunk)
+    n = padded[0].shape[1] // chunk
 
-    def step(ct_carry, xs):
-        carry, x, i, ct_y = xs
-        _, vjp = jax.vjp(lambda c, f: body(c, (f, i)), carry, x)
-        return vjp((ct_carry, ct_y))
+    def step(j, loop):
+        ct_carry, grads = loop
+        i = n - 1 - j
+        int_chunks = jax.tree.map(lambda a: a[i], ints)
+        x = tuple(_chunk_at(a, i, chunk) for a in padded)
+        _, vjp = jax.vjp(lambda c, f: body(c, (f, int_chunks)), carries[i], x)
+        ct_carry, ct_x = vjp((ct_carry, _chunk_at(ct_ys, i, chunk)))
+        grads = tuple(jax.lax.dynamic_update_slice_in_dim(g, d.astype(g.dtype), i * chunk, 1)
+                      for g, d in zip(grads, ct_x, strict=True))
+        return ct_carry, grads
 
-    ct_init, ct_xs = jax.lax.scan(step, ct_final, (carries, float_xs, int_xs, ct_ys),
-                                  reverse=True)
+    zeros = tuple(jnp.zeros_like(a) + zero.astype(a.dtype) for a in padded)
+    ct_init, grads = jax.lax.fori_loop(0, n, step, (ct_final, zeros))
+    t = floats[0].shape[1]
     no_cotangent = jax.tree.map(lambda a: np.zeros(np.shape(a), jax.dtypes.float0), ints)
-    return ct_init, layout_vjp(ct_xs)[0], no_cotangent
+    return ct_init, tuple(g[:, :t] for g in grads), no_cotangent
 
 
 _chunk_scan.defvjp(_chunk_scan_fwd, _chunk_scan_bwd)

@@ -29,8 +29,6 @@ zeroes ``Gamma`` across it, as if ``a_t = 0`` there.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -117,39 +115,29 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
     chunk's ``(C, C)`` matrices (``Gamma``, ``T``, the scores) and its ``U, W, D`` when it
     reaches it.
     """
-    b, t, h, _ = q.shape
-    c = min(chunk_size, t)
-    n = -(-t // c)
-    layout = functools.partial(_layout, chunk=c)
-    s_final, o = chunk_scan(_chunk, layout, s0, (q, k, v, beta, g), runs)
-    o = jnp.moveaxis(jnp.moveaxis(o, 0, 1), 3, 2)  # (b, n, c, h, dv)
-    return o.reshape(b, n * c, h, -1)[:, :t], s_final
+    c = min(chunk_size, q.shape[1])
+    s_final, o = chunk_scan(_chunk, s0, (q, k, v, beta, g), _chunk_runs(runs, c), chunk=c)
+    return o, s_final
 
 
-def _layout(floats, runs, *, chunk: int):
-    """``(q, k, v, beta, g)`` as ``(n, b, h, c, ...)`` chunks (padding: zeros, identity steps);
-    ``runs`` as the run of each position ``(n, b, 1, c)`` and that at each previous chunk's end
-    ``(n, b, 1, 1)``."""
+def _chunk_runs(runs, chunk: int):
+    """The run of each position ``(n, b, 1, c)`` (the padding continues the last) and that at
+    each previous chunk's end ``(n, b, 1, 1)`` (0 for the first chunk)."""
     b, t = runs.shape
     n = -(-t // chunk)
-    pad = n * chunk - t
-
-    def blocks(a):  # (b, t, h, ...) -> (n, b, h, c, ...)
-        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
-        return jnp.moveaxis(jnp.moveaxis(a.reshape((b, n, chunk) + a.shape[2:]), 2, 3), 1, 0)
-
-    rc = jnp.pad(runs, ((0, 0), (0, pad)), mode="edge").reshape(b, n, chunk)
+    rc = jnp.pad(runs, ((0, 0), (0, n * chunk - t)), mode="edge").reshape(b, n, chunk)
     rc = jnp.moveaxis(rc, 1, 0)[:, :, None]
-    run_before = jnp.pad(rc[:-1, ..., -1:], ((1, 0), (0, 0), (0, 0), (0, 0)))
-    return tuple(blocks(a) for a in floats), (rc, run_before)
+    return rc, jnp.pad(rc[:-1, ..., -1:], ((1, 0), (0, 0), (0, 0), (0, 0)))
 
 
 def _chunk(s, inputs):
-    """One chunk entered with state ``s: (b, h, dk, dv)``: ``(S after it, o: (b, h, c, dv))``.
+    """One chunk entered with state ``s: (b, h, dk, dv)``: ``(S after it, o: (b, c, h, dv))``.
 
-    q, k ``(b, h, c, dk)``, v ``(b, h, c, dv)``, beta, g ``(b, h, c)``, rc ``(b, 1, c)`` the run
+    q, k ``(b, c, h, dk)``, v ``(b, c, h, dv)``, beta, g ``(b, c, h)``, rc ``(b, 1, c)`` the run
     of each position, run_before ``(b, 1, 1)`` the run the state ``s`` belongs to."""
     (q, k, v, beta, g), (rc, run_before) = inputs
+    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # (b, h, c, d): heads first
+    beta, g = jnp.swapaxes(beta, 1, 2), jnp.swapaxes(g, 1, 2)
     c = q.shape[-2]
     run_end = rc[..., -1:]  # (b, 1, 1)
     cum = jnp.cumsum(g, axis=-1)  # log gamma_r, (b, h, c)
@@ -172,7 +160,7 @@ def _chunk(s, inputs):
     o = _mm("...rd,...dv->...rv", q * from_start[..., None], s)
     o = o + _mm("...ri,...iv->...rv", scores, d)
     s = total * s + _mm("bhrd,bhrv->bhdv", k * to_end[..., None], d)
-    return s, o
+    return s, jnp.swapaxes(o, 1, 2)
 
 
 # ---- the dense mixing matrix --------------------------------------------------------------------

@@ -75,30 +75,21 @@ def chunked(q, k, v, g, s0, runs, chunk_size, scale=1.0):
     the keys' size (GLA's secondary chunking, without its ``exp(G_ref - G_j)`` factors that can
     overflow). ``q`` is scaled by ``scale`` chunk by chunk (so the ``q`` kept is the caller's).
     """
-    b, t, h, _ = q.shape
+    t = q.shape[1]
     c = min(chunk_size, t, PER_KEY_CHUNK if g.shape[-1] > 1 else t)
-    n = -(-t // c)
     body = functools.partial(_chunk, scale=scale)
-    layout = functools.partial(_layout, chunk=c)
-    s_final, o = chunk_scan(body, layout, s0, (q, k, v, g), runs)
-    return jnp.moveaxis(o, 0, 1).reshape(b, n * c, h, -1)[:, :t], s_final
+    s_final, o = chunk_scan(body, s0, (q, k, v, g), _chunk_runs(runs, c), chunk=c)
+    return o, s_final
 
 
-def _layout(floats, runs, *, chunk: int):
-    """``(q, k, v, g)`` as ``(n, b, c, h, d)`` chunks (padding: q=k=v=0, g=0, identity steps);
-    ``runs`` as the segment of each position ``(n, b, c)`` and that at each previous chunk's
-    end ``(n, b)``."""
+def _chunk_runs(runs, chunk: int):
+    """The segment of each position ``(n, b, c)`` (the padding continues the last) and that
+    at each previous chunk's end ``(n, b)`` (0 for the first chunk)."""
     b, t = runs.shape
     n = -(-t // chunk)
-    pad = n * chunk - t
-
-    def blocks(a, mode="constant"):  # (b, t, ...) -> (n, b, c, ...)
-        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2), mode=mode)
-        return jnp.moveaxis(a.reshape((b, n, chunk) + a.shape[2:]), 1, 0)
-
-    rc = blocks(runs, mode="edge")
-    run_before = jnp.pad(rc[:-1, :, -1], ((1, 0), (0, 0)))
-    return tuple(blocks(a) for a in floats), (rc, run_before)
+    rc = jnp.pad(runs, ((0, 0), (0, n * chunk - t)), mode="edge").reshape(b, n, chunk)
+    rc = jnp.moveaxis(rc, 1, 0)
+    return rc, jnp.pad(rc[:-1, :, -1], ((1, 0), (0, 0)))
 
 
 def _chunk(s, inputs, *, scale: float):
