@@ -115,10 +115,11 @@ def test_delta_rule_every_gradient(gated, dtype):
 
 def test_rat_every_gradient():
     """rat_attention (blockwise over 4 row blocks) against plain autodiff of the same math, with
-    a hole and right padding. (RAT computes in float32 whatever its inputs: no float64 case.)"""
+    a hole, right padding and q, k in one group tiled over two heads inside. (RAT computes in
+    float32 whatever its inputs: no float64 case.)"""
     b, t, h, d, chunk = 4, 23, 2, 4, 4
     rng = np.random.default_rng(4)
-    inputs = {n: _normal(rng, b, t, h, d) for n in ("q", "k", "v", "gate")}
+    inputs = {n: _normal(rng, b, t, 1 if n in "qk" else h, d) for n in ("q", "k", "v", "gate")}
     mask = np.ones((b, t), bool)
     mask[1, 5] = False
     mask[2, 19:] = False

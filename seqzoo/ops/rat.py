@@ -48,6 +48,15 @@ _HI = jax.lax.Precision.HIGHEST
 _F32 = jnp.float32
 
 
+def tile_heads(a: Array, heads: int) -> Array:
+    """``a: (..., groups, d)`` -> ``(..., heads, d)``, head ``h`` reading group ``h % groups``
+    (torch's ``repeat``, RAT's grouped q and k); ``a`` itself when it has ``heads`` already."""
+    groups = a.shape[-2]
+    if heads % groups:
+        raise ValueError(f"q and k's {groups} heads must divide the {heads} heads of v")
+    return jnp.tile(a, (1,) * (a.ndim - 2) + (heads // groups, 1))
+
+
 def check_chunk_size(chunk_size) -> None:
     """``ValueError`` unless ``chunk_size`` (``L``) is a positive int."""
     check_positive_int(chunk_size, "chunk_size")
@@ -150,7 +159,9 @@ def rat_attention(
     scale: float | None = None,
 ) -> Array:
     """RAT's fast path: ``o: (batch, length, heads, d)`` float32 from ``q, k, v, gate`` (see the
-    module docstring; ``rope``, ``rope_theta``, ``scale`` as ``rat_probs``).
+    module docstring; ``rope``, ``rope_theta``, ``scale`` as ``rat_probs``). ``q, k`` may have
+    fewer heads, ``groups`` dividing ``heads``: head ``h`` reads group ``h % groups`` (the
+    official ``repeat``), tiled inside, so only the groups are kept for the backward pass.
 
     A ``lean_grad.blockwise`` function of the batch rows, forwards and backwards: autodiff of
     ``rat_attention_autodiff`` keeps the recurrences' scan levels and the ``(heads, length,
@@ -164,8 +175,10 @@ def rat_attention(
 def rat_attention_autodiff(q, k, v, gate, mask, chunk_size, *, rope=True, rope_theta=10000.0,
                            scale=None) -> Array:
     """``rat_attention``'s values with plain autodiff (what its lean backward is tested
-    against): the key and value recurrences as one scan, then one softmax per query."""
+    against): q, k tiled over the heads, the key and value recurrences as one scan, then one
+    softmax per query."""
     options = {"rope": rope, "rope_theta": rope_theta, "scale": scale}
+    q, k = (tile_heads(a, v.shape[2]) for a in (q, k))
     k_tilde, v_tilde = jnp.unstack(
         rat_recurrence(gate, jnp.stack([k, v], 2), mask, chunk_size), axis=2
     )
@@ -185,7 +198,7 @@ def _lean_rat(options: tuple):
 
     def per_row(rows):  # the larger of the stacked (k, v) states and the scores
         _, length, heads, d = rows[0].shape
-        return heads * length * max(2 * d, length // chunk_size)
+        return 8 * heads * length * max(2 * d, length // chunk_size)
 
     return blockwise(fn, forward=True, row_elements=per_row)
 
