@@ -133,53 +133,55 @@ def chunk_scan(
     body: Callable[[Any, Any], tuple[Any, Any]],
     init: Any,
     floats: tuple[Array, ...],
-    ints: Any,
+    ints: tuple[Array, ...],
     *,
     chunk: int,
 ) -> tuple[Any, Array]:
     """A chunked sequence op's loop over chunks whose backward pass keeps only its arguments
     and the carry entering each chunk.
 
-    ``floats``: arrays ``(batch, t, ...)`` (zero padded to whole chunks), cut into chunks of
-    ``chunk`` positions along axis 1; ``ints``: per-chunk integer arrays with a leading
-    ``n = ceil(t / chunk)`` axis (segment indices, say). ``body(carry, (float_chunks,
-    int_chunks)) -> (carry, y)`` is one chunk, ``y: (batch, chunk, ...)``. Returns ``(final
-    carry, ys: (batch, t, ...))``.
+    ``floats`` and ``ints`` (segment indices, say): arrays ``(batch, t, ...)``, cut into chunks
+    of ``chunk`` positions along axis 1 (the last one shorter when ``chunk`` does not divide
+    ``t``). ``body(carry, (float_chunks, int_chunks)) -> (carry, y)`` is one chunk, ``y:
+    (batch, chunk, ...)``. Returns ``(final carry, ys: (batch, t, ...))``.
 
     The chunk's intermediates (scores, decays, ...) exist for one chunk at a time in both
-    passes: a custom VJP keeps ``floats``, ``ints`` and the ``(n, *carry.shape)`` entering
-    carries; its backward pass is a loop from the last chunk to the first that slices each
-    chunk out of the arguments, recomputes its VJP and writes its cotangents in place (no
-    chunk-major copies; the loop's accumulators wait for the cotangent, see ``_zero_after``, so
-    XLA cannot move the recomputation forward). ``body`` must not close over traced values. The
-    cost is one more forward pass of ``body``.
+    passes: a custom VJP keeps ``floats``, ``ints`` and the carries entering the chunks
+    (``(t // chunk, *carry.shape)`` and the shorter last one's); its backward pass is a loop
+    from the last chunk to the first that slices each chunk out of the arguments, recomputes
+    its VJP and writes its cotangents in place (no padded or chunk-major copies; the loop's
+    accumulators wait for the cotangent, see ``_zero_after``, so XLA cannot move the
+    recomputation forward). ``body`` must not close
+    over traced values. The cost is one more forward pass of ``body``.
     """
-    return _chunk_scan(body, chunk, init, tuple(floats), ints)
-
-
-def _chunks(a: Array, chunk: int) -> Array:
-    """``a: (batch, t, ...)`` zero padded to ``(batch, n * chunk, ...)``."""
-    pad = -a.shape[1] % chunk
-    return jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2)) if pad else a
+    return _chunk_scan(body, chunk, init, tuple(floats), tuple(ints))
 
 
 def _chunk_at(a: Array, i, chunk: int) -> Array:
     return jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk, axis=1)
 
 
-def _chunk_scan_forward(body, chunk, init, floats, ints):
-    padded = tuple(_chunks(a, chunk) for a in floats)
-    b, t = floats[0].shape[:2]
-    n = padded[0].shape[1] // chunk
+def _tail(arrays, chunk: int):
+    """The last, shorter chunk of each array (``t % chunk`` positions)."""
+    return tuple(a[:, a.shape[1] - a.shape[1] % chunk:] for a in arrays)
 
-    def step(carry, xs):
-        i, int_chunks = xs
-        new, y = body(carry, (tuple(_chunk_at(a, i, chunk) for a in padded), int_chunks))
+
+def _chunk_scan_forward(body, chunk, init, floats, ints):
+    t = floats[0].shape[1]
+
+    def step(carry, i):
+        x = tuple(tuple(_chunk_at(a, i, chunk) for a in group) for group in (floats, ints))
+        new, y = body(carry, x)
         return new, (y, carry)
 
-    final, (ys, carries) = jax.lax.scan(step, init, (jnp.arange(n), ints))
-    ys = jnp.moveaxis(ys, 0, 1).reshape((b, n * chunk) + ys.shape[3:])[:, :t]
-    return (final, ys), carries
+    final, (ys, carries) = jax.lax.scan(step, init, jnp.arange(t // chunk))
+    ys = jnp.moveaxis(ys, 0, 1)
+    ys = [ys.reshape((ys.shape[0], -1) + ys.shape[3:])]
+    tail_carry = final  # entering the shorter last chunk
+    if t % chunk:
+        final, y = body(final, (_tail(floats, chunk), _tail(ints, chunk)))
+        ys.append(y)
+    return (final, jnp.concatenate(ys, axis=1) if len(ys) > 1 else ys[0]), (carries, tail_carry)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -188,34 +190,38 @@ def _chunk_scan(body, chunk, init, floats, ints):
 
 
 def _chunk_scan_fwd(body, chunk, init, floats, ints):
-    out, carries = _chunk_scan_forward(body, chunk, init, floats, ints)
-    return out, (floats, ints, carries)
+    out, (carries, tail_carry) = _chunk_scan_forward(body, chunk, init, floats, ints)
+    return out, (floats, ints, carries, tail_carry if floats[0].shape[1] % chunk else None)
 
 
 def _chunk_scan_bwd(body, chunk, residuals, cotangents):
-    floats, ints, carries = residuals
-    ct_final, ct_ys = cotangents
-    zero = _zero_after(cotangents)
-    padded = tuple(_chunks(a, chunk) for a in floats)
-    ct_ys = _chunks(ct_ys, chunk)
-    n = padded[0].shape[1] // chunk
+    floats, ints, carries, tail_carry = residuals
+    ct_carry, ct_ys = cotangents
+    zero = _zero_after(ct_ys)  # not the final carry's: often unused, a constant zero
+    t = floats[0].shape[1]
+    full = t // chunk
+    grads = tuple(jnp.zeros_like(a) + zero.astype(a.dtype) for a in floats)
+    if t % chunk:  # the last, shorter chunk first, from the carry entering it
+        _, vjp = jax.vjp(lambda c, f: body(c, (f, _tail(ints, chunk))), tail_carry,
+                         _tail(floats, chunk))
+        ct_carry, ct_x = vjp((ct_carry, ct_ys[:, full * chunk:]))
+        grads = tuple(jax.lax.dynamic_update_slice_in_dim(g, d.astype(g.dtype), full * chunk, 1)
+                      for g, d in zip(grads, ct_x, strict=True))
 
     def step(j, loop):
         ct_carry, grads = loop
-        i = n - 1 - j
-        int_chunks = jax.tree.map(lambda a: a[i], ints)
-        x = tuple(_chunk_at(a, i, chunk) for a in padded)
+        i = full - 1 - j
+        x = tuple(_chunk_at(a, i, chunk) for a in floats)
+        int_chunks = tuple(_chunk_at(a, i, chunk) for a in ints)
         _, vjp = jax.vjp(lambda c, f: body(c, (f, int_chunks)), carries[i], x)
         ct_carry, ct_x = vjp((ct_carry, _chunk_at(ct_ys, i, chunk)))
         grads = tuple(jax.lax.dynamic_update_slice_in_dim(g, d.astype(g.dtype), i * chunk, 1)
                       for g, d in zip(grads, ct_x, strict=True))
         return ct_carry, grads
 
-    zeros = tuple(jnp.zeros_like(a) + zero.astype(a.dtype) for a in padded)
-    ct_init, grads = jax.lax.fori_loop(0, n, step, (ct_final, zeros))
-    t = floats[0].shape[1]
-    no_cotangent = jax.tree.map(lambda a: np.zeros(np.shape(a), jax.dtypes.float0), ints)
-    return ct_init, tuple(g[:, :t] for g in grads), no_cotangent
+    ct_init, grads = jax.lax.fori_loop(0, full, step, (ct_carry, grads))
+    no_cotangent = tuple(np.zeros(np.shape(a), jax.dtypes.float0) for a in ints)
+    return ct_init, grads, no_cotangent
 
 
 _chunk_scan.defvjp(_chunk_scan_fwd, _chunk_scan_bwd)

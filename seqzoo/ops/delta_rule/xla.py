@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.ops.lean_grad import chunk_scan
+from seqzoo.ops.segments import entering_runs
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
@@ -116,26 +117,17 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
     reaches it.
     """
     c = min(chunk_size, q.shape[1])
-    s_final, o = chunk_scan(_chunk, s0, (q, k, v, beta, g), _chunk_runs(runs, c), chunk=c)
+    s_final, o = chunk_scan(_chunk, s0, (q, k, v, beta, g), entering_runs(runs, c), chunk=c)
     return o, s_final
-
-
-def _chunk_runs(runs, chunk: int):
-    """The run of each position ``(n, b, 1, c)`` (the padding continues the last) and that at
-    each previous chunk's end ``(n, b, 1, 1)`` (0 for the first chunk)."""
-    b, t = runs.shape
-    n = -(-t // chunk)
-    rc = jnp.pad(runs, ((0, 0), (0, n * chunk - t)), mode="edge").reshape(b, n, chunk)
-    rc = jnp.moveaxis(rc, 1, 0)[:, :, None]
-    return rc, jnp.pad(rc[:-1, ..., -1:], ((1, 0), (0, 0), (0, 0), (0, 0)))
 
 
 def _chunk(s, inputs):
     """One chunk entered with state ``s: (b, h, dk, dv)``: ``(S after it, o: (b, c, h, dv))``.
 
-    q, k ``(b, c, h, dk)``, v ``(b, c, h, dv)``, beta, g ``(b, c, h)``, rc ``(b, 1, c)`` the run
-    of each position, run_before ``(b, 1, 1)`` the run the state ``s`` belongs to."""
-    (q, k, v, beta, g), (rc, run_before) = inputs
+    q, k ``(b, c, h, dk)``, v ``(b, c, h, dv)``, beta, g ``(b, c, h)``; rc ``(b, c)`` the run of
+    each position, entering ``(b, c)`` the run the state ``s`` belongs to (at every position)."""
+    (q, k, v, beta, g), (rc, entering) = inputs
+    rc, run_before = rc[:, None], entering[:, None, :1]  # (b, 1, c), (b, 1, 1)
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # (b, h, c, d): heads first
     beta, g = jnp.swapaxes(beta, 1, 2), jnp.swapaxes(g, 1, 2)
     c = q.shape[-2]

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.ops.lean_grad import chunk_scan
+from seqzoo.ops.segments import entering_runs
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
@@ -78,26 +79,18 @@ def chunked(q, k, v, g, s0, runs, chunk_size, scale=1.0):
     t = q.shape[1]
     c = min(chunk_size, t, PER_KEY_CHUNK if g.shape[-1] > 1 else t)
     body = functools.partial(_chunk, scale=scale)
-    s_final, o = chunk_scan(body, s0, (q, k, v, g), _chunk_runs(runs, c), chunk=c)
+    s_final, o = chunk_scan(body, s0, (q, k, v, g), entering_runs(runs, c), chunk=c)
     return o, s_final
-
-
-def _chunk_runs(runs, chunk: int):
-    """The segment of each position ``(n, b, c)`` (the padding continues the last) and that
-    at each previous chunk's end ``(n, b)`` (0 for the first chunk)."""
-    b, t = runs.shape
-    n = -(-t // chunk)
-    rc = jnp.pad(runs, ((0, 0), (0, n * chunk - t)), mode="edge").reshape(b, n, chunk)
-    rc = jnp.moveaxis(rc, 1, 0)
-    return rc, jnp.pad(rc[:-1, :, -1], ((1, 0), (0, 0)))
 
 
 def _chunk(s, inputs, *, scale: float):
     """One chunk entered with state ``s: (b, h, dk, dv)``: ``(S after it, o: (b, c, h, dv))``.
 
     q, k ``(b, c, h, dk)``, v ``(b, c, h, dv)``, g ``(b, c, h, dk|1)``, rc ``(b, c)`` the segment
-    of each position, run_before ``(b,)`` the segment the state ``s`` belongs to."""
-    (q, k, v, g), (rc, run_before) = inputs
+    of each position, entering ``(b, c)`` the segment the state ``s`` belongs to (at every
+    position)."""
+    (q, k, v, g), (rc, entering) = inputs
+    run_before = entering[:, 0]
     q = q * scale
     cum = jnp.cumsum(g, axis=1)  # G within the chunk, (b, c, h, d)
     total = cum[:, -1]  # (b, h, d): log decay across the whole chunk
