@@ -198,12 +198,17 @@ def _chunk_scan_bwd(body, chunk, residuals, cotangents):
     floats, ints, carries, tail_carry = residuals
     ct_carry, ct_ys = cotangents
     zero = _zero_after(ct_ys)  # not the final carry's: often unused, a constant zero
+
+    def after(tree):  # a chunk's inputs, made to wait for the cotangent: with one chunk (the
+        # loop unrolled), XLA would otherwise merge the recomputation with the forward pass
+        return jax.tree.map(lambda a: a + zero.astype(a.dtype), tree)
+
     t = floats[0].shape[1]
     full = t // chunk
     grads = tuple(jnp.zeros_like(a) + zero.astype(a.dtype) for a in floats)
     if t % chunk:  # the last, shorter chunk first, from the carry entering it
-        _, vjp = jax.vjp(lambda c, f: body(c, (f, _tail(ints, chunk))), tail_carry,
-                         _tail(floats, chunk))
+        _, vjp = jax.vjp(lambda c, f: body(c, (f, _tail(ints, chunk))), after(tail_carry),
+                         after(_tail(floats, chunk)))
         ct_carry, ct_x = vjp((ct_carry, ct_ys[:, full * chunk:]))
         grads = tuple(jax.lax.dynamic_update_slice_in_dim(g, d.astype(g.dtype), full * chunk, 1)
                       for g, d in zip(grads, ct_x, strict=True))
@@ -211,9 +216,9 @@ def _chunk_scan_bwd(body, chunk, residuals, cotangents):
     def step(j, loop):
         ct_carry, grads = loop
         i = full - 1 - j
-        x = tuple(_chunk_at(a, i, chunk) for a in floats)
+        x = after(tuple(_chunk_at(a, i, chunk) for a in floats))
         int_chunks = tuple(_chunk_at(a, i, chunk) for a in ints)
-        _, vjp = jax.vjp(lambda c, f: body(c, (f, int_chunks)), carries[i], x)
+        _, vjp = jax.vjp(lambda c, f: body(c, (f, int_chunks)), after(carries[i]), x)
         ct_carry, ct_x = vjp((ct_carry, _chunk_at(ct_ys, i, chunk)))
         grads = tuple(jax.lax.dynamic_update_slice_in_dim(g, d.astype(g.dtype), i * chunk, 1)
                       for g, d in zip(grads, ct_x, strict=True))

@@ -74,10 +74,11 @@ def sequential(q, k, v, beta, g, s0, runs):
 # ---- the UT transform ---------------------------------------------------------------------------
 def _diagonal_blocks(a: Array, size: int) -> Array:
     """The ``size x size`` blocks on the diagonal of ``a: (..., n, n)``: ``(..., n // size,
-    size, size)``."""
+    size, size)``. (A product with the identity rather than ``jnp.diagonal``, whose backward
+    pass scatters into a zeros constant that XLA allocates once for the whole step.)"""
     m = a.shape[-1] // size
     blocks = a.reshape(a.shape[:-2] + (m, size, m, size))
-    return jnp.moveaxis(jnp.diagonal(blocks, axis1=-4, axis2=-2), -1, -3)
+    return _mm("...ipjq,ij->...ipq", blocks, jnp.eye(m, dtype=a.dtype))
 
 
 def unit_lower_inverse(a: Array) -> Array:
@@ -100,7 +101,7 @@ def unit_lower_inverse(a: Array) -> Array:
         inv11, inv22 = pairs[..., 0, :, :], pairs[..., 1, :, :]
         a21 = _diagonal_blocks(a, 2 * size)[..., size:, :size]
         inv21 = -_mm("...ij,...jk,...kl->...il", inv22, a21, inv11)
-        top = jnp.concatenate([inv11, jnp.zeros_like(inv11)], axis=-1)
+        top = jnp.pad(inv11, [(0, 0)] * (inv11.ndim - 1) + [(0, size)])  # no zeros constant
         inverse = jnp.concatenate([top, jnp.concatenate([inv21, inv22], axis=-1)], axis=-2)
         size *= 2
     return inverse[..., 0, :c, :c]
