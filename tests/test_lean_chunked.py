@@ -51,8 +51,12 @@ def _assert_each(got: dict, want: dict, tol: float, what: str):
                                    err_msg=f"{what}: d {name}")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("decay", ["none", "head", "key"])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("decay,dtype", [
+    ("key", "f32"), ("key", "f64"), ("head", "f32"), pytest.param("head", "f64", marks=SLOW),
+    pytest.param("none", "f32", marks=SLOW), pytest.param("none", "f64", marks=SLOW)])
 def test_linear_attention_every_gradient(decay, dtype):
     """The chunked form (lean backward) against the step-by-step scan, q, k, v, the decays and
     the initial state separately, across a segment start and a padded last chunk."""
@@ -81,8 +85,9 @@ def test_linear_attention_every_gradient(decay, dtype):
         _assert_each(got, want, tol, f"linear attention, decay {decay}, {dtype}")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("gated", [False, True], ids=["deltanet", "gated"])
+@pytest.mark.parametrize("gated,dtype", [
+    (True, "f32"), (False, "f64"), pytest.param(True, "f64", marks=SLOW),
+    pytest.param(False, "f32", marks=SLOW)])
 def test_delta_rule_every_gradient(gated, dtype):
     """The chunked WY form (lean backward) against the sequential scan: q, k, v, beta, the
     decay and the initial state separately, across a segment start and a padded last chunk."""
@@ -175,7 +180,8 @@ def _h3(q, k, v, g):  # 4 heads of p = 4
 
 @pytest.mark.parametrize(
     "fn,per_key",
-    [(_linear_attention, False), (_linear_attention, True), (_delta_rule, False), (_rat, True),
+    [(_linear_attention, False), (_linear_attention, True),
+     pytest.param(_delta_rule, False, marks=SLOW), pytest.param(_rat, True, marks=SLOW),
      (_h3, False)],
     ids=["linear_attention", "gla", "delta_rule", "rat", "h3"],
 )
