@@ -37,6 +37,7 @@ from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import dense
 from seqzoo.layers.s4 import S4DKernel, check_ssm_options
 from seqzoo.ops.conv import causal_conv, causal_toeplitz, fft_causal_conv
+from seqzoo.ops.lean_grad import blockwise
 
 Array = jax.Array
 
@@ -65,6 +66,32 @@ def shift_kernel(B: Array, C: Array) -> Array:
     c_pad = jnp.concatenate([C, jnp.zeros_like(C)], axis=-1)  # C_m = 0 for m >= N
     hankel = c_pad[:, np.arange(n)[:, None] + np.arange(n)[None, :]]  # (d, n, l): C_{n+l}
     return jnp.einsum("hn,hnl->hl", B, hankel, precision="highest")
+
+
+def h3_mix(q: Array, k: Array, v: Array, kernel: Array, D: Array) -> Array:
+    """The diagonal SSM on the outer products, read by q (plain autodiff):
+
+        z_t = sum_{j <= t} K_h[t - j] k~_j v_j^T + D_h k~_t v_t^T,     o_t = q_t^T z_t
+
+    q, k (= k~), v: ``(b, l, H, p)`` float32; kernel ``K: (H, l)``; D ``(H,)``. Returns
+    ``o: (b, l, H, p)``; computed by FFT on the ``(b, H, p, p, l)`` outer products."""
+    kv = k[..., :, None] * v[..., None, :]  # (b, l, H, p, p)
+    kv_t = jnp.moveaxis(kv, 1, -1)  # (b, H, p, p, l)
+    z = fft_causal_conv(kv_t, kernel[:, None, None, :]) + D[:, None, None, None] * kv_t
+    return jnp.einsum("blha,blhac->blhc", q, jnp.moveaxis(z, -1, 1), precision="highest")
+
+
+def _outer_spectrum_per_row(rows) -> int:  # the (H, p, p) outer products' 2l-point spectrum
+    _, length, heads, p = rows[0].shape
+    return 4 * length * heads * p * p
+
+
+# ``h3_mix`` as a ``lean_grad.blockwise`` function of the batch rows, forwards and backwards:
+# autodiff keeps the outer products and their spectrum (head_dim x, then 4 head_dim x, the
+# input's size) for every layer; here they exist for one block of rows at a time and the backward
+# pass keeps only q, k~, v, the kernel and D.
+_lean_h3_mix = blockwise(lambda rows, shared: h3_mix(*rows, *shared), forward=True,
+                         row_elements=_outer_spectrum_per_row)
 
 
 @register_mixer("h3", test_config={"d_state": 4, "head_dim": 2})
@@ -152,11 +179,7 @@ class H3(MatrixMixer):
     def mix_fast(self, inputs):
         q, k, kernel = inputs.aux["q"], inputs.aux["k"], inputs.aux["kernel"]
         v = inputs.values.astype(jnp.float32)
-        kv = k[..., :, None] * v[..., None, :]  # (b, l, H, p, p)
-        kv_t = jnp.moveaxis(kv, 1, -1)  # (b, H, p, p, l)
-        z = fft_causal_conv(kv_t, kernel[:, None, None, :]) + self.D[:, None, None, None] * kv_t
-        z = jnp.moveaxis(z, -1, 1)
-        return jnp.einsum("blha,blhac->blhc", q, z, precision="highest")
+        return _lean_h3_mix((q, k, v), (kernel, self.D))
 
     def mix_matrix(self, inputs):
         q, k, kernel = inputs.aux["q"], inputs.aux["k"], inputs.aux["kernel"]

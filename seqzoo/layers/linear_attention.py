@@ -143,10 +143,10 @@ class LinearAttention(MatrixMixer):
         def heads(a):
             return a.reshape(a.shape[:-1] + (h, a.shape[-1] // h))
 
-        q = feature_map(self.feature_map, heads(self.q_proj(x)).astype(jnp.float32))
-        k = feature_map(self.feature_map, heads(self.k_proj(x)).astype(jnp.float32))
         m = mask[..., None, None]
-        out = {"q": q, "k": jnp.where(m, k, 0.0), "v": heads(self.v_proj(x))}
+        q = feature_map(self.feature_map, heads(self.q_proj(x)).astype(jnp.float32))
+        k = feature_map(self.feature_map, heads(self.k_proj(x)).astype(jnp.float32), m)
+        out = {"q": q, "k": k, "v": heads(self.v_proj(x))}
         g = self._log_decay(x)
         if g is not None:
             out["g"] = jnp.where(mask[..., None] if g.ndim == mask.ndim + 1 else m, g, 0.0)

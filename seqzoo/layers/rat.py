@@ -40,6 +40,7 @@ from seqzoo.ops.rat import (
     rat_init_state,
     rat_matrix,
     rat_step,
+    tile_heads,
 )
 
 Array = jax.Array
@@ -104,7 +105,7 @@ class RAT(MatrixMixer):
 
     # ---- pieces -----------------------------------------------------------------------------
     def _project(self, x: Array) -> dict[str, Array]:
-        """z ``(..., D)``; v, gate logits, q, k ``(..., heads, d)`` (q, k tiled from groups)."""
+        """z ``(..., D)``; v, gate logits ``(..., heads, d)``; q, k ``(..., groups, d)``."""
         D, d, g = self.d_model, self.d, self.groups
         z, v, gate, q, k = jnp.split(self.in_proj(x), [D, 2 * D, 3 * D, 3 * D + g * d], axis=-1)
         lead = x.shape[:-1]
@@ -112,12 +113,9 @@ class RAT(MatrixMixer):
         def heads(a):
             return a.reshape(lead + (self.heads, d))
 
-        def tiled(a):  # (..., g d) -> (..., heads, d): head h reads group h % g (torch repeat)
-            a = a.reshape(lead + (g, d))
-            return jnp.tile(a, (1,) * len(lead) + (self.heads // g, 1))
-
         gate = gate.astype(jnp.float32) + self.gate_bias
-        return {"z": z, "v": heads(v), "gate": heads(gate), "q": tiled(q), "k": tiled(k)}
+        q, k = q.reshape(lead + (g, d)), k.reshape(lead + (g, d))
+        return {"z": z, "v": heads(v), "gate": heads(gate), "q": q, "k": k}
 
     def _options(self) -> dict:
         return {"rope": self.rope, "rope_theta": self.rope_theta}
@@ -140,9 +138,8 @@ class RAT(MatrixMixer):
 
     def mix_matrix(self, inputs):
         a = inputs.aux
-        return rat_matrix(
-            a["q"], a["k"], a["gate"], inputs.mask, self.chunk_size, **self._options()
-        )
+        q, k = (tile_heads(a[n], self.heads) for n in ("q", "k"))
+        return rat_matrix(q, k, a["gate"], inputs.mask, self.chunk_size, **self._options())
 
     def _output(self, o: Array, z: Array) -> Array:
         o = o.reshape(z.shape).astype(jnp.float32) * jax.nn.sigmoid(z.astype(jnp.float32))
@@ -158,7 +155,6 @@ class RAT(MatrixMixer):
 
     def step_fn(self, state, x_t, mask_t):
         p = self._project(x_t)
-        new, o = rat_step(
-            state, p["q"], p["k"], p["v"], p["gate"], self.chunk_size, **self._options()
-        )
+        q, k = (tile_heads(p[n], self.heads) for n in ("q", "k"))
+        new, o = rat_step(state, q, k, p["v"], p["gate"], self.chunk_size, **self._options())
         return keep_where(mask_t, new, state), self._output(o, p["z"])

@@ -139,6 +139,109 @@ def blockwise(
     return lean
 
 
+def chunk_scan(
+    body: Callable[[Any, Any], tuple[Any, Any]],
+    init: Any,
+    floats: tuple[Array, ...],
+    ints: tuple[Array, ...],
+    *,
+    chunk: int,
+) -> tuple[Any, Array]:
+    """A chunked sequence op's loop over chunks whose backward pass keeps only its arguments
+    and the carry entering each chunk.
+
+    ``floats`` and ``ints`` (segment indices, say): arrays ``(batch, t, ...)``, cut into chunks
+    of ``chunk`` positions along axis 1 (the last one shorter when ``chunk`` does not divide
+    ``t``). ``body(carry, (float_chunks, int_chunks)) -> (carry, y)`` is one chunk, ``y:
+    (batch, chunk, ...)``. Returns ``(final carry, ys: (batch, t, ...))``.
+
+    The chunk's intermediates (scores, decays, ...) exist for one chunk at a time in both
+    passes: a custom VJP keeps ``floats``, ``ints`` and the carries entering the chunks
+    (``(t // chunk, *carry.shape)`` and the shorter last one's); its backward pass is a loop
+    from the last chunk to the first that slices each chunk out of the arguments, recomputes
+    its VJP and writes its cotangents in place (no padded or chunk-major copies; the loop's
+    accumulators wait for the cotangent, see ``_zero_after``, so XLA cannot move the
+    recomputation forward). ``body`` must not close
+    over traced values. The cost is one more forward pass of ``body``.
+    """
+    return _chunk_scan(body, chunk, init, tuple(floats), tuple(ints))
+
+
+def _chunk_at(a: Array, i, chunk: int) -> Array:
+    return jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk, axis=1)
+
+
+def _tail(arrays, chunk: int):
+    """The last, shorter chunk of each array (``t % chunk`` positions)."""
+    return tuple(a[:, a.shape[1] - a.shape[1] % chunk:] for a in arrays)
+
+
+def _chunk_scan_forward(body, chunk, init, floats, ints):
+    t = floats[0].shape[1]
+
+    def step(carry, i):
+        x = tuple(tuple(_chunk_at(a, i, chunk) for a in group) for group in (floats, ints))
+        new, y = body(carry, x)
+        return new, (y, carry)
+
+    final, (ys, carries) = jax.lax.scan(step, init, jnp.arange(t // chunk))
+    ys = jnp.moveaxis(ys, 0, 1)
+    ys = [ys.reshape((ys.shape[0], -1) + ys.shape[3:])]
+    tail_carry = final  # entering the shorter last chunk
+    if t % chunk:
+        final, y = body(final, (_tail(floats, chunk), _tail(ints, chunk)))
+        ys.append(y)
+    return (final, jnp.concatenate(ys, axis=1) if len(ys) > 1 else ys[0]), (carries, tail_carry)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _chunk_scan(body, chunk, init, floats, ints):
+    return _chunk_scan_forward(body, chunk, init, floats, ints)[0]
+
+
+def _chunk_scan_fwd(body, chunk, init, floats, ints):
+    out, (carries, tail_carry) = _chunk_scan_forward(body, chunk, init, floats, ints)
+    return out, (floats, ints, carries, tail_carry if floats[0].shape[1] % chunk else None)
+
+
+def _chunk_scan_bwd(body, chunk, residuals, cotangents):
+    floats, ints, carries, tail_carry = residuals
+    ct_carry, ct_ys = cotangents
+    zero = _zero_after(ct_ys)  # not the final carry's: often unused, a constant zero
+
+    def after(tree):  # a chunk's inputs, made to wait for the cotangent: with one chunk (the
+        # loop unrolled), XLA would otherwise merge the recomputation with the forward pass
+        return jax.tree.map(lambda a: a + zero.astype(a.dtype), tree)
+
+    t = floats[0].shape[1]
+    full = t // chunk
+    grads = tuple(jnp.zeros_like(a) + zero.astype(a.dtype) for a in floats)
+    if t % chunk:  # the last, shorter chunk first, from the carry entering it
+        _, vjp = jax.vjp(lambda c, f: body(c, (f, _tail(ints, chunk))), after(tail_carry),
+                         after(_tail(floats, chunk)))
+        ct_carry, ct_x = vjp((ct_carry, ct_ys[:, full * chunk:]))
+        grads = tuple(jax.lax.dynamic_update_slice_in_dim(g, d.astype(g.dtype), full * chunk, 1)
+                      for g, d in zip(grads, ct_x, strict=True))
+
+    def step(j, loop):
+        ct_carry, grads = loop
+        i = full - 1 - j
+        x = after(tuple(_chunk_at(a, i, chunk) for a in floats))
+        int_chunks = tuple(_chunk_at(a, i, chunk) for a in ints)
+        _, vjp = jax.vjp(lambda c, f: body(c, (f, int_chunks)), after(carries[i]), x)
+        ct_carry, ct_x = vjp((ct_carry, _chunk_at(ct_ys, i, chunk)))
+        grads = tuple(jax.lax.dynamic_update_slice_in_dim(g, d.astype(g.dtype), i * chunk, 1)
+                      for g, d in zip(grads, ct_x, strict=True))
+        return ct_carry, grads
+
+    ct_init, grads = jax.lax.fori_loop(0, full, step, (ct_carry, grads))
+    no_cotangent = tuple(np.zeros(np.shape(a), jax.dtypes.float0) for a in ints)
+    return ct_init, grads, no_cotangent
+
+
+_chunk_scan.defvjp(_chunk_scan_fwd, _chunk_scan_bwd)
+
+
 def _differentiable(a) -> bool:
     return jnp.issubdtype(jnp.result_type(a), jnp.inexact)
 

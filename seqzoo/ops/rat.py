@@ -39,12 +39,22 @@ import jax.numpy as jnp
 
 from seqzoo.ops.attention import valid_positions
 from seqzoo.ops.checks import check_positive_int
+from seqzoo.ops.lean_grad import blockwise
 from seqzoo.ops.rope import apply_rope
 from seqzoo.ops.scan import linear_recurrence
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
 _F32 = jnp.float32
+
+
+def tile_heads(a: Array, heads: int) -> Array:
+    """``a: (..., groups, d)`` -> ``(..., heads, d)``, head ``h`` reading group ``h % groups``
+    (torch's ``repeat``, RAT's grouped q and k); ``a`` itself when it has ``heads`` already."""
+    groups = a.shape[-2]
+    if heads % groups:
+        raise ValueError(f"q and k's {groups} heads must divide the {heads} heads of v")
+    return jnp.tile(a, (1,) * (a.ndim - 2) + (heads // groups, 1))
 
 
 def check_chunk_size(chunk_size) -> None:
@@ -149,9 +159,26 @@ def rat_attention(
     scale: float | None = None,
 ) -> Array:
     """RAT's fast path: ``o: (batch, length, heads, d)`` float32 from ``q, k, v, gate`` (see the
-    module docstring; ``rope``, ``rope_theta``, ``scale`` as ``rat_probs``). The key and value
-    recurrences run as one scan."""
+    module docstring; ``rope``, ``rope_theta``, ``scale`` as ``rat_probs``). ``q, k`` may have
+    fewer heads, ``groups`` dividing ``heads``: head ``h`` reads group ``h % groups`` (the
+    official ``repeat``), tiled inside, so only the groups are kept for the backward pass.
+
+    A ``lean_grad.blockwise`` function of the batch rows, forwards and backwards: autodiff of
+    ``rat_attention_autodiff`` keeps the recurrences' scan levels and the ``(heads, length,
+    length / L)`` scores and probabilities of every row; here they exist for one block of rows
+    at a time (at most ``lean_grad.BLOCK_ELEMENTS`` where the rows allow) and the backward pass
+    keeps only the arguments, recomputing them."""
+    check_chunk_size(chunk_size)
+    return _lean_rat((chunk_size, rope, rope_theta, scale))((q, k, v, gate, mask), ())
+
+
+def rat_attention_autodiff(q, k, v, gate, mask, chunk_size, *, rope=True, rope_theta=10000.0,
+                           scale=None) -> Array:
+    """``rat_attention``'s values with plain autodiff (what its lean backward is tested
+    against): q, k tiled over the heads, the key and value recurrences as one scan, then one
+    softmax per query."""
     options = {"rope": rope, "rope_theta": rope_theta, "scale": scale}
+    q, k = (tile_heads(a, v.shape[2]) for a in (q, k))
     k_tilde, v_tilde = jnp.unstack(
         rat_recurrence(gate, jnp.stack([k, v], 2), mask, chunk_size), axis=2
     )
@@ -159,6 +186,21 @@ def rat_attention(
     v_end = _gather_time(v_tilde, ends)  # (b, n, h, d)
     o = jnp.einsum("bhic,bchd->bihd", p_inter, v_end, precision=_HI)
     return o + jnp.moveaxis(p_self, 1, 2)[..., None] * v_tilde
+
+
+@functools.cache
+def _lean_rat(options: tuple):
+    chunk_size, rope, rope_theta, scale = options
+
+    def fn(rows, _):
+        return rat_attention_autodiff(*rows, chunk_size, rope=rope, rope_theta=rope_theta,
+                                      scale=scale)
+
+    def per_row(rows):  # the larger of the stacked (k, v) states and the scores
+        _, length, heads, d = rows[0].shape
+        return 8 * heads * length * max(2 * d, length // chunk_size)
+
+    return blockwise(fn, forward=True, row_elements=per_row)
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size", "rope", "rope_theta", "scale"))

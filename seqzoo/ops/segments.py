@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -41,3 +42,11 @@ def segment_runs(segment_ids: Array) -> Array:
         [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1
     )
     return jnp.cumsum(change.astype(jnp.int32), axis=1) - 1
+
+
+def entering_runs(runs: Array, chunk: int) -> tuple[Array, Array]:
+    """For a chunked form: ``(runs, entering)``, both ``(batch, length)``; ``entering[t]`` is
+    the segment of the state entering the chunk of ``chunk`` positions that holds ``t``: the
+    segment at the previous chunk's last position (0 in the first chunk)."""
+    starts = np.arange(runs.shape[1]) // chunk * chunk  # the first position of t's chunk
+    return runs, runs[:, np.maximum(starts - 1, 0)] * (starts > 0)

@@ -21,6 +21,7 @@ pass, counted per position and layer from the layer's projections, plus the opti
                + 16 bytes x params              (parameters, gradients, AdamW's two moments)
     factor   = 1 + sum over the layer's linear maps of (in + out) / d_model
                (weight matrices (in, out); short depthwise convolutions: channels in and out)
+               + the widening feature maps' outputs / d_model (Based: ``feature_widths``)
 
 1 for the residual stream (the norm's input); each linear map keeps its input for its weight
 gradient and its output feeds an op that keeps it. A mixer's core (convolution, scan, attention)
@@ -46,6 +47,10 @@ from seqzoo.config import ExperimentConfig, TaskConfig, check_values
 from seqzoo.data import Dataset
 from seqzoo.data.dataset import Split
 from seqzoo.data.tfds_presets import PRESETS, Preset
+from seqzoo.layers.catalog import mixer_entry
+from seqzoo.layers.linear_attention import LinearAttention
+from seqzoo.models.sequence_model import mixer_options
+from seqzoo.ops.feature_maps import feature_size
 from seqzoo.runner.build import Built, check_accumulate, check_lengths, check_mixer_options
 from seqzoo.runner.model import build_model, loss_and_accuracy, per_position
 from seqzoo.runner.optim import make_optimizer
@@ -256,14 +261,34 @@ def projection_widths(block: Any) -> int:
     return total
 
 
+def feature_widths(name: str, options: dict, d_model: int) -> int:
+    """Floats a position of the features a layer's core is computed from, beyond its
+    projections, when a feature map widens them: Based's Taylor map (``seqzoo.ops.feature_maps``)
+    turns each head's ``d``-wide q and k into ``1 + d + d^2`` features, ``phi(q)`` and ``phi(k)``,
+    which the linear-attention op reads and keeps (``2 x heads x (1 + d + d^2)``; twice for a
+    bidirectional layer). 0 for the other mixers and for maps that keep the width (elu, relu:
+    their outputs replace their inputs one for one)."""
+    directions = 2 if name.startswith("bi:") else 1
+    cls = mixer_entry(name.removeprefix("bi:")).cls
+    if not issubclass(cls, LinearAttention):
+        return 0
+    heads = options.get("num_heads", cls.num_heads)
+    key_dim = options.get("key_dim", cls.key_dim) or d_model // heads
+    features = feature_size(options.get("feature_map", cls.feature_map), key_dim)
+    return directions * 2 * heads * features if features > key_dim else 0
+
+
 def activation_factor(built) -> float:
     """Float32 values per position a layer keeps for the backward pass, in units of
-    ``d_model``: ``NORM_WIDTH + projection_widths(block) / d_model``, averaged over the blocks
-    (see the module docstring)."""
+    ``d_model``: ``NORM_WIDTH + (projection_widths(block) + feature_widths) / d_model``,
+    averaged over the blocks (see the module docstring)."""
     params = built.params_shape["params"]
     blocks = [v for k, v in params.items() if k.startswith("block_")]
-    widths = sum(projection_widths(b) for b in blocks) / max(len(blocks), 1)
-    return NORM_WIDTH + widths / built.cfg.model.d_model
+    widths = sum(projection_widths(b) for b in blocks)
+    model, d_model = built.model, built.cfg.model.d_model
+    widths += sum(feature_widths(name, mixer_options(model.mixer_config, name), d_model)
+                  for name in model.layer_mixers())
+    return NORM_WIDTH + widths / max(len(blocks), 1) / d_model
 
 
 def activation_estimate(built) -> int:

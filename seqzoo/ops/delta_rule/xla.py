@@ -21,15 +21,19 @@ Inside a chunk of C positions entered with state ``S_0``, with ``gamma_r = a_1 .
     S_C = gamma_C S_0 + (K * gamma_C / gamma)^T D
 
 so everything inside a chunk is matrix products (``T`` by a log-depth block inversion), and only
-``S`` passes from chunk to chunk (a ``lax.scan`` of two ``(C, dk) x (dk, dv)`` products). Decay
-factors are formed as ``exp`` of a non-positive difference of cumulative log decays, masked
-before the ``exp``; a segment start zeroes ``Gamma`` across it, as if ``a_t = 0`` there.
+``S`` passes from chunk to chunk (a ``lax.scan`` over chunks whose backward pass recomputes each
+chunk from its inputs and entering state). Decay factors are formed as ``exp`` of a non-positive
+difference of cumulative log decays, masked before the ``exp``; a segment start
+zeroes ``Gamma`` across it, as if ``a_t = 0`` there.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from seqzoo.ops.lean_grad import chunk_scan
+from seqzoo.ops.segments import entering_runs
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
@@ -70,10 +74,11 @@ def sequential(q, k, v, beta, g, s0, runs):
 # ---- the UT transform ---------------------------------------------------------------------------
 def _diagonal_blocks(a: Array, size: int) -> Array:
     """The ``size x size`` blocks on the diagonal of ``a: (..., n, n)``: ``(..., n // size,
-    size, size)``."""
+    size, size)``. (A product with the identity rather than ``jnp.diagonal``, whose backward
+    pass scatters into a zeros constant that XLA allocates once for the whole step.)"""
     m = a.shape[-1] // size
     blocks = a.reshape(a.shape[:-2] + (m, size, m, size))
-    return jnp.moveaxis(jnp.diagonal(blocks, axis1=-4, axis2=-2), -1, -3)
+    return _mm("...ipjq,ij->...ipq", blocks, jnp.eye(m, dtype=a.dtype))
 
 
 def unit_lower_inverse(a: Array) -> Array:
@@ -96,7 +101,7 @@ def unit_lower_inverse(a: Array) -> Array:
         inv11, inv22 = pairs[..., 0, :, :], pairs[..., 1, :, :]
         a21 = _diagonal_blocks(a, 2 * size)[..., size:, :size]
         inv21 = -_mm("...ij,...jk,...kl->...il", inv22, a21, inv11)
-        top = jnp.concatenate([inv11, jnp.zeros_like(inv11)], axis=-1)
+        top = jnp.pad(inv11, [(0, 0)] * (inv11.ndim - 1) + [(0, size)])  # no zeros constant
         inverse = jnp.concatenate([top, jnp.concatenate([inv21, inv22], axis=-1)], axis=-2)
         size *= 2
     return inverse[..., 0, :c, :c]
@@ -105,51 +110,50 @@ def unit_lower_inverse(a: Array) -> Array:
 # ---- the chunked form ---------------------------------------------------------------------------
 def chunked(q, k, v, beta, g, s0, runs, chunk_size):
     """All outputs ``(b, t, h, dv)`` and the final state by the chunked WY form (module
-    docstring); any ``t`` (the last chunk is padded with identity steps: ``b = g = 0``)."""
-    b, t, h, _ = q.shape
-    c = min(chunk_size, t)
-    n = -(-t // c)
-    pad = n * c - t
+    docstring); any ``t`` (the last chunk is padded with identity steps: ``b = g = 0``).
 
-    def blocks(a):  # (b, t, h, ...) -> (b, n, h, c, ...), zero padded
-        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
-        return jnp.moveaxis(a.reshape((b, n, c) + a.shape[2:]), 2, 3)
+    One scan step per chunk (``seqzoo.ops.lean_grad.chunk_scan``): the backward pass keeps
+    only the inputs and the state entering each chunk, ``(n, b, h, dk, dv)``, and recomputes a
+    chunk's ``(C, C)`` matrices (``Gamma``, ``T``, the scores) and its ``U, W, D`` when it
+    reaches it.
+    """
+    c = min(chunk_size, q.shape[1])
+    s_final, o = chunk_scan(_chunk, s0, (q, k, v, beta, g), entering_runs(runs, c), chunk=c)
+    return o, s_final
 
-    qc, kc, vc, bc, gc = (blocks(a) for a in (q, k, v, beta, g))
-    rc = jnp.pad(runs, ((0, 0), (0, pad)), mode="edge").reshape(b, n, 1, c)  # run per position
-    run_end = rc[..., -1:]  # (b, n, 1, 1): the run at each chunk's end
-    run_before = jnp.pad(run_end[:, :-1], ((0, 0), (1, 0), (0, 0), (0, 0)))  # entering it
 
-    cum = jnp.cumsum(gc, axis=-1)  # log gamma_r, (b, n, h, c)
+def _chunk(s, inputs):
+    """One chunk entered with state ``s: (b, h, dk, dv)``: ``(S after it, o: (b, c, h, dv))``.
+
+    q, k ``(b, c, h, dk)``, v ``(b, c, h, dv)``, beta, g ``(b, c, h)``; rc ``(b, c)`` the run of
+    each position, entering ``(b, c)`` the run the state ``s`` belongs to (at every position)."""
+    (q, k, v, beta, g), (rc, entering) = inputs
+    rc, run_before = rc[:, None], entering[:, None, :1]  # (b, 1, c), (b, 1, 1)
+    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # (b, h, c, d): heads first
+    beta, g = jnp.swapaxes(beta, 1, 2), jnp.swapaxes(g, 1, 2)
+    c = q.shape[-2]
+    run_end = rc[..., -1:]  # (b, 1, 1)
+    cum = jnp.cumsum(g, axis=-1)  # log gamma_r, (b, h, c)
     causal = jnp.tril(jnp.ones((c, c), bool))
     linked = causal & (rc[..., :, None] == rc[..., None, :])  # i <= r in one segment
     diff = jnp.where(linked, cum[..., :, None] - cum[..., None, :], 0.0)
-    gamma_ri = jnp.where(linked, jnp.exp(diff), 0.0)  # Gamma[r, i], (b, n, h, c, c)
+    gamma_ri = jnp.where(linked, jnp.exp(diff), 0.0)  # Gamma[r, i], (b, h, c, c)
     from_start = jnp.where(rc == run_before, jnp.exp(cum), 0.0)  # gamma_r; 0 after a reset
     to_end = jnp.where(rc == run_end, jnp.exp(cum[..., -1:] - cum), 0.0)  # gamma_C / gamma_i
     total = jnp.where(run_end == run_before, jnp.exp(cum[..., -1:]), 0.0)[..., None]  # gamma_C
 
     strict = gamma_ri * (1.0 - jnp.eye(c, dtype=gamma_ri.dtype))
-    a = bc[..., :, None] * strict * _mm("...rd,...id->...ri", kc, kc)
-    ut = unit_lower_inverse(a)  # T, (b, n, h, c, c)
-    u = _mm("...ri,...iv->...rv", ut, bc[..., None] * vc)
-    w = _mm("...ri,...id->...rd", ut, (bc * from_start)[..., None] * kc)
-    k_to_end = kc * to_end[..., None]
+    a = beta[..., :, None] * strict * _mm("...rd,...id->...ri", k, k)
+    ut = unit_lower_inverse(a)  # T, (b, h, c, c)
+    u = _mm("...ri,...iv->...rv", ut, beta[..., None] * v)
+    w = _mm("...ri,...id->...rd", ut, (beta * from_start)[..., None] * k)
+    d = u - _mm("bhrd,bhdv->bhrv", w, s)
 
-    def carry(s, inputs):  # s: the state entering the chunk, (b, h, dk, dv)
-        u_c, w_c, k_c, total_c = inputs
-        d = u_c - _mm("bhrd,bhdv->bhrv", w_c, s)
-        return total_c * s + _mm("bhrd,bhrv->bhdv", k_c, d), (s, d)
-
-    xs = tuple(jnp.moveaxis(x, 1, 0) for x in (u, w, k_to_end, total))
-    s_final, (s_before, d) = jax.lax.scan(carry, s0, xs)
-    s_before, d = jnp.moveaxis(s_before, 0, 1), jnp.moveaxis(d, 0, 1)
-
-    scores = _mm("...rd,...id->...ri", qc, kc) * gamma_ri
-    o = _mm("...rd,...dv->...rv", qc * from_start[..., None], s_before)
+    scores = _mm("...rd,...id->...ri", q, k) * gamma_ri
+    o = _mm("...rd,...dv->...rv", q * from_start[..., None], s)
     o = o + _mm("...ri,...iv->...rv", scores, d)
-    o = jnp.moveaxis(o, 3, 2).reshape(b, n * c, h, -1)[:, :t]
-    return o, s_final
+    s = total * s + _mm("bhrd,bhrv->bhdv", k * to_end[..., None], d)
+    return s, jnp.swapaxes(o, 1, 2)
 
 
 # ---- the dense mixing matrix --------------------------------------------------------------------

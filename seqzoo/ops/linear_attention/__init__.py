@@ -95,7 +95,7 @@ def _xla_forms(q, k, v, log_decay, initial_state, *, impl: str, scale: float, ch
     qf, kf, vf = (a.astype(jnp.float32) for a in (q, k, v))
     runs = segment_index(segment_ids, b, t)  # segment index, 0 for the first
     if impl == "chunked":
-        o, s_final = xla.chunked(qf * scale, kf, vf, g, s0, runs, chunk_size)
+        o, s_final = xla.chunked(qf, kf, vf, g, s0, runs, chunk_size, scale)
     else:
         form = {"parallel": xla.parallel, "sequential": reference.sequential}[impl]
         o, s_final = form(qf * scale, kf, vf, g, s0, runs)

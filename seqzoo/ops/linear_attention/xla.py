@@ -1,19 +1,26 @@
 """Linear attention's XLA forms: the quadratic (parallel) form and the chunked one.
 
-Both take float32 ``q`` (already scaled), ``k``, ``v``, per-key log decays ``g`` (last axis dk or
-1), the initial state ``s0`` and ``runs``, the segment index of each position (packed sequences,
-``seqzoo.ops.segments.segment_index``), and return ``(o, S_T)``. Decay factors are only ever
-formed as ``exp`` of a non-positive difference of cumulative sums taken inside a chunk (masked
-before the ``exp``), so tiny decays underflow to zero instead of overflowing.
+Both take float32 ``q`` (already scaled; ``chunked`` scales it itself), ``k``, ``v``, per-key log
+decays ``g`` (last axis dk or 1), the initial state ``s0`` and ``runs``, the segment index of each
+position (packed sequences, ``seqzoo.ops.segments.segment_index``), and return ``(o, S_T)``.
+Decay factors are only ever formed as ``exp`` of a non-positive difference of cumulative sums
+taken inside a chunk (masked before the ``exp``), so tiny decays underflow to zero instead of
+overflowing.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
+from seqzoo.ops.lean_grad import chunk_scan
+from seqzoo.ops.segments import entering_runs
+
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
+PER_KEY_CHUNK = 16  # the longest chunk of the chunked form with a per-key decay (GLA)
 
 
 def decay_per_key(log_decay: Array | None, q: Array) -> Array:
@@ -57,45 +64,49 @@ def parallel(q, k, v, g, s0, runs):
     return o, s_final
 
 
-def chunked(q, k, v, g, s0, runs, chunk_size):
+def chunked(q, k, v, g, s0, runs, chunk_size, scale=1.0):
     """Lightning-2 / GLA: the quadratic form inside chunks of ``chunk_size``, the state passed
-    over chunk boundaries (any length: padded with identity steps)."""
-    b, t, h, dk = q.shape
-    c = min(chunk_size, t)
-    n = -(-t // c)
-    pad = n * c - t
+    over chunk boundaries (any length: padded with identity steps).
 
-    def blocks(a):  # (b, t, h, d) -> (b, n, c, h, d); padding: q=k=v=0, g=0 (identity step)
-        a = jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0)))
-        return a.reshape(b, n, c, h, a.shape[-1])
-
-    qc, kc, vc, gc = blocks(q), blocks(k), blocks(v), blocks(g)
-    rc = jnp.pad(runs, ((0, 0), (0, pad)), mode="edge").reshape(b, n, c)  # segment per position
-    cum = jnp.cumsum(gc, axis=2)  # G within each chunk, (b, n, c, h, d)
-    total = cum[:, :, -1]  # (b, n, h, d): log decay across the whole chunk
-    run_end = rc[:, :, -1]  # segment at each chunk's end, (b, n)
-    run_before = jnp.pad(run_end[:, :-1], ((0, 0), (1, 0)))  # at the previous chunk's end
-
-    # intra-chunk: the quadratic form on each block, within a segment
-    same = (rc[..., :, None] == rc[..., None, :])[:, :, None]  # (b, n, 1, c, c)
-    scores = _decayed_scores(qc, kc, _decay_matrix(cum)) * same  # (b, n, h, c, c)
-    o_intra = jnp.einsum("bnhij,bnjhv->bnihv", scores, vc, precision=_HI)
-
-    # inter-chunk: pass the state S over chunk boundaries, cut where a segment starts
-    in_end_run = (rc == run_end[..., None])[..., None, None]
-    k_to_end = kc * jnp.exp(total[:, :, None] - cum) * in_end_run  # exp(G_end - G_j) <= 1
-    local = jnp.einsum("bnjhd,bnjhv->bnhdv", k_to_end, vc, precision=_HI)
-    keep = (run_end == run_before)[..., None, None]  # (b, n, 1, 1): no segment start inside
-
-    def carry(s, inputs):
-        local_c, total_c, keep_c = inputs
-        return keep_c[..., None] * jnp.exp(total_c)[..., None] * s + local_c, s
-
-    xs = (local, total, keep)
-    s_final, s_before = jax.lax.scan(carry, s0, tuple(jnp.moveaxis(a, 1, 0) for a in xs))
-    s_before = jnp.moveaxis(s_before, 0, 1)  # (b, n, h, dk, dv): state entering each chunk
-    in_first_run = (rc == run_before[..., None])[..., None, None]
-    q_from_start = qc * jnp.exp(cum) * in_first_run
-    o_inter = jnp.einsum("bnihd,bnhdv->bnihv", q_from_start, s_before, precision=_HI)
-    o = (o_intra + o_inter).reshape(b, n * c, h, -1)[:, :t]
+    One scan step per chunk (``seqzoo.ops.lean_grad.chunk_scan``): the backward pass keeps
+    only the inputs and the state entering each chunk, ``(n, b, h, dk, dv)``, and recomputes a
+    chunk's ``(C, C)`` scores (``(dk, C, C)`` decays with a per-key decay) when it reaches it;
+    the forward pass holds one chunk's at a time. With a per-key decay the chunk is at most
+    ``PER_KEY_CHUNK``: its ``(dk, C, C)`` decays are ``dk C`` floats a position, ``C`` times
+    the keys' size (GLA's secondary chunking, without its ``exp(G_ref - G_j)`` factors that can
+    overflow). ``q`` is scaled by ``scale`` chunk by chunk (so the ``q`` kept is the caller's).
+    """
+    t = q.shape[1]
+    c = min(chunk_size, t, PER_KEY_CHUNK if g.shape[-1] > 1 else t)
+    body = functools.partial(_chunk, scale=scale)
+    s_final, o = chunk_scan(body, s0, (q, k, v, g), entering_runs(runs, c), chunk=c)
     return o, s_final
+
+
+def _chunk(s, inputs, *, scale: float):
+    """One chunk entered with state ``s: (b, h, dk, dv)``: ``(S after it, o: (b, c, h, dv))``.
+
+    q, k ``(b, c, h, dk)``, v ``(b, c, h, dv)``, g ``(b, c, h, dk|1)``, rc ``(b, c)`` the segment
+    of each position, entering ``(b, c)`` the segment the state ``s`` belongs to (at every
+    position)."""
+    (q, k, v, g), (rc, entering) = inputs
+    run_before = entering[:, 0]
+    q = q * scale
+    cum = jnp.cumsum(g, axis=1)  # G within the chunk, (b, c, h, d)
+    total = cum[:, -1]  # (b, h, d): log decay across the whole chunk
+    run_end = rc[:, -1]  # (b,)
+
+    # intra-chunk: the quadratic form, within a segment
+    same = (rc[:, :, None] == rc[:, None, :])[:, None]  # (b, 1, c, c)
+    scores = _decayed_scores(q, k, _decay_matrix(cum)) * same  # (b, h, c, c)
+    o = jnp.einsum("bhij,bjhv->bihv", scores, v, precision=_HI)
+
+    # inter-chunk: the state entering the chunk reaches its first segment only
+    q_from_start = q * jnp.exp(cum) * (rc == run_before[:, None])[..., None, None]
+    o = o + jnp.einsum("bihd,bhdv->bihv", q_from_start, s, precision=_HI)
+
+    # the state leaving it: cut where a segment starts inside the chunk
+    k_to_end = k * jnp.exp(total[:, None] - cum) * (rc == run_end[:, None])[..., None, None]
+    keep = (run_end == run_before)[:, None, None, None]
+    s = keep * jnp.exp(total)[..., None] * s
+    return s + jnp.einsum("bjhd,bjhv->bhdv", k_to_end, v, precision=_HI), o
