@@ -1,5 +1,5 @@
 """Lean backward passes of the chunked mixers (issue 22): linear attention and the delta rule
-(``lean_grad.chunk_scan``: one checkpointed scan step per chunk), RAT and H3
+(``lean_grad.chunkwise``: one checkpointed scan step per chunk), RAT and H3
 (``lean_grad.blockwise`` over batch rows). Every gradient separately against plain autodiff of
 an independent form, and the compiled backward's memory against a bound the old forms exceeded.
 """

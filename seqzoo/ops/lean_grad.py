@@ -139,109 +139,6 @@ def blockwise(
     return lean
 
 
-def chunk_scan(
-    body: Callable[[Any, Any], tuple[Any, Any]],
-    init: Any,
-    floats: tuple[Array, ...],
-    ints: tuple[Array, ...],
-    *,
-    chunk: int,
-) -> tuple[Any, Array]:
-    """A chunked sequence op's loop over chunks whose backward pass keeps only its arguments
-    and the carry entering each chunk.
-
-    ``floats`` and ``ints`` (segment indices, say): arrays ``(batch, t, ...)``, cut into chunks
-    of ``chunk`` positions along axis 1 (the last one shorter when ``chunk`` does not divide
-    ``t``). ``body(carry, (float_chunks, int_chunks)) -> (carry, y)`` is one chunk, ``y:
-    (batch, chunk, ...)``. Returns ``(final carry, ys: (batch, t, ...))``.
-
-    The chunk's intermediates (scores, decays, ...) exist for one chunk at a time in both
-    passes: a custom VJP keeps ``floats``, ``ints`` and the carries entering the chunks
-    (``(t // chunk, *carry.shape)`` and the shorter last one's); its backward pass is a loop
-    from the last chunk to the first that slices each chunk out of the arguments, recomputes
-    its VJP and writes its cotangents in place (no padded or chunk-major copies; the loop's
-    accumulators wait for the cotangent, see ``_zero_after``, so XLA cannot move the
-    recomputation forward). ``body`` must not close
-    over traced values. The cost is one more forward pass of ``body``.
-    """
-    return _chunk_scan(body, chunk, init, tuple(floats), tuple(ints))
-
-
-def _chunk_at(a: Array, i, chunk: int) -> Array:
-    return jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk, axis=1)
-
-
-def _tail(arrays, chunk: int):
-    """The last, shorter chunk of each array (``t % chunk`` positions)."""
-    return tuple(a[:, a.shape[1] - a.shape[1] % chunk:] for a in arrays)
-
-
-def _chunk_scan_forward(body, chunk, init, floats, ints):
-    t = floats[0].shape[1]
-
-    def step(carry, i):
-        x = tuple(tuple(_chunk_at(a, i, chunk) for a in group) for group in (floats, ints))
-        new, y = body(carry, x)
-        return new, (y, carry)
-
-    final, (ys, carries) = jax.lax.scan(step, init, jnp.arange(t // chunk))
-    ys = jnp.moveaxis(ys, 0, 1)
-    ys = [ys.reshape((ys.shape[0], -1) + ys.shape[3:])]
-    tail_carry = final  # entering the shorter last chunk
-    if t % chunk:
-        final, y = body(final, (_tail(floats, chunk), _tail(ints, chunk)))
-        ys.append(y)
-    return (final, jnp.concatenate(ys, axis=1) if len(ys) > 1 else ys[0]), (carries, tail_carry)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _chunk_scan(body, chunk, init, floats, ints):
-    return _chunk_scan_forward(body, chunk, init, floats, ints)[0]
-
-
-def _chunk_scan_fwd(body, chunk, init, floats, ints):
-    out, (carries, tail_carry) = _chunk_scan_forward(body, chunk, init, floats, ints)
-    return out, (floats, ints, carries, tail_carry if floats[0].shape[1] % chunk else None)
-
-
-def _chunk_scan_bwd(body, chunk, residuals, cotangents):
-    floats, ints, carries, tail_carry = residuals
-    ct_carry, ct_ys = cotangents
-    zero = _zero_after(ct_ys)  # not the final carry's: often unused, a constant zero
-
-    def after(tree):  # a chunk's inputs, made to wait for the cotangent: with one chunk (the
-        # loop unrolled), XLA would otherwise merge the recomputation with the forward pass
-        return jax.tree.map(lambda a: a + zero.astype(a.dtype), tree)
-
-    t = floats[0].shape[1]
-    full = t // chunk
-    grads = tuple(jnp.zeros_like(a) + zero.astype(a.dtype) for a in floats)
-    if t % chunk:  # the last, shorter chunk first, from the carry entering it
-        _, vjp = jax.vjp(lambda c, f: body(c, (f, _tail(ints, chunk))), after(tail_carry),
-                         after(_tail(floats, chunk)))
-        ct_carry, ct_x = vjp((ct_carry, ct_ys[:, full * chunk:]))
-        grads = tuple(jax.lax.dynamic_update_slice_in_dim(g, d.astype(g.dtype), full * chunk, 1)
-                      for g, d in zip(grads, ct_x, strict=True))
-
-    def step(j, loop):
-        ct_carry, grads = loop
-        i = full - 1 - j
-        x = after(tuple(_chunk_at(a, i, chunk) for a in floats))
-        int_chunks = tuple(_chunk_at(a, i, chunk) for a in ints)
-        _, vjp = jax.vjp(lambda c, f: body(c, (f, int_chunks)), after(carries[i]), x)
-        ct_carry, ct_x = vjp((ct_carry, _chunk_at(ct_ys, i, chunk)))
-        grads = tuple(jax.lax.dynamic_update_slice_in_dim(g, d.astype(g.dtype), i * chunk, 1)
-                      for g, d in zip(grads, ct_x, strict=True))
-        return ct_carry, grads
-
-    ct_init, grads = jax.lax.fori_loop(0, full, step, (ct_carry, grads))
-    no_cotangent = tuple(np.zeros(np.shape(a), jax.dtypes.float0) for a in ints)
-    return ct_init, grads, no_cotangent
-
-
-_chunk_scan.defvjp(_chunk_scan_fwd, _chunk_scan_bwd)
-
-
 def _differentiable(a) -> bool:
     return jnp.issubdtype(jnp.result_type(a), jnp.inexact)
 
@@ -293,48 +190,41 @@ def chunkwise(fn: Callable[[Any, Any, Any], tuple[Any, Any]], chunk: int):
     """``fn(rows, shared, state) -> (out, state)``, a causal op on one chunk of a sequence, as the
     op on the whole sequence: ``lean(rows, shared, state) -> (out, final state)``.
 
-    rows: arrays ``(batch, steps, ...)`` (None and integer leaves allowed), cut along axis 1;
-    shared: anything else (parameters); state: the state entering the chunk (a float array or
-    tree of them); out: arrays ``(batch, steps, ...)``. ``fn`` must carry all it needs across
-    steps in ``state``, so that running the chunks one after the other gives the op's result.
+    rows: arrays ``(batch, steps, ...)`` (None and integer leaves allowed: segment indices, say),
+    cut along axis 1; shared: anything else (parameters); state: the state entering the chunk (a
+    float array or tree of them); out: arrays ``(batch, steps, ...)``. ``fn`` must carry all it
+    needs across steps in ``state``, so that running the chunks one after the other gives the
+    op's result, and must not close over traced values.
 
     Forward: a ``lax.scan`` over the ``length // chunk`` whole chunks (then ``fn`` once on a
-    shorter last chunk), keeping the state entering each. Backward (a ``custom_vjp``): a reverse
-    scan that recomputes each chunk from its entering state and takes ``fn``'s VJP there, the
-    state's cotangent carried to the chunk before. Kept between the passes: the arguments and
-    ``length / chunk`` states; a scan's per-step states (or a chunked form's scores) exist for
-    one chunk at a time, in both passes. The cost is one more forward pass of ``fn``; gradients
-    equal autodiff's up to float rounding (``shared``'s summed over the chunks).
+    shorter last chunk), keeping the state entering each. Backward (a ``custom_vjp``): a loop
+    from the last chunk to the first that slices the chunk out of the arguments, recomputes it
+    from its entering state, takes ``fn``'s VJP there and writes the rows' cotangents in place
+    (no chunk-major copies), the state's cotangent carried to the chunk before. Kept between
+    the passes: the arguments and ``length / chunk`` states; a scan's per-step states (or a
+    chunked form's scores) exist for one chunk at a time, in both passes. The loop's
+    accumulators and each recomputed chunk's inputs wait for the output's cotangent
+    (``_zero_after``; not the final state's, often an unused constant zero), so XLA cannot
+    move the recomputation into the forward pass (it did with one chunk, the loop unrolled).
+    The cost is one more forward pass of ``fn``; gradients equal autodiff's up to float
+    rounding (``shared``'s summed over the chunks).
     """
 
-    def cut(rows, start: int | Array, size: int):
-        return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size, axis=1), rows)
-
-    def merge(stacked):  # (chunks, batch, chunk, ...) -> (batch, chunks * chunk, ...)
-        return jax.tree.map(
-            lambda a: jnp.moveaxis(a, 0, 1).reshape((a.shape[1], -1) + a.shape[3:]), stacked)
-
-    def join(first, last):
-        if first is None:
-            return last
-        if last is None:
-            return first
-        return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), first, last)
-
     def forward_pass(rows, shared, state):
-        whole, tail = divmod(jax.tree.leaves(rows)[0].shape[1], chunk)
+        whole, tail = divmod(_steps(rows), chunk)
         outs = entering = out_tail = None
         if whole:
             def body(state, i):
-                out, new = fn(cut(rows, i * chunk, chunk), shared, state)
+                out, new = fn(_cut(rows, i * chunk, chunk), shared, state)
                 return new, (out, state)
 
             state, (outs, entering) = jax.lax.scan(body, state, jnp.arange(whole))
-            outs = merge(outs)
+            outs = jax.tree.map(  # (chunks, batch, chunk, ...) -> (batch, chunks * chunk, ...)
+                lambda a: jnp.moveaxis(a, 0, 1).reshape((a.shape[1], -1) + a.shape[3:]), outs)
         last = state
         if tail:
-            out_tail, state = fn(cut(rows, whole * chunk, tail), shared, state)
-        return (join(outs, out_tail), state), (entering, last)
+            out_tail, state = fn(_cut(rows, whole * chunk, tail), shared, state)
+        return (_join(outs, out_tail), state), (entering, last)
 
     @jax.custom_vjp
     def call(rows, shared, state):
@@ -347,37 +237,60 @@ def chunkwise(fn: Callable[[Any, Any, Any], tuple[Any, Any]], chunk: int):
     def bwd(residuals, g):
         rows, shared, (entering, last) = residuals
         g_out, g_state = g
-        whole, tail = divmod(jax.tree.leaves(rows)[0].shape[1], chunk)
+        zero = _zero_after(g_out)
+
+        def after(tree):  # floats made to wait for the cotangent
+            return jax.tree.map(lambda a: a + zero.astype(a.dtype), tree)
+
+        whole, tail = divmod(_steps(rows), chunk)
         floats, rebuild, cotangents = _float_leaves(rows)
 
-        def chunk_vjp(start, size, state, g_state):
-            part = cut(floats, start, size)
+        def chunk_vjp(start, size, state, g_state, grads, d_shared):
+            part = after(_cut(floats, start, size))
 
             def of_floats(part_floats, shared, state):
-                return fn(rebuild(part_floats, cut(rows, start, size)), shared, state)
+                return fn(rebuild(part_floats, _cut(rows, start, size)), shared, state)
 
-            _, vjp = jax.vjp(of_floats, part, shared, state)
-            return vjp((cut(g_out, start, size), g_state))
+            _, vjp = jax.vjp(of_floats, part, shared, after(state))
+            d_part, ds, g_state = vjp((_cut(g_out, start, size), g_state))
+            grads = jax.tree.map(
+                lambda acc, d: jax.lax.dynamic_update_slice_in_dim(acc, d.astype(acc.dtype),
+                                                                   start, 1), grads, d_part)
+            return g_state, grads, _map_float(jnp.add, d_shared, ds)
 
-        d_shared = _float_zeros(shared, _zero_after(g))
-        d_tail = d_whole = None
+        grads = after(jax.tree.map(jnp.zeros_like, floats))
+        d_shared = _float_zeros(shared, zero)
         if tail:
-            d_tail, ds, g_state = chunk_vjp(whole * chunk, tail, last, g_state)
-            d_shared = _map_float(jnp.add, d_shared, ds)
+            g_state, grads, d_shared = chunk_vjp(whole * chunk, tail, last, g_state, grads,
+                                                 d_shared)
         if whole:
-            def body(carry, xs):
-                g_state, d_shared = carry
-                i, state = xs
-                d_part, ds, g_state = chunk_vjp(i * chunk, chunk, state, g_state)
-                return (g_state, _map_float(jnp.add, d_shared, ds)), d_part
+            def step(j, loop):
+                i = whole - 1 - j
+                state = jax.tree.map(lambda a: a[i], entering)
+                return chunk_vjp(i * chunk, chunk, state, *loop)
 
-            (g_state, d_shared), d_whole = jax.lax.scan(
-                body, (g_state, d_shared), (jnp.arange(whole), entering), reverse=True)
-            d_whole = merge(d_whole)
-        return cotangents(join(d_whole, d_tail)), _cotangents(d_shared, shared), g_state
+            g_state, grads, d_shared = jax.lax.fori_loop(0, whole, step,
+                                                         (g_state, grads, d_shared))
+        return cotangents(grads), _cotangents(d_shared, shared), g_state
 
     call.defvjp(fwd, bwd)
     return call
+
+
+def _steps(rows) -> int:
+    return jax.tree.leaves(rows)[0].shape[1]
+
+
+def _cut(rows, start: int | Array, size: int):
+    """Positions ``start`` to ``start + size`` (axis 1) of every leaf of ``rows``."""
+    return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size, axis=1), rows)
+
+
+def _join(first, last):
+    """``first`` and ``last`` concatenated along axis 1, either possibly None."""
+    if first is None or last is None:
+        return last if first is None else first
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), first, last)
 
 
 def _float_leaves(tree):

@@ -32,7 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seqzoo.ops.lean_grad import chunk_scan
+from seqzoo.ops.lean_grad import chunkwise
 from seqzoo.ops.segments import entering_runs
 
 Array = jax.Array
@@ -112,18 +112,17 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
     """All outputs ``(b, t, h, dv)`` and the final state by the chunked WY form (module
     docstring); any ``t`` (the last chunk is padded with identity steps: ``b = g = 0``).
 
-    One scan step per chunk (``seqzoo.ops.lean_grad.chunk_scan``): the backward pass keeps
+    One scan step per chunk (``seqzoo.ops.lean_grad.chunkwise``): the backward pass keeps
     only the inputs and the state entering each chunk, ``(n, b, h, dk, dv)``, and recomputes a
     chunk's ``(C, C)`` matrices (``Gamma``, ``T``, the scores) and its ``U, W, D`` when it
     reaches it.
     """
     c = min(chunk_size, q.shape[1])
-    s_final, o = chunk_scan(_chunk, s0, (q, k, v, beta, g), entering_runs(runs, c), chunk=c)
-    return o, s_final
+    return chunkwise(_chunk, c)(((q, k, v, beta, g), entering_runs(runs, c)), (), s0)
 
 
-def _chunk(s, inputs):
-    """One chunk entered with state ``s: (b, h, dk, dv)``: ``(S after it, o: (b, c, h, dv))``.
+def _chunk(inputs, shared, s):
+    """One chunk entered with state ``s: (b, h, dk, dv)``: ``(o: (b, c, h, dv), S after it)``.
 
     q, k ``(b, c, h, dk)``, v ``(b, c, h, dv)``, beta, g ``(b, c, h)``; rc ``(b, c)`` the run of
     each position, entering ``(b, c)`` the run the state ``s`` belongs to (at every position)."""
@@ -153,7 +152,7 @@ def _chunk(s, inputs):
     o = _mm("...rd,...dv->...rv", q * from_start[..., None], s)
     o = o + _mm("...ri,...iv->...rv", scores, d)
     s = total * s + _mm("bhrd,bhrv->bhdv", k * to_end[..., None], d)
-    return s, jnp.swapaxes(o, 1, 2)
+    return jnp.swapaxes(o, 1, 2), s
 
 
 # ---- the dense mixing matrix --------------------------------------------------------------------

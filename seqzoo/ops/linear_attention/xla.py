@@ -15,7 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from seqzoo.ops.lean_grad import chunk_scan
+from seqzoo.ops.lean_grad import chunkwise
 from seqzoo.ops.segments import entering_runs
 
 Array = jax.Array
@@ -68,7 +68,7 @@ def chunked(q, k, v, g, s0, runs, chunk_size, scale=1.0):
     """Lightning-2 / GLA: the quadratic form inside chunks of ``chunk_size``, the state passed
     over chunk boundaries (any length: padded with identity steps).
 
-    One scan step per chunk (``seqzoo.ops.lean_grad.chunk_scan``): the backward pass keeps
+    One scan step per chunk (``seqzoo.ops.lean_grad.chunkwise``): the backward pass keeps
     only the inputs and the state entering each chunk, ``(n, b, h, dk, dv)``, and recomputes a
     chunk's ``(C, C)`` scores (``(dk, C, C)`` decays with a per-key decay) when it reaches it;
     the forward pass holds one chunk's at a time. With a per-key decay the chunk is at most
@@ -78,13 +78,12 @@ def chunked(q, k, v, g, s0, runs, chunk_size, scale=1.0):
     """
     t = q.shape[1]
     c = min(chunk_size, t, PER_KEY_CHUNK if g.shape[-1] > 1 else t)
-    body = functools.partial(_chunk, scale=scale)
-    s_final, o = chunk_scan(body, s0, (q, k, v, g), entering_runs(runs, c), chunk=c)
-    return o, s_final
+    lean = chunkwise(functools.partial(_chunk, scale=scale), c)
+    return lean(((q, k, v, g), entering_runs(runs, c)), (), s0)
 
 
-def _chunk(s, inputs, *, scale: float):
-    """One chunk entered with state ``s: (b, h, dk, dv)``: ``(S after it, o: (b, c, h, dv))``.
+def _chunk(inputs, shared, s, *, scale: float):
+    """One chunk entered with state ``s: (b, h, dk, dv)``: ``(o: (b, c, h, dv), S after it)``.
 
     q, k ``(b, c, h, dk)``, v ``(b, c, h, dv)``, g ``(b, c, h, dk|1)``, rc ``(b, c)`` the segment
     of each position, entering ``(b, c)`` the segment the state ``s`` belongs to (at every
@@ -109,4 +108,4 @@ def _chunk(s, inputs, *, scale: float):
     k_to_end = k * jnp.exp(total[:, None] - cum) * (rc == run_end[:, None])[..., None, None]
     keep = (run_end == run_before)[:, None, None, None]
     s = keep * jnp.exp(total)[..., None] * s
-    return s + jnp.einsum("bjhd,bjhv->bhdv", k_to_end, v, precision=_HI), o
+    return o, s + jnp.einsum("bjhd,bjhv->bhdv", k_to_end, v, precision=_HI)
