@@ -141,9 +141,10 @@ RELATIVE_NAME = RelativeName()
 
 def setting(default: Any, domain: Any, *, factory: bool = False):
     """A dataclass field whose values lie in ``domain``, with ``default`` (with ``factory``: a
-    function making the default, for mutable values)."""
+    function making the default, for mutable values, which are left out of the config's hash
+    so that frozen configs stay hashable; equality still compares them)."""
     if factory:
-        return dataclasses.field(default_factory=default, metadata={"domain": domain})
+        return dataclasses.field(default_factory=default, hash=False, metadata={"domain": domain})
     return dataclasses.field(default=default, metadata={"domain": domain})
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from seqzoo.cli import main
-from seqzoo.config import ExperimentConfig, apply_overrides, check_values
+from seqzoo.config import ExperimentConfig, TaskConfig, apply_overrides, check_values
 from seqzoo.domains import ANY, Range, domain_of
 from seqzoo.models import MLP, SequenceModel
 from seqzoo.runner.build import check_config
@@ -182,3 +182,11 @@ def test_sequence_model_refuses_plain_options_beside_per_mixer_tables():
 def test_mlp_of_width_zero_is_refused():
     with pytest.raises(ValueError, match="mlp_ratio=0.1 gives the glu MLP of d_model=8 a hidden"):
         MLP(8, "glu", 0.1).init(jax.random.PRNGKey(0), jnp.zeros((1, 8)))
+
+
+def test_configs_with_mutable_settings_stay_hashable():
+    """Frozen configs are hashed (e.g. a set of task configs); a dict setting must not break it."""
+    plain = TaskConfig(name="tfds")
+    mapped = TaskConfig(name="tfds", splits={"val": "train[95%:]"})
+    assert len({plain, mapped, TaskConfig(name="tfds")}) == 2
+    assert hash(mapped) == hash(TaskConfig(name="tfds", splits={"val": "train[95%:]"}))
