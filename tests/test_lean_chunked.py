@@ -67,7 +67,6 @@ def test_linear_attention_every_gradient(decay, dtype):
     if decay != "none":
         inputs["g"] = -np.log1p(np.exp(_normal(rng, b, t, h, dk if decay == "key" else 1)))
     runs = jnp.asarray(_runs(b, t))
-    np_dtype, tol = DTYPES[dtype]
 
     def form(chunked):
         def run(q, k, v, s0, g=None):
@@ -77,12 +76,18 @@ def test_linear_attention_every_gradient(decay, dtype):
             return la_reference.sequential(q, k, v, g, s0, runs)
         return run
 
-    shapes = ((b, t, h, dv), (b, h, dk, dv))
+    _assert_chunked_equals_sequential(form, inputs, ((b, t, h, dv), (b, h, dk, dv)), dtype,
+                                      1, f"linear attention, decay {decay}, {dtype}")
+
+
+def _assert_chunked_equals_sequential(form, inputs, shapes, dtype, seed, label):
+    """Every gradient of ``form(True)`` (in ``dtype``) equals ``form(False)``'s in float64."""
+    np_dtype, tol = DTYPES[dtype]
     with jax.enable_x64(dtype == "f64"):
-        got = _grads(form(True), inputs, shapes, np_dtype, seed=1)
+        got = _grads(form(True), inputs, shapes, np_dtype, seed=seed)
         with jax.enable_x64(True):
-            want = _grads(form(False), inputs, shapes, np.float64, seed=1)
-        _assert_each(got, want, tol, f"linear attention, decay {decay}, {dtype}")
+            want = _grads(form(False), inputs, shapes, np.float64, seed=seed)
+        _assert_each(got, want, tol, label)
 
 
 @pytest.mark.parametrize("gated,dtype", [
@@ -100,7 +105,6 @@ def test_delta_rule_every_gradient(gated, dtype):
     if gated:
         inputs["g"] = -np.log1p(np.exp(_normal(rng, b, t, h)))
     runs = jnp.asarray(_runs(b, t))
-    np_dtype, tol = DTYPES[dtype]
 
     def form(chunked):
         def run(q, k, v, beta, s0, g=None):
@@ -110,12 +114,8 @@ def test_delta_rule_every_gradient(gated, dtype):
             return delta_xla.sequential(q, k, v, beta, g, s0, runs)
         return run
 
-    shapes = ((b, t, h, dv), (b, h, dk, dv))
-    with jax.enable_x64(dtype == "f64"):
-        got = _grads(form(True), inputs, shapes, np_dtype, seed=3)
-        with jax.enable_x64(True):
-            want = _grads(form(False), inputs, shapes, np.float64, seed=3)
-        _assert_each(got, want, tol, f"delta rule, gated={gated}, {dtype}")
+    _assert_chunked_equals_sequential(form, inputs, ((b, t, h, dv), (b, h, dk, dv)), dtype,
+                                      3, f"delta rule, gated={gated}, {dtype}")
 
 
 def test_rat_every_gradient():
