@@ -52,16 +52,13 @@ from seqzoo.runner.memory import (
 # seqzoo.ops.lean_grad does: blockwise for S4/S4D, attention, RAT, H3 and the SSM layers' conv
 # stage, gate and norm, and chunked scans for the selective scan, SSD / Hydra, the chunked linear
 # attention and the delta rule).
-_CONV = ("the short convolutions (conv_stage in seqzoo/layers/ssm.py: depthwise conv + silu, "
-         "being restructured elsewhere) keep ~6 (B, L, 2 dk + dv) tensors a layer, the estimate "
-         "2; the delta-rule core keeps only its inputs and each chunk's entering state")
 REASONS: dict[str, str] = {
     "mqar_based": ("not reached: at length 64 (one chunk) and batch 64 the backward pass's "
                    "transients, the cotangents of Based's Taylor features (B, L, heads, "
                    "1 + d + d^2) and of their outer products, are as large as the features kept"),
-    "*deltanet*": "not reached: " + _CONV,
     "mqar_mom": ("not reached: MoM runs its conv stage and delta rule on (memories + 1) x batch "
-                 "rows, every memory over every token (seqzoo/layers/mom.py), and " + _CONV),
+                 "rows, every memory over every token (seqzoo/layers/mom.py), where fla's "
+                 "gathers each memory's routed tokens"),
     "associative_recall_h3": ("not reached (2.01): at length 32 one backward block's transients "
                               "(16 rows of (32, heads, 8, 8) outer products and their spectrum) "
                               "are as large as the small model's activations"),
