@@ -25,8 +25,20 @@ w_i^m q_i^T A_i ... A_{j+1} b_j k_j / sqrt(dk)`` (products over tokens routed to
 its own values ``v^m``. The mixer stacks the memories as heads: values ``(batch, length, (E +
 shared) H, dv)``, ``M: (batch, (E + shared) H, length, length)``; the output stage sums them.
 
-Cost: this form runs every memory over a sequence of the full length (routed tokens first), so
-``E + 1`` Gated DeltaNets instead of fla's ``topk + 1`` sequences of about ``topk L / E`` tokens.
+Packed sequences (the fast path, as fla's varlen MoM): per batch row, a stable sort of the
+(memory, token) assignments by memory (``packing``) lays each memory's routed tokens one memory
+after another in one sequence of static length ``(topk + shared) L``, with a segment per memory
+(and per ``segment_ids`` run), so the conv and the delta rule restart at each; the outputs go
+back in place (``inverse``) and are weighed by the router.
+
+Cost: the conv and the delta rule run on ``(topk + 1) L`` positions a row (fla's ``transform``:
+each memory's tokens as a sequence of about ``topk L / E``, plus the shared memory's ``L``: as
+many positions), not ``E + 1`` sequences of ``L``; the per-memory maps are one batched matmul
+of every token through every memory (``(E + 1) L`` rows of ``x W^m``, a transient: only the
+packed rows are kept). The training step keeps ``topk + 1`` copies of the conv's and the delta
+rule's inputs a token, which ``seqzoo.runner.memory.routed_widths`` counts: mqar_mom (64 x 64
+x 64, 2 layers) compiles to 0.09 GiB, 1.7x its activation estimate (0.22 GiB, 9.2x, when every
+memory ran over every token).
 
 Padding: a pad is routed nowhere (no memory reads it, the shared one included); left, right
 padding and holes give the outputs of the sequence without the pads. With ``segment_ids`` a
@@ -129,11 +141,13 @@ class MoM(DeltaRuleMixer):
     shared_mem: bool = True
     use_gate: bool = True
 
+    MEMORY_MAPS: ClassVar[tuple[str, ...]] = ("k_proj", "v_proj", "b_proj", "a_proj")  # W^m
+
     info: ClassVar[MixerInfo] = MixerInfo(
         causal=True,
         data_dependent=True,
         structure="semiseparable",
-        cost="O((E + 1) L (C^2 + C dk + dk dv))",
+        cost="O((topk + 1) L (C^2 + C dk + dk dv))",
         paper="Du et al. 2025, MoM: Linear Sequence Modeling with Mixture-of-Memories",
         segments=True,
     )
@@ -156,9 +170,9 @@ class MoM(DeltaRuleMixer):
 
         self.router = proj(self.num_memories, "router")
         self.q_proj = proj(h * self.dk, "q_proj")
-        self.k_proj = per_memory(h * self.dk, "k_proj")
-        self.v_proj = per_memory(h * self.dv, "v_proj")
-        self.b_proj, self.a_proj = per_memory(h, "b_proj"), per_memory(h, "a_proj")
+        widths = (h * self.dk, h * self.dv, h, h)
+        self.k_proj, self.v_proj, self.b_proj, self.a_proj = (
+            per_memory(w, name) for w, name in zip(widths, self.MEMORY_MAPS, strict=True))
         self.conv_kernel, self.conv_bias_param = conv_params(
             self, self.conv_size, h * (2 * self.dk + self.dv), self.conv_bias
         )
@@ -168,15 +182,15 @@ class MoM(DeltaRuleMixer):
         self.o_norm = RMSNorm(eps=self.norm_eps, norm_before_gate=True)
         self.o_proj = proj(self.d_model, "o_proj")
 
-    # ---- pieces (axes ``(batch, slots, ...)`` for the per-memory quantities) ------------------
+    # ---- pieces (a memory axis ``slots`` for the per-memory quantities) -----------------------
     def _route(self, x: Array, mask: Array) -> tuple[Array, Array]:
-        """``(routed, weights)``, each ``(..., slots)`` (the shared memory last: every token,
+        """``(routed, weights)``, each ``(slots, ...)`` (the shared memory last: every token,
         weight 1)."""
         routed, weights = route(self.router(x), mask, self.topk)
         if self.shared_mem:
             routed = jnp.concatenate([routed, mask[..., None]], axis=-1)
             weights = jnp.concatenate([weights, mask[..., None].astype(_F32)], axis=-1)
-        return routed, weights
+        return jnp.moveaxis(routed, -1, 0), jnp.moveaxis(weights, -1, 0)
 
     def _memory_projections(self, x: Array) -> tuple[Array, Array]:
         """``x: (b, ..., d_model)`` -> each memory's ``x [W_k^m, W_v^m]: (b, slots, ..., H (dk
@@ -210,11 +224,11 @@ class MoM(DeltaRuleMixer):
         memory's: every valid token) one memory after another, ``(batch, (topk + shared) L,
         ...)``, with a segment per memory (per memory and ``segment_ids`` run) so that the conv
         and the delta rule restart at each."""
-        routed, weights = (jnp.swapaxes(a, 1, 2) for a in self._route(x, mask))  # (b, n, l)
+        routed, weights = (jnp.moveaxis(a, 0, 1) for a in self._route(x, mask))  # (b, n, l)
         b, n, length = routed.shape
         order, inverse = packing(routed, self.topk + int(self.shared_mem))
         token, valid = order % length, take_rows(routed.reshape(b, -1), order)
-        segments = order // length  # the memory; run indices increase within one
+        segments = order // length  # each memory its own segment (runs: t's within it)
         if segment_ids is not None:
             segments = segments * length + take_rows(segment_runs(segment_ids), token)
         kv, ba = (take_rows(a.reshape((b, n * length, -1)), order)
@@ -235,7 +249,7 @@ class MoM(DeltaRuleMixer):
         b, n, length = inverse.shape[0], self.slots, inverse.shape[1] // self.slots
         a = take_rows(packed, inverse).reshape((b, n, length) + packed.shape[2:])
         if weights is not None:
-            a = a * weights[..., None, None].astype(a.dtype)
+            a = a * weights[..., None, None]
         h, dv = packed.shape[2:]
         return jnp.moveaxis(a, 1, 2).reshape(b, length, n * h, dv)
 
@@ -275,7 +289,7 @@ class MoM(DeltaRuleMixer):
         }
 
     def step_fn(self, state, x_t, mask_t):
-        routed, weights = self._route(x_t, mask_t)  # (b, n)
+        routed, weights = (a.T for a in self._route(x_t, mask_t))  # (b, n)
         b, n = routed.shape
 
         def flat(a):  # (b, n, ...) -> (b n, ...)
