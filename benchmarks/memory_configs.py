@@ -56,9 +56,6 @@ REASONS: dict[str, str] = {
     "mqar_based": ("not reached: at length 64 (one chunk) and batch 64 the backward pass's "
                    "transients, the cotangents of Based's Taylor features (B, L, heads, "
                    "1 + d + d^2) and of their outer products, are as large as the features kept"),
-    "mqar_mom": ("not reached: MoM runs its conv stage and delta rule on (memories + 1) x batch "
-                 "rows, every memory over every token (seqzoo/layers/mom.py), where fla's "
-                 "gathers each memory's routed tokens"),
     "associative_recall_h3": ("not reached (2.01): at length 32 one backward block's transients "
                               "(16 rows of (32, heads, 8, 8) outer products and their spectrum) "
                               "are as large as the small model's activations"),

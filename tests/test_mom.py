@@ -1,6 +1,7 @@
 """Mixture-of-Memories: a float64 token-by-token rebuild from the paper's equations (each
-memory reads only its routed tokens, unselected memories untouched), routing, official init.
-(Paths, padding, causality, segments, bf16: test_contract.py.)"""
+memory reads only its routed tokens, unselected memories untouched), routing, the packed
+sequences the fast path runs on (their layout, and every gradient against the step-by-step
+recurrence), official init. (Paths, padding, causality, segments, bf16: test_contract.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from ssm_reference import f64, silu, softplus
 
 import seqzoo
-from seqzoo.layers.mom import XAVIER_GAIN, route
+from seqzoo.layers.mom import XAVIER_GAIN, packing, route
 
 D_MODEL = 8
 
@@ -123,6 +124,70 @@ def test_memories_are_used_and_distinct():
     changed = np.abs(np.asarray(apply(p, x) - y)).max(-1) > 1e-7
     assert routed[m].any()
     np.testing.assert_array_equal(changed, np.asarray(routed[m]))
+
+
+def test_packing_lists_each_memorys_tokens_then_the_unrouted():
+    """Memory 0 has token 0, memory 1 tokens 1 and 2, the shared memory 2 tokens 0-2 (token 3
+    is a pad): the packed row is their flat indices ``m L + t`` memory by memory, then unrouted
+    entries; ``inverse`` gives each routed entry's place and ``copies L = 8`` to the others."""
+    routed = np.zeros((1, 3, 4), bool)
+    routed[0, 0, 0] = True
+    routed[0, 1, 1:3] = True
+    routed[0, 2, :3] = True
+    order, inverse = packing(jnp.asarray(routed), copies=2)
+    np.testing.assert_array_equal(np.asarray(order[0, :6]), [0, 5, 6, 8, 9, 10])
+    assert order.shape == (1, 8) and not routed.reshape(-1)[np.asarray(order[0, 6:])].any()
+    want = np.full(12, 8)
+    want[[0, 5, 6, 8, 9, 10]] = np.arange(6)
+    np.testing.assert_array_equal(np.asarray(inverse[0]), want)
+
+
+def test_packed_path_runs_on_the_routed_tokens_only():
+    """The conv stage and the delta rule see ``(batch, (topk + shared) L)`` rows (each memory
+    over its own tokens), not ``(memories + shared) batch`` rows of the full length."""
+    mixer, params, x = build(**CASES[0][0])  # 3 memories, top-2, shared: 3 copies of 11 tokens
+    jaxpr = jax.make_jaxpr(mixer.apply)(params, x)
+    shapes = {e.params["name"]: e.invars[0].aval.shape for e in jaxpr.eqns
+              if e.primitive.name in ("pjit", "jit")}
+    assert shapes["conv_stage"][:2] == shapes["delta_rule"][:2] == (2, 33), shapes
+
+
+def _relative_error(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def test_packed_path_gradients_match_the_recurrence():
+    """Fast (packed) path vs the token-by-token ``step`` recurrence (each memory's own state,
+    unrouted memories untouched), left padding and a hole: EVERY gradient (each parameter's
+    and the input's) separately, each relative to its own size."""
+    mixer, params, x = build(**CASES[0][0])
+    mask = np.ones(x.shape[:2], bool)
+    mask[0, :3] = False  # left padding
+    mask[1, 5] = False  # a hole
+    mask = jnp.asarray(mask)
+    cot = jax.random.normal(jax.random.PRNGKey(5), x.shape)
+
+    def steps(p, x):
+        state = mixer.apply(p, x.shape[0], method="init_state")
+        body = functools.partial(mixer.apply, p, method="step")
+        _, ys = jax.lax.scan(lambda s, a: body(s, *a), state, (jnp.moveaxis(x, 1, 0), mask.T))
+        return jnp.moveaxis(ys, 0, 1)
+
+    def fast(p, x):
+        return mixer.apply(p, x, mask)
+
+    def grads(f):
+        loss = jax.value_and_grad(lambda p, x: jnp.sum(f(p, x) * cot), argnums=(0, 1))
+        return jax.jit(loss)(params, x)
+
+    (loss_fast, g_fast), (loss_step, g_step) = grads(fast), grads(steps)
+    assert _relative_error(loss_fast, loss_step) < 1e-5
+    leaves = jax.tree_util.tree_flatten_with_path(g_step)[0]
+    for (path, want), got in zip(leaves, jax.tree_util.tree_leaves(g_fast), strict=True):
+        assert float(jnp.abs(want).max()) > 0, jax.tree_util.keystr(path)
+        err = _relative_error(got, want)
+        assert err < 1e-4, (jax.tree_util.keystr(path), err)
 
 
 def test_init_matches_official():

@@ -25,8 +25,20 @@ w_i^m q_i^T A_i ... A_{j+1} b_j k_j / sqrt(dk)`` (products over tokens routed to
 its own values ``v^m``. The mixer stacks the memories as heads: values ``(batch, length, (E +
 shared) H, dv)``, ``M: (batch, (E + shared) H, length, length)``; the output stage sums them.
 
-Cost: this form runs every memory over a sequence of the full length (routed tokens first), so
-``E + 1`` Gated DeltaNets instead of fla's ``topk + 1`` sequences of about ``topk L / E`` tokens.
+Packed sequences (the fast path, as fla's varlen MoM): per batch row, a stable sort of the
+(memory, token) assignments by memory (``packing``) lays each memory's routed tokens one memory
+after another in one sequence of static length ``(topk + shared) L``, with a segment per memory
+(and per ``segment_ids`` run), so the conv and the delta rule restart at each; the outputs go
+back in place (``inverse``) and are weighed by the router.
+
+Cost: the conv and the delta rule run on ``(topk + 1) L`` positions a row (fla's ``transform``:
+each memory's tokens as a sequence of about ``topk L / E``, plus the shared memory's ``L``: as
+many positions), not ``E + 1`` sequences of ``L``; the per-memory maps are one batched matmul
+of every token through every memory (``(E + 1) L`` rows of ``x W^m``, a transient: only the
+packed rows are kept). The training step keeps ``topk + 1`` copies of the conv's and the delta
+rule's inputs a token, which ``seqzoo.runner.memory.routed_widths`` counts: mqar_mom (64 x 64
+x 64, 2 layers) compiles to 0.09 GiB, 1.7x its activation estimate (0.22 GiB, 9.2x, when every
+memory ran over every token).
 
 Padding: a pad is routed nowhere (no memory reads it, the shared one included); left, right
 padding and holes give the outputs of the sequence without the pads. With ``segment_ids`` a
@@ -85,19 +97,24 @@ def route(logits: Array, mask: Array, topk: int) -> tuple[Array, Array]:
     return routed, weights
 
 
-def compaction(routed: Array) -> tuple[Array, Array, Array]:
-    """Each memory's tokens first, in order: ``routed: (..., L)`` bool -> ``(order, inverse,
-    valid)``, ``(..., L)`` each: ``a[order]`` is the compacted sequence (valid where
-    ``valid``), ``c[inverse]`` puts a compacted ``c`` back in place."""
-    order = jnp.argsort(~routed, axis=-1, stable=True)
-    inverse = jnp.argsort(order, axis=-1)
-    valid = jnp.arange(routed.shape[-1]) < jnp.sum(routed, axis=-1, keepdims=True)
-    return order, inverse, valid
+def packing(routed: Array, copies: int) -> tuple[Array, Array]:
+    """Every memory's tokens one memory after another, per batch row: ``routed: (b, n, L)``
+    bool, at most ``copies`` memories a token -> ``(order, inverse)``. ``order: (b, copies L)``
+    lists the packed sequence's (memory, token) entries as flat indices ``m L + t``: memory 0's
+    tokens in order, then memory 1's, ..., then unrouted entries (padding, never read).
+    ``inverse: (b, n L)`` is each entry's place in it, ``copies L`` (none) where not routed."""
+    flat = routed.reshape(routed.shape[0], -1)
+    size = copies * routed.shape[-1]
+    order = jnp.argsort(~flat, axis=-1, stable=True)
+    inverse = jnp.where(flat, jnp.argsort(order, axis=-1), size)
+    return order[:, :size], inverse
 
 
-def gather(a: Array, index: Array) -> Array:
-    """``a: (n, b, L, ...)`` reordered along ``L`` by ``index: (n, b, L)``."""
-    return jnp.take_along_axis(a, index.reshape(index.shape + (1,) * (a.ndim - 3)), axis=2)
+def take_rows(a: Array, index: Array) -> Array:
+    """``a: (b, n, ...)`` at ``index: (b, m)`` along axis 1 -> ``(b, m, ...)``; 0 where
+    ``index >= n``."""
+    index = index.reshape(index.shape + (1,) * (a.ndim - 2))
+    return jnp.take_along_axis(a, index, axis=1, mode="fill", fill_value=0)
 
 
 @register_mixer(
@@ -124,11 +141,13 @@ class MoM(DeltaRuleMixer):
     shared_mem: bool = True
     use_gate: bool = True
 
+    MEMORY_MAPS: ClassVar[tuple[str, ...]] = ("k_proj", "v_proj", "b_proj", "a_proj")  # W^m
+
     info: ClassVar[MixerInfo] = MixerInfo(
         causal=True,
         data_dependent=True,
         structure="semiseparable",
-        cost="O((E + 1) L (C^2 + C dk + dk dv))",
+        cost="O((topk + 1) L (C^2 + C dk + dk dv))",
         paper="Du et al. 2025, MoM: Linear Sequence Modeling with Mixture-of-Memories",
         segments=True,
     )
@@ -151,9 +170,9 @@ class MoM(DeltaRuleMixer):
 
         self.router = proj(self.num_memories, "router")
         self.q_proj = proj(h * self.dk, "q_proj")
-        self.k_proj = per_memory(h * self.dk, "k_proj")
-        self.v_proj = per_memory(h * self.dv, "v_proj")
-        self.b_proj, self.a_proj = per_memory(h, "b_proj"), per_memory(h, "a_proj")
+        widths = (h * self.dk, h * self.dv, h, h)
+        self.k_proj, self.v_proj, self.b_proj, self.a_proj = (
+            per_memory(w, name) for w, name in zip(widths, self.MEMORY_MAPS, strict=True))
         self.conv_kernel, self.conv_bias_param = conv_params(
             self, self.conv_size, h * (2 * self.dk + self.dv), self.conv_bias
         )
@@ -163,7 +182,7 @@ class MoM(DeltaRuleMixer):
         self.o_norm = RMSNorm(eps=self.norm_eps, norm_before_gate=True)
         self.o_proj = proj(self.d_model, "o_proj")
 
-    # ---- pieces (leading axes ``(slots, ...)`` for the per-memory quantities) ----------------
+    # ---- pieces (a memory axis ``slots`` for the per-memory quantities) -----------------------
     def _route(self, x: Array, mask: Array) -> tuple[Array, Array]:
         """``(routed, weights)``, each ``(slots, ...)`` (the shared memory last: every token,
         weight 1)."""
@@ -173,18 +192,18 @@ class MoM(DeltaRuleMixer):
             weights = jnp.concatenate([weights, mask[..., None].astype(_F32)], axis=-1)
         return jnp.moveaxis(routed, -1, 0), jnp.moveaxis(weights, -1, 0)
 
-    def _project(self, x: Array) -> tuple[Array, Array]:
-        """Each memory's conv input ``(slots, ..., H (2 dk + dv))`` (q shared) and its
-        ``b, a`` pre-activations ``(slots, ..., 2 H)``."""
+    def _memory_projections(self, x: Array) -> tuple[Array, Array]:
+        """``x: (b, ..., d_model)`` -> each memory's ``x [W_k^m, W_v^m]: (b, slots, ..., H (dk
+        + dv))`` and ``x [W_b^m, W_a^m]: (b, slots, ..., 2 H)`` (one batched matmul over the
+        memories: every token through every memory's maps, so no per-memory weight is
+        gathered; a transient, only the packed rows are kept)."""
         dtype = self.dtype or jnp.result_type(x.dtype, _F32)  # as ``nn.Dense``'s
 
         def mm(w):
-            return jnp.einsum("...d,ndf->n...f", x.astype(dtype), w.astype(dtype))
+            return jnp.einsum("b...d,ndf->bn...f", x.astype(dtype), w.astype(dtype))
 
-        q = self.q_proj(x)
-        q = jnp.broadcast_to(q, (self.slots,) + q.shape)
-        qkv = jnp.concatenate([q, mm(self.k_proj), mm(self.v_proj)], axis=-1)
-        return qkv, jnp.concatenate([mm(self.b_proj), mm(self.a_proj)], axis=-1)
+        return (jnp.concatenate([mm(self.k_proj), mm(self.v_proj)], axis=-1),
+                jnp.concatenate([mm(self.b_proj), mm(self.a_proj)], axis=-1))
 
     def _heads(self, qkv: Array, ba: Array, mask: Array) -> dict[str, Array]:
         """Conv output and gate inputs -> L2-normalised q, k, values, ``beta`` and ``log_decay``
@@ -201,51 +220,59 @@ class MoM(DeltaRuleMixer):
         }
 
     def mixer_inputs(self, x, mask, segment_ids=None):
-        routed, weights = self._route(x, mask)  # (n, b, l)
-        order, inverse, valid = compaction(routed)
-        qkv, ba = (gather(a, order) for a in self._project(x))
-        n, b, length = order.shape
-        runs = None
-        if segment_ids is not None:  # run indices increase, so a memory never merges two runs
-            runs = gather(jnp.broadcast_to(segment_runs(segment_ids), (n, b, length)), order)
-            runs = runs.reshape(n * b, length)
-        flat = valid.reshape(n * b, length)
-        qkv = conv_stage(qkv.reshape((n * b, length, -1)), flat, self.conv_kernel,
-                         self.conv_bias_param, runs, left=self.conv_size - 1)
-        heads = self._heads(qkv, ba.reshape((n * b, length, -1)), flat)
-        v = heads.pop("v")
-        values = gather(v.reshape((n, b) + v.shape[1:]), inverse)  # back in place, 0 unrouted
-        aux = heads | {"v": v, "runs": runs, "inverse": inverse, "weights": weights}
+        """The packed sequences: per batch row, each memory's routed tokens (the shared
+        memory's: every valid token) one memory after another, ``(batch, (topk + shared) L,
+        ...)``, with a segment per memory (per memory and ``segment_ids`` run) so that the conv
+        and the delta rule restart at each."""
+        routed, weights = (jnp.moveaxis(a, 0, 1) for a in self._route(x, mask))  # (b, n, l)
+        b, n, length = routed.shape
+        order, inverse = packing(routed, self.topk + int(self.shared_mem))
+        token, valid = order % length, take_rows(routed.reshape(b, -1), order)
+        segments = order // length  # each memory its own segment (runs: t's within it)
+        if segment_ids is not None:
+            segments = segments * length + take_rows(segment_runs(segment_ids), token)
+        kv, ba = (take_rows(a.reshape((b, n * length, -1)), order)
+                  for a in self._memory_projections(x))
+        qkv = jnp.concatenate([take_rows(self.q_proj(x), token), kv], axis=-1)
+        qkv = conv_stage(qkv, valid, self.conv_kernel, self.conv_bias_param, segments,
+                         left=self.conv_size - 1)
+        heads = self._heads(qkv, ba, valid)
+        aux = heads | {"segments": segments, "inverse": inverse, "weights": weights}
         if self.use_gate:
             aux["gate"] = split_heads(self.g_proj(x), self.num_heads)
-        return MixerInputs(values=self._stack(values), mask=mask, aux=aux)
+        values = self._unpack(heads["v"], inverse)  # in place, 0 where not routed
+        return MixerInputs(values=values, mask=mask, aux=aux)
 
-    def _stack(self, per_memory: Array) -> Array:
-        """``(n, b, l, H, dv)`` -> ``(b, l, n H, dv)``: the memories as heads."""
-        n, b, length, h, dv = per_memory.shape
-        return jnp.moveaxis(per_memory, 0, 2).reshape(b, length, n * h, dv)
+    def _unpack(self, packed: Array, inverse: Array, weights: Array | None = None) -> Array:
+        """Packed ``(b, P, H, dv)`` -> in place, the memories as heads ``(b, l, n H, dv)`` (0
+        where a memory has not the token), times ``weights: (b, n, l)`` if given."""
+        b, n, length = inverse.shape[0], self.slots, inverse.shape[1] // self.slots
+        a = take_rows(packed, inverse).reshape((b, n, length) + packed.shape[2:])
+        if weights is not None:
+            a = a * weights[..., None, None]
+        h, dv = packed.shape[2:]
+        return jnp.moveaxis(a, 1, 2).reshape(b, length, n * h, dv)
 
     def mix_fast(self, inputs):
         a = inputs.aux
         o = compiled_delta_rule(
             a["q"], a["k"], a["v"], a["beta"], a["log_decay"], scale=self.dk**-0.5,
-            segment_ids=a["runs"], chunk_size=self.chunk_size, impl=self.impl,
+            segment_ids=a["segments"], chunk_size=self.chunk_size, impl=self.impl,
         )
-        n, b, length = a["inverse"].shape
-        o = gather(o.reshape((n, b) + o.shape[1:]), a["inverse"])
-        return self._stack(o * a["weights"][..., None, None])
+        return self._unpack(o, a["inverse"], a["weights"])
 
     def mix_matrix(self, inputs):
         a = inputs.aux
         m = delta_rule_matrix(
-            a["q"], a["k"], a["beta"], a["log_decay"], scale=self.dk**-0.5, segment_ids=a["runs"]
-        )  # (n b, H, L, L) on the compacted sequences
-        n, b, length = a["inverse"].shape
-        inv = a["inverse"].reshape(n * b, 1, length)
-        m = jnp.take_along_axis(m, inv[..., :, None], axis=2)  # rows back in place
-        m = jnp.take_along_axis(m, inv[..., None, :], axis=3)  # columns back in place
-        m = m.reshape((n, b) + m.shape[1:]) * a["weights"][:, :, None, :, None]
-        return jnp.moveaxis(m, 0, 1).reshape(b, n * self.num_heads, length, length)
+            a["q"], a["k"], a["beta"], a["log_decay"], scale=self.dk**-0.5,
+            segment_ids=a["segments"],
+        )  # (b, H, P, P) on the packed sequences
+        b, n, length = a["weights"].shape
+        inv = a["inverse"].reshape(b, n, 1, length)  # each memory's rows and columns, in place
+        m = jnp.take_along_axis(m[:, None], inv[..., None], axis=3, mode="fill", fill_value=0)
+        m = jnp.take_along_axis(m, inv[..., None, :], axis=4, mode="fill", fill_value=0)
+        m = m * a["weights"][:, :, None, :, None]
+        return m.reshape(b, n * self.num_heads, length, length)
 
     def mixer_output(self, inputs, mixed):
         b, length, _, dv = mixed.shape
@@ -268,7 +295,9 @@ class MoM(DeltaRuleMixer):
         def flat(a):  # (b, n, ...) -> (b n, ...)
             return a.reshape((b * n,) + a.shape[2:])
 
-        qkv, ba = (flat(jnp.moveaxis(a, 0, 1)) for a in self._project(x_t))
+        kv, ba = (flat(a) for a in self._memory_projections(x_t))
+        q = jnp.repeat(self.q_proj(x_t), n, axis=0)
+        qkv = jnp.concatenate([q, kv], axis=-1)
         used = flat(routed)
         qkv = jnp.where(used[:, None], qkv, jnp.zeros((), qkv.dtype))
         conv, qkv = conv_step(flat(state["conv"]), qkv, self.conv_kernel, self.conv_bias_param)

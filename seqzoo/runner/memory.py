@@ -22,6 +22,7 @@ pass, counted per position and layer from the layer's projections, plus the opti
     factor   = 1 + sum over the layer's linear maps of (in + out) / d_model
                (weight matrices (in, out); short depthwise convolutions: channels in and out)
                + the widening feature maps' outputs / d_model (Based: ``feature_widths``)
+               + the routed copies / d_model (MoM: ``routed_widths``)
 
 1 for the residual stream (the norm's input); each linear map keeps its input for its weight
 gradient and its output feeds an op that keeps it. A mixer's core (convolution, scan, attention)
@@ -49,6 +50,7 @@ from seqzoo.data.dataset import Split
 from seqzoo.data.tfds_presets import PRESETS, Preset
 from seqzoo.layers.catalog import mixer_entry
 from seqzoo.layers.linear_attention import LinearAttention
+from seqzoo.layers.mom import MoM
 from seqzoo.models.sequence_model import mixer_options
 from seqzoo.ops.feature_maps import feature_size
 from seqzoo.runner.build import Built, check_accumulate, check_lengths, check_mixer_options
@@ -278,16 +280,40 @@ def feature_widths(name: str, options: dict, d_model: int) -> int:
     return directions * 2 * heads * features if features > key_dim else 0
 
 
+def routed_widths(name: str, options: dict, block: Any) -> int:
+    """Floats a position of the routed copies a mixture of memories keeps, beyond
+    ``projection_widths``: MoM (``seqzoo.layers.mom``) runs its short conv and delta rule on
+    packed sequences holding each token once per memory it is routed to, ``copies = topk +
+    shared`` rows a position, so the conv's channels in and out count ``copies`` times (there
+    once), and each memory's own maps ``W_k^m, W_v^m, W_b^m, W_a^m`` (``(memories, in, out)``
+    kernels, which ``projection_widths`` leaves out) keep their input and ``copies`` output
+    rows (only the routed ones: ``in + copies x out``). 0 for the other mixers."""
+    cls = mixer_entry(name.removeprefix("bi:")).cls
+    if not issubclass(cls, MoM):
+        return 0
+    copies = options.get("topk", cls.topk) + int(options.get("shared_mem", cls.shared_mem))
+    total = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(block)[0]:
+        key = str(getattr(path[-1], "key", path[-1]))
+        if key in cls.MEMORY_MAPS:
+            total += leaf.shape[1] + copies * leaf.shape[2]
+        elif key.endswith(DEPTHWISE):
+            total += (copies - 1) * 2 * leaf.shape[1]
+    return total
+
+
 def activation_factor(built) -> float:
     """Float32 values per position a layer keeps for the backward pass, in units of
-    ``d_model``: ``NORM_WIDTH + (projection_widths(block) + feature_widths) / d_model``,
-    averaged over the blocks (see the module docstring)."""
+    ``d_model``: ``NORM_WIDTH + (projection_widths(block) + feature_widths + routed_widths) /
+    d_model``, averaged over the blocks (see the module docstring)."""
     params = built.params_shape["params"]
     blocks = [v for k, v in params.items() if k.startswith("block_")]
     widths = sum(projection_widths(b) for b in blocks)
     model, d_model = built.model, built.cfg.model.d_model
-    widths += sum(feature_widths(name, mixer_options(model.mixer_config, name), d_model)
-                  for name in model.layer_mixers())
+    for i, name in enumerate(model.layer_mixers()):
+        options = mixer_options(model.mixer_config, name)
+        widths += feature_widths(name, options, d_model)
+        widths += routed_widths(name, options, params[f"block_{i}"])
     return NORM_WIDTH + widths / max(len(blocks), 1) / d_model
 
 
