@@ -155,7 +155,8 @@ def test_bad_config_raises(kw, name):
 
 
 def test_registry_and_bf16_forward_backward():
-    """bf16 compute (dtype=bfloat16: projections in bf16; conv, scan and norms in f32)."""
+    """bf16 compute (dtype=bfloat16: projections, conv and the SSD's x, B, C in bf16; dt, the
+    accumulation and the norms in f32)."""
     mixer = seqzoo.get_mixer(
         "mamba2", d_model=D_MODEL, d_state=4, headdim=4, chunk_size=4, dtype=jnp.bfloat16
     )

@@ -150,6 +150,12 @@ def test_feature_maps(name):
         dot = jnp.sum(x[0] * x[1])
         want = 1 + dot / 2 + dot**2 / 8
         np.testing.assert_allclose(float(jnp.dot(y[0], y[1])), float(want), rtol=1e-5)
+    # bf16 in, bf16 out (what a bf16 layer hands its op), computed in f32 then rounded once
+    x16 = x.astype(jnp.bfloat16)
+    y16, pull = jax.vjp(lambda a: feature_map(name, a), x16)
+    assert y16.dtype == pull(y16)[0].dtype == jnp.bfloat16
+    want16 = feature_map(name, x16.astype(jnp.float32)).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(y16, np.float32), np.asarray(want16, np.float32))
     with pytest.raises(ValueError, match="feature_map"):
         feature_map("softmax", x)
 

@@ -152,8 +152,8 @@ class Hydra(SelectiveSSM):
 
     def mix_fast(self, inputs):
         a = inputs.aux
-        return compiled_quasiseparable(
-            inputs.values.astype(_F32),
+        return compiled_quasiseparable(  # x, B, C in the compute dtype; dt, A, D in f32
+            inputs.values,
             *self._ssm_args(a),
             D=a["D"],
             chunk_size=self.chunk_size,

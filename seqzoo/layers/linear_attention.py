@@ -10,6 +10,11 @@ semiseparable matrix (low rank ``dk`` below the diagonal; with a decay, a masked
 
 Padding: ``phi(k)`` and ``v`` are zero and the decay is 1 (``g = 0``) at padded positions, so a
 padded token neither writes to nor decays the state, in every path.
+
+Dtypes (as fla's layers): the op takes ``phi(q)``, ``phi(k)`` and ``v`` in the projections'
+compute dtype (bf16 in a bf16 model, so that ``impl="auto"`` can take the bf16 kernels; the feature
+maps compute in f32), log decays in f32; the op accumulates in f32, and the normaliser's ratio
+is taken in f32.
 """
 
 from __future__ import annotations
@@ -144,8 +149,8 @@ class LinearAttention(MatrixMixer):
             return a.reshape(a.shape[:-1] + (h, a.shape[-1] // h))
 
         m = mask[..., None, None]
-        q = feature_map(self.feature_map, heads(self.q_proj(x)).astype(jnp.float32))
-        k = feature_map(self.feature_map, heads(self.k_proj(x)).astype(jnp.float32), m)
+        q = feature_map(self.feature_map, heads(self.q_proj(x)))
+        k = feature_map(self.feature_map, heads(self.k_proj(x)), m)
         out = {"q": q, "k": k, "v": heads(self.v_proj(x))}
         g = self._log_decay(x)
         if g is not None:
@@ -170,12 +175,14 @@ class LinearAttention(MatrixMixer):
     def _values(self, v: Array) -> Array:
         """With ``normalize``, a column of ones rides along with ``v`` to carry ``phi(q) z``."""
         if not self.normalize:
-            return v.astype(jnp.float32)
-        return jnp.concatenate([v.astype(jnp.float32), jnp.ones_like(v[..., :1], jnp.float32)], -1)
+            return v
+        return jnp.concatenate([v, jnp.ones_like(v[..., :1])], -1)
 
     def _normalized(self, o: Array) -> Array:
+        """``o`` over its last column ``phi(q) z`` (with ``normalize``), in f32."""
         if not self.normalize:
             return o
+        o = o.astype(jnp.float32)
         return o[..., :-1] / (o[..., -1:] + self.eps)
 
     def mixer_inputs(self, x, mask, segment_ids=None):
@@ -210,9 +217,11 @@ class LinearAttention(MatrixMixer):
             cum = jnp.cumsum(g, axis=1)  # (b, l, h, d)
             diff = cum[:, :, None] - cum[:, None, :]  # (b, i, j, h, d)
             decay = jnp.exp(jnp.where(causal[..., None, None], diff, -jnp.inf))
-            m = jnp.einsum("bihd,bjhd,bijhd->bhij", q, k, decay, precision="highest")
+            m = jnp.einsum("bihd,bjhd,bijhd->bhij", q, k, decay, precision="highest",
+                           preferred_element_type=jnp.float32)
         else:
-            m = jnp.einsum("bihd,bjhd->bhij", q, k, precision="highest") * causal[:, None]
+            m = jnp.einsum("bihd,bjhd->bhij", q, k, precision="highest",
+                           preferred_element_type=jnp.float32) * causal[:, None]
         m = m * self.dk**-0.5
         if self.normalize:
             m = m / (jnp.sum(m, axis=-1, keepdims=True) + self.eps)

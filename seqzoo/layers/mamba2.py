@@ -140,8 +140,8 @@ class Mamba2(SelectiveSSM):
         return self.scan_inputs(v, mask, segment_ids, z=z, dt=dt, B=B, C=C)
 
     def mix_fast(self, inputs):
-        return compiled_ssd(
-            inputs.values.astype(_F32),
+        return compiled_ssd(  # x, B, C in the compute dtype (bf16 kernels), dt and A in f32
+            inputs.values,
             *self.scan_args(inputs),
             chunk_size=self.chunk_size,
             D=self.D,
@@ -157,7 +157,7 @@ class Mamba2(SelectiveSSM):
         return self._output(merge_heads(mixed), inputs.aux["z"])
 
     def _output(self, y: Array, z: Array) -> Array:
-        """y: (..., E) f32, z: (..., E) -> (..., d_model)."""
+        """y: (..., E) (the compute dtype or f32), z: (..., E) -> (..., d_model)."""
         return self.output_stage(y, z, self.norm if self.rmsnorm else None)
 
     # ---- recurrent path ---------------------------------------------------------------------

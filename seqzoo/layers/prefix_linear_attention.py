@@ -45,6 +45,7 @@ from seqzoo.ops.linear_attention import linear_attention
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
+_F32 = jnp.float32
 
 
 @register_mixer(
@@ -100,8 +101,10 @@ class PrefixLinearAttention(Based):
         v, v_enc = (self._values(u) for u in self._split(inputs.values))  # a ones column each
         o_dec = linear_attention(a["q"], a["k"], v, scale=scale, chunk_size=self.chunk_size,
                                  impl=self.impl).astype(jnp.float32)
-        s_enc = jnp.einsum("blhf,blhd->bhfd", a["k_enc"], v_enc, precision=_HI)
-        o_enc = scale * jnp.einsum("blhf,bhfd->blhd", a["q"], s_enc, precision=_HI)
+        s_enc = jnp.einsum("blhf,blhd->bhfd", a["k_enc"], v_enc, precision=_HI,
+                           preferred_element_type=_F32)
+        o_enc = scale * jnp.einsum("blhf,bhfd->blhd", a["q"], s_enc, precision=_HI,
+                                   preferred_element_type=_F32)
         denominator = o_dec[..., -1:] + o_enc[..., -1:] + self.eps  # (b, l, H, 1)
         return jnp.concatenate([o_dec[..., :-1] / denominator, o_enc[..., :-1] / denominator], 2)
 
@@ -109,8 +112,10 @@ class PrefixLinearAttention(Based):
         a, scale = inputs.aux, self.dk**-0.5
         length = a["q"].shape[1]
         causal = jnp.tril(jnp.ones((length, length), bool))
-        m_dec = scale * jnp.einsum("bihf,bjhf->bhij", a["q"], a["k"], precision=_HI) * causal
-        m_enc = scale * jnp.einsum("bihf,bjhf->bhij", a["q"], a["k_enc"], precision=_HI)
+        m_dec = scale * jnp.einsum("bihf,bjhf->bhij", a["q"], a["k"], precision=_HI,
+                                   preferred_element_type=_F32) * causal
+        m_enc = scale * jnp.einsum("bihf,bjhf->bhij", a["q"], a["k_enc"], precision=_HI,
+                                   preferred_element_type=_F32)
         denominator = m_dec.sum(-1, keepdims=True) + m_enc.sum(-1, keepdims=True) + self.eps
         return jnp.concatenate([m_dec / denominator, m_enc / denominator], axis=1)
 

@@ -15,6 +15,10 @@ default ``U(+-1/sqrt(fan_in))`` for the projections and the conv, ``dt_bias`` th
 softplus of a dt drawn log-uniformly in ``[dt_min, dt_max]`` and floored at ``dt_init_floor``,
 ``D = 1``. Dense kernels are stored ``(in, out)`` (torch's ``weight.T``), the conv kernel
 ``(d_conv, channels)`` (torch's ``weight[:, 0, :].T``).
+
+Dtypes (as ``mamba_ssm``): the projections and the conv output run in the compute dtype
+(``dtype``); Mamba-2's and Hydra's chunked ops take x, B, C in it (bf16 in a bf16 model, so
+that ``impl="auto"`` can take the bf16 kernels) and dt, A, D in f32, and accumulate in f32.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Feature maps phi for linear attention: softmax(q k^T) is replaced by phi(q) phi(k)^T.
 
-All maps act on the last axis: ``x: (..., d) -> (..., feature_size(name, d))``.
+All maps act on the last axis: ``x: (..., d) -> (..., feature_size(name, d))``, computed in
+float32 and returned in ``x``'s dtype (a bf16 layer hands its op bf16 features).
 """
 
 from __future__ import annotations
@@ -39,13 +40,13 @@ def feature_map(name: str, x: jax.Array, mask: jax.Array | None = None) -> jax.A
         raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {name!r}")
     if name == "elu":
         return _elu_plus_one(x, jnp.ones((), bool) if mask is None else mask)
-    y = _feature_map(name, x)
-    return y if mask is None else jnp.where(mask, y, 0.0)
+    y = _feature_map(name, x.astype(jnp.float32)).astype(x.dtype)
+    return y if mask is None else jnp.where(mask, y, jnp.zeros((), y.dtype))
 
 
 @jax.custom_vjp
 def _elu_plus_one(x: jax.Array, mask: jax.Array) -> jax.Array:
-    return jnp.where(mask, jax.nn.elu(x) + 1.0, 0.0)
+    return jnp.where(mask, jax.nn.elu(x.astype(jnp.float32)) + 1.0, 0.0).astype(x.dtype)
 
 
 def _elu_plus_one_fwd(x, mask):
