@@ -101,7 +101,7 @@ def sequence_flops(name: str, opts: dict[str, Any], d_model: int, seq_len: int) 
         return 3 * 2 * seq_len * opts["num_heads"] * opts["head_dim"]
     if name == "mamba2":
         e, n, q = opts["expand"] * d_model, opts["d_state"], min(opts["chunk_size"], seq_len)
-        return 3 * (q * (n * 1 + e) + 4 * n * e)
+        return 3 * (q * (n * opts.get("ngroups", 1) + e) + 4 * n * e)
     if name == "gla":
         h = opts["num_heads"]
         dk, dv, c = h * opts["key_dim"], h * opts["value_dim"], min(GLA_CHUNK, seq_len)
