@@ -49,16 +49,10 @@ from seqzoo.runner.memory import (
 
 # config name (glob) -> why its ratio lies outside [1/2, 2]: what the mixer's core keeps for the
 # backward pass beyond the estimate (which assumes the core recomputes its intermediates, as
-# seqzoo.ops.lean_grad does: blockwise for S4/S4D, attention, RAT, H3 and the SSM layers' conv
-# stage, gate and norm, and chunked scans for the selective scan, SSD / Hydra, the chunked linear
-# attention and the delta rule).
+# seqzoo.ops.lean_grad does: blockwise for S4/S4D, attention, RAT, H3, Based's feature map with
+# its linear attention and the SSM layers' conv stage, gate and norm, and chunked scans for the
+# selective scan, SSD / Hydra, the chunked linear attention and the delta rule).
 REASONS: dict[str, str] = {
-    "mqar_based": ("not reached: at length 64 (one chunk) and batch 64 the backward pass's "
-                   "transients, the cotangents of Based's Taylor features (B, L, heads, "
-                   "1 + d + d^2) and of their outer products, are as large as the features kept"),
-    "associative_recall_h3": ("not reached (2.01): at length 32 one backward block's transients "
-                              "(16 rows of (32, heads, 8, 8) outer products and their spectrum) "
-                              "are as large as the small model's activations"),
 }
 
 

@@ -9,7 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqzoo.ops.lean_grad import blockwise, chunkwise, layer_norm, num_blocks, rms_norm
+from seqzoo.ops import lean_grad
+from seqzoo.ops.lean_grad import (
+    blockwise,
+    chunkwise,
+    layer_norm,
+    num_blocks,
+    rms_norm,
+    size_budget,
+)
 
 
 def _normal(seed, *shape):
@@ -94,6 +102,13 @@ def test_blockwise_takes_ints_none_and_several_outputs(forward):
 def test_num_blocks_divides_the_rows():
     assert [num_blocks(n) for n in (1, 2, 3, 4, 6, 50, 64, 7)] == [1, 2, 3, 4, 6, 5, 4, 7]
     assert num_blocks(64, 10) == 16 and num_blocks(50, 26) == 50
+
+
+def test_size_budget_counts_every_leaf_up_to_the_default(monkeypatch):
+    arrays = (np.zeros((3, 5)), {"b": np.zeros(7)}, None)
+    assert size_budget(arrays) == 22
+    monkeypatch.setattr(lean_grad, "BLOCK_ELEMENTS", 10)
+    assert size_budget(arrays) == 10
 
 
 def test_backward_pass_keeps_only_the_inputs():

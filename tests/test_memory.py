@@ -26,6 +26,7 @@ from seqzoo.runner.memory import (
     abstract_build,
     activation_estimate,
     activation_factor,
+    feature_widths,
     is_out_of_memory,
     step_memory,
     task_shape,
@@ -273,6 +274,16 @@ def _compiled_memory(cfg) -> tuple[int, int]:
     finally:
         jax.config.update("jax_disable_most_optimizations", before)
     return peak, activation_estimate(built)
+
+
+def test_feature_widths_count_only_kept_features():
+    """Based's op recomputes its Taylor features (``linear_attention.featured``): no term; JRT's
+    prefix linear attention keeps phi(q), phi(k): 2 x heads x (1 + d + d^2) floats a position."""
+    assert feature_widths("based", {}, 64) == 0
+    assert feature_widths("bi:based", {"num_heads": 2, "key_dim": 4}, 64) == 0
+    assert feature_widths("prefix_linear_attention", {"num_heads": 2, "key_dim": 4}, 64) == 84
+    assert feature_widths("prefix_linear_attention", {"feature_map": "elu"}, 64) == 0
+    assert feature_widths("attention", {}, 64) == 0
 
 
 @pytest.mark.parametrize(

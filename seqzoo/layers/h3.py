@@ -37,7 +37,7 @@ from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import dense
 from seqzoo.layers.s4 import S4DKernel, check_ssm_options
 from seqzoo.ops.conv import causal_conv, causal_toeplitz, fft_causal_conv
-from seqzoo.ops.lean_grad import blockwise
+from seqzoo.ops.lean_grad import blockwise, size_budget
 
 Array = jax.Array
 
@@ -89,9 +89,12 @@ def _outer_spectrum_per_row(rows) -> int:  # the (H, p, p) outer products' 2l-po
 # ``h3_mix`` as a ``lean_grad.blockwise`` function of the batch rows, forwards and backwards:
 # autodiff keeps the outer products and their spectrum (head_dim x, then 4 head_dim x, the
 # input's size) for every layer; here they exist for one block of rows at a time and the backward
-# pass keeps only q, k~, v, the kernel and D.
+# pass keeps only q, k~, v, the kernel and D. Blocks are sized by bytes: one block's spectrum is
+# at most q, k~ and v's size (so its transients stay a fraction of the layer's activations at
+# any batch and length; with a fixed number of blocks, 16 rows of associative_recall_h3's
+# (32, 8 heads, 8, 8) outer products were as large as the small model's activations).
 _lean_h3_mix = blockwise(lambda rows, shared: h3_mix(*rows, *shared), forward=True,
-                         row_elements=_outer_spectrum_per_row)
+                         row_elements=_outer_spectrum_per_row, block_elements=size_budget)
 
 
 @register_mixer("h3", test_config={"d_state": 4, "head_dim": 2})

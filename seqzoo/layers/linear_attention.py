@@ -8,6 +8,9 @@ The matrix of head ``h`` is ``M[i, j] = scale * sum_d phi(q_i)_d phi(k_j)_d exp(
 ``j <= i`` (G the cumulative log decay), divided by its row sums when ``normalize`` is set: a
 semiseparable matrix (low rank ``dk`` below the diagonal; with a decay, a masked one).
 
+The feature map runs inside the op (``seqzoo.ops.linear_attention.featured``): the layer passes q
+and k, so Based's widened features are not kept for the backward pass but recomputed there.
+
 Padding: ``phi(k)`` and ``v`` are zero and the decay is 1 (``g = 0``) at padded positions, so a
 padded token neither writes to nor decays the state, in every path.
 
@@ -30,8 +33,9 @@ from seqzoo.layers.base import MatrixMixer, MixerInfo, MixerInputs, zero_padded
 from seqzoo.layers.catalog import register_mixer
 from seqzoo.layers.common import RMSNorm, dense
 from seqzoo.ops.dispatch import canonical
-from seqzoo.ops.feature_maps import feature_map, feature_size
-from seqzoo.ops.linear_attention import linear_attention, linear_attention_step
+from seqzoo.ops.feature_maps import feature_size
+from seqzoo.ops.linear_attention import linear_attention_step
+from seqzoo.ops.linear_attention.featured import featured_linear_attention, features
 from seqzoo.ops.segments import segment_runs
 
 Array = jax.Array
@@ -108,6 +112,10 @@ class LinearAttention(MatrixMixer):
     impl: str = "auto"
 
     info: ClassVar[MixerInfo] = _info("Katharopoulos et al. 2020, Transformers are RNNs")
+    # Whether the features phi(q), phi(k) are kept for the backward pass (the mixer's inputs hold
+    # them). Here not: the op computes them inside its lean region (featured_linear_attention),
+    # and a widening map's features (Based's) are recomputed there, a block of rows at a time.
+    keeps_features: ClassVar[bool] = False
 
     def setup(self):
         if self.decay not in DECAYS:
@@ -142,22 +150,26 @@ class LinearAttention(MatrixMixer):
 
     # ---- pieces -----------------------------------------------------------------------------
     def _project(self, x: Array, mask: Array) -> dict[str, Array]:
-        """Features, values and log decays for ``x: (..., d_model)``, ``mask: x.shape[:-1]``."""
+        """q and k (before the feature map), values and log decays for ``x: (..., d_model)``,
+        ``mask: x.shape[:-1]``."""
         h = self.num_heads
 
         def heads(a):
             return a.reshape(a.shape[:-1] + (h, a.shape[-1] // h))
 
-        m = mask[..., None, None]
-        q = feature_map(self.feature_map, heads(self.q_proj(x)))
-        k = feature_map(self.feature_map, heads(self.k_proj(x)), m)
+        q, k = (heads(proj(x)) for proj in (self.q_proj, self.k_proj))
         out = {"q": q, "k": k, "v": heads(self.v_proj(x))}
         g = self._log_decay(x)
         if g is not None:
-            out["g"] = jnp.where(mask[..., None] if g.ndim == mask.ndim + 1 else m, g, 0.0)
+            m = mask[..., None] if g.ndim == mask.ndim + 1 else mask[..., None, None]
+            out["g"] = jnp.where(m, g, 0.0)
         if self.output_gate:
             out["gate"] = self.gate_proj(x)
         return out
+
+    def _features(self, q: Array, k: Array, mask: Array) -> tuple[Array, Array]:
+        """``phi(q)``, ``phi(k)`` (zero where ``mask: q.shape[:-2]`` is False)."""
+        return features(self.feature_map, q, k, mask)
 
     def _log_decay(self, x: Array) -> Array | None:
         lead = x.shape[:-1]
@@ -192,10 +204,12 @@ class LinearAttention(MatrixMixer):
 
     def mix_fast(self, inputs):
         a = inputs.aux
-        o = linear_attention(
+        o = featured_linear_attention(
             a["q"],
             a["k"],
             self._values(inputs.values),
+            inputs.mask,
+            feature_map=self.feature_map,
             log_decay=a.get("g"),
             scale=self.dk**-0.5,
             chunk_size=self.chunk_size,
@@ -206,7 +220,7 @@ class LinearAttention(MatrixMixer):
 
     def mix_matrix(self, inputs):
         a = inputs.aux
-        q, k = a["q"], a["k"]
+        q, k = self._features(a["q"], a["k"], inputs.mask)
         length = q.shape[1]
         causal = jnp.tril(jnp.ones((length, length), bool))[None]
         if a["segment_ids"] is not None:  # no mixing across segments
@@ -246,10 +260,10 @@ class LinearAttention(MatrixMixer):
 
     def step_fn(self, state, x_t, mask_t):
         p = self._project(x_t, mask_t)
+        q, k = self._features(p["q"], p["k"], mask_t)
         v = jnp.where(mask_t[:, None, None], p["v"], 0.0)
-        state, o = linear_attention_step(
-            state, p["q"], p["k"], self._values(v), p.get("g"), scale=self.dk**-0.5
-        )
+        state, o = linear_attention_step(state, q, k, self._values(v), p.get("g"),
+                                         scale=self.dk**-0.5)
         return state, self._output(self._normalized(o), p.get("gate"))
 
 

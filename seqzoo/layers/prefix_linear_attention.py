@@ -70,6 +70,7 @@ class PrefixLinearAttention(Based):
         paper="Arora et al. 2024, Just read twice (JRT-RNN, prefix linear attention)",
     )
 
+    keeps_features: ClassVar[bool] = True  # phi(q), phi(k), phi(k^e), read by both parts
     init_state = MatrixMixer.init_state  # not causal: no recurrent path
     step_fn = MatrixMixer.step_fn
 
@@ -84,6 +85,7 @@ class PrefixLinearAttention(Based):
 
     def mixer_inputs(self, x, mask, segment_ids=None):
         p = self._project(x, mask)
+        p["q"], p["k"] = self._features(p["q"], p["k"], mask)  # kept: the decoder reads them
         h = self.num_heads
         in_prefix = mask & (jnp.arange(x.shape[1]) < self.prefix_length)
         k_enc = split_heads(self.k_enc_proj(x).astype(jnp.float32), h)

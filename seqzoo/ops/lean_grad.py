@@ -50,6 +50,14 @@ def num_blocks(rows: int, target: int = BLOCKS) -> int:
     return next(k for k in range(max(1, min(rows, target)), rows + 1) if rows % k == 0)
 
 
+def size_budget(arrays) -> int:
+    """A ``blockwise`` budget (``block_elements``) relative to the data: the elements of
+    ``arrays`` (say the inputs an op keeps, all rows), at most ``BLOCK_ELEMENTS``. A block's
+    largest intermediate is then no larger than those inputs however small the step is, and no
+    larger than with the default budget."""
+    return min(BLOCK_ELEMENTS, sum(a.size for a in jax.tree.leaves(arrays)))
+
+
 def blockwise(
     fn: Callable[[Any, Any], Any],
     *,

@@ -21,7 +21,7 @@ pass, counted per position and layer from the layer's projections, plus the opti
                + 16 bytes x params              (parameters, gradients, AdamW's two moments)
     factor   = 1 + sum over the layer's linear maps of (in + out) / d_model
                (weight matrices (in, out); short depthwise convolutions: channels in and out)
-               + the widening feature maps' outputs / d_model (Based: ``feature_widths``)
+               + the widening feature maps' outputs kept / d_model (``feature_widths``)
                + the routed copies / d_model (MoM: ``routed_widths``)
 
 1 for the residual stream (the norm's input); each linear map keeps its input for its weight
@@ -264,15 +264,17 @@ def projection_widths(block: Any) -> int:
 
 
 def feature_widths(name: str, options: dict, d_model: int) -> int:
-    """Floats a position of the features a layer's core is computed from, beyond its
+    """Floats a position of the features a layer's core is computed from and keeps, beyond its
     projections, when a feature map widens them: Based's Taylor map (``seqzoo.ops.feature_maps``)
-    turns each head's ``d``-wide q and k into ``1 + d + d^2`` features, ``phi(q)`` and ``phi(k)``,
-    which the linear-attention op reads and keeps (``2 x heads x (1 + d + d^2)``; twice for a
-    bidirectional layer). 0 for the other mixers and for maps that keep the width (elu, relu:
-    their outputs replace their inputs one for one)."""
+    turns each head's ``d``-wide q and k into ``1 + d + d^2`` features, ``phi(q)`` and ``phi(k)``
+    (``2 x heads x (1 + d + d^2)``; twice for a bidirectional layer), kept where the layer's
+    ``keeps_features`` says so (JRT's prefix linear attention). 0 for the other mixers, for
+    Based and the linear-attention layers (their op computes the features inside its lean
+    region, ``seqzoo.ops.linear_attention.featured``, and keeps q and k) and for maps that keep
+    the width (elu, relu: their outputs replace their inputs one for one)."""
     directions = 2 if name.startswith("bi:") else 1
     cls = mixer_entry(name.removeprefix("bi:")).cls
-    if not issubclass(cls, LinearAttention):
+    if not issubclass(cls, LinearAttention) or not cls.keeps_features:
         return 0
     heads = options.get("num_heads", cls.num_heads)
     key_dim = options.get("key_dim", cls.key_dim) or d_model // heads

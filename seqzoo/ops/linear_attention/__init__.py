@@ -15,7 +15,8 @@ segment runs as its own sequence (the first continues from ``S_0``).
 Files: this one validates and dispatches; ``xla.py`` (``chunked``, ``parallel``),
 ``reference.py`` (``sequential``, the step), ``pallas_gpu.py`` (``pallas``) and
 ``sequence_parallel.py`` (a sequence split over devices) hold the forms; ``seqzoo.ops.dispatch``
-decides what ``impl="auto"`` runs.
+decides what ``impl="auto"`` runs. ``featured.py`` applies a feature map inside the op (Based's
+Taylor map: the features recomputed backwards, a block of rows at a time).
 """
 
 from __future__ import annotations
