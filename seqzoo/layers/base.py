@@ -160,8 +160,10 @@ class MatrixMixer(nn.Module):
 
     Attributes:
       d_model: the model width ``D``; inputs are ``x: (batch, length, D)``.
-      dtype: compute dtype of projections (None: the input's dtype). Parameters are float32 and
-        every scan or normaliser accumulates in float32 whatever this is.
+      dtype: compute dtype of projections (None: flax's promotion of the input's dtype with the
+        float32 parameters, so bf16 inputs still project in float32; ``jnp.bfloat16`` for bf16
+        compute). Parameters are float32 and every scan or normaliser accumulates in float32
+        whatever this is.
     """
 
     d_model: int
