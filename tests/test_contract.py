@@ -262,8 +262,8 @@ def test_bf16_compute(name):
     assert y16.dtype == jnp.bfloat16
     assert relative_l2(y16, y32) <= 3e-2, f"{name}: output {relative_l2(y16, y32):.2e}"
     assert relative_l2(gx16, gx32) <= 6e-2, f"{name}: d x {relative_l2(gx16, gx32):.2e}"
-    leaves32 = jax.tree_util.tree_leaves(gp32)
-    for (path, g16), g32 in zip(jax.tree_util.tree_flatten_with_path(gp16)[0], leaves32, strict=True):
+    leaves16 = jax.tree_util.tree_flatten_with_path(gp16)[0]
+    for (path, g16), g32 in zip(leaves16, jax.tree_util.tree_leaves(gp32), strict=True):
         assert g16.dtype == jnp.float32, f"{name}: {jax.tree_util.keystr(path)} not float32"
         err = relative_l2(g16, g32)
         assert err <= 6e-2, f"{name}: d {jax.tree_util.keystr(path)} {err:.2e}"
