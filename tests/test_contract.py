@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tpu_checks import rel_l2
 
 import seqzoo
 from seqzoo.layers.base import keep_where
@@ -231,11 +232,6 @@ def test_bf16_inputs(name):
         assert bool(jnp.all(jnp.isfinite(g.astype(jnp.float32)))), f"{name}: bf16 backward"
 
 
-def relative_l2(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-6))
-
-
 @pytest.mark.slow  # about 5 s of compiling per mixer
 @pytest.mark.parametrize("name", PLAIN)
 def test_bf16_compute(name):
@@ -260,12 +256,12 @@ def test_bf16_compute(name):
     y32, (gp32, gx32) = value_and_grads(mixers[jnp.float32], x)
     y16, (gp16, gx16) = value_and_grads(mixers[jnp.bfloat16], x.astype(jnp.bfloat16))
     assert y16.dtype == jnp.bfloat16
-    assert relative_l2(y16, y32) <= 3e-2, f"{name}: output {relative_l2(y16, y32):.2e}"
-    assert relative_l2(gx16, gx32) <= 6e-2, f"{name}: d x {relative_l2(gx16, gx32):.2e}"
+    assert rel_l2(y16, y32) <= 3e-2, f"{name}: output {rel_l2(y16, y32):.2e}"
+    assert rel_l2(gx16, gx32) <= 6e-2, f"{name}: d x {rel_l2(gx16, gx32):.2e}"
     leaves16 = jax.tree_util.tree_flatten_with_path(gp16)[0]
     for (path, g16), g32 in zip(leaves16, jax.tree_util.tree_leaves(gp32), strict=True):
         assert g16.dtype == jnp.float32, f"{name}: {jax.tree_util.keystr(path)} not float32"
-        err = relative_l2(g16, g32)
+        err = rel_l2(g16, g32)
         assert err <= 6e-2, f"{name}: d {jax.tree_util.keystr(path)} {err:.2e}"
 
 

@@ -11,8 +11,8 @@ import importlib
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
+from tpu_checks import rel_l2
 
 import seqzoo
 from seqzoo.ops import dispatch
@@ -70,11 +70,6 @@ def test_an_f32_layer_keeps_f32_inputs(monkeypatch, name):
     assert chosen.impl == "chunked" and "float32" in chosen.why
 
 
-def relative_l2(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mamba2", "hydra", "linear_attention", "gla"])
 def test_a_bf16_layer_stays_close_to_the_f32_layer(name):
@@ -96,5 +91,5 @@ def test_a_bf16_layer_stays_close_to_the_f32_layer(name):
 
     want = output_and_grads(f32, x)
     got = output_and_grads(f32.clone(dtype=jnp.bfloat16), x.astype(jnp.bfloat16))
-    errors = [relative_l2(g, w) for g, w in zip(got, want, strict=True)]
+    errors = [rel_l2(g, w) for g, w in zip(got, want, strict=True)]
     assert max(errors) < 3e-2, errors

@@ -1,5 +1,6 @@
 """Checks shared by the Mosaic-TPU kernel tests: every output and gradient compared on its own,
-relative L2 errors for bf16, and lowering for TPU on a CPU machine."""
+relative L2 errors for bf16 (``rel_l2``, also the contract's and the layers' bf16 tests'), and
+lowering for TPU on a CPU machine."""
 
 import jax
 import jax.numpy as jnp
