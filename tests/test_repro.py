@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.repro.run import ALL_RUNS, GPU_MEMORY_GB, GROUPS
+from experiments.repro.run import (
+    ALL_RUNS,
+    GPU_MEMORY_GB,
+    GROUPS,
+    save_state,
+    state_file,
+    unpack_state,
+)
 from seqzoo import tasks
 from seqzoo.config import apply_overrides
 from seqzoo.runner import train
@@ -118,3 +125,52 @@ def test_toy_launch_reports_each_run(tmp_path):
 def test_toy_launch_of_every_run(tmp_path, group):
     runs = [run.key for run in GROUPS[group]]
     _check_outputs(tmp_path, _launch(tmp_path, runs, "--minutes", "20"), runs)  # 2 busy cores
+
+
+
+def test_state_keeps_the_newest_checkpoint_and_unpacks_only_into_its_run(tmp_path):
+    run_dir = tmp_path / "work" / "runs" / "mqar_attention_d64@lr=0.01"
+    for folder in ("checkpoints/4/params", "checkpoints/12/params", "best/12", "skipped/x"):
+        (run_dir / folder).mkdir(parents=True)
+        (run_dir / folder / "data").write_text(folder)
+    for name in ("config.toml", "metrics.jsonl", "lock"):
+        (run_dir / name).write_text(name)
+    out = tmp_path / "out"
+    out.mkdir()
+    path = save_state(run_dir, run_dir.name, out)
+    assert path.name == "state_mqar_attention_d64_lr_0.01.tar.gz"  # what the device returns
+    work = tmp_path / "elsewhere"
+    assert not unpack_state(out, "listops_s4d", work)
+    assert unpack_state(out, run_dir.name, work)
+    copied = work / "runs" / run_dir.name
+    files = {str(p.relative_to(copied)) for p in copied.rglob("*") if p.is_file()}
+    assert files == {"checkpoints/12/params/data", "best/12/data", "config.toml", "metrics.jsonl"}
+
+    with tarfile.open(out / state_file("evil"), "w:gz") as archive:
+        archive.add(run_dir / "config.toml", arcname="other/config.toml")
+    with pytest.raises(ValueError, match="outside the folder 'evil'"):
+        unpack_state(out, "evil", work)
+
+
+@pytest.mark.slow
+def test_a_run_saved_by_one_launch_continues_in_the_next(tmp_path):
+    """``--save-state`` writes the run directory (newest checkpoint only); ``--resume-from``
+    continues it where the first launch's deadline cut it, as on another machine."""
+    first = _launch(tmp_path / "a", ["mqar_attention_d64"], "--minutes", "1.02", "--save-state")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    state = tmp_path / "a" / "out" / "state_mqar_attention_d64.tar.gz"
+    with tarfile.open(state) as archive:
+        parts = [Path(name).parts for name in archive.getnames()]
+    done = {p[2] for p in parts if len(p) > 2 and p[1] == "checkpoints"}
+    assert len(done) == 1  # only the newest
+    step = int(done.pop())
+    assert step < 3  # the 1-second budget stopped it early
+
+    second = _launch(tmp_path / "b", ["mqar_attention_d64"], "--resume-from", str(state.parent))
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resumed mqar_attention_d64" in second.stdout and "| 3 (3) |" in second.stdout
+    run_dir = tmp_path / "b" / "work" / "runs" / "mqar_attention_d64"
+    resumes = [json.loads(line) for line in (run_dir / "resumes.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumes] == [step]
+    train_steps = [r["step"] for r in read_metrics(run_dir) if r["split"] == "train"]
+    assert train_steps == [1, 2, 3]  # each step once, across the two launches

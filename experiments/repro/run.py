@@ -23,7 +23,17 @@ by hand).
 
 OUT receives at most 8 files (what the device tool returns): ``results.md`` (the table, also
 printed), ``curves_<task>.png`` per task, and ``runs.tar.gz`` (each run's config, metrics,
-summary and log). Run directories, with their checkpoints, stay under ``--work``. Fashion-MNIST
+summary and log). Run directories, with their checkpoints, stay under ``--work``.
+
+A run longer than one call continues in the next one, on another machine: ``--save-state``
+also writes each run's directory (its newest checkpoint, the best ones, metrics and config) as
+``state_<key>.tar.gz`` in OUT; a later call given that folder with ``--resume-from DIR``
+unpacks it and continues the run with ``seqzoo train --resume`` (the same model, data, seed
+and batches; the data is generated again, identical for its seed) for that call's minutes::
+
+    python experiments/repro/run.py --out $OUT --minutes 9 --only pathfinder_s4d --save-state
+    python experiments/repro/run.py --out $OUT --minutes 9 --only pathfinder_s4d --save-state \
+        --resume-from carried/   # the previous call's state_pathfinder_s4d.tar.gz Fashion-MNIST
 is read from ``--data-dir``/fashion-mnist when that folder exists (a copy of the package's four
 ``*-ubyte.gz`` files), else from the Debian package's folder.
 """
@@ -33,7 +43,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -44,7 +56,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the checkout's seqzoo, installed or not
 
 from seqzoo.config import ExperimentConfig, apply_overrides  # noqa: E402
+from seqzoo.runner.checkpoint import LATEST  # noqa: E402
 from seqzoo.runner.experiments import load_experiment  # noqa: E402
+from seqzoo.runner.resume import RESUMABLE  # noqa: E402
 from seqzoo.runner.rundir import CONFIG_FILE, SUMMARY_FILE, read_summary  # noqa: E402
 from seqzoo.tasks import build_task  # noqa: E402
 
@@ -112,6 +126,12 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
             "task.difficulty=curv_baseline", "task.num_train=64000", "task.num_val=2000",
             "task.num_test=2000")),
         Run("pathfinder_transformer", "71.40 (LRA Transformer)", 10.3),
+    ),
+    "pathfinder_long": (  # 50 epochs over several calls: --save-state, then --resume-from
+        Run("pathfinder_s4d", "S4 94.20 (200 epochs); target >= 80", 4.1, ("optim.steps=125000",)),
+        Run("pathfinder_s4d", "diagnostic: no published number", 4.1, (
+            "task.difficulty=curv_baseline", "task.num_train=64000", "task.num_val=2000",
+            "task.num_test=2000", "optim.steps=50000")),
     ),
     "listops_more": (
         Run("listops_mamba", "S4 59.60, Transformer 36.37 (LRA)", 12.0),
@@ -191,21 +211,69 @@ def run_config(run: Run, toy: bool, data_dir: Path) -> tuple[ExperimentConfig, l
     return apply_overrides(cfg, overrides), overrides
 
 
-def launch(run: Run, cfg, overrides, work: Path, train_deadline: float, env) -> Launched:
-    """Start ``seqzoo train`` for ``run`` with the minutes left until ``train_deadline``."""
+def launch(run: Run, cfg, overrides, work: Path, train_deadline: float, env,
+           resume: bool = False) -> Launched:
+    """Start ``seqzoo train`` for ``run`` with the minutes left until ``train_deadline``; with
+    ``resume``, continue its run directory (unpacked by ``unpack_state``) instead, keeping the
+    overrides a resume may change."""
     minutes = max(train_deadline - time.time(), 1.0) / 60
     run_dir, log = work / "runs" / run.key, work / "logs" / f"{run.key}.log"
-    command = [
-        sys.executable, "-m", "seqzoo.cli", "train", f"repro/{run.name}", *overrides,
-        f"max_minutes={minutes:.2f}", "--run-dir", str(run_dir), "--overwrite", "--no-progress",
-    ]  # fmt: skip
+    if resume:
+        kept = [o for o in overrides if o.split("=", 1)[0] in RESUMABLE]
+        start = [*kept, f"max_minutes={minutes:.2f}", "--resume", "--run-dir", str(run_dir)]
+    else:
+        start = [f"repro/{run.name}", *overrides, f"max_minutes={minutes:.2f}", "--run-dir",
+                 str(run_dir), "--overwrite"]  # fmt: skip
+    command = [sys.executable, "-m", "seqzoo.cli", "train", *start, "--no-progress"]
     run_env = {**env, "XLA_CLIENT_MEM_FRACTION": f"{run.memory_fraction:.3f}"}
     with log.open("w") as out:
         process = subprocess.Popen(
             command, cwd=ROOT, env=run_env, stdout=out, stderr=subprocess.STDOUT
         )
-    print(f"[{time.strftime('%H:%M:%S')}] started {run.key} ({minutes:.2f} min)", flush=True)
+    verb = "resumed" if resume else "started"
+    print(f"[{time.strftime('%H:%M:%S')}] {verb} {run.key} ({minutes:.2f} min)", flush=True)
     return Launched(run, cfg, command, process, log)
+
+
+def state_file(key: str) -> str:
+    """The name of a run's state archive: its key with what the device tool refuses in file
+    names (anything but letters, digits, '.', '_', '-') as '_'."""
+    return "state_" + re.sub(r"[^A-Za-z0-9._-]", "_", key) + ".tar.gz"
+
+
+def save_state(run_dir: Path, key: str, out: Path) -> Path:
+    """``out/state_<key>.tar.gz``: ``run_dir`` as the folder ``key``, without its older
+    periodic checkpoints, its lock and its set-aside checkpoints (a resume needs the newest)."""
+    latest = run_dir / LATEST
+    steps = sorted(int(p.name) for p in latest.iterdir() if p.name.isdigit()) if \
+        latest.is_dir() else []
+    older = {f"{LATEST}/{step}" for step in steps[:-1]}
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        inner = "/".join(Path(info.name).parts[1:3])
+        return None if inner in older or inner.split("/")[0] in ("lock", "skipped") else info
+
+    path = out / state_file(key)
+    with tarfile.open(path, "w:gz") as archive:
+        archive.add(run_dir, arcname=key, filter=keep)
+    return path
+
+
+def unpack_state(source: Path, key: str, work: Path) -> bool:
+    """Unpack ``source/state_<key>.tar.gz`` into ``work/runs/<key>`` (replacing it); False if
+    there is none."""
+    path = source / state_file(key)
+    if not path.is_file():
+        return False
+    run_dir = work / "runs" / key
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    with tarfile.open(path) as archive:
+        names = archive.getnames()
+        if any(Path(name).parts[0] != key or ".." in Path(name).parts for name in names):
+            raise ValueError(f"{path} holds files outside the folder {key!r}")
+        archive.extractall(work / "runs", filter="data")
+    return True
 
 
 def wait(launched: list[Launched], kill_deadline: float) -> None:
@@ -253,9 +321,9 @@ def device_name() -> str:
     return jax.devices()[0].device_kind
 
 
-def write_outputs(launched: list[Launched], work: Path, out: Path) -> None:
-    """Print the table; write ``results.md``, ``runs.tar.gz`` and ``curves_<task>.png`` (the
-    most fragile last) in ``out``."""
+def write_outputs(launched: list[Launched], work: Path, out: Path, state: bool) -> None:
+    """Print the table; write ``results.md``, ``runs.tar.gz``, with ``state`` each run's
+    ``state_<key>.tar.gz``, and ``curves_<task>.png`` (the most fragile last) in ``out``."""
     from seqzoo.runner.plot import plot_runs
 
     device = device_name()
@@ -271,6 +339,11 @@ def write_outputs(launched: list[Launched], work: Path, out: Path) -> None:
             for name in (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl"):
                 if (run_dir / name).is_file():
                     archive.add(run_dir / name, arcname=f"{item.run.key}/{name}")
+    for item in launched if state else ():
+        run_dir = work / "runs" / item.run.key
+        if (run_dir / CONFIG_FILE).is_file():
+            size = save_state(run_dir, item.run.key, out).stat().st_size
+            print(f"state of {item.run.key}: {size / 2**20:.1f} MiB", flush=True)
     by_task: dict[str, list[Path]] = {}
     for item in launched:
         run_dir = work / "runs" / item.run.key
@@ -291,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NAME",
                         help="these runs instead, from every group (Run.key names)")
     parser.add_argument("--toy", action="store_true", help="tiny sizes: a CPU smoke run")
+    parser.add_argument("--save-state", action="store_true",
+                        help="also write each run's directory to OUT, to continue it later")
+    parser.add_argument("--resume-from", type=Path, metavar="DIR",
+                        help="continue the runs whose state_<key>.tar.gz is in DIR")
     args = parser.parse_args(argv)
     start = time.time()
     train_deadline = start + 60 * args.minutes - EVAL_RESERVE - COLLECT_RESERVE
@@ -300,8 +377,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.only or ()) - {r.key for r in plan}
     if unknown:
         parser.error(f"unknown runs {sorted(unknown)}; known: {[r.key for r in plan]}")
+    tasks = {load_experiment(f"repro/{run.name}").task.name for run in runs}
+    if args.save_state and len(runs) + len(tasks) + 2 > 8:
+        parser.error(f"--save-state writes a file per run: {len(runs)} runs, {len(tasks)} "
+                     f"curves, the table and the archive exceed the 8 files OUT may hold")
     for folder in ("runs", "logs"):
         (args.work / folder).mkdir(parents=True, exist_ok=True)
+    resumed = {run.key for run in runs
+               if args.resume_from and unpack_state(args.resume_from, run.key, args.work)}
     env = {  # jax refuses the old name of XLA_CLIENT_MEM_FRACTION beside the new one
         **{k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_MEM_FRACTION"},
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -311,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # for this process's device_name()
     planned = [(run, *run_config(run, args.toy, args.data_dir)) for run in runs]
     launched = [
-        launch(run, cfg, overrides, args.work, train_deadline, env)
+        launch(run, cfg, overrides, args.work, train_deadline, env, run.key in resumed)
         for run, cfg, overrides in planned
         if cfg.task.name not in CACHED_TASKS
     ]
@@ -324,10 +407,11 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # its runs meet the error again and report it
                 print(f"generating {task} data failed: {e!r}", flush=True)
             print(f"{task} data: {time.time() - began:.0f}s", flush=True)
-        launched += [launch(*item, args.work, train_deadline, env) for item in waiting]
+        launched += [launch(*item, args.work, train_deadline, env, item[0].key in resumed)
+                     for item in waiting]
     wait(launched, kill_deadline)
     launched.sort(key=lambda item: runs.index(item.run))
-    write_outputs(launched, args.work, args.out)
+    write_outputs(launched, args.work, args.out, args.save_state)
     return 0 if all(item.process.returncode == 0 for item in launched) else 1
 
 
