@@ -14,12 +14,12 @@ with a bias (untied). Mixers at d_model 768, their papers' 125M options:
     gla        4 heads, key dim d/2, value dim d, gate rank 16   torch: fla GatedLinearAttention
     hybrid     mamba2, with attention at max(1, round(layers/6)) evenly spaced layers (3, 9 of 12)
 
-JAX: seqzoo's ``SequenceModel(head="lm")``, float32 parameters, bfloat16 compute (``dtype``; the
-lm head computes in float32 as seqzoo does), every ``impl`` left at "auto", ``optax.adamw``, one
-jitted step with parameters and optimizer state donated. Torch: float32 parameters under bf16
-autocast, ``AdamW(fused=True)`` on a GPU, eager (``--torch-compile``: ``torch.compile``). Both:
-lr 1e-3, betas (0.9, 0.95), weight decay 0.1 on every parameter, mean next-token cross-entropy
-on one fixed batch of random tokens (the loss must fall: it memorises).
+JAX: seqzoo's ``SequenceModel(head="lm")``, float32 parameters, bfloat16 compute (``dtype``, the
+lm head's matmul included, as autocast runs torch's), every ``impl`` left at "auto",
+``optax.adamw``, one jitted step with parameters and optimizer state donated. Torch: float32
+parameters under bf16 autocast, ``AdamW(fused=True)`` on a GPU, eager (``--torch-compile``:
+``torch.compile``). Both: lr 1e-3, betas (0.9, 0.95), weight decay 0.1 on every parameter, mean
+next-token cross-entropy on one fixed batch of random tokens (the loss must fall: it memorises).
 
 Timing: the first step is compile (JAX: ``lower().compile()``; torch: the first eager step,
 Triton compilation and autotuning included), two warm-up steps, then the median of ``--steps``
