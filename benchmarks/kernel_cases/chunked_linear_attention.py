@@ -1,6 +1,8 @@
 """Chunked linear attention, Mamba-2 SSD and Hydra (issue 7, kernels 3 and 4).
 
-Variants: ``xla`` (the op's XLA path), ``pallas`` (``impl="pallas"``) and, when importable,
+Variants: ``xla`` (the op's XLA path), ``pallas`` (``impl="pallas"``), for per-key decays
+``pallas_split`` (``impl="pallas_split"``: the kernel's inter-chunk pass + intra-chunk scores in
+XLA, issue 24) and, when importable,
 flash-linear-attention 0.6.0's Triton kernels on the same inputs as torch tensors (layout
 (B, T, H, D) for both): ``chunk_linear_attn`` (no decay, ``normalize=False``),
 ``chunk_simple_gla`` (a decay per head; refuses to run on Hopper with triton 3.6, reported as a
@@ -30,8 +32,8 @@ SCALING = [(65536 // t, t, 16, 128) for t in (1024, 2048, 4096, 8192, 16384, 327
 MAMBA2 = (2, 4096, 32, 64, 128)  # batch, length, heads, headdim p, state n (one group)
 QUICK_SHAPES, QUICK_MAMBA2 = [(1, 80, 2, 16)], (1, 80, 2, 16, 16)
 # Where the XLA path is timed too (its compilations take most of a run's time): the first
-# shape, and the per-key kind on the last (the only one where its (B, T/C, H, D, C, C) decays fit).
-XLA_AT = {(SHAPES[0], "none"), (SHAPES[0], "head"), (SHAPES[2], "key")}
+# shape, and the per-key kind where its (B, T/C, H, D, C, C) decays fit (not on the second).
+XLA_AT = {(SHAPES[0], "none"), (SHAPES[0], "head"), (SHAPES[0], "key"), (SHAPES[2], "key")}
 # Tilings tried on the large shape: (chunk, sub, block_v, num_warps, num_stages, slice).
 SWEEP = {
     ("head", "fwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 64, 4, 1, 32), (64, 16, 64, 4, 3, 32),
@@ -128,6 +130,8 @@ def attention_case(shape, kind, mode, *, with_xla=True) -> Case:
     if with_xla:
         variants["xla"] = _jax_variant(op("chunked"), args, do, mode)
     variants["pallas"] = _jax_variant(op("pallas"), args, do, mode)
+    if kind == "key":
+        variants["pallas_split"] = _jax_variant(op("pallas_split"), args, do, mode)
     fla = _fla_variant(kind, mode, q, k, v, g, do)
     if fla is not None:
         variants[f"fla {FLA[kind]}"] = fla
