@@ -17,11 +17,13 @@ it, in sub-chunks of ``sub`` rows:
   ``(sub, sub, dk)`` and reduced over dk.
 
 Matmul operands are in the inputs' dtype (bf16 on a GPU; float32 at HIGHEST precision), with
-float32 accumulation; decays, ``A`` and the diagonal blocks are float32. The scores are
-``jax.checkpoint``-ed: their backward pass recomputes the decayed factors instead of keeping
-them, so what is saved for it is ``q``, ``k``, ``G`` alone (no ``(C, C, dk)`` or per-sub-chunk
-copy of ``k`` per chunk). ``A v`` has its own VJP (``dv = A^T do``, ``dA = do v^T``), matmuls
-in the inputs' dtype as well.
+float32 accumulation; decays, ``A`` and the diagonal blocks are float32. The per-key scores have
+their own VJP (fla's ``chunk_gla`` backward): ``dq`` and ``dk`` by the same sub-chunks (matmuls
+through the reference rows, the diagonal blocks as elementwise products reduced at once) and
+``dG = q dq - k dk`` (``A`` depends on G only through ``G_i - G_j``; as the difference cancels,
+those matmuls split their float32 operands into ``hi + lo``); what is saved for it is
+``q``, ``k``, ``G`` alone (no decayed copies of them), and no ``(C, C, dk)`` tensor is formed.
+``A v`` has its own VJP (``dv = A^T do``, ``dA = do v^T``), matmuls in the inputs' dtype too.
 """
 
 from __future__ import annotations
@@ -36,17 +38,46 @@ Array = jax.Array
 _F32 = jnp.float32
 
 
-def _einsum(spec: str, a: Array, b: Array, dtype) -> Array:
-    """``jnp.einsum`` with both operands in ``dtype`` and a float32 result."""
+def _einsum(spec: str, a: Array, b: Array, dtype, split: bool = False) -> Array:
+    """``jnp.einsum`` with both operands in ``dtype`` and a float32 result. ``split``: float32
+    operands rounded as ``hi + lo`` in ``dtype`` and multiplied part by part (``hi hi + lo hi +
+    hi lo``), so their rounding costs ~eps^2 instead of eps (as ``chunked_pass._dot``)."""
     precision = lax.Precision.HIGHEST if dtype == _F32 else None
-    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), precision=precision,
-                      preferred_element_type=_F32)
+
+    def parts(x):
+        hi = x.astype(dtype)
+        if not split or dtype == _F32 or x.dtype == dtype:
+            return [hi]
+        return [hi, (x - hi.astype(x.dtype)).astype(dtype)]
+
+    out = None
+    for i, a_part in enumerate(parts(a)):
+        for j, b_part in enumerate(parts(b)):
+            if i + j < 2:  # lo x lo is below float32's own rounding
+                term = jnp.einsum(spec, a_part, b_part, precision=precision,
+                                  preferred_element_type=_F32)
+                out = term if out is None else out + term
+    return out
 
 
 def _causal(c: int) -> Array:
     return jnp.tril(jnp.ones((c, c), bool))
 
 
+def _diagonal_decay(cum_i: Array) -> Array:
+    """``exp(min(G_i - G_j, 0))``: (B, N, sub, H, dk) -> (B, N, sub_i, sub_j, H, dk), exact on
+    the causal triangle (where ``G_i - G_j <= 0``), never overflowing elsewhere."""
+    return jnp.exp(jnp.minimum(cum_i[:, :, :, None] - cum_i[:, :, None], 0.0))
+
+
+def _reference_factors(cum: Array, r: int, sub: int) -> tuple[Array, Array]:
+    """For the sub-chunk from row r (first row r its reference): ``exp(G_i - G_r)`` on its rows
+    and ``exp(G_r - G_j)`` on the rows before it, both <= 1."""
+    ref = cum[:, :, r:r + 1]
+    return jnp.exp(cum[:, :, r:r + sub] - ref), jnp.exp(ref - cum[:, :, :r])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _scores_per_key(q: Array, k: Array, cum: Array, sub: int, dtype) -> Array:
     """Per-key decays, sub-chunk by sub-chunk (module docstring). (B, N, C, H, dk) ->
     (B, N, H, C, C), unscaled, zero above the diagonal."""
@@ -54,22 +85,53 @@ def _scores_per_key(q: Array, k: Array, cum: Array, sub: int, dtype) -> Array:
     qf, kf = q.astype(_F32), k.astype(_F32)
     rows = []
     for r in range(0, c, sub):
-        q_i, cum_i, ref = qf[:, :, r:r + sub], cum[:, :, r:r + sub], cum[:, :, r:r + 1]
-        k_i = kf[:, :, r:r + sub]
-        decay = jnp.exp(jnp.minimum(cum_i[:, :, :, None] - cum_i[:, :, None], 0.0))
-        terms = q_i[:, :, :, None] * k_i[:, :, None] * decay  # (B, N, sub, sub, H, dk)
-        diagonal = jnp.einsum("bnijhd->bnhij", terms)
-        diagonal = jnp.where(_causal(sub), diagonal, 0.0)
+        q_i, k_i = qf[:, :, r:r + sub], kf[:, :, r:r + sub]
+        terms = q_i[:, :, :, None] * k_i[:, :, None] * _diagonal_decay(cum[:, :, r:r + sub])
+        diagonal = jnp.where(_causal(sub), jnp.einsum("bnijhd->bnhij", terms), 0.0)
         blocks = [diagonal, jnp.zeros((b, n, h, sub, c - r - sub), _F32)]
         if r:
-            earlier = kf[:, :, :r] * jnp.exp(ref - cum[:, :, :r])
-            blocks.insert(0, _einsum("bnihd,bnjhd->bnhij", q_i * jnp.exp(cum_i - ref),
-                                     earlier, dtype))
+            from_ref, to_ref = _reference_factors(cum, r, sub)
+            blocks.insert(0, _einsum("bnihd,bnjhd->bnhij", q_i * from_ref, kf[:, :, :r] * to_ref,
+                                     dtype))
         rows.append(jnp.concatenate(blocks, axis=-1))
     return jnp.concatenate(rows, axis=-2)
 
 
-@functools.partial(jax.checkpoint, static_argnums=(3, 4, 5))
+def _scores_per_key_forward(q, k, cum, sub, dtype):
+    return _scores_per_key(q, k, cum, sub, dtype), (q, k, cum)
+
+
+def _scores_per_key_backward(sub, dtype, res, d_scores):
+    """``dq_i = sum_j dA_ij k_j exp(G_i - G_j)``, ``dk_j = sum_i dA_ij q_i exp(G_i - G_j)`` by
+    the forward's sub-chunks (diagonal blocks as elementwise products reduced over the other
+    row, never stored), and ``dG = q dq - k dk``: A depends on G only through ``G_i - G_j``.
+    The difference cancels, so the matmuls split their float32 operands (``_einsum``)."""
+    q, k, cum = res
+    qf, kf = q.astype(_F32), k.astype(_F32)
+    c = q.shape[2]
+    dq_rows, dk = [], jnp.zeros(k.shape, _F32)
+    for r in range(0, c, sub):
+        q_i, k_i = qf[:, :, r:r + sub], kf[:, :, r:r + sub]
+        d_rows = jnp.moveaxis(d_scores[..., r:r + sub, :], 2, -1)  # (B, N, sub, C, H)
+        d_diag = jnp.where(_causal(sub)[..., None], d_rows[:, :, :, r:r + sub], 0.0)[..., None]
+        decay = _diagonal_decay(cum[:, :, r:r + sub])
+        dq_i = jnp.sum(d_diag * k_i[:, :, None] * decay, axis=3)
+        dk = dk.at[:, :, r:r + sub].add(jnp.sum(d_diag * q_i[:, :, :, None] * decay, axis=2))
+        if r:
+            from_ref, to_ref = _reference_factors(cum, r, sub)
+            d_earlier = d_scores[..., r:r + sub, :r]  # (B, N, H, sub, r)
+            dq_i = dq_i + from_ref * _einsum("bnhij,bnjhd->bnihd", d_earlier,
+                                             kf[:, :, :r] * to_ref, dtype, split=True)
+            dk = dk.at[:, :, :r].add(to_ref * _einsum("bnhij,bnihd->bnjhd", d_earlier,
+                                                      q_i * from_ref, dtype, split=True))
+        dq_rows.append(dq_i)
+    dq = jnp.concatenate(dq_rows, axis=2)
+    return dq.astype(q.dtype), dk.astype(k.dtype), qf * dq - kf * dk
+
+
+_scores_per_key.defvjp(_scores_per_key_forward, _scores_per_key_backward)
+
+
 def _scores(q: Array, k: Array, cum: Array | None, scale: float, sub: int, dtype) -> Array:
     c = q.shape[2]
     if cum is not None and cum.ndim == 5:
