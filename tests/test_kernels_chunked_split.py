@@ -17,7 +17,7 @@ import pytest
 from seqzoo.kernels import launch
 from seqzoo.kernels.chunked_pass import Tiling
 from seqzoo.ops.dispatch import resolve
-from seqzoo.ops.linear_attention import intra_chunk, linear_attention
+from seqzoo.ops.linear_attention import intra_chunk, linear_attention, pallas_gpu_split
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention
 
 F32_TOL = 1e-5  # relative L2, outputs and every gradient (float32 matmuls at IEEE precision)
@@ -160,6 +160,23 @@ def test_split_op_matches_the_xla_op_float32(decay):
                       values_and_grads(op("chunked"), args, cotangent), F32_TOL)
 
 
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, F32_TOL),
+                                        pytest.param(jnp.bfloat16, 1e-3, marks=pytest.mark.slow)],
+                         ids=["f32", "bf16"])
+def test_pallas_intra_scores_match_the_xla_ones(dtype, tol):
+    """``kernel=True``: the Pallas scores (interpret mode) equal XLA's (in bf16: the same
+    rounding of the matmul operands), dk = 24 padded to 32, decays down to -20 per step."""
+    b, n, c, h, dk = 1, 1, 64, 2, 24
+    rng = np.random.default_rng(2)
+    q, k = (jnp.asarray(rng.standard_normal((b, n, c, h, dk), np.float32)) for _ in range(2))
+    g = -jax.nn.softplus(jnp.asarray(rng.standard_normal((b, n, c, h, dk), np.float32)))
+    cum = jnp.cumsum(g.at[:, 0, 30:40, 1, :5].set(-20.0), axis=2)
+    got, want = (jax.jit(lambda *a, kernel=kernel: intra_chunk.intra_chunk_scores(
+        *a, scale=0.7, kernel=kernel))(q.astype(dtype), k.astype(dtype), cum)
+        for kernel in (True, False))
+    assert rel(got, want) < tol
+
+
 def test_split_lowers_for_a_gpu(monkeypatch):
     """Forward and gradient lower with the Triton kernels for CUDA on this CPU machine (the
     Pallas -> Triton lowering runs; a layout or op Triton lacks fails here)."""
@@ -173,8 +190,13 @@ def test_split_lowers_for_a_gpu(monkeypatch):
     def grads(*args):
         return jax.grad(lambda *a: forward(*a).astype(jnp.float32).sum(), (0, 1, 2, 3))(*args)
 
+    def with_intra_kernel(q, k, v, g):
+        return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=0.2, chunk_size=64,
+                                                        intra_kernel=True)[0]
+
     for fn, kernels in ((forward, ["chunked_pass_key_inter"]),
-                        (grads, ["chunked_pass_key_inter", "chunked_pass_value_inter"])):
+                        (grads, ["chunked_pass_key_inter", "chunked_pass_value_inter"]),
+                        (with_intra_kernel, ["chunked_pass_key_inter", "intra_chunk_scores"])):
         text = jax.jit(fn).trace(x, x, x, g).lower(lowering_platforms=("cuda",)).as_text()
         assert all(name in text for name in kernels)
 

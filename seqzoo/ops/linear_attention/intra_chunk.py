@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqzoo.ops.linear_attention import pallas_gpu_intra
+
 Array = jax.Array
 _F32 = jnp.float32
 
@@ -78,10 +80,13 @@ def _reference_factors(cum: Array, r: int, sub: int) -> tuple[Array, Array]:
     return jnp.exp(cum[:, :, r:r + sub] - ref), jnp.exp(ref - cum[:, :, :r])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _scores_per_key(q: Array, k: Array, cum: Array, sub: int, dtype) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _scores_per_key(q: Array, k: Array, cum: Array, sub: int, dtype, kernel: bool) -> Array:
     """Per-key decays, sub-chunk by sub-chunk (module docstring). (B, N, C, H, dk) ->
-    (B, N, H, C, C), unscaled, zero above the diagonal."""
+    (B, N, H, C, C), unscaled, zero above the diagonal; ``kernel``: by the Pallas kernel of
+    ``pallas_gpu_intra.py`` (same sub-chunks) instead of XLA."""
+    if kernel:
+        return pallas_gpu_intra.intra_chunk_scores(q, k, cum, sub=sub, dtype=dtype)
     b, n, c, h, dk = q.shape
     qf, kf = q.astype(_F32), k.astype(_F32)
     rows = []
@@ -98,11 +103,11 @@ def _scores_per_key(q: Array, k: Array, cum: Array, sub: int, dtype) -> Array:
     return jnp.concatenate(rows, axis=-2)
 
 
-def _scores_per_key_forward(q, k, cum, sub, dtype):
-    return _scores_per_key(q, k, cum, sub, dtype), (q, k, cum)
+def _scores_per_key_forward(q, k, cum, sub, dtype, kernel):
+    return _scores_per_key(q, k, cum, sub, dtype, kernel), (q, k, cum)
 
 
-def _scores_per_key_backward(sub, dtype, res, d_scores):
+def _scores_per_key_backward(sub, dtype, kernel, res, d_scores):
     """``dq_i = sum_j dA_ij k_j exp(G_i - G_j)``, ``dk_j = sum_i dA_ij q_i exp(G_i - G_j)`` by
     the forward's sub-chunks (diagonal blocks as elementwise products reduced over the other
     row, never stored), and ``dG = q dq - k dk``: A depends on G only through ``G_i - G_j``.
@@ -133,10 +138,11 @@ def _scores_per_key_backward(sub, dtype, res, d_scores):
 _scores_per_key.defvjp(_scores_per_key_forward, _scores_per_key_backward)
 
 
-def _scores(q: Array, k: Array, cum: Array | None, scale: float, sub: int, dtype) -> Array:
+def _scores(q: Array, k: Array, cum: Array | None, scale: float, sub: int, dtype,
+            kernel: bool) -> Array:
     c = q.shape[2]
     if cum is not None and cum.ndim == 5:
-        return scale * _scores_per_key(q, k, cum, sub, dtype)
+        return scale * _scores_per_key(q, k, cum, sub, dtype, kernel)
     scores = _einsum("bnihd,bnjhd->bnhij", q, k, dtype) * scale
     if cum is None:
         return jnp.where(_causal(c), scores, 0.0)
@@ -146,15 +152,16 @@ def _scores(q: Array, k: Array, cum: Array | None, scale: float, sub: int, dtype
 
 
 def intra_chunk_scores(q: Array, k: Array, cum: Array | None, *, scale: float,
-                       sub: int = 16) -> Array:
+                       sub: int = 16, kernel: bool = False) -> Array:
     """``A: (B, N, H, C, C)`` float32 of the module docstring.
 
     q, k: (B, N, C, H, dk) (N chunks of C steps); cum: the chunk-local inclusive cumulative sum
     of the log decays, float32: None, (B, N, C, H) per head or (B, N, C, H, dk) per key
-    dimension; sub: rows per sub-chunk for per-key decays (dividing C).
+    dimension; sub: rows per sub-chunk for per-key decays (dividing C); kernel: per-key scores
+    by the Pallas kernel (``pallas_gpu_intra.py``; C a power of two >= 16), the VJP still XLA's.
     """
     dtype = jnp.result_type(q.dtype, k.dtype)
-    return _scores(q, k, cum, float(scale), min(sub, q.shape[2]), jnp.dtype(dtype))
+    return _scores(q, k, cum, float(scale), min(sub, q.shape[2]), jnp.dtype(dtype), kernel)
 
 
 @jax.custom_vjp

@@ -42,14 +42,15 @@ def _in_chunks(x: Array | None, steps: int, chunk: int) -> Array | None:
 
 
 def intra_chunk_attention(q: Array, k: Array, v: Array, log_decay: Array | None, *,
-                          scale: float, chunk: int, sub: int = 16) -> Array:
+                          scale: float, chunk: int, sub: int = 16, kernel: bool = False) -> Array:
     """``o_intra: (B, T, H, dv)`` float32 for chunks of ``chunk`` steps from t = 0 (layout as
-    ``linear_attention_kernel``; padded to whole chunks with zero inputs and zero decays)."""
+    ``linear_attention_kernel``; padded to whole chunks with zero inputs and zero decays);
+    ``kernel``: per-key scores by the Pallas kernel (``intra_chunk.intra_chunk_scores``)."""
     length = q.shape[1]
     steps = -(-length // chunk) * chunk
     q, k, v, g = (_in_chunks(x, steps, chunk) for x in (q, k, v, log_decay))
     cum = None if g is None else jnp.cumsum(g.astype(jnp.float32), axis=2)
-    scores = intra_chunk.intra_chunk_scores(q, k, cum, scale=scale, sub=sub)
+    scores = intra_chunk.intra_chunk_scores(q, k, cum, scale=scale, sub=sub, kernel=kernel)
     out = intra_chunk.intra_chunk_outputs(scores, v)
     return out.reshape(out.shape[0], steps, *out.shape[3:])[:, :length]
 
@@ -63,11 +64,14 @@ def linear_attention_kernel(
     scale: float,
     initial_state: Array | None = None,
     chunk_size: int = 64,
+    intra_kernel: bool = False,
 ) -> tuple[Array, Array]:
     """``seqzoo.ops.linear_attention`` (no segment_ids) as ``o_inter + o_intra``.
 
     q, k: (B, T, H, dk); v: (B, T, H, dv); log_decay: None, (B, T, H) or (B, T, H, dk);
-    initial_state: (B, H, dk, dv). Returns ``o`` in v's dtype and ``S_T`` float32.
+    initial_state: (B, H, dk, dv); intra_kernel: the per-key intra-chunk scores by the Pallas
+    kernel of ``pallas_gpu_intra.py`` instead of XLA (not measured: the op uses XLA's). Returns
+    ``o`` in v's dtype and ``S_T`` float32.
     """
     decay = None if log_decay is None else ("scalar" if log_decay.ndim == 3 else "key")
     widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
@@ -76,5 +80,5 @@ def linear_attention_kernel(
     inter, final = gated_linear_attention(*lead[:4], None, lead[4], scale=scale, tiling=tiling,
                                           intra=False)
     intra = intra_chunk_attention(q, k, v, log_decay, scale=scale, chunk=tiling.chunk,
-                                  sub=tiling.sub)
+                                  sub=tiling.sub, kernel=intra_kernel)
     return (inter[0].astype(jnp.float32) + intra).astype(v.dtype), final[0]
