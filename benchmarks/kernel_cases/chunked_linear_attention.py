@@ -2,7 +2,8 @@
 
 Variants: ``xla`` (the op's XLA path), ``pallas`` (``impl="pallas"``), for per-key decays
 ``pallas_split`` (``impl="pallas_split"``: the kernel's inter-chunk pass + intra-chunk scores in
-XLA, issue 24) and, when importable,
+XLA, issue 24) and ``pallas_split A kernel`` (the same with the scores' Pallas kernel) and, when
+importable,
 flash-linear-attention 0.6.0's Triton kernels on the same inputs as torch tensors (layout
 (B, T, H, D) for both): ``chunk_linear_attn`` (no decay, ``normalize=False``),
 ``chunk_simple_gla`` (a decay per head; refuses to run on Hopper with triton 3.6, reported as a
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 from kernel_harness import Case, floor_ms
 
 from seqzoo.kernels.chunked_pass import Tiling
-from seqzoo.ops.linear_attention import linear_attention
+from seqzoo.ops.linear_attention import linear_attention, pallas_gpu_split
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention
 from seqzoo.ops.quasiseparable import quasiseparable
 from seqzoo.ops.ssd import ssd
@@ -116,6 +117,12 @@ def _attention_floor(shape, kind, mode) -> float:
     return floor_ms(tensors, flops)
 
 
+def _split_with_scores_kernel(q, k, v, g):
+    """``impl="pallas_split"`` with the intra-chunk scores by their Pallas kernel."""
+    return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=q.shape[-1] ** -0.5,
+                                                    chunk_size=64, intra_kernel=True)[0]
+
+
 def attention_case(shape, kind, mode, *, with_xla=True) -> Case:
     """Linear attention with no decay, a decay per head or per key, bf16."""
     q, k, v, g, do = attention_inputs(shape, kind)
@@ -132,6 +139,8 @@ def attention_case(shape, kind, mode, *, with_xla=True) -> Case:
     variants["pallas"] = _jax_variant(op("pallas"), args, do, mode)
     if kind == "key":
         variants["pallas_split"] = _jax_variant(op("pallas_split"), args, do, mode)
+        variants["pallas_split A kernel"] = _jax_variant(_split_with_scores_kernel, args, do,
+                                                         mode)
     fla = _fla_variant(kind, mode, q, k, v, g, do)
     if fla is not None:
         variants[f"fla {FLA[kind]}"] = fla
