@@ -2,7 +2,8 @@
 
     python benchmarks/bf16_gradients.py [--quick] [--only ssd,quasiseparable,...]
 
-For every kernel: inputs drawn in float32, rounded to bf16; the kernel (``impl="pallas"``) runs
+For every kernel: inputs drawn in float32, rounded to bf16; the kernel (``impl="pallas"``; for
+"keydecay split" linear attention's ``impl="pallas_split"``) runs
 on the bf16 inputs, the reference (the op's XLA path, ``impl`` below) on the same rounded values
 in float32. Printed: the relative L2 error ``||got - ref|| / ||ref||`` of the output and of every
 gradient of ``sum(out * g)`` separately. Where the peer is importable (mamba_ssm's Triton SSD,
@@ -130,7 +131,7 @@ def run_quasiseparable(shape):
                                      args, diff, g, ("dt_fwd", "dt_bwd")))]
 
 
-def run_linear_attention(shape, decay: str | None):
+def run_linear_attention(shape, decay: str | None, impl: str = "pallas"):
     b, l, h, d = shape
     k = jax.random.split(jax.random.PRNGKey(2), 5)
     args = dict(q=normal(k[0], (b, l, h, d)) * d ** -0.5, k=normal(k[1], (b, l, h, d)),
@@ -141,9 +142,9 @@ def run_linear_attention(shape, decay: str | None):
         args["log_decay"] = jax.nn.log_sigmoid(normal(k[3], gshape) + 3.0)
         diff += ("log_decay",)
     g = normal(k[4], (b, l, h, d))
-    return [("seqzoo pallas", errors(functools.partial(linear_attention, impl="pallas"),
-                                     functools.partial(linear_attention, impl="chunked"),
-                                     args, diff, g, ("log_decay",)))]
+    return [(f"seqzoo {impl}", errors(functools.partial(linear_attention, impl=impl),
+                                      functools.partial(linear_attention, impl="chunked"),
+                                      args, diff, g, ("log_decay",)))]
 
 
 def run_selective_scan(shape):
@@ -177,6 +178,7 @@ SHAPES = {
     "linear_attention nodecay": ([(4, 2048, 16, 128)], (1, 100, 2, 16)),
     "linear_attention headdecay": ([(4, 2048, 16, 128)], (1, 100, 2, 16)),
     "linear_attention keydecay": ([(2, 1024, 4, 64)], (1, 100, 2, 16)),
+    "linear_attention keydecay split": ([(2, 1024, 4, 64)], (1, 100, 2, 16)),
     "selective_scan": ([(4, 2048, 1024, 16)], (1, 100, 8, 4)),
     "linear_recurrence": ([(8, 4096, 2048)], (1, 100, 8)),
 }
@@ -186,6 +188,8 @@ RUNS = {
     "linear_attention nodecay": lambda shape, peers: run_linear_attention(shape, None),
     "linear_attention headdecay": lambda shape, peers: run_linear_attention(shape, "head"),
     "linear_attention keydecay": lambda shape, peers: run_linear_attention(shape, "key"),
+    "linear_attention keydecay split": lambda shape, peers: run_linear_attention(
+        shape, "key", "pallas_split"),
     "selective_scan": lambda shape, peers: run_selective_scan(shape),
     "linear_recurrence": lambda shape, peers: run_recurrence(shape),
 }

@@ -1,9 +1,12 @@
 """Check then time every Pallas kernel against its XLA path and outside baselines.
 
-    python benchmarks/kernels.py [--only NAME[,NAME]] [--quick] [--repeats 7] [--calls 10]
+    python benchmarks/kernels.py [--only NAME[,NAME]] [--match TEXT] [--quick] [--repeats 7]
+                                 [--calls 10]
     seqzoo bench kernels [...]
 
-Runs the cases of every module in benchmarks/kernel_cases/ (``--only`` picks modules by name),
+Runs the cases of every module in benchmarks/kernel_cases/ (``--only`` picks modules by name,
+``--match`` cases whose "kernel shape" contains one of the comma-separated TEXTs, e.g.
+``"linear_attention key fwd B4"``),
 prints one line per variant as it goes, then a markdown table (the one quoted in
 benchmarks/RESULTS.md). ``--quick`` uses small shapes: on a CPU it exercises the kernels in
 Pallas interpret mode and checks their agreement; its times are no claim. Exit status 1 if any
@@ -37,6 +40,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated case modules (default: all)")
     parser.add_argument("--quick", action="store_true", help="small shapes (CPU smoke run)")
+    parser.add_argument("--match", help="only cases whose 'kernel shape' contains one of these "
+                        "comma-separated texts")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--calls", type=int, default=10, help="back-to-back calls per timing")
     args = parser.parse_args(argv)
@@ -45,6 +50,9 @@ def main(argv=None) -> int:
     rows = []
     for module in case_modules(args.only.split(",") if args.only else None):
         for case in module.cases(args.quick):
+            name = f"{case.kernel} {case.shape}"
+            if args.match and not any(text in name for text in args.match.split(",")):
+                continue
             case_rows = run_case(case, repeats=args.repeats, calls=args.calls)
             for r in case_rows:
                 print(f"  {r.kernel} | {r.shape} | {r.variant}: {r.ms:.3f} ms, err {r.error:.1e}",

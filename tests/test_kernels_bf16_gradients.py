@@ -47,7 +47,7 @@ def test_ssd_decay_gradient_at_length_1024():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["quasiseparable", "linear_attention headdecay",
-                                  "linear_attention keydecay"])
+                                  "linear_attention keydecay", "linear_attention keydecay split"])
 def test_decay_gradients_at_length_2048(name):
     shape = {"quasiseparable": (1, 2048, 2, 64, 64)}.get(name, (1, 2048, 2, 64))
     check(bench.RUNS[name](shape, False))

@@ -102,7 +102,7 @@ def test_accepted_names_are_what_the_layers_check():
     from seqzoo.ops.linear_attention import IMPLS as LINEAR_ATTENTION_IMPLS
 
     assert LINEAR_ATTENTION_IMPLS == ("auto", "chunked", "parallel", "sequential", "pallas",
-                                      "chunk", "recurrent")
+                                      "pallas_split", "chunk", "recurrent")
 
 
 @pytest.mark.parametrize("op", ["linear_attention", "ssd", "quasiseparable"])

@@ -1,6 +1,9 @@
 """Chunked linear attention, Mamba-2 SSD and Hydra (issue 7, kernels 3 and 4).
 
-Variants: ``xla`` (the op's XLA path), ``pallas`` (``impl="pallas"``) and, when importable,
+Variants: ``xla`` (the op's XLA path), ``pallas`` (``impl="pallas"``), for per-key decays
+``pallas_split`` (``impl="pallas_split"``: the kernel's inter-chunk pass + intra-chunk scores in
+XLA, issue 24) and ``pallas_split A kernel`` (the same with the scores' Pallas kernel) and, when
+importable,
 flash-linear-attention 0.6.0's Triton kernels on the same inputs as torch tensors (layout
 (B, T, H, D) for both): ``chunk_linear_attn`` (no decay, ``normalize=False``),
 ``chunk_simple_gla`` (a decay per head; refuses to run on Hopper with triton 3.6, reported as a
@@ -19,7 +22,7 @@ import jax.numpy as jnp
 from kernel_harness import Case, floor_ms
 
 from seqzoo.kernels.chunked_pass import Tiling
-from seqzoo.ops.linear_attention import linear_attention
+from seqzoo.ops.linear_attention import linear_attention, pallas_gpu_split
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention
 from seqzoo.ops.quasiseparable import quasiseparable
 from seqzoo.ops.ssd import ssd
@@ -30,8 +33,8 @@ SCALING = [(65536 // t, t, 16, 128) for t in (1024, 2048, 4096, 8192, 16384, 327
 MAMBA2 = (2, 4096, 32, 64, 128)  # batch, length, heads, headdim p, state n (one group)
 QUICK_SHAPES, QUICK_MAMBA2 = [(1, 80, 2, 16)], (1, 80, 2, 16, 16)
 # Where the XLA path is timed too (its compilations take most of a run's time): the first
-# shape, and the per-key kind on the last (the only one where its (B, T/C, H, D, C, C) decays fit).
-XLA_AT = {(SHAPES[0], "none"), (SHAPES[0], "head"), (SHAPES[2], "key")}
+# shape, and the per-key kind where its (B, T/C, H, D, C, C) decays fit (not on the second).
+XLA_AT = {(SHAPES[0], "none"), (SHAPES[0], "head"), (SHAPES[0], "key"), (SHAPES[2], "key")}
 # Tilings tried on the large shape: (chunk, sub, block_v, num_warps, num_stages, slice).
 SWEEP = {
     ("head", "fwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 64, 4, 1, 32), (64, 16, 64, 4, 3, 32),
@@ -114,6 +117,12 @@ def _attention_floor(shape, kind, mode) -> float:
     return floor_ms(tensors, flops)
 
 
+def _split_with_scores_kernel(q, k, v, g):
+    """``impl="pallas_split"`` with the intra-chunk scores by their Pallas kernel."""
+    return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=q.shape[-1] ** -0.5,
+                                                    chunk_size=64, intra_kernel=True)[0]
+
+
 def attention_case(shape, kind, mode, *, with_xla=True) -> Case:
     """Linear attention with no decay, a decay per head or per key, bf16."""
     q, k, v, g, do = attention_inputs(shape, kind)
@@ -128,6 +137,10 @@ def attention_case(shape, kind, mode, *, with_xla=True) -> Case:
     if with_xla:
         variants["xla"] = _jax_variant(op("chunked"), args, do, mode)
     variants["pallas"] = _jax_variant(op("pallas"), args, do, mode)
+    if kind == "key":
+        variants["pallas_split"] = _jax_variant(op("pallas_split"), args, do, mode)
+        variants["pallas_split A kernel"] = _jax_variant(_split_with_scores_kernel, args, do,
+                                                         mode)
     fla = _fla_variant(kind, mode, q, k, v, g, do)
     if fla is not None:
         variants[f"fla {FLA[kind]}"] = fla

@@ -26,6 +26,11 @@ ever exponentiates non-positive numbers:
 * across chunks: the state times ``exp(G_last)``, queries times ``exp(G_i)`` or
   ``exp(G_last - G_i)``, keys times the other one (all <= 1).
 
+With ``intra=False`` the sums above skip every pair (i, j) within one chunk (the two bullets
+before the last): the pass is then the inter-chunk term alone, and costs for per-dimension
+decays what it costs for scalar ones (``seqzoo.ops.linear_attention.pallas_gpu_split`` adds the
+intra-chunk term from a pass parallel over chunks).
+
 Matmuls take the inputs' dtype (bf16 on tensor cores; float32 at full IEEE precision) and
 accumulate in float32; decays, scores and the state are float32 (rounded to the matmul dtype as
 operands, or split in two bf16 parts with ``split``).
@@ -132,38 +137,50 @@ class _Pass:
     split: bool  # matmuls with float32 intermediates split in two (``_dot``)
     boundaries: bool  # write the state at every chunk boundary ("sb")
     has_partner: bool  # dot the state at every boundary with a partner's ("pb" -> "dots")
+    intra: bool  # pairs within a chunk too (False: only pairs in different chunks)
 
 
 def _whole_chunk(spec: _Pass, refs: dict, rev, t0, state):
     """Scalar or no decay: the C x C block of scores at once. Writes the chunk, returns S."""
     c, dt, sp = spec.tiling.chunk, spec.dtype, spec.split
     q, k, v = (_rows(refs[n], t0, c) for n in "qkv")
-    i = lax.broadcasted_iota(jnp.int32, (c, c), 0)
-    j = lax.broadcasted_iota(jnp.int32, (c, c), 1)
-    live = _pick(rev, j >= i, j <= i)
-    scores = _dot(q, k, dt, tb=True) * spec.scale
     q_in = k_out = decay = None
     if spec.decay == "scalar":
         cum = _rows(refs["g"], t0, c)
         last = _rows(refs["g"], t0 + c - 1, 1)
-        diff = _pick(rev, cum[None, :] - cum[:, None], cum[:, None] - cum[None, :])
-        scores = scores * jnp.exp(jnp.where(live, diff, -jnp.inf))
         from_start, to_end = jnp.exp(cum), jnp.exp(last - cum)
         q_in, k_out = _pick(rev, to_end, from_start), _pick(rev, from_start, to_end)
         decay = jnp.exp(last)
-    else:
-        scores = jnp.where(live, scores, 0.0)
     if spec.has_key_scale:
         key_scale = _rows(refs["ks"], t0, c)
-        scores = scores * key_scale[None, :]
         k_out = key_scale if k_out is None else k_out * key_scale
-    from_state = _dot(q, state, dt, split=sp) * spec.scale
-    out = _dot(scores, v, dt, split=sp) + _scaled(from_state, q_in)
+    out = _scaled(_dot(q, state, dt, split=sp) * spec.scale, q_in)
+    if spec.intra:
+        out = out + _dot(_chunk_scores(spec, refs, rev, t0, q, k), v, dt, split=sp)
     if spec.has_row_scale:
         out = out * _rows(refs["rs"], t0, c)[:, None]
     refs["o"][pl.ds(t0, c), :] = out.astype(refs["o"].dtype)
     carried = state if decay is None else state * decay
     return carried + _dot(_scaled(k, k_out), v, dt, ta=True, split=sp)
+
+
+def _chunk_scores(spec: _Pass, refs: dict, rev, t0, q: Array, k: Array) -> Array:
+    """Scalar or no decay: the chunk's (C, C) scores ``scale ks_j q_i.k_j exp(G_i - G_j)``,
+    zero outside the causal (reverse: anti-causal) triangle."""
+    c = spec.tiling.chunk
+    i = lax.broadcasted_iota(jnp.int32, (c, c), 0)
+    j = lax.broadcasted_iota(jnp.int32, (c, c), 1)
+    live = _pick(rev, j >= i, j <= i)
+    scores = _dot(q, k, spec.dtype, tb=True) * spec.scale
+    if spec.decay == "scalar":
+        cum = _rows(refs["g"], t0, c)
+        diff = _pick(rev, cum[None, :] - cum[:, None], cum[:, None] - cum[None, :])
+        scores = scores * jnp.exp(jnp.where(live, diff, -jnp.inf))
+    else:
+        scores = jnp.where(live, scores, 0.0)
+    if spec.has_key_scale:
+        scores = scores * _rows(refs["ks"], t0, c)[None, :]
+    return scores
 
 
 def _pairwise_decay(cum: Array, sign) -> Array:
@@ -203,43 +220,18 @@ def _sub_chunks(spec: _Pass, refs: dict, rev, t0, state):
     """
     c, sub, dt, sp = spec.tiling.chunk, spec.tiling.sub, spec.dtype, spec.split
     key = spec.decay == "key"
-    sign = _pick(rev, -1.0, 1.0)
     last = _rows(refs["g"], t0 + c - 1, 1)
     key_scale = _rows(refs["ks"], t0, c) if spec.has_key_scale else None
-    col = lax.broadcasted_iota(jnp.int32, (sub, c), 1)
-    i = lax.broadcasted_iota(jnp.int32, (sub, sub), 0)
-    j = lax.broadcasted_iota(jnp.int32, (sub, sub), 1)
-    diagonal_live = _pick(rev, j >= i, j <= i)
     for r in range(0, c, sub):
         q = _rows(refs["q"], t0 + r, sub).astype(_F32)
         cum_i = _rows(refs["g"], t0 + r, sub)
-        ref = _rows(refs["g"], t0 + _pick(rev, r + sub - 1, r), 1)  # reference row of I
-        cum = _rows(refs["g"], t0, c)
-        to_ref = jnp.exp(jnp.minimum(sign * (ref - cum), 0.0))  # exact on the live columns
-        from_ref = jnp.exp(sign * (cum_i - ref))  # <= 1 on every row of I
-        if key:
-            scores = _dot(q * from_ref, _rows(refs["k"], t0, c) * to_ref, dt, tb=True,
-                          split=sp)
-            diagonal = _diagonal_scores(spec, refs, sign, t0 + r)
-        else:
-            scores = _dot(q, _rows(refs["k"], t0, c), dt, tb=True)
-            diagonal = _dot(q, _rows(refs["k"], t0 + r, sub), dt, tb=True)
-        scores = jnp.where(_pick(rev, col >= r + sub, col < r), scores, 0.0) * spec.scale
-        diagonal = jnp.where(diagonal_live, diagonal, 0.0) * spec.scale
-        if key_scale is not None:
-            scores = scores * key_scale[None, :]
-            diagonal = diagonal * _rows(refs["ks"], t0 + r, sub)[None, :]
-        if key:
-            out = _dot(scores, _rows(refs["v"], t0, c), dt, split=sp)
-            out = out + _dot(diagonal, _rows(refs["v"], t0 + r, sub), dt, split=sp)
-        else:
-            out = from_ref * _dot(scores, _rows(refs["v"], t0, c) * to_ref, dt, split=sp)
-            out = out + _diagonal_values(spec, refs, sign, t0 + r, diagonal)
         q_in = _pick(rev, jnp.exp(last - cum_i), jnp.exp(cum_i))
         if key:
-            out = out + _dot(q * q_in, state, dt, split=sp) * spec.scale
+            out = _dot(q * q_in, state, dt, split=sp) * spec.scale
         else:
-            out = out + q_in * _dot(q, state, dt, split=sp) * spec.scale
+            out = q_in * _dot(q, state, dt, split=sp) * spec.scale
+        if spec.intra:
+            out = out + _within_chunk(spec, refs, rev, t0, r, q, cum_i, key_scale)
         if spec.has_row_scale:
             out = out * _rows(refs["rs"], t0 + r, sub)[:, None]
         refs["o"][pl.ds(t0 + r, sub), :] = out.astype(refs["o"].dtype)
@@ -250,6 +242,39 @@ def _sub_chunks(spec: _Pass, refs: dict, rev, t0, state):
         return carried + _dot(_scaled(k * k_out, key_scale), v, dt, ta=True, split=sp)
     return state * jnp.exp(last) + _dot(_scaled(k, key_scale), v * k_out, dt, ta=True,
                                         split=sp)
+
+
+def _within_chunk(spec: _Pass, refs: dict, rev, t0, r: int, q: Array, cum_i: Array,
+                  key_scale: Array | None) -> Array:
+    """Per-dimension decays: sub-chunk I's (rows ``t0 + r ...``, queries ``q``, decays
+    ``cum_i``) terms from keys of its own chunk: earlier (later) sub-chunks through I's
+    reference row, I's diagonal block exactly. (sub, block_v) float32."""
+    c, sub, dt, sp = spec.tiling.chunk, spec.tiling.sub, spec.dtype, spec.split
+    key = spec.decay == "key"
+    sign = _pick(rev, -1.0, 1.0)
+    col = lax.broadcasted_iota(jnp.int32, (sub, c), 1)
+    i = lax.broadcasted_iota(jnp.int32, (sub, sub), 0)
+    j = lax.broadcasted_iota(jnp.int32, (sub, sub), 1)
+    ref = _rows(refs["g"], t0 + _pick(rev, r + sub - 1, r), 1)  # reference row of I
+    cum = _rows(refs["g"], t0, c)
+    to_ref = jnp.exp(jnp.minimum(sign * (ref - cum), 0.0))  # exact on the live columns
+    from_ref = jnp.exp(sign * (cum_i - ref))  # <= 1 on every row of I
+    if key:
+        scores = _dot(q * from_ref, _rows(refs["k"], t0, c) * to_ref, dt, tb=True, split=sp)
+        diagonal = _diagonal_scores(spec, refs, sign, t0 + r)
+    else:
+        scores = _dot(q, _rows(refs["k"], t0, c), dt, tb=True)
+        diagonal = _dot(q, _rows(refs["k"], t0 + r, sub), dt, tb=True)
+    scores = jnp.where(_pick(rev, col >= r + sub, col < r), scores, 0.0) * spec.scale
+    diagonal = jnp.where(_pick(rev, j >= i, j <= i), diagonal, 0.0) * spec.scale
+    if key_scale is not None:
+        scores = scores * key_scale[None, :]
+        diagonal = diagonal * _rows(refs["ks"], t0 + r, sub)[None, :]
+    if key:
+        out = _dot(scores, _rows(refs["v"], t0, c), dt, split=sp)
+        return out + _dot(diagonal, _rows(refs["v"], t0 + r, sub), dt, split=sp)
+    out = from_ref * _dot(scores, _rows(refs["v"], t0, c) * to_ref, dt, split=sp)
+    return out + _diagonal_values(spec, refs, sign, t0 + r, diagonal)
 
 
 def _kernel(*refs, spec: _Pass, names: tuple[str, ...]):
@@ -324,6 +349,7 @@ def chunked_pass(
     split: bool = False,
     boundaries: bool = False,
     partner: Array | None = None,
+    intra: bool = True,
 ) -> tuple[Array, ...]:
     """One launch of the chunked kernel (module docstring); no padding, no autodiff.
 
@@ -344,6 +370,11 @@ def chunked_pass(
         rows ``n dk ... (n + 1) dk`` for boundary n.
       partner: states in that layout; also return ``dots: (len(reverse), B, N, H, dv)`` float32,
         ``dots[n, e] = sum_d partner_n[d, e] state_n[d, e]`` at every boundary n.
+      intra: False drops every (i, j) pair within one chunk from ``out`` (the intra-chunk
+        scores, scalar and exact diagonal blocks alike): ``out_i`` then sums keys of other
+        chunks and the initial state only. With roles exchanged this holds for the backward
+        passes too. States, boundary states and dots are unchanged; per-dimension decays then
+        read each chunk as one block (``tiling.sub`` is ignored).
     Returns ``out: (len(reverse), B, T, H, dv)`` in ``out_dtype`` (default v's), the final
     states ``(len(reverse), B, H, dk, dv)`` float32, then the boundary states and the dots where
     asked for (in that order).
@@ -353,11 +384,13 @@ def chunked_pass(
     dirs, batch, length = len(reverse), v.shape[1], v.shape[2]
     heads = max(q.shape[3], k.shape[3], v.shape[3])
     dk, dv = q.shape[-1], v.shape[-1]
-    bv = min(tiling.block_v, dv, tiling.slice if decay == "value" else dv)
+    bv = min(tiling.block_v, dv, tiling.slice if decay == "value" and intra else dv)
     dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
+    if not intra:  # no diagonal blocks: per-dimension decays read each chunk as one block
+        tiling = dataclasses.replace(tiling, sub=tiling.chunk)
     spec = _Pass(float(scale), tuple(reverse), decay, tiling, key_scale is not None,
                  row_scale is not None, initial_state is not None, jnp.dtype(dtype), split,
-                 boundaries, partner is not None)
+                 boundaries, partner is not None, intra)
     g_block = {None: None, "scalar": (length,), "key": (length, dk), "value": (length, bv)}
     named = [("q", q, (length, dk), False), ("k", k, (length, dk), False),
              ("v", v, (length, bv), True), ("g", g, g_block[decay], decay == "value"),
@@ -393,6 +426,6 @@ def chunked_pass(
         out_shape=[shape for _, shape, _ in outs],
         num_warps=tiling.num_warps,
         num_stages=tiling.num_stages,
-        name=f"chunked_pass_{decay or 'nodecay'}",
+        name=f"chunked_pass_{decay or 'nodecay'}{'' if intra else '_inter'}",
     )
     return tuple(call(*inputs))

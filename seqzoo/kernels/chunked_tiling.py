@@ -32,7 +32,9 @@ DEVICE_LIMITS = {
     "10.0": 232_448,
 }
 # bytes per (stage, chunk row) per unit of width w and of block_v: the fit above
-_PER_ROW = {"per_dimension": (23, 7), "whole": (10, 3)}
+# (``"inter_per_dimension"``, the inter-chunk-only pass with per-key decays, is not fitted: the
+# scalar fit plus 4 w bytes per row for its float32 decays, until a GPU run says otherwise)
+_PER_ROW = {"per_dimension": (23, 7), "whole": (10, 3), "inter_per_dimension": (14, 3)}
 
 CANDIDATES = {  # in order of preference; the first is what the kernel was tuned at
     "whole": (
@@ -47,6 +49,12 @@ CANDIDATES = {  # in order of preference; the first is what the kernel was tuned
         Tiling(chunk=32, block_v=32, num_stages=1, slice=16),
         Tiling(chunk=16, block_v=32, num_stages=1, slice=16),
     ),
+    "inter_per_dimension": (  # not measured: the scalar kernel's candidates
+        TUNED,
+        Tiling(num_stages=1),
+        Tiling(chunk=32, num_stages=1),
+        Tiling(chunk=32, block_v=32, num_stages=1),
+    ),
 }
 
 
@@ -56,15 +64,19 @@ def padded_width(d: int) -> int:
     return max(16, 1 << (d - 1).bit_length())
 
 
-def kind_of(decay: str | None) -> str:
-    """``"per_dimension"`` for per-key decays (sub-chunks), ``"whole"`` otherwise."""
-    return "per_dimension" if decay == "key" else "whole"
+def kind_of(decay: str | None, intra: bool = True) -> str:
+    """``"per_dimension"`` for per-key decays (sub-chunks), ``"inter_per_dimension"`` for them
+    without the intra-chunk terms (``chunked_pass``'s ``intra=False``), ``"whole"`` otherwise."""
+    if decay != "key":
+        return "whole"
+    return "per_dimension" if intra else "inter_per_dimension"
 
 
-def shared_memory_bytes(tiling: Tiling, decay: str | None, dk: int, dv: int) -> int:
+def shared_memory_bytes(tiling: Tiling, decay: str | None, dk: int, dv: int,
+                        intra: bool = True) -> int:
     """The fit above for forward+backward at these (padded) key and value widths."""
     width, block = max(dk, dv), min(tiling.block_v, max(dk, dv))
-    per_width, per_block = _PER_ROW[kind_of(decay)]
+    per_width, per_block = _PER_ROW[kind_of(decay, intra)]
     return tiling.num_stages * tiling.chunk * (per_width * width + per_block * block)
 
 
@@ -75,17 +87,18 @@ def device_limit() -> int | None:
     return None if capability is None else DEVICE_LIMITS.get(capability)
 
 
-def resolve_tiling(decay: str | None, dk: int, dv: int,
-                   limit: int | None) -> tuple[Tiling | None, str]:
-    """``(tiling, why)``: the first candidate for this decay that fits ``limit`` bytes (the
-    first one when ``limit`` is None), or ``(None, why none does)``."""
-    options = CANDIDATES[kind_of(decay)]
+def resolve_tiling(decay: str | None, dk: int, dv: int, limit: int | None,
+                   intra: bool = True) -> tuple[Tiling | None, str]:
+    """``(tiling, why)``: the first candidate for this decay (and ``chunked_pass``'s ``intra``)
+    that fits ``limit`` bytes (the first one when ``limit`` is None), or ``(None, why none
+    does)``."""
+    options = CANDIDATES[kind_of(decay, intra)]
     if limit is None:
         return options[0], "no shared-memory limit known (not a GPU)"
     for tiling in options:
-        need = shared_memory_bytes(tiling, decay, dk, dv)
+        need = shared_memory_bytes(tiling, decay, dk, dv, intra)
         if need <= limit:
             return tiling, f"needs about {need} of {limit} bytes of shared memory"
-    least = min(shared_memory_bytes(t, decay, dk, dv) for t in options)
+    least = min(shared_memory_bytes(t, decay, dk, dv, intra) for t in options)
     return None, (f"no tiling of the chunked kernel fits {limit} bytes of shared memory at "
                   f"key / value widths {dk} / {dv} (the smallest needs about {least})")

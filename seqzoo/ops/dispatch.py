@@ -9,6 +9,8 @@ Every op with several implementations takes ``impl=`` from one vocabulary, one m
     associative   ``lax.associative_scan``, a parallel prefix scan
     pallas        our Pallas kernel for the platform (``seqzoo/ops/<op>/pallas_gpu*.py`` on a GPU,
                   ``pallas_tpu*.py`` on a TPU)
+    pallas_split  the GPU kernel for what crosses chunks, the intra-chunk terms in XLA parallel
+                  over chunks (linear attention, for per-key decays: ``pallas_gpu_split.py``)
     cudnn         cuDNN's fused (flash) attention
     splash        jax's splash attention (a Pallas kernel for TPUs)
     tokamax       tokamax's flash attention (Pallas kernels for GPUs; an optional dependency)
@@ -45,8 +47,8 @@ from seqzoo.kernels.chunked_tiling import device_limit, padded_width, resolve_ti
 from seqzoo.kernels.launch import GPU_BACKENDS
 from seqzoo.kernels.mosaic_tpu_common import building_for_tpu
 
-IMPLS = ("auto", "chunked", "parallel", "sequential", "associative", "pallas", "cudnn", "splash",
-         "tokamax")
+IMPLS = ("auto", "chunked", "parallel", "sequential", "associative", "pallas", "pallas_split",
+         "cudnn", "splash", "tokamax")
 RENAMED = {
     "linear_attention": {"chunk": "chunked", "recurrent": "sequential"},
     "attention": {"xla": "parallel"},
@@ -160,10 +162,13 @@ def _attention_facts(*, dtype, head_dim: int, causal: bool = False, window: int 
 
 _CHUNKED_KERNEL_RULES = (
     Rule("chunked", lambda f: f["segment_ids"], "packed segment_ids: the kernel has no resets",
-         overrides=("pallas",)),
+         overrides=("pallas", "pallas_split")),
     Rule("pallas", lambda f: f["tpu"],
          "the Mosaic-TPU kernel moves a fraction of the XLA form's bytes (predicted, not measured "
          "on a TPU)", TPU_MODEL),
+    Rule("pallas", lambda f: f["tpu"],
+         "the split form's inter-chunk pass is the Triton kernel; a TPU runs the Mosaic one",
+         overrides=("pallas_split",)),
     Rule("chunked", lambda f: not f["gpu"], "no Pallas kernel is wired for this platform"),
     Rule("chunked", lambda f: not f["all_16bit"],
          "float32: XLA's matmuls are faster than the kernel's", CHUNKED_SSD),
@@ -210,7 +215,7 @@ _CHUNKED = ("chunked", "sequential", "pallas")
 _SCANS = ("associative", "sequential", "pallas")
 
 POLICY = {
-    "linear_attention": Policy(("chunked", "parallel", "sequential", "pallas"),
+    "linear_attention": Policy(("chunked", "parallel", "sequential", "pallas", "pallas_split"),
                                _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),
     "ssd": Policy(_CHUNKED, _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),
     "quasiseparable": Policy(_CHUNKED, _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),

@@ -13,7 +13,8 @@ With ``segment_ids`` (packed sequences) the state is reset to zero where the id 
 segment runs as its own sequence (the first continues from ``S_0``).
 
 Files: this one validates and dispatches; ``xla.py`` (``chunked``, ``parallel``),
-``reference.py`` (``sequential``, the step), ``pallas_gpu.py`` (``pallas``) and
+``reference.py`` (``sequential``, the step), ``pallas_gpu.py`` (``pallas``),
+``pallas_gpu_split.py`` and ``intra_chunk.py`` (``pallas_split``) and
 ``sequence_parallel.py`` (a sequence split over devices) hold the forms; ``seqzoo.ops.dispatch``
 decides what ``impl="auto"`` runs. ``featured.py`` applies a feature map inside the op (Based's
 Taylor map: the features recomputed backwards, a block of rows at a time).
@@ -30,6 +31,7 @@ from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.dispatch import accepted, canonical, on_platform
 from seqzoo.ops.linear_attention import (
     pallas_gpu,
+    pallas_gpu_split,
     pallas_tpu,
     reference,
     sequence_parallel,
@@ -73,8 +75,9 @@ def linear_attention_local(q, k, v, log_decay, initial_state, *, scale: float, c
     dv = v.shape[-1]
 
     def run(impl: str, platform: str):
-        if impl == "pallas":
-            kernel = pallas_tpu if platform == "tpu" else pallas_gpu
+        if impl in ("pallas", "pallas_split"):
+            gpu = pallas_gpu_split if impl == "pallas_split" else pallas_gpu
+            kernel = pallas_tpu if platform == "tpu" else gpu
             return lambda q, k, v, g, s0: kernel.linear_attention_kernel(
                 q, k, v, g, scale=scale, initial_state=s0, chunk_size=chunk_size)
         return functools.partial(_xla_forms, impl=impl, scale=scale, chunk_size=chunk_size,
@@ -132,7 +135,10 @@ def linear_attention(
       impl: ``"chunked"`` (Lightning-2 / GLA intra-chunk quadratic + inter-chunk state passing),
         ``"parallel"`` (the quadratic form), ``"sequential"`` (a scan), ``"pallas"`` (the
         chunked kernels, forward and backward; its chunk is ``chunk_size`` capped at its tuned
-        size; with ``segment_ids`` it falls back to ``"chunked"``) or ``"auto"``
+        size; with ``segment_ids`` it falls back to ``"chunked"``), ``"pallas_split"`` (for
+        per-key decays: the kernel for the terms across chunks, the intra-chunk scores in XLA
+        parallel over chunks; ``"pallas"`` on a TPU, ``"chunked"`` with ``segment_ids``) or
+        ``"auto"``
         (``seqzoo.ops.explain("linear_attention", ...)`` says what it picks and why).
         ``"chunk"`` and ``"recurrent"`` are the deprecated names of ``"chunked"`` and
         ``"sequential"``.

@@ -57,6 +57,20 @@ from seqzoo.kernels.chunked_vjp import padded_chunked
 Array = jax.Array
 
 
+def launch_tiling(decay: str | None, length: int, widths: tuple[int, int], *,
+                  tiling: Tiling | None = None, max_chunk: int | None = None,
+                  intra: bool = True) -> Tiling:
+    """The tiling a pass runs at: ``tiling`` (default: ``chunked_tiling.resolve_tiling``'s for
+    this GPU) with its chunk capped at ``max_chunk`` and at the next power of two >= ``length``
+    (at least 16). ``widths``: the padded key and value widths."""
+    if tiling is None:
+        tiling, why = resolve_tiling(decay, *widths, device_limit(), intra)
+        if tiling is None:
+            raise ValueError(f"impl='pallas' cannot run here: {why}; use the op's XLA path")
+    chunk = min(tiling.chunk, padded_width(length), padded_width(max_chunk or tiling.chunk))
+    return dataclasses.replace(tiling, chunk=chunk, sub=min(tiling.sub, chunk))
+
+
 def gated_linear_attention(
     q: Array,
     k: Array,
@@ -69,6 +83,7 @@ def gated_linear_attention(
     reverse: tuple[bool, ...] = (False,),
     tiling: Tiling | None = None,
     max_chunk: int | None = None,
+    intra: bool = True,
 ) -> tuple[Array, Array]:
     """Chunked gated linear attention in one or two directions, differentiable in every input.
 
@@ -78,25 +93,20 @@ def gated_linear_attention(
       g: log decays <= 0, None, (D, B, T, H_g) (scalar per head) or (D, B, T, H_g, dk) (per key).
       key_scale: (D, B, T, H_s) multiplies k_t (Mamba-2's dt); initial_state: (D, B, H, dk, dv).
       reverse: per direction, whether it runs from the end of the sequence.
-      tiling: launch parameters (default: ``chunked_tiling.resolve_tiling``'s for this GPU);
-      max_chunk: caps its chunk (an op's ``chunk_size``). The chunk also shrinks to the next
-      power of two >= T (at least 16) for short inputs.
+      tiling, max_chunk: as ``launch_tiling`` takes them (max_chunk: an op's ``chunk_size``).
+      intra: False keeps only the terms of (query, key) pairs in different chunks of
+        ``launch_tiling``'s chunk (and the initial state's): ``chunked_pass``'s ``intra``.
     Returns ``o: (len(reverse), B, T, H, dv)`` in v's dtype and the final states
     ``(len(reverse), B, H, dk, dv)`` float32 (for a reverse direction: the state before t=0).
     """
-    length, dk, dv = q.shape[2], q.shape[-1], v.shape[-1]
     if scale == 0:
         raise ValueError("scale must be non-zero")
     decay = None if g is None else ("scalar" if g.ndim == 4 else "key")
-    if tiling is None:
-        tiling, why = resolve_tiling(decay, padded_width(dk), padded_width(dv), device_limit())
-        if tiling is None:
-            raise ValueError(f"impl='pallas' cannot run here: {why}; use the op's XLA path")
-    chunk = min(tiling.chunk, padded_width(length), padded_width(max_chunk or tiling.chunk))
-    tiling = dataclasses.replace(tiling, chunk=chunk, sub=min(tiling.sub, chunk))
+    widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
+    tiling = launch_tiling(decay, q.shape[2], widths, tiling=tiling, max_chunk=max_chunk,
+                           intra=intra)
     return padded_chunked(q, k, v, g, key_scale, initial_state, scale=scale, reverse=reverse,
-                          tiling=tiling, widths=(padded_width(dk), padded_width(dv)),
-                          run=chunked_pass)
+                          tiling=tiling, widths=widths, run=chunked_pass, intra=intra)
 
 
 def linear_attention_kernel(

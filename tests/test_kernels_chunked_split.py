@@ -1,0 +1,212 @@
+"""``impl="pallas_split"`` of linear attention (issue 24): the chunked kernel's inter-chunk-only
+mode and the intra-chunk scores in XLA, each against a dense reference that owes them nothing,
+then their sum against the XLA op; Pallas in interpret mode on CPU, lowered for a GPU too.
+
+The dense reference sums ``scale sum_d q_id k_jd exp(G_id - G_jd) v_j`` over the (i, j) pairs
+it is given (all causal ones, those in different chunks, or those within one chunk) with the
+full-sequence cumulative decay G, masked before the ``exp``, and differentiates by autodiff.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqzoo.kernels import launch
+from seqzoo.kernels.chunked_pass import Tiling
+from seqzoo.ops.dispatch import resolve
+from seqzoo.ops.linear_attention import intra_chunk, linear_attention, pallas_gpu_split
+from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention
+
+F32_TOL = 1e-5  # relative L2, outputs and every gradient (float32 matmuls at IEEE precision)
+
+
+def rel(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert np.isfinite(got).all()
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def assert_each_close(got: dict, want: dict, tol: float) -> None:
+    errors = {name: rel(got[name], want[name]) for name in want}
+    assert max(errors.values()) < tol, errors
+
+
+def inputs(decay, t, d=16, strength=1.0, seed=0):
+    """q, k, v (1, t, 2, d), log decays <= 0 (None, per head or per key), S_0 (1, 2, d, d)."""
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape):
+        return jnp.asarray(rng.standard_normal(shape, np.float32))
+
+    q, k, v = normal(1, t, 2, d), normal(1, t, 2, d), normal(1, t, 2, d)
+    shape = {None: None, "head": (1, t, 2), "key": (1, t, 2, d)}[decay]
+    g = None if shape is None else -strength * jax.nn.softplus(normal(*shape))
+    return dict(q=q, k=k, v=v, g=g, s0=normal(1, 2, d, d)), normal(1, t, 2, d)
+
+
+def dense(q, k, v, g, s0, *, scale, pairs):
+    """``(o, S_T)`` over the causal pairs where ``pairs(i, j)`` holds (a (T, T) bool mask),
+    plus the initial state's term."""
+    t = q.shape[1]
+    full = jnp.zeros(q.shape) if g is None else jnp.broadcast_to(
+        g[..., None] if g.ndim == 3 else g, q.shape)
+    cum = jnp.cumsum(full, axis=1)  # (B, T, H, dk)
+    i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+    live = jnp.asarray((j <= i) & pairs(i, j))[None, :, :, None, None]
+    decay = jnp.exp(jnp.where(live, cum[:, :, None] - cum[:, None], -jnp.inf))
+    scores = jnp.einsum("bihd,bjhd,bijhd->bhij", q, k, decay) * scale
+    o = jnp.einsum("bhij,bjhe->bihe", scores, v)
+    o = o + scale * jnp.einsum("bihd,bhde->bihe", q * jnp.exp(cum), s0)
+    last = cum[:, -1]
+    final = jnp.einsum("bjhd,bjhe->bhde", k * jnp.exp(last[:, None] - cum), v)
+    return o, final + jnp.exp(last)[..., None] * s0
+
+
+def values_and_grads(fn, args: dict, cotangent):
+    """``fn(**args) = (o, S_T)``; o, S_T and the gradient of ``sum(o * cotangent) + sum(S_T)``
+    with respect to every array in ``args``, as one dict."""
+    arrays = {n: x for n, x in args.items() if x is not None}
+
+    def loss(arrays):
+        o, final = fn(**{**args, **arrays})
+        return jnp.sum(o.astype(jnp.float32) * cotangent) + jnp.sum(final), (o, final)
+
+    (_, (o, final)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(arrays)
+    return {"o": o, "final": final} | {f"d{n}": grads[n] for n in grads}
+
+
+@pytest.mark.parametrize("decay", [pytest.param(None, marks=pytest.mark.slow), "head", "key"],
+                         ids=["none", "head", "key"])
+def test_inter_chunk_pass_is_the_pairs_in_different_chunks(decay):
+    """``intra=False``: every pass (forward, dq, dv, dk) drops the same-chunk pairs, and the
+    decays' chunk-local identity still gives their gradient; T = 37, chunks of 16."""
+    args, cotangent = inputs(decay, 37)
+    scale, chunk = 0.3, 16
+
+    def kernel(q, k, v, g, s0):
+        lead = [None if a is None else a[None] for a in (q, k, v, g, s0)]
+        o, final = gated_linear_attention(*lead[:4], None, lead[4], scale=scale,
+                                          tiling=Tiling(chunk=chunk), intra=False)
+        return o[0], final[0]
+
+    def across(q, k, v, g, s0):
+        return dense(q, k, v, g, s0, scale=scale, pairs=lambda i, j: i // chunk != j // chunk)
+
+    got, want = values_and_grads(kernel, args, cotangent), values_and_grads(across, args,
+                                                                              cotangent)
+    assert_each_close(got, want, F32_TOL)
+    assert rel(got["o"], dense(**args, scale=scale, pairs=lambda i, j: i == i)[0]) > 0.05
+
+
+def test_intra_chunk_scores_with_gradients_and_bounded_memory():
+    """The sub-chunked scores (reference row below the diagonal, exact diagonal blocks) equal
+    the dense ``(C, C, dk)`` form, value and dq, dk, dG, including decays of -20 per step
+    (no inf / NaN); the gradient's jaxpr holds nothing of the dense form's size."""
+    b, n, c, h, dk = 1, 2, 64, 2, 8
+    rng = np.random.default_rng(1)
+    q, k, w = (jnp.asarray(rng.standard_normal(s, np.float32))
+               for s in ((b, n, c, h, dk), (b, n, c, h, dk), (b, n, h, c, c)))
+    g = -jax.nn.softplus(jnp.asarray(rng.standard_normal((b, n, c, h, dk), np.float32)))
+    g = g.at[:, 1, 20:40, :, :3].set(-20.0)
+
+    def split(q, k, g):
+        return intra_chunk.intra_chunk_scores(q, k, jnp.cumsum(g, axis=2), scale=0.5, sub=16)
+
+    def reference(q, k, g):
+        cum = jnp.cumsum(g, axis=2)
+        live = jnp.tril(jnp.ones((c, c), bool))[None, None, :, :, None, None]
+        decay = jnp.exp(jnp.where(live, cum[:, :, :, None] - cum[:, :, None], -jnp.inf))
+        return 0.5 * jnp.einsum("bnihd,bnjhd,bnijhd->bnhij", q, k, decay)
+
+    def with_grads(fn):
+        def loss(*args):
+            scores = fn(*args)
+            return jnp.sum(scores * w), scores
+
+        (_, scores), grads = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(q, k, g)
+        return {"A": scores, "dq": grads[0], "dk": grads[1], "dg": grads[2]}
+
+    assert_each_close(with_grads(split), with_grads(reference), F32_TOL)
+    dense_size = b * n * c * c * h * dk
+
+    def sizes(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield from (int(np.prod(v.aval.shape)) for v in eqn.outvars)
+            for param in eqn.params.values():
+                inner = getattr(param, "jaxpr", param)
+                if hasattr(inner, "eqns"):
+                    yield from sizes(inner)
+
+    grad = jax.grad(lambda *a: jnp.sum(split(*a) * w), (0, 1, 2))
+    assert max(sizes(jax.make_jaxpr(grad)(q, k, g).jaxpr)) <= dense_size // 4
+
+
+@pytest.mark.parametrize("decay", ["key", pytest.param("head", marks=pytest.mark.slow)])
+def test_split_op_matches_the_xla_op_float32(decay):
+    """``impl="pallas_split"`` against ``impl="chunked"``: o, S_T, dq, dk, dv, d log_decay and
+    d S_0 apart; T = 77 (not a multiple of the chunk), chunks of 64 = four sub-chunks of 16."""
+    args, cotangent = inputs(decay, 77, d=16)
+
+    def op(impl):
+        def fn(q, k, v, g, s0):
+            return linear_attention(q, k, v, log_decay=g, initial_state=s0, chunk_size=64,
+                                    return_final_state=True, impl=impl)
+        return fn
+
+    assert_each_close(values_and_grads(op("pallas_split"), args, cotangent),
+                      values_and_grads(op("chunked"), args, cotangent), F32_TOL)
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, F32_TOL),
+                                        pytest.param(jnp.bfloat16, 1e-3, marks=pytest.mark.slow)],
+                         ids=["f32", "bf16"])
+def test_pallas_intra_scores_match_the_xla_ones(dtype, tol):
+    """``kernel=True``: the Pallas scores (interpret mode) equal XLA's (in bf16: the same
+    rounding of the matmul operands), dk = 24 padded to 32, decays down to -20 per step."""
+    b, n, c, h, dk = 1, 1, 64, 2, 24
+    rng = np.random.default_rng(2)
+    q, k = (jnp.asarray(rng.standard_normal((b, n, c, h, dk), np.float32)) for _ in range(2))
+    g = -jax.nn.softplus(jnp.asarray(rng.standard_normal((b, n, c, h, dk), np.float32)))
+    cum = jnp.cumsum(g.at[:, 0, 30:40, 1, :5].set(-20.0), axis=2)
+    got, want = (jax.jit(lambda *a, kernel=kernel: intra_chunk.intra_chunk_scores(
+        *a, scale=0.7, kernel=kernel))(q.astype(dtype), k.astype(dtype), cum)
+        for kernel in (True, False))
+    assert rel(got, want) < tol
+
+
+def test_split_lowers_for_a_gpu(monkeypatch):
+    """Forward and gradient lower with the Triton kernels for CUDA on this CPU machine (the
+    Pallas -> Triton lowering runs; a layout or op Triton lacks fails here)."""
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
+    x = jnp.ones((1, 100, 2, 32), jnp.bfloat16)
+    g = -jnp.ones((1, 100, 2, 32), jnp.float32)
+
+    def forward(q, k, v, g):
+        return linear_attention(q, k, v, log_decay=g, chunk_size=64, impl="pallas_split")
+
+    def grads(*args):
+        return jax.grad(lambda *a: forward(*a).astype(jnp.float32).sum(), (0, 1, 2, 3))(*args)
+
+    def with_intra_kernel(q, k, v, g):
+        return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=0.2, chunk_size=64,
+                                                        intra_kernel=True)[0]
+
+    for fn, kernels in ((forward, ["chunked_pass_key_inter"]),
+                        (grads, ["chunked_pass_key_inter", "chunked_pass_value_inter"]),
+                        (with_intra_kernel, ["chunked_pass_key_inter", "intra_chunk_scores"])):
+        text = jax.jit(fn).trace(x, x, x, g).lower(lowering_platforms=("cuda",)).as_text()
+        assert all(name in text for name in kernels)
+
+
+def test_dispatch_keeps_auto_and_routes_the_split():
+    facts = dict(dims=(128, 128), dtypes=(jnp.bfloat16,), per_key=True, platform="gpu",
+                 shared_memory=232_448)
+    assert resolve("linear_attention", "auto", **facts).impl == "chunked"
+    assert resolve("linear_attention", "pallas_split", **facts).impl == "pallas_split"
+    assert resolve("linear_attention", "pallas_split", **facts, segment_ids=True).impl == (
+        "chunked")
+    assert resolve("linear_attention", "pallas_split", **{**facts, "platform": "tpu"}).impl == (
+        "pallas")
