@@ -54,6 +54,20 @@ def test_lm_decoding_equals_parallel_forward():
     assert model.layer_mixers() == ["gla", "linear_attention", "gla"]
 
 
+def test_lm_head_computes_in_the_model_dtype_and_returns_float32():
+    """bf16 compute reaches the lm head's matmul (a third of a small LM's FLOPs); its logits
+    come back float32, and a float32 model's head stays float32."""
+    toks, mask = tokens()
+    for dtype, want in ((jnp.bfloat16, jnp.bfloat16), (None, jnp.float32)):
+        model = SequenceModel(16, 1, "linear_attention", vocab_size=VOCAB, head="lm", dtype=dtype)
+        params = model.init(jax.random.PRNGKey(1), toks)
+        jaxpr = jax.make_jaxpr(model.apply)(params, toks, mask).jaxpr
+        head = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"][-1]
+        assert [v.aval.dtype for v in head.invars] == [want, want]
+        assert head.outvars[0].aval.shape[-1] == VOCAB
+        assert model.apply(params, toks, mask).dtype == jnp.float32
+
+
 @pytest.mark.parametrize("pooling", ["mean", "last"])
 def test_classifier_ignores_padding(pooling):
     model = SequenceModel(
