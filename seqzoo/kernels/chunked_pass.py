@@ -31,9 +31,11 @@ before the last): the pass is then the inter-chunk term alone, and costs for per
 decays what it costs for scalar ones (``seqzoo.ops.linear_attention.pallas_gpu_split`` adds the
 intra-chunk term from a pass parallel over chunks).
 
-Matmuls take the inputs' dtype (bf16 on tensor cores; float32 at full IEEE precision) and
+Matmuls take the inputs' dtype (bf16 on tensor cores; float32 at the ``precision`` a user
+chose, ``seqzoo.kernels.matmul_precision``: IEEE by default, 3xTF32 or TF32 on tensor cores) and
 accumulate in float32; decays, scores and the state are float32 (rounded to the matmul dtype as
-operands, or split in two bf16 parts with ``split``).
+operands, or split in two bf16 parts with ``split``). Interpret mode (no GPU) runs float32
+matmuls at IEEE whatever the precision.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from seqzoo.kernels import launch
+from seqzoo.kernels.matmul_precision import dot_precision, resolve_precision
 
 Array = jax.Array
 DECAYS = (None, "scalar", "key", "value")
@@ -84,16 +87,28 @@ def _pick(rev, if_reverse, if_causal):
     return jnp.where(rev, if_reverse, if_causal)
 
 
-def _dot(a: Array, b: Array, dtype, *, ta: bool = False, tb: bool = False,
+@dataclasses.dataclass(frozen=True)
+class _Operands:
+    """The matmuls' operands: ``dtype`` (the inputs'); float32 ones multiplied at ``precision``
+    (``matmul_precision.PRECISIONS``)."""
+
+    dtype: jnp.dtype
+    precision: str
+
+
+def _dot(a: Array, b: Array, operands: _Operands, *, ta: bool = False, tb: bool = False,
          split: bool = False) -> Array:
-    """``a @ b`` (``a.T`` / ``b.T`` when asked) with operands in ``dtype``, float32 result.
+    """``a @ b`` (``a.T`` / ``b.T`` when asked) with operands in ``operands.dtype``, float32
+    result; float32 operands at ``operands.precision``.
 
     ``split``: a float32 operand is rounded as ``hi + lo`` (both in ``dtype``) and multiplied
     part by part (``hi b + lo b``; ``hi hi + lo hi + hi lo`` when both are float32), so its
     rounding error is ~eps^2 instead of eps (bf16: 2^-16 instead of 2^-8) at the cost of one or
-    two more matmuls. Operands already in ``dtype`` are exact and never split.
+    two more matmuls. Operands already in ``dtype`` are exact and never split. For float32
+    inputs the same split is 3xTF32's: at ``"tf32"`` a split matmul runs at ``"tf32x3"``.
     """
-    precision = lax.Precision.HIGHEST if dtype == _F32 else None
+    dtype = operands.dtype
+    precision = dot_precision(operands.precision, split=split) if dtype == _F32 else None
     dims = (((0 if ta else 1,), (1 if tb else 0,)), ((), ()))
 
     def parts(x):
@@ -133,7 +148,7 @@ class _Pass:
     has_key_scale: bool
     has_row_scale: bool
     has_initial: bool
-    dtype: jnp.dtype  # the matmul operands'
+    operands: _Operands  # the matmuls' dtype and float32 precision
     split: bool  # matmuls with float32 intermediates split in two (``_dot``)
     boundaries: bool  # write the state at every chunk boundary ("sb")
     has_partner: bool  # dot the state at every boundary with a partner's ("pb" -> "dots")
@@ -142,7 +157,7 @@ class _Pass:
 
 def _whole_chunk(spec: _Pass, refs: dict, rev, t0, state):
     """Scalar or no decay: the C x C block of scores at once. Writes the chunk, returns S."""
-    c, dt, sp = spec.tiling.chunk, spec.dtype, spec.split
+    c, dt, sp = spec.tiling.chunk, spec.operands, spec.split
     q, k, v = (_rows(refs[n], t0, c) for n in "qkv")
     q_in = k_out = decay = None
     if spec.decay == "scalar":
@@ -171,7 +186,7 @@ def _chunk_scores(spec: _Pass, refs: dict, rev, t0, q: Array, k: Array) -> Array
     i = lax.broadcasted_iota(jnp.int32, (c, c), 0)
     j = lax.broadcasted_iota(jnp.int32, (c, c), 1)
     live = _pick(rev, j >= i, j <= i)
-    scores = _dot(q, k, spec.dtype, tb=True) * spec.scale
+    scores = _dot(q, k, spec.operands, tb=True) * spec.scale
     if spec.decay == "scalar":
         cum = _rows(refs["g"], t0, c)
         diff = _pick(rev, cum[None, :] - cum[:, None], cum[:, None] - cum[None, :])
@@ -218,7 +233,7 @@ def _sub_chunks(spec: _Pass, refs: dict, rev, t0, state):
     Whole-chunk tiles are re-read from memory (cache hits) where used rather than held across
     the sub-chunks, to keep registers for the (sub, sub, slice) products.
     """
-    c, sub, dt, sp = spec.tiling.chunk, spec.tiling.sub, spec.dtype, spec.split
+    c, sub, dt, sp = spec.tiling.chunk, spec.tiling.sub, spec.operands, spec.split
     key = spec.decay == "key"
     last = _rows(refs["g"], t0 + c - 1, 1)
     key_scale = _rows(refs["ks"], t0, c) if spec.has_key_scale else None
@@ -249,7 +264,7 @@ def _within_chunk(spec: _Pass, refs: dict, rev, t0, r: int, q: Array, cum_i: Arr
     """Per-dimension decays: sub-chunk I's (rows ``t0 + r ...``, queries ``q``, decays
     ``cum_i``) terms from keys of its own chunk: earlier (later) sub-chunks through I's
     reference row, I's diagonal block exactly. (sub, block_v) float32."""
-    c, sub, dt, sp = spec.tiling.chunk, spec.tiling.sub, spec.dtype, spec.split
+    c, sub, dt, sp = spec.tiling.chunk, spec.tiling.sub, spec.operands, spec.split
     key = spec.decay == "key"
     sign = _pick(rev, -1.0, 1.0)
     col = lax.broadcasted_iota(jnp.int32, (sub, c), 1)
@@ -350,6 +365,7 @@ def chunked_pass(
     boundaries: bool = False,
     partner: Array | None = None,
     intra: bool = True,
+    precision: str = "highest",
 ) -> tuple[Array, ...]:
     """One launch of the chunked kernel (module docstring); no padding, no autodiff.
 
@@ -375,6 +391,8 @@ def chunked_pass(
         chunks and the initial state only. With roles exchanged this holds for the backward
         passes too. States, boundary states and dots are unchanged; per-dimension decays then
         read each chunk as one block (``tiling.sub`` is ignored).
+      precision: of float32 matmuls, ``"highest"`` (IEEE), ``"tf32x3"`` or ``"tf32"``
+        (``seqzoo.kernels.matmul_precision``); IEEE in interpret mode whatever it says.
     Returns ``out: (len(reverse), B, T, H, dv)`` in ``out_dtype`` (default v's), the final
     states ``(len(reverse), B, H, dk, dv)`` float32, then the boundary states and the dots where
     asked for (in that order).
@@ -385,11 +403,14 @@ def chunked_pass(
     heads = max(q.shape[3], k.shape[3], v.shape[3])
     dk, dv = q.shape[-1], v.shape[-1]
     bv = min(tiling.block_v, dv, tiling.slice if decay == "value" and intra else dv)
-    dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
+    precision = resolve_precision(precision)
+    if not launch.kernels_compiled():  # the CPU's dot has no TF32
+        precision = "highest"
+    operands = _Operands(jnp.dtype(jnp.result_type(q.dtype, k.dtype, v.dtype)), precision)
     if not intra:  # no diagonal blocks: per-dimension decays read each chunk as one block
         tiling = dataclasses.replace(tiling, sub=tiling.chunk)
     spec = _Pass(float(scale), tuple(reverse), decay, tiling, key_scale is not None,
-                 row_scale is not None, initial_state is not None, jnp.dtype(dtype), split,
+                 row_scale is not None, initial_state is not None, operands, split,
                  boundaries, partner is not None, intra)
     g_block = {None: None, "scalar": (length,), "key": (length, dk), "value": (length, bv)}
     named = [("q", q, (length, dk), False), ("k", k, (length, dk), False),

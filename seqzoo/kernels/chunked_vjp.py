@@ -41,6 +41,7 @@ class _Static:
     tiling: Tiling  # or the launch parameters ``run`` takes (anything with a ``chunk``)
     run: Callable  # one pass: kernels.chunked_pass (Triton) or mosaic_tpu_chunked.mosaic_pass
     intra: bool = True  # False: pairs in different chunks only (``chunked_pass``'s ``intra``)
+    precision: str = "highest"  # of float32 matmuls (``chunked_pass``'s ``precision``)
 
 
 def _chunk_cumsum(g: Array, chunk: int) -> Array:
@@ -84,16 +85,18 @@ def _chunked(q, k, v, g, ks, s0, st: _Static):
 def _forward(q, k, v, g, ks, s0, st: _Static):
     cum = None if g is None else _chunk_cumsum(g, st.tiling.chunk)
     out = st.run(q, k, v, cum, ks, None, s0, scale=st.scale, reverse=st.reverse,
-                 decay=st.decay, tiling=st.tiling, **_inter_only(st))
+                 decay=st.decay, tiling=st.tiling, **_options(st))
     return out, (q, k, v, g, cum, ks, s0)
 
 
-def _inter_only(st: _Static) -> dict:
-    """The pass's ``intra=False`` where asked for (``mosaic_pass`` has no such option): with
-    roles exchanged, the backward passes of an inter-chunk forward are inter-chunk too, and the
-    decays' identity below holds for that subset of pairs (it depends on G only through
-    ``G_i - G_j`` and the chunk boundaries)."""
-    return {} if st.intra else {"intra": False}
+def _options(st: _Static) -> dict:
+    """The pass's ``intra=False`` and ``precision`` where asked for (``mosaic_pass`` has neither
+    option: it is always intra-chunk too, and float32 at HIGHEST). With roles exchanged, the
+    backward passes of an inter-chunk forward are inter-chunk too, and the decays' identity
+    below holds for that subset of pairs (it depends on G only through ``G_i - G_j`` and the
+    chunk boundaries); every backward pass runs at the forward's precision."""
+    return ({} if st.intra else {"intra": False}) | (
+        {} if st.precision == "highest" else {"precision": st.precision})
 
 
 def _decay_grads(dcum: Array, dots: Array, st: _Static) -> Array:
@@ -112,7 +115,7 @@ def _backward(st: _Static, res, cotangents):
     q, k, v, g, cum, ks, s0 = res
     do, ds_final = cotangents
     flipped = tuple(not r for r in st.reverse)
-    common = dict(scale=st.scale, tiling=st.tiling, out_dtype=_F32, **_inter_only(st))
+    common = dict(scale=st.scale, tiling=st.tiling, out_dtype=_F32, **_options(st))
     # With decays, the dq pass (state S^T) writes its state at every chunk boundary and the dk
     # pass (state dS^T / scale) dots its own with them there: <S_n, dS_n> for dg; both split
     # their float32 matmul operands, since dg takes differences of q.dq and k.dk.
@@ -153,12 +156,14 @@ def _padded(x: Array | None, sizes: dict[int, int]) -> Array | None:
 
 def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
                    reverse: tuple[bool, ...], tiling, widths: tuple[int, int],
-                   run: Callable, intra: bool = True) -> tuple[Array, Array]:
+                   run: Callable, intra: bool = True,
+                   precision: str = "highest") -> tuple[Array, Array]:
     """Chunked gated linear attention on the passes ``run`` (layout and arguments as
     ``seqzoo.ops.linear_attention.pallas_gpu.gated_linear_attention``): the inputs zero-padded
     to a multiple of ``tiling.chunk`` steps and to the key / value ``widths`` (identity steps,
     zero columns), the custom VJP (module docstring), the outputs cut back. ``intra=False``:
-    the terms of pairs in different chunks only (and the initial state's), every pass."""
+    the terms of pairs in different chunks only (and the initial state's), every pass.
+    ``precision`` (resolved: a name, not None): of float32 matmuls, every pass."""
     length, dk, dv = q.shape[2], q.shape[-1], v.shape[-1]
     decay = None if g is None else ("scalar" if g.ndim == 4 else "key")
     steps, (wk, wv) = -(-length // tiling.chunk) * tiling.chunk, widths
@@ -170,6 +175,6 @@ def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
         _padded(as_f32[0], {2: steps} | ({4: wk} if decay == "key" else {})),
         _padded(as_f32[1], {2: steps}),
         _padded(as_f32[2], {3: wk, 4: wv}),
-        _Static(float(scale), tuple(reverse), decay, tiling, run, intra),
+        _Static(float(scale), tuple(reverse), decay, tiling, run, intra, precision),
     )
     return out[:, :, :length, :, :dv], final[..., :dk, :dv]

@@ -27,6 +27,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels.matmul_precision import resolve_precision
 from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.dispatch import accepted, canonical, on_platform
 from seqzoo.ops.linear_attention import (
@@ -68,18 +69,23 @@ def _check(q, k, v, log_decay, initial_state, chunk_size):
 
 
 def linear_attention_local(q, k, v, log_decay, initial_state, *, scale: float, chunk_size: int,
-                           segment_ids: Array | None, impl: str) -> tuple[Array, Array]:
+                           segment_ids: Array | None, impl: str,
+                           precision: str = "highest") -> tuple[Array, Array]:
     """The op on unsplit data: ``(o, S_T)``, ``impl`` resolved here on these inputs (no
-    validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard)."""
+    validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard);
+    ``precision``: the GPU kernel's, resolved (a name)."""
     b, t, h, dk = q.shape
     dv = v.shape[-1]
 
     def run(impl: str, platform: str):
         if impl in ("pallas", "pallas_split"):
-            gpu = pallas_gpu_split if impl == "pallas_split" else pallas_gpu
-            kernel = pallas_tpu if platform == "tpu" else gpu
-            return lambda q, k, v, g, s0: kernel.linear_attention_kernel(
-                q, k, v, g, scale=scale, initial_state=s0, chunk_size=chunk_size)
+            if platform == "tpu":  # float32 at HIGHEST: TF32 is a GPU format
+                kernel = pallas_tpu.linear_attention_kernel
+            else:
+                gpu = pallas_gpu_split if impl == "pallas_split" else pallas_gpu
+                kernel = functools.partial(gpu.linear_attention_kernel, precision=precision)
+            return lambda q, k, v, g, s0: kernel(q, k, v, g, scale=scale, initial_state=s0,
+                                                 chunk_size=chunk_size)
         return functools.partial(_xla_forms, impl=impl, scale=scale, chunk_size=chunk_size,
                                  segment_ids=segment_ids)
 
@@ -119,6 +125,7 @@ def linear_attention(
     segment_ids: Array | None = None,
     impl: str = "auto",
     seq_axis: str | None = None,
+    precision: str | None = None,
 ):
     """Gated linear attention ``o_t = scale * q_t S_t``, ``S_t = exp(g_t) S_{t-1} + k_t v_t^T``.
 
@@ -144,6 +151,12 @@ def linear_attention(
         ``"sequential"``.
       seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that
         of the active ``seqzoo.parallel.sequence_parallel`` context).
+      precision: float32 matmuls of ``"pallas"`` on a GPU (the Triton kernel), forward and
+        backward: ``"highest"`` (IEEE, no tensor cores), ``"tf32x3"`` (3xTF32 on tensor cores,
+        about float32's accuracy) or ``"tf32"`` (one TF32 pass, ~1e-3 relative); None:
+        ``jax.default_matmul_precision``'s, else "highest" (``seqzoo.kernels.matmul_precision``).
+        16-bit inputs, the TPU kernel (float32 at HIGHEST) and the XLA forms (which follow
+        ``jax.default_matmul_precision``) do not read it; interpret mode computes IEEE.
 
     Returns:
       ``o: (batch, length, heads, dv)`` in ``v``'s dtype, and ``S_T`` if asked. Computation is
@@ -153,7 +166,8 @@ def linear_attention(
     impl = canonical("linear_attention", impl)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     local = functools.partial(linear_attention_local, scale=scale, chunk_size=chunk_size,
-                              segment_ids=segment_ids, impl=impl)
+                              segment_ids=segment_ids, impl=impl,
+                              precision=resolve_precision(precision))
     axis = sequence_axis(seq_axis)
     if axis is None:
         o, s_final = local(q, k, v, log_decay, initial_state)

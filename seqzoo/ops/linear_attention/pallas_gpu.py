@@ -38,10 +38,14 @@ itself is the shared ``seqzoo.kernels.chunked_pass``. When ``impl="auto"`` takes
 ``seqzoo.ops.dispatch``.
 
 Tolerances against the float32 XLA op (``seqzoo.ops.linear_attention``): float32 inputs run
-float32 matmuls (IEEE) and agree to ~1e-5 relative; bf16 inputs run bf16 matmuls with float32
-accumulation (the forward and dv passes round the state for the inter-chunk matmul) and agree
-with the float32 op on the same values to 1.5e-3 .. 3e-3 relative, outputs and every gradient
-(``tests/test_kernels_bf16_gradients.py``), the order of rounding the inputs to bf16.
+float32 matmuls at ``precision`` (``seqzoo.kernels.matmul_precision``): at the default
+``"highest"`` (IEEE) they agree to ~1e-5 relative, at ``"tf32x3"`` to about float32's accuracy
+and at ``"tf32"`` to ~1e-3 (expected, not measured on a GPU yet:
+``benchmarks/kernel_cases/chunked_float32.py``; interpret mode computes IEEE whatever the
+precision). bf16 inputs run bf16 matmuls with float32 accumulation (the forward and dv passes
+round the state for the inter-chunk matmul) and agree with the float32 op on the same values to
+1.5e-3 .. 3e-3 relative, outputs and every gradient (``tests/test_kernels_bf16_gradients.py``),
+the order of rounding the inputs to bf16.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import jax
 from seqzoo.kernels.chunked_pass import Tiling, chunked_pass
 from seqzoo.kernels.chunked_tiling import device_limit, padded_width, resolve_tiling
 from seqzoo.kernels.chunked_vjp import padded_chunked
+from seqzoo.kernels.matmul_precision import resolve_precision
 
 Array = jax.Array
 
@@ -84,6 +89,7 @@ def gated_linear_attention(
     tiling: Tiling | None = None,
     max_chunk: int | None = None,
     intra: bool = True,
+    precision: str | None = None,
 ) -> tuple[Array, Array]:
     """Chunked gated linear attention in one or two directions, differentiable in every input.
 
@@ -96,17 +102,22 @@ def gated_linear_attention(
       tiling, max_chunk: as ``launch_tiling`` takes them (max_chunk: an op's ``chunk_size``).
       intra: False keeps only the terms of (query, key) pairs in different chunks of
         ``launch_tiling``'s chunk (and the initial state's): ``chunked_pass``'s ``intra``.
+      precision: of float32 matmuls in every pass, forward and backward: ``"highest"`` (IEEE),
+        ``"tf32x3"`` or ``"tf32"``; None: ``jax.default_matmul_precision``'s, else "highest"
+        (``seqzoo.kernels.matmul_precision``). 16-bit inputs ignore it.
     Returns ``o: (len(reverse), B, T, H, dv)`` in v's dtype and the final states
     ``(len(reverse), B, H, dk, dv)`` float32 (for a reverse direction: the state before t=0).
     """
     if scale == 0:
         raise ValueError("scale must be non-zero")
+    precision = resolve_precision(precision)  # once: the backward passes are traced later
     decay = None if g is None else ("scalar" if g.ndim == 4 else "key")
     widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
     tiling = launch_tiling(decay, q.shape[2], widths, tiling=tiling, max_chunk=max_chunk,
                            intra=intra)
     return padded_chunked(q, k, v, g, key_scale, initial_state, scale=scale, reverse=reverse,
-                          tiling=tiling, widths=widths, run=chunked_pass, intra=intra)
+                          tiling=tiling, widths=widths, run=chunked_pass, intra=intra,
+                          precision=precision)
 
 
 def linear_attention_kernel(
@@ -118,13 +129,15 @@ def linear_attention_kernel(
     scale: float,
     initial_state: Array | None = None,
     chunk_size: int = 64,
+    precision: str | None = None,
 ) -> tuple[Array, Array]:
     """``seqzoo.ops.linear_attention`` (no segment_ids) on the kernels.
 
     q, k: (B, T, H, dk); v: (B, T, H, dv); log_decay: None, (B, T, H) or (B, T, H, dk);
-    initial_state: (B, H, dk, dv). Returns ``o`` in v's dtype and ``S_T`` float32.
+    initial_state: (B, H, dk, dv); precision: as ``gated_linear_attention``. Returns ``o`` in
+    v's dtype and ``S_T`` float32.
     """
     lead = [None if a is None else a[None] for a in (q, k, v, log_decay, initial_state)]
     o, final = gated_linear_attention(*lead[:4], None, lead[4], scale=scale,
-                                      max_chunk=chunk_size)
+                                      max_chunk=chunk_size, precision=precision)
     return o[0], final[0]

@@ -27,6 +27,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels.matmul_precision import resolve_precision
 from seqzoo.ops.checks import check_power_of_two, check_shape
 from seqzoo.ops.dispatch import accepted, canonical, on_platform
 from seqzoo.ops.quasiseparable import pallas_gpu, pallas_tpu, sequence_parallel, xla
@@ -49,19 +50,23 @@ def _check(dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, dt_bias, x=None):
 
 
 def quasiseparable_local(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, *, D, chunk_size: int,
-                         dt_bias, dt_softplus: bool, segment_ids, impl: str) -> Array:
+                         dt_bias, dt_softplus: bool, segment_ids, impl: str,
+                         precision: str = "highest") -> Array:
     """The op on unsplit data, in x's dtype; ``impl`` resolved here on these inputs (no
-    validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard)."""
+    validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard);
+    ``precision``: the GPU kernel's, resolved (a name)."""
     dtypes = (x.dtype, B_fwd.dtype, C_fwd.dtype, B_bwd.dtype, C_bwd.dtype)
 
     def run(impl: str, platform: str):
         if impl == "pallas":
-            kernel = pallas_tpu if platform == "tpu" else pallas_gpu
+            if platform == "tpu":  # float32 at HIGHEST: TF32 is a GPU format
+                kernel = pallas_tpu.quasiseparable_kernel
+            else:
+                kernel = functools.partial(pallas_gpu.quasiseparable_kernel, precision=precision)
 
             def on_kernel(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd):
                 steps = (discretize_step(d, dt_bias, dt_softplus) for d in (dt_fwd, dt_bwd))
-                return kernel.quasiseparable_kernel(x, *steps, A, B_fwd, C_fwd, B_bwd, C_bwd,
-                                                    chunk_size=chunk_size)
+                return kernel(x, *steps, A, B_fwd, C_fwd, B_bwd, C_bwd, chunk_size=chunk_size)
             return on_kernel
         form = functools.partial(xla.quasiseparable, chunk_size=chunk_size, dt_bias=dt_bias,
                                  dt_softplus=dt_softplus, segment_ids=segment_ids, impl=impl)
@@ -91,6 +96,7 @@ def quasiseparable(
     segment_ids: Array | None = None,
     impl: str = "auto",
     seq_axis: str | None = None,
+    precision: str | None = None,
 ) -> Array:
     """Hydra mixer QS(x) = shift(SS_fwd(x)) + flip(shift(SS_bwd(flip(x)))) + D x.
 
@@ -104,6 +110,7 @@ def quasiseparable(
     the sequence, nothing flipped).
     seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that of
     the active ``seqzoo.parallel.sequence_parallel`` context).
+    precision: as ``ssd``'s (both directions and every backward pass).
 
     Returns (batch, length, heads, headdim) in x's dtype, computed in f32.
     """
@@ -113,7 +120,8 @@ def quasiseparable(
     check_power_of_two(chunk_size, "chunk_size")
     impl = canonical("quasiseparable", impl)
     local = functools.partial(quasiseparable_local, D=D, chunk_size=chunk_size, dt_bias=dt_bias,
-                              dt_softplus=dt_softplus, segment_ids=segment_ids, impl=impl)
+                              dt_softplus=dt_softplus, segment_ids=segment_ids, impl=impl,
+                              precision=resolve_precision(precision))
     args = (x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd)
     axis = sequence_axis(seq_axis)
     if axis is None:

@@ -24,6 +24,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels.matmul_precision import resolve_precision
 from seqzoo.ops.checks import check_groups, check_power_of_two, check_shape, check_stable
 from seqzoo.ops.dispatch import accepted, canonical, on_platform
 from seqzoo.ops.scan import discretize_step, selective_scan_local, selective_scan_step
@@ -50,9 +51,11 @@ def check_ssd_inputs(dt, A, B, C, *, x=None, dt_bias=None, suffix=""):
 
 
 def ssd_local(x, dt, A, B, C, *, chunk_size: int, D, z, dt_bias, dt_softplus: bool,
-              initial_state, segment_ids, impl: str) -> tuple[Array, Array]:
+              initial_state, segment_ids, impl: str,
+              precision: str = "highest") -> tuple[Array, Array]:
     """The op on unsplit data: ``(out, final state)``, ``impl`` resolved here on these inputs
-    (no validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard)."""
+    (no validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard);
+    ``precision``: the GPU kernel's, resolved (a name)."""
     b, l, h, p = x.shape
 
     def sequential(x, dt, A, B, C, initial_state):
@@ -70,11 +73,14 @@ def ssd_local(x, dt, A, B, C, *, chunk_size: int, D, z, dt_bias, dt_softplus: bo
     def run(impl: str, platform: str):
         if impl != "pallas":
             return {"sequential": sequential, "chunked": chunked}[impl]
-        kernel = pallas_tpu if platform == "tpu" else pallas_gpu
+        if platform == "tpu":  # float32 at HIGHEST: TF32 is a GPU format
+            kernel = pallas_tpu.ssd_kernel
+        else:
+            kernel = functools.partial(pallas_gpu.ssd_kernel, precision=precision)
 
         def on_kernel(x, dt, A, B, C, initial_state):
             step = discretize_step(dt, dt_bias, dt_softplus)
-            y, final = kernel.ssd_kernel(x, step, A, B, C, initial_state, chunk_size=chunk_size)
+            y, final = kernel(x, step, A, B, C, initial_state, chunk_size=chunk_size)
             return xla.skip_and_gate(y, x, D, z).astype(x.dtype), final
         return on_kernel
 
@@ -99,6 +105,7 @@ def ssd(
     segment_ids: Array | None = None,
     impl: str = "auto",
     seq_axis: str | None = None,
+    precision: str | None = None,
 ):
     """Mamba-2 SSD: H_t = exp(dt_t A) H_{t-1} + dt_t x_t B_t^T, y_t = H_t C_t + D x_t.
 
@@ -117,6 +124,10 @@ def ssd(
     (``seqzoo.ops.explain("ssd", ...)`` says what it picks and why).
     seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that of
     the active ``seqzoo.parallel.sequence_parallel`` context).
+    precision: float32 matmuls of "pallas" on a GPU (the Triton kernel), forward and backward:
+    "highest" (IEEE), "tf32x3" (3xTF32) or "tf32" (one TF32 pass); None:
+    ``jax.default_matmul_precision``'s, else "highest"; not read by 16-bit inputs, the TPU
+    kernel or the XLA forms (as ``seqzoo.ops.linear_attention``'s).
 
     Returns out: (batch, length, heads, headdim) in x's dtype (computed in f32), and with
     ``return_final_state`` also H_{length-1}: (batch, heads, headdim, n) float32.
@@ -131,7 +142,8 @@ def ssd(
     check_power_of_two(chunk_size, "chunk_size")
     impl = canonical("ssd", impl)
     local = functools.partial(ssd_local, chunk_size=chunk_size, D=D, dt_bias=dt_bias,
-                              dt_softplus=dt_softplus, segment_ids=segment_ids, impl=impl)
+                              dt_softplus=dt_softplus, segment_ids=segment_ids, impl=impl,
+                              precision=resolve_precision(precision))
     axis = sequence_axis(seq_axis)
     if axis is None:
         out, final = local(x, dt, A, B, C, z=z, initial_state=initial_state)
