@@ -122,3 +122,23 @@ def test_ssd_and_quasiseparable_pass_it_to_every_pass(monkeypatch):
     hydra = partial(quasiseparable, chunk_size=16, impl="pallas", precision="tf32")
     hydra_modules = triton_modules(hydra, x, dt, dt, A, B, C, C, B)
     assert len(hydra_modules) == 1 and set(dot_precisions(hydra_modules[0])) == {"tf32"}
+
+
+def test_xla_forms_are_ieee_whatever_the_context():
+    """The like-for-like row of benchmarks/kernel_cases/chunked_float32.py: the chunked XLA
+    paths lower the same under "tensorfloat32" as under no context, every dot at HIGHEST."""
+    (q, k, v, g, _), _ = attention_inputs("head", jnp.float32, t=32, seed=9)
+    inputs, _ = ssd_inputs(length=32, seed=9)
+    x, dt, A, B, C = (inputs[n] for n in ("x", "dt", "A", "B", "C"))
+    ops = [(lambda q, k, v, g: linear_attention(q, k, v, log_decay=g, chunk_size=16,
+                                                impl="chunked"), (q, k, v, g)),
+           (lambda x, dt, B, C: ssd(x, dt, A, B, C, chunk_size=16, impl="chunked"),
+            (x, dt, B, C))]
+    for fn, args in ops:
+        texts = []
+        for context in (None, "tensorfloat32"):
+            with jax.default_matmul_precision(context):
+                texts.append(jax.jit(fn).trace(*args).lower().as_text())
+        assert texts[0] == texts[1]
+        dots = texts[0].count("stablehlo.dot_general")
+        assert dots and texts[0].count("precision = [HIGHEST, HIGHEST]") == dots

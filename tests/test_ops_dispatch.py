@@ -113,7 +113,7 @@ def test_accepted_names_are_what_the_layers_check():
         ((jnp.float16,), (128, 128), False, H200, "pallas", "shared memory"),
         ((jnp.bfloat16,), (153, 64), False, H200, "chunked", "measured up to 128"),  # Based
         ((jnp.bfloat16, jnp.float32), (64, 64), False, H200, "chunked", "float32"),
-        ((jnp.float32,), (64, 64), False, H200, "chunked", "float32"),
+        ((jnp.float32,), (64, 64), False, H200, "chunked", "'tf32x3' and 'tf32'"),
         ((jnp.bfloat16,), (64, 64), True, H200, "chunked", "per-key"),
         ((jnp.bfloat16,), (128, 128), False, 20_000, "chunked", "no tiling"),
     ],

@@ -58,11 +58,12 @@ def _normal(key, shape, dtype=jnp.bfloat16):
 
 
 @functools.cache
-def attention_inputs(shape, kind):
-    """q, k, v, do: (B, T, H, D) bf16; g = logsigmoid(normal) per head or key, f32, or None."""
+def attention_inputs(shape, kind, dtype=jnp.bfloat16):
+    """q, k, v, do: (B, T, H, D) in ``dtype``; g = logsigmoid(normal) per head or key, f32, or
+    None."""
     b, t, h, d = shape
     keys = jax.random.split(jax.random.PRNGKey(0), 5)
-    q, k, v, do = (_normal(keys[i], shape) for i in range(4))
+    q, k, v, do = (_normal(keys[i], shape, dtype) for i in range(4))
     g_shape = {"none": None, "head": (b, t, h), "key": shape}[kind]
     g = None if g_shape is None else jax.nn.log_sigmoid(_normal(keys[4], g_shape, jnp.float32))
     return q, k, v, g, do
@@ -151,15 +152,15 @@ def attention_case(shape, kind, mode, *, with_xla=True) -> Case:
 
 
 @functools.cache
-def ssd_inputs(shape):
-    """x, do (B, T, H, P) bf16; A (H,) < 0; per direction (2 of each): dt (B, T, H) > 0 f32,
-    B, C (B, T, 1, N) bf16."""
+def ssd_inputs(shape, dtype=jnp.bfloat16):
+    """x, do (B, T, H, P) in ``dtype``; A (H,) < 0; per direction (2 of each): dt (B, T, H) > 0
+    f32, B, C (B, T, 1, N) in ``dtype``."""
     b, t, h, p, n = shape
     keys = jax.random.split(jax.random.PRNGKey(1), 9)
-    x, do = _normal(keys[0], (b, t, h, p)), _normal(keys[1], (b, t, h, p))
+    x, do = _normal(keys[0], (b, t, h, p), dtype), _normal(keys[1], (b, t, h, p), dtype)
     A = -jnp.exp(_normal(keys[2], (h,), jnp.float32))
     dt = [jax.nn.softplus(_normal(keys[3 + i], (b, t, h), jnp.float32) - 3.0) for i in (0, 1)]
-    bc = [_normal(keys[5 + i], (b, t, 1, n)) for i in range(4)]
+    bc = [_normal(keys[5 + i], (b, t, 1, n), dtype) for i in range(4)]
     return x, do, A, dt, bc[:2], bc[2:]
 
 

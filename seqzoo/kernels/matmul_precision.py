@@ -11,17 +11,18 @@ For float32 inputs every matmul of every pass (forward, dq, dv, dk) runs at one 
 given to Pallas as ``lax.Precision.HIGHEST``, ``lax.DotAlgorithmPreset.TF32_TF32_F32_X3`` and
 ``TF32_TF32_F32`` (``jax/_src/pallas/triton/lowering.py``, ``_dot_general_lowering``).
 
-At ``"tf32"`` the passes that split their float32 intermediates for the decays' gradient
-(``split``: the dq and dk passes of decayed kernels, whose outputs enter ``dg`` through
-differences of ``q.dq`` and ``k.dk``) run at ``"tf32x3"``: the same ``hi + lo`` split that bf16
-inputs get there (``chunked_pass._dot``), so "tf32" rounds the inputs and the other passes'
-operands once and never the decays' gradient's cancelling terms.
+At ``"tf32"`` the matmuls that split a float32 intermediate (scores, states, decayed keys) for
+the decays' gradient run at ``"tf32x3"``: those of the dq and dk passes of decayed kernels
+(``split``), whose outputs enter ``dg`` through differences of ``q.dq`` and ``k.dk``. That is
+the ``hi + lo`` split bf16 inputs get there (``chunked_pass._dot``), with TF32 parts: "tf32"
+rounds the inputs and the other matmuls' operands once, never the cancelling terms of ``dg``.
 
 ``precision=None`` follows ``jax.default_matmul_precision`` as Pallas' own dots read it on a
 GPU: ``"float32"`` / ``"highest"`` / ``"F32_F32_F32"`` give "highest", ``"tensorfloat32"`` /
 ``"high"`` / ``"bfloat16"`` / ``"default"`` / ``"TF32_TF32_F32"`` give "tf32",
 ``"TF32_TF32_F32_X3"`` gives "tf32x3"; unset, or a preset with no TF32 form (bf16, fp8, fp16,
-fp64 ones), the kernel's default "highest" (unlike XLA, whose default may use TF32 on a GPU).
+fp64 ones), the kernel's default "highest". (The ops' XLA forms pass ``Precision.HIGHEST`` to
+every einsum: IEEE float32 whatever the context, so "highest" is the like-for-like kernel.)
 
 bf16 and fp16 inputs are unaffected (their matmuls take 16-bit operands), and so are interpret
 mode (no GPU: float32 matmuls run at IEEE whatever the precision; the CPU's dot has no TF32) and

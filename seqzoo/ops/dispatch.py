@@ -171,7 +171,9 @@ _CHUNKED_KERNEL_RULES = (
          overrides=("pallas_split",)),
     Rule("chunked", lambda f: not f["gpu"], "no Pallas kernel is wired for this platform"),
     Rule("chunked", lambda f: not f["all_16bit"],
-         "float32: XLA's matmuls are faster than the kernel's", CHUNKED_SSD),
+         "float32: XLA's matmuls are faster than the kernel's IEEE ones (its default "
+         "precision='highest'); its tensor-core precisions 'tf32x3' and 'tf32' are a user's "
+         "choice with impl='pallas', not measured yet", CHUNKED_SSD),
     Rule("chunked", lambda f: f["per_key"],
          "per-key decays: the kernel is slower than fla's (issue 24)", PER_KEY_TILING),
     Rule("chunked", lambda f: max(f["widths"]) > f["measured_width"],

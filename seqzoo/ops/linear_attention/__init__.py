@@ -155,8 +155,9 @@ def linear_attention(
         backward: ``"highest"`` (IEEE, no tensor cores), ``"tf32x3"`` (3xTF32 on tensor cores,
         about float32's accuracy) or ``"tf32"`` (one TF32 pass, ~1e-3 relative); None:
         ``jax.default_matmul_precision``'s, else "highest" (``seqzoo.kernels.matmul_precision``).
-        16-bit inputs, the TPU kernel (float32 at HIGHEST) and the XLA forms (which follow
-        ``jax.default_matmul_precision``) do not read it; interpret mode computes IEEE.
+        16-bit inputs, the TPU kernel (float32 at HIGHEST) and the XLA forms (IEEE float32:
+        their einsums pass ``Precision.HIGHEST``, whatever the context) do not read it;
+        interpret mode computes IEEE.
 
     Returns:
       ``o: (batch, length, heads, dv)`` in ``v``'s dtype, and ``S_T`` if asked. Computation is

@@ -1,0 +1,101 @@
+"""The chunked kernels in float32 at each matmul precision, beside XLA's float32 path (issue 24).
+
+    python benchmarks/kernels.py --only chunked_float32 [--repeats 3 --calls 3]
+
+Linear attention at (4, 2048, 16, 128) with no decay, a decay per head and a decay per key, and
+Mamba-2's SSD at (2, 4096, 32, 64, 128), every input float32 (drawn in float32: TF32 rounds
+them), forward and forward+backward (the gradients of ``sum(out * do)`` w.r.t. every input).
+Variants:
+
+* ``xla``: the op's chunked XLA path, the reference every error is measured against and the
+  baseline of the speedups (``impl="auto"`` runs it for float32). It is IEEE float32 whatever
+  ``jax.default_matmul_precision`` says: its einsums pass ``Precision.HIGHEST``
+  (``seqzoo/ops/linear_attention/xla.py``, ``seqzoo/ops/ssd/xla.py``), so its lowering is the
+  same under "highest" and under no context (checked in ``tests/test_kernels_precision.py``)
+  and one row covers both; ``pallas highest`` is the like-for-like kernel row;
+* ``pallas highest`` / ``pallas tf32x3`` / ``pallas tf32``: ``impl="pallas"`` at each
+  ``precision`` (``seqzoo.kernels.matmul_precision``).
+
+Per-key decays have no XLA row: the XLA form's (B, T/C, H, D, C, C) decays do not fit at this
+shape (``chunked_linear_attention.XLA_AT``); there ``pallas highest`` is the reference and the
+baseline. The tolerance (1e-2 relative L2) only flags a broken path; the error column is the
+measurement (TF32 ~1e-3 expected). ``--quick``: tiny shapes in interpret mode, where every
+precision computes IEEE (no claim).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from kernel_harness import Case
+from parallel_compile import precompile
+
+from kernel_cases.chunked_linear_attention import (
+    MAMBA2,
+    QUICK_MAMBA2,
+    QUICK_SHAPES,
+    SHAPES,
+    _with_gradients,
+    attention_inputs,
+    ssd_inputs,
+)
+from seqzoo.kernels.matmul_precision import PRECISIONS
+from seqzoo.ops.linear_attention import linear_attention
+from seqzoo.ops.ssd import ssd
+
+_F32 = jnp.float32
+RTOL = 1e-2
+
+
+def _variants(op, args, cotangent, mode, *, with_xla: bool) -> dict:
+    """``op(impl, precision)`` -> a function of ``args``; the variants of the module docstring."""
+    def variant(fn):
+        body = fn if mode == "fwd" else _with_gradients(fn, cotangent)
+        return functools.partial(jax.jit(body), *args)
+
+    out = {"xla": variant(op("chunked", None))} if with_xla else {}
+    for precision in PRECISIONS:
+        out[f"pallas {precision}"] = variant(op("pallas", precision))
+    return out
+
+
+def attention_case(shape, kind, mode) -> Case:
+    q, k, v, g, do = attention_inputs(shape, kind, _F32)
+    args = (q, k, v) if g is None else (q, k, v, g)
+
+    def op(impl, precision):
+        def fn(q, k, v, g=None):
+            return linear_attention(q, k, v, log_decay=g, chunk_size=64, impl=impl,
+                                    precision=precision)
+        return fn
+
+    variants = _variants(op, args, do, mode, with_xla=kind != "key")
+    b, t, h, d = shape
+    return Case(f"linear_attention {kind} {mode} precision", f"B{b} T{t} H{h} D{d} f32",
+                variants, baseline="xla" if kind != "key" else "pallas highest",
+                rtol=RTOL)
+
+
+def ssd_case(shape, mode) -> Case:
+    x, do, A, dt, (B, C), _ = ssd_inputs(shape, _F32)
+
+    def op(impl, precision):
+        def mamba2(x, dt, B, C):
+            return ssd(x, dt, A, B, C, chunk_size=64, impl=impl, precision=precision)
+        return mamba2
+
+    variants = _variants(op, (x, dt[0], B, C), do, mode, with_xla=True)
+    b, t, h, p, n = shape
+    return Case(f"ssd (Mamba-2) {mode} precision", f"B{b} T{t} H{h} P{p} N{n} f32", variants,
+                baseline="xla", rtol=RTOL)
+
+
+def cases(quick: bool) -> list[Case]:
+    shape, mamba2 = (QUICK_SHAPES[0], QUICK_MAMBA2) if quick else (SHAPES[0], MAMBA2)
+    modes = ("fwd", "fwd+bwd")
+    out = [attention_case(shape, kind, mode) for kind in ("none", "head", "key")
+           for mode in modes]
+    out += [ssd_case(mamba2, mode) for mode in modes]
+    return precompile(out)
