@@ -30,6 +30,7 @@ from seqzoo.kernels.matmul_precision import resolve_precision
 from seqzoo.ops.linear_attention import linear_attention
 from seqzoo.ops.quasiseparable import quasiseparable
 from seqzoo.ops.ssd import ssd
+from seqzoo.registry import get_mixer
 
 
 def pallas(precision, q, k, v, g, s0):
@@ -95,13 +96,13 @@ def test_every_pass_lowers_with_its_input_precision(monkeypatch, precision, forw
     assert forward and dq and dv and dk
     assert set(forward) == set(dv) == {forward_dv}
     assert set(dq) == set(dk) == set(dq_dk)
-    no_decay = _grad_modules(precision, decay=False)
-    assert len(no_decay) == 4 and {p for m in no_decay for p in dot_precisions(m)} == {forward_dv}
 
 
 def test_context_reaches_the_lowering_and_bf16_is_untouched(monkeypatch):
+    """No decay: no split matmuls, so every pass at tf32."""
     monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
     in_context = _grad_modules(None, decay=False, context="tensorfloat32")
+    assert len(in_context) == 4
     assert {p for m in in_context for p in dot_precisions(m)} == {"tf32"}
     bf16 = [_grad_modules(p, dtype=jnp.bfloat16) for p in ("highest", "tf32")]
     assert len(bf16[0]) == 4 and bf16[0] == bf16[1]
@@ -142,3 +143,16 @@ def test_xla_forms_are_ieee_whatever_the_context():
         assert texts[0] == texts[1]
         dots = texts[0].count("stablehlo.dot_general")
         assert dots and texts[0].count("precision = [HIGHEST, HIGHEST]") == dots
+
+
+@pytest.mark.parametrize("mixer", ["mamba2", "hydra", "gla"])
+def test_layers_pass_it_to_the_kernel(monkeypatch, mixer):
+    options = dict(impl="pallas", precision="tf32")
+    layer = get_mixer(mixer, d_model=32, num_heads=2, **options) if mixer == "gla" \
+        else get_mixer(mixer, d_model=32, **options)
+    # initialised (interpreted) at another length: the ops the layers jit would otherwise reuse
+    # that trace instead of building the compiled kernels
+    params = jax.eval_shape(layer.init, jax.random.PRNGKey(0), jnp.ones((1, 16, 32)))
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
+    modules = triton_modules(layer.apply, params, jnp.ones((1, 32, 32), jnp.float32))
+    assert modules and {p for m in modules for p in dot_precisions(m)} == {"tf32"}

@@ -55,7 +55,8 @@ from seqzoo.ops.quasiseparable import quasiseparable, quasiseparable_matrix
 
 _F32 = jnp.float32
 
-compiled_quasiseparable = compiled(quasiseparable, "chunk_size", "dt_softplus", "impl")
+compiled_quasiseparable = compiled(quasiseparable, "chunk_size", "dt_softplus", "impl",
+                                   "precision")
 
 
 @jax.jit
@@ -80,6 +81,8 @@ class Hydra(SelectiveSSM):
       ngroups: G groups of B, C per direction (1), dividing the number of heads.
       dt_min, dt_max, dt_init_floor: the dt_bias init. bias: in_proj / out_proj biases (False).
       conv_bias: (True). chunk_size: SSD chunk, a power of two (256). impl: ``ssd``'s impl.
+      precision: ``quasiseparable``'s (the GPU kernel's float32 matmuls; None: the context's or
+        "highest").
     """
 
     d_state: int = 64
@@ -89,6 +92,7 @@ class Hydra(SelectiveSSM):
     headdim: int | None = None
     ngroups: int = 1
     chunk_size: int = 256
+    precision: str | None = None
 
     info: ClassVar[MixerInfo] = ssm_info(
         "Hwang et al. 2024, Hydra: Bidirectional State Space Models Through Generalized "
@@ -159,6 +163,7 @@ class Hydra(SelectiveSSM):
             chunk_size=self.chunk_size,
             segment_ids=a.get("segment_ids"),
             impl=self.ssd_impl,
+            precision=self.precision,
         )
 
     def mix_matrix(self, inputs):

@@ -94,7 +94,9 @@ class LinearAttention(MatrixMixer):
         a rank-``gate_low_rank`` projection, Yang et al. 2024).
       output_gate: multiply by ``swish(x W_g)`` before the output projection (RetNet, GLA).
       head_norm: RMS-normalise each head's output (GLA; RetNet's group norm).
-      chunk_size / impl: passed to ``seqzoo.ops.linear_attention``.
+      chunk_size / impl / precision: passed to ``seqzoo.ops.linear_attention`` (precision: of
+        the GPU kernel's float32 matmuls, ``"highest" | "tf32x3" | "tf32"``; None: the
+        ``jax.default_matmul_precision`` context's, else "highest").
     """
 
     num_heads: int = 4
@@ -110,6 +112,7 @@ class LinearAttention(MatrixMixer):
     eps: float = 1e-6
     chunk_size: int = 64
     impl: str = "auto"
+    precision: str | None = None
 
     info: ClassVar[MixerInfo] = _info("Katharopoulos et al. 2020, Transformers are RNNs")
     # Whether the features phi(q), phi(k) are kept for the backward pass (the mixer's inputs hold
@@ -215,6 +218,7 @@ class LinearAttention(MatrixMixer):
             chunk_size=self.chunk_size,
             segment_ids=a["segment_ids"],
             impl=self.op_impl,
+            precision=self.precision,
         )
         return self._normalized(o)
 

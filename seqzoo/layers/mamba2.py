@@ -53,7 +53,8 @@ from seqzoo.ops.ssd import ssd, ssd_matrix, ssd_step
 Array = jax.Array
 _F32 = jnp.float32
 
-compiled_ssd = compiled(ssd, "chunk_size", "dt_softplus", "return_final_state", "impl")
+compiled_ssd = compiled(ssd, "chunk_size", "dt_softplus", "return_final_state", "impl",
+                        "precision")
 
 
 @jax.jit
@@ -79,6 +80,7 @@ class Mamba2(SelectiveSSM):
       norm_before_gate: ``norm(y) * silu(z)`` instead of ``norm(y * silu(z))`` (False).
       dt_min, dt_max, dt_init_floor: the dt_bias init. bias: in_proj / out_proj biases (False).
       conv_bias: (True). chunk_size: SSD chunk, a power of two (256). impl: ``ssd``'s impl.
+      precision: ``ssd``'s (the GPU kernel's float32 matmuls; None: the context's or "highest").
     """
 
     d_state: int = 128
@@ -90,6 +92,7 @@ class Mamba2(SelectiveSSM):
     rmsnorm: bool = True
     norm_before_gate: bool = False
     chunk_size: int = 256
+    precision: str | None = None
 
     info: ClassVar[MixerInfo] = ssm_info(
         "Dao & Gu 2024, Transformers are SSMs (Mamba-2)", "O(L E (N + Q))"
@@ -147,6 +150,7 @@ class Mamba2(SelectiveSSM):
             D=self.D,
             segment_ids=inputs.aux.get("segment_ids"),
             impl=self.ssd_impl,
+            precision=self.precision,
         )
 
     def mix_matrix(self, inputs):

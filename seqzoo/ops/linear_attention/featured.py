@@ -23,6 +23,7 @@ import functools
 
 import jax
 
+from seqzoo.kernels.matmul_precision import resolve_precision
 from seqzoo.ops import feature_maps
 from seqzoo.ops.lean_grad import blockwise, size_budget
 from seqzoo.ops.linear_attention import linear_attention
@@ -32,11 +33,13 @@ Array = jax.Array
 
 def featured_linear_attention(q: Array, k: Array, v: Array, mask: Array, *, feature_map: str,
                               log_decay: Array | None = None, scale: float, chunk_size: int = 64,
-                              segment_ids: Array | None = None, impl: str = "auto") -> Array:
+                              segment_ids: Array | None = None, impl: str = "auto",
+                              precision: str | None = None) -> Array:
     """``linear_attention(phi(q), phi(k) (0 where mask is False), v, ...)``: ``(b, l, h, dv)``
-    in ``v``'s dtype (module docstring). ``log_decay`` is per head or per feature."""
+    in ``v``'s dtype (module docstring). ``log_decay`` is per head or per feature; ``precision``
+    as ``linear_attention``'s (resolved here, before blocks are recomputed backwards)."""
     rows = (q, k, v, mask, log_decay, segment_ids)
-    options = (feature_map, float(scale), chunk_size, impl)
+    options = (feature_map, float(scale), chunk_size, impl, resolve_precision(precision))
     widens = feature_maps.feature_size(feature_map, q.shape[-1]) > q.shape[-1]
     return (_lean if widens else _featured)(*options)(rows, ())
 
@@ -49,19 +52,19 @@ def features(name: str, q: Array, k: Array, mask: Array) -> tuple[Array, Array]:
 
 
 @functools.cache
-def _featured(name: str, scale: float, chunk_size: int, impl: str):
+def _featured(name: str, scale: float, chunk_size: int, impl: str, precision: str):
     def fn(rows, shared):
         del shared
         q, k, v, mask, log_decay, segment_ids = rows
         q, k = features(name, q, k, mask)
         return linear_attention(q, k, v, log_decay=log_decay, scale=scale, chunk_size=chunk_size,
-                                segment_ids=segment_ids, impl=impl)
+                                segment_ids=segment_ids, impl=impl, precision=precision)
 
     return fn
 
 
 @functools.cache
-def _lean(name: str, scale: float, chunk_size: int, impl: str):
+def _lean(name: str, scale: float, chunk_size: int, impl: str, precision: str):
     def features_per_row(rows) -> int:  # one row's phi(q) and phi(k)
         _, length, heads, dk = rows[0].shape
         return 2 * length * heads * feature_maps.feature_size(name, dk)
@@ -69,5 +72,5 @@ def _lean(name: str, scale: float, chunk_size: int, impl: str):
     def qkv_size(rows) -> int:  # a block's features at most q, k and v's size
         return size_budget(rows[:3])
 
-    return blockwise(_featured(name, scale, chunk_size, impl), forward=True,
+    return blockwise(_featured(name, scale, chunk_size, impl, precision), forward=True,
                      row_elements=features_per_row, block_elements=qkv_size)
