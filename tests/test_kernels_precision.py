@@ -125,6 +125,21 @@ def test_ssd_and_quasiseparable_pass_it_to_every_pass(monkeypatch):
     assert len(hydra_modules) == 1 and set(dot_precisions(hydra_modules[0])) == {"tf32"}
 
 
+def test_pallas_split_passes_it_to_its_inter_chunk_passes(monkeypatch):
+    """Per-key decays, forward and backward: four inter-chunk passes at tf32x3 (the intra-chunk
+    scores are XLA's, IEEE)."""
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
+    (q, k, v, g, _), _ = attention_inputs("key", jnp.float32, t=32, seed=10)
+
+    def loss(q, k, v, g):
+        return jnp.sum(linear_attention(q, k, v, log_decay=g, chunk_size=16,
+                                        impl="pallas_split", precision="tf32x3"))
+
+    modules = triton_modules(jax.grad(loss, (0, 1, 2, 3)), q, k, v, g)
+    assert len(modules) == 4
+    assert {p for m in modules for p in dot_precisions(m)} == {"tf32x3"}
+
+
 def test_xla_forms_are_ieee_whatever_the_context():
     """The like-for-like row of benchmarks/kernel_cases/chunked_float32.py: the chunked XLA
     paths lower the same under "tensorfloat32" as under no context, every dot at HIGHEST."""

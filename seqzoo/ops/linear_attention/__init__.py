@@ -151,13 +151,14 @@ def linear_attention(
         ``"sequential"``.
       seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that
         of the active ``seqzoo.parallel.sequence_parallel`` context).
-      precision: float32 matmuls of ``"pallas"`` on a GPU (the Triton kernel), forward and
-        backward: ``"highest"`` (IEEE, no tensor cores), ``"tf32x3"`` (3xTF32 on tensor cores,
-        about float32's accuracy) or ``"tf32"`` (one TF32 pass, ~1e-3 relative); None:
-        ``jax.default_matmul_precision``'s, else "highest" (``seqzoo.kernels.matmul_precision``).
-        16-bit inputs, the TPU kernel (float32 at HIGHEST) and the XLA forms (IEEE float32:
-        their einsums pass ``Precision.HIGHEST``, whatever the context) do not read it;
-        interpret mode computes IEEE.
+      precision: float32 matmuls of ``"pallas"`` on a GPU (the Triton kernel; of
+        ``"pallas_split"``, its inter-chunk passes), forward and backward: ``"highest"`` (IEEE,
+        no tensor cores), ``"tf32x3"`` (3xTF32 on tensor cores, about float32's accuracy) or
+        ``"tf32"`` (one TF32 pass, ~1e-3 relative); None: ``jax.default_matmul_precision``'s,
+        else "highest" (``seqzoo.kernels.matmul_precision``). 16-bit inputs, the TPU kernel
+        (float32 at HIGHEST) and the XLA forms (IEEE float32: their einsums pass
+        ``Precision.HIGHEST``, whatever the context) do not read it; interpret mode computes
+        IEEE.
 
     Returns:
       ``o: (batch, length, heads, dv)`` in ``v``'s dtype, and ``S_T`` if asked. Computation is

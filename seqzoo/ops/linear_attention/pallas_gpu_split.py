@@ -16,7 +16,9 @@ differentiated by autodiff. Both parts use the same chunk C (``pallas_gpu.launch
 Inputs as ``seqzoo.ops.linear_attention`` without ``segment_ids``; no, scalar and per-key decays
 all run (the split is only expected to pay for per-key decays). Tolerances as ``impl="pallas"``
 (float32: ~1e-6 relative to the XLA op; bf16 inputs: bf16 matmul operands, float32
-accumulation, ``A`` rounded to bf16 for ``A v``).
+accumulation, ``A`` rounded to bf16 for ``A v``). A float32 ``precision`` other than "highest"
+(``seqzoo.kernels.matmul_precision``) applies to the inter-chunk passes only: the intra-chunk
+scores and ``A v`` stay IEEE float32 (XLA's einsums and the scores' kernel at ``HIGHEST``).
 """
 
 from __future__ import annotations
@@ -65,20 +67,22 @@ def linear_attention_kernel(
     initial_state: Array | None = None,
     chunk_size: int = 64,
     intra_kernel: bool = False,
+    precision: str | None = None,
 ) -> tuple[Array, Array]:
     """``seqzoo.ops.linear_attention`` (no segment_ids) as ``o_inter + o_intra``.
 
     q, k: (B, T, H, dk); v: (B, T, H, dv); log_decay: None, (B, T, H) or (B, T, H, dk);
     initial_state: (B, H, dk, dv); intra_kernel: the per-key intra-chunk scores by the Pallas
-    kernel of ``pallas_gpu_intra.py`` instead of XLA (not measured: the op uses XLA's). Returns
-    ``o`` in v's dtype and ``S_T`` float32.
+    kernel of ``pallas_gpu_intra.py`` instead of XLA (not measured: the op uses XLA's);
+    precision: the inter-chunk passes' float32 matmuls (module docstring). Returns ``o`` in v's
+    dtype and ``S_T`` float32.
     """
     decay = None if log_decay is None else ("scalar" if log_decay.ndim == 3 else "key")
     widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
     tiling = launch_tiling(decay, q.shape[1], widths, max_chunk=chunk_size, intra=False)
     lead = [None if a is None else a[None] for a in (q, k, v, log_decay, initial_state)]
     inter, final = gated_linear_attention(*lead[:4], None, lead[4], scale=scale, tiling=tiling,
-                                          intra=False)
+                                          intra=False, precision=precision)
     intra = intra_chunk_attention(q, k, v, log_decay, scale=scale, chunk=tiling.chunk,
                                   sub=tiling.sub, kernel=intra_kernel)
     return (inter[0].astype(jnp.float32) + intra).astype(v.dtype), final[0]
