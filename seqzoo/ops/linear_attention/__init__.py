@@ -27,6 +27,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels.chunked_segments import check_segments
 from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.dispatch import accepted, canonical, on_platform
 from seqzoo.ops.linear_attention import (
@@ -44,7 +45,7 @@ Array = jax.Array
 IMPLS = accepted("linear_attention")
 
 
-def _check(q, k, v, log_decay, initial_state, chunk_size):
+def _check(q, k, v, log_decay, initial_state, chunk_size, segments, impl):
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(
             f"q, k, v must be (batch, length, heads, dim); got ranks {q.ndim}, {k.ndim}, {v.ndim}"
@@ -65,12 +66,15 @@ def _check(q, k, v, log_decay, initial_state, chunk_size):
             f"got {initial_state.shape}"
         )
     check_positive_int(chunk_size, "chunk_size")
+    check_segments(segments, q.shape[1], impl)
 
 
 def linear_attention_local(q, k, v, log_decay, initial_state, *, scale: float, chunk_size: int,
-                           segment_ids: Array | None, impl: str) -> tuple[Array, Array]:
+                           segment_ids: Array | None, impl: str,
+                           segments: int | None = None) -> tuple[Array, Array]:
     """The op on unsplit data: ``(o, S_T)``, ``impl`` resolved here on these inputs (no
-    validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard)."""
+    validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard);
+    ``segments`` reaches the kernel only."""
     b, t, h, dk = q.shape
     dv = v.shape[-1]
 
@@ -79,7 +83,8 @@ def linear_attention_local(q, k, v, log_decay, initial_state, *, scale: float, c
             gpu = pallas_gpu_split if impl == "pallas_split" else pallas_gpu
             kernel = pallas_tpu if platform == "tpu" else gpu
             return lambda q, k, v, g, s0: kernel.linear_attention_kernel(
-                q, k, v, g, scale=scale, initial_state=s0, chunk_size=chunk_size)
+                q, k, v, g, scale=scale, initial_state=s0, chunk_size=chunk_size,
+                segments=segments)
         return functools.partial(_xla_forms, impl=impl, scale=scale, chunk_size=chunk_size,
                                  segment_ids=segment_ids)
 
@@ -119,6 +124,7 @@ def linear_attention(
     segment_ids: Array | None = None,
     impl: str = "auto",
     seq_axis: str | None = None,
+    segments: int | None = None,
 ):
     """Gated linear attention ``o_t = scale * q_t S_t``, ``S_t = exp(g_t) S_{t-1} + k_t v_t^T``.
 
@@ -144,16 +150,21 @@ def linear_attention(
         ``"sequential"``.
       seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that
         of the active ``seqzoo.parallel.sequence_parallel`` context).
+      segments: where the Pallas kernel runs (``impl="pallas"``, or ``"auto"`` when it picks
+        the kernel), cut the sequence into this many segments run in parallel as extra batch
+        rows of one launch, their states combined after it (``seqzoo.kernels.chunked_segments``;
+        for long sequences with few heads; not measured yet). None: one segment, the kernel
+        walks the whole sequence. An int in [1, length]; refused with an explicit XLA ``impl``.
 
     Returns:
       ``o: (batch, length, heads, dv)`` in ``v``'s dtype, and ``S_T`` if asked. Computation is
       float32 whatever the input dtype.
     """
-    _check(q, k, v, log_decay, initial_state, chunk_size)
     impl = canonical("linear_attention", impl)
+    _check(q, k, v, log_decay, initial_state, chunk_size, segments, impl)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     local = functools.partial(linear_attention_local, scale=scale, chunk_size=chunk_size,
-                              segment_ids=segment_ids, impl=impl)
+                              segment_ids=segment_ids, impl=impl, segments=segments)
     axis = sequence_axis(seq_axis)
     if axis is None:
         o, s_final = local(q, k, v, log_decay, initial_state)

@@ -51,6 +51,7 @@ import dataclasses
 import jax
 
 from seqzoo.kernels.chunked_pass import Tiling, chunked_pass
+from seqzoo.kernels.chunked_segments import segmented
 from seqzoo.kernels.chunked_tiling import device_limit, padded_width, resolve_tiling
 from seqzoo.kernels.chunked_vjp import padded_chunked
 
@@ -118,13 +119,17 @@ def linear_attention_kernel(
     scale: float,
     initial_state: Array | None = None,
     chunk_size: int = 64,
+    segments: int | None = None,
 ) -> tuple[Array, Array]:
     """``seqzoo.ops.linear_attention`` (no segment_ids) on the kernels.
 
     q, k: (B, T, H, dk); v: (B, T, H, dv); log_decay: None, (B, T, H) or (B, T, H, dk);
-    initial_state: (B, H, dk, dv). Returns ``o`` in v's dtype and ``S_T`` float32.
+    initial_state: (B, H, dk, dv); segments: None, or the number of parallel segments the
+    sequence is cut into (``seqzoo.kernels.chunked_segments``). Returns ``o`` in v's dtype and
+    ``S_T`` float32.
     """
     lead = [None if a is None else a[None] for a in (q, k, v, log_decay, initial_state)]
-    o, final = gated_linear_attention(*lead[:4], None, lead[4], scale=scale,
-                                      max_chunk=chunk_size)
+    attention = gated_linear_attention if segments is None else segmented(
+        gated_linear_attention, segments)
+    o, final = attention(*lead[:4], None, lead[4], scale=scale, max_chunk=chunk_size)
     return o[0], final[0]
