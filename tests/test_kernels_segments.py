@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from seqzoo.kernels import launch
 from seqzoo.kernels.chunked_segments import propose_segments
 from seqzoo.ops.linear_attention import linear_attention
 from seqzoo.ops.ssd import ssd
@@ -24,12 +25,13 @@ F32_TOL = 1e-5
 SHAPES = {None: None, "head": (1, 100, 2), "key": (1, 100, 2, 16)}
 
 
-def inputs(decay, t=100, seed=0, initial=True):
-    """q, k, v (1, t, 2 heads, 16), log decays <= 0 of the kind ``decay``, S_0 (or None)."""
+def inputs(decay, t=100, seed=0, initial=True, strength=0.05):
+    """q, k, v (1, t, 2 heads, 16), log decays <= 0 of the kind ``decay`` (``strength`` times
+    -softplus(normal): the default keeps states from earlier segments visible), S_0 or None."""
     rng = np.random.default_rng(seed)
     q, k, v = (normal(rng, 1, t, 2, 16) for _ in range(3))
     shape = SHAPES[decay] and (1, t, *SHAPES[decay][2:])
-    g = None if shape is None else -jax.nn.softplus(normal(rng, *shape))
+    g = None if shape is None else -strength * jax.nn.softplus(normal(rng, *shape))
     s0 = normal(rng, 1, 2, 16, 16) if initial else None
     cot = (normal(rng, 1, t, 2, 16), normal(rng, 1, 2, 16, 16))
     return (q, k, v, g, s0), cot
@@ -52,13 +54,13 @@ def assert_each_close(got, want, tol, tol_step=None):
     assert not bad, errors
 
 
-def check_f32(decay, segments, initial, t=100, against=("pallas", "chunked")):
+def check_f32(decay, segments, initial, t=100, against=("pallas", "chunked"), strength=0.05,
+              tol=F32_TOL):
     """Segments against each implementation in ``against`` (no segments), float32."""
-    args, cot = inputs(decay, t=t, initial=initial)
+    args, cot = inputs(decay, t=t, initial=initial, strength=strength)
     got = value_and_grads(partial(attention, "pallas", segments), args, cot)
     for impl in against:
-        assert_each_close(got, value_and_grads(partial(attention, impl, None), args, cot),
-                          F32_TOL)
+        assert_each_close(got, value_and_grads(partial(attention, impl, None), args, cot), tol)
 
 
 def test_segments_equal_the_op():
@@ -72,6 +74,15 @@ def test_segments_equal_the_op():
 @pytest.mark.parametrize("decay", [None, "head", "key"])
 def test_segments_every_case(decay, segments, initial):
     check_f32(decay, segments, initial, t=101)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decay", ["head", "key"])
+def test_strong_decays_are_finite_and_exact(decay):
+    """Log decays of about -20 per step: no inf or NaN, gradients included. The decays'
+    gradient of every chunked form (XLA's, the kernel's) is ~1e-5 from the scan's there, so
+    the tolerance is ``tests/test_kernels_chunked.py``'s strong-decay one."""
+    check_f32(decay, 3, True, against=("sequential",), strength=20.0, tol=1e-4)
 
 
 def check_bf16(decay, segments, reference="chunked"):
@@ -121,7 +132,7 @@ def test_ssd_with_segments_matches_the_scan():
     """Mamba-2 (groups, key scale dt, D, initial and final state) with 3 segments."""
     rng = np.random.default_rng(3)
     b, t, h, p, n = 1, 45, 4, 16, 16
-    args = (normal(rng, b, t, h, p), normal(rng, b, t, h) - 1.0, -jnp.exp(normal(rng, h)),
+    args = (normal(rng, b, t, h, p), normal(rng, b, t, h) - 1.0, -0.1 * jnp.exp(normal(rng, h)),
             normal(rng, b, t, 2, n), normal(rng, b, t, 2, n), normal(rng, b, h, p, n))
 
     def run(impl, segments, x, dt, A, B, C, s0):
@@ -135,8 +146,13 @@ def test_ssd_with_segments_matches_the_scan():
     assert max(errors) < F32_TOL, errors
 
 
-def test_lowers_for_a_gpu_on_this_machine():
-    """Forward and gradient with segments trace and lower for CUDA here (no GPU needed)."""
+@pytest.mark.parametrize("platform, call", [("cuda", "custom_call @__gpu$xla.gpu.triton"),
+                                            ("tpu", "tpu_custom_call")])
+def test_lowers_for_a_gpu_and_a_tpu_on_this_machine(monkeypatch, platform, call):
+    """Forward and gradient with segments lower for CUDA (the kernels as Triton calls, as a GPU
+    would build them, not interpreted) and for a TPU (Mosaic) here: one launch forward, three
+    more backward."""
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
     (q, k, v, g, s0), _ = inputs("head", initial=True)
     low = [a.astype(jnp.bfloat16) for a in (q, k, v)]
 
@@ -144,9 +160,12 @@ def test_lowers_for_a_gpu_on_this_machine():
         o, s = attention("pallas", 4, q, k, v, g, s0)
         return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
 
-    lowered = jax.jit(jax.grad(loss, range(5))).trace(*low, g, s0).lower(
-        lowering_platforms=("cuda",))
-    assert "stablehlo" in lowered.as_text()
+    def launches(f):
+        lowered = jax.jit(f).trace(*low, g, s0).lower(lowering_platforms=(platform,))
+        return lowered.as_text().count(call)
+
+    assert launches(loss) == 1
+    assert launches(jax.grad(loss, range(5))) == 4
 
 
 def test_proposed_segments():
