@@ -30,8 +30,9 @@ q, k: (1, B, T, H_qk, dk); v: (1, B, T, H, dv); g: None, (1, B, T, H_g) or (1, B
 key_scale: (1, B, T, H_s) (inside the pass: it scales k only); initial_state: (1, B, H, dk, dv).
 Numerics: float32 states and decays; the correction ``q S_in`` is a matmul in the inputs' dtype
 (bf16 operands for bf16 inputs, as the kernel's own inter-chunk ``q S``; IEEE float32 for float32
-ones) with float32 accumulation. The outputs of the launch are rounded to v's dtype before the
-correction is added (one more rounding than the kernel alone).
+ones) with float32 accumulation; a scalar decay scales its rows after it (no decayed copy of q).
+The outputs of the launch are rounded to v's dtype before the correction is added (one more
+rounding than the kernel alone).
 """
 
 from __future__ import annotations
@@ -140,13 +141,16 @@ def segmented(attention: Callable, segments: int) -> Callable:
         initial = (jnp.zeros((1, batch, heads, dk, dv), _F32) if initial_state is None
                    else initial_state.astype(_F32))
         local = local.reshape(1, batch, segments, heads, dk, dv)
-        queries = _per_head(_split(q, segments, steps), heads).astype(_F32)
-        log_totals = None
+        queries = _per_head(_split(q, segments, steps), heads)
+        log_totals, rows = None, scale
         if g is not None:  # G_t from each segment's start: (1, B*P, L, H, dk or 1), <= 0
             cum = jnp.cumsum(_split(g, segments, steps), axis=2)
             cum = _per_head(cum if cum.ndim == 5 else cum[..., None], heads)
-            queries = queries * jnp.exp(cum)
             log_totals = cum[:, :, -1].reshape(1, batch, segments, heads, -1)
+            if cum.shape[-1] == 1:  # a scalar per step: on the output rows, after the matmul
+                rows = scale * jnp.exp(cum)
+            else:  # per key: on the queries' columns
+                queries = queries.astype(_F32) * jnp.exp(cum)
         entering = _entering_states(log_totals, initial, local)
         states = entering[:, :, :segments].reshape(1, batch * segments, heads, dk, dv)
         low = jnp.dtype(q.dtype).itemsize == 2
@@ -154,7 +158,7 @@ def segmented(attention: Callable, segments: int) -> Callable:
         correction = jnp.einsum("dblhk,dbhkv->dblhv", queries.astype(dtype),
                                 states.astype(dtype), precision=None if low else _HI,
                                 preferred_element_type=_F32)
-        o = o_loc.astype(_F32) + scale * correction
+        o = o_loc.astype(_F32) + rows * correction
         o = o.reshape(1, batch, segments * steps, heads, dv)[:, :, :length]
         return o.astype(v.dtype), entering[:, :, segments]
 
