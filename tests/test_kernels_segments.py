@@ -121,6 +121,7 @@ def test_causal_across_segments():
 @pytest.mark.parametrize("segments, impl, match", [
     (0, "pallas", "positive int"), (2.0, "pallas", "positive int"), (True, "pallas", "positive"),
     (101, "pallas", "exceeds the sequence length 100"), (2, "chunked", "impl='chunked'"),
+    (2, "pallas_split", "impl=.pallas_split."),
 ])
 def test_bad_segments_say_why(segments, impl, match):
     (q, k, v, *_), _ = inputs(None, initial=False)

@@ -82,9 +82,9 @@ def linear_attention_local(q, k, v, log_decay, initial_state, *, scale: float, c
         if impl in ("pallas", "pallas_split"):
             gpu = pallas_gpu_split if impl == "pallas_split" else pallas_gpu
             kernel = pallas_tpu if platform == "tpu" else gpu
+            split = {} if segments is None else {"segments": segments}  # impl "pallas" only
             return lambda q, k, v, g, s0: kernel.linear_attention_kernel(
-                q, k, v, g, scale=scale, initial_state=s0, chunk_size=chunk_size,
-                segments=segments)
+                q, k, v, g, scale=scale, initial_state=s0, chunk_size=chunk_size, **split)
         return functools.partial(_xla_forms, impl=impl, scale=scale, chunk_size=chunk_size,
                                  segment_ids=segment_ids)
 
