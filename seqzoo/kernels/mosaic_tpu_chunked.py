@@ -71,6 +71,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from seqzoo.kernels import mosaic_tpu_common as common
+from seqzoo.kernels.chunked_segments import segmented
 from seqzoo.kernels.chunked_vjp import padded_chunked
 
 Array = jax.Array
@@ -582,14 +583,18 @@ def linear_attention_kernel(
     initial_state: Array | None = None,
     chunk_size: int | None = None,
     tiling: Tiling | None = None,
+    segments: int | None = None,
 ) -> tuple[Array, Array]:
     """``seqzoo.ops.linear_attention`` (no segment_ids) on the Mosaic kernels.
 
     q, k: (B, T, H, dk); v: (B, T, H, dv); log_decay: None, (B, T, H) or (B, T, H, dk);
-    initial_state: (B, H, dk, dv); chunk_size: caps the tiling's chunk (never below 128).
+    initial_state: (B, H, dk, dv); chunk_size: caps the tiling's chunk (never below 128);
+    segments: None, or the number of parallel segments (``seqzoo.kernels.chunked_segments``).
     Returns ``o`` in v's dtype and ``S_T`` float32.
     """
     lead = [None if a is None else a[None] for a in (q, k, v, log_decay, initial_state)]
-    o, final = gated_linear_attention(*lead[:4], None, lead[4], scale=scale, tiling=tiling,
-                                      max_chunk=chunk_size)
+    attention = gated_linear_attention if segments is None else segmented(
+        gated_linear_attention, segments)
+    o, final = attention(*lead[:4], None, lead[4], scale=scale, tiling=tiling,
+                         max_chunk=chunk_size)
     return o[0], final[0]

@@ -181,8 +181,9 @@ _CHUNKED_KERNEL_RULES = (
          CHUNKED_KERNELS),
     Rule("chunked", lambda f: f["tiling"] is None, "{tiling_why}"),
     Rule("pallas", lambda f: True,
-         "16-bit inputs: the kernel is faster than XLA; its tiling {tiling_why}",
-         CHUNKED_KERNELS),
+         "16-bit inputs: the kernel is faster than XLA; its tiling {tiling_why} (for long "
+         "sequences with few heads the op's segments= option cuts the sequence into parallel "
+         "segments: not measured, never chosen here)", CHUNKED_KERNELS),
 )
 _SCAN_RULES = (
     Rule("pallas", lambda f: f["tpu"],

@@ -27,6 +27,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels.chunked_segments import check_segments
 from seqzoo.kernels.matmul_precision import resolve_precision
 from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.dispatch import accepted, canonical, on_platform
@@ -45,7 +46,7 @@ Array = jax.Array
 IMPLS = accepted("linear_attention")
 
 
-def _check(q, k, v, log_decay, initial_state, chunk_size):
+def _check(q, k, v, log_decay, initial_state, chunk_size, segments, impl):
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(
             f"q, k, v must be (batch, length, heads, dim); got ranks {q.ndim}, {k.ndim}, {v.ndim}"
@@ -66,26 +67,29 @@ def _check(q, k, v, log_decay, initial_state, chunk_size):
             f"got {initial_state.shape}"
         )
     check_positive_int(chunk_size, "chunk_size")
+    check_segments(segments, q.shape[1], impl)
 
 
 def linear_attention_local(q, k, v, log_decay, initial_state, *, scale: float, chunk_size: int,
                            segment_ids: Array | None, impl: str,
-                           precision: str = "highest") -> tuple[Array, Array]:
+                           precision: str = "highest",
+                           segments: int | None = None) -> tuple[Array, Array]:
     """The op on unsplit data: ``(o, S_T)``, ``impl`` resolved here on these inputs (no
     validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard);
-    ``precision``: the GPU kernel's, resolved (a name)."""
+    ``precision``: the GPU kernel's, resolved (a name); ``segments`` reaches the kernel only."""
     b, t, h, dk = q.shape
     dv = v.shape[-1]
 
     def run(impl: str, platform: str):
         if impl in ("pallas", "pallas_split"):
+            split = {} if segments is None else {"segments": segments}  # impl "pallas" only
             if platform == "tpu":  # float32 at HIGHEST: TF32 is a GPU format
                 kernel = pallas_tpu.linear_attention_kernel
             else:
                 gpu = pallas_gpu_split if impl == "pallas_split" else pallas_gpu
                 kernel = functools.partial(gpu.linear_attention_kernel, precision=precision)
             return lambda q, k, v, g, s0: kernel(q, k, v, g, scale=scale, initial_state=s0,
-                                                 chunk_size=chunk_size)
+                                                 chunk_size=chunk_size, **split)
         return functools.partial(_xla_forms, impl=impl, scale=scale, chunk_size=chunk_size,
                                  segment_ids=segment_ids)
 
@@ -126,6 +130,7 @@ def linear_attention(
     impl: str = "auto",
     seq_axis: str | None = None,
     precision: str | None = None,
+    segments: int | None = None,
 ):
     """Gated linear attention ``o_t = scale * q_t S_t``, ``S_t = exp(g_t) S_{t-1} + k_t v_t^T``.
 
@@ -159,17 +164,22 @@ def linear_attention(
         (float32 at HIGHEST) and the XLA forms (IEEE float32: their einsums pass
         ``Precision.HIGHEST``, whatever the context) do not read it; interpret mode computes
         IEEE.
+      segments: where the Pallas kernel runs (``impl="pallas"``, or ``"auto"`` when it picks
+        the kernel), cut the sequence into this many segments run in parallel as extra batch
+        rows of one launch, their states combined after it (``seqzoo.kernels.chunked_segments``;
+        for long sequences with few heads; not measured yet). None: one segment, the kernel
+        walks the whole sequence. An int in [1, length]; refused with an explicit XLA ``impl``.
 
     Returns:
       ``o: (batch, length, heads, dv)`` in ``v``'s dtype, and ``S_T`` if asked. Computation is
       float32 whatever the input dtype.
     """
-    _check(q, k, v, log_decay, initial_state, chunk_size)
     impl = canonical("linear_attention", impl)
+    _check(q, k, v, log_decay, initial_state, chunk_size, segments, impl)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     local = functools.partial(linear_attention_local, scale=scale, chunk_size=chunk_size,
                               segment_ids=segment_ids, impl=impl,
-                              precision=resolve_precision(precision))
+                              precision=resolve_precision(precision), segments=segments)
     axis = sequence_axis(seq_axis)
     if axis is None:
         o, s_final = local(q, k, v, log_decay, initial_state)

@@ -51,10 +51,12 @@ the order of rounding the inputs to bf16.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 
 from seqzoo.kernels.chunked_pass import Tiling, chunked_pass
+from seqzoo.kernels.chunked_segments import segmented
 from seqzoo.kernels.chunked_tiling import device_limit, padded_width, resolve_tiling
 from seqzoo.kernels.chunked_vjp import padded_chunked
 from seqzoo.kernels.matmul_precision import resolve_precision
@@ -130,14 +132,18 @@ def linear_attention_kernel(
     initial_state: Array | None = None,
     chunk_size: int = 64,
     precision: str | None = None,
+    segments: int | None = None,
 ) -> tuple[Array, Array]:
     """``seqzoo.ops.linear_attention`` (no segment_ids) on the kernels.
 
     q, k: (B, T, H, dk); v: (B, T, H, dv); log_decay: None, (B, T, H) or (B, T, H, dk);
-    initial_state: (B, H, dk, dv); precision: as ``gated_linear_attention``. Returns ``o`` in
-    v's dtype and ``S_T`` float32.
+    initial_state: (B, H, dk, dv); precision: as ``gated_linear_attention``; segments: None, or
+    the number of parallel segments the sequence is cut into
+    (``seqzoo.kernels.chunked_segments``). Returns ``o`` in v's dtype and ``S_T`` float32.
     """
     lead = [None if a is None else a[None] for a in (q, k, v, log_decay, initial_state)]
-    o, final = gated_linear_attention(*lead[:4], None, lead[4], scale=scale,
-                                      max_chunk=chunk_size, precision=precision)
+    attention = functools.partial(gated_linear_attention, precision=precision)
+    if segments is not None:
+        attention = segmented(attention, segments)
+    o, final = attention(*lead[:4], None, lead[4], scale=scale, max_chunk=chunk_size)
     return o[0], final[0]

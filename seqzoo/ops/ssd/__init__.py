@@ -24,6 +24,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels.chunked_segments import check_segments
 from seqzoo.kernels.matmul_precision import resolve_precision
 from seqzoo.ops.checks import check_groups, check_power_of_two, check_shape, check_stable
 from seqzoo.ops.dispatch import accepted, canonical, on_platform
@@ -52,10 +53,11 @@ def check_ssd_inputs(dt, A, B, C, *, x=None, dt_bias=None, suffix=""):
 
 def ssd_local(x, dt, A, B, C, *, chunk_size: int, D, z, dt_bias, dt_softplus: bool,
               initial_state, segment_ids, impl: str,
-              precision: str = "highest") -> tuple[Array, Array]:
+              precision: str = "highest",
+              segments: int | None = None) -> tuple[Array, Array]:
     """The op on unsplit data: ``(out, final state)``, ``impl`` resolved here on these inputs
     (no validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard);
-    ``precision``: the GPU kernel's, resolved (a name)."""
+    ``precision``: the GPU kernel's, resolved (a name); ``segments`` reaches the kernel only."""
     b, l, h, p = x.shape
 
     def sequential(x, dt, A, B, C, initial_state):
@@ -80,7 +82,8 @@ def ssd_local(x, dt, A, B, C, *, chunk_size: int, D, z, dt_bias, dt_softplus: bo
 
         def on_kernel(x, dt, A, B, C, initial_state):
             step = discretize_step(dt, dt_bias, dt_softplus)
-            y, final = kernel(x, step, A, B, C, initial_state, chunk_size=chunk_size)
+            y, final = kernel(x, step, A, B, C, initial_state, chunk_size=chunk_size,
+                              segments=segments)
             return xla.skip_and_gate(y, x, D, z).astype(x.dtype), final
         return on_kernel
 
@@ -106,6 +109,7 @@ def ssd(
     impl: str = "auto",
     seq_axis: str | None = None,
     precision: str | None = None,
+    segments: int | None = None,
 ):
     """Mamba-2 SSD: H_t = exp(dt_t A) H_{t-1} + dt_t x_t B_t^T, y_t = H_t C_t + D x_t.
 
@@ -128,6 +132,8 @@ def ssd(
     "highest" (IEEE), "tf32x3" (3xTF32) or "tf32" (one TF32 pass); None:
     ``jax.default_matmul_precision``'s, else "highest"; not read by 16-bit inputs, the TPU
     kernel or the XLA forms (as ``seqzoo.ops.linear_attention``'s).
+    segments: where the Pallas kernel runs, cut the sequence into this many segments run in
+    parallel (as ``seqzoo.ops.linear_attention``'s option; not measured yet); None: one.
 
     Returns out: (batch, length, heads, headdim) in x's dtype (computed in f32), and with
     ``return_final_state`` also H_{length-1}: (batch, heads, headdim, n) float32.
@@ -141,9 +147,10 @@ def ssd(
     check_shape("initial_state", initial_state, (b, h, p, B.shape[-1]))
     check_power_of_two(chunk_size, "chunk_size")
     impl = canonical("ssd", impl)
+    check_segments(segments, l, impl)
     local = functools.partial(ssd_local, chunk_size=chunk_size, D=D, dt_bias=dt_bias,
                               dt_softplus=dt_softplus, segment_ids=segment_ids, impl=impl,
-                              precision=resolve_precision(precision))
+                              precision=resolve_precision(precision), segments=segments)
     axis = sequence_axis(seq_axis)
     if axis is None:
         out, final = local(x, dt, A, B, C, z=z, initial_state=initial_state)

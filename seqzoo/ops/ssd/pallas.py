@@ -16,21 +16,26 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels.chunked_segments import segmented
+
 Array = jax.Array
 _F32 = jnp.float32
 
 
 def ssd_on(attention: Callable, x: Array, dt: Array, A: Array, B: Array, C: Array,
            initial_state: Array | None = None, *, chunk_size: int | None,
-           tiling=None) -> tuple[Array, Array]:
+           tiling=None, segments: int | None = None) -> tuple[Array, Array]:
     """``y`` of ``seqzoo.ops.ssd`` without D and z on ``attention`` (a backend's
     ``gated_linear_attention``); dt already discretised (non-negative).
 
     x: (b, l, h, p); dt: (b, l, h); A: (h,); B, C: (b, l, g, n); initial_state: (b, h, p, n).
-    chunk_size caps the kernel's chunk; tiling: the backend's launch parameters (None: its own).
+    chunk_size caps the kernel's chunk; tiling: the backend's launch parameters (None: its own);
+    segments: None, or the number of parallel segments (``seqzoo.kernels.chunked_segments``).
     Returns y: (b, l, h, p) in x's dtype and the final state (b, h, p, n) float32.
     """
     dt = dt.astype(_F32)
+    if segments is not None:
+        attention = segmented(attention, segments)
     s0 = None if initial_state is None else jnp.swapaxes(initial_state, -1, -2)[None]
     y, final = attention(C[None], B[None], x[None], (dt * A.astype(_F32))[None], dt[None], s0,
                          scale=1.0, tiling=tiling, max_chunk=chunk_size)

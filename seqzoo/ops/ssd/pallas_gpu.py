@@ -20,8 +20,10 @@ Array = jax.Array
 def ssd_kernel(x: Array, dt: Array, A: Array, B: Array, C: Array,
                initial_state: Array | None = None, *, chunk_size: int = 64,
                tiling: Tiling | None = None,
-               precision: str | None = None) -> tuple[Array, Array]:
+               precision: str | None = None,
+               segments: int | None = None) -> tuple[Array, Array]:
     """``ssd_on`` (arguments and shapes there) on the GPU kernel; ``tiling`` default: the
     GPU's resolved tiling; ``precision``: of float32 matmuls, as ``gated_linear_attention``."""
     attention = functools.partial(gated_linear_attention, precision=precision)
-    return ssd_on(attention, x, dt, A, B, C, initial_state, chunk_size=chunk_size, tiling=tiling)
+    return ssd_on(attention, x, dt, A, B, C, initial_state, chunk_size=chunk_size, tiling=tiling,
+                  segments=segments)

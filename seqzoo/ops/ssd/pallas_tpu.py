@@ -16,7 +16,8 @@ Array = jax.Array
 
 def ssd_kernel(x: Array, dt: Array, A: Array, B: Array, C: Array,
                initial_state: Array | None = None, *, chunk_size: int | None = None,
-               tiling: Tiling | None = None) -> tuple[Array, Array]:
+               tiling: Tiling | None = None,
+               segments: int | None = None) -> tuple[Array, Array]:
     """``ssd_on`` (arguments and shapes there) on the TPU kernel."""
     return ssd_on(gated_linear_attention, x, dt, A, B, C, initial_state, chunk_size=chunk_size,
-                  tiling=tiling)
+                  tiling=tiling, segments=segments)

@@ -1,0 +1,71 @@
+"""Long sequences with few heads: the chunked kernel on P parallel segments (issue 24, item 2).
+
+    python benchmarks/kernels.py --only chunked_segments [--quick]
+
+At (2, 32768, 4, 64) and (1, 65536, 2, 128), bf16, no decay and a decay per head, forward and
+forward+backward (gradients of ``sum(o * do)`` w.r.t. q, k, v and the decays): the reference
+``pallas`` (``impl="pallas"``, no segments: one program per batch, head and value block walking
+the whole sequence), then ``segments=P`` for every P of ``SEGMENTS`` (P = 1 times the wrapper
+alone) and the proposal of ``seqzoo.kernels.chunked_segments.propose_segments`` for this GPU's
+SM count, and flash-linear-attention's kernel where importable (the baseline then; otherwise
+the kernel without segments). Issue 24's goal: at least as fast as fla; on the H200 at
+(2, 32768, 4, 64) without decay the kernel took 1.041 / 3.123 ms against fla's
+``chunk_linear_attn`` 0.471 / 1.819 ms.
+"""
+
+from __future__ import annotations
+
+import math
+
+from kernel_harness import Case
+from parallel_compile import precompile
+
+from kernel_cases.chunked_linear_attention import (
+    FLA,
+    RTOL,
+    _attention_floor,
+    _fla_variant,
+    _jax_variant,
+    attention_inputs,
+)
+from seqzoo.kernels.chunked_pass import TUNED
+from seqzoo.kernels.chunked_segments import device_sm_count, propose_segments
+from seqzoo.kernels.chunked_tiling import padded_width
+from seqzoo.ops.linear_attention import linear_attention
+
+SHAPES = [(2, 32768, 4, 64), (1, 65536, 2, 128)]
+SEGMENTS = (1, 4, 8, 16, 32)
+QUICK_SHAPES, QUICK_SEGMENTS = [(1, 80, 2, 16)], (1, 2, 4)
+
+
+def segments_case(shape, kind, mode, counts) -> Case:
+    """Linear attention (no decay or a decay per head), bf16, by the kernel on each segment
+    count of ``counts`` and the proposed one."""
+    q, k, v, g, do = attention_inputs(shape, kind)
+    args = (q, k, v) if g is None else (q, k, v, g)
+    b, t, h, d = shape
+    proposed = propose_segments(b, h, t, math.ceil(padded_width(d) / TUNED.block_v),
+                                device_sm_count())
+
+    def op(segments):
+        def fn(q, k, v, g=None):
+            return linear_attention(q, k, v, log_decay=g, chunk_size=64, impl="pallas",
+                                    segments=segments)
+        return fn
+
+    variants = {"pallas": _jax_variant(op(None), args, do, mode)}
+    for p in dict.fromkeys((*counts, proposed)):
+        name = f"pallas P{p}" + (" (proposed)" if p == proposed else "")
+        variants[name] = _jax_variant(op(p), args, do, mode)
+    fla = _fla_variant(kind, mode, q, k, v, g, do)
+    if fla is not None:
+        variants[f"fla {FLA[kind]}"] = fla
+    return Case(f"linear_attention {kind} {mode} segments", f"B{b} T{t} H{h} D{d} bf16",
+                variants, baseline=f"fla {FLA[kind]}" if fla is not None else "pallas",
+                floor_ms=_attention_floor(shape, kind, mode), rtol=RTOL[mode])
+
+
+def cases(quick: bool) -> list[Case]:
+    shapes, counts = (QUICK_SHAPES, QUICK_SEGMENTS) if quick else (SHAPES, SEGMENTS)
+    return precompile([segments_case(shape, kind, mode, counts) for shape in shapes
+                       for kind in ("none", "head") for mode in ("fwd", "fwd+bwd")])

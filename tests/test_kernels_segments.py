@@ -1,0 +1,178 @@
+"""The chunked kernels on a sequence cut into parallel segments (``segments=``, issue 24).
+
+Pallas interpret mode on CPU: outputs, final states and every gradient (initial state and decays
+included) with segments against the kernel without them and the XLA op, each leaf apart; odd
+lengths; bf16 against the float32 op; causality; bad counts; lowering for a GPU.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqzoo.kernels import launch
+from seqzoo.kernels.chunked_segments import propose_segments
+from seqzoo.ops.linear_attention import linear_attention
+from seqzoo.ops.ssd import ssd
+from tests.test_kernels_bf16_gradients import TOL, TOL_STEP
+from tests.test_kernels_chunked import normal, relative_errors, value_and_grads
+
+F32_TOL = 1e-5
+SHAPES = {None: None, "head": (1, 100, 2), "key": (1, 100, 2, 16)}
+
+
+def inputs(decay, t=100, seed=0, initial=True, strength=0.05):
+    """q, k, v (1, t, 2 heads, 16), log decays <= 0 of the kind ``decay`` (``strength`` times
+    -softplus(normal): the default keeps states from earlier segments visible), S_0 or None."""
+    rng = np.random.default_rng(seed)
+    q, k, v = (normal(rng, 1, t, 2, 16) for _ in range(3))
+    shape = SHAPES[decay] and (1, t, *SHAPES[decay][2:])
+    g = None if shape is None else -strength * jax.nn.softplus(normal(rng, *shape))
+    s0 = normal(rng, 1, 2, 16, 16) if initial else None
+    cot = (normal(rng, 1, t, 2, 16), normal(rng, 1, 2, 16, 16))
+    return (q, k, v, g, s0), cot
+
+
+def attention(impl, segments, q, k, v, g, s0):
+    return linear_attention(q, k, v, log_decay=g, initial_state=s0, return_final_state=True,
+                            chunk_size=16, impl=impl, segments=segments)
+
+
+def assert_each_close(got, want, tol, tol_step=None):
+    """Every leaf (output, final state, each gradient) apart below its tolerance."""
+    errors = relative_errors(got, want)
+    grads = errors[1]
+    step = tol if tol_step is None else tol_step
+    bad = {name: e for name, e in
+           [("o", errors[0][0]), ("S_T", errors[0][1]), ("dq", grads[0]), ("dk", grads[1]),
+            ("dv", grads[2]), ("dg", grads[3]), ("dS_0", grads[4])]
+           if e is not None and not e < (step if name == "dg" else tol)}
+    assert not bad, errors
+
+
+def check_f32(decay, segments, initial, t=100, against=("pallas", "chunked"), strength=0.05,
+              tol=F32_TOL):
+    """Segments against each implementation in ``against`` (no segments), float32."""
+    args, cot = inputs(decay, t=t, initial=initial, strength=strength)
+    got = value_and_grads(partial(attention, "pallas", segments), args, cot)
+    for impl in against:
+        assert_each_close(got, value_and_grads(partial(attention, impl, None), args, cot), tol)
+
+
+def test_segments_equal_the_op():
+    """Per-key decays, 3 segments of 34 steps (the last one padded), an initial state."""
+    check_f32("key", 3, True, against=("sequential",))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("initial", [True, False], ids=["S0", "noS0"])
+@pytest.mark.parametrize("segments", [2, 3, 4])
+@pytest.mark.parametrize("decay", [None, "head", "key"])
+def test_segments_every_case(decay, segments, initial):
+    check_f32(decay, segments, initial, t=101)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decay", ["head", "key"])
+def test_strong_decays_are_finite_and_exact(decay):
+    """Log decays of about -20 per step: no inf or NaN, gradients included. The decays'
+    gradient of every chunked form (XLA's, the kernel's) is ~1e-5 from the scan's there, so
+    the tolerance is ``tests/test_kernels_chunked.py``'s strong-decay one."""
+    check_f32(decay, 3, True, against=("sequential",), strength=20.0, tol=1e-4)
+
+
+def check_bf16(decay, segments, reference="chunked"):
+    """bf16 inputs with segments against the float32 op on the same values, as the kernels'
+    bf16 test (``tests/test_kernels_bf16_gradients.py``'s tolerances)."""
+    (q, k, v, g, s0), cot = inputs(decay, t=100, seed=1)
+    low = [a.astype(jnp.bfloat16) for a in (q, k, v)]
+    got = value_and_grads(partial(attention, "pallas", segments), (*low, g, s0), cot)
+    want = value_and_grads(partial(attention, reference, None),
+                           (*(a.astype(jnp.float32) for a in low), g, s0), cot)
+    assert got[0][0].dtype == jnp.bfloat16
+    assert_each_close(got, want, TOL, TOL_STEP)
+
+
+def test_bf16_against_the_f32_op():
+    check_bf16("head", 4, "sequential")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decay, segments", [(None, 2), ("key", 3), ("head", 3)])
+def test_bf16_every_decay(decay, segments):
+    check_bf16(decay, segments)
+
+
+def test_causal_across_segments():
+    """Perturbing steps >= 60 (segments of 25: inside the third) leaves o_{<60} unchanged."""
+    (q, k, v, g, s0), _ = inputs("key")
+    run = jax.jit(lambda *a: attention("pallas", 4, *a)[0])
+    o = run(q, k, v, g, s0)
+    bump = jnp.zeros_like(v).at[:, 60:].set(5.0)
+    o2 = run(q + bump, k - bump, v + bump, g.at[:, 60:].add(-1.0), s0)
+    np.testing.assert_array_equal(np.asarray(o[:, :60]), np.asarray(o2[:, :60]))
+    assert not np.allclose(o[:, 60:], o2[:, 60:])
+
+
+@pytest.mark.parametrize("segments, impl, match", [
+    (0, "pallas", "positive int"), (2.0, "pallas", "positive int"), (True, "pallas", "positive"),
+    (101, "pallas", "exceeds the sequence length 100"), (2, "chunked", "impl='chunked'"),
+    (2, "pallas_split", "impl=.pallas_split."),
+])
+def test_bad_segments_say_why(segments, impl, match):
+    (q, k, v, *_), _ = inputs(None, initial=False)
+    with pytest.raises(ValueError, match=match):
+        linear_attention(q, k, v, impl=impl, segments=segments)
+
+
+def test_ssd_with_segments_matches_the_scan():
+    """Mamba-2 (groups, key scale dt, D, initial and final state) with 3 segments."""
+    rng = np.random.default_rng(3)
+    b, t, h, p, n = 1, 45, 4, 16, 16
+    args = (normal(rng, b, t, h, p), normal(rng, b, t, h) - 1.0, -0.1 * jnp.exp(normal(rng, h)),
+            normal(rng, b, t, 2, n), normal(rng, b, t, 2, n), normal(rng, b, h, p, n))
+
+    def run(impl, segments, x, dt, A, B, C, s0):
+        return ssd(x, dt, A, B, C, D=jnp.ones((h,)), initial_state=s0, dt_softplus=True,
+                   chunk_size=16, return_final_state=True, impl=impl, segments=segments)
+
+    cot = (normal(rng, b, t, h, p), normal(rng, b, h, p, n))
+    got = value_and_grads(partial(run, "pallas", 3), args, cot)
+    want = value_and_grads(partial(run, "sequential", None), args, cot)
+    errors = jax.tree.leaves(relative_errors(got, want))
+    assert max(errors) < F32_TOL, errors
+
+
+@pytest.mark.parametrize("platform, call", [("cuda", "custom_call @__gpu$xla.gpu.triton"),
+                                            ("tpu", "tpu_custom_call")])
+def test_lowers_for_a_gpu_and_a_tpu_on_this_machine(monkeypatch, platform, call):
+    """Forward and gradient with segments lower for CUDA (the kernels as Triton calls, as a GPU
+    would build them, not interpreted) and for a TPU (Mosaic) here: one launch forward, three
+    more backward."""
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
+    (q, k, v, g, s0), _ = inputs("head", initial=True)
+    low = [a.astype(jnp.bfloat16) for a in (q, k, v)]
+
+    def loss(q, k, v, g, s0):
+        o, s = attention("pallas", 4, q, k, v, g, s0)
+        return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
+
+    def launches(f):
+        lowered = jax.jit(f).trace(*low, g, s0).lower(lowering_platforms=(platform,))
+        return lowered.as_text().count(call)
+
+    assert launches(loss) == 1
+    assert launches(jax.grad(loss, range(5))) == 4
+
+
+def test_proposed_segments():
+    """Enough programs for two per SM, each segment >= 4 chunks, 1 where the SMs are unknown."""
+    assert propose_segments(2, 4, 32768, 1, sm_count=132) == 64  # 8 programs -> 512
+    assert propose_segments(1, 2, 65536, 2, sm_count=132) == 128  # 4 -> 512
+    assert propose_segments(2, 4, 32768, 1, sm_count=None) == 1
+    assert propose_segments(4, 64, 4096, 2, sm_count=132) == 1  # 512 programs already
+    assert propose_segments(2, 4, 1024, 1, sm_count=132) == 4  # capped: 4 chunks of 64 each
