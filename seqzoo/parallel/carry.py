@@ -10,6 +10,11 @@ which each shard evaluates after one ``all_gather`` of ``(d_i, s_i)``: communica
 ``P * size(state)``, independent of the sequence length. Inside the shard the true states are
 then ``S_t = (prod_{t' <= t} a_t') * c_i + S_t^local``, a local correction.
 
+Matrix transitions (``matrix=True``; the delta rule) combine the same way with ``d_i`` an
+``(n, n)`` matrix acting on the rows of an ``(n, m)`` state, ``c_{i+1} = d_i @ c_i + s_i``: the
+associative scan's step is ``(d_l, s_l) o (d_r, s_r) = (d_r @ d_l, d_r @ s_l + s_r)``, and the
+gather moves ``P * (n * n + size(state))`` floats.
+
 ZeCO's All-Scan (Chou et al., 2025) evaluates the same combine as a pipeline instead
 (``carry="all_scan"`` in ``seqzoo.parallel.sequence_parallel``): each row's state is cut
 into ``K`` equal chunks of its elements (flattened, zero-padded to a multiple of ``K``); the
@@ -35,22 +40,29 @@ from seqzoo.parallel.context import carry_scheme, num_shards, shard_index
 Array = jax.Array
 
 
-def _combine(left, right):
-    (a_l, s_l), (a_r, s_r) = left, right
-    return a_l * a_r, a_r * s_l + s_r
+def _matmul(d: Array, x: Array) -> Array:
+    """A matrix transition ``d: (..., n, n)`` applied to ``x: (..., n, m)``: ``d @ x``."""
+    return jnp.einsum("...ij,...jm->...im", d, x, precision=jax.lax.Precision.HIGHEST)
 
 
 def _states_after(decays: Array, states: Array, initial_state: Array | None,
-                  reverse: bool) -> Array:
+                  reverse: bool, matrix: bool = False) -> Array:
     """The state after each shard, ``(batch, P, ...)``: the recurrence ``c_{i+1} = d_i c_i + s_i``
     over the shard axis 1 from ``initial_state`` (reversed: from the last shard down), by an
-    associative scan, in at least float32."""
+    associative scan, in at least float32; ``d_i c_i`` elementwise, or ``d_i @ c_i`` where
+    ``matrix``."""
     dtype = jnp.promote_types(jnp.result_type(decays, states), jnp.float32)
     a, s = decays.astype(dtype), states.astype(dtype)
+    apply = _matmul if matrix else jnp.multiply
+
+    def combine(left, right):
+        (a_l, s_l), (a_r, s_r) = left, right
+        return apply(a_r, a_l), apply(a_r, s_l) + s_r
+
     if initial_state is not None:
         edge = -1 if reverse else 0
-        s = s.at[:, edge].set(a[:, edge] * initial_state.astype(dtype) + s[:, edge])
-    return jax.lax.associative_scan(_combine, (a, s), reverse=reverse, axis=1)[1]
+        s = s.at[:, edge].set(apply(a[:, edge], initial_state.astype(dtype)) + s[:, edge])
+    return jax.lax.associative_scan(combine, (a, s), reverse=reverse, axis=1)[1]
 
 
 def gather_summaries(decay: Array, state: Array, axis: str) -> tuple[Array, Array]:
@@ -65,21 +77,24 @@ def combine_gathered(
     *,
     reverse: bool = False,
     initial_state: Array | None = None,
+    matrix: bool = False,
 ) -> tuple[Array, Array]:
     """The state entering this shard and the state after the whole sequence.
 
     Args:
-      decays: ``(P, batch, ...)`` each shard's total decay, broadcastable to ``states``.
+      decays: ``(P, batch, ...)`` each shard's total decay, broadcastable to ``states``; with
+        ``matrix``, ``(P, batch, ..., n, n)``, each shard's transition of ``(..., n, m)`` states.
       states: ``(P, batch, ...)`` each shard's final state from a zero start.
       reverse: the recurrence runs from the last position to the first (the carry enters from
         the right, and "after the whole sequence" is before position 0).
       initial_state: ``(batch, ...)`` the state before the sequence (zeros if None).
+      matrix: the decays are matrices applied to the states' rows (module docstring).
     Returns:
       ``(carry_in, final)``, both ``(batch, ...)`` in the states' dtype (at least float32);
       ``final`` is the same on every shard.
     """
     a, s = jnp.moveaxis(decays, 0, 1), jnp.moveaxis(states, 0, 1)  # (batch, P, ...)
-    after = _states_after(a, s, initial_state, reverse)  # done on each shard
+    after = _states_after(a, s, initial_state, reverse, matrix)  # done on each shard
     start = jnp.zeros_like(after[:, :1]) if initial_state is None else initial_state[:, None]
     start = start.astype(after.dtype)
     if reverse:
@@ -96,15 +111,22 @@ def carry_in(
     *,
     reverse: bool = False,
     initial_state: Array | None = None,
+    matrix: bool = False,
 ) -> tuple[Array, Array]:
     """``combine_gathered`` of this shard's ``decay: (batch, ...)`` and ``state: (batch, ...)``
     after one ``all_gather``, or where the context says ``carry="all_scan"``, ``scan_carry_in``:
-    ``(carry_in, final)``."""
+    ``(carry_in, final)``. Matrix transitions (``matrix``) take the all_gather only."""
     if carry_scheme() == "all_scan":
+        if matrix:
+            raise NotImplementedError(
+                'carry="all_scan" (ZeCO) cuts states into elementwise chunks and has no form '
+                "for matrix transitions (the delta rule): use carry=\"all_gather\" (LASP-2's "
+                "all_gather of each shard's transition and state)"
+            )
         return scan_carry_in(decay, state, axis, reverse=reverse, initial_state=initial_state)
     decays, states = gather_summaries(decay, state, axis)
     return combine_gathered(
-        decays, states, axis, reverse=reverse, initial_state=initial_state
+        decays, states, axis, reverse=reverse, initial_state=initial_state, matrix=matrix
     )
 
 

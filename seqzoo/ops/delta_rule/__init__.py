@@ -17,19 +17,23 @@ With ``segment_ids`` (packed sequences) the state is reset to zero where the id 
 segment runs as its own sequence (the first continues from ``initial_state``).
 
 Files: this one validates and dispatches; ``xla.py`` holds the forms (``chunked``: the WY /
-UT-transform chunked form, ``sequential``: a scan, ``matrix``: the dense ``M``) and
-``reference.py`` the equations step by step with explicit ``dk x dk`` transitions (the float64
-reference of the tests).
+UT-transform chunked form, ``sequential``: a scan, ``matrix``: the dense ``M``),
+``sequence_parallel.py`` the sequence split over devices (matrix transitions carried across the
+shards) and ``reference.py`` the equations step by step with explicit ``dk x dk`` transitions
+(the float64 reference of the tests).
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
-from seqzoo.ops.delta_rule import xla
+from seqzoo.ops.delta_rule import sequence_parallel, xla
 from seqzoo.ops.dispatch import canonical, resolve
 from seqzoo.ops.segments import segment_runs
+from seqzoo.parallel.context import sequence_axis
 
 Array = jax.Array
 
@@ -85,6 +89,7 @@ def delta_rule(
     segment_ids: Array | None = None,
     chunk_size: int = 64,
     impl: str = "auto",
+    seq_axis: str | None = None,
 ):
     """The (gated) delta rule ``S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T``,
     ``o_t = S_t^T (scale q_t)`` (module docstring).
@@ -102,6 +107,8 @@ def delta_rule(
       impl: ``"chunked"`` (the WY / UT-transform form: matrix products inside a chunk, the state
         passed across chunks; ``xla.py``), ``"sequential"`` (a ``lax.scan`` over positions) or
         ``"auto"`` (``"chunked"``).
+      seq_axis: inside ``shard_map``, the mesh axis the sequence is split over (default: that
+        of the active ``seqzoo.parallel.sequence_parallel`` context; ``sequence_parallel.py``).
 
     Returns:
       ``o: (batch, length, heads, dv)`` in ``v``'s dtype, and ``S_T`` if asked. Computation is
@@ -110,6 +117,22 @@ def delta_rule(
     _check(q, k, v, beta, log_decay, initial_state, chunk_size, impl)
     b, t, h, dk = q.shape
     scale = dk**-0.5 if scale is None else scale
+    local = functools.partial(delta_rule_local, scale=scale, chunk_size=chunk_size, impl=impl)
+    axis = sequence_axis(seq_axis)
+    if axis is None:
+        o, s_final = local(q, k, v, beta, log_decay, initial_state, segment_ids=segment_ids)
+    else:  # sequence parallel: the state is carried across shards
+        o, s_final = sequence_parallel.sharded_delta_rule(
+            local, q, k, v, beta, log_decay, initial_state, axis=axis, segment_ids=segment_ids
+        )
+    return (o, s_final) if return_final_state else o
+
+
+def delta_rule_local(q, k, v, beta, log_decay, initial_state, *, scale: float, chunk_size: int,
+                     impl: str, segment_ids: Array | None = None) -> tuple[Array, Array]:
+    """The op on unsplit data: ``(o, S_T)``, shapes as ``delta_rule``'s, ``scale`` given (no
+    validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard)."""
+    b, t, h, dk = q.shape
     runs = _runs(segment_ids, b, t)
     qf, kf, vf, bf, gf, s0 = _float32(q, k, v, beta, log_decay, initial_state)
     gf = jnp.zeros((b, t, h), jnp.float32) if gf is None else gf
@@ -119,7 +142,7 @@ def delta_rule(
     else:
         o, s_final = xla.chunked(qf * scale, kf, vf, bf, gf, s0, runs, chunk_size)
     o = o.astype(v.dtype)
-    return (o, s_final) if return_final_state else o
+    return o, s_final
 
 
 def delta_rule_step(
