@@ -40,6 +40,7 @@ from seqzoo.ops.attention import dot_product_attention
 from seqzoo.ops.attention.sequence_parallel import sharded_attention
 from seqzoo.ops.attention.ulysses import communication_bytes
 from seqzoo.ops.conv import causal_depthwise_conv, centered_depthwise_conv
+from seqzoo.ops.delta_rule import delta_rule
 from seqzoo.ops.linear_attention import linear_attention
 from seqzoo.ops.quasiseparable import quasiseparable
 from seqzoo.ops.scan import linear_recurrence, selective_scan
@@ -53,7 +54,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARDS, BATCH = 4, 4  # (data=2, seq=4): two rows per data shard
 LENGTHS = {"even": 32, "uneven": 30}
 TOL = dict(rtol=2e-4, atol=2e-5)
-MODEL_TOL = dict(rtol=1e-3, atol=2e-4)  # parameter gradients sum over every token
+# parameter gradients sum over every token: up to ~400 in the lm model, whose float32 noise is
+# ~5e-6 of a leaf's largest entry (every block alike), ~5e-4 absolute
+MODEL_TOL = dict(rtol=1e-3, atol=1e-3)
 OUT, FINAL = ("seq",), ("seq", "rows")  # output only; output and final state
 
 
@@ -165,6 +168,27 @@ def check_linear_attention(length, carry="all_gather"):
         return jax.tree.map(lambda *r: jnp.concatenate(r, axis=-1), *runs)
 
     compare(fn, seq, {}, rows, kinds=FINAL if even else OUT, carry=carry)
+
+
+def check_delta_rule(length):
+    """DeltaNet (no decay) and Gated DeltaNet side by side: matrix transitions carried across the
+    shards. A zero-padded end is a no-op (b = 0, a = 1), so the final state is checked at every
+    length."""
+    rng = np.random.default_rng(10)
+    b, h, dk, dv = BATCH, 2, 4, 3
+    seq = {name: _normal(rng, b, length, h, dk) for name in ("q", "k")}
+    seq["k"] = seq["k"] / jnp.linalg.norm(seq["k"], axis=-1, keepdims=True)
+    seq["v"] = _normal(rng, b, length, h, dv)
+    seq["beta"] = jax.nn.sigmoid(_normal(rng, b, length, h))
+    seq["log_decay"] = -jnp.abs(_normal(rng, b, length, h, scale=0.3))
+    rows = {"initial_state": _normal(rng, b, h, dk, dv)}
+
+    def fn(log_decay, **a):
+        runs = [delta_rule(**a, log_decay=g, return_final_state=True, impl="sequential")
+                for g in (None, log_decay)]
+        return jax.tree.map(lambda *r: jnp.concatenate(r, axis=-1), *runs)
+
+    compare(fn, seq, {}, rows, kinds=FINAL)
 
 
 def check_ssd(length, carry="all_gather"):
@@ -417,6 +441,7 @@ def check_model(length, head):
 CHECKS = {  # name: (check, the lengths it runs at)
     "linear_attention": (check_linear_attention, ("even", "uneven")),
     "ssd": (check_ssd, ("even", "uneven")),
+    "delta_rule": (check_delta_rule, ("even", "uneven")),
     "linear_recurrence": (check_linear_recurrence, ("even", "uneven")),
     "linear_recurrence-reverse": (
         functools.partial(check_linear_recurrence, reverse=True), ("even",)

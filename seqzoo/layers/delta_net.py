@@ -66,6 +66,7 @@ def _info(paper: str) -> MixerInfo:
         cost="O(L (C^2 + C dk + dk dv))",
         paper=paper,
         segments=True,
+        sequence_parallel=True,
     )
 
 

@@ -11,6 +11,8 @@ beside it, ``seqzoo/ops/<op>/sequence_parallel.py``:
 * ``linear_attention`` (no, scalar or per-key decay), Mamba-2's ``ssd``, ``linear_recurrence``
   and Mamba's ``selective_scan``: each shard scans from a zero state, then one ``all_gather`` of
   (state, total decay) and a local correction;
+* the ``delta_rule`` (DeltaNet, Gated DeltaNet): the same with ``dk x dk`` matrix transitions
+  (``carry``'s ``matrix=True``), each shard's from one run of the op on widened values;
 * Hydra's ``quasiseparable``: the same for both directions;
 * softmax attention, causal or not: ring attention (``seqzoo.ops.attention.sequence_parallel``);
 * short convolutions: a halo exchange (``seqzoo.ops.conv.sequence_parallel``); token positions

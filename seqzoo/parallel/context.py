@@ -8,9 +8,10 @@ runs there opts in with
         y = model.apply(params, x_local, mask_local)
 
 and every op with a sequence-parallel path (``linear_attention``, ``ssd``, ``selective_scan``,
-``linear_recurrence``, ``quasiseparable``, ``dot_product_attention``, ``depthwise_conv`` and the
-token positions) then exchanges what it needs with the other shards. An op's explicit
-``seq_axis=`` argument wins over the context. ``sequence_parallel(None)`` switches it off again.
+``linear_recurrence``, ``delta_rule``, ``quasiseparable``, ``dot_product_attention``,
+``depthwise_conv`` and the token positions) then exchanges what it needs with the other
+shards. An op's explicit ``seq_axis=`` argument wins over the context.
+``sequence_parallel(None)`` switches it off again.
 ``sequence_parallel("seq", attention="ulysses")`` makes softmax attention trade its sequence
 shards for head shards (DeepSpeed-Ulysses) instead of passing keys around the ring
 (``ATTENTION_SCHEMES``; ``seqzoo.ops.attention``); ``carry="all_scan"`` makes the linear
