@@ -132,3 +132,16 @@ def test_all_scan_and_segments_are_refused():
     ids = jnp.zeros(a["beta"].shape[:2], jnp.int32)
     with pytest.raises(NotImplementedError, match="segment_ids"):
         delta_rule(*(a[n] for n in ARGS[:5]), segment_ids=ids, seq_axis="seq")
+
+
+def test_bf16_inputs_against_the_float64_reference():
+    """bf16 q, k, v, beta, log_decay: the sharded op's output (bf16) and final state (float32)
+    against the float64 reference on the same rounded inputs (test_delta_rule.py's tolerance)."""
+    inputs = {n: None if a is None else a.astype(jnp.bfloat16)
+              for n, a in make(4 * SHARDS, dk=4, dv=3).items()}
+    inputs["initial_state"] = inputs["initial_state"].astype(jnp.float32)
+    o, final = jax.jit(_sharded("chunked"))(*(inputs[n] for n in ARGS))
+    assert o.dtype == jnp.bfloat16 and final.dtype == jnp.float32
+    want_o, want_final = reference64(inputs)
+    assert_close(o, want_o, 1e-2, "o")
+    assert_close(final[0], want_final, 1e-2, "final state")
