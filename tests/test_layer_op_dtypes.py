@@ -93,3 +93,32 @@ def test_a_bf16_layer_stays_close_to_the_f32_layer(name):
     got = output_and_grads(f32.clone(dtype=jnp.bfloat16), x.astype(jnp.bfloat16))
     errors = [rel_l2(g, w) for g, w in zip(got, want, strict=True)]
     assert max(errors) < 3e-2, errors
+
+
+# the delta rule's mixers: the chunked form's matmul operands are its q, k, v (no on_platform
+# facts: the spy records what reaches ``seqzoo.ops.delta_rule.xla.chunked``)
+DELTA_LAYERS = {
+    "delta_net": dict(num_heads=2, chunk_size=16),
+    "gated_deltanet": dict(num_heads=2, head_dim=8, chunk_size=16),
+    "mom": dict(num_heads=2, head_dim=8, num_memories=3, topk=2, chunk_size=16),
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
+@pytest.mark.parametrize("name", sorted(DELTA_LAYERS))
+def test_a_delta_rule_layer_hands_the_chunked_form_its_dtype(monkeypatch, name, dtype):
+    delta_xla = importlib.import_module("seqzoo.ops.delta_rule.xla")
+    chunked, seen = delta_xla.chunked, []
+
+    def spy(q, k, v, *rest):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return chunked(q, k, v, *rest)
+
+    monkeypatch.setattr(delta_xla, "chunked", spy)
+    mixer = seqzoo.get_mixer(name, d_model=32, dtype=dtype, **DELTA_LAYERS[name])
+    x = jax.ShapeDtypeStruct((1, 24, 32), dtype)
+    params = jax.eval_shape(mixer.init, jax.random.PRNGKey(1), x)
+    jax.clear_caches()
+    seen.clear()
+    jax.eval_shape(mixer.apply, params, x)
+    assert seen and all(jnp.dtype(d) == jnp.dtype(dtype) for call in seen for d in call), seen

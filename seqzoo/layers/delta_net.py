@@ -122,11 +122,13 @@ class DeltaNet(DeltaRuleMixer):
         return jnp.concatenate([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=-1)
 
     def _heads(self, qkv: Array) -> tuple[Array, Array, Array]:
-        """The conv output split into L2-normalised q, k ``(..., H, dk)`` and v ``(..., H, dv)``."""
+        """The conv output split into L2-normalised q, k ``(..., H, dk)`` and v ``(..., H, dv)``,
+        all in the conv output's dtype (normalised in float32, as fla's ``l2norm``): a bf16
+        layer hands the delta rule bf16 matmul operands."""
         key_width = self.num_heads * self.dk
         q, k, v = jnp.split(qkv, [key_width, 2 * key_width], axis=-1)
         q, k, v = (split_heads(a, self.num_heads) for a in (q, k, v))
-        return l2_normalize(q), l2_normalize(k), v
+        return l2_normalize(q).astype(v.dtype), l2_normalize(k).astype(v.dtype), v
 
     def _gates(self, x: Array, mask: Array) -> dict[str, Array]:
         """``beta`` and, where used, ``log_decay`` (both 0 at pads) and the output gate."""

@@ -212,8 +212,8 @@ class MoM(DeltaRuleMixer):
         q, k, v = jnp.split(qkv, [key_width, 2 * key_width], axis=-1)
         b, a = jnp.split(ba, 2, axis=-1)
         return {
-            "q": l2_normalize(split_heads(q, h)),
-            "k": l2_normalize(split_heads(k, h)),
+            "q": l2_normalize(split_heads(q, h)).astype(qkv.dtype),  # bf16 layer: bf16 operands
+            "k": l2_normalize(split_heads(k, h)).astype(qkv.dtype),
             "v": split_heads(v, h),
             "beta": jnp.where(mask[..., None], jax.nn.sigmoid(b.astype(_F32)), 0.0),
             "log_decay": -jnp.exp(self.A_log) * step_size(a, self.dt_bias, mask),

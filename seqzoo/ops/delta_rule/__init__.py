@@ -76,6 +76,13 @@ def _float32(*arrays):
     return tuple(None if a is None else a.astype(jnp.float32) for a in arrays)
 
 
+def _operand_dtype(*arrays):
+    """The chunked form's matmul operand dtype: the inputs' common dtype if narrower than float32
+    (bf16, f16: fla's operands, f32 accumulation), else float32 (IEEE products)."""
+    dtype = jnp.result_type(*arrays)
+    return dtype if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(jnp.float32)
+
+
 def delta_rule(
     q: Array,
     k: Array,
@@ -111,8 +118,13 @@ def delta_rule(
         of the active ``seqzoo.parallel.sequence_parallel`` context; ``sequence_parallel.py``).
 
     Returns:
-      ``o: (batch, length, heads, dv)`` in ``v``'s dtype, and ``S_T`` if asked. Computation is
-      float32 whatever the input dtype (bf16 inputs are fine).
+      ``o: (batch, length, heads, dv)`` in ``v``'s dtype, and ``S_T`` if asked.
+
+    Dtypes: ``"chunked"`` takes its matmul operands in the inputs' dtype when ``q, k, v`` are
+    bf16 (or f16), accumulating in float32 (as fla's ``chunk_gated_delta_rule``); ``beta``, the
+    decays, the triangular inverse ``T`` and the carried state are float32 always. float32
+    inputs run every matmul in float32 at ``Precision.HIGHEST``. ``"sequential"`` computes in
+    float32 whatever the input dtype.
     """
     _check(q, k, v, beta, log_decay, initial_state, chunk_size, impl)
     b, t, h, dk = q.shape
@@ -140,7 +152,9 @@ def delta_rule_local(q, k, v, beta, log_decay, initial_state, *, scale: float, c
     if resolve("delta_rule", impl).impl == "sequential":
         o, s_final = xla.sequential(qf * scale, kf, vf, bf, gf, s0, runs)
     else:
-        o, s_final = xla.chunked(qf * scale, kf, vf, bf, gf, s0, runs, chunk_size)
+        operand = _operand_dtype(q, k, v)
+        qo, ko, vo = ((qf * scale).astype(operand), k.astype(operand), v.astype(operand))
+        o, s_final = xla.chunked(qo, ko, vo, bf, gf, s0, runs, chunk_size)
     o = o.astype(v.dtype)
     return o, s_final
 

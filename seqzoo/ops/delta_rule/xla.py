@@ -29,18 +29,24 @@ zeroes ``Gamma`` across it, as if ``a_t = 0`` there.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from seqzoo.ops.lean_grad import chunkwise
-from seqzoo.ops.segments import entering_runs
+from seqzoo.ops.lean_grad import blockwise
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
 
 
-def _mm(spec: str, *operands: Array) -> Array:
-    return jnp.einsum(spec, *operands, precision=_HI)
+def _mm(spec: str, *operands: Array, dtype=jnp.float32) -> Array:
+    """``einsum`` with operands rounded to ``dtype`` and float32 accumulation (float32 operands
+    at ``Precision.HIGHEST``: IEEE products, not TF32 / bf16 passes)."""
+    precision = _HI if jnp.dtype(dtype) == jnp.float32 else None
+    operands = tuple(a.astype(dtype) for a in operands)
+    return jnp.einsum(spec, *operands, precision=precision, preferred_element_type=jnp.float32)
 
 
 # ---- one step and the sequential form ---------------------------------------------------------
@@ -110,49 +116,97 @@ def unit_lower_inverse(a: Array) -> Array:
 # ---- the chunked form ---------------------------------------------------------------------------
 def chunked(q, k, v, beta, g, s0, runs, chunk_size):
     """All outputs ``(b, t, h, dv)`` and the final state by the chunked WY form (module
-    docstring); any ``t`` (the last chunk is padded with identity steps: ``b = g = 0``).
+    docstring); any ``t`` (the last chunk is padded with identity steps: ``k = b = g = 0``).
 
-    One scan step per chunk (``seqzoo.ops.lean_grad.chunkwise``): the backward pass keeps
-    only the inputs and the state entering each chunk, ``(n, b, h, dk, dv)``, and recomputes a
-    chunk's ``(C, C)`` matrices (``Gamma``, ``T``, the scores) and its ``U, W, D`` when it
-    reaches it.
+    Three passes over ``n = t / C`` chunks, as fla's ``chunk_gated_delta_rule``:
+
+    1. parallel over all chunks (``_chunk_parts``): decays, ``Gamma``, ``A``, ``T``, ``U``,
+       ``W``, the scores ``Q K^T * Gamma``, ``(n, b, h, C, .)``;
+    2. a ``lax.scan`` over chunks carrying only ``S``: ``D = U - W S``,
+       ``S <- gamma_C S + (K * gamma_C / gamma)^T D``, stacking ``D`` and the entering ``S``;
+    3. parallel: ``O = diag(gamma) Q S_entering + scores D``.
+
+    Dtypes: ``q, k, v`` come in the matmul operand dtype (bf16 for bf16 inputs, float32 otherwise;
+    ``beta, g, s0`` float32). Every matmul takes operands in that dtype and accumulates in float32
+    (``preferred_element_type``; float32 operands at ``Precision.HIGHEST``); the decays, ``A``,
+    ``T = (I + A)^{-1}`` (computed in float32 at HIGHEST, as fla's ``solve_tril``) and the
+    carried ``S`` stay float32; ``T``, ``D``, ``S`` and the scores are rounded to the operand
+    dtype only where they enter a matmul (fla stores them so). Output float32.
+
+    Memory: the whole form runs under ``jax.checkpoint`` saving only the entering states
+    ``(n, b, h, dk, dv)`` and ``D`` (``v``-sized, operand dtype); the backward pass recomputes pass 1
+    and 3 (batched) from the inputs, so no ``(C, C)`` matrix of any chunk outlives its pass.
     """
-    c = min(chunk_size, q.shape[1])
-    return chunkwise(_chunk, c)(((q, k, v, beta, g), entering_runs(runs, c)), (), s0)
+    b, t, h, _ = q.shape
+    c = min(chunk_size, t)
+    n = -(-t // c)
+    pad = n * c - t
+    before = runs[:, np.maximum(np.arange(n) * c - 1, 0)] * (np.arange(n) > 0)  # (b, n)
+    if pad:
+        q, k, v, beta, g = (jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+                            for a in (q, k, v, beta, g))
+        runs = jnp.pad(runs, ((0, 0), (0, pad)), mode="edge")
+    o, s = blockwise(functools.partial(_chunked_core, c=c))((q, k, v, beta, g, s0, runs, before), ())
+    return o[:, :t], s
 
 
-def _chunk(inputs, shared, s):
-    """One chunk entered with state ``s: (b, h, dk, dv)``: ``(o: (b, c, h, dv), S after it)``.
+def _to_chunks(a: Array, c: int) -> Array:
+    """``(b, n c, h, ...) -> (n, b, h, c, ...)`` (``(b, n c, h)`` -> ``(n, b, h, c)``)."""
+    b, t, h = a.shape[:3]
+    a = a.reshape((b, t // c, c, h) + a.shape[3:])
+    return jnp.moveaxis(a, (0, 1, 2, 3), (1, 0, 3, 2))
 
-    q, k ``(b, c, h, dk)``, v ``(b, c, h, dv)``, beta, g ``(b, c, h)``; rc ``(b, c)`` the run of
-    each position, entering ``(b, c)`` the run the state ``s`` belongs to (at every position)."""
-    (q, k, v, beta, g), (rc, entering) = inputs
-    rc, run_before = rc[:, None], entering[:, None, :1]  # (b, 1, c), (b, 1, 1)
-    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # (b, h, c, d): heads first
-    beta, g = jnp.swapaxes(beta, 1, 2), jnp.swapaxes(g, 1, 2)
+
+def _chunked_core(rows, shared, c):
+    """``chunked`` on a length that ``c`` divides: ``rows = (q, k, v, beta, g, s0, runs,
+    before)``, ``before: (b, n)`` the run of the state entering each chunk; ``shared = ()``."""
+    q, k, v, beta, g, s0, runs, before = rows
+    dt = q.dtype
+    rc = _to_chunks(runs[..., None], c)  # (n, b, 1, c)
+    parts = _chunk_parts(*(_to_chunks(a, c) for a in (q, k, v, beta, g)), rc,
+                         before.T[:, :, None, None])
+    qg, scores, u, w, kt, total = parts
+
+    def body(s, xs):
+        u, w, kt, total = xs
+        d = (u - _mm("bhrd,bhdv->bhrv", w, s, dtype=dt)).astype(dt)  # rounded as fla's v_new
+        return total * s + _mm("bhrd,bhrv->bhdv", kt, d, dtype=dt), (s, d)
+
+    s_final, (entering, d) = jax.lax.scan(body, s0, (u, w, kt, total))
+    o = _mm("...rd,...dv->...rv", qg, entering, dtype=dt)
+    o = o + _mm("...ri,...iv->...rv", scores, d, dtype=dt)  # (n, b, h, c, dv)
+    o = jnp.moveaxis(o, (0, 1, 2, 3), (1, 0, 3, 2))  # (b, n, c, h, dv)
+    return o.reshape((o.shape[0], -1) + o.shape[3:]), s_final
+
+
+def _chunk_parts(q, k, v, beta, g, rc, before):
+    """Everything of every chunk that does not depend on the entering state, batched.
+
+    q, k ``(n, b, h, c, dk)``, v ``(n, b, h, c, dv)`` in the operand dtype; beta, g
+    ``(n, b, h, c)`` float32; rc ``(n, b, 1, c)`` the run of each position; before
+    ``(n, b, 1, 1)`` the run the entering state belongs to. Returns ``diag(gamma) Q``
+    ``(.., c, dk)``, the scores ``Q K^T * Gamma`` ``(.., c, c)``, ``U`` ``(.., c, dv)``, ``W``
+    ``(.., c, dk)``, ``K * gamma_C / gamma`` ``(.., c, dk)`` (float32) and ``gamma_C``
+    ``(.., 1, 1)``; a segment start zeroes every decay across it."""
+    dt = q.dtype
     c = q.shape[-2]
-    run_end = rc[..., -1:]  # (b, 1, 1)
-    cum = jnp.cumsum(g, axis=-1)  # log gamma_r, (b, h, c)
+    run_end = rc[..., -1:]  # (n, b, 1, 1)
+    cum = jnp.cumsum(g, axis=-1)  # log gamma_r
     causal = jnp.tril(jnp.ones((c, c), bool))
     linked = causal & (rc[..., :, None] == rc[..., None, :])  # i <= r in one segment
     diff = jnp.where(linked, cum[..., :, None] - cum[..., None, :], 0.0)
-    gamma_ri = jnp.where(linked, jnp.exp(diff), 0.0)  # Gamma[r, i], (b, h, c, c)
-    from_start = jnp.where(rc == run_before, jnp.exp(cum), 0.0)  # gamma_r; 0 after a reset
+    gamma_ri = jnp.where(linked, jnp.exp(diff), 0.0)  # Gamma[r, i]
+    from_start = jnp.where(rc == before, jnp.exp(cum), 0.0)  # gamma_r; 0 after a reset
     to_end = jnp.where(rc == run_end, jnp.exp(cum[..., -1:] - cum), 0.0)  # gamma_C / gamma_i
-    total = jnp.where(run_end == run_before, jnp.exp(cum[..., -1:]), 0.0)[..., None]  # gamma_C
+    total = jnp.where(run_end == before, jnp.exp(cum[..., -1:]), 0.0)[..., None]  # gamma_C
 
     strict = gamma_ri * (1.0 - jnp.eye(c, dtype=gamma_ri.dtype))
-    a = beta[..., :, None] * strict * _mm("...rd,...id->...ri", k, k)
-    ut = unit_lower_inverse(a)  # T, (b, h, c, c)
-    u = _mm("...ri,...iv->...rv", ut, beta[..., None] * v)
-    w = _mm("...ri,...id->...rd", ut, (beta * from_start)[..., None] * k)
-    d = u - _mm("bhrd,bhdv->bhrv", w, s)
-
-    scores = _mm("...rd,...id->...ri", q, k) * gamma_ri
-    o = _mm("...rd,...dv->...rv", q * from_start[..., None], s)
-    o = o + _mm("...ri,...iv->...rv", scores, d)
-    s = total * s + _mm("bhrd,bhrv->bhdv", k * to_end[..., None], d)
-    return jnp.swapaxes(o, 1, 2), s
+    a = beta[..., :, None] * strict * _mm("...rd,...id->...ri", k, k, dtype=dt)
+    ut = unit_lower_inverse(a)  # T, float32
+    u = _mm("...ri,...iv->...rv", ut, beta[..., None] * v, dtype=dt)
+    w = _mm("...ri,...id->...rd", ut, (beta * from_start)[..., None] * k, dtype=dt)
+    scores = _mm("...rd,...id->...ri", q, k, dtype=dt) * gamma_ri
+    return q * from_start[..., None], scores, u, w, k * to_end[..., None], total
 
 
 # ---- the dense mixing matrix --------------------------------------------------------------------
