@@ -1,7 +1,8 @@
 """The delta rule in XLA: the chunked WY / UT-transform form, the sequential scan, the dense M.
 
 Every form takes float32 arrays with ``q`` already scaled (``seqzoo.ops.delta_rule`` casts and
-scales), in the state layout ``S: (dk, dv)``:
+scales; ``chunked`` takes ``q, k, v`` in its matmul operand dtype, bf16 or float32), in the state
+layout ``S: (dk, dv)``:
 
     S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T,     o_t = S_t^T q_t,   a_t = exp(g_t)
 
@@ -21,8 +22,9 @@ Inside a chunk of C positions entered with state ``S_0``, with ``gamma_r = a_1 .
     S_C = gamma_C S_0 + (K * gamma_C / gamma)^T D
 
 so everything inside a chunk is matrix products (``T`` by a log-depth block inversion), and only
-``S`` passes from chunk to chunk (a ``lax.scan`` over chunks whose backward pass recomputes each
-chunk from its inputs and entering state). Decay factors are formed as ``exp`` of a non-positive
+``S`` passes from chunk to chunk: ``Gamma``, ``T``, ``U``, ``W`` and the scores of every chunk are
+computed at once, batched over chunks, and a ``lax.scan`` over chunks carries only ``S`` (see
+``chunked``). Decay factors are formed as ``exp`` of a non-positive
 difference of cumulative log decays, masked before the ``exp``; a segment start
 zeroes ``Gamma`` across it, as if ``a_t = 0`` there.
 """
@@ -133,9 +135,11 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
     carried ``S`` stay float32; ``T``, ``D``, ``S`` and the scores are rounded to the operand
     dtype only where they enter a matmul (fla stores them so). Output float32.
 
-    Memory: the whole form runs under ``jax.checkpoint`` saving only the entering states
-    ``(n, b, h, dk, dv)`` and ``D`` (``v``-sized, operand dtype); the backward pass recomputes pass 1
-    and 3 (batched) from the inputs, so no ``(C, C)`` matrix of any chunk outlives its pass.
+    Memory: the backward pass keeps only the arguments (``seqzoo.ops.lean_grad.blockwise``: a
+    ``custom_vjp`` that recomputes all three passes and their VJP, a block of batch rows at a
+    time), so no chunk's ``(C, C)`` matrices, ``U``, ``W``, ``D`` or states outlive the forward
+    pass; the cost is one more forward pass. The forward pass holds every chunk's ``(C, C)``
+    matrices at once (``n b h C^2`` floats each), the price of the chunk-parallel pass 1.
     """
     b, t, h, _ = q.shape
     c = min(chunk_size, t)
@@ -146,7 +150,8 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
         q, k, v, beta, g = (jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
                             for a in (q, k, v, beta, g))
         runs = jnp.pad(runs, ((0, 0), (0, pad)), mode="edge")
-    o, s = blockwise(functools.partial(_chunked_core, c=c))((q, k, v, beta, g, s0, runs, before), ())
+    core = blockwise(functools.partial(_chunked_core, c=c))
+    o, s = core((q, k, v, beta, g, s0, runs, before), ())
     return o[:, :t], s
 
 

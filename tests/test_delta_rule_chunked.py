@@ -1,0 +1,169 @@
+"""The delta rule's chunk-parallel form (``seqzoo.ops.delta_rule.xla.chunked``, issue 27): every
+output, final state and gradient against the sequential scan and the float64 reference with
+packed segments, an initial state, odd lengths and chunks of 16 and 64; causality; the matmul
+operand dtypes; and the bf16 error of the output and of each gradient against float32.
+
+bf16 (``bf16_errors``: relative L2 against the same form in float32 on the same bf16-rounded
+inputs and cotangents; chunk 64) measured on a CPU, jax 0.10.2, at (2, 512, 4, 64), seed 3:
+o 3.3e-3 / 4.0e-3 (gated / not), S_T 2.7e-3 / 3.7e-3, dq 3.4e-3 / 4.5e-3, dk 4.1e-3 / 6.4e-3,
+dv 3.3e-3 / 4.3e-3, dbeta 3.1e-3 / 4.8e-3, dlog_decay 3.4e-3, dinitial_state 2.4e-3 / 3.6e-3:
+asserted below ``BF16_TOL`` = 8e-3 (fla's own tests allow about 1e-2 for the gated delta rule's
+bf16 gradients). At (1, 128, 2, 32), chunk 32 (the fast test): 2.5e-3 (S_T) .. 4.5e-3 (dk,
+dlog_decay), asserted below ``SMALL_TOL`` = 6e-3.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_delta_rule import ARGS, assert_close, loss_of, make
+from tpu_checks import rel_l2
+
+from seqzoo.ops.delta_rule import delta_rule
+from seqzoo.ops.delta_rule.reference import delta_rule_reference
+
+BF16_TOL, SMALL_TOL = 8e-3, 6e-3
+
+
+def segments(t: int, chunk: int, seed: int = 0) -> np.ndarray:
+    """Two rows of packed ids: random starts, plus one at t = 1 and one at a chunk boundary."""
+    rng = np.random.default_rng(seed)
+    starts = rng.random((2, t)) < 0.06
+    starts[0, min(1, t - 1)] = starts[1, min(chunk, t - 1)] = True
+    starts[:, 0] = False
+    return np.cumsum(starts, axis=1)
+
+
+def form(impl, chunk, ids):
+    def run(**kw):
+        return delta_rule(**kw, return_final_state=True, segment_ids=ids, chunk_size=chunk,
+                          impl=impl)
+    return run
+
+
+@pytest.mark.parametrize(
+    "chunk,t,gated",
+    [(16, 37, True), (64, 70, False), pytest.param(64, 130, True, marks=pytest.mark.slow),
+     pytest.param(16, 64, False, marks=pytest.mark.slow)],
+    ids=lambda p: str(p),
+)
+def test_outputs_state_and_every_gradient(chunk, t, gated):
+    inputs = make(t, gated)
+    ids = jnp.asarray(segments(t, chunk))
+    co = jax.random.normal(jax.random.PRNGKey(1), inputs["v"].shape)
+    cs = jax.random.normal(jax.random.PRNGKey(2), inputs["initial_state"].shape)
+    value_and_grad = jax.value_and_grad(loss_of(form("chunked", chunk, ids)), has_aux=False)
+    fast_o, fast_s = jax.jit(form("chunked", chunk, ids))(**inputs)
+    seq_o, seq_s = jax.jit(form("sequential", chunk, ids))(**inputs)
+    _, fast_g = jax.jit(value_and_grad)(inputs, co, cs)
+    seq_g = jax.jit(jax.grad(loss_of(form("sequential", chunk, ids))))(inputs, co, cs)
+    with jax.enable_x64(True):
+        as64 = {n: None if a is None else jnp.asarray(np.asarray(a, np.float64))
+                for n, a in inputs.items()}
+        ids64 = jnp.asarray(np.asarray(ids))
+
+        def ref(**kw):
+            return delta_rule_reference(**kw, segment_ids=ids64)
+
+        ref_o, ref_s = (np.asarray(a) for a in ref(**as64))
+        ref_g = jax.grad(loss_of(ref))(as64, jnp.asarray(np.asarray(co, np.float64)),
+                                       jnp.asarray(np.asarray(cs, np.float64)))
+        ref_g = {n: None if a is None else np.asarray(a) for n, a in ref_g.items()}
+    assert_close(fast_o, seq_o, 2e-5, "output vs sequential")
+    assert_close(fast_s, seq_s, 2e-5, "final state vs sequential")
+    assert_close(fast_o, ref_o, 2e-5, "output vs float64")
+    assert_close(fast_s, ref_s, 2e-5, "final state vs float64")
+    for name in ARGS:
+        if inputs[name] is None:
+            continue
+        assert float(np.abs(ref_g[name]).max()) > 0, f"d {name} is zero"
+        assert_close(fast_g[name], seq_g[name], 1e-4, f"d {name} vs sequential")
+        assert_close(fast_g[name], ref_g[name], 1e-4, f"d {name} vs float64")
+
+
+def test_the_future_does_not_reach_the_past():
+    """Inputs perturbed from position p on (inside a chunk of 16) leave every output before p."""
+    t, p = 40, 21
+    inputs = make(t)
+    noisy = make(t, seed=5)
+    later = {n: a if n == "initial_state" else a.at[:, p:].set(noisy[n][:, p:])
+             for n, a in inputs.items()}
+    run = jax.jit(form("chunked", 16, None))
+    (o, _), (o_later, _) = run(**inputs), run(**later)
+    assert_close(o_later[:, :p], o[:, :p], 1e-6, "outputs before the perturbation")
+    assert float(jnp.abs(o_later[:, p:] - o[:, p:]).min(axis=(0, 2, 3)).max()) > 1e-3
+
+
+def _dots(jaxpr) -> list:
+    """Every ``dot_general`` equation in ``jaxpr`` and its sub-jaxprs."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += _dots(inner)
+    return found
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
+def test_matmul_operands_take_the_input_dtype(dtype):
+    """bf16 inputs: the chunked form's matmuls (K K^T, T V, T K, Q K^T, W S, K^T D, Q S,
+    scores D) take bf16 operands, only the triangular inverse's stay float32; float32 inputs:
+    every matmul float32 at HIGHEST. All accumulate in float32."""
+    inputs = {n: a.astype(dtype) if n != "initial_state" else a for n, a in make(40).items()}
+    jaxpr = jax.make_jaxpr(form("chunked", 16, None))(**inputs).jaxpr
+    dots = _dots(jaxpr)
+    operand = [{v.aval.dtype for v in eqn.invars} for eqn in dots]
+    assert all(eqn.params["preferred_element_type"] == jnp.float32 for eqn in dots)
+    if dtype == jnp.float32:
+        assert all(o == {jnp.dtype(jnp.float32)} for o in operand)
+        high = jax.lax.Precision.HIGHEST
+        assert all(eqn.params["precision"] in (high, (high, high)) for eqn in dots)
+    else:
+        assert sum(o == {jnp.dtype(jnp.bfloat16)} for o in operand) >= 8, operand
+        assert all(o <= {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)} for o in operand)
+
+
+def bf16_errors(shape, gated: bool, chunk: int, seed: int = 3) -> dict[str, float]:
+    """Relative L2 error of the bf16 run against float32 on the same bf16-rounded inputs and
+    cotangents: ``o``, ``S_T`` and each gradient (``d<name>``)."""
+    b, t, h, d = shape
+    inputs = make(t, gated, b=b, h=h, dk=d, dv=d, seed=seed)
+    low = {n: a if a is None or n == "initial_state" else a.astype(jnp.bfloat16)
+           for n, a in inputs.items()}
+    co = jax.random.normal(jax.random.PRNGKey(7), (b, t, h, d)).astype(jnp.bfloat16)
+    cs = jax.random.normal(jax.random.PRNGKey(8), (b, h, d, d))
+
+    def loss(args, co):
+        o, s = delta_rule(**args, return_final_state=True, chunk_size=chunk)
+        return jnp.sum(o.astype(jnp.float32) * co) + jnp.sum(s * cs), (o, s)
+
+    run = jax.jit(jax.grad(loss, has_aux=True))
+    got, (o, s) = run(low, co)
+    want, (o_ref, s_ref) = run(
+        {n: None if a is None else a.astype(jnp.float32) for n, a in low.items()},
+        co.astype(jnp.float32))
+    assert o.dtype == jnp.bfloat16 and o_ref.dtype == jnp.float32
+    errors = {"o": rel_l2(o.astype(jnp.float32), o_ref), "S_T": rel_l2(s, s_ref)}
+    for name, g in got.items():
+        if g is not None:
+            assert float(jnp.abs(want[name]).max()) > 0, f"d{name} is zero"
+            errors[f"d{name}"] = rel_l2(g.astype(jnp.float32), want[name])
+    return errors
+
+
+def test_bf16_every_gradient_small():
+    errors = bf16_errors((1, 128, 2, 32), gated=True, chunk=32)
+    assert len(errors) == 8 and max(errors.values()) < SMALL_TOL, errors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gated", [True, False], ids=["gated", "deltanet"])
+def test_bf16_every_gradient_realistic(gated):
+    errors = bf16_errors((2, 512, 4, 64), gated=gated, chunk=64)
+    assert len(errors) == 7 + gated and max(errors.values()) < BF16_TOL, errors
