@@ -43,12 +43,14 @@ Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
 
 
-def _mm(spec: str, *operands: Array, dtype=jnp.float32) -> Array:
-    """``einsum`` with operands rounded to ``dtype`` and float32 accumulation (float32 operands
-    at ``Precision.HIGHEST``: IEEE products, not TF32 / bf16 passes)."""
-    precision = _HI if jnp.dtype(dtype) == jnp.float32 else None
-    operands = tuple(a.astype(dtype) for a in operands)
-    return jnp.einsum(spec, *operands, precision=precision, preferred_element_type=jnp.float32)
+def _mm(spec: str, *operands: Array, dtype=None) -> Array:
+    """``einsum`` with operands rounded to ``dtype`` (default: their common dtype), accumulated
+    in float32 or wider; float32 (and wider) operands at ``Precision.HIGHEST``: IEEE products,
+    not TF32 / bf16 passes."""
+    dtype = jnp.dtype(jnp.result_type(*operands) if dtype is None else dtype)
+    precision = _HI if dtype.itemsize >= 4 else None
+    return jnp.einsum(spec, *(a.astype(dtype) for a in operands), precision=precision,
+                      preferred_element_type=jnp.promote_types(dtype, jnp.float32))
 
 
 # ---- one step and the sequential form ---------------------------------------------------------
@@ -80,12 +82,13 @@ def sequential(q, k, v, beta, g, s0, runs):
 
 
 # ---- the UT transform ---------------------------------------------------------------------------
-def _diagonal_blocks(a: Array, size: int) -> Array:
-    """The ``size x size`` blocks on the diagonal of ``a: (..., n, n)``: ``(..., n // size,
-    size, size)``. (A product with the identity rather than ``jnp.diagonal``, whose backward
+def _below_diagonal_blocks(a: Array, size: int) -> Array:
+    """The lower-left ``size x size`` quarter of each ``2 size x 2 size`` block on the diagonal
+    of ``a: (..., n, n)``: ``(..., n // (2 size), size, size)``, ``a[2 j s + s + p, 2 j s + q]``.
+    (Sliced before a product with the identity, rather than ``jnp.diagonal``, whose backward
     pass scatters into a zeros constant that XLA allocates once for the whole step.)"""
-    m = a.shape[-1] // size
-    blocks = a.reshape(a.shape[:-2] + (m, size, m, size))
+    m = a.shape[-1] // (2 * size)
+    blocks = a.reshape(a.shape[:-2] + (m, 2, size, m, 2, size))[..., :, 1, :, :, 0, :]
     return _mm("...ipjq,ij->...ipq", blocks, jnp.eye(m, dtype=a.dtype))
 
 
@@ -107,7 +110,7 @@ def unit_lower_inverse(a: Array) -> Array:
     while size < n:
         pairs = inverse.reshape(lead + (n // (2 * size), 2, size, size))
         inv11, inv22 = pairs[..., 0, :, :], pairs[..., 1, :, :]
-        a21 = _diagonal_blocks(a, 2 * size)[..., size:, :size]
+        a21 = _below_diagonal_blocks(a, size)
         inv21 = -_mm("...ij,...jk,...kl->...il", inv22, a21, inv11)
         top = jnp.pad(inv11, [(0, 0)] * (inv11.ndim - 1) + [(0, size)])  # no zeros constant
         inverse = jnp.concatenate([top, jnp.concatenate([inv21, inv22], axis=-1)], axis=-2)
