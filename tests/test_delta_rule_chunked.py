@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_delta_rule import ARGS, assert_close, loss_of, make
+from test_delta_rule import ARGS, assert_close, make
 from tpu_checks import rel_l2
 
 from seqzoo.ops.delta_rule import delta_rule
@@ -43,6 +43,14 @@ def form(impl, chunk, ids):
     return run
 
 
+def outputs_and_grads(run, inputs, co, cs):
+    """``((o, S_T), gradients of sum(o co) + sum(S_T cs) w.r.t. every input)``, one compile."""
+    def both(inputs, co, cs):
+        out, vjp = jax.vjp(lambda a: run(**a), inputs)
+        return out, vjp((co, cs))[0]
+    return jax.jit(both)(inputs, co, cs)
+
+
 @pytest.mark.parametrize(
     "chunk,t,gated",
     [(16, 37, True), (64, 70, False), pytest.param(64, 130, True, marks=pytest.mark.slow),
@@ -54,22 +62,18 @@ def test_outputs_state_and_every_gradient(chunk, t, gated):
     ids = jnp.asarray(segments(t, chunk))
     co = jax.random.normal(jax.random.PRNGKey(1), inputs["v"].shape)
     cs = jax.random.normal(jax.random.PRNGKey(2), inputs["initial_state"].shape)
-    value_and_grad = jax.value_and_grad(loss_of(form("chunked", chunk, ids)), has_aux=False)
-    fast_o, fast_s = jax.jit(form("chunked", chunk, ids))(**inputs)
-    seq_o, seq_s = jax.jit(form("sequential", chunk, ids))(**inputs)
-    _, fast_g = jax.jit(value_and_grad)(inputs, co, cs)
-    seq_g = jax.jit(jax.grad(loss_of(form("sequential", chunk, ids))))(inputs, co, cs)
+    (fast_o, fast_s), fast_g = outputs_and_grads(form("chunked", chunk, ids), inputs, co, cs)
+    (seq_o, seq_s), seq_g = outputs_and_grads(form("sequential", chunk, ids), inputs, co, cs)
     with jax.enable_x64(True):
-        as64 = {n: None if a is None else jnp.asarray(np.asarray(a, np.float64))
-                for n, a in inputs.items()}
-        ids64 = jnp.asarray(np.asarray(ids))
+        def as64(a):
+            return None if a is None else jnp.asarray(np.asarray(a, np.float64))
 
         def ref(**kw):
-            return delta_rule_reference(**kw, segment_ids=ids64)
+            return delta_rule_reference(**kw, segment_ids=jnp.asarray(np.asarray(ids)))
 
-        ref_o, ref_s = (np.asarray(a) for a in ref(**as64))
-        ref_g = jax.grad(loss_of(ref))(as64, jnp.asarray(np.asarray(co, np.float64)),
-                                       jnp.asarray(np.asarray(cs, np.float64)))
+        (ref_o, ref_s), ref_g = outputs_and_grads(
+            ref, {n: as64(a) for n, a in inputs.items()}, as64(co), as64(cs))
+        ref_o, ref_s = np.asarray(ref_o), np.asarray(ref_s)
         ref_g = {n: None if a is None else np.asarray(a) for n, a in ref_g.items()}
     assert_close(fast_o, seq_o, 2e-5, "output vs sequential")
     assert_close(fast_s, seq_s, 2e-5, "final state vs sequential")
