@@ -27,6 +27,13 @@ LAYERS = {
     "retnet": (dict(num_heads=2, chunk_size=16), "linear_attention", "pallas"),
     "gla": (dict(num_heads=2, chunk_size=16, gate_low_rank=4), "linear_attention", "chunked"),
 }
+# the delta rule's mixers: the chunked form's matmul operands are its q, k, v (no on_platform
+# facts: the spy records what reaches ``seqzoo.ops.delta_rule.xla.chunked``)
+DELTA_LAYERS = {
+    "delta_net": dict(num_heads=2, chunk_size=16),
+    "gated_deltanet": dict(num_heads=2, head_dim=8, chunk_size=16),
+    "mom": dict(num_heads=2, head_dim=8, num_memories=3, topk=2, chunk_size=16),
+}
 
 
 def facts_reaching_the_op(monkeypatch, name: str, dtype) -> list[tuple[str, dict]]:
@@ -93,15 +100,6 @@ def test_a_bf16_layer_stays_close_to_the_f32_layer(name):
     got = output_and_grads(f32.clone(dtype=jnp.bfloat16), x.astype(jnp.bfloat16))
     errors = [rel_l2(g, w) for g, w in zip(got, want, strict=True)]
     assert max(errors) < 3e-2, errors
-
-
-# the delta rule's mixers: the chunked form's matmul operands are its q, k, v (no on_platform
-# facts: the spy records what reaches ``seqzoo.ops.delta_rule.xla.chunked``)
-DELTA_LAYERS = {
-    "delta_net": dict(num_heads=2, chunk_size=16),
-    "gated_deltanet": dict(num_heads=2, head_dim=8, chunk_size=16),
-    "mom": dict(num_heads=2, head_dim=8, num_memories=3, topk=2, chunk_size=16),
-}
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
