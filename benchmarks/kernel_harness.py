@@ -25,6 +25,21 @@ HBM_BYTES_PER_S = 2.9e12
 BF16_FLOPS_PER_S = 7.9e14
 
 
+def torch_variant(fn: Callable, leaves: list, grad_out, mode: str) -> Callable[[], Any]:
+    """A PyTorch baseline as a variant: ``fn(*leaves)`` (``mode == "fwd"``), else its output's
+    backward pass with ``grad_out``, returning the leaves' gradients (cleared before each call)."""
+    if mode == "fwd":
+        return lambda: fn(*leaves)
+
+    def forward_backward():
+        for leaf in leaves:
+            leaf.grad = None
+        fn(*leaves).backward(grad_out)
+        return tuple(leaf.grad for leaf in leaves)
+
+    return forward_backward
+
+
 def floor_ms(bytes_moved: float, flops: float = 0.0) -> float:
     """max(bytes / bandwidth, flops / matmul rate) in milliseconds."""
     return 1e3 * max(bytes_moved / HBM_BYTES_PER_S, flops / BF16_FLOPS_PER_S)

@@ -19,7 +19,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from kernel_harness import Case, floor_ms
+from kernel_harness import Case, floor_ms, torch_variant
 
 from seqzoo.kernels.chunked_pass import Tiling
 from seqzoo.ops.linear_attention import linear_attention, pallas_gpu_split
@@ -97,16 +97,7 @@ def _fla_variant(kind, mode, q, k, v, g, do, scale=None):
     fn = {"none": lambda q, k, v: chunk_linear_attn(q, k, v, scale, normalize=False)[0],
           "head": lambda q, k, v, g: chunk_simple_gla(q, k, v, g, scale=scale)[0],
           "key": lambda q, k, v, g: chunk_gla(q, k, v, g, scale)[0]}[kind]
-    if mode == "fwd":
-        return lambda: fn(*leaves)
-
-    def forward_backward():
-        for leaf in leaves:
-            leaf.grad = None
-        fn(*leaves).backward(grad_out)
-        return tuple(leaf.grad for leaf in leaves)
-
-    return forward_backward
+    return torch_variant(fn, leaves, grad_out, mode)
 
 
 def _attention_floor(shape, kind, mode) -> float:

@@ -26,7 +26,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from kernel_harness import Case, floor_ms
+from kernel_harness import Case, floor_ms, torch_variant
 
 from seqzoo.ops.delta_rule import delta_rule
 from seqzoo.ops.dispatch import resolve
@@ -85,16 +85,7 @@ def fla_variant(args, do, mode, gated: bool):
     else:
         def fn(q, k, v, beta):
             return chunk_delta_rule(q=q, k=k, v=v, beta=beta)[0]
-    if mode == "fwd":
-        return lambda: fn(*leaves)
-
-    def forward_backward():
-        for leaf in leaves:
-            leaf.grad = None
-        fn(*leaves).backward(grad_out)
-        return tuple(leaf.grad for leaf in leaves)
-
-    return forward_backward
+    return torch_variant(fn, leaves, grad_out, mode)
 
 
 def floor(shape, mode) -> float:

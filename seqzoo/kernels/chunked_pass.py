@@ -50,6 +50,7 @@ from jax.experimental import pallas as pl
 
 from seqzoo.kernels import launch
 from seqzoo.kernels.matmul_precision import dot_precision, resolve_precision
+from seqzoo.kernels.split_product import split_product
 
 Array = jax.Array
 DECAYS = (None, "scalar", "key", "value")
@@ -111,20 +112,11 @@ def _dot(a: Array, b: Array, operands: _Operands, *, ta: bool = False, tb: bool 
     precision = dot_precision(operands.precision, split=split) if dtype == _F32 else None
     dims = (((0 if ta else 1,), (1 if tb else 0,)), ((), ()))
 
-    def parts(x):
-        if not split or dtype == _F32 or x.dtype == dtype:
-            return [x.astype(dtype)]
-        hi = x.astype(dtype)
-        return [hi, (x - hi.astype(x.dtype)).astype(dtype)]
+    def product(a_part, b_part):
+        return lax.dot_general(a_part, b_part, dims, precision=precision,
+                               preferred_element_type=_F32)
 
-    out = None
-    for i, a_part in enumerate(parts(a)):
-        for j, b_part in enumerate(parts(b)):
-            if i + j < 2:  # lo x lo is below float32's own rounding
-                term = lax.dot_general(a_part, b_part, dims, precision=precision,
-                                       preferred_element_type=_F32)
-                out = term if out is None else out + term
-    return out
+    return split_product(product, a, b, dtype, split=split)
 
 
 def _rows(ref, start, size: int):

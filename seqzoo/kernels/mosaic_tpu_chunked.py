@@ -73,6 +73,7 @@ from jax.experimental.pallas import tpu as pltpu
 from seqzoo.kernels import mosaic_tpu_common as common
 from seqzoo.kernels.chunked_segments import segmented
 from seqzoo.kernels.chunked_vjp import padded_chunked
+from seqzoo.kernels.split_product import split_product
 
 Array = jax.Array
 DECAYS = (None, "scalar", "key", "value")
@@ -161,20 +162,11 @@ def _dot(a: Array, b: Array, dtype, *, tb: bool = False, split: bool = False) ->
     precision = lax.Precision.HIGHEST if dtype == _F32 else None
     dims = (((1,), (1 if tb else 0,)), ((), ()))
 
-    def parts(x):
-        if not split or dtype == _F32 or x.dtype == dtype:
-            return [x.astype(dtype)]
-        hi = x.astype(dtype)
-        return [hi, (x - hi.astype(_F32)).astype(dtype)]
+    def product(a_part, b_part):
+        return lax.dot_general(a_part, b_part, dims, precision=precision,
+                               preferred_element_type=_F32)
 
-    out = None
-    for i, a_part in enumerate(parts(a)):
-        for j, b_part in enumerate(parts(b)):
-            if i + j < 2:  # lo x lo is below float32's own rounding
-                term = lax.dot_general(a_part, b_part, dims, precision=precision,
-                                       preferred_element_type=_F32)
-                out = term if out is None else out + term
-    return out
+    return split_product(product, a, b, dtype, split=split)
 
 
 def _t(x: Array) -> Array:

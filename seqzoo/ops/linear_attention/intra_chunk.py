@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqzoo.kernels.split_product import split_product
 from seqzoo.ops.linear_attention import pallas_gpu_intra
 
 Array = jax.Array
@@ -47,20 +48,10 @@ def _einsum(spec: str, a: Array, b: Array, dtype, split: bool = False) -> Array:
     hi lo``), so their rounding costs ~eps^2 instead of eps (as ``chunked_pass._dot``)."""
     precision = lax.Precision.HIGHEST if dtype == _F32 else None
 
-    def parts(x):
-        hi = x.astype(dtype)
-        if not split or dtype == _F32 or x.dtype == dtype:
-            return [hi]
-        return [hi, (x - hi.astype(x.dtype)).astype(dtype)]
+    def product(a_part, b_part):
+        return jnp.einsum(spec, a_part, b_part, precision=precision, preferred_element_type=_F32)
 
-    out = None
-    for i, a_part in enumerate(parts(a)):
-        for j, b_part in enumerate(parts(b)):
-            if i + j < 2:  # lo x lo is below float32's own rounding
-                term = jnp.einsum(spec, a_part, b_part, precision=precision,
-                                  preferred_element_type=_F32)
-                out = term if out is None else out + term
-    return out
+    return split_product(product, a, b, dtype, split=split)
 
 
 def _causal(c: int) -> Array:
