@@ -48,6 +48,7 @@ from jax.sharding import PartitionSpec as P
 from kernel_harness import median_ms  # benchmarks/ is on sys.path when a script runs
 
 import seqzoo
+from seqzoo.layers.ssm import delta_head_dims
 from seqzoo.ops.attention.sequence_parallel import sharded_attention
 from seqzoo.ops.attention.ulysses import communication_bytes
 from seqzoo.parallel import sequence_parallel, shard_map
@@ -61,6 +62,8 @@ LAYERS = {  # registry name: options (d_model from --d-model)
     "mamba": {"d_state": STATE},
     "mamba2": {"d_state": STATE, "headdim": HEADDIM, "chunk_size": CHUNK},
     "hydra": {"d_state": STATE, "headdim": HEADDIM, "chunk_size": CHUNK},
+    "delta_net": {"num_heads": HEADS, "chunk_size": CHUNK},  # dk = dv = d_model / HEADS
+    "gated_deltanet": {"num_heads": HEADS, "head_dim": HEADDIM, "chunk_size": CHUNK},  # dv = 2 dk
 }
 COLLECTIVES = ("all-gather", "collective-permute", "all-reduce", "reduce-scatter", "all-to-all")
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
@@ -173,6 +176,13 @@ def predicted_bytes(name: str, mixer, b: int, length: int, p: int,
         dv += int(mixer.normalize)  # the normaliser rides along as a value column
         decay = dk if mixer.decay == "gla" else 1  # per key dimension, or per head
         return carried_bytes((b, HEADS, dk, dv), b * HEADS * decay, p, carry)
+    if name in ("delta_net", "gated_deltanet"):  # conv halo of q, k, v; transition and state
+        dk, dv = delta_head_dims(d, mixer.num_heads, mixer.head_dim, mixer.expand_k,
+                                 mixer.expand_v)
+        h = mixer.num_heads
+        halo = (mixer.conv_size - 1) * b * F32 * h * (2 * dk + dv)
+        # (P_i, F_i): (b, h, dk, dk) and (b, h, dk, dv), all_gather only (no all_scan form)
+        return halo + carried_bytes((b, h, dk, dv), b * h * dk * dk, p)
     inner = int(mixer.expand * d)
     halo = (mixer.d_conv - 1) * b * F32  # conv taps reaching into the neighbours, per channel
     if name == "mamba":  # decay and state, (b, E, N) each
