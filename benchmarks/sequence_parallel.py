@@ -22,10 +22,11 @@ Four markdown tables (the numbers in benchmarks/RESULTS.md come from here):
    against all-gather (the whole K/V at once): bytes, compiled temporary memory, time.
 4. The exchange schemes of ``sequence_parallel`` on 2, 4, 8 devices with ``--tokens`` tokens per
    device: causal attention (8 heads) by the ring or by DeepSpeed-Ulysses (``attention=``), and
-   linear attention and Mamba-2 (SSD) carrying their states by LASP-2's all-gather or ZeCO's
-   all-scan (``carry=``): bytes (predicted, the static HLO text, and with each ``while`` body
-   counted its trip count times: the all-scan's permutes sit in a loop), compiled temporary
-   memory of forward + backward, and its time.
+   linear attention, Mamba-2 (SSD) and the delta rule (DeltaNet, Gated DeltaNet: matrix
+   transitions) carrying their states by LASP-2's all-gather or ZeCO's all-scan (``carry=``),
+   those of them in ``--layers``: bytes (predicted, the static HLO text, and with each
+   ``while`` body counted its trip count times: the all-scan's permutes sit in a loop),
+   compiled temporary memory of forward + backward, and its time.
 
 Bytes received per device: an all-gather's result (every result of a combined async one) minus
 its own part, a collective-permute's result, ``2 (g - 1) / g`` of an all-reduce (ring),
@@ -148,18 +149,20 @@ def received_bytes(hlo: str, devices: int, loops: bool = True) -> int:
 
 
 # ---- what the algorithms send (seqzoo.parallel's module docstrings) -----------------------------
-def carried_bytes(state: tuple[int, ...], decay: int, p: int, carry: str = "all_gather") -> int:
+def carried_bytes(state: tuple[int, ...], decay: int, p: int, carry: str = "all_gather",
+                  matrix: bool = False) -> int:
     """Bytes one device receives carrying a state of shape ``state`` (and ``decay`` elements of
-    total decay) across ``p`` shards: LASP-2's ``all_gather`` of both, or ZeCO's ``all_scan``,
-    ``P + K - 2`` permutes of ``1 / K`` of each row's state (``K = min(8, m)`` chunks of
-    ``ceil(m / K)`` of its ``m`` elements; the decay stays home, and the final state's ``psum``
-    is dropped where unused)."""
+    total decay, or of the transition matrices) across ``p`` shards: LASP-2's ``all_gather`` of
+    both, or ZeCO's ``all_scan``, ``P + K - 2`` permutes of ``1 / K`` of each row's state
+    (``K = min(8, m)`` chunks of ``ceil(m / K)`` of its ``m`` elements, or with ``matrix`` of
+    its last axis' ``m`` columns; the decay stays home, and the final state's ``psum`` is
+    dropped where unused)."""
     elements = int(np.prod(state))
     if carry == "all_gather":
         return (elements + decay) * (p - 1) * F32
-    m = elements // state[0]
+    m = state[-1] if matrix else elements // state[0]
     k = min(8, m)
-    return (p + k - 2) * state[0] * -(-m // k) * F32
+    return (p + k - 2) * (elements // m) * -(-m // k) * F32
 
 
 def predicted_bytes(name: str, mixer, b: int, length: int, p: int,
@@ -181,8 +184,8 @@ def predicted_bytes(name: str, mixer, b: int, length: int, p: int,
                                  mixer.expand_v)
         h = mixer.num_heads
         halo = (mixer.conv_size - 1) * b * F32 * h * (2 * dk + dv)
-        # (P_i, F_i): (b, h, dk, dk) and (b, h, dk, dv), all_gather only (no all_scan form)
-        return halo + carried_bytes((b, h, dk, dv), b * h * dk * dk, p)
+        # transition P_i: (b, h, dk, dk) on state F_i: (b, h, dk, dv)
+        return halo + carried_bytes((b, h, dk, dv), b * h * dk * dk, p, carry, matrix=True)
     inner = int(mixer.expand * d)
     halo = (mixer.d_conv - 1) * b * F32  # conv taps reaching into the neighbours, per channel
     if name == "mamba":  # decay and state, (b, E, N) each
@@ -289,6 +292,8 @@ SCHEMES = {  # table 4: layer: (sequence_parallel keyword, its schemes, extra la
     "attention": ("attention", ("ring", "ulysses"), {"num_heads": 8}),  # Ulysses: P divides H
     "linear_attention": ("carry", ("all_gather", "all_scan"), {}),
     "mamba2": ("carry", ("all_gather", "all_scan"), {}),
+    "delta_net": ("carry", ("all_gather", "all_scan"), {}),
+    "gated_deltanet": ("carry", ("all_gather", "all_scan"), {}),
 }
 
 
@@ -310,6 +315,8 @@ def scheme_table(args) -> list[str]:
             "(loops x trips) | fwd+bwd bytes (loops x trips) | fwd+bwd temp memory | "
             "fwd+bwd ms |", "|---|---|---|---|---|---|---|---|---|"]
     for name, (keyword, schemes, options) in SCHEMES.items():
+        if name not in args.layers:
+            continue
         for scheme in schemes:
             for p in (2, 4, 8):
                 if p > jax.device_count():
@@ -337,7 +344,7 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--layers", nargs="+", choices=list(LAYERS), default=list(LAYERS),
-                        help="layers of tables 1 and 2 (default all)")
+                        help="layers of tables 1, 2 and 4 (default all)")
     parser.add_argument("--tables", nargs="+", type=int, choices=(1, 2, 3, 4),
                         default=(1, 2, 3, 4))
     args = parser.parse_args()

@@ -15,7 +15,6 @@ import pytest
 
 from seqzoo.ops.delta_rule import delta_rule, delta_rule_local
 from seqzoo.ops.delta_rule.sequence_parallel import augmented_run
-from seqzoo.parallel import sequence_parallel
 from tests.test_delta_rule import ARGS, assert_close, make, reference64
 
 SHARDS = 3
@@ -123,12 +122,8 @@ def test_sharded_equals_whole_with_every_gradient(impl, gated):
         assert_close(got, want, 1e-4, f"gradient of {name}")
 
 
-def test_all_scan_and_segments_are_refused():
+def test_segments_are_refused():
     a = make(2 * SHARDS, dk=4, dv=3)
-    with sequence_parallel("seq", carry="all_scan"), pytest.raises(
-        NotImplementedError, match='all_scan.*matrix transitions.*carry="all_gather"'
-    ):
-        _sharded("sequential")(*(a[n] for n in ARGS))
     ids = jnp.zeros(a["beta"].shape[:2], jnp.int32)
     with pytest.raises(NotImplementedError, match="segment_ids"):
         delta_rule(*(a[n] for n in ARGS[:5]), segment_ids=ids, seq_axis="seq")

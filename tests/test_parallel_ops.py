@@ -170,7 +170,7 @@ def check_linear_attention(length, carry="all_gather"):
     compare(fn, seq, {}, rows, kinds=FINAL if even else OUT, carry=carry)
 
 
-def check_delta_rule(length):
+def check_delta_rule(length, carry="all_gather"):
     """DeltaNet (no decay) and Gated DeltaNet side by side: matrix transitions carried across the
     shards. A zero-padded end is a no-op (b = 0, a = 1), so the final state is checked at every
     length."""
@@ -188,7 +188,7 @@ def check_delta_rule(length):
                 for g in (None, log_decay)]
         return jax.tree.map(lambda *r: jnp.concatenate(r, axis=-1), *runs)
 
-    compare(fn, seq, {}, rows, kinds=FINAL)
+    compare(fn, seq, {}, rows, kinds=FINAL, carry=carry)
 
 
 def check_ssd(length, carry="all_gather"):
@@ -217,20 +217,27 @@ def check_ssd(length, carry="all_gather"):
 
 def check_all_scan(length):
     """ZeCO's chunked All-Scan carry against LASP-2's all-gather one, forward and reversed, with
-    an initial state, chunks that divide each row's 36 state elements (4) and that do not (8, 5:
-    zero-padded): the states, and the gradients of each shard's inputs."""
+    an initial state: elementwise decays with chunks that divide each row's 36 state elements
+    (4) and that do not (8, 5: zero-padded); matrix transitions (the delta rule's, ``(3, 3)`` on
+    ``(3, 5)`` states) cut into column chunks that do not divide the 5 columns (2), one column
+    each (8 -> 5) and reversed: the states, and the gradients of each shard's inputs."""
     rng = np.random.default_rng(9)
-    b, h, n = BATCH, 3, 12
-    args = (jax.nn.sigmoid(_normal(rng, b * SHARDS, h, 1)), _normal(rng, b * SHARDS, h, n),
-            _normal(rng, b, h, n))
-    ct = _normal(rng, b * SHARDS, h, n), _normal(rng, b * SHARDS, h, n)
+    b, h, n, m = BATCH, 3, 12, 5
+    elementwise = (jax.nn.sigmoid(_normal(rng, b * SHARDS, h, 1)),
+                   _normal(rng, b * SHARDS, h, n), _normal(rng, b, h, n))
+    matrices = (_normal(rng, b * SHARDS, h, 3, 3, scale=0.5), _normal(rng, b * SHARDS, h, 3, m),
+                _normal(rng, b, h, 3, m))
     mesh = Mesh(np.array(jax.devices()[:SHARDS]), ("seq",))
-    for reverse, chunks in ((False, 4), (True, 8), (False, 5)):
+    for matrix, reverse, chunks in ((False, False, 4), (False, True, 8), (False, False, 5),
+                                    (True, False, 2), (True, True, 8), (True, False, 5)):
+        args = matrices if matrix else elementwise
+        ct = tuple(_normal(rng, *args[1].shape) for _ in range(2))
 
-        def both(decay, state, initial, ct, reverse=reverse, chunks=chunks):
+        def both(decay, state, initial, ct, reverse=reverse, chunks=chunks, matrix=matrix):
             runs = (
-                functools.partial(carry_in, axis="seq", reverse=reverse),
-                functools.partial(scan_carry_in, axis="seq", reverse=reverse, chunks=chunks),
+                functools.partial(carry_in, axis="seq", reverse=reverse, matrix=matrix),
+                functools.partial(scan_carry_in, axis="seq", reverse=reverse, chunks=chunks,
+                                  matrix=matrix),
             )
             results = []
             for run in runs:
@@ -246,7 +253,8 @@ def check_all_scan(length):
                                 out_specs=(((shard, shard), (shard, shard, P())),) * 2))(*args, ct)
         gathered, scanned = (jax.tree_util.tree_flatten_with_path(r)[0] for r in got)
         for (path, w), (_, g) in zip(gathered, scanned, strict=True):
-            where = f"reverse={reverse} chunks={chunks} {jax.tree_util.keystr(path)}"
+            where = (f"matrix={matrix} reverse={reverse} chunks={chunks} "
+                     f"{jax.tree_util.keystr(path)}")
             np.testing.assert_allclose(g, w, **TOL, err_msg=where)
 
 
@@ -471,6 +479,7 @@ CHECKS = {  # name: (check, the lengths it runs at)
         functools.partial(check_linear_attention, carry="all_scan"), ("even",)
     ),
     "ssd-all_scan": (functools.partial(check_ssd, carry="all_scan"), ("even",)),
+    "delta_rule-all_scan": (functools.partial(check_delta_rule, carry="all_scan"), ("even",)),
     "short_conv": (check_short_conv, ("even", "uneven")),
     # the models pad like the ops (mask=False): their uneven runs would repeat the ops' checks
     "model-lm": (functools.partial(check_model, head="lm"), ("even",)),

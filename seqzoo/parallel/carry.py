@@ -25,6 +25,11 @@ step moves ``size(state) / K``, so a device sends ``(P + K - 2) / K`` states in 
 than gathering ``P`` of them (and ``d_i`` never travels). The state after the whole sequence
 is then the last shard's, summed to every shard (one ``psum`` of a state, dropped by XLA where
 unused).
+
+With matrix transitions the cut goes along the state's columns instead: ``d_i @ c_i`` maps
+each column of ``c_i`` by itself, so a chunk of ``ceil(m / K)`` columns (``K = min(8, m)``) is
+completed from the same columns of ``c_i`` and ``s_i`` with the whole ``d_i``, which stays on its
+shard; a step moves ``n * ceil(m / K)`` elements per row.
 """
 
 from __future__ import annotations
@@ -115,15 +120,11 @@ def carry_in(
 ) -> tuple[Array, Array]:
     """``combine_gathered`` of this shard's ``decay: (batch, ...)`` and ``state: (batch, ...)``
     after one ``all_gather``, or where the context says ``carry="all_scan"``, ``scan_carry_in``:
-    ``(carry_in, final)``. Matrix transitions (``matrix``) take the all_gather only."""
+    ``(carry_in, final)``."""
     if carry_scheme() == "all_scan":
-        if matrix:
-            raise NotImplementedError(
-                'carry="all_scan" (ZeCO) cuts states into elementwise chunks and has no form '
-                "for matrix transitions (the delta rule): use carry=\"all_gather\" (LASP-2's "
-                "all_gather of each shard's transition and state)"
-            )
-        return scan_carry_in(decay, state, axis, reverse=reverse, initial_state=initial_state)
+        return scan_carry_in(
+            decay, state, axis, reverse=reverse, initial_state=initial_state, matrix=matrix
+        )
     decays, states = gather_summaries(decay, state, axis)
     return combine_gathered(
         decays, states, axis, reverse=reverse, initial_state=initial_state, matrix=matrix
@@ -138,37 +139,43 @@ def scan_carry_in(
     reverse: bool = False,
     initial_state: Array | None = None,
     chunks: int = 8,
+    matrix: bool = False,
 ) -> tuple[Array, Array]:
     """``carry_in`` by ZeCO's All-Scan (see the module docstring): ``(carry_in, final)``.
 
     ``state: (batch, ...)``: each row's ``m`` elements are cut into ``K = min(chunks, m)``
-    chunks of ``ceil(m / K)`` (zero-padded); ``decay`` broadcasts to ``state``. Returns both
-    ``(batch, ...)`` in the state's dtype (at least float32); ``final`` is the same on every
-    shard.
+    chunks of ``ceil(m / K)`` (zero-padded); ``decay`` broadcasts to ``state``. With
+    ``matrix``, ``state: (batch, ..., n, m)`` is cut along its ``m`` columns and ``decay:
+    (batch, ..., n, n)`` applies to each chunk whole. Returns both ``(batch, ...)`` in the
+    state's dtype (at least float32); ``final`` is the same on every shard.
     """
     p = num_shards(axis)
     me = shard_index(axis)
     position = p - 1 - me if reverse else me  # along the recurrence
     dtype = jnp.promote_types(jnp.result_type(decay, state), jnp.float32)
-    rows, m = state.shape[0], math.prod(state.shape[1:])
+    lead = state.shape[:-1] if matrix else state.shape[:1]  # what a chunk keeps whole
+    m = math.prod(state.shape[len(lead):])
     k = min(chunks, m)
     size = -(-m // k)
 
-    def split(a):  # (batch, ...) -> (batch, K, ceil(m / K))
-        a = jnp.broadcast_to(a.astype(dtype), state.shape).reshape(rows, m)
-        return jnp.pad(a, ((0, 0), (0, k * size - m))).reshape(rows, k, size)
+    def split(a):  # (*lead, m) -> (*lead, K, ceil(m / K))
+        a = jnp.broadcast_to(a.astype(dtype), state.shape).reshape(*lead, m)
+        return jnp.pad(a, ((0, 0),) * len(lead) + ((0, k * size - m),)).reshape(*lead, k, size)
 
     def unsplit(a):
-        return a.reshape(rows, k * size)[:, :m].reshape(state.shape)
+        return a.reshape(*lead, k * size)[..., :m].reshape(state.shape)
 
-    d, s = split(decay), split(state)
+    def chunk(a, j):
+        return jax.lax.dynamic_index_in_dim(a, j, -2, False)
+
+    apply = _matmul if matrix else jnp.multiply
+    decay = decay.astype(dtype)
+    d, s = decay if matrix else split(decay), split(state)
     c = jnp.zeros_like(s) if initial_state is None else split(initial_state)
 
     def step(t, c):
         j = jnp.clip(t - position, 0, k - 1)  # the chunk this shard completes and passes on
-        done = jax.lax.dynamic_index_in_dim(d, j, -2, False) * jax.lax.dynamic_index_in_dim(
-            c, j, -2, False
-        ) + jax.lax.dynamic_index_in_dim(s, j, -2, False)
+        done = apply(d if matrix else chunk(d, j), chunk(c, j)) + chunk(s, j)
         received = from_neighbour(done, axis, -1 if reverse else 1)  # the previous shard's
         r = t - position + 1  # the chunk it completed
         keep = (position > 0) & (r >= 0) & (r < k)
@@ -176,6 +183,6 @@ def scan_carry_in(
         return jnp.where(keep, updated, c)
 
     c = jax.lax.fori_loop(0, p + k - 2, step, c)
-    last = jnp.where(position == p - 1, d * c + s, 0.0)
-    final = jax.lax.psum(last, axis)
-    return unsplit(c), unsplit(final)
+    entering = unsplit(c)
+    last = jnp.where(position == p - 1, apply(decay, entering) + state.astype(dtype), 0.0)
+    return entering, jax.lax.psum(last, axis)

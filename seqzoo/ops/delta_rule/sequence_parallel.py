@@ -19,7 +19,9 @@ Shapes: ``P: (batch, heads, dk, dk)``, ``F, S: (batch, heads, dk, dv)``, ``R_t: 
 heads, dk)``. Communication: ``P_shards * batch * heads * dk * (dk + dv)`` floats per call,
 whatever the length. Compute: the local core runs with ``dk + dv`` value columns instead of
 ``dv`` (about twice the value-side work at ``dk = dv``), all in float32. ``carry="all_scan"``
-(ZeCO's elementwise pipeline) is refused; ``segment_ids`` are not supported.
+(ZeCO's pipeline) cuts ``c`` along its value columns, which ``P_i @ c`` maps independently, and
+keeps each ``P_i`` on its shard: ``P_shards + K - 2`` permutes of ``batch * heads * dk *
+ceil(dv / K)`` floats, ``K = min(8, dv)``. ``segment_ids`` are not supported.
 """
 
 from __future__ import annotations
