@@ -53,7 +53,8 @@ def outputs_and_grads(run, inputs, co, cs):
 
 @pytest.mark.parametrize(
     "chunk,t,gated",
-    [(16, 37, True), (64, 70, False), pytest.param(64, 130, True, marks=pytest.mark.slow),
+    [(16, 37, True), pytest.param(64, 70, False, marks=pytest.mark.slow),
+     pytest.param(64, 130, True, marks=pytest.mark.slow),
      pytest.param(16, 64, False, marks=pytest.mark.slow)],
     ids=lambda p: str(p),
 )
