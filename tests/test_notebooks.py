@@ -55,7 +55,14 @@ def check_png(png: bytes, where: str) -> None:
     assert min(width, height) >= MIN_PNG_SIDE, f"{where}: PNG of {width}x{height} pixels"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+# run by ``-m slow`` only, to keep the default suite under CI's budget: what they show is also
+# tested directly (the matrix forms by tests/test_contract.py, LRA training by the runner's tests)
+SLOW_NOTEBOOKS = {"01_matrix_mixers", "04_lra"}
+RUNS = [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if p.stem in SLOW_NOTEBOOKS else [])
+        for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", RUNS)
 def test_notebook_runs(path, monkeypatch):
     paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))

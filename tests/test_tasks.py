@@ -161,6 +161,7 @@ def _toy(name, data_dirs):
 LRA = [n for n in experiment_names() if n.startswith("lra/")]
 
 
+@pytest.mark.slow  # 30 s of CI; the repro configs' 10% rule stays in the default suite
 def test_every_lra_model_is_within_10_percent_of_the_transformer(data_dirs):
     assert len(LRA) >= 50
     for name in LRA:
