@@ -39,6 +39,22 @@ def info(name: str):
     return mixer.info
 
 
+# The bi: wrapper is one code path (flips and a sum around two copies of its inner mixer, whose own
+# row checks every gradient, packed sequences and the left padding the wrapper relies on): its
+# gradients, jit / vmap / grad and packed sequences run by default for a few inner mixers, one of
+# each kind of state (KV cache, conv + selective scan, chunked SSD, matrix transitions, routed
+# memories, a nonlinear RNN, an LTI convolution); for the others with -m slow. Every wrapper's
+# outputs, padding and errors stay in the default suite.
+BI_DEFAULT = {"bi:attention", "bi:mamba", "bi:mamba2", "bi:delta_net", "bi:mom", "bi:lstm", "bi:s4"}
+assert BI_DEFAULT <= set(BIDIRECTIONAL_WRAPPED), BI_DEFAULT - set(BIDIRECTIONAL_WRAPPED)
+
+
+def bi_default_only(names):
+    """names, the bi: wrappers outside BI_DEFAULT marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n.startswith("bi:") and n not in BI_DEFAULT
+            else n for n in names]
+
+
 def with_matrix(names):
     return [n for n in names if info(n).has_matrix]
 
@@ -58,8 +74,15 @@ def inputs(length: int, seed: int = 0, holes: bool = True):
     return x, jnp.asarray(mask)
 
 
+@functools.cache
+def _jitted_init(mixer):
+    return jax.jit(mixer.init)
+
+
 def init(mixer, x):
-    return mixer.init(jax.random.PRNGKey(42), x)
+    """Parameters for inputs shaped like x. Flax's init runs the forward pass: jitted, one compile
+    per shape (eagerly, op by op, about 4x that on a new shape)."""
+    return _jitted_init(mixer)(jax.random.PRNGKey(42), x)
 
 
 def run_steps(mixer, params, x, mask):
@@ -89,6 +112,13 @@ def paths(name):
 
 
 @functools.cache
+def matrix_of(name):
+    """Jitted ``(params, x, mask) -> M: (BATCH, heads, length, length)``."""
+    mixer = build(name)
+    return jax.jit(lambda p, x, mask: mixer.apply(p, x, mask, method="matrix"))
+
+
+@functools.cache
 def path_grads(name):
     """Jitted gradients (params, x, mask, cotangent) -> (d params, d x) of every path."""
 
@@ -105,8 +135,10 @@ def assert_close(a, b, tol, what):
     assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol} * {scale:.3g}"
 
 
-# odd lengths for the mixers themselves; the wrappers at the length the other tests compile for
-PATH_CASES = [(n, length) for n in PLAIN for length in (1, 7, 130)]
+# odd lengths for the mixers themselves (13: the length the other tests compile for, 3 chunks and
+# a part where test_config sets chunk_size or block_size 4; 130: past the defaults' chunks); the
+# wrappers at 13
+PATH_CASES = [(n, length) for n in PLAIN for length in (1, 13, 130)]
 PATH_CASES += [(n, 13) for n in BIDIRECTIONAL_WRAPPED]
 
 
@@ -122,7 +154,7 @@ def test_paths_agree(name, length):
     assert float(jnp.abs(outs["fast"]).max()) > 0, "output is identically zero"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", bi_default_only(NAMES))
 def test_gradients_agree(name):
     mixer = build(name)
     x, mask = inputs(13, seed=1)
@@ -150,7 +182,7 @@ def test_causality(name):
     assert_close(y2[:, : t + 1], y1[:, : t + 1], 1e-6, f"{name}: future leaked into the past")
     assert float(jnp.abs(y2[:, t + 1 :] - y1[:, t + 1 :]).max()) > 1e-4, "future has no effect"
     if info(name).has_matrix:
-        m = mixer.apply(params, x, method="matrix")
+        m = matrix_of(name)(params, x, ones)
         assert float(jnp.abs(jnp.triu(m, k=1)).max()) == 0.0, f"{name}: M is not lower triangular"
 
 
@@ -192,17 +224,18 @@ def test_padding_equals_shorter_sequence(name):
         assert_close(y[:, 5:], y_short, 1e-5, f"{name}: left padding")
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", bi_default_only(NAMES))
 def test_jit_vmap_grad(name):
     mixer = build(name)
     x, mask = inputs(13, seed=8)
     params = init(mixer, x)
-    y = mixer.apply(params, x, mask)  # eager
+    y = mixer.apply(params, x, mask)  # eager: the contract's one run op by op
     assert_close(paths(name)["fast"](params, x, mask), y, 1e-5, f"{name}: jit")
     # vmap over an outer axis: each slice is a batch of one
-    y_vmap = jax.vmap(lambda xx, mm: mixer.apply(params, xx[None], mm[None])[0])(x, mask)
+    y_vmap = jax.jit(jax.vmap(lambda xx, mm: mixer.apply(params, xx[None], mm[None])[0]))(x, mask)
     assert_close(y_vmap, y, 1e-5, f"{name}: vmap")
-    g = jax.jit(jax.grad(lambda p: jnp.sum(mixer.apply(p, x, mask) ** 2)))(params)
+    # d sum(y^2) / d params: the cotangent 2 y through the gradient test's compiled function
+    g, _ = path_grads(name)["fast"](params, x, mask, 2 * y)
     assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(g))
 
 
@@ -268,12 +301,12 @@ def test_bf16_compute(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_input(name):
     mixer = build(name)
-    x, mask = inputs(7)
+    x, mask = inputs(13)
     params = init(mixer, x)
     with pytest.raises(ValueError, match="rank"):
         mixer.apply(params, x[0])
     with pytest.raises(ValueError, match="d_model"):
-        mixer.apply(params, jnp.zeros((BATCH, 7, D_MODEL + 1)))
+        mixer.apply(params, jnp.zeros((BATCH, 13, D_MODEL + 1)))
     with pytest.raises(ValueError, match="mask"):
         mixer.apply(params, x, mask[:, :-1])
     bound = info(name).max_length_attr
@@ -284,7 +317,7 @@ def test_bad_input(name):
     refused = f"mixer '{re.escape(name)}' needs floating inputs, got x of dtype %s.*embed"
     for dtype in (jnp.int32, bool):
         with pytest.raises(TypeError, match=refused % jnp.dtype(dtype).name):
-            mixer.apply(params, jnp.ones((BATCH, 7, D_MODEL), dtype))
+            mixer.apply(params, jnp.ones((BATCH, 13, D_MODEL), dtype))
     if info(name).causal:
         state = mixer.apply(params, BATCH, method="init_state")
         with pytest.raises(ValueError, match="x_t"):
@@ -299,10 +332,10 @@ def test_bad_input(name):
 @pytest.mark.parametrize("name", with_matrix(NAMES))
 def test_matrix_shape_and_structure_name(name):
     mixer = build(name)
-    x, mask = inputs(7)
+    x, mask = inputs(13)
     params = init(mixer, x)
-    m = mixer.apply(params, x, mask, method="matrix")
-    assert m.ndim == 4 and m.shape[0] == BATCH and m.shape[2:] == (7, 7)
+    m = matrix_of(name)(params, x, mask)
+    assert m.ndim == 4 and m.shape[0] == BATCH and m.shape[2:] == (13, 13)
     # padded columns carry no weight
     assert float(jnp.abs(jnp.where(mask[:, None, None, :], 0.0, m)).max()) == 0.0
 
@@ -329,7 +362,7 @@ SEGMENTS = np.array(
 )
 
 
-@pytest.mark.parametrize("name", segmented(NAMES))
+@pytest.mark.parametrize("name", bi_default_only(segmented(NAMES)))
 def test_segment_ids_reset_at_segment_starts(name):
     """Packed sequences: each segment's output equals that segment run alone; dense agrees, and
     the recurrent path with its state reset at segment starts agrees.
