@@ -56,8 +56,10 @@ def check_png(png: bytes, where: str) -> None:
 
 
 # run by ``-m slow`` only, to keep the default suite under CI's budget: what they show is also
-# tested directly (the matrix forms by tests/test_contract.py, LRA training by the runner's tests)
-SLOW_NOTEBOOKS = {"01_matrix_mixers", "04_lra"}
+# tested directly (the matrix forms by tests/test_contract.py, every impl= against its reference
+# by tests/test_ops_*.py and tests/test_kernels_*.py, LRA training by the runner's tests); 03 is
+# mostly timing (up to length 4096, interpreted Pallas kernels on a CPU: ~40 s)
+SLOW_NOTEBOOKS = {"01_matrix_mixers", "03_kernels_and_scaling", "04_lra"}
 RUNS = [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if p.stem in SLOW_NOTEBOOKS else [])
         for p in NOTEBOOKS]
 
