@@ -131,13 +131,16 @@ def test_nnx_bridge_matches_linen(name):
     module = nnx.bridge.ToNNX(mixer, rngs=nnx.Rngs(0))
     nnx.bridge.lazy_init(module, x)
     params = {"params": nnx.to_pure_dict(nnx.state(module, nnx.Param))}
-    np.testing.assert_allclose(np.asarray(module(x)), np.asarray(mixer.apply(params, x)), atol=1e-6)
+    # both sides jitted, as a user trains (eagerly, every op dispatched alone: ~5 s a side)
+    nnx_y = nnx.jit(lambda m, x: m(x))(module, x)
+    linen_y = jax.jit(mixer.apply)(params, x)
+    np.testing.assert_allclose(np.asarray(nnx_y), np.asarray(linen_y), atol=1e-6)
 
     def nnx_loss(m):
         return jnp.sum(m(x) ** 2)
 
-    grads = nnx.to_pure_dict(nnx.grad(nnx_loss)(module))
-    linen_grads = jax.grad(lambda p: jnp.sum(mixer.apply(p, x) ** 2))(params)["params"]
+    grads = nnx.to_pure_dict(nnx.jit(nnx.grad(nnx_loss))(module))
+    linen_grads = jax.jit(jax.grad(lambda p: jnp.sum(mixer.apply(p, x) ** 2)))(params)["params"]
     for a, b in zip(
         jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(linen_grads), strict=True
     ):
