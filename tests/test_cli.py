@@ -17,6 +17,9 @@ import seqzoo
 from seqzoo.cli import main
 from seqzoo.runner.data import BatchSampler
 
+# one worker runs this module (--dist loadgroup): its tests share module-scoped fixtures
+pytestmark = pytest.mark.xdist_group("test_cli")
+
 # XLA_FLAGS must be set before jax is imported, hence a fresh interpreter.
 EIGHT_DEVICES = """
 import sys
@@ -101,7 +104,7 @@ def test_resume_after_a_kill_repeats_the_straight_run(run_dir, tmp_path, monkeyp
 
 
 def test_eight_devices_train_like_one(run_dir, tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")  # conftest's
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
     argv = ["train", "smoke", "--run-dir", str(tmp_path / "eight"), "--no-progress"]
     out = subprocess.run(

@@ -49,10 +49,18 @@ BI_DEFAULT = {"bi:attention", "bi:mamba", "bi:mamba2", "bi:delta_net", "bi:mom",
 assert BI_DEFAULT <= set(BIDIRECTIONAL_WRAPPED), BI_DEFAULT - set(BIDIRECTIONAL_WRAPPED)
 
 
+def rows(names, slow=frozenset()):
+    """``names`` as pytest params, each in its mixer's xdist group: under ``--dist loadgroup``
+    (pyproject's addopts) one worker runs a mixer's whole row, so the jitted functions cached
+    below compile once (spread over the workers, each worker compiled them again); those in
+    ``slow`` marked slow."""
+    return [pytest.param(n, marks=[pytest.mark.xdist_group(n)] + [pytest.mark.slow] * (n in slow))
+            for n in names]
+
+
 def bi_default_only(names):
-    """names, the bi: wrappers outside BI_DEFAULT marked slow."""
-    return [pytest.param(n, marks=pytest.mark.slow) if n.startswith("bi:") and n not in BI_DEFAULT
-            else n for n in names]
+    """rows(names), the bi: wrappers outside BI_DEFAULT marked slow."""
+    return rows(names, slow=set(BIDIRECTIONAL_WRAPPED) - BI_DEFAULT)
 
 
 def with_matrix(names):
@@ -140,6 +148,7 @@ def assert_close(a, b, tol, what):
 # wrappers at 13
 PATH_CASES = [(n, length) for n in PLAIN for length in (1, 13, 130)]
 PATH_CASES += [(n, 13) for n in BIDIRECTIONAL_WRAPPED]
+PATH_CASES = [pytest.param(*case, marks=pytest.mark.xdist_group(case[0])) for case in PATH_CASES]
 
 
 @pytest.mark.parametrize("name,length", PATH_CASES)
@@ -169,7 +178,7 @@ def test_gradients_agree(name):
             assert_close(a, b, 1e-4, f"{name}: {k} gradient vs fast")
 
 
-@pytest.mark.parametrize("name", causal(NAMES))
+@pytest.mark.parametrize("name", rows(causal(NAMES)))
 def test_causality(name):
     mixer = build(name)
     x, _ = inputs(13, seed=2)
@@ -186,7 +195,7 @@ def test_causality(name):
         assert float(jnp.abs(jnp.triu(m, k=1)).max()) == 0.0, f"{name}: M is not lower triangular"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", rows(NAMES))
 def test_padding_invariance(name):
     mixer = build(name)
     x, mask = inputs(13, seed=4)
@@ -204,7 +213,7 @@ def test_padding_invariance(name):
         )
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", rows(NAMES))
 def test_padding_equals_shorter_sequence(name):
     """Right padding (5 pads of any values) gives exactly the 8 valid tokens' outputs; for causal
     mixers left padding does too (leading pads are no-ops: ``bi:`` relies on it)."""
@@ -241,7 +250,7 @@ def test_jit_vmap_grad(name):
 
 # the wrappers' bf16 runs add a tenth to the suite and nothing dtype-specific beyond their inner
 # mixers' (flips and a sum): slow
-BF16_CASES = PLAIN + [pytest.param(n, marks=pytest.mark.slow) for n in BIDIRECTIONAL_WRAPPED]
+BF16_CASES = rows(NAMES, slow=set(BIDIRECTIONAL_WRAPPED))
 
 
 @pytest.mark.parametrize("name", BF16_CASES)
@@ -266,7 +275,7 @@ def test_bf16_inputs(name):
 
 
 @pytest.mark.slow  # about 5 s of compiling per mixer
-@pytest.mark.parametrize("name", PLAIN)
+@pytest.mark.parametrize("name", rows(PLAIN))
 def test_bf16_compute(name):
     """``dtype=bf16`` (bf16 projections, as in a bf16 model) against the float32 mixer with the
     same parameters: the output within 3e-2 and each gradient (the input's and every
@@ -298,7 +307,7 @@ def test_bf16_compute(name):
         assert err <= 6e-2, f"{name}: d {jax.tree_util.keystr(path)} {err:.2e}"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", rows(NAMES))
 def test_bad_input(name):
     mixer = build(name)
     x, mask = inputs(13)
@@ -329,7 +338,7 @@ def test_bad_input(name):
             mixer.apply(params, BATCH, method="init_state")
 
 
-@pytest.mark.parametrize("name", with_matrix(NAMES))
+@pytest.mark.parametrize("name", rows(with_matrix(NAMES)))
 def test_matrix_shape_and_structure_name(name):
     mixer = build(name)
     x, mask = inputs(13)
@@ -412,7 +421,7 @@ def test_segment_ids_reset_at_segment_starts(name):
                      f"{name}: step with resets")
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if not info(n).segments][:1])
+@pytest.mark.parametrize("name", rows([n for n in NAMES if not info(n).segments][:1]))
 def test_segment_ids_refused_where_unsupported(name):
     mixer = build(name)
     x, mask = inputs(5)

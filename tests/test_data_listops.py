@@ -5,6 +5,9 @@ import pytest
 
 from seqzoo.data.listops import VOCAB, apply_operator, generate_listops, tokenize
 
+# one worker runs this module (--dist loadgroup): its tests share module-scoped fixtures
+pytestmark = pytest.mark.xdist_group("test_data_listops")
+
 OPS = {"[MIN": min, "[MAX": max, "[SM": lambda v: sum(v) % 10,
        "[MED": lambda v: int(np.floor(np.median(v)))}
 

@@ -50,6 +50,8 @@ from seqzoo.parallel.carry import carry_in, scan_carry_in
 from seqzoo.parallel.context import sequence_axis
 from seqzoo.registry import SEQUENCE_PARALLEL_MIXERS, mixer_entry, mixer_info, mixers_with
 
+# one worker runs the module (--dist loadgroup): its tests share one fresh interpreter's run
+pytestmark = pytest.mark.xdist_group("eight_cpu_devices_ops")
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS, BATCH = 4, 4  # (data=2, seq=4): two rows per data shard
 LENGTHS = {"even": 32, "uneven": 30}

@@ -18,6 +18,8 @@ from test_parallel_ops import eight_cpu_devices
 
 from seqzoo.config import ExperimentConfig, apply_overrides
 
+# one worker runs the module (--dist loadgroup): its tests share one fresh interpreter's run
+pytestmark = pytest.mark.xdist_group("eight_cpu_devices_runner")
 ONE_DEVICE = ["mesh.data=1", "mesh.seq=1"]
 RUNS = {
     # the hybrid of issue 10 on MQAR: Mamba-2 (chunked SSD, causal conv) + causal ring attention

@@ -78,7 +78,9 @@ def _fake_fashion_mnist(folder: Path) -> None:
 
 def _launch(tmp_path: Path, runs: list[str], *extra: str) -> subprocess.CompletedProcess:
     _fake_fashion_mnist(tmp_path / "data" / "fashion-mnist")
-    env = {**os.environ, "HOME": str(tmp_path)}  # the data cache goes to HOME/.cache
+    # the data cache goes to HOME/.cache; the toy runs compile more than they compute: XLA's
+    # optimisations off, as in tests/conftest.py (53 -> 40 CPU-s for the 4-run launch)
+    env = {**os.environ, "HOME": str(tmp_path), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
     command = [
         sys.executable, "experiments/repro/run.py", "--toy", "--minutes", "4",
         "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),

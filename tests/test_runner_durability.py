@@ -34,6 +34,9 @@ from seqzoo.runner.resume import RESUMABLE
 from seqzoo.runner.rundir import default_run_dir
 from seqzoo.runner.steps import init_opt_state
 
+# one worker runs this module (--dist loadgroup): its tests share module-scoped fixtures
+pytestmark = pytest.mark.xdist_group("test_runner_durability")
+
 QUIET = {"log": lambda _: None, "progress": False}
 RUN = ["optim.steps=6", "checkpoint_every=2", "eval_every=2", "keep_checkpoints=3"]
 

@@ -32,6 +32,9 @@ from seqzoo.runner.rundir import run_config
 from tests.test_cli import records, shared_compilations  # noqa: F401 (an autouse fixture)
 from tests.test_runner_config import _read_events
 
+# one worker runs this module (--dist loadgroup): its tests share module-scoped fixtures
+pytestmark = pytest.mark.xdist_group("test_runner_resume_kills")
+
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["smoke", "optim.steps=12", "checkpoint_every=2", "eval_every=3", "log_every=1"]
 

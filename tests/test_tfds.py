@@ -11,6 +11,9 @@ import json
 import numpy as np
 import pytest
 
+# one worker runs this module (--dist loadgroup): its tests share module-scoped fixtures
+pytestmark = pytest.mark.xdist_group("test_tfds")
+
 tfds = pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("grain")
 Image = pytest.importorskip("PIL.Image")
