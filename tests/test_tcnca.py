@@ -28,7 +28,7 @@ CONFIG = {
 def setup_layer(seed=0, length=LENGTH, **options):
     mixer = seqzoo.get_mixer("tcnca", d_model=D_MODEL, **{**CONFIG, **options})
     x = jax.random.normal(jax.random.PRNGKey(seed), (2, length, D_MODEL))
-    params = mixer.init(jax.random.PRNGKey(seed + 1), x)
+    params = jax.jit(mixer.init)(jax.random.PRNGKey(seed + 1), x)  # eagerly: the forward op by op
     return mixer, params, x
 
 
@@ -111,7 +111,7 @@ def test_matches_reference(depthwise):
     want = reference(params, x, mask, CONFIG)
     methods = ("__call__", "dense") if depthwise else ("__call__",)
     for method in methods:
-        got = mixer.apply(params, x, mask, method=method)
+        got = jax.jit(mixer.apply, static_argnames="method")(params, x, mask, method=method)
         np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-5, err_msg=method)
     if not depthwise:  # the step path with full convolutions, once
         step = jax.jit(lambda s, x_t, m_t: mixer.apply(params, s, x_t, m_t, method="step"))
@@ -158,7 +158,7 @@ def test_left_padding_equals_shorter_sequence_in_every_path():
     mask = jnp.ones((2, 12), bool).at[:, :3].set(False)
     want = np.asarray(mixer.apply(params, x))
     for method in ("__call__", "dense"):
-        got = mixer.apply(params, padded, mask, method=method)
+        got = jax.jit(mixer.apply, static_argnames="method")(params, padded, mask, method=method)
         np.testing.assert_allclose(np.asarray(got)[:, 3:], want, atol=1e-6, err_msg=method)
     # one compile for the 12 steps (eager, each step dispatched its ops one by one: ~10 s)
     step = jax.jit(lambda s, x_t, m_t: mixer.apply(params, s, x_t, m_t, method="step"))
