@@ -33,8 +33,8 @@ def features(batch=3, length=7, dim=5, seed=0):
 def test_masked_batch_norm_equals_direct_statistics():
     x, mask = features()
     bn = MaskedBatchNorm()
-    variables = bn.init(jax.random.PRNGKey(0), x, mask)
-    y, updates = bn.apply(variables, x, mask, False, mutable=["batch_stats"])
+    variables = jax.jit(bn.init)(jax.random.PRNGKey(0), x, mask)
+    y, updates = jax.jit(lambda v: bn.apply(v, x, mask, False, mutable=["batch_stats"]))(variables)
     valid = np.asarray(x)[np.asarray(mask)]  # (valid positions, dim)
     mean, var = valid.mean(0), valid.var(0)
     want = (np.asarray(x) - mean) / np.sqrt(var + 1e-5)
@@ -43,7 +43,7 @@ def test_masked_batch_norm_equals_direct_statistics():
     np.testing.assert_allclose(stats["mean"], 0.1 * mean, rtol=1e-5)
     np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * var, rtol=1e-5)
     # deterministic: the running averages, whatever the batch
-    y_eval = bn.apply({**variables, **updates}, x[:1], mask[:1], True)
+    y_eval = jax.jit(lambda v: bn.apply(v, x[:1], mask[:1], True))({**variables, **updates})
     want_eval = (np.asarray(x[:1]) - 0.1 * mean) / np.sqrt(0.9 + 0.1 * var + 1e-5)
     np.testing.assert_allclose(y_eval, want_eval, atol=1e-5)
 
@@ -80,8 +80,9 @@ def test_padding_changes_neither_outputs_nor_statistics(deterministic):
     toks = jax.random.randint(jax.random.PRNGKey(1), (3, 9), 0, VOCAB)
     mask = jnp.ones((3, 9), bool).at[0, 6:].set(False).at[1, 3:].set(False)
     other = jnp.where(mask, toks, (toks + 5) % VOCAB)  # different tokens at the padding only
-    variables = model.init(jax.random.PRNGKey(0), toks, mask)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), toks, mask)  # eagerly, op by op: ~3x
 
+    @jax.jit
     def run(t):
         return model.apply(variables, t, mask, deterministic=deterministic, mutable=["batch_stats"])
 
@@ -109,17 +110,22 @@ def test_lm_decoding_with_batch_norm_equals_the_eval_forward():
     )
     toks = jax.random.randint(jax.random.PRNGKey(2), (2, 8), 0, VOCAB)
     mask = jnp.ones((2, 8), bool).at[1, 6:].set(False)
-    variables = model.init(jax.random.PRNGKey(0), toks, mask)
-    _, state = model.apply(variables, toks, mask, deterministic=False, mutable=["batch_stats"])
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), toks, mask)
+    _, state = jax.jit(
+        lambda v: model.apply(v, toks, mask, deterministic=False, mutable=["batch_stats"])
+    )(variables)
     variables = {**variables, **state}  # running averages away from their (0, 1) start
-    logits = model.apply(variables, toks, mask)
+    logits = jax.jit(model.apply)(variables, toks, mask)
 
-    def body(s, inp):
-        return model.apply(variables, s, *inp, method="step")
+    @jax.jit
+    def decode(variables):
+        def body(s, inp):
+            return model.apply(variables, s, *inp, method="step")
 
-    _, stepped = jax.lax.scan(
-        body, model.apply(variables, 2, method="init_state"), (toks.T, mask.T)
-    )
+        state = model.apply(variables, 2, method="init_state")
+        return jax.lax.scan(body, state, (toks.T, mask.T))[1]
+
+    stepped = decode(variables)
     valid = np.asarray(mask)
     np.testing.assert_allclose(
         np.moveaxis(np.asarray(stepped), 0, 1)[valid], np.asarray(logits)[valid], atol=2e-5
@@ -129,7 +135,7 @@ def test_lm_decoding_with_batch_norm_equals_the_eval_forward():
 def test_gradients_flow_through_batch_norm():
     model = classifier()
     toks = jax.random.randint(jax.random.PRNGKey(3), (4, 9), 0, VOCAB)
-    variables = model.init(jax.random.PRNGKey(0), toks)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), toks)
 
     def loss(params):
         logits, _ = model.apply(
@@ -137,7 +143,7 @@ def test_gradients_flow_through_batch_norm():
         )
         return jnp.sum(logits[:, 0])
 
-    grads = jax.grad(loss)(variables["params"])
+    grads = jax.jit(jax.grad(loss))(variables["params"])
     for name in ("norm_mix", "norm_mlp"):
         g = grads["block_0"][name]["bn"]
         assert set(g) == {"scale", "bias"} and float(jnp.abs(g["scale"]).sum()) > 0
@@ -160,9 +166,11 @@ def test_train_step_takes_running_averages_from_the_forward_and_trains_only_para
     batch = put_batch(
         BatchSampler(built.data["train"], cfg.optim.batch_size, cfg.seed).batch(1), built.mesh
     )
-    _, want = built.model.apply(
-        variables, model_inputs(batch), batch["mask"], deterministic=False, mutable=["batch_stats"]
-    )
+    _, want = jax.jit(
+        lambda v: built.model.apply(
+            v, model_inputs(batch), batch["mask"], deterministic=False, mutable=["batch_stats"]
+        )
+    )(variables)
     before = jax.tree.map(np.array, variables)  # a copy: the step donates the buffers
     step_fn = train_step_fn(built, optimizer, key)
     new, opt_state, _ = step_fn(variables, opt_state, batch, 1)
