@@ -93,14 +93,17 @@ def init(mixer, x):
     return _jitted_init(mixer)(jax.random.PRNGKey(42), x)
 
 
-def run_steps(mixer, params, x, mask):
-    """The recurrent path under lax.scan: (BATCH, length, D) -> (BATCH, length, D)."""
-    state = mixer.apply(params, x.shape[0], method="init_state")
+def run_steps(mixer, params, x, mask, starts=None):
+    """The recurrent path under lax.scan: (BATCH, length, D) -> (BATCH, length, D); with
+    ``starts`` (BATCH, length) bool, the state is reset to ``init_state`` where it is True."""
+    init_state = mixer.apply(params, x.shape[0], method="init_state")
+    starts = jnp.zeros(mask.shape, bool) if starts is None else starts
 
     def body(s, xs):
-        return mixer.apply(params, s, *xs, method="step")
+        x_t, m_t, start = xs
+        return mixer.apply(params, keep_where(start, init_state, s), x_t, m_t, method="step")
 
-    _, ys = jax.lax.scan(body, state, (jnp.moveaxis(x, 1, 0), mask.T))
+    _, ys = jax.lax.scan(body, init_state, (jnp.moveaxis(x, 1, 0), mask.T, starts.T))
     return jnp.moveaxis(ys, 0, 1)
 
 
@@ -405,18 +408,7 @@ def test_segment_ids_reset_at_segment_starts(name):
     if info(name).causal:
         starts = jnp.asarray(np.diff(SEGMENTS, axis=1, prepend=-1) != 0)
 
-        @jax.jit
-        def steps_with_resets(params, x, mask, starts):
-            init_state = mixer.apply(params, BATCH, method="init_state")
-
-            def body(state, xs):
-                x_t, m_t, start = xs
-                state = keep_where(start, init_state, state)
-                return mixer.apply(params, state, x_t, m_t, method="step")
-
-            _, ys = jax.lax.scan(body, init_state, (jnp.moveaxis(x, 1, 0), mask.T, starts.T))
-            return jnp.moveaxis(ys, 0, 1)
-
+        steps_with_resets = jax.jit(functools.partial(run_steps, mixer))
         assert_close(steps_with_resets(params, x, mask, starts), y, 2e-5,
                      f"{name}: step with resets")
 
