@@ -201,10 +201,13 @@ def test_split_lowers_for_a_gpu(monkeypatch):
         assert all(name in text for name in kernels)
 
 
-def test_dispatch_keeps_auto_and_routes_the_split():
+def test_dispatch_takes_the_split_for_per_key_decays_and_routes_it():
     facts = dict(dims=(128, 128), dtypes=(jnp.bfloat16,), per_key=True, platform="gpu",
                  shared_memory=232_448)
-    assert resolve("linear_attention", "auto", **facts).impl == "chunked"
+    assert resolve("linear_attention", "auto", **facts).impl == "pallas_split"
+    for wide_or_f32 in (dict(dims=(256, 128)), dict(dtypes=(jnp.float32,))):
+        assert resolve("linear_attention", "auto", **{**facts, **wide_or_f32}).impl == "chunked"
+    assert resolve("linear_attention", "auto", **facts, segment_ids=True).impl == "chunked"
     assert resolve("linear_attention", "pallas_split", **facts).impl == "pallas_split"
     assert resolve("linear_attention", "pallas_split", **facts, segment_ids=True).impl == (
         "chunked")

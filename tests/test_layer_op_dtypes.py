@@ -26,7 +26,7 @@ LAYERS = {
     "hydra": (dict(d_state=16, headdim=16, chunk_size=16), "quasiseparable", "pallas"),
     "linear_attention": (dict(num_heads=2, chunk_size=16), "linear_attention", "pallas"),
     "retnet": (dict(num_heads=2, chunk_size=16), "linear_attention", "pallas"),
-    "gla": (dict(num_heads=2, chunk_size=16, gate_low_rank=4), "linear_attention", "chunked"),
+    "gla": (dict(num_heads=2, chunk_size=16, gate_low_rank=4), "linear_attention", "pallas_split"),
 }
 # the delta rule's mixers: the chunked form's matmul operands are its q, k, v (no on_platform
 # facts: the spy records what reaches ``seqzoo.ops.delta_rule.xla.chunked``)

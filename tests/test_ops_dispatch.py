@@ -114,7 +114,6 @@ def test_accepted_names_are_what_the_layers_check():
         ((jnp.bfloat16,), (153, 64), False, H200, "chunked", "measured up to 128"),  # Based
         ((jnp.bfloat16, jnp.float32), (64, 64), False, H200, "chunked", "float32"),
         ((jnp.float32,), (64, 64), False, H200, "chunked", "'tf32x3' and 'tf32'"),
-        ((jnp.bfloat16,), (64, 64), True, H200, "chunked", "per-key"),
         ((jnp.bfloat16,), (128, 128), False, 20_000, "chunked", "no tiling"),
     ],
 )
@@ -125,6 +124,14 @@ def test_auto_on_a_gpu_takes_the_kernel_where_it_is_faster_and_fits(
     chosen = resolve(op, "auto", **facts)
     assert chosen.impl == expected and why in chosen.why
     assert resolve(op, "chunked", **facts).impl == "chunked"
+
+
+def test_auto_on_a_gpu_takes_the_split_form_for_per_key_decays():
+    facts = dict(dims=(64, 64), dtypes=(jnp.bfloat16,), per_key=True, platform="gpu",
+                 shared_memory=H200)
+    chosen = resolve("linear_attention", "auto", **facts)
+    assert chosen.impl == "pallas_split" and "per-key" in chosen.why and chosen.measured
+    assert resolve("linear_attention", "auto", **{**facts, "platform": "tpu"}).impl == "pallas"
 
 
 @pytest.mark.parametrize("op", ["linear_attention", "ssd", "quasiseparable"])

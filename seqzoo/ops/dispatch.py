@@ -63,9 +63,7 @@ CHUNKED_KERNELS = _RESULTS + "chunked-linear-attention-kernels-issue-7-kernels-3
 CHUNKED_SSD = _RESULTS + (
     "mamba-2s-ssd-and-hydras-quasiseparable-mixer-on-the-chunked-kernels-and-a-training-step"
 )
-PER_KEY_TILING = _RESULTS + (
-    "bf16-gradients-of-the-chunked-kernels-and-the-per-key-tiling-issue-20-2026-12-05"
-)
+PER_KEY_SPLIT = _RESULTS + "glas-per-key-decay-split-in-two-implpallas_split-issue-24-item-1"
 SCAN_KERNELS = _RESULTS + "linear-recurrence-and-selective-scan-kernels-issue-7-kernels-1-and-2"
 TPU_MODEL = _RESULTS + "tpu-predicted-not-measured"
 FUSED_ATTENTION = _RESULTS + (
@@ -160,7 +158,7 @@ def _attention_facts(*, dtype, head_dim: int, causal: bool = False, window: int 
     )
 
 
-_CHUNKED_KERNEL_RULES = (
+_CHUNKED_KERNEL_GATES = (  # where the chunked kernels do not run, whatever the widths
     Rule("chunked", lambda f: f["segment_ids"], "packed segment_ids: the kernel has no resets",
          overrides=("pallas", "pallas_split")),
     Rule("pallas", lambda f: f["tpu"],
@@ -174,8 +172,8 @@ _CHUNKED_KERNEL_RULES = (
          "float32: XLA's matmuls are faster than the kernel's IEEE ones (its default "
          "precision='highest'); its tensor-core precisions 'tf32x3' and 'tf32' are a user's "
          "choice with impl='pallas', not measured yet", CHUNKED_SSD),
-    Rule("chunked", lambda f: f["per_key"],
-         "per-key decays: the kernel is slower than fla's (issue 24)", PER_KEY_TILING),
+)
+_CHUNKED_KERNEL_FITS = (  # 16-bit inputs on a GPU: the kernel where its tiling is measured
     Rule("chunked", lambda f: max(f["widths"]) > f["measured_width"],
          "widths {dims} pad to {widths}: the kernel is measured up to {measured_width}",
          CHUNKED_KERNELS),
@@ -185,6 +183,14 @@ _CHUNKED_KERNEL_RULES = (
          "sequences with few heads the op's segments= option cuts the sequence into parallel "
          "segments: not measured, never chosen here)", CHUNKED_KERNELS),
 )
+_PER_KEY_SPLIT = Rule(
+    "pallas_split",
+    lambda f: f["per_key"] and max(f["widths"]) <= f["measured_width"] and f["tiling"] is not None,
+    "per-key decays, 16-bit: the split form (the kernel across chunks, the intra-chunk scores in "
+    "XLA) is faster than the one-pass kernel and than XLA's chunked form, still slower than "
+    "fla's chunk_gla (issue 24)", PER_KEY_SPLIT,
+)
+_CHUNKED_KERNEL_RULES = _CHUNKED_KERNEL_GATES + _CHUNKED_KERNEL_FITS
 _SCAN_RULES = (
     Rule("pallas", lambda f: f["tpu"],
          "the Mosaic-TPU kernel moves a fraction of the associative scan's bytes (predicted, not "
@@ -219,7 +225,8 @@ _SCANS = ("associative", "sequential", "pallas")
 
 POLICY = {
     "linear_attention": Policy(("chunked", "parallel", "sequential", "pallas", "pallas_split"),
-                               _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),
+                               _chunked_kernel_facts,
+                               _CHUNKED_KERNEL_GATES + (_PER_KEY_SPLIT,) + _CHUNKED_KERNEL_FITS),
     "ssd": Policy(_CHUNKED, _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),
     "quasiseparable": Policy(_CHUNKED, _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),
     "linear_recurrence": Policy(_SCANS, _scan_facts, _SCAN_RULES),
