@@ -13,6 +13,7 @@ from seqzoo.ops import lean_grad
 from seqzoo.ops.lean_grad import (
     blockwise,
     chunkwise,
+    fewest_blocks,
     layer_norm,
     num_blocks,
     rms_norm,
@@ -97,6 +98,21 @@ def test_blockwise_takes_ints_none_and_several_outputs(forward):
     want = jax.grad(loss(fn), (0, 1))(x, w)
     for g, v in zip(got, want, strict=True):
         np.testing.assert_allclose(g, v, rtol=1e-5, atol=1e-6)
+
+
+def _backward_blocks(x) -> str:
+    return str(jax.make_jaxpr(jax.grad(lambda x: gelu(x, ()).sum()))(x))
+
+
+@pytest.mark.parametrize("fewest, blocks", [(1, 1), (10, 10)])
+def test_fewest_blocks_sets_the_backward_loop_and_keeps_the_gradients(fewest, blocks):
+    x = _normal(0, 50, 7, 10)
+    with fewest_blocks(fewest):
+        _check(lambda x: gelu(x, ()), _gelu, x)
+        assert f"length={blocks}" in _backward_blocks(x)
+    assert "length=5" in _backward_blocks(x)  # the default again: 50 rows in 5 blocks
+    with pytest.raises(ValueError, match="int >= 1"), fewest_blocks(0):
+        pass
 
 
 def test_num_blocks_divides_the_rows():

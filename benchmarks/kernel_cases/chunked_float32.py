@@ -25,9 +25,6 @@ precision computes IEEE (no claim).
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
 from kernel_harness import Case
 from parallel_compile import precompile
@@ -37,7 +34,7 @@ from kernel_cases.chunked_linear_attention import (
     QUICK_MAMBA2,
     QUICK_SHAPES,
     SHAPES,
-    _with_gradients,
+    _jax_variant,
     attention_inputs,
     ssd_inputs,
 )
@@ -52,8 +49,7 @@ RTOL = 1e-2
 def _variants(op, args, cotangent, mode, *, with_xla: bool) -> dict:
     """``op(impl, precision)`` -> a function of ``args``; the variants of the module docstring."""
     def variant(fn):
-        body = fn if mode == "fwd" else _with_gradients(fn, cotangent)
-        return functools.partial(jax.jit(body), *args)
+        return _jax_variant(fn, args, cotangent, mode)
 
     out = {"xla": variant(op("chunked", None))} if with_xla else {}
     for precision in PRECISIONS:

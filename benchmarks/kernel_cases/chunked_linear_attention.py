@@ -19,7 +19,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from kernel_harness import Case, floor_ms, torch_variant
+from kernel_harness import Case, floor_ms, jax_gradients, torch_variant
 
 from seqzoo.kernels.chunked_pass import Tiling
 from seqzoo.ops.linear_attention import linear_attention, pallas_gpu_split
@@ -69,17 +69,10 @@ def attention_inputs(shape, kind, dtype=jnp.bfloat16):
     return q, k, v, g, do
 
 
-def _with_gradients(fn, cotangent):
-    """fn's gradients of sum(out * cotangent) w.r.t. every argument, jitted."""
-    def loss(*args):
-        return jnp.sum(fn(*args).astype(jnp.float32) * cotangent)
-
-    return lambda *args: jax.grad(loss, argnums=tuple(range(len(args))))(*args)
-
-
 def _jax_variant(fn, args, cotangent, mode):
-    run = jax.jit(fn if mode == "fwd" else _with_gradients(fn, cotangent))
-    return functools.partial(run, *args)
+    if mode == "fwd":
+        return functools.partial(jax.jit(fn), *args)
+    return jax_gradients(fn, args, cotangent)
 
 
 def _fla_variant(kind, mode, q, k, v, g, do, scale=None):

@@ -16,7 +16,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from kernel_harness import Case, floor_ms
+from kernel_harness import Case, floor_ms, jax_gradients
 from parallel_compile import precompile
 
 from seqzoo.ops.quasiseparable import quasiseparable
@@ -53,11 +53,7 @@ def _variant(op, shape, dtype, bidirectional, mode):
     if mode == "fwd":
         return functools.partial(jax.jit(op), *args)
     differentiated = (0, 1, 2, 4, 5, 6, 7) if bidirectional else (0, 1, 3, 4)
-
-    def loss(*a):
-        return jnp.sum(op(*a).astype(jnp.float32) * g.astype(jnp.float32))
-
-    return functools.partial(jax.jit(jax.grad(loss, argnums=differentiated)), *args)
+    return jax_gradients(op, args, g, differentiated)
 
 
 def case(shape, dtype, bidirectional, mode) -> Case:

@@ -16,20 +16,24 @@ gradients of ``sum(o * do)`` w.r.t. q, k, v, beta and the log decay. The floor i
 the memory floor (q, k, v, o, do and their gradients in bf16, beta and the log decay in f32)
 and the matmul floor of the chunked algorithm (chunk 64; backward twice the forward's flops).
 
-The issue's goal (27): the XLA chunked form within 3x of fla, forward and forward+backward.
-Not measured yet (no GPU in the session that restructured the form).
+The issue's goal (27): the XLA chunked form within 3x of fla, forward and forward+backward
+(benchmarks/RESULTS.md). ``xla chunked 1 block`` (forward+backward only) runs the backward
+pass's recomputation on all batch rows at once (``lean_grad.fewest_blocks(1)``) instead of a
+quarter at a time: each block pays the scan over chunks' latency again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
-from kernel_harness import Case, floor_ms, torch_variant
+from kernel_harness import Case, floor_ms, jax_gradients, torch_variant
 
 from seqzoo.ops.delta_rule import delta_rule
 from seqzoo.ops.dispatch import resolve
+from seqzoo.ops.lean_grad import fewest_blocks
 
 SHAPES = [(4, 2048, 16, 128), (8, 1024, 8, 64)]  # fla's benchmark shapes
 QUICK_SHAPES = [(1, 80, 2, 16)]
@@ -57,15 +61,15 @@ def inputs(shape, gated: bool):
     return q, k, v, beta, g, do
 
 
-def xla_variant(args, do, mode, impl="chunked"):
+def xla_variant(args, do, mode, impl="chunked", blocks=None):
+    """``blocks``: ``lean_grad.fewest_blocks`` for the backward pass (default: its own)."""
     def fn(q, k, v, beta, g=None):
-        return delta_rule(q, k, v, beta, g, chunk_size=CHUNK, impl=impl)
+        with contextlib.nullcontext() if blocks is None else fewest_blocks(blocks):
+            return delta_rule(q, k, v, beta, g, chunk_size=CHUNK, impl=impl)
 
-    def loss(*a):
-        return jnp.sum(fn(*a).astype(jnp.float32) * do.astype(jnp.float32))
-
-    run = jax.jit(fn if mode == "fwd" else jax.grad(loss, argnums=tuple(range(len(args)))))
-    return functools.partial(run, *args)
+    if mode == "fwd":
+        return functools.partial(jax.jit(fn), *args)
+    return jax_gradients(fn, args, do)
 
 
 def fla_variant(args, do, mode, gated: bool):
@@ -102,6 +106,8 @@ def case(shape, gated: bool, mode, quick: bool = False) -> Case:
     q, k, v, beta, g, do = inputs(shape, gated)
     args = (q, k, v, beta) if g is None else (q, k, v, beta, g)
     variants = {"xla chunked": xla_variant(args, do, mode)}
+    if mode == "fwd+bwd":  # the backward pass in one block of batch rows, not a quarter each
+        variants["xla chunked 1 block"] = xla_variant(args, do, mode, blocks=1)
     if resolve("delta_rule", "auto").impl != "chunked":
         variants["xla auto"] = xla_variant(args, do, mode, impl="auto")
     if quick:  # the independent check of a CPU smoke run: the float32 scan over positions

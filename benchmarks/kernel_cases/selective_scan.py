@@ -17,7 +17,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from kernel_harness import Case, floor_ms
+from kernel_harness import Case, floor_ms, jax_gradients
 from parallel_compile import precompile
 
 from seqzoo.ops.scan import pallas_gpu_selective as kernel
@@ -61,10 +61,7 @@ def _variant(fn, shape, groups, packed, mode):
     if mode == "fwd":
         return functools.partial(jax.jit(call), kwargs)
 
-    def loss(kw):
-        return jnp.sum(call(kw).astype(jnp.float32) * g.astype(jnp.float32))
-
-    return functools.partial(jax.jit(jax.grad(loss)), kwargs)
+    return jax_gradients(call, (kwargs,), g)
 
 
 def _launch(width, chunk, warps):

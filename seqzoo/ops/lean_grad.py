@@ -13,7 +13,8 @@ residuals from 30.6 to 2.7 GiB and left the compiled CPU step at 34.97 GiB (jax 
 ``blockwise(fn)`` is ``fn(rows, shared)`` (``rows``: arrays sharing a leading axis, e.g. the
 batch; ``shared``: anything else, e.g. parameters) with a ``custom_vjp`` that keeps only the
 arguments and, in the backward pass, recomputes ``fn`` and its VJP in a loop over blocks of
-rows (``BLOCKS``; gradients of ``shared`` summed over the blocks). A loop body cannot be merged
+rows (at least ``BLOCKS``, or what ``fewest_blocks`` sets; gradients of ``shared`` summed over
+the blocks). A loop body cannot be merged
 with, or moved into, the forward pass, so this holds on every backend, and the recomputation's
 own intermediates exist for one block at a time (the loop's accumulators are made to wait for
 the cotangent, see ``_zero_after``). ``forward=True`` runs the forward pass block by block too,
@@ -30,6 +31,7 @@ one chunk at a time in reverse (see its docstring).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +45,23 @@ from seqzoo.parallel.context import sequence_axis, sequence_parallel
 Array = jax.Array
 BLOCKS = 4  # row blocks of a backward pass (the smallest divisor of the rows >= this)
 BLOCK_ELEMENTS = 2**24  # the most elements of one block's largest intermediate (``blockwise``)
+_fewest_blocks = [BLOCKS]  # what ``fewest_blocks`` sets while it is active
+
+
+@contextlib.contextmanager
+def fewest_blocks(n: int):
+    """Within: ``blockwise`` functions called here split their rows into at least ``n`` blocks
+    (default ``BLOCKS``; still more where ``row_elements`` needs them to stay under the budget).
+    Fewer blocks trade memory for speed where a block runs a sequential loop (the delta rule's
+    scan over chunks pays its latency once per block): ``with fewest_blocks(1): ...``. Read
+    when the function is called (traced), for its forward and backward pass alike."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"fewest_blocks needs an int >= 1, got {n!r}")
+    _fewest_blocks.append(n)
+    try:
+        yield
+    finally:
+        _fewest_blocks.pop()
 
 
 def num_blocks(rows: int, target: int = BLOCKS) -> int:
@@ -78,9 +97,9 @@ def blockwise(
       activations however small the step is).
     """
 
-    def blocks(rows) -> int:
+    def blocks(rows, fewest: int) -> int:
         n = jax.tree.leaves(rows)[0].shape[0]
-        wanted = BLOCKS
+        wanted = fewest
         if row_elements is not None:
             budget = BLOCK_ELEMENTS if block_elements is None else max(1, block_elements(rows))
             wanted = max(wanted, -(-n * row_elements(rows) // budget))
@@ -93,8 +112,9 @@ def blockwise(
 
         return run
 
-    def forward_pass(rows, shared, axis):
-        k = blocks(rows) if forward else 1
+    def forward_pass(rows, shared, context):
+        axis, fewest = context
+        k = blocks(rows, fewest) if forward else 1
         if k == 1:
             return in_context(axis)(rows, shared)
         split = jax.tree.map(lambda a: a.reshape((k, a.shape[0] // k) + a.shape[1:]), rows)
@@ -102,17 +122,18 @@ def blockwise(
         return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-    def call(rows, shared, axis):
-        return forward_pass(rows, shared, axis)
+    def call(rows, shared, context):
+        return forward_pass(rows, shared, context)
 
-    def fwd(rows, shared, axis):
-        return forward_pass(rows, shared, axis), (rows, shared)
+    def fwd(rows, shared, context):
+        return forward_pass(rows, shared, context), (rows, shared)
 
-    def bwd(axis, residuals, g):
+    def bwd(context, residuals, g):
+        axis, fewest = context
         fn_here = in_context(axis)
         rows, shared = residuals
         n = jax.tree.leaves(rows)[0].shape[0]
-        k = blocks(rows)
+        k = blocks(rows, fewest)
         size = n // k
 
         def block(i, a):
@@ -142,7 +163,7 @@ def blockwise(
         # The backward pass is traced later, outside the caller's ``sequence_parallel`` context
         # (the sharded ops call the plain ones under ``sequence_parallel(None)``): fn runs under
         # the axis that was active here, in both passes.
-        return call(rows, shared, sequence_axis())
+        return call(rows, shared, (sequence_axis(), _fewest_blocks[-1]))
 
     return lean
 
