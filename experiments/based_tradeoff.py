@@ -6,10 +6,17 @@ buffers), not from a formula.
 
     python experiments/based_tradeoff.py --out experiments/results  # from the repo root
     python experiments/based_tradeoff.py --out /tmp/x --windows 8 --feature-dims 4 -- optim.steps=3
+    python experiments/based_tradeoff.py --out OUT --from-runs /tmp/seqzoo-repro/runs
+
+The grid also trains as the ``based_tradeoff`` group of ``experiments/repro/run.py`` (its runs
+at once on one GPU; continued across calls with ``--save-state`` / ``--resume-from``, up to 5
+runs a call by ``--only``); ``--from-runs DIR`` then trains nothing and takes the points from
+the finished runs of the recipe in DIR (run.py's ``--work``/runs, or its unpacked
+``runs.tar.gz``).
 
 Writes ``based_tradeoff.json`` (one record per point: window, feature_dim, state floats per
 sequence, test accuracy, run directory) and ``based_tradeoff.png`` (accuracy against state, one
-line per window). Arguments after ``--`` are config overrides for every point.
+line per window). Arguments after ``--`` are config overrides for every point trained here.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from seqzoo.config import apply_overrides  # noqa: E402
 from seqzoo.models.sequence_model import layer_mixers, mixer_options  # noqa: E402
 from seqzoo.runner import train  # noqa: E402
 from seqzoo.runner.experiments import load_experiment  # noqa: E402
+from seqzoo.runner.rundir import SUMMARY_FILE, read_summary, run_config  # noqa: E402
 
 RECIPE = "mqar_based_recipe"
 
@@ -48,13 +56,20 @@ def state_floats(model_cfg) -> int:
     return total
 
 
-def point(window: int, feature_dim: int, overrides: list[str]):
-    cfg = load_experiment(RECIPE)
-    options = json.loads(json.dumps(cfg.model.mixer_options))
+def point_override(window: int, feature_dim: int) -> str:
+    """The recipe's ``model.mixer_options`` with the attention's ``window`` and Based's
+    ``feature_dim`` (its ``key_dim``): the override of one point of the grid (also the
+    ``based_tradeoff`` group of experiments/repro/run.py)."""
+    options = json.loads(json.dumps(load_experiment(RECIPE).model.mixer_options))
     options["attention"]["window"] = window
     options["based"]["key_dim"] = feature_dim
-    return apply_overrides(cfg, [f"model.mixer_options={json.dumps(options)}",
-                                 f"name=based_tradeoff/w{window}_f{feature_dim}", *overrides])
+    return f"model.mixer_options={json.dumps(options)}"
+
+
+def point(window: int, feature_dim: int, overrides: list[str]):
+    return apply_overrides(load_experiment(RECIPE), [
+        point_override(window, feature_dim), f"name=based_tradeoff/w{window}_f{feature_dim}",
+        *overrides])
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -80,6 +95,27 @@ def plot(records: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=150)
 
 
+def record(cfg, summary: dict, run_dir: Path) -> dict:
+    """One point: the run's window, feature_dim, state floats per sequence and test accuracy."""
+    options = cfg.model.mixer_options
+    return {"window": options["attention"]["window"], "feature_dim": options["based"]["key_dim"],
+            "state": state_floats(cfg.model), "test_accuracy": summary["test_accuracy"],
+            "run": str(run_dir)}
+
+
+def trained(cfg) -> tuple:
+    """``cfg``, its summary and its run directory, ``runs/<name>``, once trained."""
+    run_dir = Path("runs") / cfg.name
+    return cfg, train(cfg, run_dir, overwrite=True, progress=False), run_dir
+
+
+def finished_runs(folder: Path) -> list[Path]:
+    """The run directories in ``folder`` of the recipe's model that have a summary."""
+    layers = load_experiment(RECIPE).model.mixer
+    return [d for d in sorted(folder.iterdir()) if (d / SUMMARY_FILE).is_file()
+            and run_config(d).model.mixer == layers]
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     overrides = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -87,17 +123,23 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--windows", type=int, nargs="+", default=[4, 8, 16, 32])
     p.add_argument("--feature-dims", type=int, nargs="+", default=[4, 8, 16])
+    p.add_argument("--from-runs", type=Path, metavar="DIR",
+                   help="train nothing: the points are DIR's finished runs of the recipe")
     args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    if args.from_runs and overrides:
+        p.error("--from-runs trains nothing: overrides after -- do not apply")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.from_runs:
+        points = ((run_config(d), read_summary(d), d) for d in finished_runs(args.from_runs))
+    else:
+        points = (trained(point(w, f, overrides)) for w in args.windows for f in args.feature_dims)
     records = []
-    for window in args.windows:
-        for f in args.feature_dims:
-            cfg = point(window, f, overrides)
-            summary = train(cfg, Path("runs") / cfg.name, overwrite=True, progress=False)
-            records.append({"window": window, "feature_dim": f, "state": state_floats(cfg.model),
-                            "test_accuracy": summary["test_accuracy"],
-                            "run": str(Path("runs") / cfg.name)})
-            print(json.dumps(records[-1]), flush=True)
+    for cfg, summary, run_dir in points:
+        records.append(record(cfg, summary, run_dir))
+        print(json.dumps(records[-1]), flush=True)
+    if not records:
+        p.error(f"no finished run of {RECIPE} in {args.from_runs}")
+    records.sort(key=lambda r: (r["window"], r["feature_dim"]))
     (args.out / "based_tradeoff.json").write_text(json.dumps(records, indent=1) + "\n")
     plot(records, args.out / "based_tradeoff.png")
 

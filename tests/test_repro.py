@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments import based_tradeoff
 from experiments.repro.run import (
     ALL_RUNS,
     GPU_MEMORY_GB,
     GROUPS,
+    run_config,
     save_state,
     state_file,
     unpack_state,
@@ -28,10 +30,12 @@ from seqzoo.runner import train
 from seqzoo.runner.build import build
 from seqzoo.runner.experiments import experiment_names, load_experiment, transformer_config
 from seqzoo.runner.metrics import read_metrics
+from seqzoo.runner.rundir import SUMMARY_FILE, write_config
 from tests.test_data_mnist import _write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 REPRO = [n for n in experiment_names() if n.startswith("repro/")]
+BY_KEY = {run.key: run for run in ALL_RUNS}
 
 
 def test_max_minutes_stops_training_evaluates_and_tests_the_last_step(tmp_path):
@@ -46,7 +50,7 @@ def test_max_minutes_stops_training_evaluates_and_tests_the_last_step(tmp_path):
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_every_planned_run_has_a_config_and_each_group_fits_in_the_gpu_memory(group):
     plan = GROUPS[group]
-    assert {f"repro/{run.name}" for run in plan} <= set(REPRO)
+    assert {run.experiment for run in plan} <= set(experiment_names())
     assert len({run.key for run in ALL_RUNS}) == len(ALL_RUNS)  # --only tells them apart
     contexts = 0.6 * len(plan)  # a CUDA context per process
     caps = sum(run.memory_fraction * GPU_MEMORY_GB for run in plan)  # what the allocators keep
@@ -76,17 +80,19 @@ def _fake_fashion_mnist(folder: Path) -> None:
         _write_idx(folder / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, True)
 
 
-def _launch(tmp_path: Path, runs: list[str], *extra: str) -> subprocess.CompletedProcess:
+def _launch(tmp_path: Path, runs: list[str], *extra: str,
+            minutes: float = 4) -> subprocess.CompletedProcess:
     _fake_fashion_mnist(tmp_path / "data" / "fashion-mnist")
     # the data cache goes to HOME/.cache; the toy runs compile more than they compute: XLA's
     # optimisations off, as in tests/conftest.py (53 -> 40 CPU-s for the 4-run launch)
     env = {**os.environ, "HOME": str(tmp_path), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
     command = [
-        sys.executable, "experiments/repro/run.py", "--toy", "--minutes", "4",
+        sys.executable, "experiments/repro/run.py", "--toy", "--minutes", str(minutes),
         "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
         "--data-dir", str(tmp_path / "data"), *extra, "--only", *runs,
     ]  # fmt: skip
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60 * minutes + 60)  # the launcher's own deadline, and a minute
 
 
 def _check_outputs(tmp_path: Path, result: subprocess.CompletedProcess, runs: list[str]):
@@ -100,7 +106,7 @@ def _check_outputs(tmp_path: Path, result: subprocess.CompletedProcess, runs: li
     assert len(rows) == len(runs)
     for name, line in zip(runs, rows, strict=True):
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert f"repro/{name.split('@')[0]}" in cells[-1] and "max_minutes=" in cells[-1]
+        assert f" {BY_KEY[name].experiment} " in cells[-1] and "max_minutes=" in cells[-1]
         assert 0.0 <= float(cells[6]) <= 100.0 and cells[3] == "3 (3)"
     assert len(list(out.iterdir())) <= 8  # what the device tool returns
     with tarfile.open(out / "runs.tar.gz") as archive:
@@ -111,7 +117,8 @@ def _check_outputs(tmp_path: Path, result: subprocess.CompletedProcess, runs: li
 
 def test_toy_launch_reports_each_run(tmp_path):
     runs = ["listops_s4d", "sfashion_mnist_s4d", "mqar_attention_d64@lr=0.01",
-            "induction_heads_s4d"]  # ALL_RUNS order
+            "induction_heads_s4d", "mqar_jrt_rnn@steps=4000@seed=0"]  # ALL_RUNS order; the last
+    # a top-level experiment (issue 27's)
     table = _check_outputs(tmp_path, _launch(tmp_path, runs), runs)
     assert "induction_heads, test at 4097" in table
     assert {p.name for p in (tmp_path / "out").glob("curves_*.png")} == {
@@ -126,8 +133,27 @@ def test_toy_launch_reports_each_run(tmp_path):
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_toy_launch_of_every_run(tmp_path, group):
     runs = [run.key for run in GROUPS[group]]
-    _check_outputs(tmp_path, _launch(tmp_path, runs, "--minutes", "20"), runs)  # 2 busy cores
+    # 2 busy cores: issue27's 15 runs took 320 s (2026-12-06)
+    _check_outputs(tmp_path, _launch(tmp_path, runs, minutes=20), runs)
 
+
+
+def test_based_tradeoff_draws_its_points_from_the_groups_finished_runs(tmp_path):
+    """``based_tradeoff.py --from-runs`` reads each point's window, feature_dim and accuracy
+    from a finished run of the ``based_tradeoff`` group and passes over other runs."""
+    runs = [*GROUPS["based_tradeoff"][:2], GROUPS["issue27"][0]]  # the last: MoM
+    for accuracy, run in zip((0.5, 0.6, 0.7), runs, strict=True):
+        run_dir = tmp_path / "runs" / run.key
+        run_dir.mkdir(parents=True)
+        write_config(run_dir, run_config(run, False, tmp_path)[0])
+        (run_dir / SUMMARY_FILE).write_text(json.dumps({"test_accuracy": accuracy}))
+    out = tmp_path / "out"
+    based_tradeoff.main(["--out", str(out), "--from-runs", str(tmp_path / "runs")])
+    records = json.loads((out / "based_tradeoff.json").read_text())
+    assert [(r["window"], r["feature_dim"], r["test_accuracy"]) for r in records] == [
+        (4, 4, 0.5), (4, 16, 0.6)]
+    assert records[0]["state"] < records[1]["state"]  # Based's state grows with feature_dim
+    assert (out / "based_tradeoff.png").is_file()
 
 
 def test_state_keeps_the_newest_checkpoint_and_unpacks_only_into_its_run(tmp_path):
@@ -158,7 +184,7 @@ def test_state_keeps_the_newest_checkpoint_and_unpacks_only_into_its_run(tmp_pat
 def test_a_run_saved_by_one_launch_continues_in_the_next(tmp_path):
     """``--save-state`` writes the run directory (newest checkpoint only); ``--resume-from``
     continues it where the first launch's deadline cut it, as on another machine."""
-    first = _launch(tmp_path / "a", ["mqar_attention_d64"], "--minutes", "1.02", "--save-state")
+    first = _launch(tmp_path / "a", ["mqar_attention_d64"], "--save-state", minutes=1.02)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     state = tmp_path / "a" / "out" / "state_mqar_attention_d64.tar.gz"
     with tarfile.open(state) as archive:

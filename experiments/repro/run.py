@@ -8,7 +8,9 @@ accuracies beside the papers' numbers, and learning curves.
 
 ``GROUPS`` name sets of runs that fit one call on an H100 together (in memory: in time each
 run's ``max_minutes`` cuts it at the deadline); ``--only`` takes runs from any group, by
-``Run.key`` (the config's name, with ``@lr=...`` for a point of an lr sweep).
+``Run.key`` (the config's name, with ``@lr=...`` for a point of an lr sweep). A run may also
+name an experiment outside experiments/repro/ (``Run.folder``): issue 27's groups ``issue27``
+and ``based_tradeoff`` train top-level experiments (``mqar_mom``, ``mqar_based_recipe``).
 
 Runs of tasks generated on the fly start at once. ListOps, then Pathfinder, are generated here
 first on every core into seqzoo's data cache, which their runs then read; those runs start as
@@ -55,6 +57,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the checkout's seqzoo, installed or not
 
+from experiments.based_tradeoff import RECIPE, point_override  # noqa: E402
 from seqzoo.config import ExperimentConfig, apply_overrides  # noqa: E402
 from seqzoo.runner.checkpoint import LATEST  # noqa: E402
 from seqzoo.runner.experiments import load_experiment  # noqa: E402
@@ -83,18 +86,30 @@ GPU_MEMORY_GB = 80.0  # an H100's
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """``experiments/repro/<name>.toml`` with ``overrides`` (one point of an lr sweep, say), the
-    published number it is set beside, and the GPU memory it is expected to need."""
+    """``experiments/<folder>/<name>.toml`` with ``overrides`` (one point of an lr sweep, say),
+    the published number it is set beside, and the GPU memory it is expected to need. ``folder``
+    "" names a top-level experiment (``mqar_mom``: what ``seqzoo train mqar_mom`` trains);
+    ``tag``, if given, stands for the overrides in ``key`` (for values that make a poor name,
+    such as a JSON ``model.mixer_options``)."""
 
     name: str
     paper: str
     memory_gb: float
     overrides: tuple[str, ...] = ()
+    folder: str = "repro"
+    tag: str = ""
+
+    @property
+    def experiment(self) -> str:
+        """The experiment name ``load_experiment`` and ``seqzoo train`` take."""
+        return f"{self.folder}/{self.name}" if self.folder else self.name
 
     @property
     def key(self) -> str:
-        """The run's name for ``--only``, its directory and log: the config's name, then each
-        override's last key and value, ``mqar_attention_d64@lr=0.000464``."""
+        """The run's name for ``--only``, its directory and log: the config's name, then the
+        tag or each override's last key and value, ``mqar_attention_d64@lr=0.000464``."""
+        if self.tag:
+            return f"{self.name}@{self.tag}"
         parts = [self.name]
         for override in self.overrides:
             dotted, value = override.split("=", 1)
@@ -109,6 +124,16 @@ class Run:
         it took, so a group's caps must add up to less than the GPU (tests/test_repro.py): with
         twice the peak plus 4 GB, two runs of an lr sweep ran out of memory on 2026-11-23."""
         return min(1.5 * self.memory_gb + 2.0, 0.6 * GPU_MEMORY_GB) / GPU_MEMORY_GB
+
+
+HARD_MQAR = ("task.num_kv_pairs=32", "task.seq_len=128", "task.vocab_size=256")  # issue 27's
+MOM = "MoM > its single memory (Du et al. 2025)"
+JRT = "JRT-Prompt (context twice) > once, Based at a fixed state (Arora et al. 2024, JRT)"
+
+
+def seeds(run: Run, *values: int) -> tuple[Run, ...]:
+    """``run`` once per training seed (``seed=S`` after its overrides)."""
+    return tuple(dataclasses.replace(run, overrides=(*run.overrides, f"seed={s}")) for s in values)
 
 
 GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --group picks one
@@ -193,6 +218,36 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
         Run("mqar_mamba_d64", "below attention (Zoology)", 16.0, ("seed=1",)),
         Run("mqar_h3_d64", "far below attention at d_model 64 (Zoology)", 4.6, ("seed=1",)),
     ),
+    # issue 27 (top-level experiments, as `seqzoo train NAME`): MoM against its single memory
+    # on the hard and the default MQAR, JRT-Prompt on and off, JRT-RNN, the delta rule beside GLA
+    # and Mamba-2 on the hard MQAR (memory: the train step's temporaries, 0.02-0.19 GB on a CPU,
+    # rounded up to 0.1 GB; 2026-12-06). The JRT and Based runs need far more steps: over several
+    # calls, --save-state takes at most 5 runs of one task (--only; OUT holds 8 files)
+    "issue27": (
+        *seeds(Run("mqar_mom", MOM, 0.2, ("optim.steps=3000", *HARD_MQAR), folder=""), 0, 1),
+        *seeds(Run("mqar_mom_single", MOM, 0.1, ("optim.steps=3000", *HARD_MQAR), folder=""), 0, 1),
+        *seeds(Run("mqar_mom", MOM, 0.1, ("optim.steps=3000",), folder=""), 0),
+        *seeds(Run("mqar_mom_single", MOM, 0.1, ("optim.steps=3000",), folder=""), 0),
+        *seeds(Run("mqar_jrt_based", JRT, 0.1, ("optim.steps=4000",), folder=""), 0, 1),
+        *seeds(Run("mqar_jrt_based", JRT, 0.1, ("optim.steps=4000", "task.context_repeats=1",
+                                                "task.seq_len=64"), folder=""), 0, 1),
+        *seeds(Run("mqar_jrt_rnn", "JRT-RNN > Based at the decoder's state (Arora et al. 2024)",
+                   0.1, ("optim.steps=4000",), folder=""), 0),
+        *(Run(f"mqar_{mixer}", claim, 0.1, ("optim.steps=3000", *HARD_MQAR, "seed=0"), folder="")
+          for mixer, claim in (
+              ("deltanet", "DeltaNet recalls on MQAR (Yang et al. 2024)"),
+              ("gated_deltanet", "Gated DeltaNet >= DeltaNet (Yang, Kautz & Hatamizadeh 2025)"),
+              ("gla", "GLA below the delta rule on MQAR (Yang et al. 2024)"))),
+        Run("mqar_mamba", "Mamba-2 beside the delta rule (Yang et al. 2025)", 0.2,
+            ("model.mixer=mamba2", "optim.steps=3000", *HARD_MQAR, "seed=0"), folder=""),
+    ),
+    # Based's recall against state size (Arora et al. 2024, fig. 2; experiments/based_tradeoff.py
+    # --from-runs draws it from these runs' directories; memory: 0.14 GB on a CPU)
+    "based_tradeoff": tuple(
+        Run(RECIPE, "recall rises with state along each window (Based fig. 2)", 0.2,
+            (point_override(window, f), "optim.steps=1500"), folder="", tag=f"w{window}_f{f}")
+        for window in (4, 8, 16, 32) for f in (4, 16)
+    ),
 }
 ALL_RUNS = tuple(dict.fromkeys(run for group in GROUPS.values() for run in group))  # each once
 HEADER = (
@@ -215,7 +270,7 @@ class Launched:
 
 def run_config(run: Run, toy: bool, data_dir: Path) -> tuple[ExperimentConfig, list[str]]:
     """The run's config and the overrides it gets on the command line (toy sizes, data)."""
-    cfg = load_experiment(f"repro/{run.name}")
+    cfg = load_experiment(run.experiment)
     overrides = [*run.overrides, *([*TOY, *TOY_LENGTHS.get(cfg.task.name, [])] if toy else [])]
     if cfg.task.name == "sfashion_mnist" and (data_dir / "fashion-mnist").is_dir():
         overrides.append(f"task.data_dir={data_dir / 'fashion-mnist'}")
@@ -233,7 +288,7 @@ def launch(run: Run, cfg, overrides, work: Path, train_deadline: float, env,
         kept = [o for o in overrides if o.split("=", 1)[0] in RESUMABLE]
         start = [*kept, f"max_minutes={minutes:.2f}", "--resume", "--run-dir", str(run_dir)]
     else:
-        start = [f"repro/{run.name}", *overrides, f"max_minutes={minutes:.2f}", "--run-dir",
+        start = [run.experiment, *overrides, f"max_minutes={minutes:.2f}", "--run-dir",
                  str(run_dir), "--overwrite"]  # fmt: skip
     command = [sys.executable, "-m", "seqzoo.cli", "train", *start, "--no-progress"]
     run_env = {**env, "XLA_CLIENT_MEM_FRACTION": f"{run.memory_fraction:.3f}"}
@@ -320,7 +375,8 @@ def row(item: Launched, work: Path, device: str) -> str:
         failed = f"failed (exit {item.process.returncode})"
         cells = ["", f"({cfg.optim.steps})", "", device, "killed" if item.killed else failed, ""]
     task = cfg.task.name + (f", test at {cfg.task.test_seq_len}" if cfg.task.test_seq_len else "")
-    model = cfg.model.mixer + "".join(f", {o}" for o in item.run.overrides)
+    shown = (item.run.tag,) if item.run.tag else item.run.overrides  # the command has them all
+    model = cfg.model.mixer + "".join(f", {o}" for o in shown)
     cells = [task, model, *cells, item.run.paper, f"`{command}`"]
     return "| " + " | ".join(cells) + " |\n"
 
@@ -388,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.only or ()) - {r.key for r in plan}
     if unknown:
         parser.error(f"unknown runs {sorted(unknown)}; known: {[r.key for r in plan]}")
-    tasks = {load_experiment(f"repro/{run.name}").task.name for run in runs}
+    tasks = {load_experiment(run.experiment).task.name for run in runs}
     if args.save_state and len(runs) + len(tasks) + 2 > 8:
         parser.error(f"--save-state writes a file per run: {len(runs)} runs, {len(tasks)} "
                      f"curves, the table and the archive exceed the 8 files OUT may hold")
