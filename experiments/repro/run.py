@@ -241,6 +241,18 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
         Run("mqar_mamba", "Mamba-2 beside the delta rule (Yang et al. 2025)", 0.2,
             ("model.mixer=mamba2", "optim.steps=3000", *HARD_MQAR, "seed=0"), folder=""),
     ),
+    # issue 27, the runs the H200 results of 2026-12-06 ask for next: MoM against its single
+    # memory with both memories' output gate off (the official gate keeps a single Gated
+    # DeltaNet at chance at this size: experiments/mqar_gated_deltanet.toml), seeds 0 and 1
+    "issue27_no_gate": tuple(
+        Run(name, MOM, 0.2, (f"model.mixer_options={options}", "optim.steps=3000", *HARD_MQAR,
+                             f"seed={s}"), folder="", tag=f"no_gate@hard@seed={s}")
+        for name, options in (
+            ("mqar_mom", '{"num_heads":2,"head_dim":16,"num_memories":4,"topk":2,'
+                         '"use_gate":false}'),
+            ("mqar_mom_single", '{"num_heads":2,"head_dim":16,"expand_v":1.0,"use_gate":false}'))
+        for s in (0, 1)
+    ),
     # Based's recall against state size (Arora et al. 2024, fig. 2; experiments/based_tradeoff.py
     # --from-runs draws it from these runs' directories; memory: 0.14 GB on a CPU)
     "based_tradeoff": tuple(
