@@ -173,24 +173,25 @@ _CHUNKED_KERNEL_GATES = (  # where the chunked kernels do not run, whatever the 
          "precision='highest'); its tensor-core precisions 'tf32x3' and 'tf32' are a user's "
          "choice with impl='pallas', not measured yet", CHUNKED_SSD),
 )
-_CHUNKED_KERNEL_FITS = (  # 16-bit inputs on a GPU: the kernel where its tiling is measured
+_CHUNKED_KERNEL_FITS = (  # 16-bit inputs on a GPU: XLA where the kernel's tiling is unmeasured
     Rule("chunked", lambda f: max(f["widths"]) > f["measured_width"],
          "widths {dims} pad to {widths}: the kernel is measured up to {measured_width}",
          CHUNKED_KERNELS),
     Rule("chunked", lambda f: f["tiling"] is None, "{tiling_why}"),
+)
+_CHUNKED_KERNEL = (
     Rule("pallas", lambda f: True,
          "16-bit inputs: the kernel is faster than XLA; its tiling {tiling_why} (for long "
          "sequences with few heads the op's segments= option cuts the sequence into parallel "
          "segments: not measured, never chosen here)", CHUNKED_KERNELS),
 )
-_PER_KEY_SPLIT = Rule(
-    "pallas_split",
-    lambda f: f["per_key"] and max(f["widths"]) <= f["measured_width"] and f["tiling"] is not None,
-    "per-key decays, 16-bit: the split form (the kernel across chunks, the intra-chunk scores in "
-    "XLA) is faster than the one-pass kernel and than XLA's chunked form, still slower than "
-    "fla's chunk_gla (issue 24)", PER_KEY_SPLIT,
+_PER_KEY_SPLIT = (
+    Rule("pallas_split", lambda f: f["per_key"],
+         "per-key decays, 16-bit: the split form (the kernel across chunks, the intra-chunk "
+         "scores in XLA) is faster than the one-pass kernel and than XLA's chunked form, still "
+         "slower than fla's chunk_gla (issue 24)", PER_KEY_SPLIT),
 )
-_CHUNKED_KERNEL_RULES = _CHUNKED_KERNEL_GATES + _CHUNKED_KERNEL_FITS
+_CHUNKED_KERNEL_RULES = _CHUNKED_KERNEL_GATES + _CHUNKED_KERNEL_FITS + _CHUNKED_KERNEL
 _SCAN_RULES = (
     Rule("pallas", lambda f: f["tpu"],
          "the Mosaic-TPU kernel moves a fraction of the associative scan's bytes (predicted, not "
@@ -226,7 +227,8 @@ _SCANS = ("associative", "sequential", "pallas")
 POLICY = {
     "linear_attention": Policy(("chunked", "parallel", "sequential", "pallas", "pallas_split"),
                                _chunked_kernel_facts,
-                               _CHUNKED_KERNEL_GATES + (_PER_KEY_SPLIT,) + _CHUNKED_KERNEL_FITS),
+                               _CHUNKED_KERNEL_GATES + _CHUNKED_KERNEL_FITS + _PER_KEY_SPLIT
+                               + _CHUNKED_KERNEL),
     "ssd": Policy(_CHUNKED, _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),
     "quasiseparable": Policy(_CHUNKED, _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),
     "linear_recurrence": Policy(_SCANS, _scan_facts, _SCAN_RULES),

@@ -14,12 +14,11 @@ residuals from 30.6 to 2.7 GiB and left the compiled CPU step at 34.97 GiB (jax 
 batch; ``shared``: anything else, e.g. parameters) with a ``custom_vjp`` that keeps only the
 arguments and, in the backward pass, recomputes ``fn`` and its VJP in a loop over blocks of
 rows (at least ``BLOCKS``, or what ``fewest_blocks`` sets; gradients of ``shared`` summed over
-the blocks). A loop body cannot be merged
-with, or moved into, the forward pass, so this holds on every backend, and the recomputation's
-own intermediates exist for one block at a time (the loop's accumulators are made to wait for
-the cotangent, see ``_zero_after``). ``forward=True`` runs the forward pass block by block too,
-for functions whose forward intermediates are large (a scan's states, attention scores). The
-cost is one more forward pass of ``fn``.
+the blocks). A loop body cannot be merged with, or moved into, the forward pass, so this holds
+on every backend, and the recomputation's own intermediates exist for one block at a time (the
+loop's accumulators are made to wait for the cotangent, see ``_zero_after``). ``forward=True``
+runs the forward pass block by block too, for functions whose forward intermediates are large
+(a scan's states, attention scores). The cost is one more forward pass of ``fn``.
 The values are ``fn``'s; gradients equal autodiff's up to float rounding (the sums over blocks).
 Forward-mode autodiff (``jax.jvp``) is not defined for these functions (``custom_vjp``).
 
