@@ -60,7 +60,13 @@ def test_a_bad_precision_is_refused_by_every_op():
 
 
 def test_none_follows_default_matmul_precision():
-    assert resolve_precision(None) == "highest"  # no context: the kernel's own default
+    assert resolve_precision(None) == "highest"  # tests/conftest.py sets "highest"
+    unset = jax.config.jax_default_matmul_precision
+    jax.config.update("jax_default_matmul_precision", None)
+    try:
+        assert resolve_precision(None) == "tf32x3"  # no context: the kernel's own default
+    finally:
+        jax.config.update("jax_default_matmul_precision", unset)
     expected = {"float32": "highest", "highest": "highest", "tensorfloat32": "tf32",
                 "bfloat16": "tf32", "TF32_TF32_F32_X3": "tf32x3", "BF16_BF16_F32_X9": "highest"}
     for context, precision in expected.items():

@@ -16,7 +16,8 @@ import pytest
 
 from seqzoo.kernels import launch
 from seqzoo.kernels.chunked_segments import propose_segments
-from seqzoo.ops.linear_attention import linear_attention
+from seqzoo.ops.linear_attention import linear_attention, pallas_gpu
+from seqzoo.ops.linear_attention.pallas_gpu import auto_segments
 from seqzoo.ops.ssd import ssd
 from tests.test_kernels_bf16_gradients import TOL, TOL_STEP
 from tests.test_kernels_chunked import normal, relative_errors, value_and_grads
@@ -176,3 +177,30 @@ def test_proposed_segments():
     assert propose_segments(2, 4, 32768, 1, sm_count=None) == 1
     assert propose_segments(4, 64, 4096, 2, sm_count=132) == 1  # 512 programs already
     assert propose_segments(2, 4, 1024, 1, sm_count=132) == 4  # capped: 4 chunks of 64 each
+
+
+def test_auto_segments_only_where_a_launch_would_leave_most_of_the_gpu_idle():
+    assert auto_segments(2, 4, 32768, 64, sm_count=132) == 64  # measured: 3.6x no segments
+    assert auto_segments(1, 2, 65536, 128, sm_count=132) == 128  # two value blocks of 64
+    assert auto_segments(4, 16, 2048, 128, sm_count=132) is None  # 128 programs: 2 proposed
+    assert auto_segments(8, 8, 1024, 64, sm_count=132) is None  # capped at 4 segments
+    assert auto_segments(2, 4, 32768, 64, sm_count=None) is None  # no GPU
+
+
+def test_auto_hands_its_segments_to_the_gpu_kernel_and_an_explicit_count_wins(monkeypatch):
+    """``impl="auto"`` on a (faked) GPU: the kernel is called with ``auto_segments``' count; an
+    explicit ``segments`` and an explicit ``impl="pallas"`` are passed as given."""
+    seen = []
+
+    def kernel(q, k, v, log_decay, *, segments=None, **_):
+        seen.append(segments)
+        b, _, h, dk = q.shape
+        return jnp.zeros_like(v), jnp.zeros((b, h, dk, v.shape[-1]), jnp.float32)
+
+    monkeypatch.setattr(pallas_gpu, "linear_attention_kernel", kernel)
+    monkeypatch.setattr(pallas_gpu, "device_sm_count", lambda: 132)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    q = jnp.zeros((2, 4096, 4, 64), jnp.bfloat16)
+    for impl, segments in (("auto", None), ("pallas", None), ("auto", 2)):
+        linear_attention(q, q, q, impl=impl, segments=segments, chunk_size=64)
+    assert seen == [16, None, 2]  # 8 programs: 16 segments of 4 chunks (the cap)

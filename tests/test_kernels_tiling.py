@@ -46,6 +46,36 @@ def test_the_model_agrees_with_the_compiler(measured):
         assert said > H200 and estimate >= 0.99 * said
 
 
+# float32 operands on an H100, 2026-12-06 (benchmarks/kernel_cases/chunked_float32.py):
+# (decay, width, chunk, block_v, num_stages) -> the compiler's requested bytes, or "fits"
+MEASURED_FLOAT32 = {
+    ("key", 128, 32, 64, 2): 247_296,
+    (None, 128, 64, 64, 2): "fits",
+    ("scalar", 128, 64, 64, 2): "fits",
+}
+
+
+@pytest.mark.parametrize("measured", list(MEASURED_FLOAT32), ids=str)
+def test_the_float32_model_agrees_with_the_compiler(measured):
+    decay, width, chunk, block_v, stages = measured
+    tiling = Tiling(chunk=chunk, block_v=block_v, num_stages=stages, slice=16)
+    estimate = shared_memory_bytes(tiling, decay, width, width, itemsize=4)
+    said = MEASURED_FLOAT32[measured]
+    if said == "fits":
+        assert estimate <= H200
+    else:
+        assert said > H200 and estimate >= 0.99 * said
+        assert shared_memory_bytes(tiling, decay, width, width) <= H200  # bf16 fits there
+
+
+def test_float32_per_key_decays_take_a_smaller_tiling_than_bf16():
+    bf16, _ = resolve_tiling("key", 128, 128, H200)
+    f32, why = resolve_tiling("key", 128, 128, H200, itemsize=4)
+    assert bf16 == CANDIDATES["per_dimension"][0] and f32 == CANDIDATES["per_dimension"][1]
+    assert shared_memory_bytes(f32, "key", 128, 128, itemsize=4) <= H200 and "needs" in why
+    assert resolve_tiling(None, 128, 128, H200, itemsize=4)[0] == CANDIDATES["whole"][0]
+
+
 @pytest.mark.parametrize("capability", sorted(DEVICE_LIMITS))
 @pytest.mark.parametrize("decay", [None, "scalar", "key"])
 @pytest.mark.parametrize("dk, dv", [(16, 16), (64, 64), (128, 128), (256, 64), (64, 256)])

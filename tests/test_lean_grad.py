@@ -115,6 +115,23 @@ def test_fewest_blocks_sets_the_backward_loop_and_keeps_the_gradients(fewest, bl
         pass
 
 
+def test_gpu_blocks_apply_on_a_gpu_backend_unless_a_context_says_otherwise(monkeypatch):
+    x = _normal(0, 50, 7, 10)
+    one_on_gpu = blockwise(lambda x, _: _gelu(x), gpu_blocks=1)
+
+    def loop(x) -> str:
+        return str(jax.make_jaxpr(jax.grad(lambda x: one_on_gpu(x, ()).sum()))(x))
+
+    assert "length=5" in loop(x)  # this CPU: the default's 5 blocks of 10 rows
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert "length=1" in loop(x) and "length=5" in _backward_blocks(x)  # only where asked
+    _check(lambda x: one_on_gpu(x, ()), _gelu, x)
+    with fewest_blocks(10):
+        assert "length=10" in loop(x)
+    with pytest.raises(ValueError, match="gpu_blocks"):
+        blockwise(_gated, gpu_blocks=0)
+
+
 def test_num_blocks_divides_the_rows():
     assert [num_blocks(n) for n in (1, 2, 3, 4, 6, 50, 64, 7)] == [1, 2, 3, 4, 6, 5, 4, 7]
     assert num_blocks(64, 10) == 16 and num_blocks(50, 26) == 50

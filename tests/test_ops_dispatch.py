@@ -113,7 +113,7 @@ def test_accepted_names_are_what_the_layers_check():
         ((jnp.float16,), (128, 128), False, H200, "pallas", "shared memory"),
         ((jnp.bfloat16,), (153, 64), False, H200, "chunked", "measured up to 128"),  # Based
         ((jnp.bfloat16, jnp.float32), (64, 64), False, H200, "chunked", "float32"),
-        ((jnp.float32,), (64, 64), False, H200, "chunked", "'tf32x3' and 'tf32'"),
+        ((jnp.float32,), (64, 64), False, H200, "chunked", "precision='highest'"),
         ((jnp.bfloat16,), (128, 128), False, 20_000, "chunked", "no tiling"),
     ],
 )
@@ -124,6 +124,21 @@ def test_auto_on_a_gpu_takes_the_kernel_where_it_is_faster_and_fits(
     chosen = resolve(op, "auto", **facts)
     assert chosen.impl == expected and why in chosen.why
     assert resolve(op, "chunked", **facts).impl == "chunked"
+
+
+@pytest.mark.parametrize("precision", ["tf32x3", "tf32"])
+def test_auto_on_a_gpu_takes_the_kernel_for_float32_linear_attention_on_tensor_cores(precision):
+    facts = dict(dims=(128, 128), dtypes=(jnp.float32,), platform="gpu", shared_memory=H200,
+                 precision=precision)
+    chosen = resolve("linear_attention", "auto", **facts)
+    assert chosen.impl == "pallas" and f"precision={precision!r}" in chosen.why
+    assert chosen.measured.endswith("issue-24-item-3")
+    per_key = resolve("linear_attention", "auto", **facts, per_key=True)
+    assert per_key.impl == "chunked" and "per-key" in per_key.why
+    ieee = resolve("linear_attention", "auto", **{**facts, "precision": "highest"})
+    assert ieee.impl == "chunked" and ieee.measured == chosen.measured
+    for op in ("ssd", "quasiseparable"):  # not measured in float32
+        assert resolve(op, "auto", **facts).impl == "chunked"
 
 
 def test_auto_on_a_gpu_takes_the_split_form_for_per_key_decays():

@@ -260,6 +260,20 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
             (point_override(window, f), "optim.steps=1500"), folder="", tag=f"w{window}_f{f}")
         for window in (4, 8, 16, 32) for f in (4, 16)
     ),
+    # issue 27's JRT-Prompt and Based claims run towards convergence: the 4000- and 1500-step
+    # runs above were still learning. Each group is 4 runs (--save-state keeps at most 5), over
+    # several calls: --save-state, then --resume-from the call's state archive
+    "jrt_long": (
+        *seeds(Run("mqar_jrt_based", JRT, 0.1, ("optim.steps=24000",), folder=""), 0, 1),
+        *seeds(Run("mqar_jrt_based", JRT, 0.1, ("optim.steps=24000", "task.context_repeats=1",
+                                                "task.seq_len=64"), folder=""), 0, 1),
+    ),
+    **{f"based_tradeoff_long_{part}": tuple(
+        Run(RECIPE, "recall rises with state along each window (Based fig. 2)", 0.2,
+            (point_override(window, f), "optim.steps=12000"), folder="",
+            tag=f"w{window}_f{f}@steps=12000")
+        for window in windows for f in (4, 16)
+    ) for part, windows in (("a", (4, 8)), ("b", (16, 32)))},
 }
 ALL_RUNS = tuple(dict.fromkeys(run for group in GROUPS.values() for run in group))  # each once
 HEADER = (

@@ -12,7 +12,11 @@ with ``w = max(dk, dv)`` after padding (the passes swap the key and value widths
 exact on its three failing points (chunk 64, stages 2: 434176 bytes at w 128 / block 64, 405504
 at block 32, 246016 at w 64) and puts the largest tilings that compiled at 217088; the second
 meets the one failure seen (Based's w 256, chunk 64, block 64, stages 2: 352256) and keeps the
-measured kernels (w <= 128) below the limit. ``DEVICE_LIMITS`` holds the opt-in shared memory
+measured kernels (w <= 128) below the limit. Float32 operands (``itemsize`` 4) ask for more: the
+fit times ``247296 / 217088``, the one float32 failure seen (per-key decays, w 128, chunk 32,
+block 64, stages 2 on an H100, 2026-12-06: 247296 bytes where bf16 needs 217088); the float32
+kernels without per-key decays compiled at their tuned tiling (w 128), which this keeps below
+the limit. ``DEVICE_LIMITS`` holds the opt-in shared memory
 per block of each compute capability (CUDA's programming guide); ``resolve_tiling`` takes the
 first of ``CANDIDATES`` (fastest measured first) that fits.
 """
@@ -35,6 +39,7 @@ DEVICE_LIMITS = {
 # (``"inter_per_dimension"``, the inter-chunk-only pass with per-key decays, is not fitted: the
 # scalar fit plus 4 w bytes per row for its float32 decays, until a GPU run says otherwise)
 _PER_ROW = {"per_dimension": (23, 7), "whole": (10, 3), "inter_per_dimension": (14, 3)}
+_FLOAT32 = (247_296, 217_088)  # float32 operands: the fit times this ratio (see above)
 
 CANDIDATES = {  # in order of preference; the first is what the kernel was tuned at
     "whole": (
@@ -73,11 +78,13 @@ def kind_of(decay: str | None, intra: bool = True) -> str:
 
 
 def shared_memory_bytes(tiling: Tiling, decay: str | None, dk: int, dv: int,
-                        intra: bool = True) -> int:
-    """The fit above for forward+backward at these (padded) key and value widths."""
+                        intra: bool = True, itemsize: int = 2) -> int:
+    """The fit above for forward+backward at these (padded) key and value widths, for operands
+    of ``itemsize`` bytes (2: bf16 / fp16; 4: float32)."""
     width, block = max(dk, dv), min(tiling.block_v, max(dk, dv))
     per_width, per_block = _PER_ROW[kind_of(decay, intra)]
-    return tiling.num_stages * tiling.chunk * (per_width * width + per_block * block)
+    need = tiling.num_stages * tiling.chunk * (per_width * width + per_block * block)
+    return need * _FLOAT32[0] // _FLOAT32[1] if itemsize >= 4 else need
 
 
 def device_limit() -> int | None:
@@ -88,17 +95,17 @@ def device_limit() -> int | None:
 
 
 def resolve_tiling(decay: str | None, dk: int, dv: int, limit: int | None,
-                   intra: bool = True) -> tuple[Tiling | None, str]:
+                   intra: bool = True, itemsize: int = 2) -> tuple[Tiling | None, str]:
     """``(tiling, why)``: the first candidate for this decay (and ``chunked_pass``'s ``intra``)
-    that fits ``limit`` bytes (the first one when ``limit`` is None), or ``(None, why none
-    does)``."""
+    that fits ``limit`` bytes with operands of ``itemsize`` bytes (the first one when ``limit``
+    is None), or ``(None, why none does)``."""
     options = CANDIDATES[kind_of(decay, intra)]
     if limit is None:
         return options[0], "no shared-memory limit known (not a GPU)"
     for tiling in options:
-        need = shared_memory_bytes(tiling, decay, dk, dv, intra)
+        need = shared_memory_bytes(tiling, decay, dk, dv, intra, itemsize)
         if need <= limit:
             return tiling, f"needs about {need} of {limit} bytes of shared memory"
-    least = min(shared_memory_bytes(t, decay, dk, dv, intra) for t in options)
+    least = min(shared_memory_bytes(t, decay, dk, dv, intra, itemsize) for t in options)
     return None, (f"no tiling of the chunked kernel fits {limit} bytes of shared memory at "
                   f"key / value widths {dk} / {dv} (the smallest needs about {least})")

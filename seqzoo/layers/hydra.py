@@ -82,7 +82,7 @@ class Hydra(SelectiveSSM):
       dt_min, dt_max, dt_init_floor: the dt_bias init. bias: in_proj / out_proj biases (False).
       conv_bias: (True). chunk_size: SSD chunk, a power of two (256). impl: ``ssd``'s impl.
       precision: ``quasiseparable``'s (the GPU kernel's float32 matmuls; None: the context's or
-        "highest").
+        "tf32x3").
     """
 
     d_state: int = 64

@@ -96,7 +96,7 @@ class LinearAttention(MatrixMixer):
       head_norm: RMS-normalise each head's output (GLA; RetNet's group norm).
       chunk_size / impl / precision: passed to ``seqzoo.ops.linear_attention`` (precision: of
         the GPU kernel's float32 matmuls, ``"highest" | "tf32x3" | "tf32"``; None: the
-        ``jax.default_matmul_precision`` context's, else "highest").
+        ``jax.default_matmul_precision`` context's, else "tf32x3").
     """
 
     num_heads: int = 4

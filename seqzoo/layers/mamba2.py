@@ -80,7 +80,7 @@ class Mamba2(SelectiveSSM):
       norm_before_gate: ``norm(y) * silu(z)`` instead of ``norm(y * silu(z))`` (False).
       dt_min, dt_max, dt_init_floor: the dt_bias init. bias: in_proj / out_proj biases (False).
       conv_bias: (True). chunk_size: SSD chunk, a power of two (256). impl: ``ssd``'s impl.
-      precision: ``ssd``'s (the GPU kernel's float32 matmuls; None: the context's or "highest").
+      precision: ``ssd``'s (the GPU kernel's float32 matmuls; None: the context's or "tf32x3").
     """
 
     d_state: int = 128

@@ -64,6 +64,7 @@ CHUNKED_SSD = _RESULTS + (
     "mamba-2s-ssd-and-hydras-quasiseparable-mixer-on-the-chunked-kernels-and-a-training-step"
 )
 PER_KEY_SPLIT = _RESULTS + "glas-per-key-decay-split-in-two-implpallas_split-issue-24-item-1"
+FLOAT32_KERNEL = _RESULTS + "float32-the-chunked-kernel-at-each-matmul-precision-issue-24-item-3"
 SCAN_KERNELS = _RESULTS + "linear-recurrence-and-selective-scan-kernels-issue-7-kernels-1-and-2"
 TPU_MODEL = _RESULTS + "tpu-predicted-not-measured"
 FUSED_ATTENTION = _RESULTS + (
@@ -115,20 +116,23 @@ def _given(flag) -> bool:
 
 def _chunked_kernel_facts(*, dims: tuple[int, int], dtypes: tuple = (), dtype=None,
                           segment_ids=False, per_key: bool = False, platform: str | None = None,
-                          shared_memory: int | None = None) -> dict:
+                          shared_memory: int | None = None, precision: str = "highest") -> dict:
     """Facts of the chunked linear-attention kernel: ``dims`` the key and value widths (SSD: state
     and head widths), ``dtypes`` of the matmul inputs (or one ``dtype``), packed ``segment_ids``,
-    ``per_key`` decays, and the GPU's ``shared_memory`` per block (default: the first device's)."""
+    ``per_key`` decays, the GPU's ``shared_memory`` per block (default: the first device's) and
+    the kernel's float32 matmul ``precision`` (resolved: ``seqzoo.kernels.matmul_precision``)."""
     dtypes = tuple(dtypes) + (() if dtype is None else (dtype,))
     widths = tuple(padded_width(d) for d in dims)
     limit = device_limit() if shared_memory is None else shared_memory
-    tiling, tiling_why = resolve_tiling(None, *widths, limit)
+    itemsize = max((jnp.dtype(d).itemsize for d in dtypes), default=2)
+    tiling, tiling_why = resolve_tiling(None, *widths, limit, itemsize=itemsize)
     return dict(
         dims=tuple(dims), widths=widths, measured_width=MEASURED_WIDTH, per_key=per_key,
         segment_ids=_given(segment_ids), gpu=_platform(platform) in GPU_BACKENDS,
         tpu=_platform(platform) == "tpu",
-        all_16bit=all(jnp.dtype(d).itemsize == 2 for d in dtypes), tiling=tiling,
-        tiling_why=tiling_why,
+        all_16bit=all(jnp.dtype(d).itemsize == 2 for d in dtypes),
+        all_float32=bool(dtypes) and all(jnp.dtype(d) == jnp.float32 for d in dtypes),
+        precision=precision, tiling=tiling, tiling_why=tiling_why,
     )
 
 
@@ -158,7 +162,7 @@ def _attention_facts(*, dtype, head_dim: int, causal: bool = False, window: int 
     )
 
 
-_CHUNKED_KERNEL_GATES = (  # where the chunked kernels do not run, whatever the widths
+_CHUNKED_KERNEL_PLACES = (  # where the chunked kernels do not run, whatever the inputs
     Rule("chunked", lambda f: f["segment_ids"], "packed segment_ids: the kernel has no resets",
          overrides=("pallas", "pallas_split")),
     Rule("pallas", lambda f: f["tpu"],
@@ -168,12 +172,30 @@ _CHUNKED_KERNEL_GATES = (  # where the chunked kernels do not run, whatever the 
          "the split form's inter-chunk pass is the Triton kernel; a TPU runs the Mosaic one",
          overrides=("pallas_split",)),
     Rule("chunked", lambda f: not f["gpu"], "no Pallas kernel is wired for this platform"),
-    Rule("chunked", lambda f: not f["all_16bit"],
-         "float32: XLA's matmuls are faster than the kernel's IEEE ones (its default "
-         "precision='highest'); its tensor-core precisions 'tf32x3' and 'tf32' are a user's "
-         "choice with impl='pallas', not measured yet", CHUNKED_SSD),
 )
-_CHUNKED_KERNEL_FITS = (  # 16-bit inputs on a GPU: XLA where the kernel's tiling is unmeasured
+_FLOAT32_UNMEASURED = (  # SSD and the quasiseparable mixer: float32 kernels not timed
+    Rule("chunked", lambda f: not f["all_16bit"],
+         "float32: XLA's matmuls are faster than the kernel's IEEE ones (precision='highest'); "
+         "its tensor-core precisions 'tf32x3' and 'tf32' are not measured for this op, a "
+         "user's choice with impl='pallas'", CHUNKED_SSD),
+)
+_FLOAT32_LINEAR_ATTENTION = (  # float32 inputs where the kernel is not the faster path
+    Rule("chunked", lambda f: not f["all_16bit"] and not f["all_float32"],
+         "16-bit and float32 inputs mixed: the kernel is not measured there"),
+    Rule("chunked", lambda f: f["all_float32"] and f["precision"] == "highest",
+         "float32 at precision='highest' (IEEE, no tensor cores): XLA's matmuls are faster "
+         "than the kernel's", FLOAT32_KERNEL),
+    Rule("chunked", lambda f: f["all_float32"] and f["per_key"],
+         "float32 per-key decays: the kernel is not measured there (at width 128 it asks for "
+         "more shared memory than an H100 has)", FLOAT32_KERNEL),
+)
+_FLOAT32_KERNEL = (
+    Rule("pallas", lambda f: f["all_float32"],
+         "float32 at precision={precision!r}: the kernel's tensor-core matmuls are faster than "
+         "XLA's IEEE ones ('tf32x3' keeps float32's accuracy; 'highest' would take XLA)",
+         FLOAT32_KERNEL),
+)
+_CHUNKED_KERNEL_FITS = (  # on a GPU: XLA where the kernel's tiling is unmeasured
     Rule("chunked", lambda f: max(f["widths"]) > f["measured_width"],
          "widths {dims} pad to {widths}: the kernel is measured up to {measured_width}",
          CHUNKED_KERNELS),
@@ -181,9 +203,8 @@ _CHUNKED_KERNEL_FITS = (  # 16-bit inputs on a GPU: XLA where the kernel's tilin
 )
 _CHUNKED_KERNEL = (
     Rule("pallas", lambda f: True,
-         "16-bit inputs: the kernel is faster than XLA; its tiling {tiling_why} (for long "
-         "sequences with few heads the op's segments= option cuts the sequence into parallel "
-         "segments: not measured, never chosen here)", CHUNKED_KERNELS),
+         "16-bit inputs: the kernel is faster than XLA; its tiling {tiling_why}",
+         CHUNKED_KERNELS),
 )
 _PER_KEY_SPLIT = (
     Rule("pallas_split", lambda f: f["per_key"],
@@ -191,7 +212,8 @@ _PER_KEY_SPLIT = (
          "scores in XLA) is faster than the one-pass kernel and than XLA's chunked form, still "
          "slower than fla's chunk_gla (issue 24)", PER_KEY_SPLIT),
 )
-_CHUNKED_KERNEL_RULES = _CHUNKED_KERNEL_GATES + _CHUNKED_KERNEL_FITS + _CHUNKED_KERNEL
+_CHUNKED_KERNEL_RULES = (_CHUNKED_KERNEL_PLACES + _FLOAT32_UNMEASURED + _CHUNKED_KERNEL_FITS
+                         + _CHUNKED_KERNEL)
 _SCAN_RULES = (
     Rule("pallas", lambda f: f["tpu"],
          "the Mosaic-TPU kernel moves a fraction of the associative scan's bytes (predicted, not "
@@ -227,7 +249,8 @@ _SCANS = ("associative", "sequential", "pallas")
 POLICY = {
     "linear_attention": Policy(("chunked", "parallel", "sequential", "pallas", "pallas_split"),
                                _chunked_kernel_facts,
-                               _CHUNKED_KERNEL_GATES + _CHUNKED_KERNEL_FITS + _PER_KEY_SPLIT
+                               _CHUNKED_KERNEL_PLACES + _FLOAT32_LINEAR_ATTENTION
+                               + _CHUNKED_KERNEL_FITS + _PER_KEY_SPLIT + _FLOAT32_KERNEL
                                + _CHUNKED_KERNEL),
     "ssd": Policy(_CHUNKED, _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),
     "quasiseparable": Policy(_CHUNKED, _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),

@@ -13,12 +13,13 @@ residuals from 30.6 to 2.7 GiB and left the compiled CPU step at 34.97 GiB (jax 
 ``blockwise(fn)`` is ``fn(rows, shared)`` (``rows``: arrays sharing a leading axis, e.g. the
 batch; ``shared``: anything else, e.g. parameters) with a ``custom_vjp`` that keeps only the
 arguments and, in the backward pass, recomputes ``fn`` and its VJP in a loop over blocks of
-rows (at least ``BLOCKS``, or what ``fewest_blocks`` sets; gradients of ``shared`` summed over
-the blocks). A loop body cannot be merged with, or moved into, the forward pass, so this holds
-on every backend, and the recomputation's own intermediates exist for one block at a time (the
-loop's accumulators are made to wait for the cotangent, see ``_zero_after``). ``forward=True``
-runs the forward pass block by block too, for functions whose forward intermediates are large
-(a scan's states, attention scores). The cost is one more forward pass of ``fn``.
+rows (at least ``BLOCKS``, its ``gpu_blocks`` on a GPU, or what ``fewest_blocks`` sets;
+gradients of ``shared`` summed over the blocks). A loop body cannot be merged with, or moved
+into, the forward pass, so this holds on every backend, and the recomputation's own
+intermediates exist for one block at a time (the loop's accumulators are made to wait for the
+cotangent, see ``_zero_after``). ``forward=True`` runs the forward pass block by block too,
+for functions whose forward intermediates are large (a scan's states, attention scores). The
+cost is one more forward pass of ``fn``.
 The values are ``fn``'s; gradients equal autodiff's up to float rounding (the sums over blocks).
 Forward-mode autodiff (``jax.jvp``) is not defined for these functions (``custom_vjp``).
 
@@ -39,18 +40,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqzoo.kernels.launch import GPU_BACKENDS
 from seqzoo.parallel.context import sequence_axis, sequence_parallel
 
 Array = jax.Array
 BLOCKS = 4  # row blocks of a backward pass (the smallest divisor of the rows >= this)
 BLOCK_ELEMENTS = 2**24  # the most elements of one block's largest intermediate (``blockwise``)
-_fewest_blocks = [BLOCKS]  # what ``fewest_blocks`` sets while it is active
+_fewest_blocks: list[int] = []  # what ``fewest_blocks`` contexts set, the innermost last
 
 
 @contextlib.contextmanager
 def fewest_blocks(n: int):
     """Within: ``blockwise`` functions called here split their rows into at least ``n`` blocks
-    (default ``BLOCKS``; still more where ``row_elements`` needs them to stay under the budget).
+    (in place of ``BLOCKS`` or their ``gpu_blocks``; still more where ``row_elements`` needs
+    them to stay under the budget).
     Fewer blocks trade memory for speed where a block runs a sequential loop (the delta rule's
     scan over chunks pays its latency once per block): ``with fewest_blocks(1): ...``. Read
     when the function is called (traced), for its forward and backward pass alike."""
@@ -82,6 +85,7 @@ def blockwise(
     row_elements: Callable[[Any], int] | None = None,
     forward: bool = False,
     block_elements: Callable[[Any], int] | None = None,
+    gpu_blocks: int | None = None,
 ) -> Callable[[Any, Any], Any]:
     """``fn(rows, shared)`` with a backward pass that keeps only its arguments and recomputes
     ``fn`` block by block (see the module docstring). ``fn``'s outputs have the rows' leading
@@ -93,8 +97,14 @@ def blockwise(
       intermediates are the problem, e.g. a scan's states). block_elements: ``rows -> `` the
       budget per block in place of ``BLOCK_ELEMENTS``, e.g. the rows' own size, for an ``fn``
       whose intermediates are many times its arguments (so that they stay a fraction of the
-      activations however small the step is).
+      activations however small the step is). gpu_blocks: the fewest blocks where the default
+      backend is a GPU, in place of ``BLOCKS`` (e.g. 1 for an ``fn`` that runs a sequential loop,
+      whose latency each block pays again; a measured choice, see the caller), unless a
+      ``fewest_blocks`` context is active.
     """
+
+    if gpu_blocks is not None and (not isinstance(gpu_blocks, int) or gpu_blocks < 1):
+        raise ValueError(f"gpu_blocks needs an int >= 1 or None, got {gpu_blocks!r}")
 
     def blocks(rows, fewest: int) -> int:
         n = jax.tree.leaves(rows)[0].shape[0]
@@ -162,7 +172,13 @@ def blockwise(
         # The backward pass is traced later, outside the caller's ``sequence_parallel`` context
         # (the sharded ops call the plain ones under ``sequence_parallel(None)``): fn runs under
         # the axis that was active here, in both passes.
-        return call(rows, shared, (sequence_axis(), _fewest_blocks[-1]))
+        return call(rows, shared, (sequence_axis(), fewest()))
+
+    def fewest() -> int:
+        if _fewest_blocks:
+            return _fewest_blocks[-1]
+        on_gpu = gpu_blocks is not None and jax.default_backend() in GPU_BACKENDS
+        return gpu_blocks if on_gpu else BLOCKS
 
     return lean
 

@@ -41,6 +41,11 @@ from seqzoo.ops.lean_grad import blockwise
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
+# The backward pass recomputes all batch rows in one block on a GPU: each block pays the scan over
+# chunks' latency again, and one block took 4.7 against 10.5 ms (four) for DeltaNet's forward +
+# backward at (4, 2048, 16, 128) bf16 on an H100 ("The delta rule's chunk-parallel XLA form
+# beside fla", benchmarks/RESULTS.md). Other backends keep ``lean_grad.BLOCKS``.
+GPU_BACKWARD_BLOCKS = 1
 
 
 def _mm(spec: str, *operands: Array, dtype=None) -> Array:
@@ -140,8 +145,9 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
 
     Memory: the backward pass keeps only the arguments (``seqzoo.ops.lean_grad.blockwise``: a
     ``custom_vjp`` that recomputes all three passes and their VJP, a block of batch rows at a
-    time), so no chunk's ``(C, C)`` matrices, ``U``, ``W``, ``D`` or states outlive the forward
-    pass; the cost is one more forward pass. The forward pass holds every chunk's ``(C, C)``
+    time: all rows at once on a GPU, ``GPU_BACKWARD_BLOCKS``), so no chunk's ``(C, C)``
+    matrices, ``U``, ``W``, ``D`` or states outlive the forward pass; the cost is one more
+    forward pass. The forward pass holds every chunk's ``(C, C)``
     matrices at once (``n b h C^2`` floats each), the price of the chunk-parallel pass 1.
     """
     b, t, h, _ = q.shape
@@ -153,7 +159,7 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
         q, k, v, beta, g = (jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
                             for a in (q, k, v, beta, g))
         runs = jnp.pad(runs, ((0, 0), (0, pad)), mode="edge")
-    core = blockwise(functools.partial(_chunked_core, c=c))
+    core = blockwise(functools.partial(_chunked_core, c=c), gpu_blocks=GPU_BACKWARD_BLOCKS)
     o, s = core((q, k, v, beta, g, s0, runs, before), ())
     return o[:, :t], s
 

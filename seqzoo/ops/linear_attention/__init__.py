@@ -80,9 +80,14 @@ def linear_attention_local(q, k, v, log_decay, initial_state, *, scale: float, c
     b, t, h, dk = q.shape
     dv = v.shape[-1]
 
+    asked = impl
+
     def run(impl: str, platform: str):
         if impl in ("pallas", "pallas_split"):
-            split = {} if segments is None else {"segments": segments}  # impl "pallas" only
+            parts = segments
+            if parts is None and asked == "auto" and impl == "pallas" and platform != "tpu":
+                parts = pallas_gpu.auto_segments(b, h, t, dv)  # long sequences, few heads
+            split = {} if parts is None else {"segments": parts}  # impl "pallas" only
             if platform == "tpu":  # float32 at HIGHEST: TF32 is a GPU format
                 kernel = pallas_tpu.linear_attention_kernel
             else:
@@ -95,7 +100,7 @@ def linear_attention_local(q, k, v, log_decay, initial_state, *, scale: float, c
 
     return on_platform("linear_attention", impl, run, q, k, v, log_decay, initial_state,
                        dims=(dk, dv), dtypes=(q.dtype, k.dtype, v.dtype), segment_ids=segment_ids,
-                       per_key=log_decay is not None and log_decay.ndim == 4)
+                       per_key=log_decay is not None and log_decay.ndim == 4, precision=precision)
 
 
 def _xla_forms(q, k, v, log_decay, initial_state, *, impl: str, scale: float, chunk_size: int,
@@ -160,15 +165,18 @@ def linear_attention(
         ``"pallas_split"``, its inter-chunk passes), forward and backward: ``"highest"`` (IEEE,
         no tensor cores), ``"tf32x3"`` (3xTF32 on tensor cores, about float32's accuracy) or
         ``"tf32"`` (one TF32 pass, ~1e-3 relative); None: ``jax.default_matmul_precision``'s,
-        else "highest" (``seqzoo.kernels.matmul_precision``). 16-bit inputs, the TPU kernel
+        else "tf32x3" (``seqzoo.kernels.matmul_precision``). 16-bit inputs, the TPU kernel
         (float32 at HIGHEST) and the XLA forms (IEEE float32: their einsums pass
         ``Precision.HIGHEST``, whatever the context) do not read it; interpret mode computes
-        IEEE.
+        IEEE. On a GPU, ``"auto"`` takes the kernel for float32 inputs without per-key decays
+        unless this resolves to "highest" (then XLA's IEEE form is the faster).
       segments: where the Pallas kernel runs (``impl="pallas"``, or ``"auto"`` when it picks
         the kernel), cut the sequence into this many segments run in parallel as extra batch
         rows of one launch, their states combined after it (``seqzoo.kernels.chunked_segments``;
-        for long sequences with few heads; not measured yet). None: one segment, the kernel
-        walks the whole sequence. An int in [1, length]; refused with an explicit XLA ``impl``.
+        for long sequences with few heads). None: one segment, the kernel walks the whole
+        sequence; but where ``"auto"`` picks the GPU kernel for a launch that would leave most
+        of the GPU idle, ``pallas_gpu.auto_segments``' count (measured faster, and than fla,
+        at (2, 32768, 4, 64)). An int in [1, length]; refused with an explicit XLA ``impl``.
 
     Returns:
       ``o: (batch, length, heads, dv)`` in ``v``'s dtype, and ``S_T`` if asked. Computation is

@@ -38,10 +38,10 @@ itself is the shared ``seqzoo.kernels.chunked_pass``. When ``impl="auto"`` takes
 ``seqzoo.ops.dispatch``.
 
 Tolerances against the float32 XLA op (``seqzoo.ops.linear_attention``): float32 inputs run
-float32 matmuls at ``precision`` (``seqzoo.kernels.matmul_precision``): at the default
-``"highest"`` (IEEE) they agree to ~1e-5 relative, at ``"tf32x3"`` to about float32's accuracy
-and at ``"tf32"`` to ~1e-3 (expected, not measured on a GPU yet:
-``benchmarks/kernel_cases/chunked_float32.py``; interpret mode computes IEEE whatever the
+float32 matmuls at ``precision`` (``seqzoo.kernels.matmul_precision``): at ``"highest"``
+(IEEE) and at the default ``"tf32x3"`` they agree to about float32's accuracy (7.4e-7 and
+5.7e-7 relative L2 at (4, 2048, 16, 128) on an H100), at ``"tf32"`` to ~4e-4
+(``benchmarks/kernel_cases/chunked_float32.py``; interpret mode computes IEEE whatever the
 precision). bf16 inputs run bf16 matmuls with float32 accumulation (the forward and dv passes
 round the state for the inter-chunk matmul) and agree with the float32 op on the same values to
 1.5e-3 .. 3e-3 relative, outputs and every gradient (``tests/test_kernels_bf16_gradients.py``),
@@ -55,23 +55,29 @@ import functools
 
 import jax
 
-from seqzoo.kernels.chunked_pass import Tiling, chunked_pass
-from seqzoo.kernels.chunked_segments import segmented
+from seqzoo.kernels.chunked_pass import TUNED, Tiling, chunked_pass
+from seqzoo.kernels.chunked_segments import device_sm_count, propose_segments, segmented
 from seqzoo.kernels.chunked_tiling import device_limit, padded_width, resolve_tiling
 from seqzoo.kernels.chunked_vjp import padded_chunked
 from seqzoo.kernels.matmul_precision import resolve_precision
 
 Array = jax.Array
+# ``impl="auto"`` cuts the sequence into segments where the proposal reaches this many: at
+# (2, 32768, 4, 64) bf16 on an H100 the proposed 64 ran 3.6x (no decay) and 3.3x (per-head decay)
+# the forward pass without segments, and 8 already 2.8x ("Long sequences with few heads",
+# benchmarks/RESULTS.md); fewer segments (a launch that nearly fills the GPU) are not measured.
+AUTO_MIN_SEGMENTS = 8
 
 
 def launch_tiling(decay: str | None, length: int, widths: tuple[int, int], *,
                   tiling: Tiling | None = None, max_chunk: int | None = None,
-                  intra: bool = True) -> Tiling:
+                  intra: bool = True, itemsize: int = 2) -> Tiling:
     """The tiling a pass runs at: ``tiling`` (default: ``chunked_tiling.resolve_tiling``'s for
-    this GPU) with its chunk capped at ``max_chunk`` and at the next power of two >= ``length``
-    (at least 16). ``widths``: the padded key and value widths."""
+    this GPU and operands of ``itemsize`` bytes) with its chunk capped at ``max_chunk`` and at
+    the next power of two >= ``length`` (at least 16). ``widths``: the padded key and value
+    widths."""
     if tiling is None:
-        tiling, why = resolve_tiling(decay, *widths, device_limit(), intra)
+        tiling, why = resolve_tiling(decay, *widths, device_limit(), intra, itemsize)
         if tiling is None:
             raise ValueError(f"impl='pallas' cannot run here: {why}; use the op's XLA path")
     chunk = min(tiling.chunk, padded_width(length), padded_width(max_chunk or tiling.chunk))
@@ -105,7 +111,7 @@ def gated_linear_attention(
       intra: False keeps only the terms of (query, key) pairs in different chunks of
         ``launch_tiling``'s chunk (and the initial state's): ``chunked_pass``'s ``intra``.
       precision: of float32 matmuls in every pass, forward and backward: ``"highest"`` (IEEE),
-        ``"tf32x3"`` or ``"tf32"``; None: ``jax.default_matmul_precision``'s, else "highest"
+        ``"tf32x3"`` or ``"tf32"``; None: ``jax.default_matmul_precision``'s, else "tf32x3"
         (``seqzoo.kernels.matmul_precision``). 16-bit inputs ignore it.
     Returns ``o: (len(reverse), B, T, H, dv)`` in v's dtype and the final states
     ``(len(reverse), B, H, dk, dv)`` float32 (for a reverse direction: the state before t=0).
@@ -116,10 +122,22 @@ def gated_linear_attention(
     decay = None if g is None else ("scalar" if g.ndim == 4 else "key")
     widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
     tiling = launch_tiling(decay, q.shape[2], widths, tiling=tiling, max_chunk=max_chunk,
-                           intra=intra)
+                           intra=intra, itemsize=max(a.dtype.itemsize for a in (q, k, v)))
     return padded_chunked(q, k, v, g, key_scale, initial_state, scale=scale, reverse=reverse,
                           tiling=tiling, widths=widths, run=chunked_pass, intra=intra,
                           precision=precision)
+
+
+def auto_segments(batch: int, heads: int, length: int, dv: int,
+                  sm_count: int | None = None) -> int | None:
+    """The ``segments=`` that ``impl="auto"`` runs the kernel with: the count
+    ``chunked_segments.propose_segments`` gives for a launch of ``batch * heads`` rows of
+    ``dv``'s value blocks on ``sm_count`` multiprocessors (default: this GPU's) where it is at
+    least ``AUTO_MIN_SEGMENTS`` (long sequences with few heads), else None (one segment)."""
+    value_blocks = -(-padded_width(dv) // TUNED.block_v)
+    sm_count = device_sm_count() if sm_count is None else sm_count
+    proposed = propose_segments(batch, heads, length, value_blocks, sm_count)
+    return proposed if proposed >= AUTO_MIN_SEGMENTS else None
 
 
 def linear_attention_kernel(

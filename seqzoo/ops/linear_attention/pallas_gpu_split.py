@@ -79,7 +79,8 @@ def linear_attention_kernel(
     """
     decay = None if log_decay is None else ("scalar" if log_decay.ndim == 3 else "key")
     widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
-    tiling = launch_tiling(decay, q.shape[1], widths, max_chunk=chunk_size, intra=False)
+    tiling = launch_tiling(decay, q.shape[1], widths, max_chunk=chunk_size, intra=False,
+                           itemsize=max(a.dtype.itemsize for a in (q, k, v)))
     lead = [None if a is None else a[None] for a in (q, k, v, log_decay, initial_state)]
     inter, final = gated_linear_attention(*lead[:4], None, lead[4], scale=scale, tiling=tiling,
                                           intra=False, precision=precision)

@@ -130,10 +130,11 @@ def ssd(
     the active ``seqzoo.parallel.sequence_parallel`` context).
     precision: float32 matmuls of "pallas" on a GPU (the Triton kernel), forward and backward:
     "highest" (IEEE), "tf32x3" (3xTF32) or "tf32" (one TF32 pass); None:
-    ``jax.default_matmul_precision``'s, else "highest"; not read by 16-bit inputs, the TPU
+    ``jax.default_matmul_precision``'s, else "tf32x3"; not read by 16-bit inputs, the TPU
     kernel or the XLA forms (as ``seqzoo.ops.linear_attention``'s).
     segments: where the Pallas kernel runs, cut the sequence into this many segments run in
-    parallel (as ``seqzoo.ops.linear_attention``'s option; not measured yet); None: one.
+    parallel (as ``seqzoo.ops.linear_attention``'s option; not measured for SSD, so ``"auto"``
+    never sets it); None: one.
 
     Returns out: (batch, length, heads, headdim) in x's dtype (computed in f32), and with
     ``return_final_state`` also H_{length-1}: (batch, heads, headdim, n) float32.
