@@ -8,8 +8,21 @@
 
 The same shapes and parameter counts as seqzoo's ``SequenceModel(head="lm", norm="rms")``:
 RMSNorm eps 1e-5 with a scale, SwiGLU of width ``int(2 * int(4 d) / 3)`` without biases, an lm
-head with a bias, no weight tying. Mixers are given by seqzoo's registry names and options and
-mapped to the peers' arguments by ``peer_mixer``:
+head with a bias, no weight tying. The same initialisation as seqzoo's (flax's defaults), set by
+``seqzoo_init`` on every weight this file builds (not on the mamba_ssm and fla layers, which keep
+their own, as seqzoo's twins of them do):
+
+    embedding          normal, std 1 / sqrt(d_model)        (torch's nn.Embedding: std 1)
+    linear weights     lecun normal: normal truncated at 2 std, std 1 / sqrt(fan_in)
+                       (torch's nn.Linear: uniform +-1 / sqrt(fan_in), std 1 / sqrt(3 fan_in))
+    biases             0                                    (torch: uniform +-1 / sqrt(fan_in))
+    RMSNorm scales     1
+
+torch's own initialisation (a residual stream that starts as the unit-variance embedding) and
+flax's (an embedding 1 / sqrt(d) as small) memorise a fixed batch at very different speeds, so the
+twins' losses could not be compared before; ``TorchLM(init="torch")`` keeps torch's for checks.
+Mixers are given by seqzoo's registry names and options and mapped to the peers' arguments by
+``peer_mixer``:
 
     attention  q, k, v, o projections without bias, RoPE (half-split, theta 10000), causal
                ``F.scaled_dot_product_attention`` (flash attention on a GPU)
@@ -143,14 +156,37 @@ class Block(nn.Module):
         return x if self.mlp is None else x + self.mlp(self.norm_mlp(x))
 
 
+# flax's truncated normal: the std of a standard normal truncated at +-2
+TRUNCATED_STD = 0.87962566103423978
+
+
+@torch.no_grad()
+def seqzoo_init(module: nn.Module) -> None:
+    """seqzoo's (flax's default) initialisation of ``module``'s own weights (module docstring):
+    an ``nn.Embedding`` normal with std ``1 / sqrt(dim)`` (flax ``Embed``), an ``nn.Linear``
+    lecun normal (flax ``Dense``), biases 0."""
+    if isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=module.embedding_dim ** -0.5)
+    elif isinstance(module, nn.Linear):
+        std = module.in_features ** -0.5 / TRUNCATED_STD
+        nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 class TorchLM(nn.Module):
-    """Token ids ``(batch, length)`` -> logits ``(batch, length, vocab)``."""
+    """Token ids ``(batch, length)`` -> logits ``(batch, length, vocab)``.
+
+    ``init``: ``"seqzoo"`` (the default: seqzoo's initialisation of the embedding, the lm head,
+    the attention and MLP projections; ``seqzoo_init``) or ``"torch"`` (torch's defaults)."""
 
     def __init__(self, mixers: list[str], options: dict[str, dict], d_model: int, vocab: int,
-                 mlp: str = "glu"):
+                 mlp: str = "glu", init: str = "seqzoo"):
         super().__init__()
         if mlp not in ("glu", "none"):
             raise ValueError(f"the torch peers have mlp glu or none, got {mlp!r}")
+        if init not in ("seqzoo", "torch"):
+            raise ValueError(f"init must be seqzoo or torch, got {init!r}")
         self.embed = nn.Embedding(vocab, d_model)
         self.blocks = nn.ModuleList(
             Block(d_model, peer_mixer(name, d_model, options[name], i), mlp)
@@ -158,6 +194,11 @@ class TorchLM(nn.Module):
         )
         self.final_norm = nn.RMSNorm(d_model, eps=1e-5)
         self.lm_head = nn.Linear(d_model, vocab, bias=True)
+        if init == "seqzoo":
+            for module in self.modules():
+                if isinstance(module, (TorchLM, Block, SwiGLU, SDPAttention)):
+                    for child in module.children():
+                        seqzoo_init(child)
 
     def forward(self, tokens):
         h = self.embed(tokens)
