@@ -14,6 +14,17 @@ passes with the roles of the inputs exchanged:
 
 and the decays' gradient the chunk-local GLA identity (derivation and accuracy:
 ``seqzoo.ops.linear_attention.pallas_gpu``).
+
+``extra`` (one causal direction, no key scale, every input with v's heads): a function
+``extra(q, k, v, cum) -> (1, B, T, H, dv)`` float32 of the padded inputs (q, k, v as float32
+copies holding the inputs' values; ``cum`` the chunk-local cumulative log decay, or None) added
+to the pass's float32 output before its one rounding to v's dtype, and differentiated by JAX
+(``jax.vjp`` in the forward, its residuals kept for the backward). Its gradients join the
+passes' float32 ones before each gradient's one rounding to its input's dtype (dq, dk, dv) and
+before the decays' chunk-local sum (d cum): ``impl="pallas_split"`` adds its intra-chunk terms
+so, instead of summing two outputs and two sets of gradients already rounded to bf16 (relative
+L2 of bf16 dq, dk 2.5e-3 -> 7e-5 against the float32 op rounded to bf16, GLA-like decays;
+``seqzoo.ops.linear_attention.pallas_gpu_split``).
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ class _Static:
     run: Callable  # one pass: kernels.chunked_pass (Triton) or mosaic_tpu_chunked.mosaic_pass
     intra: bool = True  # False: pairs in different chunks only (``chunked_pass``'s ``intra``)
     precision: str = "highest"  # of float32 matmuls (``chunked_pass``'s ``precision``)
+    extra: Callable | None = None  # float32 terms added before rounding (module docstring)
 
 
 def _chunk_cumsum(g: Array, chunk: int) -> Array:
@@ -79,14 +91,23 @@ def _transposed(state: Array | None) -> Array | None:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _chunked(q, k, v, g, ks, s0, st: _Static):
-    return _forward(q, k, v, g, ks, s0, st)[0]
+    return _forward(q, k, v, g, ks, s0, st, differentiated=False)[0]
 
 
-def _forward(q, k, v, g, ks, s0, st: _Static):
+def _forward(q, k, v, g, ks, s0, st: _Static, differentiated: bool = True):
     cum = None if g is None else _chunk_cumsum(g, st.tiling.chunk)
-    out = st.run(q, k, v, cum, ks, None, s0, scale=st.scale, reverse=st.reverse,
-                 decay=st.decay, tiling=st.tiling, **_options(st))
-    return out, (q, k, v, g, cum, ks, s0)
+    widen = {} if st.extra is None else {"out_dtype": _F32}
+    out, final = st.run(q, k, v, cum, ks, None, s0, scale=st.scale, reverse=st.reverse,
+                        decay=st.decay, tiling=st.tiling, **_options(st), **widen)
+    extra_vjp = None
+    if st.extra is not None:
+        as_f32 = [x.astype(_F32) for x in (q, k, v)]
+        if differentiated:
+            terms, extra_vjp = jax.vjp(st.extra, *as_f32, cum)
+        else:
+            terms = st.extra(*as_f32, cum)
+        out = (out + terms).astype(v.dtype)
+    return (out, final), (q, k, v, g, cum, ks, s0, extra_vjp)
 
 
 def _options(st: _Static) -> dict:
@@ -99,11 +120,14 @@ def _options(st: _Static) -> dict:
         {} if st.precision == "highest" else {"precision": st.precision})
 
 
-def _decay_grads(dcum: Array, dots: Array, st: _Static) -> Array:
+def _decay_grads(dcum: Array, dots: Array, st: _Static, extra: Array | None = None) -> Array:
     """d loss / d g from the chunk-local identity: ``dcum`` (D, B, T, H, dk) plus the boundary
-    dots (D, B, N, H, dk) at every chunk's last step, summed back within each chunk."""
+    dots (D, B, N, H, dk) at every chunk's last step (plus ``extra``'s d cum, in cum's shape),
+    summed back within each chunk."""
     if st.decay == "scalar":
         dcum, dots = dcum.sum(-1), dots.sum(-1)
+    if extra is not None:
+        dcum = dcum + extra
     c = st.tiling.chunk
     s = dcum.shape
     blocks = dcum.reshape(*s[:2], s[2] // c, c, *s[3:])
@@ -112,7 +136,7 @@ def _decay_grads(dcum: Array, dots: Array, st: _Static) -> Array:
 
 
 def _backward(st: _Static, res, cotangents):
-    q, k, v, g, cum, ks, s0 = res
+    q, k, v, g, cum, ks, s0, extra_vjp = res
     do, ds_final = cotangents
     flipped = tuple(not r for r in st.reverse)
     common = dict(scale=st.scale, tiling=st.tiling, out_dtype=_F32, **_options(st))
@@ -131,11 +155,15 @@ def _backward(st: _Static, res, cotangents):
     heads = dq.shape[3]
     k_heads = _per_head(k, heads).astype(_F32)
     dk = dk_eff if ks is None else dk_eff * _per_head(ks, heads)[..., None]
+    # The extra terms' float32 gradients (their own d cum: the identity below is the passes')
+    extra = (None,) * 4 if extra_vjp is None else extra_vjp(do.astype(_F32))
     grads_g = None
     if g is not None:
         sign = jnp.where(jnp.asarray(st.reverse), -1.0, 1.0).reshape(-1, 1, 1, 1, 1)
         dcum = sign * (_per_head(q, heads).astype(_F32) * dq - k_heads * dk)
-        grads_g = _like(_decay_grads(dcum, dots[0], st), g)
+        grads_g = _like(_decay_grads(dcum, dots[0], st, extra[3]), g)
+    if extra_vjp is not None:  # joined before the one rounding of each gradient
+        dq, dk, dv = dq + extra[0], dk + extra[1], dv + extra[2]
     grads_ks = None if ks is None else _like(jnp.sum(k_heads * dk_eff, axis=-1), ks)
     grads_s0 = None if s0 is None else _like(ds0, s0, head_axis=2)
     return (_like(dq, q), _like(dk, k), _like(dv, v), grads_g, grads_ks, grads_s0)
@@ -157,14 +185,19 @@ def _padded(x: Array | None, sizes: dict[int, int]) -> Array | None:
 def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
                    reverse: tuple[bool, ...], tiling, widths: tuple[int, int],
                    run: Callable, intra: bool = True,
-                   precision: str = "highest") -> tuple[Array, Array]:
+                   precision: str = "highest", extra: Callable | None = None
+                   ) -> tuple[Array, Array]:
     """Chunked gated linear attention on the passes ``run`` (layout and arguments as
     ``seqzoo.ops.linear_attention.pallas_gpu.gated_linear_attention``): the inputs zero-padded
     to a multiple of ``tiling.chunk`` steps and to the key / value ``widths`` (identity steps,
     zero columns), the custom VJP (module docstring), the outputs cut back. ``intra=False``:
     the terms of pairs in different chunks only (and the initial state's), every pass.
-    ``precision`` (resolved: a name, not None): of float32 matmuls, every pass."""
+    ``precision`` (resolved: a name, not None): of float32 matmuls, every pass. ``extra``: float32
+    terms on the padded inputs (module docstring)."""
     length, dk, dv = q.shape[2], q.shape[-1], v.shape[-1]
+    if extra is not None and (reverse != (False,) or key_scale is not None or any(
+            x is not None and (x.shape[0], x.shape[3]) != (1, v.shape[3]) for x in (q, k, g))):
+        raise ValueError("extra takes one causal direction, no key_scale and v's heads")
     decay = None if g is None else ("scalar" if g.ndim == 4 else "key")
     steps, (wk, wv) = -(-length // tiling.chunk) * tiling.chunk, widths
     as_f32 = [None if x is None else x.astype(_F32) for x in (g, key_scale, initial_state)]
@@ -175,6 +208,6 @@ def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
         _padded(as_f32[0], {2: steps} | ({4: wk} if decay == "key" else {})),
         _padded(as_f32[1], {2: steps}),
         _padded(as_f32[2], {3: wk, 4: wv}),
-        _Static(float(scale), tuple(reverse), decay, tiling, run, intra, precision),
+        _Static(float(scale), tuple(reverse), decay, tiling, run, intra, precision, extra),
     )
     return out[:, :, :length, :, :dv], final[..., :dk, :dv]

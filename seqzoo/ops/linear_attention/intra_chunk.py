@@ -17,7 +17,10 @@ it, in sub-chunks of ``sub`` rows:
   ``(sub, sub, dk)`` and reduced over dk.
 
 Matmul operands are in the inputs' dtype (bf16 on a GPU; float32 at HIGHEST precision), with
-float32 accumulation; decays, ``A`` and the diagonal blocks are float32. The per-key scores have
+float32 accumulation; decays, ``A`` and the diagonal blocks are float32. ``dtype`` may name that
+dtype for float32 q, k, v holding its values (``pallas_gpu_split``: the gradients of q, k, v
+and the decays then stay float32, rounded once by the caller with the inter-chunk ones; the
+per-key scores and ``A v`` keep their residuals in ``dtype``). The per-key scores have
 their own VJP (fla's ``chunk_gla`` backward): ``dq`` and ``dk`` by the same sub-chunks (matmuls
 through the reference rows, the diagonal blocks as elementwise products reduced at once) and
 ``dG = q dq - k dk`` (``A`` depends on G only through ``G_i - G_j``; as the difference cancels,
@@ -73,13 +76,15 @@ def _reference_factors(cum: Array, r: int, sub: int) -> tuple[Array, Array]:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _scores_per_key(q: Array, k: Array, cum: Array, sub: int, dtype, kernel: bool) -> Array:
-    """Per-key decays, sub-chunk by sub-chunk (module docstring). (B, N, C, H, dk) ->
-    (B, N, H, C, C), unscaled, zero above the diagonal; ``kernel``: by the Pallas kernel of
-    ``pallas_gpu_intra.py`` (same sub-chunks) instead of XLA."""
+    """Per-key decays, sub-chunk by sub-chunk (module docstring). (B, N, C, H, dk) float32 q, k
+    holding values of ``dtype`` (the matmul operands') -> (B, N, H, C, C), unscaled, zero above
+    the diagonal; float32 gradients. ``kernel``: by the Pallas kernel of ``pallas_gpu_intra.py``
+    (same sub-chunks) instead of XLA."""
     if kernel:
-        return pallas_gpu_intra.intra_chunk_scores(q, k, cum, sub=sub, dtype=dtype)
+        return pallas_gpu_intra.intra_chunk_scores(q.astype(dtype), k.astype(dtype), cum,
+                                                   sub=sub, dtype=dtype)
     b, n, c, h, dk = q.shape
-    qf, kf = q.astype(_F32), k.astype(_F32)
+    qf, kf = q, k
     rows = []
     for r in range(0, c, sub):
         q_i, k_i = qf[:, :, r:r + sub], kf[:, :, r:r + sub]
@@ -95,7 +100,8 @@ def _scores_per_key(q: Array, k: Array, cum: Array, sub: int, dtype, kernel: boo
 
 
 def _scores_per_key_forward(q, k, cum, sub, dtype, kernel):
-    return _scores_per_key(q, k, cum, sub, dtype, kernel), (q, k, cum)
+    residuals = (q.astype(dtype), k.astype(dtype), cum)  # exact: the values are dtype's
+    return _scores_per_key(q, k, cum, sub, dtype, kernel), residuals
 
 
 def _scores_per_key_backward(sub, dtype, kernel, res, d_scores):
@@ -123,7 +129,7 @@ def _scores_per_key_backward(sub, dtype, kernel, res, d_scores):
                                                       q_i * from_ref, dtype, split=True))
         dq_rows.append(dq_i)
     dq = jnp.concatenate(dq_rows, axis=2)
-    return dq.astype(q.dtype), dk.astype(k.dtype), qf * dq - kf * dk
+    return dq, dk, qf * dq - kf * dk
 
 
 _scores_per_key.defvjp(_scores_per_key_forward, _scores_per_key_backward)
@@ -133,7 +139,7 @@ def _scores(q: Array, k: Array, cum: Array | None, scale: float, sub: int, dtype
             kernel: bool) -> Array:
     c = q.shape[2]
     if cum is not None and cum.ndim == 5:
-        return scale * _scores_per_key(q, k, cum, sub, dtype, kernel)
+        return scale * _scores_per_key(q.astype(_F32), k.astype(_F32), cum, sub, dtype, kernel)
     scores = _einsum("bnihd,bnjhd->bnhij", q, k, dtype) * scale
     if cum is None:
         return jnp.where(_causal(c), scores, 0.0)
@@ -143,36 +149,44 @@ def _scores(q: Array, k: Array, cum: Array | None, scale: float, sub: int, dtype
 
 
 def intra_chunk_scores(q: Array, k: Array, cum: Array | None, *, scale: float,
-                       sub: int = 16, kernel: bool = False) -> Array:
+                       sub: int = 16, kernel: bool = False, dtype=None) -> Array:
     """``A: (B, N, H, C, C)`` float32 of the module docstring.
 
     q, k: (B, N, C, H, dk) (N chunks of C steps); cum: the chunk-local inclusive cumulative sum
     of the log decays, float32: None, (B, N, C, H) per head or (B, N, C, H, dk) per key
     dimension; sub: rows per sub-chunk for per-key decays (dividing C); kernel: per-key scores
-    by the Pallas kernel (``pallas_gpu_intra.py``; C a power of two >= 16), the VJP still XLA's.
+    by the Pallas kernel (``pallas_gpu_intra.py``; C a power of two >= 16), the VJP still XLA's;
+    dtype: the matmul operands' (default q's and k's; float32 q, k then hold its values).
     """
-    dtype = jnp.result_type(q.dtype, k.dtype)
+    dtype = jnp.result_type(q.dtype, k.dtype) if dtype is None else dtype
     return _scores(q, k, cum, float(scale), min(sub, q.shape[2]), jnp.dtype(dtype), kernel)
 
 
-@jax.custom_vjp
-def intra_chunk_outputs(scores: Array, v: Array) -> Array:
+def intra_chunk_outputs(scores: Array, v: Array, dtype=None) -> Array:
     """``o_intra = A v`` per chunk: scores (B, N, H, C, C) float32, v (B, N, C, H, dv) ->
-    (B, N, C, H, dv) float32; the matmul's operands in v's dtype. Its VJP takes ``do`` in v's
-    dtype too: ``dA = do v^T``, ``dv = A^T do`` with A split in ``hi + lo`` (``_einsum``)."""
-    return _einsum("bnhij,bnjhe->bnihe", scores, v, v.dtype)
+    (B, N, C, H, dv) float32; the matmul's operands in ``dtype`` (default v's; a float32 v then
+    holds its values, and its gradient stays float32). Its VJP takes ``do`` in ``dtype`` too:
+    ``dA = do v^T``, ``dv = A^T do`` with A split in ``hi + lo`` (``_einsum``)."""
+    dtype = jnp.dtype(v.dtype if dtype is None else dtype)
+    return _outputs(scores, v.astype(_F32), dtype)
 
 
-def _outputs_forward(scores, v):
-    return intra_chunk_outputs(scores, v), (scores, v)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _outputs(scores: Array, v: Array, dtype) -> Array:
+    """``intra_chunk_outputs`` on a float32 ``v`` holding values of ``dtype``."""
+    return _einsum("bnhij,bnjhe->bnihe", scores, v, dtype)
 
 
-def _outputs_backward(res, do):
+def _outputs_forward(scores, v, dtype):
+    return _outputs(scores, v, dtype), (scores, v.astype(dtype))  # exact: dtype's values
+
+
+def _outputs_backward(dtype, res, do):
     scores, v = res
-    do = do.astype(v.dtype)
-    d_scores = _einsum("bnihe,bnjhe->bnhij", do, v, v.dtype)
-    dv = _einsum("bnhij,bnihe->bnjhe", scores, do, v.dtype, split=True)
-    return d_scores, dv.astype(v.dtype)
+    do = do.astype(dtype)
+    d_scores = _einsum("bnihe,bnjhe->bnhij", do, v, dtype)
+    dv = _einsum("bnhij,bnihe->bnjhe", scores, do, dtype, split=True)
+    return d_scores, dv
 
 
-intra_chunk_outputs.defvjp(_outputs_forward, _outputs_backward)
+_outputs.defvjp(_outputs_forward, _outputs_backward)

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 
@@ -98,6 +99,7 @@ def gated_linear_attention(
     max_chunk: int | None = None,
     intra: bool = True,
     precision: str | None = None,
+    extra: Callable | None = None,
 ) -> tuple[Array, Array]:
     """Chunked gated linear attention in one or two directions, differentiable in every input.
 
@@ -113,6 +115,9 @@ def gated_linear_attention(
       precision: of float32 matmuls in every pass, forward and backward: ``"highest"`` (IEEE),
         ``"tf32x3"`` or ``"tf32"``; None: ``jax.default_matmul_precision``'s, else "tf32x3"
         (``seqzoo.kernels.matmul_precision``). 16-bit inputs ignore it.
+      extra: ``extra(q, k, v, cum)``, float32 terms on the padded inputs added to ``o`` before
+        its rounding, their gradients joined in float32 (``seqzoo.kernels.chunked_vjp``; one
+        causal direction, no key_scale, q, k, g with v's heads).
     Returns ``o: (len(reverse), B, T, H, dv)`` in v's dtype and the final states
     ``(len(reverse), B, H, dk, dv)`` float32 (for a reverse direction: the state before t=0).
     """
@@ -125,7 +130,7 @@ def gated_linear_attention(
                            intra=intra, itemsize=max(a.dtype.itemsize for a in (q, k, v)))
     return padded_chunked(q, k, v, g, key_scale, initial_state, scale=scale, reverse=reverse,
                           tiling=tiling, widths=widths, run=chunked_pass, intra=intra,
-                          precision=precision)
+                          precision=precision, extra=extra)
 
 
 def auto_segments(batch: int, heads: int, length: int, dv: int,

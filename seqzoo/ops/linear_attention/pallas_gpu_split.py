@@ -11,7 +11,19 @@ gradient by the chunk-local identity, all on pairs in different chunks only): wi
 diagonal blocks gone, a per-key decay costs there what a scalar one does. ``o_intra`` is
 ``intra_chunk.py``: the (C x C) scores of every chunk at once (sub-chunks through a reference
 row, the diagonal blocks exactly, as fla's ``chunk_gla``) and ``A v``, batched XLA matmuls
-differentiated by autodiff. Both parts use the same chunk C (``pallas_gpu.launch_tiling``).
+differentiated by JAX (their own VJPs). Both parts use the same chunk C
+(``pallas_gpu.launch_tiling``).
+
+The sum is taken once, in float32: ``o_intra`` is the pass's ``extra`` (``chunked_vjp``), added
+to the kernel's float32 ``o_inter`` before ``o``'s one rounding to v's dtype, and its gradients
+(taken on float32 copies of q, k, v holding the same values, matmul operands still in the
+inputs' dtype) join the passes' float32 ones before each gradient's one rounding. Rounding each
+part to bf16 and summing in bf16 cost two or three roundings per gradient: bf16 dq, dk, dv at
+2.5e-3, 2.5e-3, 3.1e-3 relative L2 against the float32 op rounded to bf16 at (1, 256, 2, 64),
+GLA's decays ``logsigmoid(x) / 16``; one rounding: 7e-5, 5e-5, 2.5e-3 (dv's rest is the dv
+pass's bf16 state and A's bf16 operands below the diagonal blocks, as fla's ``chunk_gla``).
+No or scalar decays: the intra-chunk scores are differentiated by autodiff through their bf16
+operands, which rounds their dq and dk once more before the sum.
 
 Inputs as ``seqzoo.ops.linear_attention`` without ``segment_ids``; no, scalar and per-key decays
 all run (the split is only expected to pay for per-key decays). Tolerances as ``impl="pallas"``
@@ -23,6 +35,8 @@ scores and ``A v`` stay IEEE float32 (XLA's einsums and the scores' kernel at ``
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -33,28 +47,44 @@ from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention, launc
 Array = jax.Array
 
 
-def _in_chunks(x: Array | None, steps: int, chunk: int) -> Array | None:
-    """(B, T, H, ...) zero-padded to ``steps`` -> (B, steps / chunk, chunk, H, ...)."""
+def _in_chunks(x: Array | None, chunk: int) -> Array | None:
+    """(B, T, H, ...) -> (B, T / chunk, chunk, H, ...)."""
     if x is None:
         return None
-    pad = [(0, 0)] * x.ndim
-    pad[1] = (0, steps - x.shape[1])
-    x = jnp.pad(x, pad)
-    return x.reshape(x.shape[0], steps // chunk, chunk, *x.shape[2:])
+    return x.reshape(x.shape[0], x.shape[1] // chunk, chunk, *x.shape[2:])
 
 
-def intra_chunk_attention(q: Array, k: Array, v: Array, log_decay: Array | None, *,
-                          scale: float, chunk: int, sub: int = 16, kernel: bool = False) -> Array:
-    """``o_intra: (B, T, H, dv)`` float32 for chunks of ``chunk`` steps from t = 0 (layout as
-    ``linear_attention_kernel``; padded to whole chunks with zero inputs and zero decays);
-    ``kernel``: per-key scores by the Pallas kernel (``intra_chunk.intra_chunk_scores``)."""
-    length = q.shape[1]
-    steps = -(-length // chunk) * chunk
-    q, k, v, g = (_in_chunks(x, steps, chunk) for x in (q, k, v, log_decay))
-    cum = None if g is None else jnp.cumsum(g.astype(jnp.float32), axis=2)
-    scores = intra_chunk.intra_chunk_scores(q, k, cum, scale=scale, sub=sub, kernel=kernel)
-    out = intra_chunk.intra_chunk_outputs(scores, v)
-    return out.reshape(out.shape[0], steps, *out.shape[3:])[:, :length]
+def intra_chunk_attention(q: Array, k: Array, v: Array, cum: Array | None, *, scale: float,
+                          chunk: int, sub: int = 16, kernel: bool = False, dtype=None) -> Array:
+    """``o_intra: (D, B, T, H, dv)`` float32 for chunks of ``chunk`` steps from t = 0, in the
+    layout of ``chunked_vjp``'s ``extra``: q, k (D, B, T, H, dk), v (D, B, T, H, dv), T a
+    multiple of ``chunk``; cum: None or the chunk-local cumulative log decays, float32,
+    (D, B, T, H) or (D, B, T, H, dk). ``dtype``: the matmul operands' (default q's; float32 q,
+    k, v holding its values keep float32 gradients). ``kernel``: per-key scores by the Pallas
+    kernel (``intra_chunk.intra_chunk_scores``)."""
+    lead = q.shape[:2]
+    q, k, v, cum = (None if x is None else x.reshape(-1, *x.shape[2:]) for x in (q, k, v, cum))
+    q, k, v, cum = (_in_chunks(x, chunk) for x in (q, k, v, cum))
+    scores = intra_chunk.intra_chunk_scores(q, k, cum, scale=scale, sub=sub, kernel=kernel,
+                                            dtype=dtype)
+    out = intra_chunk.intra_chunk_outputs(scores, v, dtype)
+    return out.reshape(*lead, -1, *out.shape[3:])
+
+
+@dataclasses.dataclass(frozen=True)
+class _IntraTerms:
+    """``intra_chunk_attention`` as the pass's ``extra`` (hashable by value: it is part of the
+    custom VJP's static arguments)."""
+
+    scale: float
+    chunk: int
+    sub: int
+    kernel: bool
+    dtype: jnp.dtype
+
+    def __call__(self, q: Array, k: Array, v: Array, cum: Array | None) -> Array:
+        return intra_chunk_attention(q, k, v, cum, scale=self.scale, chunk=self.chunk,
+                                     sub=self.sub, kernel=self.kernel, dtype=self.dtype)
 
 
 def linear_attention_kernel(
@@ -82,8 +112,8 @@ def linear_attention_kernel(
     tiling = launch_tiling(decay, q.shape[1], widths, max_chunk=chunk_size, intra=False,
                            itemsize=max(a.dtype.itemsize for a in (q, k, v)))
     lead = [None if a is None else a[None] for a in (q, k, v, log_decay, initial_state)]
-    inter, final = gated_linear_attention(*lead[:4], None, lead[4], scale=scale, tiling=tiling,
-                                          intra=False, precision=precision)
-    intra = intra_chunk_attention(q, k, v, log_decay, scale=scale, chunk=tiling.chunk,
-                                  sub=tiling.sub, kernel=intra_kernel)
-    return (inter[0].astype(jnp.float32) + intra).astype(v.dtype), final[0]
+    intra = _IntraTerms(float(scale), tiling.chunk, tiling.sub, intra_kernel,
+                        jnp.dtype(jnp.result_type(q.dtype, k.dtype, v.dtype)))
+    o, final = gated_linear_attention(*lead[:4], None, lead[4], scale=scale, tiling=tiling,
+                                      intra=False, precision=precision, extra=intra)
+    return o[0], final[0]
