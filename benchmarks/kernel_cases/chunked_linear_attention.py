@@ -1,5 +1,8 @@
 """Chunked linear attention, Mamba-2 SSD and Hydra (issue 7, kernels 3 and 4).
 
+Shapes (B, T, H, D); GLA also at fla's layer shape (B, T, H, dk, dv) = ``GLA_LAYER``, the one
+``benchmarks/train_throughput.py`` trains (``--match "Dk96 Dv192"``).
+
 Variants: ``xla`` (the op's XLA path), ``pallas`` (``impl="pallas"``), for per-key decays
 ``pallas_split`` (``impl="pallas_split"``: the kernel's inter-chunk pass + intra-chunk scores in
 XLA, issue 24) and ``pallas_split A kernel`` (the same with the scores' Pallas kernel) and, when
@@ -32,6 +35,9 @@ SHAPES = [(4, 2048, 16, 128), (4, 4096, 64, 128), (8, 1024, 8, 64)]
 SCALING = [(65536 // t, t, 16, 128) for t in (1024, 2048, 4096, 8192, 16384, 32768, 65536)]
 MAMBA2 = (2, 4096, 32, 64, 128)  # batch, length, heads, headdim p, state n (one group)
 QUICK_SHAPES, QUICK_MAMBA2 = [(1, 80, 2, 16)], (1, 80, 2, 16, 16)
+# GLA at fla's layer shape, as benchmarks/train_throughput.py builds it (d_model 768, 4 heads, key
+# width d/2 per model, value width d): (B, T, H, dk, dv); dv pads to 256, above MEASURED_WIDTH
+GLA_LAYER, QUICK_GLA_LAYER = (8, 2048, 4, 96, 192), (1, 80, 2, 16, 32)
 # Where the XLA path is timed too (its compilations take most of a run's time): the first
 # shape, and the per-key kind where its (B, T/C, H, D, C, C) decays fit (not on the second).
 XLA_AT = {(SHAPES[0], "none"), (SHAPES[0], "head"), (SHAPES[0], "key"), (SHAPES[2], "key")}
@@ -57,14 +63,20 @@ def _normal(key, shape, dtype=jnp.bfloat16):
     return jax.random.normal(key, shape, jnp.float32).astype(dtype)
 
 
+def _dims(shape) -> tuple[int, int, int, int, int]:
+    """(B, T, H, D) or (B, T, H, dk, dv) -> (B, T, H, dk, dv)."""
+    return (*shape, shape[-1]) if len(shape) == 4 else tuple(shape)
+
+
 @functools.cache
 def attention_inputs(shape, kind, dtype=jnp.bfloat16):
-    """q, k, v, do: (B, T, H, D) in ``dtype``; g = logsigmoid(normal) per head or key, f32, or
-    None."""
-    b, t, h, d = shape
+    """q, k: (B, T, H, dk), v, do: (B, T, H, dv) in ``dtype`` (``shape``: (B, T, H, D) or
+    (B, T, H, dk, dv)); g = logsigmoid(normal) per head or key, f32, or None."""
+    b, t, h, dk, dv = _dims(shape)
     keys = jax.random.split(jax.random.PRNGKey(0), 5)
-    q, k, v, do = (_normal(keys[i], shape, dtype) for i in range(4))
-    g_shape = {"none": None, "head": (b, t, h), "key": shape}[kind]
+    q, k, v, do = (_normal(keys[i], (b, t, h, d), dtype)
+                   for i, d in enumerate((dk, dk, dv, dv)))
+    g_shape = {"none": None, "head": (b, t, h), "key": (b, t, h, dk)}[kind]
     g = None if g_shape is None else jax.nn.log_sigmoid(_normal(keys[4], g_shape, jnp.float32))
     return q, k, v, g, do
 
@@ -94,9 +106,10 @@ def _fla_variant(kind, mode, q, k, v, g, do, scale=None):
 
 
 def _attention_floor(shape, kind, mode) -> float:
-    b, t, h, d = shape
-    g_bytes = {"none": 0, "head": 4 * b * t * h, "key": 4 * b * t * h * d}[kind]
-    tensors, flops = 4 * 2 * b * t * h * d + g_bytes, b * t * h * (2 * 64 * 2 * d + 4 * d * d)
+    b, t, h, dk, dv = _dims(shape)
+    g_bytes = {"none": 0, "head": 4 * b * t * h, "key": 4 * b * t * h * dk}[kind]
+    tensors = 2 * b * t * h * (2 * dk + 2 * dv) + g_bytes
+    flops = b * t * h * (2 * 64 * (dk + dv) + 4 * dk * dv)
     if mode == "fwd+bwd":
         tensors, flops = 2 * tensors, 3 * flops
     return floor_ms(tensors, flops)
@@ -129,8 +142,9 @@ def attention_case(shape, kind, mode, *, with_xla=True) -> Case:
     fla = _fla_variant(kind, mode, q, k, v, g, do)
     if fla is not None:
         variants[f"fla {FLA[kind]}"] = fla
-    b, t, h, d = shape
-    return Case(f"linear_attention {kind} {mode}", f"B{b} T{t} H{h} D{d} bf16", variants,
+    b, t, h, dk, dv = _dims(shape)
+    widths = f"D{dk}" if dk == dv else f"Dk{dk} Dv{dv}"
+    return Case(f"linear_attention {kind} {mode}", f"B{b} T{t} H{h} {widths} bf16", variants,
                 baseline=f"fla {FLA[kind]}" if fla is not None else "xla",
                 floor_ms=_attention_floor(shape, kind, mode), rtol=RTOL[mode])
 
@@ -222,8 +236,9 @@ def cases(quick: bool) -> list[Case]:
     """In order of importance (a run cut short keeps the first ones): the first shape, Mamba-2
     and Hydra, the other shapes without then with per-key decays, the tiling sweep, the length
     sweep at a fixed number of tokens."""
-    shapes, scaling, mamba2 = ((QUICK_SHAPES, QUICK_SHAPES, QUICK_MAMBA2) if quick
-                               else (SHAPES, SCALING, MAMBA2))
+    shapes, scaling, mamba2, gla_layer = (
+        (QUICK_SHAPES, QUICK_SHAPES, QUICK_MAMBA2, QUICK_GLA_LAYER) if quick
+        else (SHAPES, SCALING, MAMBA2, GLA_LAYER))
     modes = ("fwd", "fwd+bwd")
 
     def attention(shape, kinds):
@@ -234,6 +249,7 @@ def cases(quick: bool) -> list[Case]:
     out += [ssm_case(mamba2, mode, hydra=hydra) for hydra in (False, True) for mode in modes]
     out += [case for shape in shapes[1:] for case in attention(shape, ("none", "head"))]
     out += [case for shape in shapes[1:] for case in attention(shape, ("key",))]
+    out += [attention_case(gla_layer, "key", mode) for mode in modes]  # with XLA: it fits
     for (kind, mode), tilings in SWEEP.items():
         shape = mamba2 if kind == "ssd" else shapes[min(1, len(shapes) - 1)]
         out.append(tiling_case(shape, kind, mode, QUICK_SWEEP if quick else tilings))
