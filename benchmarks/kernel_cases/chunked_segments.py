@@ -6,16 +6,15 @@ At (2, 32768, 4, 64) and (1, 65536, 2, 128), bf16, no decay and a decay per head
 forward+backward (gradients of ``sum(o * do)`` w.r.t. q, k, v and the decays): the reference
 ``pallas`` (``impl="pallas"``, no segments: one program per batch, head and value block walking
 the whole sequence), then ``segments=P`` for every P of ``SEGMENTS`` (P = 1 times the wrapper
-alone) and the proposal of ``seqzoo.kernels.chunked_segments.propose_segments`` for this GPU's
-SM count, and flash-linear-attention's kernel where importable (the baseline then; otherwise
+alone) and the proposal of ``seqzoo.ops.linear_attention.pallas_gpu.proposed_segments`` for
+this GPU's SM count (labelled "auto" where ``impl="auto"`` takes it), and
+flash-linear-attention's kernel where importable (the baseline then; otherwise
 the kernel without segments). Issue 24's goal: at least as fast as fla; on the H200 at
 (2, 32768, 4, 64) without decay the kernel took 1.041 / 3.123 ms against fla's
 ``chunk_linear_attn`` 0.471 / 1.819 ms.
 """
 
 from __future__ import annotations
-
-import math
 
 from kernel_harness import Case
 from parallel_compile import precompile
@@ -28,10 +27,8 @@ from kernel_cases.chunked_linear_attention import (
     _jax_variant,
     attention_inputs,
 )
-from seqzoo.kernels.chunked_pass import TUNED
-from seqzoo.kernels.chunked_segments import device_sm_count, propose_segments
-from seqzoo.kernels.chunked_tiling import padded_width
 from seqzoo.ops.linear_attention import linear_attention
+from seqzoo.ops.linear_attention.pallas_gpu import AUTO_MIN_SEGMENTS, proposed_segments
 
 SHAPES = [(2, 32768, 4, 64), (1, 65536, 2, 128)]
 SEGMENTS = (1, 4, 8, 16, 32)
@@ -44,8 +41,8 @@ def segments_case(shape, kind, mode, counts) -> Case:
     q, k, v, g, do = attention_inputs(shape, kind)
     args = (q, k, v) if g is None else (q, k, v, g)
     b, t, h, d = shape
-    proposed = propose_segments(b, h, t, math.ceil(padded_width(d) / TUNED.block_v),
-                                device_sm_count())
+    proposed = proposed_segments(b, h, t, d)
+    label = " (proposed, auto)" if proposed >= AUTO_MIN_SEGMENTS else " (proposed)"
 
     def op(segments):
         def fn(q, k, v, g=None):
@@ -55,7 +52,7 @@ def segments_case(shape, kind, mode, counts) -> Case:
 
     variants = {"pallas": _jax_variant(op(None), args, do, mode)}
     for p in dict.fromkeys((*counts, proposed)):
-        name = f"pallas P{p}" + (" (proposed)" if p == proposed else "")
+        name = f"pallas P{p}" + (label if p == proposed else "")
         variants[name] = _jax_variant(op(p), args, do, mode)
     fla = _fla_variant(kind, mode, q, k, v, g, do)
     if fla is not None:

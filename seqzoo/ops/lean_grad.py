@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqzoo.kernels.launch import GPU_BACKENDS
+from seqzoo.ops.checks import check_positive_int
 from seqzoo.parallel.context import sequence_axis, sequence_parallel
 
 Array = jax.Array
@@ -103,8 +104,8 @@ def blockwise(
       ``fewest_blocks`` context is active.
     """
 
-    if gpu_blocks is not None and (not isinstance(gpu_blocks, int) or gpu_blocks < 1):
-        raise ValueError(f"gpu_blocks needs an int >= 1 or None, got {gpu_blocks!r}")
+    if gpu_blocks is not None:
+        check_positive_int(gpu_blocks, "gpu_blocks")
 
     def blocks(rows, fewest: int) -> int:
         n = jax.tree.leaves(rows)[0].shape[0]

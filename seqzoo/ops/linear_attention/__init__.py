@@ -80,22 +80,20 @@ def linear_attention_local(q, k, v, log_decay, initial_state, *, scale: float, c
     b, t, h, dk = q.shape
     dv = v.shape[-1]
 
-    asked = impl
-
-    def run(impl: str, platform: str):
-        if impl in ("pallas", "pallas_split"):
+    def run(chosen: str, platform: str):
+        if chosen in ("pallas", "pallas_split"):
             parts = segments
-            if parts is None and asked == "auto" and impl == "pallas" and platform != "tpu":
+            if parts is None and impl == "auto" and chosen == "pallas" and platform != "tpu":
                 parts = pallas_gpu.auto_segments(b, h, t, dv)  # long sequences, few heads
             split = {} if parts is None else {"segments": parts}  # impl "pallas" only
             if platform == "tpu":  # float32 at HIGHEST: TF32 is a GPU format
                 kernel = pallas_tpu.linear_attention_kernel
             else:
-                gpu = pallas_gpu_split if impl == "pallas_split" else pallas_gpu
+                gpu = pallas_gpu_split if chosen == "pallas_split" else pallas_gpu
                 kernel = functools.partial(gpu.linear_attention_kernel, precision=precision)
             return lambda q, k, v, g, s0: kernel(q, k, v, g, scale=scale, initial_state=s0,
                                                  chunk_size=chunk_size, **split)
-        return functools.partial(_xla_forms, impl=impl, scale=scale, chunk_size=chunk_size,
+        return functools.partial(_xla_forms, impl=chosen, scale=scale, chunk_size=chunk_size,
                                  segment_ids=segment_ids)
 
     return on_platform("linear_attention", impl, run, q, k, v, log_decay, initial_state,

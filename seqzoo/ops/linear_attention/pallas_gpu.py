@@ -133,15 +133,22 @@ def gated_linear_attention(
                           precision=precision, extra=extra)
 
 
-def auto_segments(batch: int, heads: int, length: int, dv: int,
-                  sm_count: int | None = None) -> int | None:
-    """The ``segments=`` that ``impl="auto"`` runs the kernel with: the count
-    ``chunked_segments.propose_segments`` gives for a launch of ``batch * heads`` rows of
-    ``dv``'s value blocks on ``sm_count`` multiprocessors (default: this GPU's) where it is at
-    least ``AUTO_MIN_SEGMENTS`` (long sequences with few heads), else None (one segment)."""
+def proposed_segments(batch: int, heads: int, length: int, dv: int,
+                      sm_count: int | None = None) -> int:
+    """``chunked_segments.propose_segments``' count for this op's launch: ``batch * heads`` rows
+    of ``dv``'s value blocks (``TUNED.block_v`` columns each) on ``sm_count`` multiprocessors
+    (default: this GPU's; 1 off a GPU)."""
     value_blocks = -(-padded_width(dv) // TUNED.block_v)
     sm_count = device_sm_count() if sm_count is None else sm_count
-    proposed = propose_segments(batch, heads, length, value_blocks, sm_count)
+    return propose_segments(batch, heads, length, value_blocks, sm_count)
+
+
+def auto_segments(batch: int, heads: int, length: int, dv: int,
+                  sm_count: int | None = None) -> int | None:
+    """The ``segments=`` that ``impl="auto"`` runs the kernel with: ``proposed_segments`` where
+    it is at least ``AUTO_MIN_SEGMENTS`` (long sequences with few heads), else None (one
+    segment)."""
+    proposed = proposed_segments(batch, heads, length, dv, sm_count)
     return proposed if proposed >= AUTO_MIN_SEGMENTS else None
 
 
