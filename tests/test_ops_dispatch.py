@@ -126,19 +126,26 @@ def test_auto_on_a_gpu_takes_the_kernel_where_it_is_faster_and_fits(
     assert resolve(op, "chunked", **facts).impl == "chunked"
 
 
+@pytest.mark.parametrize("op", ["linear_attention", "ssd"])
 @pytest.mark.parametrize("precision", ["tf32x3", "tf32"])
-def test_auto_on_a_gpu_takes_the_kernel_for_float32_linear_attention_on_tensor_cores(precision):
+def test_auto_on_a_gpu_takes_the_kernel_for_float32_on_tensor_cores(op, precision):
     facts = dict(dims=(128, 128), dtypes=(jnp.float32,), platform="gpu", shared_memory=H200,
                  precision=precision)
-    chosen = resolve("linear_attention", "auto", **facts)
+    chosen = resolve(op, "auto", **facts)
     assert chosen.impl == "pallas" and f"precision={precision!r}" in chosen.why
     assert chosen.measured.endswith("issue-24-item-3")
-    per_key = resolve("linear_attention", "auto", **facts, per_key=True)
-    assert per_key.impl == "chunked" and "per-key" in per_key.why
-    ieee = resolve("linear_attention", "auto", **{**facts, "precision": "highest"})
+    ieee = resolve(op, "auto", **{**facts, "precision": "highest"})
     assert ieee.impl == "chunked" and ieee.measured == chosen.measured
-    for op in ("ssd", "quasiseparable"):  # not measured in float32
-        assert resolve(op, "auto", **facts).impl == "chunked"
+    mixed = resolve(op, "auto", **{**facts, "dtypes": (jnp.bfloat16, jnp.float32)})
+    assert mixed.impl == "chunked" and "mixed" in mixed.why
+    assert resolve("quasiseparable", "auto", **facts).impl == "chunked"  # not measured in float32
+
+
+def test_auto_keeps_float32_per_key_decays_on_xla():
+    facts = dict(dims=(128, 128), dtypes=(jnp.float32,), platform="gpu", shared_memory=H200,
+                 precision="tf32x3", per_key=True)
+    chosen = resolve("linear_attention", "auto", **facts)
+    assert chosen.impl == "chunked" and "per-key" in chosen.why
 
 
 def test_auto_on_a_gpu_takes_the_split_form_for_per_key_decays():
@@ -198,9 +205,9 @@ def test_no_timings_in_the_policy_reasons():
 
 
 def test_explain_says_what_runs_why_and_where_it_was_measured():
-    said = seqzoo.ops.explain("ssd", dims=(64, 64), dtype=jnp.float32, platform="gpu",
+    said = seqzoo.ops.explain("quasiseparable", dims=(64, 64), dtype=jnp.float32, platform="gpu",
                               shared_memory=H200)
-    assert said.startswith("ssd with impl='auto' runs 'chunked': float32")
+    assert said.startswith("quasiseparable with impl='auto' runs 'chunked': float32")
     assert dispatch.CHUNKED_SSD in said
     assert "asked for" in seqzoo.ops.explain("attention", "cudnn")
 

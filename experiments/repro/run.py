@@ -16,8 +16,8 @@ Runs of tasks generated on the fly start at once. ListOps, then Pathfinder, are 
 first on every core into seqzoo's data cache, which their runs then read; those runs start as
 their data is ready. Every run gets ``max_minutes``: the time left until the deadline less
 ``EVAL_RESERVE`` (it then evaluates and tests its last step); one still alive at the deadline
-is killed and reported so. The runs share the GPU: XLA's allocator grows on demand, instead of
-taking 75% at start, up to 1.5 times each run's expected peak plus 2 GB (``Run.memory_gb``:
+is killed and reported so. The runs share the GPU: each run's allocator takes its cap at start
+(instead of 75% of the GPU) as one pool, 1.5 times its expected peak plus 2 GB (``Run.memory_gb``:
 the temporary buffers of its compiled train or, if larger, test step, from XLA's memory
 analysis on a CPU, where Mamba's selective scan is XLA's associative scan: on a GPU it is the
 Pallas kernel, which keeps far less, so those are upper bounds; ListOps Mamba's is an estimate
@@ -120,9 +120,12 @@ class Run:
     def memory_fraction(self) -> float:
         """XLA_CLIENT_MEM_FRACTION: a cap of 1.5 times the expected peak plus 2 GB (the CPU
         estimate ran 1 GB short for the MQAR runs on the H100, 2026-11-23), and at most 60%: no
-        run may take the whole GPU. Each process's allocator grows up to its cap and keeps what
-        it took, so a group's caps must add up to less than the GPU (tests/test_repro.py): with
-        twice the peak plus 4 GB, two runs of an lr sweep ran out of memory on 2026-11-23."""
+        run may take the whole GPU. Each process's allocator takes its cap at start, so a group's
+        caps must add up to less than the GPU (tests/test_repro.py): with twice the peak plus 4 GB,
+        two runs of an lr sweep ran out of memory on 2026-11-23. The cap is preallocated because
+        an allocator that grows on demand fragmented it: MQAR d 64 runs (attention, linear
+        attention, H3) capped at 8.9-11.75 GB failed to find the 4.3 GiB of their train step in
+        a mostly free pool (H100, 2026-12-06)."""
         return min(1.5 * self.memory_gb + 2.0, 0.6 * GPU_MEMORY_GB) / GPU_MEMORY_GB
 
 
@@ -482,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         **{k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_MEM_FRACTION"},
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "PYTHONUNBUFFERED": "1",
-        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "true",  # the cap, in one pool (Run.memory_fraction)
     }
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # for this process's device_name()
     planned = [(run, *run_config(run, args.toy, args.data_dir)) for run in runs]

@@ -173,22 +173,23 @@ _CHUNKED_KERNEL_PLACES = (  # where the chunked kernels do not run, whatever the
          overrides=("pallas_split",)),
     Rule("chunked", lambda f: not f["gpu"], "no Pallas kernel is wired for this platform"),
 )
-_FLOAT32_UNMEASURED = (  # SSD and the quasiseparable mixer: float32 kernels not timed
+_FLOAT32_UNMEASURED = (  # the quasiseparable mixer: its float32 kernel is not timed
     Rule("chunked", lambda f: not f["all_16bit"],
          "float32: XLA's matmuls are faster than the kernel's IEEE ones (precision='highest'); "
          "its tensor-core precisions 'tf32x3' and 'tf32' are not measured for this op, a "
          "user's choice with impl='pallas'", CHUNKED_SSD),
 )
-_FLOAT32_LINEAR_ATTENTION = (  # float32 inputs where the kernel is not the faster path
+_FLOAT32_XLA = (  # float32 inputs where the kernel is not the faster path (linear attention, SSD)
     Rule("chunked", lambda f: not f["all_16bit"] and not f["all_float32"],
          "16-bit and float32 inputs mixed: the kernel is not measured there"),
     Rule("chunked", lambda f: f["all_float32"] and f["precision"] == "highest",
          "float32 at precision='highest' (IEEE, no tensor cores): XLA's matmuls are faster "
          "than the kernel's", FLOAT32_KERNEL),
+)
+_FLOAT32_PER_KEY = (
     Rule("chunked", lambda f: f["all_float32"] and f["per_key"],
-         "float32 per-key decays: the kernel is not measured there (its first run, at width "
-         "128, ran out of shared memory; the tiling now counts float32 operands)",
-         FLOAT32_KERNEL),
+         "float32 per-key decays: the kernel runs there but is not timed beside XLA's float32 "
+         "per-key form", FLOAT32_KERNEL),
 )
 _FLOAT32_KERNEL = (
     Rule("pallas", lambda f: f["all_float32"],
@@ -213,8 +214,6 @@ _PER_KEY_SPLIT = (
          "scores in XLA) is faster than the one-pass kernel and than XLA's chunked form, still "
          "slower than fla's chunk_gla (issue 24)", PER_KEY_SPLIT),
 )
-_CHUNKED_KERNEL_RULES = (_CHUNKED_KERNEL_PLACES + _FLOAT32_UNMEASURED + _CHUNKED_KERNEL_FITS
-                         + _CHUNKED_KERNEL)
 _SCAN_RULES = (
     Rule("pallas", lambda f: f["tpu"],
          "the Mosaic-TPU kernel moves a fraction of the associative scan's bytes (predicted, not "
@@ -250,11 +249,15 @@ _SCANS = ("associative", "sequential", "pallas")
 POLICY = {
     "linear_attention": Policy(("chunked", "parallel", "sequential", "pallas", "pallas_split"),
                                _chunked_kernel_facts,
-                               _CHUNKED_KERNEL_PLACES + _FLOAT32_LINEAR_ATTENTION
+                               _CHUNKED_KERNEL_PLACES + _FLOAT32_XLA + _FLOAT32_PER_KEY
                                + _CHUNKED_KERNEL_FITS + _PER_KEY_SPLIT + _FLOAT32_KERNEL
                                + _CHUNKED_KERNEL),
-    "ssd": Policy(_CHUNKED, _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),
-    "quasiseparable": Policy(_CHUNKED, _chunked_kernel_facts, _CHUNKED_KERNEL_RULES),
+    "ssd": Policy(_CHUNKED, _chunked_kernel_facts,
+                  _CHUNKED_KERNEL_PLACES + _FLOAT32_XLA + _CHUNKED_KERNEL_FITS + _FLOAT32_KERNEL
+                  + _CHUNKED_KERNEL),
+    "quasiseparable": Policy(_CHUNKED, _chunked_kernel_facts,
+                             _CHUNKED_KERNEL_PLACES + _FLOAT32_UNMEASURED + _CHUNKED_KERNEL_FITS
+                             + _CHUNKED_KERNEL),
     "linear_recurrence": Policy(_SCANS, _scan_facts, _SCAN_RULES),
     "selective_scan": Policy(_SCANS, _scan_facts, _SCAN_RULES),
     "attention": Policy(("parallel", "cudnn", "splash", "tokamax"), _attention_facts,

@@ -88,7 +88,8 @@ def ssd_local(x, dt, A, B, C, *, chunk_size: int, D, z, dt_bias, dt_softplus: bo
         return on_kernel
 
     return on_platform("ssd", impl, run, x, dt, A, B, C, initial_state, dims=(B.shape[-1], p),
-                       dtypes=(x.dtype, B.dtype, C.dtype), segment_ids=segment_ids)
+                       dtypes=(x.dtype, B.dtype, C.dtype), segment_ids=segment_ids,
+                       precision=precision)
 
 
 def ssd(
