@@ -56,8 +56,11 @@ class TaskConfig:
     ``seed`` (psMNIST). ``test_seq_len`` (0: none) gives the test split of a synthetic task
     another length (length extrapolation). ``random_non_queries``: MQAR's filler slots hold
     uniform random tokens (Zoology's generator default) or 0 (Zoology's figure-2 configs).
-    ``context_repeats``: MQAR's key-value pairs written that many times before the queries
-    (2: JRT-Prompt, Arora et al. 2024; ``seq_len`` counts every copy).
+    ``context_repeats``: JRT-Prompt on MQAR (2: read twice, Arora et al. 2024; ``seq_len``
+    counts every copy); ``repeat_scope`` says what is repeated: ``context``, the key-value pairs
+    only, before the queries, or ``prompt``, the paper's layout, the whole row (pairs and
+    queries) with only the last copy labelled. ``num_queries``: MQAR queries that many of its
+    keys, a random subset (0: every key). See ``seqzoo.data.synthetic.mqar``.
     ``normalize`` (image tasks): each pixel is one float feature in [0, 1] through a linear
     encoder (S4's setting) instead of one of 256 tokens through an embedding (LRA's).
     ``preset``, ``dataset``, ``splits`` (the ``tfds`` task): how a prepared TFDS dataset
@@ -85,6 +88,8 @@ class TaskConfig:
     test_seq_len: int = setting(0, AT_LEAST_0)
     random_non_queries: bool = setting(True, ANY)
     context_repeats: int = setting(1, AT_LEAST_1)
+    repeat_scope: str = setting("context", OneOf("seqzoo.data.synthetic:REPEAT_SCOPES"))
+    num_queries: int = setting(0, AT_LEAST_0)
     normalize: bool = setting(False, ANY)
     preset: str = setting("lra_image", OneOf("seqzoo.data.tfds_presets:PRESETS"))
     dataset: str = setting("", ANY)  # checked by the tfds task (seqzoo.data.tfds_source)

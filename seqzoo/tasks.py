@@ -231,14 +231,17 @@ TASKS: dict[str, Task] = {
             lambda c, n, seed: mqar(
                 n, c.seq_len, c.num_kv_pairs, c.vocab_size, seed=seed,
                 random_non_queries=c.random_non_queries, cache_dir=None,
-                context_repeats=c.context_repeats,
+                context_repeats=c.context_repeats, num_queries=c.num_queries,
+                repeat_scope=c.repeat_scope,
             )
         ),
         "multi-query associative recall (Zoology); seq_len, num_kv_pairs, vocab_size, "
-        "random_non_queries, context_repeats (2: JRT-Prompt)",
+        "random_non_queries, num_queries (0: every key), context_repeats (2: JRT-Prompt) and "
+        "repeat_scope (context: the pairs only; prompt: pairs and queries, the paper's)",
         test_lengths=True,
         check=lambda c, length: check_mqar(
-            length, _arg(c, "num_kv_pairs"), _arg(c, "vocab_size"), _arg(c, "context_repeats")
+            length, _arg(c, "num_kv_pairs"), _arg(c, "vocab_size"), _arg(c, "context_repeats"),
+            _arg(c, "num_queries"), _arg(c, "repeat_scope"),
         ),
     ),
     "induction_heads": Task(
@@ -376,8 +379,9 @@ def check_task(cfg: TaskConfig) -> None:
         )
     if not cfg.random_non_queries and cfg.name != "mqar":
         raise ValueError(f"task.random_non_queries is MQAR's option, not {cfg.name!r}'s")
-    if cfg.context_repeats != 1 and cfg.name != "mqar":
-        raise ValueError(f"task.context_repeats is MQAR's option, not {cfg.name!r}'s")
+    for key, default in (("context_repeats", 1), ("num_queries", 0), ("repeat_scope", "context")):
+        if getattr(cfg, key) != default and cfg.name != "mqar":
+            raise ValueError(f"task.{key} is MQAR's option, not {cfg.name!r}'s")
     for key, default in (("dataset", ""), ("splits", {})):
         if getattr(cfg, key) != default and cfg.name != "tfds":
             raise ValueError(f"task.{key} is the tfds task's option, not {cfg.name!r}'s")

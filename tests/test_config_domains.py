@@ -42,6 +42,8 @@ BAD_VALUES = [
     (["task.seq_len=0"], r"task\.seq_len must be >= 1, got 0"),
     (["task.num_kv_pairs=0"], r"task\.num_kv_pairs must be >= 1, got 0"),
     (["task.context_repeats=0"], r"task\.context_repeats must be >= 1, got 0"),
+    (["task.num_queries=-1"], r"task\.num_queries must be >= 0, got -1"),
+    (["task.repeat_scope=both"], r"task\.repeat_scope must be one of context, prompt, got 'both'"),
     (["task.num_tokens=0"], r"task\.num_tokens must be >= 1, got 0"),
     (["task.vocab_size=0"], r"task\.vocab_size must be >= 1, got 0"),
     (["task.num_val=-1"], r"task\.num_val must be >= 0, got -1"),

@@ -58,6 +58,91 @@ def test_mqar_jrt_prompt_repeats_the_context_and_asks_the_same_questions():
         mqar(1, 48, kv, vocab_size=vocab, cache_dir=None, context_repeats=4)
 
 
+@pytest.mark.parametrize("repeats", [2, 3])
+def test_mqar_jrt_prompt_repeats_the_whole_row_and_scores_only_the_plain_rows_questions(repeats):
+    """The paper's JR-p prompt (repeat_scope="prompt"): x = (C Q)^r, x[t] = u[t mod L] for the
+    plain row u of length L = seq_len / r drawn with the same seed (filler noise included);
+    only the last copy is labelled, with exactly the plain row's targets."""
+    n, kv, asked, vocab, length = 60, 6, 2, 256, 40
+    plain = mqar(n, length, kv, vocab_size=vocab, seed=5, cache_dir=None, num_queries=asked)
+    jrt = mqar(n, repeats * length, kv, vocab_size=vocab, seed=5, cache_dir=None,
+               num_queries=asked, context_repeats=repeats, repeat_scope="prompt")
+    inputs, targets, labelled = _check_split(jrt, n, repeats * length)
+    p_inputs, p_targets = plain["all"]["inputs"], plain["all"]["targets"]
+    for copy in range(repeats):
+        np.testing.assert_array_equal(inputs[:, copy * length : (copy + 1) * length], p_inputs)
+    np.testing.assert_array_equal(targets[:, (repeats - 1) * length :], p_targets)
+    assert (targets[:, : (repeats - 1) * length] == IGNORE).all()
+    assert (labelled.sum(axis=1) == asked).all()
+
+
+def test_mqar_num_queries_asks_a_random_subset_of_the_keys():
+    """num_queries = m < n: m distinct keys of the row, each labelled with its value, at even
+    offsets of the query region; which pairs are asked varies (not always the first m)."""
+    n, kv, asked, vocab, seq_len = 300, 8, 3, 512, 64
+    ds = mqar(n, seq_len, kv, vocab_size=vocab, seed=2, cache_dir=None, num_queries=asked)
+    inputs, targets, labelled = _check_split(ds, n, seq_len)
+    keys, values = inputs[:, 0 : 2 * kv : 2], inputs[:, 1 : 2 * kv : 2]
+    assert (labelled.sum(axis=1) == asked).all()
+    rows, cols = np.nonzero(labelled)
+    assert (cols >= 2 * kv).all() and ((cols - 2 * kv) % 2 == 0).all()
+    slots = np.zeros((n, kv), bool)
+    for r, c in zip(rows, cols, strict=True):
+        (slot,) = np.nonzero(keys[r] == inputs[r, c])
+        assert targets[r, c] == values[r, slot[0]] and not slots[r, slot[0]]
+        slots[r, slot[0]] = True
+    assert slots.any(axis=0).all() and (slots.mean(axis=0) > 0.2).all()  # every pair gets asked
+    # 0 and n both mean every key, the plain generator's rows
+    every = mqar(20, seq_len, kv, vocab_size=vocab, seed=2, cache_dir=None)
+    same = mqar(20, seq_len, kv, vocab_size=vocab, seed=2, cache_dir=None, num_queries=kv)
+    np.testing.assert_array_equal(every["all"]["inputs"], same["all"]["inputs"])
+    np.testing.assert_array_equal(every["all"]["targets"], same["all"]["targets"])
+
+
+def test_mqar_context_scope_with_few_queries_asks_the_plain_rows_questions():
+    """repeat_scope="context" (the default) with num_queries: C^r Q, the query region and its
+    targets those of the plain rows of the same seed and query region."""
+    n, kv, asked, vocab = 40, 6, 2, 256
+    plain = mqar(n, 40, kv, vocab_size=vocab, seed=7, cache_dir=None, num_queries=asked,
+                 random_non_queries=False)
+    jrt = mqar(n, 52, kv, vocab_size=vocab, seed=7, cache_dir=None, num_queries=asked,
+               random_non_queries=False, context_repeats=2)
+    inputs, targets, _ = _check_split(jrt, n, 52)
+    p_inputs, p_targets = plain["all"]["inputs"], plain["all"]["targets"]
+    np.testing.assert_array_equal(inputs[:, 2 * kv : 4 * kv], p_inputs[:, : 2 * kv])
+    np.testing.assert_array_equal(inputs[:, 4 * kv :], p_inputs[:, 2 * kv :])
+    np.testing.assert_array_equal(targets[:, 4 * kv :], p_targets[:, 2 * kv :])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(seq_len=64, num_queries=5), r"num_queries=5 must be between 1 and num_kv_pairs=4"),
+        (dict(seq_len=64, num_queries=-1), r"num_queries=-1 must be between"),
+        (dict(seq_len=64, repeat_scope="both"), r"repeat_scope='?both'? must be one of context, "),
+        (dict(seq_len=66, context_repeats=2, repeat_scope="prompt"),
+         r"seq_len=66 must be context_repeats=2 times an even length"),
+        (dict(seq_len=28, context_repeats=2, repeat_scope="prompt"),
+         r"seq_len / context_repeats = 14 is too short .* in each copy of the prompt"),
+        (dict(seq_len=16, context_repeats=2, num_queries=1),
+         r"seq_len=16 is too short .*>= 18 .*context_repeats times.*2 x num_queries=1 slots"),
+    ],
+)
+def test_mqar_rejects_bad_query_and_repeat_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mqar(1, num_kv_pairs=4, vocab_size=128, cache_dir=None, **kwargs)
+
+
+def test_mqar_jrt_prompt_bounds_the_vocabulary_by_one_copy():
+    """Zoology's vocab_size > length holds per copy of the prompt, so the JRT rows keep the
+    plain rows' vocabulary (here 80 < seq_len 128)."""
+    ds = mqar(4, 128, 8, vocab_size=80, cache_dir=None, num_queries=2, context_repeats=2,
+              repeat_scope="prompt")
+    assert ds["all"]["inputs"].shape == (4, 128)
+    with pytest.raises(ValueError, match="vocab_size=64 must exceed seq_len / context_repeats"):
+        mqar(4, 128, 8, vocab_size=64, cache_dir=None, context_repeats=2, repeat_scope="prompt")
+
+
 def test_mqar_gaps_follow_the_power_law():
     ds = mqar(2000, 256, 4, vocab_size=1024, seed=0, cache_dir=None)
     gaps = (np.nonzero(ds["all"]["targets"] != IGNORE)[1] - 8) // 2

@@ -55,6 +55,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
         ),
         (["task.name=listops", "task.random_non_queries=false"], ValueError, "MQAR's option"),
         (["task.name=induction_heads", "task.context_repeats=2"], ValueError, "MQAR's option"),
+        (["task.name=induction_heads", "task.num_queries=2"], ValueError, "MQAR's option"),
+        (["task.name=listops", "task.repeat_scope=prompt"], ValueError, "MQAR's option"),
         (["task.name=listops", "task.normalize=true"], ValueError, "for the image tasks"),
         (['model.mixer_options={"bogus": 1}'], ValueError, "bogus"),
         (["model.dtype=float8"], ValueError, "model.dtype must be one of float32, bfloat16"),

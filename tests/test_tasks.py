@@ -258,3 +258,21 @@ def test_mqar_filler_follows_task_random_non_queries(random_non_queries):
     queries = train["targets"][:, 8:] != -100  # after the 4 key-value pairs
     filler = train["inputs"][:, 8:][~queries]
     assert (filler != 0).mean() > 0.9 if random_non_queries else (filler == 0).all()
+
+
+def test_mqar_jrt_prompt_task_names_its_config_keys_and_builds_the_papers_layout():
+    """task.repeat_scope=prompt: checked per copy of the prompt, naming the config keys; the
+    built rows are the plain task's rows twice, only the second copy labelled."""
+    base = [*TOY, "task.name=mqar", "task.num_kv_pairs=4", "task.vocab_size=200",
+            "task.num_queries=2"]
+    with pytest.raises(ValueError, match=r"task\.seq_len / task\.context_repeats = 10 is too"):
+        tasks.check_task(apply_overrides(load_experiment("smoke"), [
+            *base, "task.seq_len=20", "task.context_repeats=2", "task.repeat_scope=prompt"]).task)
+    plain = build(apply_overrides(load_experiment("smoke"), [*base, "task.seq_len=32"]))
+    jrt = build(apply_overrides(load_experiment("smoke"), [
+        *base, "task.seq_len=64", "task.context_repeats=2", "task.repeat_scope=prompt"]))
+    for split in ("train", "test"):
+        p, j = plain.data[split], jrt.data[split]
+        np.testing.assert_array_equal(j["inputs"], np.tile(p["inputs"], (1, 2)))
+        np.testing.assert_array_equal(j["targets"][:, 32:], p["targets"])
+        assert (j["targets"][:, :32] == -100).all() and ((p["targets"] != -100).sum(1) == 2).all()

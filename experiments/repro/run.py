@@ -132,6 +132,13 @@ class Run:
 HARD_MQAR = ("task.num_kv_pairs=32", "task.seq_len=128", "task.vocab_size=256")  # issue 27's
 MOM = "MoM > its single memory (Du et al. 2025)"
 JRT = "JRT-Prompt (context twice) > once, Based at a fixed state (Arora et al. 2024, JRT)"
+JRT_PROMPT = "JRT-Prompt (pairs + 2 of 8 queries twice) > once, Based, fixed state (JRT s3.2)"
+# issue 27's first JRT rows: the pairs twice, then every key queried (mqar_jrt_based.toml
+# now holds the paper's layout, the whole prompt twice with 2 of the 8 keys queried)
+CONTEXT_ONLY = ("task.repeat_scope=context", "task.num_queries=0")
+# the paper's layout on and off (explicit, so the run keys say which): the same scored rows
+JRT_ON = ("task.repeat_scope=prompt", "task.num_queries=2")
+JRT_OFF = ("task.context_repeats=1", "task.seq_len=64", "task.num_queries=2")
 
 
 def seeds(run: Run, *values: int) -> tuple[Run, ...]:
@@ -231,9 +238,12 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
         *seeds(Run("mqar_mom_single", MOM, 0.1, ("optim.steps=3000", *HARD_MQAR), folder=""), 0, 1),
         *seeds(Run("mqar_mom", MOM, 0.1, ("optim.steps=3000",), folder=""), 0),
         *seeds(Run("mqar_mom_single", MOM, 0.1, ("optim.steps=3000",), folder=""), 0),
-        *seeds(Run("mqar_jrt_based", JRT, 0.1, ("optim.steps=4000",), folder=""), 0, 1),
-        *seeds(Run("mqar_jrt_based", JRT, 0.1, ("optim.steps=4000", "task.context_repeats=1",
-                                                "task.seq_len=64"), folder=""), 0, 1),
+        *(Run("mqar_jrt_based", JRT, 0.1, ("optim.steps=4000", *layout, *CONTEXT_ONLY, f"seed={s}"),
+              folder="", tag=f"steps=4000{key}@seed={s}")  # the keys (run directories) it had
+          for key, layout in (("", ("task.seq_len=80",)),
+                              ("@context_repeats=1@seq_len=64",
+                               ("task.context_repeats=1", "task.seq_len=64")))
+          for s in (0, 1)),
         *seeds(Run("mqar_jrt_rnn", "JRT-RNN > Based at the decoder's state (Arora et al. 2024)",
                    0.1, ("optim.steps=4000",), folder=""), 0),
         *(Run(f"mqar_{mixer}", claim, 0.1, ("optim.steps=3000", *HARD_MQAR, "seed=0"), folder="")
@@ -265,11 +275,14 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
     ),
     # issue 27's JRT-Prompt and Based claims run towards convergence: the 4000- and 1500-step
     # runs above were still learning. Each group is 4 runs (--save-state keeps at most 5), over
-    # several calls: --save-state, then --resume-from the call's state archive
+    # several calls: --save-state, then --resume-from the call's state archive. JRT-Prompt in the
+    # paper's layout (mqar_jrt_based.toml: pairs and queries twice, 2 of 8 keys queried, only the
+    # second copy scored) against the same rows read once (the scored questions are the same)
     "jrt_long": (
-        *seeds(Run("mqar_jrt_based", JRT, 0.1, ("optim.steps=24000",), folder=""), 0, 1),
-        *seeds(Run("mqar_jrt_based", JRT, 0.1, ("optim.steps=24000", "task.context_repeats=1",
-                                                "task.seq_len=64"), folder=""), 0, 1),
+        *seeds(Run("mqar_jrt_based", JRT_PROMPT, 0.1, ("optim.steps=24000", *JRT_ON),
+                   folder=""), 0, 1),
+        *seeds(Run("mqar_jrt_based", JRT_PROMPT, 0.1, ("optim.steps=24000", *JRT_OFF),
+                   folder=""), 0, 1),
     ),
     **{f"based_tradeoff_long_{part}": tuple(
         Run(RECIPE, "recall rises with state along each window (Based fig. 2)", 0.2,

@@ -34,25 +34,50 @@ def _single_split(name, params, build, cache_dir, vocab_size, seq_len) -> Datase
     return Dataset(name, splits, vocab_size=vocab_size, num_classes=vocab_size, seq_len=seq_len)
 
 
+REPEAT_SCOPES = ("context", "prompt")  # what JRT-Prompt repeats: the pairs, or pairs and queries
+
+
 def check_mqar(seq_len: Arg, num_kv_pairs: Arg, vocab_size: Arg,
-               context_repeats: Arg | None = None) -> None:
+               context_repeats: Arg | None = None, num_queries: Arg | None = None,
+               repeat_scope: Arg | None = None) -> None:
     """Raise ``ValueError`` naming the arguments unless :func:`mqar` can lay out its rows: an
-    even length, room for the key-value pairs (``context_repeats`` times) and a query region as
-    long as one copy of them, and a vocabulary larger than the length (as Zoology's generator
-    asserts)."""
+    even length, 0 (every key) to ``num_kv_pairs`` queries, a known ``repeat_scope``, room for
+    the key-value pairs and a query region of at least two slots a query, and a vocabulary
+    larger than the length (as Zoology's generator asserts). With ``repeat_scope="prompt"`` the
+    length is ``context_repeats`` copies of an even prompt, and each copy must fit the pairs, the
+    query region and the vocabulary bound."""
+    n = num_kv_pairs.value
     repeats = 1 if context_repeats is None else context_repeats.value
+    asked = 0 if num_queries is None else num_queries.value
+    scope = "context" if repeat_scope is None else repeat_scope.value
     require(seq_len.value % 2 == 0,
             f"{seq_len} must be even: MQAR lays out keys and values, queries and the slots "
             f"after them, in pairs")
-    require(num_kv_pairs.value >= 1, f"{num_kv_pairs} must be >= 1")
+    require(n >= 1, f"{num_kv_pairs} must be >= 1")
     require(repeats >= 1, f"{context_repeats} must be >= 1")
-    need = 2 * (repeats + 1) * num_kv_pairs.value
-    times = "" if repeats == 1 else f" {context_repeats.name} times"
-    require(need <= seq_len.value,
-            f"{seq_len} is too short for {num_kv_pairs}: MQAR needs {seq_len.name} >= {need} "
-            f"(the key-value pairs{times}, then a query region as long as one copy)")
-    require(vocab_size.value > seq_len.value,
-            f"{vocab_size} must exceed {seq_len}, as Zoology's MQAR generator requires")
+    require(0 <= asked <= n,
+            f"{num_queries} must be between 1 and {num_kv_pairs} (the keys queried in a row), "
+            f"or 0: every key")
+    require(scope in REPEAT_SCOPES,
+            f"{repeat_scope} must be one of {', '.join(REPEAT_SCOPES)}")
+    m = asked or n
+    length, copy = seq_len, ""
+    if scope == "prompt" and repeats > 1:
+        require(seq_len.value % (2 * repeats) == 0,
+                f"{seq_len} must be {context_repeats} times an even length: with "
+                f"{repeat_scope} the whole prompt (pairs and queries) is written "
+                f"{context_repeats.name} times")
+        length = Arg(f"{seq_len.name} / {context_repeats.name}", seq_len.value // repeats)
+        copy = " in each copy of the prompt"
+    context = repeats if scope == "context" else 1
+    need = 2 * context * n + 2 * m
+    times = "" if context == 1 else f" {context_repeats.name} times"
+    region = "as long as one copy of them" if m == n else f"of at least 2 x {num_queries} slots"
+    require(need <= length.value,
+            f"{length} is too short for {num_kv_pairs}: MQAR needs {length.name} >= {need} "
+            f"(the key-value pairs{times}, then a query region {region}){copy}")
+    require(vocab_size.value > length.value,
+            f"{vocab_size} must exceed {length}, as Zoology's MQAR generator requires")
 
 
 def mqar(
@@ -65,6 +90,8 @@ def mqar(
     random_non_queries: bool = True,
     cache_dir: CacheDir = DEFAULT_CACHE_DIR,
     context_repeats: int = 1,
+    num_queries: int = 0,
+    repeat_scope: str = "context",
 ) -> Dataset:
     """Multi-query associative recall (MQAR), as Zoology's ``multiquery_ar``.
 
@@ -77,41 +104,78 @@ def mqar(
     random tokens from [0, V) when ``random_non_queries`` (so token 0 occurs; the mask is all
     True). ``vocab_size = num_classes = V``.
 
-    ``context_repeats = r > 1`` is JRT-Prompt (Arora et al. 2024, "Just read twice"): the
-    ``2 * num_kv_pairs`` context tokens are written ``r`` times in a row before the query region,
-    which is then ``seq_len - 2 r num_kv_pairs`` long. With the same seed and query region (raise
-    ``seq_len`` by ``2 (r - 1) num_kv_pairs``) the rows ask the same questions as with ``r = 1``.
+    ``num_queries = m`` in [1, n) queries only m of the n keys, a uniformly random subset (in
+    random order, at m gaps drawn as above; the query region needs >= 2m slots); 0 (the
+    default) or n queries every key, Zoology's MQAR. This is the paper's general associative
+    recall, GAR (Arora et al. 2024, "Just read twice", definition G.24): n pairs, then m
+    queries, where a recurrent model reading once needs state for all n pairs.
+
+    ``context_repeats = r > 1`` is JRT-Prompt (Arora et al. 2024, "Just read twice") with
+    ``seq_len`` counting every copy; ``repeat_scope`` says what is repeated. Writing
+    C = k_1 v_1 ... k_n v_n (2n tokens) and Q for the query region (L_q slots):
+
+    * ``"context"`` (the default): ``x = C^r Q``, length 2rn + L_q: the pairs read r times,
+      then the queries once (Zoology's ``multiquery_ar(num_passes=r)``). The model learns
+      nothing on the second read that it could not on the first: the queries still come last.
+      With the same seed and query region (raise ``seq_len`` by ``2 (r - 1) n``) the rows ask
+      the same questions as with ``r = 1``.
+    * ``"prompt"``: ``x = (C Q)^r``, length r (2n + L_q): the whole plain row, queries
+      included, written r times, x[t] = u[t mod (seq_len / r)] for the plain row u of length
+      seq_len / r (the paper's JR-p prompt, definition G.28, A(C, Q, C, Q) in section 3.2).
+      Only the last copy is labelled: its targets are the plain row's, every earlier position
+      is -100, so the scored questions are exactly those of the plain row drawn with the same
+      seed at ``seq_len / r``. On the second read of C the model has seen which keys are
+      queried, so it need store only those m pairs: state Omega(min(n, m) / r) instead of
+      Omega(n) (the paper's proposition 3.1 / G.29). This is the paper's layout; with m = n
+      (every key queried) it predicts no gain.
     """
     check_mqar(**named(seq_len=seq_len, num_kv_pairs=num_kv_pairs, vocab_size=vocab_size,
-                       context_repeats=context_repeats))
+                       context_repeats=context_repeats, num_queries=num_queries,
+                       repeat_scope=repeat_scope))
     require(power_a > 0, f"power_a must be > 0, got {power_a}")
+    copies = context_repeats if repeat_scope == "prompt" else 1  # copies of the whole row
+    length = seq_len // copies  # one copy of the row
+    asked = num_queries or num_kv_pairs
 
     def build():
         rng = np.random.default_rng(seed)
         n, half, pairs = num_examples, vocab_size // 2, 2 * num_kv_pairs
-        context = context_repeats * pairs  # JRT-Prompt: the pairs read r times
+        context = (1 if copies > 1 else context_repeats) * pairs  # "context": r reads
         keys = 1 + distinct_choice(rng, n, half - 1, num_kv_pairs)
         values = half + distinct_choice(rng, n, vocab_size - half, num_kv_pairs)
-        space = (seq_len - context) // 2
+        space = (length - context) // 2
         probs = power_a * np.arange(1, space + 1) ** (power_a - 1)
-        gaps = weighted_distinct_choice(rng, n, probs / probs.sum(), num_kv_pairs)
+        gaps = weighted_distinct_choice(rng, n, probs / probs.sum(), asked)
+        queried, answers = keys, values
+        if asked < num_kv_pairs:  # a random subset of the keys (plain rows draw nothing here)
+            which = distinct_choice(rng, n, num_kv_pairs, asked)
+            queried = np.take_along_axis(keys, which, axis=1)
+            answers = np.take_along_axis(values, which, axis=1)
 
-        inputs = np.zeros((n, seq_len), np.int64)
+        inputs = np.zeros((n, length), np.int64)
         for start in range(0, context, pairs):
             inputs[:, start:start + pairs:2], inputs[:, start + 1:start + pairs:2] = keys, values
         query_pos = context + 2 * gaps
-        np.put_along_axis(inputs, query_pos, keys, axis=1)
-        targets = np.full((n, seq_len), IGNORE_INDEX, np.int64)
-        np.put_along_axis(targets, query_pos, values, axis=1)
+        np.put_along_axis(inputs, query_pos, queried, axis=1)
+        targets = np.full((n, length), IGNORE_INDEX, np.int64)
+        np.put_along_axis(targets, query_pos, answers, axis=1)
         if random_non_queries:
             noise = rng.integers(vocab_size, size=inputs.shape)
             inputs = np.where(inputs == 0, noise, inputs)
+        if copies > 1:  # "prompt": the row r times, only the last copy labelled
+            inputs = np.tile(inputs, (1, copies))
+            unlabelled = np.full((n, length * (copies - 1)), IGNORE_INDEX, np.int64)
+            targets = np.concatenate([unlabelled, targets], axis=1)
         return inputs, targets
 
     params = dict(n=num_examples, l=seq_len, kv=num_kv_pairs, v=vocab_size, a=power_a,
                   seed=seed, rnq=random_non_queries)
     if context_repeats != 1:  # the cache keys of plain MQAR stay as they were
         params["jrt"] = context_repeats
+        if repeat_scope != "context":
+            params["scope"] = repeat_scope
+    if asked != num_kv_pairs:
+        params["q"] = asked
     return _single_split("mqar", params, build, cache_dir, vocab_size, seq_len)
 
 
