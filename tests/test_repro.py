@@ -19,6 +19,7 @@ from experiments.repro.run import (
     ALL_RUNS,
     GPU_MEMORY_GB,
     GROUPS,
+    pack_states,
     run_config,
     save_state,
     state_file,
@@ -178,6 +179,28 @@ def test_state_keeps_the_newest_checkpoint_and_unpacks_only_into_its_run(tmp_pat
         archive.add(run_dir / "config.toml", arcname="other/config.toml")
     with pytest.raises(ValueError, match="outside the folder 'evil'"):
         unpack_state(out, "evil", work)
+
+
+def test_states_travel_in_packs_and_unpack_from_them(tmp_path, monkeypatch):
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir()
+    keys = ["mqar_jrt_based@seed=0", "mqar_jrt_based@seed=1", "pathfinder_s4d"]
+    for key, size in zip(keys, (40, 50, 200), strict=True):
+        run_dir = tmp_path / "runs" / key
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "config.toml").write_text(key)
+        (run_dir / "blob").write_bytes(os.urandom(size * 1024))  # incompressible
+    archives = [save_state(tmp_path / "runs" / key, key, out) for key in keys]
+    monkeypatch.setattr("experiments.repro.run.PACK_BYTES", 120 * 1024)
+    packs = pack_states(archives, out)
+    assert [p.name for p in packs] == ["states_1.tar", "states_2.tar"]  # 40 + 50; 200 alone
+    assert sorted(p.name for p in out.iterdir()) == ["states_1.tar", "states_2.tar"]
+    with tarfile.open(packs[0]) as pack:
+        assert pack.getnames() == [state_file(keys[0]), state_file(keys[1])]
+    for key in keys:
+        assert unpack_state(out, key, work)
+        assert (work / "runs" / key / "config.toml").read_text() == key
+    assert not unpack_state(out, "listops_s4d", work)
 
 
 @pytest.mark.slow

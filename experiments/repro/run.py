@@ -29,15 +29,18 @@ summary and log). Run directories, with their checkpoints, stay under ``--work``
 
 A run longer than one call continues in the next one, on another machine: ``--save-state``
 also writes each run's directory (its newest checkpoint, the best ones, metrics and config) as
-``state_<key>.tar.gz`` in OUT; a later call given that folder with ``--resume-from DIR``
-unpacks it and continues the run with ``seqzoo train --resume`` (the same model, data, seed
-and batches; the data is generated again, identical for its seed) for that call's minutes::
+``state_<key>.tar.gz`` in OUT (where one file per run would pass OUT's 8 files, the archives
+travel packed in ``states_<i>.tar`` files of at most 15 MiB each); a later call given that
+folder with ``--resume-from DIR`` unpacks a run's archive, loose or from a pack, and continues
+the run with ``seqzoo train --resume`` (the same model, data, seed and batches; the data is
+generated again, identical for its seed) for that call's minutes::
 
     python experiments/repro/run.py --out $OUT --minutes 9 --only pathfinder_s4d --save-state
     python experiments/repro/run.py --out $OUT --minutes 9 --only pathfinder_s4d --save-state \
-        --resume-from carried/   # the previous call's state_pathfinder_s4d.tar.gz Fashion-MNIST
-is read from ``--data-dir``/fashion-mnist when that folder exists (a copy of the package's four
-``*-ubyte.gz`` files), else from the Debian package's folder.
+        --resume-from carried/   # the previous call's state_pathfinder_s4d.tar.gz
+
+Fashion-MNIST is read from ``--data-dir``/fashion-mnist when that folder exists (a copy of the
+package's four ``*-ubyte.gz`` files), else from the Debian package's folder.
 """
 
 from __future__ import annotations
@@ -232,7 +235,7 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
     # on the hard and the default MQAR, JRT-Prompt on and off, JRT-RNN, the delta rule beside GLA
     # and Mamba-2 on the hard MQAR (memory: the train step's temporaries, 0.02-0.19 GB on a CPU,
     # rounded up to 0.1 GB; 2026-12-06). The JRT and Based runs need far more steps: over several
-    # calls, --save-state takes at most 5 runs of one task (--only; OUT holds 8 files)
+    # calls, --save-state (states packed where one file per run would pass OUT's 8 files)
     "issue27": (
         *seeds(Run("mqar_mom", MOM, 0.2, ("optim.steps=3000", *HARD_MQAR), folder=""), 0, 1),
         *seeds(Run("mqar_mom_single", MOM, 0.1, ("optim.steps=3000", *HARD_MQAR), folder=""), 0, 1),
@@ -291,6 +294,10 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
         for window in windows for f in (4, 16)
     ) for part, windows in (("a", (4, 8)), ("b", (16, 32)))},
 }
+# The three groups above in one call (with --save-state their states travel in one pack): 12
+# tiny models (the H200 call of 2026-12-06 ran 23 such runs at once, 4000 steps in 222-336 s)
+GROUPS["issue27_long"] = (*GROUPS["jrt_long"], *GROUPS["based_tradeoff_long_a"],
+                          *GROUPS["based_tradeoff_long_b"])
 ALL_RUNS = tuple(dict.fromkeys(run for group in GROUPS.values() for run in group))  # each once
 HEADER = (
     "| task | model | params | steps (of planned) | wall s | device | test acc | best val acc "
@@ -367,12 +374,53 @@ def save_state(run_dir: Path, key: str, out: Path) -> Path:
     return path
 
 
+OUT_FILES = 8  # what the device tool returns from OUT
+PACK_BYTES = 15 * 2**20  # ... in files of at most 16 MiB each
+
+
+def pack_states(archives: list[Path], out: Path) -> list[Path]:
+    """Move the state archives into ``out/states_<i>.tar`` packs of at most ``PACK_BYTES`` each
+    (first fit, in order; an archive larger than that alone in its pack); returns the packs."""
+    packs: list[list[Path]] = []
+    sizes: list[int] = []
+    for archive in archives:
+        size = archive.stat().st_size
+        fit = next((i for i, used in enumerate(sizes) if used + size <= PACK_BYTES), None)
+        if fit is None:
+            packs.append([archive])
+            sizes.append(size)
+        else:
+            packs[fit].append(archive)
+            sizes[fit] += size
+    paths = []
+    for i, members in enumerate(packs, 1):
+        paths.append(out / f"states_{i}.tar")
+        with tarfile.open(paths[-1], "w") as pack:
+            for archive in members:
+                pack.add(archive, arcname=archive.name)
+        for archive in members:
+            archive.unlink()
+    return paths
+
+
+def _members(path: Path) -> list[str]:
+    with tarfile.open(path) as archive:
+        return archive.getnames()
+
+
 def unpack_state(source: Path, key: str, work: Path) -> bool:
-    """Unpack ``source/state_<key>.tar.gz`` into ``work/runs/<key>`` (replacing it); False if
-    there is none."""
+    """Unpack ``source/state_<key>.tar.gz``, or that archive from a ``source/states_<i>.tar``
+    pack, into ``work/runs/<key>`` (replacing it); False if there is none."""
     path = source / state_file(key)
     if not path.is_file():
-        return False
+        pack = next((p for p in sorted(source.glob("states_*.tar"))
+                     if state_file(key) in _members(p)), None)
+        if pack is None:
+            return False
+        path = work / "unpacked" / state_file(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(pack) as archives:
+            archives.extract(state_file(key), path.parent, filter="data")
     run_dir = work / "runs" / key
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -432,7 +480,8 @@ def device_name() -> str:
 
 def write_outputs(launched: list[Launched], work: Path, out: Path, state: bool) -> None:
     """Print the table; write ``results.md``, ``runs.tar.gz``, with ``state`` each run's
-    ``state_<key>.tar.gz``, and ``curves_<task>.png`` (the most fragile last) in ``out``."""
+    ``state_<key>.tar.gz`` (packed when one file per run is too many: ``pack_states``), and
+    ``curves_<task>.png`` (the most fragile last) in ``out``."""
     from seqzoo.runner.plot import plot_runs
 
     device = device_name()
@@ -448,23 +497,32 @@ def write_outputs(launched: list[Launched], work: Path, out: Path, state: bool) 
             for name in (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl"):
                 if (run_dir / name).is_file():
                     archive.add(run_dir / name, arcname=f"{item.run.key}/{name}")
-    for item in launched if state else ():
-        run_dir = work / "runs" / item.run.key
-        if (run_dir / CONFIG_FILE).is_file():
-            size = save_state(run_dir, item.run.key, out).stat().st_size
-            print(f"state of {item.run.key}: {size / 2**20:.1f} MiB", flush=True)
     by_task: dict[str, list[Path]] = {}
     for item in launched:
         run_dir = work / "runs" / item.run.key
         if (run_dir / "metrics.jsonl").is_file():
             by_task.setdefault(item.cfg.task.name, []).append(run_dir)
+    archives = []
+    for item in launched if state else ():
+        run_dir = work / "runs" / item.run.key
+        if (run_dir / CONFIG_FILE).is_file():
+            archives.append(save_state(run_dir, item.run.key, out))
+            print(f"state of {item.run.key}: {archives[-1].stat().st_size / 2**20:.1f} MiB",
+                  flush=True)
+    if len(archives) + len(by_task) + 2 > OUT_FILES:
+        packs = pack_states(archives, out)
+        print(f"states packed in {', '.join(p.name for p in packs)}", flush=True)
+        if len(packs) + len(by_task) + 2 > OUT_FILES:
+            print(f"WARNING: OUT holds {len(packs) + len(by_task) + 2} files; the device tool "
+                  f"returns {OUT_FILES}: run fewer runs per call to keep every state", flush=True)
     for task, run_dirs in by_task.items():
         plot_runs(run_dirs, out / f"curves_{task}.png")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="results (at most 8 files)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help=f"results (at most {OUT_FILES} files)")
     parser.add_argument("--minutes", type=float, default=7.5, help="wall-clock budget (7.5)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/seqzoo-repro"), help="run dirs")
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".data", help="default .data")
@@ -487,9 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown runs {sorted(unknown)}; known: {[r.key for r in plan]}")
     tasks = {load_experiment(run.experiment).task.name for run in runs}
-    if args.save_state and len(runs) + len(tasks) + 2 > 8:
-        parser.error(f"--save-state writes a file per run: {len(runs)} runs, {len(tasks)} "
-                     f"curves, the table and the archive exceed the 8 files OUT may hold")
+    if args.save_state and len(tasks) + 3 > OUT_FILES:
+        parser.error(f"--save-state with {len(tasks)} curves, the table, the archive and a pack "
+                     f"of states exceeds the {OUT_FILES} files OUT may hold")
     for folder in ("runs", "logs"):
         (args.work / folder).mkdir(parents=True, exist_ok=True)
     resumed = {run.key for run in runs
