@@ -36,7 +36,9 @@ SCALING = [(65536 // t, t, 16, 128) for t in (1024, 2048, 4096, 8192, 16384, 327
 MAMBA2 = (2, 4096, 32, 64, 128)  # batch, length, heads, headdim p, state n (one group)
 QUICK_SHAPES, QUICK_MAMBA2 = [(1, 80, 2, 16)], (1, 80, 2, 16, 16)
 # GLA at fla's layer shape, as benchmarks/train_throughput.py builds it (d_model 768, 4 heads, key
-# width d/2 per model, value width d): (B, T, H, dk, dv); dv pads to 256, above MEASURED_WIDTH
+# width d/2 per model, value width d): (B, T, H, dk, dv); dv 192 runs unpadded where a pass tiles
+# it in value blocks (forward, dv) and at 256 where one contracts over it (dq, dk); the op's
+# impl="auto" refuses it (MEASURED_WIDTH: pow2-padded 256 > 128)
 GLA_LAYER, QUICK_GLA_LAYER = (8, 2048, 4, 96, 192), (1, 80, 2, 16, 32)
 # Where the XLA path is timed too (its compilations take most of a run's time): the first
 # shape, and the per-key kind where its (B, T/C, H, D, C, C) decays fit (not on the second).

@@ -365,7 +365,8 @@ def chunked_pass(
     ``len(reverse)``) and a head axis dividing the output's H (head h reads head
     ``h // (H / H_x)``: Mamba-2's groups):
       q, k: (D, B, T, H_qk, dk); v: (D, B, T, H_v, dv); T a multiple of ``tiling.chunk``,
-        dk, dv powers of two >= 16.
+        dk a power of two >= 16, dv one up to ``tiling.block_v`` and a multiple of it above
+        (every tile Triton reads holds a power of two of elements).
       g: chunk-local inclusive cumsum of the log decays, (D, B, T, H_g) for ``"scalar"``,
         (D, B, T, H_g, dk) for ``"key"``, (D, B, T, H_g, dv) for ``"value"``; float32.
       key_scale (``ks_j``), row_scale (``rs_i``): (D, B, T, H_s) float32.

@@ -8,7 +8,9 @@ of its "Shared memory size limit exceeded" errors, ``benchmarks/chunked_tiling.p
     per-dimension decays (GLA):  num_stages * chunk * (23 w + 7 block_v)  bytes
     scalar or no decay:          num_stages * chunk * (10 w + 3 block_v)  bytes
 
-with ``w = max(dk, dv)`` after padding (the passes swap the key and value widths). The first is
+with ``w = max(dk, dv)`` after padding to powers of two (the passes swap the key and value
+widths; the dq and dk passes read the value width whole, at its power of two, even where the
+forward and dv passes tile it unpadded: ``padded_value_width``). The first is
 exact on its three failing points (chunk 64, stages 2: 434176 bytes at w 128 / block 64, 405504
 at block 32, 246016 at w 64) and puts the largest tilings that compiled at 217088; the second
 meets the one failure seen (Based's w 256, chunk 64, block 64, stages 2: 352256) and keeps the
@@ -67,6 +69,17 @@ def padded_width(d: int) -> int:
     """The smallest power of two >= max(d, 16): the key or value width the kernel runs at
     (Triton's matmuls take powers of two of at least 16)."""
     return max(16, 1 << (d - 1).bit_length())
+
+
+def padded_value_width(dv: int, block_v: int) -> int:
+    """The value width the kernel runs at with value blocks of ``block_v`` columns (a power of
+    two >= 16): ``padded_width(dv)`` up to ``block_v`` (one block, clipped to the width), else
+    the smallest multiple of ``block_v`` >= dv (192 stays 192 at block 64; 80 -> 96 at block 32,
+    128 at block 64). Equal to ``padded_width(dv)`` for powers of two. Only the passes that tile
+    the value width run at it: those contracting over it (the dq and dk passes) read it whole,
+    at ``padded_width(dv)``, since Triton's arrays hold a power of two of elements."""
+    width = padded_width(dv)
+    return width if width <= block_v else -(-dv // block_v) * block_v
 
 
 def kind_of(decay: str | None, intra: bool = True) -> str:

@@ -54,6 +54,7 @@ class _Static:
     intra: bool = True  # False: pairs in different chunks only (``chunked_pass``'s ``intra``)
     precision: str = "highest"  # of float32 matmuls (``chunked_pass``'s ``precision``)
     extra: Callable | None = None  # float32 terms added before rounding (module docstring)
+    contracted_width: int | None = None  # v's width in the dq, dk passes (None: v's own)
 
 
 def _chunk_cumsum(g: Array, chunk: int) -> Array:
@@ -139,16 +140,21 @@ def _backward(st: _Static, res, cotangents):
     q, k, v, g, cum, ks, s0, extra_vjp = res
     do, ds_final = cotangents
     flipped = tuple(not r for r in st.reverse)
+    # The dq and dk passes contract over the value width: v, do and the states' value rows
+    # zero-padded to ``contracted_width`` there (padded_chunked)
+    wide = v.shape[-1] if st.contracted_width is None else st.contracted_width
+    do_c, v_c = (_padded(x, {4: wide}) for x in (do, v))
+    s0_t, ds_final_t = (_padded(_transposed(x), {3: wide}) for x in (s0, ds_final))
     common = dict(scale=st.scale, tiling=st.tiling, out_dtype=_F32, **_options(st))
     # With decays, the dq pass (state S^T) writes its state at every chunk boundary and the dk
     # pass (state dS^T / scale) dots its own with them there: <S_n, dS_n> for dg; both split
     # their float32 matmul operands, since dg takes differences of q.dq and k.dk.
     decayed = g is not None
-    dq, _, *bounds = st.run(do, v, k, cum, ks, None, _transposed(s0), reverse=st.reverse,
+    dq, _, *bounds = st.run(do_c, v_c, k, cum, ks, None, s0_t, reverse=st.reverse,
                             decay=_DUAL[st.decay], boundaries=decayed, split=decayed, **common)
     dv, ds0 = st.run(k, q, do, cum, None, ks, ds_final / st.scale, reverse=flipped,
                      decay=st.decay, **common)
-    dk_eff, _, *dots = st.run(v, do, q, cum, None, None, _transposed(ds_final) / st.scale,
+    dk_eff, _, *dots = st.run(v_c, do_c, q, cum, None, None, ds_final_t / st.scale,
                               reverse=flipped, decay=_DUAL[st.decay],
                               partner=bounds[0] if bounds else None, split=decayed, **common)
     ds0 = ds0 * st.scale
@@ -185,15 +191,18 @@ def _padded(x: Array | None, sizes: dict[int, int]) -> Array | None:
 def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
                    reverse: tuple[bool, ...], tiling, widths: tuple[int, int],
                    run: Callable, intra: bool = True,
-                   precision: str = "highest", extra: Callable | None = None
-                   ) -> tuple[Array, Array]:
+                   precision: str = "highest", extra: Callable | None = None,
+                   contracted_width: int | None = None) -> tuple[Array, Array]:
     """Chunked gated linear attention on the passes ``run`` (layout and arguments as
     ``seqzoo.ops.linear_attention.pallas_gpu.gated_linear_attention``): the inputs zero-padded
     to a multiple of ``tiling.chunk`` steps and to the key / value ``widths`` (identity steps,
     zero columns), the custom VJP (module docstring), the outputs cut back. ``intra=False``:
     the terms of pairs in different chunks only (and the initial state's), every pass.
     ``precision`` (resolved: a name, not None): of float32 matmuls, every pass. ``extra``: float32
-    terms on the padded inputs (module docstring)."""
+    terms on the padded inputs (module docstring). ``contracted_width``: the value width of the
+    passes that contract over it (dq and dk: v and do their keys), v and do zero-padded further
+    to it there (Triton's power of two, where ``widths`` only pads the value width to a multiple
+    of the value block); None: ``widths``' value width."""
     length, dk, dv = q.shape[2], q.shape[-1], v.shape[-1]
     if extra is not None and (reverse != (False,) or key_scale is not None or any(
             x is not None and (x.shape[0], x.shape[3]) != (1, v.shape[3]) for x in (q, k, g))):
@@ -208,6 +217,7 @@ def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
         _padded(as_f32[0], {2: steps} | ({4: wk} if decay == "key" else {})),
         _padded(as_f32[1], {2: steps}),
         _padded(as_f32[2], {3: wk, 4: wv}),
-        _Static(float(scale), tuple(reverse), decay, tiling, run, intra, precision, extra),
+        _Static(float(scale), tuple(reverse), decay, tiling, run, intra, precision, extra,
+                contracted_width),
     )
     return out[:, :, :length, :, :dv], final[..., :dk, :dv]

@@ -32,6 +32,12 @@ within a chunk keeps the identity's cancelling terms local: the same identity su
 whole sequence (``dg_t = sum_{s >= t} dG_s``) loses accuracy as the square root of the length
 (bf16 Mamba-2 at T = 4096: d(dt) 5.7e-2 from the float32 op, against 1.7e-3 here).
 
+Widths: the key width is zero-padded to a power of two >= 16 (``chunked_tiling.padded_width``),
+the value width to a multiple of the value block (``chunked_tiling.padded_value_width``: fla's
+GLA at d_model 768, 4 heads, dv 192, runs unpadded at blocks of 64) in the forward and dv
+passes, which tile it, and to its power of two in the dq and dk passes, which contract over it
+(Triton's tiles hold a power of two of elements).
+
 This is ``impl="pallas"`` of ``seqzoo.ops.linear_attention`` and, through the same
 ``gated_linear_attention``, of ``seqzoo.ops.ssd`` and ``seqzoo.ops.quasiseparable``; the kernel
 itself is the shared ``seqzoo.kernels.chunked_pass``. When ``impl="auto"`` takes it:
@@ -58,7 +64,12 @@ import jax
 
 from seqzoo.kernels.chunked_pass import TUNED, Tiling, chunked_pass
 from seqzoo.kernels.chunked_segments import device_sm_count, propose_segments, segmented
-from seqzoo.kernels.chunked_tiling import device_limit, padded_width, resolve_tiling
+from seqzoo.kernels.chunked_tiling import (
+    device_limit,
+    padded_value_width,
+    padded_width,
+    resolve_tiling,
+)
 from seqzoo.kernels.chunked_vjp import padded_chunked
 from seqzoo.kernels.matmul_precision import resolve_precision
 
@@ -75,8 +86,9 @@ def launch_tiling(decay: str | None, length: int, widths: tuple[int, int], *,
                   intra: bool = True, itemsize: int = 2) -> Tiling:
     """The tiling a pass runs at: ``tiling`` (default: ``chunked_tiling.resolve_tiling``'s for
     this GPU and operands of ``itemsize`` bytes) with its chunk capped at ``max_chunk`` and at
-    the next power of two >= ``length`` (at least 16). ``widths``: the padded key and value
-    widths."""
+    the next power of two >= ``length`` (at least 16). ``widths``: the key and value widths
+    padded to powers of two (``chunked_tiling.padded_width``: what the shared-memory fit reads,
+    the widest a pass reads whole)."""
     if tiling is None:
         tiling, why = resolve_tiling(decay, *widths, device_limit(), intra, itemsize)
         if tiling is None:
@@ -125,12 +137,13 @@ def gated_linear_attention(
         raise ValueError("scale must be non-zero")
     precision = resolve_precision(precision)  # once: the backward passes are traced later
     decay = None if g is None else ("scalar" if g.ndim == 4 else "key")
-    widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
-    tiling = launch_tiling(decay, q.shape[2], widths, tiling=tiling, max_chunk=max_chunk,
+    wk, wv = padded_width(q.shape[-1]), padded_width(v.shape[-1])
+    tiling = launch_tiling(decay, q.shape[2], (wk, wv), tiling=tiling, max_chunk=max_chunk,
                            intra=intra, itemsize=max(a.dtype.itemsize for a in (q, k, v)))
+    widths = (wk, padded_value_width(v.shape[-1], tiling.block_v))  # whole value blocks
     return padded_chunked(q, k, v, g, key_scale, initial_state, scale=scale, reverse=reverse,
                           tiling=tiling, widths=widths, run=chunked_pass, intra=intra,
-                          precision=precision, extra=extra)
+                          precision=precision, extra=extra, contracted_width=wv)
 
 
 def proposed_segments(batch: int, heads: int, length: int, dv: int,
@@ -138,7 +151,7 @@ def proposed_segments(batch: int, heads: int, length: int, dv: int,
     """``chunked_segments.propose_segments``' count for this op's launch: ``batch * heads`` rows
     of ``dv``'s value blocks (``TUNED.block_v`` columns each) on ``sm_count`` multiprocessors
     (default: this GPU's; 1 off a GPU)."""
-    value_blocks = -(-padded_width(dv) // TUNED.block_v)
+    value_blocks = -(-padded_value_width(dv, TUNED.block_v) // TUNED.block_v)
     sm_count = device_sm_count() if sm_count is None else sm_count
     return propose_segments(batch, heads, length, value_blocks, sm_count)
 
