@@ -18,11 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.core import jaxprs_in_params
 from test_delta_rule import ARGS, assert_close, make
 from tpu_checks import rel_l2
 
 from seqzoo.ops.delta_rule import delta_rule
 from seqzoo.ops.delta_rule.reference import delta_rule_reference
+from seqzoo.ops.delta_rule.xla import scan_unroll
 
 BF16_TOL, SMALL_TOL = 8e-3, 6e-3
 
@@ -86,6 +88,41 @@ def test_outputs_state_and_every_gradient(chunk, t, gated):
         assert float(np.abs(ref_g[name]).max()) > 0, f"d {name} is zero"
         assert_close(fast_g[name], seq_g[name], 1e-4, f"d {name} vs sequential")
         assert_close(fast_g[name], ref_g[name], 1e-4, f"d {name} vs float64")
+
+
+@pytest.mark.parametrize("unroll", [3, 5])  # 3 does not divide the 5 chunks; 5 unrolls them all
+def test_an_unrolled_scan_gives_the_same_outputs_and_every_gradient(unroll):
+    t, chunk = 70, 16
+    inputs = make(t, gated=True)
+    ids = jnp.asarray(segments(t, chunk))
+    co = jax.random.normal(jax.random.PRNGKey(1), inputs["v"].shape)
+    cs = jax.random.normal(jax.random.PRNGKey(2), inputs["initial_state"].shape)
+    (o, s), g = outputs_and_grads(form("chunked", chunk, ids), inputs, co, cs)
+    with scan_unroll(unroll):
+        (o_u, s_u), g_u = outputs_and_grads(form("chunked", chunk, ids), inputs, co, cs)
+    assert_close(o_u, o, 1e-6, "output")
+    assert_close(s_u, s, 1e-6, "final state")
+    for name in ARGS:
+        if inputs[name] is not None:
+            assert_close(g_u[name], g[name], 1e-6, f"d {name}")
+    with scan_unroll(unroll):
+        jaxpr = jax.make_jaxpr(lambda a: form("chunked", chunk, ids)(**a))(inputs)
+    assert unroll in _scan_unrolls(jaxpr.jaxpr)  # the scan over chunks took it
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="scan_unroll needs an int >= 1"):
+            with scan_unroll(bad):
+                pass
+
+
+def _scan_unrolls(jaxpr) -> set:
+    """The ``unroll`` of every scan in ``jaxpr``, nested ones included."""
+    found = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            found.add(eqn.params["unroll"])
+        for sub in jaxprs_in_params(eqn.params):
+            found |= _scan_unrolls(sub)
+    return found
 
 
 def test_the_future_does_not_reach_the_past():

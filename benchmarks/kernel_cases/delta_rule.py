@@ -21,6 +21,8 @@ The issue's goal (27): the XLA chunked form within 3x of fla, forward and forwar
 on a GPU (``delta_rule.xla.GPU_BACKWARD_BLOCKS``), a quarter at a time elsewhere; ``xla chunked
 4 blocks`` (forward+backward only) times the quarters (``lean_grad.fewest_blocks``), the choice
 the GPU default was measured against: each block pays the scan over chunks' latency again.
+``xla chunked unroll N`` runs ``N`` chunks per iteration of that scan (``delta_rule.xla.
+scan_unroll``; ``all``: no loop), to measure the per-iteration cost a default would save.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import jax.numpy as jnp
 from kernel_harness import Case, floor_ms, jax_gradients, torch_variant
 
 from seqzoo.ops.delta_rule import delta_rule
+from seqzoo.ops.delta_rule.xla import scan_unroll
 from seqzoo.ops.dispatch import resolve
 from seqzoo.ops.lean_grad import BLOCKS, fewest_blocks
 
@@ -62,10 +65,15 @@ def inputs(shape, gated: bool):
     return q, k, v, beta, g, do
 
 
-def xla_variant(args, do, mode, impl="chunked", blocks=None):
-    """``blocks``: ``lean_grad.fewest_blocks`` for the backward pass (default: its own)."""
+def xla_variant(args, do, mode, impl="chunked", blocks=None, unroll=None):
+    """``blocks``: ``lean_grad.fewest_blocks`` for the backward pass (default: its own);
+    ``unroll``: ``scan_unroll``'s chunks per iteration (default: its own)."""
     def fn(q, k, v, beta, g=None):
-        with contextlib.nullcontext() if blocks is None else fewest_blocks(blocks):
+        with contextlib.ExitStack() as within:
+            if blocks is not None:
+                within.enter_context(fewest_blocks(blocks))
+            if unroll is not None:
+                within.enter_context(scan_unroll(unroll))
             return delta_rule(q, k, v, beta, g, chunk_size=CHUNK, impl=impl)
 
     if mode == "fwd":
@@ -109,6 +117,9 @@ def case(shape, gated: bool, mode, quick: bool = False) -> Case:
     variants = {"xla chunked": xla_variant(args, do, mode)}
     if mode == "fwd+bwd":  # the backward pass a quarter of the batch rows at a time
         variants[f"xla chunked {BLOCKS} blocks"] = xla_variant(args, do, mode, blocks=BLOCKS)
+    chunks = -(-shape[1] // CHUNK)
+    for unroll, label in ((8, "8"), (chunks, "all")):
+        variants[f"xla chunked unroll {label}"] = xla_variant(args, do, mode, unroll=unroll)
     if resolve("delta_rule", "auto").impl != "chunked":
         variants["xla auto"] = xla_variant(args, do, mode, impl="auto")
     if quick:  # the independent check of a CPU smoke run: the float32 scan over positions

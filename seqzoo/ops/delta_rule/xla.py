@@ -31,6 +31,7 @@ zeroes ``Gamma`` across it, as if ``a_t = 0`` there.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -46,6 +47,23 @@ _HI = jax.lax.Precision.HIGHEST
 # backward at (4, 2048, 16, 128) bf16 on an H100 ("The delta rule's chunk-parallel XLA form
 # beside fla", benchmarks/RESULTS.md). Other backends keep ``lean_grad.BLOCKS``.
 GPU_BACKWARD_BLOCKS = 1
+_unrolls: list[int] = []  # scan_unroll's stack
+
+
+@contextlib.contextmanager
+def scan_unroll(n: int):
+    """Within: the chunked form's scan over chunks runs ``n`` chunks per loop iteration
+    (``lax.scan``'s ``unroll``, forward and backward; read when traced). Default 1: a loop
+    iteration per chunk. A GPU pays a fixed cost per iteration, which unrolling saves at the
+    price of code size; ``benchmarks/kernel_cases/delta_rule.py`` times it (``xla chunked
+    unroll N``) before a default changes."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"scan_unroll needs an int >= 1, got {n!r}")
+    _unrolls.append(n)
+    try:
+        yield
+    finally:
+        _unrolls.pop()
 
 
 def _mm(spec: str, *operands: Array, dtype=None) -> Array:
@@ -186,7 +204,8 @@ def _chunked_core(rows, shared, c):
         d = (u - _mm("bhrd,bhdv->bhrv", w, s, dtype=dt)).astype(dt)  # rounded as fla's v_new
         return total * s + _mm("bhrd,bhrv->bhdv", kt, d, dtype=dt), (s, d)
 
-    s_final, (entering, d) = jax.lax.scan(body, s0, (u, w, kt, total))
+    s_final, (entering, d) = jax.lax.scan(body, s0, (u, w, kt, total),
+                                          unroll=_unrolls[-1] if _unrolls else 1)
     o = _mm("...rd,...dv->...rv", qg, entering, dtype=dt)
     o = o + _mm("...ri,...iv->...rv", scores, d, dtype=dt)  # (n, b, h, c, dv)
     o = jnp.moveaxis(o, (0, 1, 2, 3), (1, 0, 3, 2))  # (b, n, c, h, dv)
