@@ -2,13 +2,15 @@
 
     python benchmarks/kernels.py --only chunked_float32 [--repeats 3 --calls 3]
 
-Linear attention at (4, 2048, 16, 128) with no decay, a decay per head and a decay per key, and
-Mamba-2's SSD at (2, 4096, 32, 64, 128), every input float32 (drawn in float32: TF32 rounds
-them), forward and forward+backward (the gradients of ``sum(out * do)`` w.r.t. every input).
+Linear attention at (4, 2048, 16, 128) with no decay, a decay per head and a decay per key,
+Mamba-2's SSD and Hydra's quasiseparable mixer at (2, 4096, 32, 64, 128), every input float32
+(drawn in float32: TF32 rounds them), forward and forward+backward (the gradients of
+``sum(out * do)`` w.r.t. every input).
 Variants:
 
 * ``xla``: the op's chunked XLA path, the reference every error is measured against and the
-  baseline of the speedups (``impl="auto"`` runs it for float32). It is IEEE float32 whatever
+  baseline of the speedups (``impl="auto"`` runs it for float32 per-key decays, for Hydra and
+  at precision "highest"; the kernel elsewhere). It is IEEE float32 whatever
   ``jax.default_matmul_precision`` says: its einsums pass ``Precision.HIGHEST``
   (``seqzoo/ops/linear_attention/xla.py``, ``seqzoo/ops/ssd/xla.py``), so its lowering is the
   same under "highest" and under no context (checked in ``tests/test_kernels_precision.py``)
@@ -42,6 +44,7 @@ from kernel_cases.chunked_linear_attention import (
 )
 from seqzoo.kernels.matmul_precision import PRECISIONS
 from seqzoo.ops.linear_attention import linear_attention
+from seqzoo.ops.quasiseparable import quasiseparable
 from seqzoo.ops.ssd import ssd
 
 _F32 = jnp.float32
@@ -76,17 +79,24 @@ def attention_case(shape, kind, mode) -> Case:
                 rtol=RTOL)
 
 
-def ssd_case(shape, mode) -> Case:
-    x, do, A, dt, (B, C), _ = ssd_inputs(shape, _F32)
+def ssm_case(shape, mode, *, hydra: bool) -> Case:
+    """Mamba-2's SSD (causal) or Hydra's quasiseparable mixer (both directions)."""
+    x, do, A, dt, (B, C), (B_bwd, C_bwd) = ssd_inputs(shape, _F32)
 
     def op(impl, precision):
         def mamba2(x, dt, B, C):
             return ssd(x, dt, A, B, C, chunk_size=64, impl=impl, precision=precision)
-        return mamba2
 
-    variants = _variants(op, (x, dt[0], B, C), do, mode, xla_first=True)
+        def hydra_mixer(x, dt, dt_bwd, B, C, B_bwd, C_bwd):
+            return quasiseparable(x, dt, dt_bwd, A, B, C, B_bwd, C_bwd, chunk_size=64,
+                                  impl=impl, precision=precision)
+        return hydra_mixer if hydra else mamba2
+
+    args = (x, dt[0], dt[1], B, C, B_bwd, C_bwd) if hydra else (x, dt[0], B, C)
+    variants = _variants(op, args, do, mode, xla_first=True)
     b, t, h, p, n = shape
-    return Case(f"ssd (Mamba-2) {mode} precision", f"B{b} T{t} H{h} P{p} N{n} f32", variants,
+    name = "quasiseparable (Hydra)" if hydra else "ssd (Mamba-2)"
+    return Case(f"{name} {mode} precision", f"B{b} T{t} H{h} P{p} N{n} f32", variants,
                 baseline="xla", rtol=RTOL)
 
 
@@ -95,5 +105,5 @@ def cases(quick: bool) -> list[Case]:
     modes = ("fwd", "fwd+bwd")
     out = [attention_case(shape, kind, mode) for kind in ("none", "head", "key")
            for mode in modes]
-    out += [ssd_case(mamba2, mode) for mode in modes]
+    out += [ssm_case(mamba2, mode, hydra=hydra) for hydra in (False, True) for mode in modes]
     return precompile(out)
