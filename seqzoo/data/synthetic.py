@@ -72,7 +72,7 @@ def check_mqar(seq_len: Arg, num_kv_pairs: Arg, vocab_size: Arg,
     context = repeats if scope == "context" else 1
     need = 2 * context * n + 2 * m
     times = "" if context == 1 else f" {context_repeats.name} times"
-    region = "as long as one copy of them" if m == n else f"of at least 2 x {num_queries} slots"
+    region = "as long as one copy" if m == n else f"of at least 2 x {num_queries} slots"
     require(need <= length.value,
             f"{length} is too short for {num_kv_pairs}: MQAR needs {length.name} >= {need} "
             f"(the key-value pairs{times}, then a query region {region}){copy}")
