@@ -109,7 +109,7 @@ def test_an_unrolled_scan_gives_the_same_outputs_and_every_gradient(unroll):
         jaxpr = jax.make_jaxpr(lambda a: form("chunked", chunk, ids)(**a))(inputs)
     assert unroll in _scan_unrolls(jaxpr.jaxpr)  # the scan over chunks took it
     for bad in (0, 2.0, True):
-        with pytest.raises(ValueError, match="scan_unroll needs an int >= 1"):
+        with pytest.raises(ValueError, match="scan_unroll's n must be a positive int"):
             with scan_unroll(bad):
                 pass
 

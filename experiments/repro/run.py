@@ -509,12 +509,13 @@ def write_outputs(launched: list[Launched], work: Path, out: Path, state: bool) 
             archives.append(save_state(run_dir, item.run.key, out))
             print(f"state of {item.run.key}: {archives[-1].stat().st_size / 2**20:.1f} MiB",
                   flush=True)
-    if len(archives) + len(by_task) + 2 > OUT_FILES:
+    others = len(by_task) + 2  # the curves, the table and the archive
+    if len(archives) + others > OUT_FILES:
         packs = pack_states(archives, out)
         print(f"states packed in {', '.join(p.name for p in packs)}", flush=True)
-        if len(packs) + len(by_task) + 2 > OUT_FILES:
-            print(f"WARNING: OUT holds {len(packs) + len(by_task) + 2} files; the device tool "
-                  f"returns {OUT_FILES}: run fewer runs per call to keep every state", flush=True)
+        if len(packs) + others > OUT_FILES:
+            print(f"WARNING: OUT holds {len(packs) + others} files; the device tool returns "
+                  f"{OUT_FILES}: run fewer runs per call to keep every state", flush=True)
     for task, run_dirs in by_task.items():
         plot_runs(run_dirs, out / f"curves_{task}.png")
 

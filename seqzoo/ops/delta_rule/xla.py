@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqzoo.ops.checks import check_positive_int
 from seqzoo.ops.lean_grad import blockwise
 
 Array = jax.Array
@@ -57,8 +58,7 @@ def scan_unroll(n: int):
     iteration per chunk. A GPU pays a fixed cost per iteration, which unrolling saves at the
     price of code size; ``benchmarks/kernel_cases/delta_rule.py`` times it (``xla chunked
     unroll N``) before a default changes."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"scan_unroll needs an int >= 1, got {n!r}")
+    check_positive_int(n, "scan_unroll's n")
     _unrolls.append(n)
     try:
         yield
