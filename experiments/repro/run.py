@@ -171,6 +171,15 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
             "task.difficulty=curv_baseline", "task.num_train=64000", "task.num_val=2000",
             "task.num_test=2000", "optim.steps=50000")),
     ),
+    # after pathfinder_long (H100, 2026-12-06): contour 14 sat at chance for 45k steps while
+    # curv_baseline learnt (92.7% val) without carrying over to contour 14 (48% zero-shot).
+    # Does the middle difficulty learn from scratch, and does S4's own width (256) learn 14?
+    "pathfinder_next": (
+        Run("pathfinder_s4d", "diagnostic: LRA reports contour 14 only", 4.1, (
+            "task.difficulty=curv_contour_length_9", "optim.steps=50000")),
+        Run("pathfinder_s4d", "S4 94.20 (width 256, 200 epochs); target >= 80", 6.9, (
+            "model.d_model=256", "optim.steps=125000")),
+    ),
     "listops_more": (
         Run("listops_mamba", "S4 59.60, Transformer 36.37 (LRA)", 12.0),
         Run("listops_rat", "S4 59.60, Transformer 36.37 (LRA)", 8.0),
