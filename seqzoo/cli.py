@@ -145,13 +145,15 @@ def _eval(args) -> int:
         args.run_dir,
         split=args.split,
         best=args.best,
+        overrides=args.overrides,
         log=note,
         progress=False if args.no_progress else None,
     )
     which = "best" if args.best else "latest"
+    changed = f" with {' '.join(args.overrides)}" if args.overrides else ""
     print(
         f"{args.split} accuracy {result['accuracy']:.4f} (loss {result['loss']:.4f}) "
-        f"of the {which} checkpoint, step {result['step']}"
+        f"of the {which} checkpoint, step {result['step']}{changed}"
     )
     return 0
 
@@ -261,6 +263,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on its task")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("overrides", nargs="*", metavar="task.KEY=VALUE",
+                   help="evaluate on the task with these settings changed (e.g. "
+                        "task.difficulty=curv_contour_length_14 task.num_train=64)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="default test")
     p.add_argument("--best", action="store_true", help="the best-validation checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")

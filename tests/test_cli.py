@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -78,6 +79,36 @@ def test_eval_reproduces_the_final_test_accuracy(run_dir, capsys):
     out = capsys.readouterr().out
     assert f"test accuracy {summary['test_accuracy']:.4f} (loss {summary['test_loss']:.4f})" in out
     assert "step 4" in out
+
+
+def test_eval_on_a_changed_task_equals_a_run_whose_config_names_it(run_dir, tmp_path, capsys):
+    """``seqzoo eval RUN task.seed=1``: the checkpoint on another draw of the task, as if the
+    run's own config said so (a copy of the run with that config.toml)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    config = copy / "config.toml"
+    text = config.read_text()
+    assert "\nseed = 0\n" in text.split("[task]")[1]
+    task = text.split("[task]")[1].replace("\nseed = 0\n", "\nseed = 1\n", 1)
+    config.write_text(text.split("[task]")[0] + "[task]" + task)
+    capsys.readouterr()
+    assert main(["eval", str(copy)]) == 0
+    expected = capsys.readouterr().out.split(" of the")[0]
+    assert main(["eval", str(run_dir), "task.seed=1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(expected) and out.rstrip().endswith("with task.seed=1")
+    assert main(["eval", str(run_dir)]) == 0  # the run's own task: a different draw
+    assert not capsys.readouterr().out.startswith(expected)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.d_model=8", "eval changes only the task"),
+    ("optim.batch_size=8", "eval changes only the task"),
+    ("task.vocab_size=64", "change the model's parameters"),
+])
+def test_eval_refuses_changes_the_checkpoint_cannot_follow(run_dir, capsys, override, message):
+    assert main(["eval", str(run_dir), override]) != 0
+    assert message in capsys.readouterr().err
 
 
 def test_resume_after_a_kill_repeats_the_straight_run(run_dir, tmp_path, monkeypatch, capsys):
