@@ -34,8 +34,10 @@ the same shape, did 4473 steps in 493 s with 7 other runs on the GPU), not 22.5k
 then a per-step cosine; our BaseConv projects its input (``expand_proj`` 2: conv and gate each
 d_model wide) where Zoology's convolves the input itself; no embedding dropout; the
 state is our mixers' full ``f^2`` Taylor state (what ``init_state`` allocates), so the x
-values are larger than the paper's for the same point. No sliding-window points (the recipe
-preset has them, inside the 5-layer recipe).
+values are larger than the paper's for the same point. The figure's sliding-window model is
+here too (``--swa-windows``, the ``based_fig2_swa`` group): BaseConv then 1-head attention over
+the last w tokens, no RoPE, at d_model 128, for the windows below our length (8 to 128) where
+the paper goes to 1024 (Zoology's ``SlidingAttn`` sees w + 1 keys, itself included, ours w).
 
     python experiments/based_tradeoff.py --out experiments/results  # from the repo root
     python experiments/based_tradeoff.py --out /tmp/x --windows 8 --feature-dims 4 -- optim.steps=3
@@ -45,19 +47,21 @@ preset has them, inside the 5-layer recipe).
 The recipe grid also trains as the ``based_tradeoff`` group of ``experiments/repro/run.py``
 (its runs at once on one GPU; continued across calls with ``--save-state`` /
 ``--resume-from``, up to 5 runs a call by ``--only``), the fig2 grid as the groups
-``based_fig2_d48``, ``based_fig2_d64`` and ``based_fig2_d128``; ``--from-runs DIR`` then trains
+``based_fig2_d48``, ``based_fig2_d64``, ``based_fig2_d128`` and ``based_fig2_swa``;
+``--from-runs DIR`` then trains
 nothing and takes the points from the finished runs of the preset's experiment in DIR
 (run.py's ``--work``/runs, or its unpacked ``runs.tar.gz``).
 
-Writes ``based_tradeoff.json`` (``based_fig2.json`` for fig2; one record per point: window,
-d_model, feature_dim, state floats per sequence, test accuracy, run directory) and
+Writes ``based_tradeoff.json`` (``based_fig2.json`` for fig2; one record per point: model,
+window, d_model, feature_dim, state floats per sequence, test accuracy, run directory) and
 ``based_tradeoff.png`` / ``based_fig2.png`` (accuracy against state, one line per window, or
-per d_model). Arguments after ``--`` are config overrides for every point trained here.
+per model and d_model). Arguments after ``--`` are config overrides for every point trained here.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -82,6 +86,7 @@ PRESETS = {  # preset -> (experiment, what each line of the figure holds fixed, 
     "recipe": (RECIPE, "window", "based_tradeoff"),
     "fig2": (FIG2, "d_model", "based_fig2"),
 }
+FIG2_SWA = ("base_conv,attention", 128)  # the figure's sliding-window model: layers, d_model
 
 
 def state_floats(model_cfg) -> int:
@@ -122,10 +127,27 @@ def point(window: int, feature_dim: int, overrides: list[str]):
         *overrides])
 
 
+def fig2_swa_overrides(window: int) -> tuple[str, str, str]:
+    """The overrides that make the fig2 config the figure's sliding-window attention model at
+    ``window``: BaseConv then 1-head attention over the last ``window`` tokens, no RoPE (Zoology's
+    has no positions but the conv's), d_model 128 (also the ``based_fig2_swa`` group of
+    experiments/repro/run.py)."""
+    layers, d_model = FIG2_SWA
+    options = {"base_conv": load_experiment(FIG2).model.mixer_options["base_conv"],
+               "attention": {"num_heads": 1, "window": window, "rope": False}}
+    return (f"model.d_model={d_model}", f"model.mixer={layers}",
+            f"model.mixer_options={json.dumps(options)}")
+
+
 def fig2_point(d_model: int, feature_dim: int, overrides: list[str]):
     return apply_overrides(load_experiment(FIG2), [
         *fig2_overrides(d_model, feature_dim), f"name=based_fig2/d{d_model}_f{feature_dim}",
         *overrides])
+
+
+def fig2_swa_point(window: int, overrides: list[str]):
+    return apply_overrides(load_experiment(FIG2), [
+        *fig2_swa_overrides(window), f"name=based_fig2/swa_w{window}", *overrides])
 
 
 def plot(records: list[dict], path: Path, series: str = "window") -> None:
@@ -135,12 +157,15 @@ def plot(records: list[dict], path: Path, series: str = "window") -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for value in sorted({r[series] for r in records}):
-        rows = sorted((r for r in records if r[series] == value), key=lambda r: r["state"])
+    for line in sorted({(r["model"], r[series]) for r in records}):
+        rows = sorted((r for r in records if (r["model"], r[series]) == line),
+                      key=lambda r: r["state"])
+        label = f"{series} {line[1]}" if series == "window" else f"{line[0]}, d_model {line[1]}"
         ax.plot([r["state"] for r in rows], [100 * r["test_accuracy"] for r in rows], "o-",
-                label=f"{series} {value}")
+                label=label)
         for r in rows:
-            ax.annotate(f"f={r['feature_dim']}", (r["state"], 100 * r["test_accuracy"]),
+            name = f"f={r['feature_dim']}" if r["feature_dim"] else f"w={r['window']}"
+            ax.annotate(name, (r["state"], 100 * r["test_accuracy"]),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("recurrent state (floats per sequence)")
@@ -153,12 +178,16 @@ def plot(records: list[dict], path: Path, series: str = "window") -> None:
 
 
 def record(cfg, summary: dict, run_dir: Path) -> dict:
-    """One point: the run's window (None without a sliding window), d_model, feature_dim, state
-    floats per sequence and test accuracy."""
+    """One point: the run's model (``Based``, or ``sliding window`` for the fig2 preset's
+    attention-only model), window (None without one), d_model, feature_dim (None without
+    Based), state floats per sequence and test accuracy."""
     options = cfg.model.mixer_options
-    return {"window": options.get("attention", {}).get("window"), "d_model": cfg.model.d_model,
-            "feature_dim": options["based"]["key_dim"], "state": state_floats(cfg.model),
-            "test_accuracy": summary["test_accuracy"], "run": str(run_dir)}
+    based = "based" in cfg.model.mixer.split(",")
+    return {"model": "Based" if based else "sliding window",
+            "window": options.get("attention", {}).get("window"), "d_model": cfg.model.d_model,
+            "feature_dim": options["based"]["key_dim"] if based else None,
+            "state": state_floats(cfg.model), "test_accuracy": summary["test_accuracy"],
+            "run": str(run_dir)}
 
 
 def trained(cfg) -> tuple:
@@ -168,11 +197,20 @@ def trained(cfg) -> tuple:
 
 
 def finished_runs(folder: Path, experiment: str = RECIPE) -> list[Path]:
-    """The run directories in ``folder`` of ``experiment``'s model (its layers) that have a
-    summary."""
-    layers = load_experiment(experiment).model.mixer
-    return [d for d in sorted(folder.iterdir()) if (d / SUMMARY_FILE).is_file()
-            and run_config(d).model.mixer == layers]
+    """The run directories in ``folder`` that have a summary, of ``experiment``'s model (its
+    layers) or, for the fig2 preset, also of its sliding-window model on the same MQAR."""
+    cfg = load_experiment(experiment)
+    layers = {cfg.model.mixer, *([FIG2_SWA[0]] if experiment == FIG2 else [])}
+
+    def mqar(task) -> tuple:
+        return (task.name, task.seq_len, task.num_kv_pairs, task.vocab_size)
+
+    def ours(run_dir: Path) -> bool:
+        run = run_config(run_dir)
+        same_task = experiment != FIG2 or mqar(run.task) == mqar(cfg.task)
+        return run.model.mixer in layers and same_task
+
+    return [d for d in sorted(folder.iterdir()) if (d / SUMMARY_FILE).is_file() and ours(d)]
 
 
 def main(argv=None) -> None:
@@ -187,6 +225,8 @@ def main(argv=None) -> None:
     p.add_argument("--d-models", type=int, nargs="+", default=[48, 64, 128], help="fig2")
     p.add_argument("--feature-dims", type=int, nargs="+",
                    help="default: 4 8 16 (recipe), 8 16 24 (fig2)")
+    p.add_argument("--swa-windows", type=int, nargs="*", default=[],
+                   help="fig2: also train the sliding-window model at these windows")
     p.add_argument("--from-runs", type=Path, metavar="DIR",
                    help="train nothing: the points are DIR's finished runs of the preset")
     args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
@@ -200,7 +240,9 @@ def main(argv=None) -> None:
         points = ((run_config(d), read_summary(d), d)
                   for d in finished_runs(args.from_runs, experiment))
     elif fig2:
-        points = (trained(fig2_point(d, f, overrides)) for d in args.d_models for f in feature_dims)
+        points = itertools.chain(
+            (trained(fig2_point(d, f, overrides)) for d in args.d_models for f in feature_dims),
+            (trained(fig2_swa_point(w, overrides)) for w in args.swa_windows))
     else:
         points = (trained(point(w, f, overrides)) for w in args.windows for f in feature_dims)
     records = []
@@ -209,7 +251,7 @@ def main(argv=None) -> None:
         print(json.dumps(records[-1]), flush=True)
     if not records:
         p.error(f"no finished run of {experiment} in {args.from_runs}")
-    records.sort(key=lambda r: (r[series], r["feature_dim"]))
+    records.sort(key=lambda r: (r["model"], r[series], r["feature_dim"] or 0, r["window"] or 0))
     (args.out / f"{stem}.json").write_text(json.dumps(records, indent=1) + "\n")
     plot(records, args.out / f"{stem}.png", series)
 

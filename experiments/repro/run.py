@@ -61,7 +61,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the checkout's seqzoo, installed or not
 
-from experiments.based_tradeoff import FIG2, RECIPE, fig2_overrides, point_override  # noqa: E402
+from experiments.based_tradeoff import (  # noqa: E402
+    FIG2,
+    RECIPE,
+    fig2_overrides,
+    fig2_swa_overrides,
+    point_override,
+)
 from seqzoo.config import ExperimentConfig, apply_overrides  # noqa: E402
 from seqzoo.runner.checkpoint import LATEST  # noqa: E402
 from seqzoo.runner.experiments import load_experiment  # noqa: E402
@@ -312,13 +318,22 @@ GROUPS["issue27_long"] = (*GROUPS["jrt_long"], *GROUPS["based_tradeoff_long_a"],
 # Memory: the compiled train step's peak on a CPU (seqzoo.runner.memory.step_memory, as
 # benchmarks/memory_configs.py) is 4.23-4.24 GB at d 48, 4.30-4.31 at d 64, 4.60-4.61 at d 128
 # (eval 2.03-2.07; 2026-12-06), plus the 1 GB the CPU ran short for MQAR on the H100 and a
-# margin: 6.5 GB as mqar_attention_d64 (4.25 GiB step), 7.0 at d 128 (caps 11.75 / 12.5 GB)
+# margin: 6.5 GB as mqar_attention_d64 (4.25 GiB step), 7.0 at d 128 (caps 11.75 / 12.5 GB).
+# based_fig2_swa: the figure's sliding-window attention beside Based (BaseConv then 1-head
+# attention over the last w tokens, no RoPE, d_model 128; the paper's windows 8 to 1024, here
+# those below the length, 8 to 128), 4.63 GB on the CPU: 7.0 GB, 5 runs in 65.5 GB of caps
 GROUPS.update({f"based_fig2_d{d_model}": tuple(
     Run(FIG2, "accuracy rises with state: d_model and feature_dim (Based fig. 2)", memory,
         (*fig2_overrides(d_model, f), "optim.steps=6000"), folder="",
         tag=f"d{d_model}_f{f}@steps=6000")
     for f in (8, 16, 24)
 ) for d_model, memory in ((48, 6.5), (64, 6.5), (128, 7.0))})
+GROUPS["based_fig2_swa"] = tuple(
+    Run(FIG2, "sliding window: accuracy rises with the window, below Based (Based fig. 2)", 7.0,
+        (*fig2_swa_overrides(window), "optim.steps=6000"), folder="",
+        tag=f"swa_w{window}@steps=6000")
+    for window in (8, 16, 32, 64, 128)
+)
 ALL_RUNS = tuple(dict.fromkeys(run for group in GROUPS.values() for run in group))  # each once
 HEADER = (
     "| task | model | params | steps (of planned) | wall s | device | test acc | best val acc "
