@@ -157,6 +157,65 @@ def test_based_tradeoff_draws_its_points_from_the_groups_finished_runs(tmp_path)
     assert (out / "based_tradeoff.png").is_file()
 
 
+FIG2_GROUPS = ("based_fig2_d48", "based_fig2_d64", "based_fig2_d128")
+
+
+def test_based_fig2_groups_hold_the_papers_grid_in_its_setup(tmp_path):
+    """The ``based_fig2_*`` groups are the figure's d_model x feature_dim grid (HazyResearch/zoology
+    arxiv24_based_figure2/configs.py), each point a 2-layer BaseConv + Based model with the
+    point's width and feature_dim on the paper's hardest MQAR segment."""
+    runs = [run for group in FIG2_GROUPS for run in GROUPS[group]]
+    points = set()
+    for run in runs:
+        cfg = run_config(run, False, tmp_path)[0]
+        model = (cfg.model.mixer, cfg.model.n_layers, cfg.model.mlp)
+        assert model == ("base_conv,based", 2, "none")
+        assert (cfg.task.seq_len, cfg.task.num_kv_pairs, cfg.task.vocab_size) == (256, 64, 8192)
+        assert cfg.optim.batch_size == 256 and cfg.optim.steps == 6000
+        based = cfg.model.mixer_options["based"]
+        assert based["num_heads"] == 1 and "value_dim" not in based  # value width: d_model
+        points.add((cfg.model.d_model, based["key_dim"]))
+        assert run.key == f"mqar_based_fig2@d{cfg.model.d_model}_f{based['key_dim']}@steps=6000"
+    assert points == {(d, f) for d in (48, 64, 128) for f in (8, 16, 24)}
+    assert len(runs) == len(points)
+    windows = []
+    for run in GROUPS["based_fig2_swa"]:  # the figure's sliding-window model, same task
+        cfg = run_config(run, False, tmp_path)[0]
+        assert (cfg.model.mixer, cfg.model.d_model, cfg.task.num_kv_pairs) == (
+            "base_conv,attention", 128, 64)
+        attention = cfg.model.mixer_options["attention"]
+        assert attention["num_heads"] == 1 and attention["rope"] is False
+        windows.append(attention["window"])
+    assert windows == [8, 16, 32, 64, 128]
+
+
+def test_based_tradeoff_fig2_preset_draws_only_the_fig2_runs(tmp_path):
+    """``--preset fig2 --from-runs`` takes the fig2 groups' runs (Based: one line per d_model;
+    the sliding-window model) and passes over the recipe's; the recipe preset passes over the
+    fig2 runs."""
+    runs = [GROUPS["based_fig2_d48"][0], GROUPS["based_fig2_d48"][2], GROUPS["based_fig2_d128"][0],
+            GROUPS["based_fig2_swa"][1], GROUPS["based_tradeoff"][0]]  # the last: the recipe's
+    for accuracy, run in zip((0.1, 0.2, 0.3, 0.5, 0.4), runs, strict=True):
+        run_dir = tmp_path / "runs" / run.key
+        run_dir.mkdir(parents=True)
+        write_config(run_dir, run_config(run, False, tmp_path)[0])
+        (run_dir / SUMMARY_FILE).write_text(json.dumps({"test_accuracy": accuracy}))
+    out = tmp_path / "out"
+    based_tradeoff.main(["--out", str(out), "--preset", "fig2",
+                         "--from-runs", str(tmp_path / "runs")])
+    records = json.loads((out / "based_fig2.json").read_text())
+    assert [(r["model"], r["d_model"], r["feature_dim"], r["window"], r["test_accuracy"])
+            for r in records] == [("Based", 48, 8, None, 0.1), ("Based", 48, 24, None, 0.2),
+                                  ("Based", 128, 8, None, 0.3),
+                                  ("sliding window", 128, None, 16, 0.5)]
+    assert records[0]["state"] < records[1]["state"] and records[0]["state"] < records[2]["state"]
+    assert records[3]["state"] > 2 * 16 * 128  # the window's keys and values
+    assert (out / "based_fig2.png").is_file()
+    based_tradeoff.main(["--out", str(out), "--from-runs", str(tmp_path / "runs")])
+    recipe = json.loads((out / "based_tradeoff.json").read_text())
+    assert [(r["window"], r["feature_dim"], r["test_accuracy"]) for r in recipe] == [(4, 4, 0.4)]
+
+
 def test_state_keeps_the_newest_checkpoint_and_unpacks_only_into_its_run(tmp_path):
     run_dir = tmp_path / "work" / "runs" / "mqar_attention_d64@lr=0.01"
     for folder in ("checkpoints/4/params", "checkpoints/12/params", "best/12", "skipped/x"):

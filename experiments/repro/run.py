@@ -9,8 +9,9 @@ accuracies beside the papers' numbers, and learning curves.
 ``GROUPS`` name sets of runs that fit one call on an H100 together (in memory: in time each
 run's ``max_minutes`` cuts it at the deadline); ``--only`` takes runs from any group, by
 ``Run.key`` (the config's name, with ``@lr=...`` for a point of an lr sweep). A run may also
-name an experiment outside experiments/repro/ (``Run.folder``): issue 27's groups ``issue27``
-and ``based_tradeoff`` train top-level experiments (``mqar_mom``, ``mqar_based_recipe``).
+name an experiment outside experiments/repro/ (``Run.folder``): issue 27's groups ``issue27``,
+``based_tradeoff`` and ``based_fig2_*`` train top-level experiments (``mqar_mom``,
+``mqar_based_recipe``, ``mqar_based_fig2``).
 
 Runs of tasks generated on the fly start at once. ListOps, then Pathfinder, are generated here
 first on every core into seqzoo's data cache, which their runs then read; those runs start as
@@ -60,7 +61,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the checkout's seqzoo, installed or not
 
-from experiments.based_tradeoff import RECIPE, point_override  # noqa: E402
+from experiments.based_tradeoff import (  # noqa: E402
+    FIG2,
+    RECIPE,
+    fig2_overrides,
+    fig2_swa_overrides,
+    point_override,
+)
 from seqzoo.config import ExperimentConfig, apply_overrides  # noqa: E402
 from seqzoo.runner.checkpoint import LATEST  # noqa: E402
 from seqzoo.runner.experiments import load_experiment  # noqa: E402
@@ -311,6 +318,35 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
 # tiny models (the H200 call of 2026-12-06 ran 23 such runs at once, 4000 steps in 222-336 s)
 GROUPS["issue27_long"] = (*GROUPS["jrt_long"], *GROUPS["based_tradeoff_long_a"],
                           *GROUPS["based_tradeoff_long_b"])
+# Based's recall against state size in the paper's own setup (experiments/mqar_based_fig2.toml;
+# `experiments/based_tradeoff.py --preset fig2 --from-runs WORK/runs` draws it). Source:
+# HazyResearch/zoology zoology/experiments/paper_configs/arxiv24_based_figure2/configs.py at
+# d88d6f5 (= arxiv24_based_figure1/configs.py at eac8015f, the commit HazyResearch/based pins):
+# 2 layers BaseConv + Based (Taylor, 1 head), no MLP, vocab 8192, batch 256, d_model
+# {48, 64, 128} x feature_dim {8, 16, 24}, all nine points here. Differences (based_tradeoff.py's
+# docstring says why): one training and test segment, the paper's hardest (length 256,
+# 64 pairs) instead of its mixture; one lr (3.16e-3) instead of the best of logspace(-3, -1.5,
+# 4); 6000 steps instead of ~22.5k (32 epochs). One group per d_model, 3 runs a call: a run of
+# this shape (mqar_based_d64) did 4473 steps in 493 s sharing the H100 with 7 others.
+# Memory: the compiled train step's peak on a CPU (seqzoo.runner.memory.step_memory, as
+# benchmarks/memory_configs.py) is 4.23-4.24 GB at d 48, 4.30-4.31 at d 64, 4.60-4.61 at d 128
+# (eval 2.03-2.07; 2026-12-06), plus the 1 GB the CPU ran short for MQAR on the H100 and a
+# margin: 6.5 GB as mqar_attention_d64 (4.25 GiB step), 7.0 at d 128 (caps 11.75 / 12.5 GB).
+# based_fig2_swa: the figure's sliding-window attention beside Based (BaseConv then 1-head
+# attention over the last w tokens, no RoPE, d_model 128; the paper's windows 8 to 1024, here
+# those below the length, 8 to 128), 4.63 GB on the CPU: 7.0 GB, 5 runs in 65.5 GB of caps
+GROUPS.update({f"based_fig2_d{d_model}": tuple(
+    Run(FIG2, "accuracy rises with state: d_model and feature_dim (Based fig. 2)", memory,
+        (*fig2_overrides(d_model, f), "optim.steps=6000"), folder="",
+        tag=f"d{d_model}_f{f}@steps=6000")
+    for f in (8, 16, 24)
+) for d_model, memory in ((48, 6.5), (64, 6.5), (128, 7.0))})
+GROUPS["based_fig2_swa"] = tuple(
+    Run(FIG2, "sliding window: accuracy rises with the window, below Based (Based fig. 2)", 7.0,
+        (*fig2_swa_overrides(window), "optim.steps=6000"), folder="",
+        tag=f"swa_w{window}@steps=6000")
+    for window in (8, 16, 32, 64, 128)
+)
 ALL_RUNS = tuple(dict.fromkeys(run for group in GROUPS.values() for run in group))  # each once
 HEADER = (
     "| task | model | params | steps (of planned) | wall s | device | test acc | best val acc "
