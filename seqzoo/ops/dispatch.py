@@ -70,6 +70,10 @@ TPU_MODEL = _RESULTS + "tpu-predicted-not-measured"
 FUSED_ATTENTION = _RESULTS + (
     "fused-attention-as-auto-and-the-remaining-kernels-bf16-gradients-issue-20-2026-12-05"
 )
+TAYLOR_PARALLEL = _RESULTS + "baseds-taylor-kernel-in-closed-form-the-quadratic-form-by-length"
+# The longest sequence at which Based's closed-form quadratic form is measured faster than its
+# features through the chunked form on a CPU (TAYLOR_PARALLEL); longer ones keep the features.
+TAYLOR_PARALLEL_CPU_LENGTH = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,11 +120,14 @@ def _given(flag) -> bool:
 
 def _chunked_kernel_facts(*, dims: tuple[int, int], dtypes: tuple = (), dtype=None,
                           segment_ids=False, per_key: bool = False, platform: str | None = None,
-                          shared_memory: int | None = None, precision: str = "highest") -> dict:
+                          shared_memory: int | None = None, precision: str = "highest",
+                          closed_form: bool = False, length: int = 0) -> dict:
     """Facts of the chunked linear-attention kernel: ``dims`` the key and value widths (SSD: state
     and head widths), ``dtypes`` of the matmul inputs (or one ``dtype``), packed ``segment_ids``,
     ``per_key`` decays, the GPU's ``shared_memory`` per block (default: the first device's) and
-    the kernel's float32 matmul ``precision`` (resolved: ``seqzoo.kernels.matmul_precision``)."""
+    the kernel's float32 matmul ``precision`` (resolved: ``seqzoo.kernels.matmul_precision``).
+    ``closed_form``: the features are Based's Taylor map with no decay, whose quadratic form
+    needs no features (``taylor_parallel.py``), on a sequence of ``length``."""
     dtypes = tuple(dtypes) + (() if dtype is None else (dtype,))
     widths = tuple(padded_width(d) for d in dims)
     limit = device_limit() if shared_memory is None else shared_memory
@@ -133,6 +140,8 @@ def _chunked_kernel_facts(*, dims: tuple[int, int], dtypes: tuple = (), dtype=No
         all_16bit=all(jnp.dtype(d).itemsize == 2 for d in dtypes),
         all_float32=bool(dtypes) and all(jnp.dtype(d) == jnp.float32 for d in dtypes),
         precision=precision, tiling=tiling, tiling_why=tiling_why,
+        closed_form=closed_form, length=length, cpu=_platform(platform) == "cpu",
+        closed_form_cpu_length=TAYLOR_PARALLEL_CPU_LENGTH,
     )
 
 
@@ -162,6 +171,13 @@ def _attention_facts(*, dtype, head_dim: int, causal: bool = False, window: int 
     )
 
 
+_CLOSED_FORM = (  # Based's Taylor map (featured_linear_attention)
+    Rule("parallel",
+         lambda f: f["closed_form"] and f["cpu"] and f["length"] <= f["closed_form_cpu_length"],
+         "Based's Taylor map at length {length} <= {closed_form_cpu_length} on a CPU: its "
+         "kernel in closed form on the (T, T) scores is faster than its {dims[0]} features "
+         "through the chunked form", TAYLOR_PARALLEL),
+)
 _CHUNKED_KERNEL_PLACES = (  # where the chunked kernels do not run, whatever the inputs
     Rule("chunked", lambda f: f["segment_ids"], "packed segment_ids: the kernel has no resets",
          overrides=("pallas", "pallas_split")),
@@ -249,9 +265,9 @@ _SCANS = ("associative", "sequential", "pallas")
 POLICY = {
     "linear_attention": Policy(("chunked", "parallel", "sequential", "pallas", "pallas_split"),
                                _chunked_kernel_facts,
-                               _CHUNKED_KERNEL_PLACES + _FLOAT32_XLA + _FLOAT32_PER_KEY
-                               + _CHUNKED_KERNEL_FITS + _PER_KEY_SPLIT + _FLOAT32_KERNEL
-                               + _CHUNKED_KERNEL),
+                               _CLOSED_FORM + _CHUNKED_KERNEL_PLACES + _FLOAT32_XLA
+                               + _FLOAT32_PER_KEY + _CHUNKED_KERNEL_FITS + _PER_KEY_SPLIT
+                               + _FLOAT32_KERNEL + _CHUNKED_KERNEL),
     "ssd": Policy(_CHUNKED, _chunked_kernel_facts,
                   _CHUNKED_KERNEL_PLACES + _FLOAT32_XLA + _CHUNKED_KERNEL_FITS + _FLOAT32_KERNEL
                   + _CHUNKED_KERNEL),

@@ -15,6 +15,12 @@ their cotangents exist for one block at once (blocks sized by bytes: a block's f
 the size of q, k and v of all rows). The values and gradients are the plain composition's
 (the rows do not mix). A map that keeps the width (identity, elu, relu) runs as that
 composition: its outputs are no larger than its inputs.
+
+The Taylor map without decays, on a sequence not split over devices, also has a quadratic form
+with no features at all (``taylor_parallel.py``: ``phi(q) . phi(k)`` in closed form on the
+``(T, T)`` scores): ``impl="parallel"`` runs it, and ``"auto"`` where it is measured faster
+(``seqzoo.ops.dispatch``, the ``closed_form`` rule: short sequences on a CPU); with a decay or
+a split sequence ``"parallel"`` is the features through ``linear_attention``'s quadratic form.
 """
 
 from __future__ import annotations
@@ -25,8 +31,11 @@ import jax
 
 from seqzoo.kernels.matmul_precision import resolve_precision
 from seqzoo.ops import feature_maps
+from seqzoo.ops.dispatch import on_platform
 from seqzoo.ops.lean_grad import blockwise, size_budget
 from seqzoo.ops.linear_attention import linear_attention
+from seqzoo.ops.linear_attention.taylor_parallel import taylor_parallel
+from seqzoo.parallel.context import sequence_axis
 
 Array = jax.Array
 
@@ -38,10 +47,27 @@ def featured_linear_attention(q: Array, k: Array, v: Array, mask: Array, *, feat
     """``linear_attention(phi(q), phi(k) (0 where mask is False), v, ...)``: ``(b, l, h, dv)``
     in ``v``'s dtype (module docstring). ``log_decay`` is per head or per feature; ``precision``
     as ``linear_attention``'s (resolved here, before blocks are recomputed backwards)."""
-    rows = (q, k, v, mask, log_decay, segment_ids)
-    options = (feature_map, float(scale), chunk_size, impl, resolve_precision(precision))
-    widens = feature_maps.feature_size(feature_map, q.shape[-1]) > q.shape[-1]
-    return (_lean if widens else _featured)(*options)(rows, ())
+    precision = resolve_precision(precision)
+    width = feature_maps.feature_size(feature_map, q.shape[-1])
+    options = (feature_map, float(scale), chunk_size, impl, precision)
+    featured = (_lean if width > q.shape[-1] else _featured)(*options)
+
+    def through_features(q, k, v, mask, segment_ids):  # linear_attention decides for them
+        return featured((q, k, v, mask, log_decay, segment_ids), ())
+
+    if feature_map != "taylor" or log_decay is not None or sequence_axis() is not None:
+        return through_features(q, k, v, mask, segment_ids)
+
+    def run(chosen: str, platform: str):
+        del platform  # the features' op makes its own choice for the platform
+        if chosen == "parallel":
+            return functools.partial(taylor_parallel, scale=scale)
+        return through_features
+
+    return on_platform("linear_attention", impl, run, q, k, v, mask, segment_ids,
+                       dims=(width, v.shape[-1]), dtypes=(q.dtype, k.dtype, v.dtype),
+                       segment_ids=segment_ids, precision=precision, closed_form=True,
+                       length=q.shape[1])
 
 
 def features(name: str, q: Array, k: Array, mask: Array) -> tuple[Array, Array]:
