@@ -8,10 +8,13 @@ column of ones, as the layer passes them): ``chunked`` (the features through the
 form, recomputed a block of rows at a time backwards: the reference), ``parallel`` (the kernel
 ``1 + s + s^2 / 2`` in closed form on the (T, T) scores, ``taylor_parallel.py``) and ``auto``
 where the dispatch table (``seqzoo.ops.dispatch``, its ``closed_form`` rule) resolves it to
-something else. Forward, and forward+backward as the
-gradients of ``sum(o * do)`` w.r.t. q, k and v. The same number of tokens per shape (B x T),
-lengths from 64 to 4096 on a GPU (at 256: Zoology's MQAR at d_model 64, batch 256), to 1024
-on a CPU: where the quadratic form stops paying is the length ``auto`` switches at.
+something else, and, when importable (fla 0.6.0: ../shared/anchors/make_peer_site.sh), fla's
+Triton kernel of the same closed form, ``fla.ops.based.parallel_based`` (``use_norm=False``, its
+``scale`` d^-1/2 inside the kernel: ours is 1 outside it, the same values). Forward, and
+forward+backward as the gradients of ``sum(o * do)`` w.r.t. q, k and v. The same number of
+tokens per shape (B x T), lengths from 64 to 4096 on a GPU (at 256: Zoology's MQAR at d_model
+64, batch 256), to 1024 on a CPU: where the quadratic form stops paying is the length ``auto``
+switches at.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from kernel_harness import Case, jax_gradients
+from kernel_harness import Case, jax_gradients, torch_variant
 
 from seqzoo.ops.dispatch import resolve
 from seqzoo.ops.linear_attention.featured import featured_linear_attention
@@ -44,12 +47,28 @@ def variant(args, do, mode, impl):
     mask = jnp.ones(args[0].shape[:2], bool)
 
     def fn(q, k, v):
-        return featured_linear_attention(q, k, v, mask, feature_map="taylor", scale=D**-0.5,
+        return featured_linear_attention(q, k, v, mask, feature_map="taylor", scale=1.0,
                                          impl=impl)
 
     if mode == "fwd":
         return functools.partial(jax.jit(fn), *args)
     return jax_gradients(fn, args, do)
+
+
+def fla_variant(args, do, mode):
+    """fla's ``parallel_based`` on the same values as torch tensors; None where fla is not
+    importable."""
+    try:
+        import torch
+        from fla.ops.based import parallel_based
+    except ImportError:
+        return None
+    leaves = [torch.from_dlpack(a).clone().requires_grad_(mode != "fwd") for a in args]
+
+    def fn(q, k, v):
+        return parallel_based(q, k, v, scale=D**-0.5, use_norm=False)
+
+    return torch_variant(fn, leaves, torch.from_dlpack(do).clone(), mode)
 
 
 def case(b: int, t: int, mode: str, dtype) -> Case:
@@ -59,6 +78,9 @@ def case(b: int, t: int, mode: str, dtype) -> Case:
                    closed_form=True, length=t).impl
     if auto not in variants:
         variants["auto"] = variant((q, k, v), do, mode, "auto")
+    fla = fla_variant((q, k, v), do, mode)
+    if fla is not None:
+        variants["fla parallel_based"] = fla
     name = jnp.dtype(dtype).name
     return Case(f"taylor_linear_attention {mode}", f"B{b} T{t} H{HEADS} D{D} Dv{DV} {name}",
                 variants, baseline="chunked",
