@@ -116,6 +116,16 @@ def _check_outputs(tmp_path: Path, result: subprocess.CompletedProcess, runs: li
     return table
 
 
+def test_toy_runs_keep_one_layer_per_mixer_of_their_pattern(tmp_path):
+    """A toy run is small but trains every mixer of its layer pattern (one layer each)."""
+    fig2 = next(r for r in GROUPS["based_fig2_d64"])
+    recipe = GROUPS["based_tradeoff"][0]
+    for run, layers in ((BY_KEY["listops_s4d"], 1), (fig2, 2), (recipe, 5)):
+        cfg, _ = run_config(run, True, tmp_path)
+        assert cfg.model.n_layers == layers == len(cfg.model.mixer.split(","))
+        assert cfg.model.d_model == 32 and cfg.optim.steps == 3
+
+
 def test_toy_launch_reports_each_run(tmp_path):
     runs = ["listops_s4d", "sfashion_mnist_s4d", "mqar_attention_d64@lr=0.01",
             "induction_heads_s4d", "mqar_jrt_rnn@steps=4000@seed=0"]  # ALL_RUNS order; the last

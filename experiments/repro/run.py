@@ -87,9 +87,8 @@ TOY = [
     "optim.warmup_steps=1",
     "eval_every=2",
     "log_every=1",
-    "model.n_layers=1",
     "model.d_model=32",  # the smallest that every mixer's head size allows
-]
+]  # and one layer per mixer of the run's pattern (run_config), so a pattern trains each of them
 TOY_LENGTHS = {"listops": ["task.seq_len=64"]}  # tasks whose length a toy run shortens
 GPU_MEMORY_GB = 80.0  # an H100's
 
@@ -369,7 +368,10 @@ class Launched:
 def run_config(run: Run, toy: bool, data_dir: Path) -> tuple[ExperimentConfig, list[str]]:
     """The run's config and the overrides it gets on the command line (toy sizes, data)."""
     cfg = load_experiment(run.experiment)
-    overrides = [*run.overrides, *([*TOY, *TOY_LENGTHS.get(cfg.task.name, [])] if toy else [])]
+    overrides = list(run.overrides)
+    if toy:
+        pattern = apply_overrides(cfg, overrides).model.mixer.split(",")
+        overrides += [*TOY, f"model.n_layers={len(pattern)}", *TOY_LENGTHS.get(cfg.task.name, [])]
     if cfg.task.name == "sfashion_mnist" and (data_dir / "fashion-mnist").is_dir():
         overrides.append(f"task.data_dir={data_dir / 'fashion-mnist'}")
     return apply_overrides(cfg, overrides), overrides
