@@ -20,12 +20,24 @@ columns ``phi(q_i) . phi(k^e_j)``, both divided by the shared row normaliser; th
 the two halves. Below the diagonal and, inside the prefix, above it, ``M`` has rank
 ``1 + f + f^2``: quasiseparable.
 
-Padding: a pad's keys are zero (it writes nothing, in either part). ``P`` counts positions, pads
-included: left padding moves the prefix.
+Padding: a pad's features are zero (it writes nothing, in either part). The official layer
+instead zeroes a pad's k and k^e *before* the feature map (and only in prefill), so there a pad
+still writes ``phi(0) = e_0``: a 1 in the normaliser and its value in the numerator. ``P`` counts
+positions, pads included: left padding moves the prefix.
+
+Constants: the scores carry ``based``'s ``dk^-0.5`` and eps is 1e-6, where the official layer
+has no scale and eps 1e-12; the scale cancels in the ratio, leaving eps ``sqrt(dk) 1e-6`` against
+a normaliser of at least 1/2 per key (``1 + s + s^2 / 2 >= 1/2``): the same outputs and gradients
+to float32 rounding (tests/test_prefix_linear_attention.py, against the official equations).
 
 Init: ``seqzoo``'s ``dense`` (lecun normal), as the ``based`` mixer; the official layer keeps
 torch's ``nn.Linear`` default. Left out: decoding (``step``; the mixer is not causal) and the
-masked-LM loss on the prefix (a training objective).
+masked-LM loss on the prefix (a training objective: the official ``data_type: mixed`` trains
+next-token prediction past the prefix plus 0.25 x a masked-LM loss on 15% of the prefix's
+tokens, replaced by a mask token in the input). The official JRT-RNN language models
+(``train/configs/experiment/baselines/jrt-*.yaml``) interleave this layer with BaseConv (short
+convolution) and sliding-window attention layers, with SwiGLU MLPs: the model's business, not
+the mixer's.
 """
 
 from __future__ import annotations
