@@ -21,7 +21,6 @@ each epoch. Usage (a GPU makes the epochs take seconds)::
 """
 
 import argparse
-import functools
 import time
 
 import flax.linen as nn
@@ -44,6 +43,11 @@ class SmallCNN(nn.Module):
         return nn.Dense(2)(nn.relu(nn.Dense(64)(x.max(axis=(1, 2)))))
 
 
+def _batch_norm(train: bool):
+    """Batch norm over the batch while training, its running averages otherwise."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9)
+
+
 class BasicBlock(nn.Module):
     """relu(bn(conv(relu(bn(conv(x))))) + shortcut(x)), the shortcut a strided 1x1 conv with
     batch norm where the shape changes."""
@@ -53,12 +57,11 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9)
         strides = (self.stride, self.stride)
-        y = nn.relu(norm()(nn.Conv(self.width, (3, 3), strides, use_bias=False)(x)))
-        y = norm()(nn.Conv(self.width, (3, 3), use_bias=False)(y))
+        y = nn.relu(_batch_norm(train)(nn.Conv(self.width, (3, 3), strides, use_bias=False)(x)))
+        y = _batch_norm(train)(nn.Conv(self.width, (3, 3), use_bias=False)(y))
         if x.shape[-1] != self.width or self.stride != 1:
-            x = norm()(nn.Conv(self.width, (1, 1), strides, use_bias=False)(x))
+            x = _batch_norm(train)(nn.Conv(self.width, (1, 1), strides, use_bias=False)(x))
         return nn.relu(y + x)
 
 
@@ -69,8 +72,7 @@ class ResNet18(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9)
-        x = nn.relu(norm()(nn.Conv(self.width, (3, 3), use_bias=False)(x)))
+        x = nn.relu(_batch_norm(train)(nn.Conv(self.width, (3, 3), use_bias=False)(x)))
         for stage, stride in enumerate((1, 2, 2, 2)):
             for block in range(2):
                 x = BasicBlock(self.width * 2**stage, stride if block == 0 else 1)(x, train)

@@ -118,7 +118,7 @@ def _check_outputs(tmp_path: Path, result: subprocess.CompletedProcess, runs: li
 
 def test_toy_runs_keep_one_layer_per_mixer_of_their_pattern(tmp_path):
     """A toy run is small but trains every mixer of its layer pattern (one layer each)."""
-    fig2 = next(r for r in GROUPS["based_fig2_d64"])
+    fig2 = GROUPS["based_fig2_d64"][0]
     recipe = GROUPS["based_tradeoff"][0]
     for run, layers in ((BY_KEY["listops_s4d"], 1), (fig2, 2), (recipe, 5)):
         cfg, _ = run_config(run, True, tmp_path)

@@ -367,14 +367,14 @@ class Launched:
 
 def run_config(run: Run, toy: bool, data_dir: Path) -> tuple[ExperimentConfig, list[str]]:
     """The run's config and the overrides it gets on the command line (toy sizes, data)."""
-    cfg = load_experiment(run.experiment)
-    overrides = list(run.overrides)
+    cfg = apply_overrides(load_experiment(run.experiment), run.overrides)
+    extra = []
     if toy:
-        pattern = apply_overrides(cfg, overrides).model.mixer.split(",")
-        overrides += [*TOY, f"model.n_layers={len(pattern)}", *TOY_LENGTHS.get(cfg.task.name, [])]
+        layers = len(cfg.model.mixer.split(","))
+        extra += [*TOY, f"model.n_layers={layers}", *TOY_LENGTHS.get(cfg.task.name, [])]
     if cfg.task.name == "sfashion_mnist" and (data_dir / "fashion-mnist").is_dir():
-        overrides.append(f"task.data_dir={data_dir / 'fashion-mnist'}")
-    return apply_overrides(cfg, overrides), overrides
+        extra.append(f"task.data_dir={data_dir / 'fashion-mnist'}")
+    return apply_overrides(cfg, extra), [*run.overrides, *extra]
 
 
 def launch(run: Run, cfg, overrides, work: Path, train_deadline: float, env,
