@@ -86,18 +86,22 @@ def test_bf16_is_as_close_to_float32_as_the_features_are():
                 assert err < max(1.5 * ref, 1e-3), (name, err, ref)
 
 
-def test_auto_takes_the_closed_form_on_a_cpu_up_to_its_measured_length():
-    limit = dispatch.TAYLOR_PARALLEL_CPU_LENGTH
+def test_auto_takes_the_closed_form_up_to_its_measured_length():
+    cpu, gpu = dispatch.TAYLOR_PARALLEL_CPU_LENGTH, dispatch.TAYLOR_PARALLEL_GPU_LENGTH
     facts = dict(dims=(273, 17), dtypes=(jnp.float32,), closed_form=True)
+    half = (jnp.bfloat16,) * 3
 
     def chosen(**more):
         return dispatch.resolve("linear_attention", "auto", **{**facts, **more})
 
-    assert chosen(length=limit, platform="cpu").impl == "parallel"
-    assert chosen(length=limit + 1, platform="cpu").impl == "chunked"
-    assert chosen(length=64, platform="tpu").impl == "pallas"  # not measured: the features
-    assert chosen(length=64, platform="gpu", dtypes=(jnp.bfloat16,)).impl == "chunked"
+    assert chosen(length=cpu, platform="cpu").impl == "parallel"
+    assert chosen(length=cpu + 1, platform="cpu").impl == "chunked"
+    assert chosen(length=gpu, platform="gpu", dtypes=half).impl == "parallel"
+    assert chosen(length=gpu + 1, platform="gpu", dtypes=half).impl == "chunked"
+    assert chosen(length=64, platform="gpu").impl == "chunked"  # float32: not measured there
+    assert chosen(length=64, platform="tpu", dtypes=half).impl == "pallas"  # not measured
     assert chosen(length=64, platform="cpu", closed_form=False).impl == "chunked"
+    assert chosen(length=64, platform="gpu", dtypes=half, closed_form=False).impl != "parallel"
     text = dispatch.explain("linear_attention", **facts, length=64, platform="cpu")
     assert "runs 'parallel'" in text and "273 features" in text
     assert "benchmarks/RESULTS.md#" in text

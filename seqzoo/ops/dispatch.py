@@ -72,8 +72,11 @@ FUSED_ATTENTION = _RESULTS + (
 )
 TAYLOR_PARALLEL = _RESULTS + "baseds-taylor-kernel-in-closed-form-the-quadratic-form-by-length"
 # The longest sequence at which Based's closed-form quadratic form is measured faster than its
-# features through the chunked form on a CPU (TAYLOR_PARALLEL); longer ones keep the features.
+# features through the chunked form, forward and forward+backward (TAYLOR_PARALLEL): on a CPU
+# (float32) and on a GPU (bf16; float32 there is not measured and keeps the features). Longer
+# sequences keep the features (the closed form holds (B, H, T, T) scores).
 TAYLOR_PARALLEL_CPU_LENGTH = 512
+TAYLOR_PARALLEL_GPU_LENGTH = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,9 +143,19 @@ def _chunked_kernel_facts(*, dims: tuple[int, int], dtypes: tuple = (), dtype=No
         all_16bit=all(jnp.dtype(d).itemsize == 2 for d in dtypes),
         all_float32=bool(dtypes) and all(jnp.dtype(d) == jnp.float32 for d in dtypes),
         precision=precision, tiling=tiling, tiling_why=tiling_why,
-        closed_form=closed_form, length=length, cpu=_platform(platform) == "cpu",
-        closed_form_cpu_length=TAYLOR_PARALLEL_CPU_LENGTH,
+        closed_form=closed_form, length=length,
+        closed_form_limit=_closed_form_limit(platform, dtypes),
     )
+
+
+def _closed_form_limit(platform: str | None, dtypes: tuple) -> int:
+    """The longest sequence at which Based's closed form is measured faster on ``platform`` for
+    inputs of ``dtypes`` (0: not measured there, so never): a CPU in float32, a GPU in bf16."""
+    platform = _platform(platform)
+    if platform in GPU_BACKENDS:
+        half = bool(dtypes) and all(jnp.dtype(d).itemsize == 2 for d in dtypes)
+        return TAYLOR_PARALLEL_GPU_LENGTH if half else 0
+    return TAYLOR_PARALLEL_CPU_LENGTH if platform == "cpu" else 0
 
 
 def _scan_facts(*, platform: str | None = None) -> dict:
@@ -173,8 +186,8 @@ def _attention_facts(*, dtype, head_dim: int, causal: bool = False, window: int 
 
 _CLOSED_FORM = (  # Based's Taylor map (featured_linear_attention)
     Rule("parallel",
-         lambda f: f["closed_form"] and f["cpu"] and f["length"] <= f["closed_form_cpu_length"],
-         "Based's Taylor map at length {length} <= {closed_form_cpu_length} on a CPU: its "
+         lambda f: f["closed_form"] and f["length"] <= f["closed_form_limit"],
+         "Based's Taylor map at length {length} <= {closed_form_limit} on this platform: its "
          "kernel in closed form on the (T, T) scores is faster than its {dims[0]} features "
          "through the chunked form", TAYLOR_PARALLEL),
 )

@@ -19,8 +19,9 @@ composition: its outputs are no larger than its inputs.
 The Taylor map without decays, on a sequence not split over devices, also has a quadratic form
 with no features at all (``taylor_parallel.py``: ``phi(q) . phi(k)`` in closed form on the
 ``(T, T)`` scores): ``impl="parallel"`` runs it, and ``"auto"`` where it is measured faster
-(``seqzoo.ops.dispatch``, the ``closed_form`` rule: short sequences on a CPU); with a decay or
-a split sequence ``"parallel"`` is the features through ``linear_attention``'s quadratic form.
+(``seqzoo.ops.dispatch``, the ``closed_form`` rule: short sequences on a CPU in float32 and on
+a GPU in bf16); with a decay or a split sequence ``"parallel"`` is the features through
+``linear_attention``'s quadratic form.
 """
 
 from __future__ import annotations
