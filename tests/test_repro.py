@@ -22,6 +22,7 @@ from experiments.repro.run import (
     pack_states,
     run_config,
     save_state,
+    split_large,
     state_file,
     unpack_state,
 )
@@ -228,7 +229,8 @@ def test_based_tradeoff_fig2_preset_draws_only_the_fig2_runs(tmp_path):
 
 def test_state_keeps_the_newest_checkpoint_and_unpacks_only_into_its_run(tmp_path):
     run_dir = tmp_path / "work" / "runs" / "mqar_attention_d64@lr=0.01"
-    for folder in ("checkpoints/4/params", "checkpoints/12/params", "best/12", "skipped/x"):
+    for folder in ("checkpoints/4/params", "checkpoints/12/params", "best/3", "best/12",
+                   "best/13", "skipped/x"):
         (run_dir / folder).mkdir(parents=True)
         (run_dir / folder / "data").write_text(folder)
     for name in ("config.toml", "metrics.jsonl", "lock"):
@@ -270,6 +272,32 @@ def test_states_travel_in_packs_and_unpack_from_them(tmp_path, monkeypatch):
         assert unpack_state(out, key, work)
         assert (work / "runs" / key / "config.toml").read_text() == key
     assert not unpack_state(out, "listops_s4d", work)
+
+
+def test_a_state_larger_than_a_returned_file_travels_in_parts(tmp_path, monkeypatch):
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir()
+    key = "pathfinder_s4d@s4_official"
+    run_dir = tmp_path / "runs" / key
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.toml").write_text(key)
+    blob = os.urandom(250 * 1024)  # incompressible
+    (run_dir / "blob").write_bytes(blob)
+    monkeypatch.setattr("experiments.repro.run.PACK_BYTES", 100 * 1024)
+    archive = save_state(run_dir, key, out)
+    whole = archive.read_bytes()
+    parts = split_large(archive)
+    assert [p.name for p in parts] == [f"{state_file(key)}.part{i}" for i in range(3)]
+    assert all(p.stat().st_size <= 100 * 1024 for p in parts) and not archive.exists()
+    assert b"".join(p.read_bytes() for p in parts) == whole
+    assert unpack_state(out, key, work)
+    assert (work / "runs" / key / "blob").read_bytes() == blob
+    parts[1].unlink()
+    with pytest.raises(ValueError, match="one is missing"):
+        unpack_state(out, key, work)
+    small = out / "state_small.tar.gz"
+    small.write_bytes(b"x" * 100 * 1024)
+    assert split_large(small) == [small] and small.is_file()  # at the limit: kept whole
 
 
 @pytest.mark.slow

@@ -31,7 +31,8 @@ summary and log). Run directories, with their checkpoints, stay under ``--work``
 A run longer than one call continues in the next one, on another machine: ``--save-state``
 also writes each run's directory (its newest checkpoint, the best ones, metrics and config) as
 ``state_<key>.tar.gz`` in OUT (where one file per run would pass OUT's 8 files, the archives
-travel packed in ``states_<i>.tar`` files of at most 15 MiB each); a later call given that
+travel packed in ``states_<i>.tar`` files of at most 15 MiB each; an archive larger than that
+travels cut into ``state_<key>.tar.gz.part<i>`` files of 15 MiB); a later call given that
 folder with ``--resume-from DIR`` unpacks a run's archive, loose or from a pack, and continues
 the run with ``seqzoo train --resume`` (the same model, data, seed and batches; the data is
 generated again, identical for its seed) for that call's minutes::
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import os
 import re
 import shlex
@@ -69,7 +71,7 @@ from experiments.based_tradeoff import (  # noqa: E402
     point_override,
 )
 from seqzoo.config import ExperimentConfig, apply_overrides  # noqa: E402
-from seqzoo.runner.checkpoint import LATEST  # noqa: E402
+from seqzoo.runner.checkpoint import BEST, LATEST  # noqa: E402
 from seqzoo.runner.experiments import load_experiment  # noqa: E402
 from seqzoo.runner.resume import RESUMABLE  # noqa: E402
 from seqzoo.runner.rundir import CONFIG_FILE, SUMMARY_FILE, read_summary  # noqa: E402
@@ -407,13 +409,22 @@ def state_file(key: str) -> str:
     return "state_" + re.sub(r"[^A-Za-z0-9._-]", "_", key) + ".tar.gz"
 
 
+def _steps(folder: Path) -> list[int]:
+    """The checkpoint steps saved in ``folder`` (a checkpoint manager's directory), sorted."""
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if \
+        folder.is_dir() else []
+
+
 def save_state(run_dir: Path, key: str, out: Path) -> Path:
     """``out/state_<key>.tar.gz``: ``run_dir`` as the folder ``key``, without its older
-    periodic checkpoints, its lock and its set-aside checkpoints (a resume needs the newest)."""
-    latest = run_dir / LATEST
-    steps = sorted(int(p.name) for p in latest.iterdir() if p.name.isdigit()) if \
-        latest.is_dir() else []
-    older = {f"{LATEST}/{step}" for step in steps[:-1]}
+    periodic checkpoints, the best checkpoints a resume from the newest one does not use (it
+    keeps the newest best at or before that step, and drops later ones), its lock and its
+    set-aside checkpoints."""
+    steps = _steps(run_dir / LATEST)
+    bests = _steps(run_dir / BEST)
+    needed = max((b for b in bests if steps and b <= steps[-1]), default=None)
+    older = {f"{LATEST}/{step}" for step in steps[:-1]} | {
+        f"{BEST}/{step}" for step in bests if step != needed}
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         inner = "/".join(Path(info.name).parts[1:3])
@@ -454,16 +465,51 @@ def pack_states(archives: list[Path], out: Path) -> list[Path]:
     return paths
 
 
+def split_large(archive: Path) -> list[Path]:
+    """Cut an archive larger than ``PACK_BYTES`` into ``<name>.part<i>`` files of at most that
+    size (the device tool returns no larger file), deleting it; a smaller one is returned as is.
+    ``unpack_state`` joins the parts again."""
+    size = archive.stat().st_size
+    if size <= PACK_BYTES:
+        return [archive]
+    parts = []
+    with archive.open("rb") as whole:
+        for i in range(-(-size // PACK_BYTES)):
+            parts.append(archive.with_name(f"{archive.name}.part{i}"))
+            parts[-1].write_bytes(whole.read(PACK_BYTES))
+    archive.unlink()
+    return parts
+
+
+def _joined_parts(source: Path, name: str, into: Path) -> Path | None:
+    """``source/<name>.part0, .part1, ...`` joined as ``into/<name>``; None if there are none."""
+    parts = sorted(source.glob(f"{glob.escape(name)}.part*"),
+                   key=lambda p: int(p.name.rsplit(".part", 1)[1]))
+    if not parts:
+        return None
+    if [int(p.name.rsplit(".part", 1)[1]) for p in parts] != list(range(len(parts))):
+        names = [p.name for p in parts]
+        raise ValueError(f"{source} holds parts {names} of {name}: one is missing")
+    into.mkdir(parents=True, exist_ok=True)
+    with (into / name).open("wb") as whole:
+        for part in parts:
+            whole.write(part.read_bytes())
+    return into / name
+
+
 def _members(path: Path) -> list[str]:
     with tarfile.open(path) as archive:
         return archive.getnames()
 
 
 def unpack_state(source: Path, key: str, work: Path) -> bool:
-    """Unpack ``source/state_<key>.tar.gz``, or that archive from a ``source/states_<i>.tar``
-    pack, into ``work/runs/<key>`` (replacing it); False if there is none."""
+    """Unpack ``source/state_<key>.tar.gz`` (or its ``.part<i>`` files: ``split_large``), or that
+    archive from a ``source/states_<i>.tar`` pack, into ``work/runs/<key>`` (replacing it);
+    False if there is none."""
     path = source / state_file(key)
     if not path.is_file():
+        path = _joined_parts(source, state_file(key), work / "unpacked")
+    if path is None:
         pack = next((p for p in sorted(source.glob("states_*.tar"))
                      if state_file(key) in _members(p)), None)
         if pack is None:
@@ -553,14 +599,16 @@ def write_outputs(launched: list[Launched], work: Path, out: Path, state: bool) 
         run_dir = work / "runs" / item.run.key
         if (run_dir / "metrics.jsonl").is_file():
             by_task.setdefault(item.cfg.task.name, []).append(run_dir)
-    archives = []
+    archives, parts = [], []
     for item in launched if state else ():
         run_dir = work / "runs" / item.run.key
         if (run_dir / CONFIG_FILE).is_file():
-            archives.append(save_state(run_dir, item.run.key, out))
-            print(f"state of {item.run.key}: {archives[-1].stat().st_size / 2**20:.1f} MiB",
+            archive = save_state(run_dir, item.run.key, out)
+            print(f"state of {item.run.key}: {archive.stat().st_size / 2**20:.1f} MiB",
                   flush=True)
-    others = len(by_task) + 2  # the curves, the table and the archive
+            pieces = split_large(archive)
+            (archives if pieces == [archive] else parts).extend(pieces)
+    others = len(by_task) + 2 + len(parts)  # the curves, the table, the archive, the parts
     if len(archives) + others > OUT_FILES:
         packs = pack_states(archives, out)
         print(f"states packed in {', '.join(p.name for p in packs)}", flush=True)
