@@ -5,7 +5,10 @@ variables hold a collection besides the parameters)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -18,7 +21,7 @@ from seqzoo.runner.checkpoint import read_params
 from seqzoo.runner.data import BatchSampler
 from seqzoo.runner.experiments import load_experiment
 from seqzoo.runner.init_from import INIT_FILE
-from tests.test_cli import records
+from tests.test_cli import EIGHT_DEVICES, records
 
 BATCH_NORM = ["model.norm=batch"]
 
@@ -31,6 +34,16 @@ def source(tmp_path_factory):
     argv = ["train", "smoke", *BATCH_NORM, "seed=3", "--run-dir", str(path), "--no-progress"]
     assert main(argv) == 0
     assert json.loads((path / "summary.json").read_text())["best_step"] == 2
+    return path
+
+
+@pytest.fixture(scope="module")
+def initialised(source, tmp_path_factory):
+    """A finished 4-step smoke run started from ``source``."""
+    path = tmp_path_factory.mktemp("runs") / "initialised"
+    argv = ["train", "smoke", *BATCH_NORM, "--run-dir", str(path), "--init-from", str(source),
+            "--no-progress"]
+    assert main(argv) == 0
     return path
 
 
@@ -97,13 +110,13 @@ def test_a_source_without_a_checkpoint_is_refused(source, tmp_path, capsys):
     assert "--init-best takes the best checkpoint of --init-from" in capsys.readouterr().err
 
 
-def test_a_resumed_run_continues_from_its_own_checkpoint(source, tmp_path, monkeypatch, capsys):
+def test_a_resumed_run_continues_from_its_own_checkpoint(
+    source, initialised, tmp_path, monkeypatch, capsys
+):
     """Killed after its checkpoint of step 2 and resumed, a run initialised from ``source``
     writes the records of the same run uninterrupted: the resume restored the run's own step 2,
     not the source's variables; --resume refuses --init-from."""
     init = ["--init-from", str(source), "--no-progress"]
-    straight = tmp_path / "straight"
-    assert main(["train", "smoke", *BATCH_NORM, "--run-dir", str(straight), *init]) == 0
     fetch = BatchSampler.batch
 
     def killed_at_step_4(self, step):
@@ -120,5 +133,22 @@ def test_a_resumed_run_continues_from_its_own_checkpoint(source, tmp_path, monke
     assert "a resumed run continues from its own checkpoint" in capsys.readouterr().err
     assert main(["train", "--resume", "--run-dir", str(resumed), "--no-progress"]) == 0
     assert "resuming after step 2" in capsys.readouterr().out
-    assert records(resumed) == records(straight)
+    assert records(resumed) == records(initialised)
     assert (resumed / INIT_FILE).read_text() == record
+
+
+def test_eight_devices_start_from_the_source_like_one(source, initialised, tmp_path):
+    """The source's variables (saved on one device) go through the placement of a fresh init:
+    a run on 8 devices with its parameters sharded (FSDP) trains as the one-device run."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")  # conftest's
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    argv = ["train", "smoke", *BATCH_NORM, "mesh.params=fsdp", "--run-dir", str(tmp_path / "8"),
+            "--init-from", str(source), "--no-progress"]
+    out = subprocess.run(
+        [sys.executable, "-c", EIGHT_DEVICES, *argv], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert "8 cpu device(s)" in out.stdout and "initialised from" in out.stdout
+    one, eight = records(initialised), records(tmp_path / "8")
+    assert [r["split"] for r in eight] == [r["split"] for r in one]
+    np.testing.assert_allclose([r["loss"] for r in eight], [r["loss"] for r in one], rtol=2e-5)
