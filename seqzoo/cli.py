@@ -28,8 +28,12 @@ TensorBoard events, checkpoints/, best/ and summary.json. `seqzoo train --resume
 continues it from its newest checkpoint that reads back whole; overrides may then change only
 how long and how often it runs (optim.steps, max_minutes, eval_every, log_every,
 checkpoint_every, keep_checkpoints, description, mesh.*) and optim.accumulate, and are recorded
-in resumes.jsonl. Out of memory? Lower optim.batch_size, or keep it and set optim.accumulate=N:
-each batch runs as N microbatches with the same gradient, in less memory.
+in resumes.jsonl. `--init-from RUN_DIR` starts a new run (step 0, a fresh optimizer state, its
+own schedule) from the model variables of another run's latest checkpoint (with --init-best: its
+best-validation one), e.g. a harder task from a model trained on an easier one; the model must
+have the same variables, and the source is recorded in the new run's init.json.
+Out of memory? Lower optim.batch_size, or keep it and set optim.accumulate=N: each batch runs
+as N microbatches with the same gradient, in less memory.
 Ctrl-C (SIGINT) or SIGTERM stops the run after the step under way, saving a checkpoint of that
 step, so --resume continues exactly where it stopped (a second signal stops at once).
 Many processes (one per host, or several on one): start the same command in each with
@@ -110,6 +114,8 @@ def _train(args) -> int:
             run_dir,
             resume=args.resume,
             overwrite=args.overwrite,
+            init_from=args.init_from,
+            init_best=args.init_best,
             progress=False if args.no_progress else None,
         )
     except (TrainingDiverged, OutOfMemory) as e:
@@ -254,6 +260,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="run directory (default runs/<name>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue --run-dir from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
+    p.add_argument("--init-from", type=Path, metavar="RUN_DIR",
+                   help="a new run starting from the model variables of RUN_DIR's checkpoint")
+    p.add_argument("--init-best", action="store_true",
+                   help="--init-from the best-validation checkpoint (default: the latest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.add_argument("--coordinator", metavar="HOST:PORT",
                    help="multi-process run: address of process 0's coordinator")

@@ -19,11 +19,14 @@ from experiments.repro.run import (
     ALL_RUNS,
     GPU_MEMORY_GB,
     GROUPS,
+    main,
     pack_states,
     run_config,
     save_state,
     split_large,
+    starting_points,
     state_file,
+    train_command,
     unpack_state,
 )
 from seqzoo import tasks
@@ -322,3 +325,77 @@ def test_a_run_saved_by_one_launch_continues_in_the_next(tmp_path):
     assert [r["step"] for r in resumes] == [step]
     train_steps = [r["step"] for r in read_metrics(run_dir) if r["split"] == "train"]
     assert train_steps == [1, 2, 3]  # each step once, across the two launches
+
+
+CURRICULUM = GROUPS["pathfinder_curriculum"][0]
+
+
+def test_the_curriculum_starts_contour_14_from_the_contour_9_run(tmp_path):
+    """The curriculum run is pathfinder_s4d at its own difficulty (contour 14) started from the
+    contour-9 run of ``pathfinder_next``: the same model (the same variables) and memory."""
+    source = BY_KEY[CURRICULUM.init_from]
+    assert source in GROUPS["pathfinder_next"]
+    cfg, source_cfg = (run_config(r, False, tmp_path)[0] for r in (CURRICULUM, source))
+    default = load_experiment(CURRICULUM.experiment).task.difficulty
+    assert cfg.task.difficulty == default == "curv_contour_length_14"
+    assert source_cfg.task.difficulty == "curv_contour_length_9"
+    assert cfg.model == source_cfg.model and cfg.optim == source_cfg.optim
+    assert cfg.optim.steps == 50000 and CURRICULUM.memory_gb == source.memory_gb
+
+
+def test_a_run_starts_from_its_source_in_work_or_a_state_and_resumes_without_it(tmp_path, capsys):
+    """The source is looked for in WORK/runs, then in a --resume-from state (unpacked into
+    WORK), and passed as --init-from; a resumed run needs none and is never initialised again;
+    a source found nowhere, or trained in the same call, is refused."""
+    work, states, source = tmp_path / "work", tmp_path / "states", CURRICULUM.init_from
+    with pytest.raises(ValueError, match="nor was a --resume-from DIR given"):
+        starting_points([CURRICULUM], set(), work, None)
+    states.mkdir()
+    with pytest.raises(ValueError, match=f"nor {states} a state of it"):
+        starting_points([CURRICULUM], set(), work, states)
+    assert starting_points([CURRICULUM], {CURRICULUM.key}, work, None) == {}  # resumed
+
+    carried = tmp_path / "elsewhere" / source
+    (carried / "checkpoints" / "7").mkdir(parents=True)
+    (carried / "config.toml").write_text("")
+    save_state(carried, source, states)
+    points = starting_points([CURRICULUM], set(), work, states)
+    assert points == {CURRICULUM.key: work / "runs" / source}
+    assert (work / "runs" / source / "checkpoints" / "7").is_dir()  # unpacked
+    assert starting_points([CURRICULUM], set(), work, None) == points  # now in WORK
+    with pytest.raises(ValueError, match="which this call would train too"):
+        starting_points([CURRICULUM, BY_KEY[source]], set(), work, None)
+
+    run_dir = work / "runs" / CURRICULUM.key
+    command = train_command(CURRICULUM, ["optim.steps=9"], run_dir, 5, init=points[CURRICULUM.key])
+    assert command[command.index("--init-from") + 1] == str(work / "runs" / source)
+    resumed = train_command(CURRICULUM, ["optim.steps=9"], run_dir, 5, resume=True)
+    assert "--resume" in resumed and "--init-from" not in resumed
+
+    with pytest.raises(SystemExit):  # the launcher refuses before it starts anything
+        main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "fresh"),
+              "--only", CURRICULUM.key])
+    assert f"starts from the run {source}, but neither" in capsys.readouterr().err
+    assert not (tmp_path / "fresh" / "logs" / f"{CURRICULUM.key}.log").exists()
+
+
+@pytest.mark.slow
+def test_a_toy_curriculum_trains_its_source_first_and_resumes_from_its_own_state(tmp_path):
+    """A toy launch trains the curriculum's missing toy source first and starts the run from
+    it; the next launch, given only the run's own state, resumes it without the source."""
+    key = CURRICULUM.key
+    first = _launch(tmp_path / "a", [key], "--save-state", minutes=10)
+    table = _check_outputs(tmp_path / "a", first, [key])
+    source_dir = tmp_path / "a" / "work" / "runs" / CURRICULUM.init_from
+    assert f"--init-from {source_dir}" in table
+    record = json.loads((tmp_path / "a" / "work" / "runs" / key / "init.json").read_text())
+    assert record["run_dir"] == str(source_dir) and record["step"] == 3  # the toy's last step
+
+    second = _launch(tmp_path / "b", [key], "--resume-from", str(tmp_path / "a" / "out"),
+                     minutes=10)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"resumed {key}" in second.stdout and "--init-from" not in second.stdout
+    assert not (tmp_path / "b" / "work" / "runs" / CURRICULUM.init_from).exists()
+    run_dir = tmp_path / "b" / "work" / "runs" / key
+    resumes = [json.loads(line) for line in (run_dir / "resumes.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumes] == [3]

@@ -41,6 +41,12 @@ generated again, identical for its seed) for that call's minutes::
     python experiments/repro/run.py --out $OUT --minutes 9 --only pathfinder_s4d --save-state \
         --resume-from carried/   # the previous call's state_pathfinder_s4d.tar.gz
 
+A run may start from another run's model (``Run.init_from``, a curriculum: ``seqzoo train
+--init-from``): that run's directory must be in ``--work`` (``WORK/runs/<key>``, from an earlier
+call with the same ``--work``) or its state in ``--resume-from`` (unpacked into ``--work``);
+with ``--toy``, a toy source found in neither is trained here first. A run resumed from its own
+state continues from its own checkpoint and needs no source.
+
 Fashion-MNIST is read from ``--data-dir``/fashion-mnist when that folder exists (a copy of the
 package's four ``*-ubyte.gz`` files), else from the Debian package's folder.
 """
@@ -101,7 +107,8 @@ class Run:
     the published number it is set beside, and the GPU memory it is expected to need. ``folder``
     "" names a top-level experiment (``mqar_mom``: what ``seqzoo train mqar_mom`` trains);
     ``tag``, if given, stands for the overrides in ``key`` (for values that make a poor name,
-    such as a JSON ``model.mixer_options``)."""
+    such as a JSON ``model.mixer_options``); ``init_from``, if given, is the key of the run
+    whose latest checkpoint's variables this run starts from (``seqzoo train --init-from``)."""
 
     name: str
     paper: str
@@ -109,6 +116,7 @@ class Run:
     overrides: tuple[str, ...] = ()
     folder: str = "repro"
     tag: str = ""
+    init_from: str = ""
 
     @property
     def experiment(self) -> str:
@@ -191,6 +199,15 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
         Run("pathfinder_s4d", "S4 94.20 (its config, 200 epochs); target >= 80", 6.9, (
             "model.mixer=s4_bidirectional", "model.d_model=256", "optim.warmup_steps=50000",
             "optim.steps=500000"), tag="s4_official"),
+    ),
+    # a curriculum: contour 14 from the trained contour-9 model. From scratch, contour 14 sat
+    # at chance for 45k steps (pathfinder_long), while contour 9 left chance after ~12k steps
+    # and reached 92.9% test at 38k steps (pathfinder_next, H200): start contour 14 there.
+    # Needs the contour-9 run's directory in --work or its state in --resume-from
+    "pathfinder_curriculum": (
+        Run("pathfinder_s4d", "S4 94.20 (200 epochs); target >= 80", 4.1, (
+            "task.difficulty=curv_contour_length_14", "optim.steps=50000"),
+            init_from="pathfinder_s4d@difficulty=curv_contour_length_9@steps=50000"),
     ),
     "listops_more": (
         Run("listops_mamba", "S4 59.60, Transformer 36.37 (LRA)", 12.0),
@@ -379,20 +396,27 @@ def run_config(run: Run, toy: bool, data_dir: Path) -> tuple[ExperimentConfig, l
     return apply_overrides(cfg, extra), [*run.overrides, *extra]
 
 
-def launch(run: Run, cfg, overrides, work: Path, train_deadline: float, env,
-           resume: bool = False) -> Launched:
-    """Start ``seqzoo train`` for ``run`` with the minutes left until ``train_deadline``; with
-    ``resume``, continue its run directory (unpacked by ``unpack_state``) instead, keeping the
-    overrides a resume may change."""
-    minutes = max(train_deadline - time.time(), 1.0) / 60
-    run_dir, log = work / "runs" / run.key, work / "logs" / f"{run.key}.log"
+def train_command(run: Run, overrides, run_dir: Path, minutes: float, resume: bool = False,
+                  init: Path | None = None) -> list[str]:
+    """``seqzoo train`` of ``run`` in ``run_dir`` for ``minutes``, from the variables of the run
+    directory ``init`` if given; with ``resume``, continuing ``run_dir`` instead (from its own
+    checkpoint: ``init`` is not applied again), keeping the overrides a resume may change."""
     if resume:
         kept = [o for o in overrides if o.split("=", 1)[0] in RESUMABLE]
         start = [*kept, f"max_minutes={minutes:.2f}", "--resume", "--run-dir", str(run_dir)]
     else:
         start = [run.experiment, *overrides, f"max_minutes={minutes:.2f}", "--run-dir",
-                 str(run_dir), "--overwrite"]  # fmt: skip
-    command = [sys.executable, "-m", "seqzoo.cli", "train", *start, "--no-progress"]
+                 str(run_dir), "--overwrite", *(["--init-from", str(init)] if init else [])]
+    return [sys.executable, "-m", "seqzoo.cli", "train", *start, "--no-progress"]
+
+
+def launch(run: Run, cfg, overrides, work: Path, train_deadline: float, env,
+           resume: bool = False, init: Path | None = None) -> Launched:
+    """Start ``train_command`` for ``run`` with the minutes left until ``train_deadline``; with
+    ``resume``, continue its run directory (unpacked by ``unpack_state``) instead."""
+    minutes = max(train_deadline - time.time(), 1.0) / 60
+    run_dir, log = work / "runs" / run.key, work / "logs" / f"{run.key}.log"
+    command = train_command(run, overrides, run_dir, minutes, resume, init)
     run_env = {**env, "XLA_CLIENT_MEM_FRACTION": f"{run.memory_fraction:.3f}"}
     with log.open("w") as out:
         process = subprocess.Popen(
@@ -415,12 +439,17 @@ def _steps(folder: Path) -> list[int]:
         folder.is_dir() else []
 
 
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """The steps of ``run_dir``'s periodic checkpoints, in order (none if there is no run)."""
+    return _steps(run_dir / LATEST)
+
+
 def save_state(run_dir: Path, key: str, out: Path) -> Path:
     """``out/state_<key>.tar.gz``: ``run_dir`` as the folder ``key``, without its older
     periodic checkpoints, the best checkpoints a resume from the newest one does not use (it
     keeps the newest best at or before that step, and drops later ones), its lock and its
     set-aside checkpoints."""
-    steps = _steps(run_dir / LATEST)
+    steps = checkpoint_steps(run_dir)
     bests = _steps(run_dir / BEST)
     needed = max((b for b in bests if steps and b <= steps[-1]), default=None)
     older = {f"{LATEST}/{step}" for step in steps[:-1]} | {
@@ -527,6 +556,44 @@ def unpack_state(source: Path, key: str, work: Path) -> bool:
             raise ValueError(f"{path} holds files outside the folder {key!r}")
         archive.extractall(work / "runs", filter="data")
     return True
+
+
+def init_source(key: str, work: Path, resume_from: Path | None) -> Path | None:
+    """The directory of the run ``key`` another run starts from: ``work/runs/<key>`` if it holds
+    a checkpoint, else unpacked there from its state in ``resume_from``; None if neither has
+    it."""
+    run_dir = work / "runs" / key
+    if checkpoint_steps(run_dir) or (resume_from and unpack_state(resume_from, key, work)):
+        return run_dir
+    return None
+
+
+def starting_points(runs: list[Run], resumed: set[str], work: Path, resume_from: Path | None,
+                    train_toy=None) -> dict[str, Path]:
+    """``{key: run directory}`` of the source (``init_source``) of each run with ``init_from``,
+    but those ``resumed`` (they continue from their own checkpoints). ``train_toy``: called
+    with a source found nowhere (a toy launch trains it first), else ``ValueError`` naming
+    where it was looked for; also if the source itself is among ``runs``."""
+    by_key = {run.key: run for run in ALL_RUNS}
+    points = {}
+    for run in runs:
+        source = run.init_from
+        if not source or run.key in resumed:
+            continue
+        if source in {r.key for r in runs}:
+            raise ValueError(f"{run.key} starts from {source}, which this call would train too: "
+                             f"launch {source} in an earlier call")
+        found = init_source(source, work, resume_from)
+        if found is None and train_toy is not None:
+            train_toy(by_key[source])
+            found = init_source(source, work, resume_from)
+        if found is None:
+            where = f" nor {resume_from} a state of it ({state_file(source)}, as --save-state " \
+                    f"writes it)" if resume_from else " (nor was a --resume-from DIR given)"
+            raise ValueError(f"{run.key} starts from the run {source}, but neither "
+                             f"{work / 'runs' / source} holds a checkpoint of it{where}")
+        points[run.key] = found
+    return points
 
 
 def wait(launched: list[Launched], kill_deadline: float) -> None:
@@ -659,9 +726,20 @@ def main(argv: list[str] | None = None) -> int:
         "XLA_PYTHON_CLIENT_PREALLOCATE": "true",  # the cap, in one pool (Run.memory_fraction)
     }
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # for this process's device_name()
+
+    def train_toy(source: Run) -> None:  # a toy source, before the runs that start from it
+        cfg, overrides = run_config(source, True, args.data_dir)
+        wait([launch(source, cfg, overrides, args.work, train_deadline, env)], kill_deadline)
+
+    try:
+        inits = starting_points(runs, resumed, args.work, args.resume_from,
+                                train_toy if args.toy else None)
+    except ValueError as e:
+        parser.error(str(e))
     planned = [(run, *run_config(run, args.toy, args.data_dir)) for run in runs]
     launched = [
-        launch(run, cfg, overrides, args.work, train_deadline, env, run.key in resumed)
+        launch(run, cfg, overrides, args.work, train_deadline, env, run.key in resumed,
+               inits.get(run.key))
         for run, cfg, overrides in planned
         if cfg.task.name not in CACHED_TASKS
     ]
@@ -674,8 +752,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # its runs meet the error again and report it
                 print(f"generating {task} data failed: {e!r}", flush=True)
             print(f"{task} data: {time.time() - began:.0f}s", flush=True)
-        launched += [launch(*item, args.work, train_deadline, env, item[0].key in resumed)
-                     for item in waiting]
+        launched += [launch(*item, args.work, train_deadline, env, item[0].key in resumed,
+                            inits.get(item[0].key)) for item in waiting]
     wait(launched, kill_deadline)
     launched.sort(key=lambda item: runs.index(item.run))
     write_outputs(launched, args.work, args.out, args.save_state)

@@ -222,6 +222,18 @@ class Checkpoints:
         self.best.close()
 
 
+def read_params(run_dir: str | Path, params_like: Any, best: bool = False) -> Restored:
+    """``params`` and ``meta`` of ``run_dir``'s newest periodic (``best``: best-validation)
+    checkpoint that reads back whole, placed as the shardings of ``params_like`` say; read only:
+    nothing in ``run_dir`` changes, so a run can be read while it trains (``seqzoo eval``,
+    ``--init-from``)."""
+    reader = Checkpoints(run_dir, read_only=True)
+    try:
+        return reader.restore_params(params_like, best=best)
+    finally:
+        reader.close()
+
+
 def set_aside(run_dir: str | Path, skipped: list[tuple[Path, str]]) -> dict[Path, Path]:
     """Move the checkpoint folders ``skipped`` (by a restore) to ``run_dir/skipped/``, out of
     the way of the run that resumes (it saves those steps again). Returns ``{old: new path}``."""

@@ -13,7 +13,7 @@ import jax
 from seqzoo.config import ExperimentConfig, apply_overrides
 from seqzoo.data.progress import progress_output
 from seqzoo.runner.build import build
-from seqzoo.runner.checkpoint import Checkpoints
+from seqzoo.runner.checkpoint import read_params
 from seqzoo.runner.memory import abstract_build
 from seqzoo.runner.progress import eval_bar
 from seqzoo.runner.rundir import run_config
@@ -60,11 +60,7 @@ def evaluate_run(
         cfg = with_task_overrides(cfg, overrides)
     with progress_output(progress):
         built = build(cfg)
-        checkpoints = Checkpoints(run_dir, read_only=True)
-        try:
-            restored = checkpoints.restore_params(built.params_shape, best=best)
-        finally:
-            checkpoints.close()
+        restored = read_params(run_dir, built.params_shape, best)
         for path, reason in restored.skipped:
             log(f"skipped the newer checkpoint {path}: {reason}")
         data = built.data[split]

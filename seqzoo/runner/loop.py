@@ -49,6 +49,7 @@ from seqzoo.runner.build import Built, build, param_count
 from seqzoo.runner.checkpoint import LATEST, Checkpoints, Restored, set_aside
 from seqzoo.runner.data import BatchSampler
 from seqzoo.runner.distributed import agree, barrier, is_main
+from seqzoo.runner.init_from import Initial, load_initial, write_init
 from seqzoo.runner.integrity import nonfinite_leaves
 from seqzoo.runner.lock import RunLock
 from seqzoo.runner.memory import is_out_of_memory, out_of_memory
@@ -90,16 +91,19 @@ class _Trainer:
 
     ``changes``: None for a new run; resuming, the config changes from the run's config
     (``resume.resume_changes``), recorded once the restore succeeded (by process 0: the other
-    processes get ``{}``).
+    processes get ``{}``). ``initial``: a new run's starting variables (``init_from``), if not
+    freshly initialised ones.
     """
 
-    def __init__(self, built: Built, run_dir: Path, changes, log, deadline=None):
+    def __init__(self, built: Built, run_dir: Path, changes, log, deadline=None,
+                 initial: Initial | None = None):
         cfg = self.cfg = built.cfg
         self.deadline = deadline  # time.perf_counter() after which no new step starts
         self.built, self.log, self.run_dir = built, log, run_dir
         init_key, self.dropout_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
         self.optimizer = make_optimizer(cfg.optim)
-        self.params = built.init_params(init_key)
+        # a new run from another run's variables (init_from) or freshly initialised ones
+        self.params = initial.variables if initial else built.init_params(init_key)
         self.opt_state = init_opt_state(built, self.optimizer, self.params)
         self.meta = {"step": 0, "best_val_accuracy": -1.0, "best_step": 0}
         self.last_good: Path | None = None  # the newest checkpoint known to be finite
@@ -401,10 +405,14 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    init_from: str | Path | None = None,
+    init_best: bool = False,
     log=print,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Train ``cfg`` in ``run_dir`` (resuming from its latest checkpoint with ``resume``).
+    """Train ``cfg`` in ``run_dir`` (resuming from its latest checkpoint with ``resume``; a new
+    run starting from the variables of the run ``init_from``'s latest, ``init_best``: best,
+    checkpoint, see ``runner.init_from``).
 
     Everything is checked before ``run_dir`` is touched; the run holds its lock throughout
     (``lock.RunDirLocked`` if another process has it). Resuming, ``cfg`` may differ from the
@@ -425,25 +433,31 @@ def train(
     """
     started = time.perf_counter()
     deadline = started + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
+    if init_from is not None and resume:
+        raise ValueError("--init-from starts a new run; a resumed run continues from its own "
+                         "checkpoint: drop --init-from")
+    if init_best and init_from is None:
+        raise ValueError("--init-best takes the best checkpoint of --init-from RUN_DIR: give it")
     if resume:  # refused overrides fail before the data is built (checked again under the lock)
         resume_changes(check_run_dir(run_dir, cfg, resume=True, overwrite=overwrite), cfg)
     main = is_main()
     log = log if main else _silent
     with progress_output(progress if main else False):
         built = build(cfg)
-        run_dir = Path(run_dir)
+        run_dir = Path(run_dir)  # the source is read (and checked) before run_dir is touched
+        initial = None if init_from is None else load_initial(init_from, built, init_best)
         with contextlib.ExitStack() as held:
             changes, failure = ({} if resume else None), None
             if main:
                 try:
-                    changes = _open_run_dir(run_dir, cfg, resume, overwrite, log, held)
+                    changes = _open_run_dir(run_dir, cfg, resume, overwrite, log, held, initial)
                 except Exception as e:  # noqa: BLE001 (re-raised below, once all processes know)
                     failure = e
             if agree(failure is not None):
                 raise failure or RuntimeError(
                     f"process 0 could not open the run directory {run_dir}: see its error"
                 )
-            summary = _Trainer(built, run_dir, changes, log, deadline).run(started)
+            summary = _Trainer(built, run_dir, changes, log, deadline, initial).run(started)
             if main:
                 write_summary(run_dir, summary)
     return summary
@@ -454,13 +468,20 @@ def _silent(line: str) -> None:
 
 
 def _open_run_dir(
-    run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool, log, held
+    run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool, log, held,
+    initial: Initial | None = None,
 ) -> dict | None:
     """Create (or check) ``run_dir``, take its lock (held until ``held`` closes) and start a new
-    run there, or check a resume: the changes ``_Trainer`` takes (None for a new run)."""
+    run there (recording its ``initial`` source, if any), or check a resume: the changes
+    ``_Trainer`` takes (None for a new run)."""
     check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
     held.enter_context(RunLock(run_dir, log))
     if resume:
         return resume_changes(run_dir, cfg)  # against the config as it is now
     start_run_dir(run_dir, cfg, overwrite=overwrite)
+    if initial is not None:
+        write_init(run_dir, initial)
+        source = initial.record
+        log(f"initialised from {source['path']} (the {source['checkpoint']} checkpoint of "
+            f"{source['run_dir']}, step {source['step']})")
     return None

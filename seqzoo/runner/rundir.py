@@ -1,7 +1,8 @@
 """Run directories: ``runs/<experiment>-<timestamp>`` by default, holding ``config.toml`` (the
 resolved config: ``seqzoo train RUN_DIR/config.toml`` reruns it), ``metrics.jsonl``, TensorBoard
-events, ``checkpoints/``, ``best/``, ``summary.json``, ``resumes.jsonl`` (one record per resume)
-and, while a process works on it, ``lock`` (``seqzoo.runner.lock``).
+events, ``checkpoints/``, ``best/``, ``summary.json``, ``resumes.jsonl`` (one record per resume),
+``init.json`` (a run started from another run's variables: ``runner.init_from``) and, while a
+process works on it, ``lock`` (``seqzoo.runner.lock``).
 
 An existing run directory is never written over, unless the run resumes it or ``overwrite``
 replaces it (only a directory that holds a ``config.toml``, so no other folder is deleted).
