@@ -111,15 +111,21 @@ def test_eval_refuses_changes_the_checkpoint_cannot_follow(run_dir, capsys, over
     assert message in capsys.readouterr().err
 
 
-def test_resume_after_a_kill_repeats_the_straight_run(run_dir, tmp_path, monkeypatch, capsys):
+def kill_at_step_4(monkeypatch) -> None:
+    """Make a run stop as on Ctrl-C when it fetches step 4's batch: after step 3 was logged,
+    past the checkpoint of step 2 (``monkeypatch.undo()`` lets the resume run)."""
     fetch = BatchSampler.batch
 
     def killed_at_step_4(self, step):
         if step == 4:
-            raise KeyboardInterrupt  # after step 3 was logged, past the checkpoint of step 2
+            raise KeyboardInterrupt
         return fetch(self, step)
 
     monkeypatch.setattr(BatchSampler, "batch", killed_at_step_4)
+
+
+def test_resume_after_a_kill_repeats_the_straight_run(run_dir, tmp_path, monkeypatch, capsys):
+    kill_at_step_4(monkeypatch)
     resumed = tmp_path / "resumed"
     assert main(["train", "smoke", "--run-dir", str(resumed)]) == 130
     assert f"seqzoo train --resume --run-dir {resumed}" in capsys.readouterr().err

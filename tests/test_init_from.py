@@ -18,10 +18,9 @@ from seqzoo.cli import main
 from seqzoo.config import apply_overrides
 from seqzoo.runner import loop, train
 from seqzoo.runner.checkpoint import read_params
-from seqzoo.runner.data import BatchSampler
 from seqzoo.runner.experiments import load_experiment
 from seqzoo.runner.init_from import INIT_FILE
-from tests.test_cli import EIGHT_DEVICES, records
+from tests.test_cli import EIGHT_DEVICES, kill_at_step_4, records
 
 BATCH_NORM = ["model.norm=batch"]
 
@@ -117,14 +116,7 @@ def test_a_resumed_run_continues_from_its_own_checkpoint(
     writes the records of the same run uninterrupted: the resume restored the run's own step 2,
     not the source's variables; --resume refuses --init-from."""
     init = ["--init-from", str(source), "--no-progress"]
-    fetch = BatchSampler.batch
-
-    def killed_at_step_4(self, step):
-        if step == 4:
-            raise KeyboardInterrupt  # after step 3 was logged, past the checkpoint of step 2
-        return fetch(self, step)
-
-    monkeypatch.setattr(BatchSampler, "batch", killed_at_step_4)
+    kill_at_step_4(monkeypatch)
     resumed = tmp_path / "resumed"
     assert main(["train", "smoke", *BATCH_NORM, "--run-dir", str(resumed), *init]) == 130
     monkeypatch.undo()
