@@ -1,4 +1,4 @@
-"""Based's linear attention (the Taylor feature map) in its two forms, by length.
+"""Based's linear attention (the Taylor feature map) in its forms, by length.
 
     python benchmarks/kernels.py --only taylor_linear_attention [--quick]
 
@@ -6,9 +6,11 @@
 (B, T, H, d) with Based's d = 16 (273 features) and dv = 17 (16 values and the normaliser's
 column of ones, as the layer passes them): ``chunked`` (the features through the chunked XLA
 form, recomputed a block of rows at a time backwards: the reference), ``parallel`` (the kernel
-``1 + s + s^2 / 2`` in closed form on the (T, T) scores, ``taylor_parallel.py``) and ``auto``
-where the dispatch table (``seqzoo.ops.dispatch``, its ``closed_form`` rule) resolves it to
-something else, and, when importable (fla 0.6.0: ../shared/anchors/make_peer_site.sh), fla's
+``1 + s + s^2 / 2`` in closed form on the (T, T) scores, ``taylor_parallel.py``), on a GPU
+``pallas`` (the same closed form as one fused Pallas kernel, ``pallas_gpu_taylor.py``; not
+timed yet, and ``auto`` does not take it), and ``auto`` where the dispatch table
+(``seqzoo.ops.dispatch``, its ``closed_form`` rule) resolves it to something else, and, when
+importable (fla 0.6.0: ../shared/anchors/make_peer_site.sh), fla's
 Triton kernel of the same closed form, ``fla.ops.based.parallel_based`` (``use_norm=False``, its
 ``scale`` d^-1/2 inside the kernel: ours is 1 outside it, the same values). Forward, and
 forward+backward as the gradients of ``sum(o * do)`` w.r.t. q, k and v. The same number of
@@ -73,7 +75,8 @@ def fla_variant(args, do, mode):
 
 def case(b: int, t: int, mode: str, dtype) -> Case:
     q, k, v, do = inputs(b, t, dtype)
-    variants = {impl: variant((q, k, v), do, mode, impl) for impl in ("chunked", "parallel")}
+    impls = ("chunked", "parallel") + (("pallas",) if jax.default_backend() == "gpu" else ())
+    variants = {impl: variant((q, k, v), do, mode, impl) for impl in impls}
     auto = resolve("linear_attention", "auto", dims=(1 + D + D * D, DV), dtypes=(dtype,),
                    closed_form=True, length=t).impl
     if auto not in variants:

@@ -22,7 +22,9 @@ with a ``DeprecationWarning`` (``RENAMED``): linear attention's ``"chunk"`` and 
 ``resolve(op, impl, **facts)`` is the one resolver: ``Choice(impl, why, measured)``. For
 ``"auto"`` it is the first rule of ``POLICY[op]`` whose condition holds on the facts (platform,
 dtypes, widths, options); an explicit name is kept ("asked for") unless a rule overrides it where
-the op cannot run it (``"pallas"`` with packed ``segment_ids`` takes the chunked XLA path). Each
+the op cannot run it (``"pallas"`` with packed ``segment_ids`` takes the chunked XLA path), or a
+rule for explicit names only sends it elsewhere first (Based's closed form: ``"pallas"`` on a GPU
+is its fused kernel, packed ``segment_ids`` included; ``"auto"`` never consults such a rule). Each
 rule decided by a measurement links the section of ``benchmarks/RESULTS.md`` holding the numbers
 (``measured``); the numbers live there, not here. The platform is ``jax.default_backend()``
 unless a ``platform`` fact is given. ``explain`` says the same in a sentence.
@@ -93,13 +95,15 @@ class Choice:
 class Rule:
     """One row of an op's policy: run ``impl`` when ``when(facts)`` holds, because ``why``
     (formatted with the facts). ``overrides``: explicit impls the rule replaces too (an op that
-    cannot run them under this condition); otherwise only ``"auto"`` consults it."""
+    cannot run them under this condition); otherwise only ``"auto"`` consults it. ``auto``:
+    False for a rule of the explicit ``overrides`` only (a kernel ``"auto"`` does not take)."""
 
     impl: str
     when: Callable[[dict], bool]
     why: str
     measured: str = ""
     overrides: tuple[str, ...] = ()
+    auto: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +194,10 @@ _CLOSED_FORM = (  # Based's Taylor map (featured_linear_attention)
          "Based's Taylor map at length {length} <= {closed_form_limit} on this platform: its "
          "kernel in closed form on the (T, T) scores is faster than its {dims[0]} features "
          "through the chunked form", TAYLOR_PARALLEL),
+    Rule("pallas", lambda f: f["closed_form"] and f["gpu"],
+         "Based's Taylor map on a GPU: the fused Pallas kernel of its closed form "
+         "(pallas_gpu_taylor.py; packed segment_ids included); not timed, so 'auto' does not "
+         "take it", overrides=("pallas",), auto=False),
 )
 _CHUNKED_KERNEL_PLACES = (  # where the chunked kernels do not run, whatever the inputs
     Rule("chunked", lambda f: f["segment_ids"], "packed segment_ids: the kernel has no resets",
@@ -327,7 +335,7 @@ def resolve(op: str, impl: str = "auto", **facts) -> Choice:
     ``_scan_facts`` for linear_recurrence / selective_scan, ``_attention_facts``)."""
     policy = _policy(op)
     impl = canonical(op, impl)
-    rules = [r for r in policy.rules if impl == "auto" or impl in r.overrides]
+    rules = [r for r in policy.rules if (impl == "auto" and r.auto) or impl in r.overrides]
     if rules:
         known = policy.facts(**facts)
         for rule in rules:

@@ -21,7 +21,10 @@ with no features at all (``taylor_parallel.py``: ``phi(q) . phi(k)`` in closed f
 ``(T, T)`` scores): ``impl="parallel"`` runs it, and ``"auto"`` where it is measured faster
 (``seqzoo.ops.dispatch``, the ``closed_form`` rule: short sequences on a CPU in float32 and on
 a GPU in bf16); with a decay or a split sequence ``"parallel"`` is the features through
-``linear_attention``'s quadratic form.
+``linear_attention``'s quadratic form. On a GPU, ``impl="pallas"`` runs the same closed form as
+one fused kernel (``pallas_gpu_taylor.py``, no ``(T, T)`` scores in memory; packed segments
+too); elsewhere, as with a decay or a split sequence, it is the features through
+``linear_attention``'s kernel. ``"auto"`` does not take the fused kernel (not timed yet).
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ import functools
 
 import jax
 
+from seqzoo.kernels.launch import GPU_BACKENDS
 from seqzoo.kernels.matmul_precision import resolve_precision
 from seqzoo.ops import feature_maps
 from seqzoo.ops.dispatch import on_platform
 from seqzoo.ops.lean_grad import blockwise, size_budget
 from seqzoo.ops.linear_attention import linear_attention
+from seqzoo.ops.linear_attention.pallas_gpu_taylor import taylor_pallas_gpu
 from seqzoo.ops.linear_attention.taylor_parallel import taylor_parallel
 from seqzoo.parallel.context import sequence_axis
 
@@ -59,10 +64,11 @@ def featured_linear_attention(q: Array, k: Array, v: Array, mask: Array, *, feat
     if feature_map != "taylor" or log_decay is not None or sequence_axis() is not None:
         return through_features(q, k, v, mask, segment_ids)
 
-    def run(chosen: str, platform: str):
-        del platform  # the features' op makes its own choice for the platform
+    def run(chosen: str, platform: str):  # otherwise the features' op chooses for the platform
         if chosen == "parallel":
             return functools.partial(taylor_parallel, scale=scale)
+        if chosen == "pallas" and platform in GPU_BACKENDS:
+            return functools.partial(taylor_pallas_gpu, scale=scale)
         return through_features
 
     return on_platform("linear_attention", impl, run, q, k, v, mask, segment_ids,
