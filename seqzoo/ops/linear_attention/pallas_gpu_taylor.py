@@ -4,9 +4,10 @@ fused form of ``taylor_parallel.py``, which it equals, without its ``(T, T)`` sc
     s_ij = q_i . k_j / sqrt(d)        p_ij = (1 + s_ij + s_ij^2 / 2) [j <= i, j live, same segment]
     o_i  = scale * sum_j p_ij v_j
 
-Shapes and dtypes as ``taylor_parallel``: q, k ``(B, T, H, d)``; v ``(B, T, H, dv)``; mask
-``(B, T)`` bool (False: the key adds nothing, its constant term included); ``segment_ids``
-``(B, T)`` or None (no pair across a change of id; ``taylor_parallel.pair_ids``). Returns
+Shapes and dtypes as ``taylor_parallel``: q, k ``(B, T, H, d)`` of one dtype; v
+``(B, T, H, dv)``; mask ``(B, T)`` bool (False: the key adds nothing, its constant term
+included); ``segment_ids`` ``(B, T)`` or None (no pair across a change of id;
+``taylor_parallel.pair_ids``). Returns
 ``(B, T, H, dv)`` in v's dtype. Matmul operands are in the inputs' dtype (bf16 on tensor cores;
 float32 at IEEE precision, ``Precision.HIGHEST``), accumulation float32; ``p`` is computed in
 float32 and rounded to v's dtype before ``p @ v`` (as the XLA form rounds it); ``s`` and
@@ -58,10 +59,10 @@ NUM_WARPS = 4
 NUM_STAGES = 2
 
 
-def _dot(a: Array, b: Array, *, transpose_a: bool = False, transpose_b: bool = False) -> Array:
-    """``a @ b`` (either transposed) in the operands' dtype, float32 accumulation; float32
+def _dot(a: Array, b: Array, *, transpose_b: bool = False) -> Array:
+    """``a @ b`` (or ``a @ b^T``) in the operands' dtype, float32 accumulation; float32
     operands at IEEE precision."""
-    dims = (((0 if transpose_a else 1,), (1 if transpose_b else 0,)), ((), ()))
+    dims = (((1,), (1 if transpose_b else 0,)), ((), ()))
     precision = lax.Precision.HIGHEST if a.dtype == _F32 else None
     return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=_F32)
 
