@@ -17,7 +17,7 @@ against the chunked form's ``O(L C f + L f dv)`` on ``f = 1 + d + d^2`` features
 d 16) recomputed a block of rows at a time backwards (``featured.py``): far less work at short
 lengths, more memory at long ones. ``featured_linear_attention`` runs it for ``impl="parallel"``
 and, where measured faster, for ``"auto"`` (``seqzoo.ops.dispatch``, ``closed_form``). Its
-fused form, which never writes the scores, is the Pallas GPU kernel ``taylor_pallas_gpu.py``.
+fused form, which never writes the scores, is the Pallas GPU kernel ``pallas_gpu_taylor.py``.
 """
 
 from __future__ import annotations
