@@ -114,6 +114,42 @@ def test_an_unrolled_scan_gives_the_same_outputs_and_every_gradient(unroll):
                 pass
 
 
+def test_no_decay_equals_a_zero_decay_without_decay_arithmetic():
+    """DeltaNet (``log_decay`` None) through the chunked form: the output, final state and
+    every gradient equal those of the same inputs with a decay of exactly 0 (a path tested
+    against the scan and float64 above), packed segments and an initial state included; and
+    its jaxpr has no ``cumsum`` or ``exp`` (nothing for XLA to fold into per-chunk constants)."""
+    t, chunk = 70, 16
+    plain = make(t, gated=False)
+    zero = {**plain, "log_decay": jnp.zeros(plain["beta"].shape)}
+    ids = jnp.asarray(segments(t, chunk))
+    co = jax.random.normal(jax.random.PRNGKey(1), plain["v"].shape)
+    cs = jax.random.normal(jax.random.PRNGKey(2), plain["initial_state"].shape)
+    (o, s), g = outputs_and_grads(form("chunked", chunk, ids), plain, co, cs)
+    (o_z, s_z), g_z = outputs_and_grads(form("chunked", chunk, ids), zero, co, cs)
+    assert_close(o, o_z, 1e-6, "output")
+    assert_close(s, s_z, 1e-6, "final state")
+    for name in ARGS:
+        if plain[name] is not None:
+            assert_close(g[name], g_z[name], 1e-6, f"d {name}")
+    def primitives(inputs):  # without segments (whose index is an integer cumsum)
+        return _primitives(jax.make_jaxpr(lambda a: form("chunked", chunk, None)(**a))(
+            inputs).jaxpr)
+
+    assert not {"cumsum", "exp"} & primitives(plain)
+    assert {"cumsum", "exp"} <= primitives(zero)  # the check sees a decay's arithmetic
+
+
+def _primitives(jaxpr) -> set[str]:
+    """The names of every primitive in ``jaxpr``, nested ones included."""
+    found = set()
+    for eqn in jaxpr.eqns:
+        found.add(eqn.primitive.name)
+        for sub in jaxprs_in_params(eqn.params):
+            found |= _primitives(sub)
+    return found
+
+
 def _scan_unrolls(jaxpr) -> set:
     """The ``unroll`` of every scan in ``jaxpr``, nested ones included."""
     found = set()

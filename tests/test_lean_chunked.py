@@ -260,7 +260,11 @@ def test_backward_keeps_about_its_inputs(fn, per_key):
     """The compiled gradient's temporaries at (4, 1024, 2, 8) stay under 5x the inputs (chunk
     64, RAT's 16). The forms that kept every chunk's scores measured 7.3x (linear attention),
     69x (GLA), 33x (delta rule), 11.4x (RAT: its scan levels and scores) and 10.7x (H3: the
-    (p, p) outer products and their spectrum; here 4 heads of p = 4)."""
+    (p, p) outer products and their spectrum; here 4 heads of p = 4). The delta rule's
+    chunk-parallel form (``delta_rule.xla.chunked``) holds every chunk's (C, C) matrices at once
+    in its (recomputed) forward pass by design, the price of running its chunks in parallel:
+    it may add six such (Gamma, A, T, the scores and two of their cotangents; 4.9 measured,
+    12.6x the inputs here), and no more."""
     b, t, h, d = 4, 1024, 2, 8
     keys = jax.random.split(jax.random.PRNGKey(0), 4)
     q, k, v = (jax.random.normal(key, (b, t, h, d)) for key in keys[:3])
@@ -268,4 +272,5 @@ def test_backward_keeps_about_its_inputs(fn, per_key):
     grad = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=(0, 1, 2, 3)))
     temporaries = grad.lower(q, k, v, g).compile().memory_analysis().temp_size_in_bytes
     inputs = sum(a.size * a.dtype.itemsize for a in (q, k, v, g))
-    assert temporaries < 5 * inputs, temporaries / inputs
+    chunk_matrices = 6 * (t // 64) * b * h * 64 * 64 * 4 if fn is _delta_rule else 0
+    assert temporaries < 5 * inputs + chunk_matrices, temporaries / inputs

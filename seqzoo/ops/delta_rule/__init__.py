@@ -146,11 +146,11 @@ def delta_rule_local(q, k, v, beta, log_decay, initial_state, *, scale: float, c
     validation, no sequence axis: what ``sequence_parallel.py`` runs on each shard)."""
     b, t, h, dk = q.shape
     runs = _runs(segment_ids, b, t)
-    bf, gf, s0 = _float32(beta, log_decay, initial_state)
-    gf = jnp.zeros((b, t, h), jnp.float32) if gf is None else gf
+    bf, gf, s0 = _float32(beta, log_decay, initial_state)  # gf None: no decay (DeltaNet)
     s0 = jnp.zeros((b, h, dk, v.shape[-1]), jnp.float32) if s0 is None else s0
     if resolve("delta_rule", impl).impl == "sequential":
         qf, kf, vf = _float32(q, k, v)
+        gf = jnp.zeros((b, t, h), jnp.float32) if gf is None else gf
         o, s_final = xla.sequential(qf * scale, kf, vf, bf, gf, s0, runs)
     else:
         operand = _operand_dtype(q, k, v)

@@ -6,7 +6,8 @@ layout ``S: (dk, dv)``:
 
     S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T,     o_t = S_t^T q_t,   a_t = exp(g_t)
 
-Shapes: ``q, k: (b, t, h, dk)``, ``v: (b, t, h, dv)``, ``beta, g: (b, t, h)``,
+Shapes: ``q, k: (b, t, h, dk)``, ``v: (b, t, h, dv)``, ``beta, g: (b, t, h)`` (``chunked`` also
+takes ``g`` None: no decay, DeltaNet, with no decay arithmetic at all),
 ``s0: (b, h, dk, dv)``, ``runs: (b, t)`` int32, the index of the packed segment each position is
 in (0 for the first, which continues from ``s0``; the state is zero where a run starts).
 
@@ -174,7 +175,8 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
     pad = n * c - t
     before = runs[:, np.maximum(np.arange(n) * c - 1, 0)] * (np.arange(n) > 0)  # (b, n)
     if pad:
-        q, k, v, beta, g = (jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+        q, k, v, beta, g = (None if a is None else
+                            jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
                             for a in (q, k, v, beta, g))
         runs = jnp.pad(runs, ((0, 0), (0, pad)), mode="edge")
     core = blockwise(functools.partial(_chunked_core, c=c), gpu_blocks=GPU_BACKWARD_BLOCKS)
@@ -195,8 +197,8 @@ def _chunked_core(rows, shared, c):
     q, k, v, beta, g, s0, runs, before = rows
     dt = q.dtype
     rc = _to_chunks(runs[..., None], c)  # (n, b, 1, c)
-    parts = _chunk_parts(*(_to_chunks(a, c) for a in (q, k, v, beta, g)), rc,
-                         before.T[:, :, None, None])
+    parts = _chunk_parts(*(None if a is None else _to_chunks(a, c) for a in (q, k, v, beta, g)),
+                         rc, before.T[:, :, None, None])
     qg, scores, u, w, kt, total = parts
 
     def body(s, xs):
@@ -216,22 +218,28 @@ def _chunk_parts(q, k, v, beta, g, rc, before):
     """Everything of every chunk that does not depend on the entering state, batched.
 
     q, k ``(n, b, h, c, dk)``, v ``(n, b, h, c, dv)`` in the operand dtype; beta, g
-    ``(n, b, h, c)`` float32; rc ``(n, b, 1, c)`` the run of each position; before
-    ``(n, b, 1, 1)`` the run the entering state belongs to. Returns ``diag(gamma) Q``
-    ``(.., c, dk)``, the scores ``Q K^T * Gamma`` ``(.., c, c)``, ``U`` ``(.., c, dv)``, ``W``
-    ``(.., c, dk)``, ``K * gamma_C / gamma`` ``(.., c, dk)`` (float32) and ``gamma_C``
-    ``(.., 1, 1)``; a segment start zeroes every decay across it."""
+    ``(n, b, h, c)`` float32 (g None: no decay, every ``a_t = 1``); rc ``(n, b, 1, c)`` the run
+    of each position; before ``(n, b, 1, 1)`` the run the entering state belongs to. Returns
+    ``diag(gamma) Q`` ``(.., c, dk)``, the scores ``Q K^T * Gamma`` ``(.., c, c)``, ``U``
+    ``(.., c, dv)``, ``W`` ``(.., c, dk)``, ``K * gamma_C / gamma`` ``(.., c, dk)`` (float32)
+    and ``gamma_C`` ``(.., 1, 1)``; a segment start zeroes every decay across it."""
     dt = q.dtype
     c = q.shape[-2]
     run_end = rc[..., -1:]  # (n, b, 1, 1)
-    cum = jnp.cumsum(g, axis=-1)  # log gamma_r
     causal = jnp.tril(jnp.ones((c, c), bool))
     linked = causal & (rc[..., :, None] == rc[..., None, :])  # i <= r in one segment
-    diff = jnp.where(linked, cum[..., :, None] - cum[..., None, :], 0.0)
-    gamma_ri = jnp.where(linked, jnp.exp(diff), 0.0)  # Gamma[r, i]
-    from_start = jnp.where(rc == before, jnp.exp(cum), 0.0)  # gamma_r; 0 after a reset
-    to_end = jnp.where(rc == run_end, jnp.exp(cum[..., -1:] - cum), 0.0)  # gamma_C / gamma_i
-    total = jnp.where(run_end == before, jnp.exp(cum[..., -1:]), 0.0)[..., None]  # gamma_C
+    if g is None:  # DeltaNet: the decays are the masks alone (a cumsum of zeros would be folded
+        # by XLA into constants of every chunk's size, read from memory: slower than gated)
+        gamma_ri, from_start, to_end, total = (
+            m.astype(jnp.float32) for m in (linked, rc == before, rc == run_end,
+                                             (run_end == before)[..., None]))
+    else:
+        cum = jnp.cumsum(g, axis=-1)  # log gamma_r
+        diff = jnp.where(linked, cum[..., :, None] - cum[..., None, :], 0.0)
+        gamma_ri = jnp.where(linked, jnp.exp(diff), 0.0)  # Gamma[r, i]
+        from_start = jnp.where(rc == before, jnp.exp(cum), 0.0)  # gamma_r; 0 after a reset
+        to_end = jnp.where(rc == run_end, jnp.exp(cum[..., -1:] - cum), 0.0)  # gamma_C / gamma_i
+        total = jnp.where(run_end == before, jnp.exp(cum[..., -1:]), 0.0)[..., None]  # gamma_C
 
     strict = gamma_ri * (1.0 - jnp.eye(c, dtype=gamma_ri.dtype))
     a = beta[..., :, None] * strict * _mm("...rd,...id->...ri", k, k, dtype=dt)
