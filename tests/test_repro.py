@@ -152,7 +152,6 @@ def test_toy_launch_of_every_run(tmp_path, group):
     _check_outputs(tmp_path, _launch(tmp_path, runs, minutes=20), runs)
 
 
-
 def test_based_tradeoff_draws_its_points_from_the_groups_finished_runs(tmp_path):
     """``based_tradeoff.py --from-runs`` reads each point's window, feature_dim and accuracy
     from a finished run of the ``based_tradeoff`` group and passes over other runs."""
