@@ -90,23 +90,33 @@ def test_outputs_state_and_every_gradient(chunk, t, gated):
         assert_close(fast_g[name], ref_g[name], 1e-4, f"d {name} vs float64")
 
 
-@pytest.mark.parametrize("unroll", [3, 5])  # 3 does not divide the 5 chunks; 5 unrolls them all
-def test_an_unrolled_scan_gives_the_same_outputs_and_every_gradient(unroll):
-    t, chunk = 70, 16
-    inputs = make(t, gated=True)
-    ids = jnp.asarray(segments(t, chunk))
+def _chunked_results(inputs, chunk: int = 16):
+    """``((o, S_T), every gradient)`` of the chunked form on ``inputs`` with packed segments
+    (``segments``) and fixed random cotangents."""
+    ids = jnp.asarray(segments(inputs["v"].shape[1], chunk))
     co = jax.random.normal(jax.random.PRNGKey(1), inputs["v"].shape)
     cs = jax.random.normal(jax.random.PRNGKey(2), inputs["initial_state"].shape)
-    (o, s), g = outputs_and_grads(form("chunked", chunk, ids), inputs, co, cs)
-    with scan_unroll(unroll):
-        (o_u, s_u), g_u = outputs_and_grads(form("chunked", chunk, ids), inputs, co, cs)
-    assert_close(o_u, o, 1e-6, "output")
-    assert_close(s_u, s, 1e-6, "final state")
+    return outputs_and_grads(form("chunked", chunk, ids), inputs, co, cs)
+
+
+def _assert_same_results(got, want, inputs, tol: float = 1e-6):
+    """Two ``_chunked_results`` agree: output, final state and each gradient on its own."""
+    (o, s), g = got
+    (o_want, s_want), g_want = want
+    assert_close(o, o_want, tol, "output")
+    assert_close(s, s_want, tol, "final state")
     for name in ARGS:
         if inputs[name] is not None:
-            assert_close(g_u[name], g[name], 1e-6, f"d {name}")
+            assert_close(g[name], g_want[name], tol, f"d {name}")
+
+
+@pytest.mark.parametrize("unroll", [3, 5])  # 3 does not divide the 5 chunks; 5 unrolls them all
+def test_an_unrolled_scan_gives_the_same_outputs_and_every_gradient(unroll):
+    inputs = make(70, gated=True)
+    rolled = _chunked_results(inputs)
     with scan_unroll(unroll):
-        jaxpr = jax.make_jaxpr(lambda a: form("chunked", chunk, ids)(**a))(inputs)
+        _assert_same_results(_chunked_results(inputs), rolled, inputs)
+        jaxpr = jax.make_jaxpr(lambda a: form("chunked", 16, None)(**a))(inputs)
     assert unroll in _scan_unrolls(jaxpr.jaxpr)  # the scan over chunks took it
     for bad in (0, 2.0, True):
         with pytest.raises(ValueError, match="scan_unroll's n must be a positive int"):
@@ -119,21 +129,12 @@ def test_no_decay_equals_a_zero_decay_without_decay_arithmetic():
     every gradient equal those of the same inputs with a decay of exactly 0 (a path tested
     against the scan and float64 above), packed segments and an initial state included; and
     its jaxpr has no ``cumsum`` or ``exp`` (nothing for XLA to fold into per-chunk constants)."""
-    t, chunk = 70, 16
-    plain = make(t, gated=False)
+    plain = make(70, gated=False)
     zero = {**plain, "log_decay": jnp.zeros(plain["beta"].shape)}
-    ids = jnp.asarray(segments(t, chunk))
-    co = jax.random.normal(jax.random.PRNGKey(1), plain["v"].shape)
-    cs = jax.random.normal(jax.random.PRNGKey(2), plain["initial_state"].shape)
-    (o, s), g = outputs_and_grads(form("chunked", chunk, ids), plain, co, cs)
-    (o_z, s_z), g_z = outputs_and_grads(form("chunked", chunk, ids), zero, co, cs)
-    assert_close(o, o_z, 1e-6, "output")
-    assert_close(s, s_z, 1e-6, "final state")
-    for name in ARGS:
-        if plain[name] is not None:
-            assert_close(g[name], g_z[name], 1e-6, f"d {name}")
+    _assert_same_results(_chunked_results(plain), _chunked_results(zero), plain)
+
     def primitives(inputs):  # without segments (whose index is an integer cumsum)
-        return _primitives(jax.make_jaxpr(lambda a: form("chunked", chunk, None)(**a))(
+        return _primitives(jax.make_jaxpr(lambda a: form("chunked", 16, None)(**a))(
             inputs).jaxpr)
 
     assert not {"cumsum", "exp"} & primitives(plain)
