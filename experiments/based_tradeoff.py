@@ -121,10 +121,16 @@ def fig2_overrides(d_model: int, feature_dim: int) -> tuple[str, str]:
     return f"model.d_model={d_model}", f"model.mixer_options={json.dumps(options)}"
 
 
+def _config(experiment: str, point_overrides, name: str, overrides: list[str]):
+    """``experiment`` at one point of a grid (``point_overrides``), named ``name``, with the
+    command line's ``overrides`` on top."""
+    return apply_overrides(load_experiment(experiment),
+                           [*point_overrides, f"name={name}", *overrides])
+
+
 def point(window: int, feature_dim: int, overrides: list[str]):
-    return apply_overrides(load_experiment(RECIPE), [
-        point_override(window, feature_dim), f"name=based_tradeoff/w{window}_f{feature_dim}",
-        *overrides])
+    return _config(RECIPE, [point_override(window, feature_dim)],
+                   f"based_tradeoff/w{window}_f{feature_dim}", overrides)
 
 
 def fig2_swa_overrides(window: int) -> tuple[str, str, str]:
@@ -140,14 +146,12 @@ def fig2_swa_overrides(window: int) -> tuple[str, str, str]:
 
 
 def fig2_point(d_model: int, feature_dim: int, overrides: list[str]):
-    return apply_overrides(load_experiment(FIG2), [
-        *fig2_overrides(d_model, feature_dim), f"name=based_fig2/d{d_model}_f{feature_dim}",
-        *overrides])
+    return _config(FIG2, fig2_overrides(d_model, feature_dim),
+                   f"based_fig2/d{d_model}_f{feature_dim}", overrides)
 
 
 def fig2_swa_point(window: int, overrides: list[str]):
-    return apply_overrides(load_experiment(FIG2), [
-        *fig2_swa_overrides(window), f"name=based_fig2/swa_w{window}", *overrides])
+    return _config(FIG2, fig2_swa_overrides(window), f"based_fig2/swa_w{window}", overrides)
 
 
 def plot(records: list[dict], path: Path, series: str = "window") -> None:

@@ -77,7 +77,7 @@ from experiments.based_tradeoff import (  # noqa: E402
     point_override,
 )
 from seqzoo.config import ExperimentConfig, apply_overrides  # noqa: E402
-from seqzoo.runner.checkpoint import BEST, LATEST  # noqa: E402
+from seqzoo.runner.checkpoint import BEST, LATEST, best_needed  # noqa: E402
 from seqzoo.runner.experiments import load_experiment  # noqa: E402
 from seqzoo.runner.resume import RESUMABLE  # noqa: E402
 from seqzoo.runner.rundir import CONFIG_FILE, SUMMARY_FILE, read_summary  # noqa: E402
@@ -451,9 +451,9 @@ def save_state(run_dir: Path, key: str, out: Path) -> Path:
     set-aside checkpoints."""
     steps = checkpoint_steps(run_dir)
     bests = _steps(run_dir / BEST)
-    needed = max((b for b in bests if steps and b <= steps[-1]), default=None)
+    needed = best_needed(bests, steps[-1:])
     older = {f"{LATEST}/{step}" for step in steps[:-1]} | {
-        f"{BEST}/{step}" for step in bests if step != needed}
+        f"{BEST}/{step}" for step in bests if step not in needed}
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         inner = "/".join(Path(info.name).parts[1:3])
@@ -512,13 +512,14 @@ def split_large(archive: Path) -> list[Path]:
 
 def _joined_parts(source: Path, name: str, into: Path) -> Path | None:
     """``source/<name>.part0, .part1, ...`` joined as ``into/<name>``; None if there are none."""
-    parts = sorted(source.glob(f"{glob.escape(name)}.part*"),
-                   key=lambda p: int(p.name.rsplit(".part", 1)[1]))
-    if not parts:
+    numbered = sorted((int(p.name.rsplit(".part", 1)[1]), p)
+                      for p in source.glob(f"{glob.escape(name)}.part*"))
+    if not numbered:
         return None
-    if [int(p.name.rsplit(".part", 1)[1]) for p in parts] != list(range(len(parts))):
-        names = [p.name for p in parts]
+    if [i for i, _ in numbered] != list(range(len(numbered))):
+        names = [p.name for _, p in numbered]
         raise ValueError(f"{source} holds parts {names} of {name}: one is missing")
+    parts = [p for _, p in numbered]
     into.mkdir(parents=True, exist_ok=True)
     with (into / name).open("wb") as whole:
         for part in parts:

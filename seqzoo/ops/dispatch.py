@@ -140,24 +140,25 @@ def _chunked_kernel_facts(*, dims: tuple[int, int], dtypes: tuple = (), dtype=No
     limit = device_limit() if shared_memory is None else shared_memory
     itemsize = max((jnp.dtype(d).itemsize for d in dtypes), default=2)
     tiling, tiling_why = resolve_tiling(None, *widths, limit, itemsize=itemsize)
+    all_16bit = all(jnp.dtype(d).itemsize == 2 for d in dtypes)
     return dict(
         dims=tuple(dims), widths=widths, measured_width=MEASURED_WIDTH, per_key=per_key,
         segment_ids=_given(segment_ids), gpu=_platform(platform) in GPU_BACKENDS,
         tpu=_platform(platform) == "tpu",
-        all_16bit=all(jnp.dtype(d).itemsize == 2 for d in dtypes),
+        all_16bit=all_16bit,
         all_float32=bool(dtypes) and all(jnp.dtype(d) == jnp.float32 for d in dtypes),
         precision=precision, tiling=tiling, tiling_why=tiling_why,
         closed_form=closed_form, length=length,
-        closed_form_limit=_closed_form_limit(platform, dtypes),
+        closed_form_limit=_closed_form_limit(platform, bool(dtypes) and all_16bit),
     )
 
 
-def _closed_form_limit(platform: str | None, dtypes: tuple) -> int:
-    """The longest sequence at which Based's closed form is measured faster on ``platform`` for
-    inputs of ``dtypes`` (0: not measured there, so never): a CPU in float32, a GPU in bf16."""
+def _closed_form_limit(platform: str | None, half: bool) -> int:
+    """The longest sequence at which Based's closed form is measured faster on ``platform``, for
+    16-bit inputs if ``half`` (0: not measured there, so never): a CPU in float32, a GPU in
+    bf16."""
     platform = _platform(platform)
     if platform in GPU_BACKENDS:
-        half = bool(dtypes) and all(jnp.dtype(d).itemsize == 2 for d in dtypes)
         return TAYLOR_PARALLEL_GPU_LENGTH if half else 0
     return TAYLOR_PARALLEL_CPU_LENGTH if platform == "cpu" else 0
 

@@ -208,7 +208,7 @@ class Checkpoints:
         self.latest.wait_until_finished()
         self.best.wait_until_finished()
         bests = sorted(self.best.all_steps())
-        needed = {max((b for b in bests if b <= s), default=None) for s in self.latest.all_steps()}
+        needed = best_needed(bests, self.latest.all_steps())
         for step in bests[:-1]:
             if step not in needed:
                 self.best.delete(step)
@@ -220,6 +220,12 @@ class Checkpoints:
             self._prune_best()
         self.latest.close()
         self.best.close()
+
+
+def best_needed(bests, steps) -> set[int]:
+    """The best checkpoints (of steps ``bests``) that the periodic checkpoints of ``steps`` need:
+    for each, the newest best at or before it (module docstring)."""
+    return {max(earlier) for s in steps if (earlier := [b for b in bests if b <= s])}
 
 
 def read_params(run_dir: str | Path, params_like: Any, best: bool = False) -> Restored:
