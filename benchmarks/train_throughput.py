@@ -2,7 +2,8 @@
 
     PYTHONPATH=.:.peers/site python benchmarks/train_throughput.py \\
         [--archs attention,mamba2,hybrid,gla] [--sides jax,torch] [--steps 10] [--batch 8] \\
-        [--layers 12] [--d-model 768] [--seq-len 2048] [--vocab 50277] [--mlp glu] [--budget 520]
+        [--layers 12] [--d-model 768] [--seq-len 2048] [--vocab 50277] [--mlp glu] [--budget 520] \\
+        [--jax-impl gla=pallas_split]
 
 Models (both sides alike, the parameter counts printed for both): token embedding (vocab 50277,
 GPT-NeoX's, as Mamba's 125M), ``layers`` pre-norm residual blocks of mixer + SwiGLU MLP (width
@@ -15,7 +16,8 @@ with a bias (untied). Mixers at d_model 768, their papers' 125M options:
     hybrid     mamba2, with attention at max(1, round(layers/6)) evenly spaced layers (3, 9 of 12)
 
 JAX: seqzoo's ``SequenceModel(head="lm")``, float32 parameters, bfloat16 compute (``dtype``, the
-lm head's matmul included, as autocast runs torch's), every ``impl`` left at "auto",
+lm head's matmul included, as autocast runs torch's), every ``impl`` left at "auto" (``--jax-impl
+MIXER=IMPL,...`` names one per mixer: to time a path before ``auto`` takes it; the row says so),
 ``optax.adamw``, one jitted step with parameters and optimizer state donated. Torch: float32
 parameters under bf16 autocast, ``AdamW(fused=True)`` on a GPU, eager (``--torch-compile``:
 ``torch.compile``). Both: lr 1e-3, betas (0.9, 0.95), weight decay 0.1 on every parameter, mean
@@ -144,6 +146,8 @@ def jax_model(args, arch: str):
 
     mixers = layer_mixers(arch, args.layers)
     opts = mixer_options(args.d_model, args.seq_len)
+    for name, impl in args.jax_impl.items():
+        opts[name] = {**opts[name], "impl": impl}
     return SequenceModel(
         d_model=args.d_model,
         n_layers=args.layers,
@@ -257,6 +261,7 @@ def row(args, arch, side, n_params, n_embed, times, compile_s, losses, device) -
     return {
         "arch": arch,
         "side": side,
+        "impl": ",".join(f"{k}={v}" for k, v in args.jax_impl.items()) if side == "jax" else "",
         "params": n_params,
         "tokens_per_s": tokens_per_s,
         "mfu": tokens_per_s * flops / peak if peak else None,
@@ -282,11 +287,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['arch']} | {r['side']} | failed: {r['error'][:120]} |||||||")
             continue
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        side = f"{r['side']} ({r['impl']})" if r.get("impl") else r["side"]
         ratio = "-"
         if r["side"] == "jax" and r["arch"] in torch_tps:
             ratio = f"{r['tokens_per_s'] / torch_tps[r['arch']]:.2f}x"
         lines.append(
-            f"| {r['arch']} | {r['side']} | {r['params'] / 1e6:.1f}M | {r['tokens_per_s']:,.0f} "
+            f"| {r['arch']} | {side} | {r['params'] / 1e6:.1f}M | {r['tokens_per_s']:,.0f} "
             f"| {mfu} | {r['step_ms']:.1f} | {r['compile_s']:.1f} | {ratio} |"
         )
     return "\n".join(lines)
@@ -330,8 +336,15 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--budget", type=float, default=520.0, help="seconds for all rows")
     parser.add_argument("--row-timeout", type=float, default=300.0, help="seconds for one row")
     parser.add_argument("--in-process", action="store_true", help="no child processes")
+    parser.add_argument("--jax-impl", default="", help="MIXER=IMPL,...: seqzoo's impl per mixer")
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)  # arch:side, in a child
     args = parser.parse_args(argv)
+    pairs = [p.split("=", 1) for p in args.jax_impl.split(",") if p]
+    names = sorted(mixer_options(8, 8))
+    if any(len(p) != 2 or p[0] not in names for p in pairs):
+        parser.error(f"--jax-impl takes MIXER=IMPL pairs, MIXER among {names}, "
+                     f"got {args.jax_impl!r}")
+    args.jax_impl = dict(pairs)
     args.archs = [a for a in args.archs.split(",") if a]
     args.sides = [s for s in args.sides.split(",") if s]
     for a in args.archs:

@@ -110,3 +110,20 @@ def test_layer_plan_flops_and_table():
     assert lines[2] == "| gla | jax | 2.0M | 300 | 25.0% | 1.0 | 2.0 | 1.50x |"
     assert lines[3].startswith("| gla | torch | 2.0M | 200 | - |")
     assert "failed: ImportError: no fla" in lines[4]
+    rows[0]["impl"] = "gla=pallas_split"
+    assert tt.markdown(rows[:1]).splitlines()[2].startswith("| gla | jax (gla=pallas_split) |")
+
+
+def test_jax_impl_reaches_the_mixer():
+    """``--jax-impl gla=chunked`` sets the GLA layers' impl (the others keep "auto"); a pair
+    that names no mixer is refused."""
+    args = tiny("hybrid")
+    assert args.jax_impl == {}
+    args = tt.parse_args(["--jax-impl", "gla=chunked,mamba2=pallas", "--archs", "gla"])
+    assert args.jax_impl == {"gla": "chunked", "mamba2": "pallas"}
+    model = tt.jax_model(args, "gla")
+    assert model.mixer_config["gla"]["impl"] == "chunked"
+    assert "impl" not in tt.mixer_options(768, 2048)["gla"]
+    for bad in ("gla", "rwkv=chunked"):
+        with pytest.raises(SystemExit):
+            tt.parse_args(["--jax-impl", bad])
