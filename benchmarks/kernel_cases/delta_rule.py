@@ -136,4 +136,4 @@ def case(shape, gated: bool, mode, quick: bool = False) -> Case:
 
 def cases(quick: bool) -> list[Case]:
     return [case(shape, gated, mode, quick) for shape in (QUICK_SHAPES if quick else SHAPES)
-            for gated in (True, False) for mode in ("fwd", "fwd+bwd")]
+            for gated in (False, True) for mode in ("fwd", "fwd+bwd")]
