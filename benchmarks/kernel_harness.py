@@ -11,7 +11,6 @@ rate, whichever is larger (see ``floor_ms``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -42,22 +41,29 @@ def torch_variant(fn: Callable, leaves: list, grad_out, mode: str) -> Callable[[
     return forward_backward
 
 
+def forward_and_gradients(fn: Callable, argnums: tuple[int, ...]) -> Callable:
+    """``(ct, *a) -> (loss, gradients)``, ``loss = sum(fn(*a) * ct)`` (the product in float32,
+    or the cotangent's complex dtype; its real part). The loss is an output so that the forward
+    pass runs as in training: with the gradients alone, XLA drops a forward whose output the
+    backward pass does not read (a custom VJP keeping only its inputs, as Based's fused kernel
+    does), and the row would time the backward pass alone."""
+    def loss(ct, *a):
+        dtype = jnp.promote_types(ct.dtype, jnp.float32)
+        return jnp.real(jnp.sum(fn(*a).astype(dtype) * ct.astype(dtype)))
+
+    return jax.value_and_grad(loss, argnums=tuple(i + 1 for i in argnums))
+
+
 def jax_gradients(fn: Callable, args: tuple, cotangent, argnums=None) -> Callable[[], Any]:
-    """A JAX variant's forward+backward: the gradients of ``sum(fn(*args) * cotangent)`` (the
-    product in float32, or the cotangent's complex dtype; its real part) w.r.t. ``argnums``
-    (default: every argument), jitted. The cotangent is an argument of the jitted function: a
-    closed-over array becomes a constant that XLA folds at compile time, which took seconds per
-    variant for the (2, 32768, 4, 64) cases on an H200 and ran the segments rows past their
-    limit."""
-    argnums = tuple(range(len(args))) if argnums is None else argnums
-
-    def gradients(ct, *a):
-        def loss(*a):
-            dtype = jnp.promote_types(ct.dtype, jnp.float32)
-            return jnp.real(jnp.sum(fn(*a).astype(dtype) * ct.astype(dtype)))
-        return jax.grad(loss, argnums=argnums)(*a)
-
-    return functools.partial(jax.jit(gradients), cotangent, *args)
+    """A JAX variant's forward+backward: one jitted call of ``forward_and_gradients``, returning
+    the gradients w.r.t. ``argnums`` (default: every argument); the loss is computed in the same
+    executable (whose outputs are ready together) and dropped. The cotangent is an argument of
+    the jitted function: a closed-over array becomes a constant that XLA folds at compile time,
+    which took seconds per variant for the (2, 32768, 4, 64) cases on an H200 and ran the
+    segments rows past their limit."""
+    argnums = tuple(range(len(args))) if argnums is None else tuple(argnums)
+    step = jax.jit(forward_and_gradients(fn, argnums))
+    return lambda: step(cotangent, *args)[1]
 
 
 def floor_ms(bytes_moved: float, flops: float = 0.0) -> float:

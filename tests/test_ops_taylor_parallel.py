@@ -96,9 +96,10 @@ def test_auto_takes_the_closed_form_up_to_its_measured_length():
 
     assert chosen(length=cpu, platform="cpu").impl == "parallel"
     assert chosen(length=cpu + 1, platform="cpu").impl == "chunked"
-    assert chosen(length=gpu, platform="gpu", dtypes=half).impl == "parallel"
-    assert chosen(length=gpu + 1, platform="gpu", dtypes=half).impl == "chunked"
-    assert chosen(length=64, platform="gpu").impl == "chunked"  # float32: not measured there
+    assert chosen(length=gpu, platform="gpu").impl == "parallel"  # float32
+    assert chosen(length=gpu + 1, platform="gpu").impl == "chunked"
+    for length in (64, gpu + 1, 65536):  # 16-bit: the fused kernel (test_ops_taylor_pallas_gpu)
+        assert chosen(length=length, platform="gpu", dtypes=half).impl == "pallas"
     assert chosen(length=64, platform="tpu", dtypes=half).impl == "pallas"  # not measured
     assert chosen(length=64, platform="cpu", closed_form=False).impl == "chunked"
     assert chosen(length=64, platform="gpu", dtypes=half, closed_form=False).impl != "parallel"

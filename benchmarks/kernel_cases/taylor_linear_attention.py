@@ -7,13 +7,14 @@
 column of ones, as the layer passes them): ``chunked`` (the features through the chunked XLA
 form, recomputed a block of rows at a time backwards: the reference), ``parallel`` (the kernel
 ``1 + s + s^2 / 2`` in closed form on the (T, T) scores, ``taylor_parallel.py``), on a GPU
-``pallas`` (the same closed form as one fused Pallas kernel, ``pallas_gpu_taylor.py``; not
-timed yet, and ``auto`` does not take it), and ``auto`` where the dispatch table
+``pallas`` (the same closed form as one fused Pallas kernel, ``pallas_gpu_taylor.py``,
+``auto`` there in 16-bit), and ``auto`` where the dispatch table
 (``seqzoo.ops.dispatch``, its ``closed_form`` rule) resolves it to something else, and, when
 importable (fla 0.6.0: ../shared/anchors/make_peer_site.sh), fla's
 Triton kernel of the same closed form, ``fla.ops.based.parallel_based`` (``use_norm=False``, its
 ``scale`` d^-1/2 inside the kernel: ours is 1 outside it, the same values). Forward, and
-forward+backward as the gradients of ``sum(o * do)`` w.r.t. q, k and v. The same number of
+forward+backward as the gradients of ``sum(o * do)`` w.r.t. q, k and v (with the loss
+computed: ``kernel_harness.forward_and_gradients``). The same number of
 tokens per shape (B x T), lengths from 64 to 4096 on a GPU in bf16 and to 1024 in float32 (at
 256: Zoology's MQAR at d_model 64, batch 256), to 1024 on a CPU: where the quadratic form stops
 paying is the length ``auto`` switches at.

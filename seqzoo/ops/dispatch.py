@@ -73,10 +73,12 @@ FUSED_ATTENTION = _RESULTS + (
     "fused-attention-as-auto-and-the-remaining-kernels-bf16-gradients-issue-20-2026-12-05"
 )
 TAYLOR_PARALLEL = _RESULTS + "baseds-taylor-kernel-in-closed-form-the-quadratic-form-by-length"
-# The longest sequence at which Based's closed-form quadratic form is measured faster than its
-# features through the chunked form, forward and forward+backward (TAYLOR_PARALLEL): on a CPU
-# (float32) and on a GPU (bf16; float32 there is not measured and keeps the features). Longer
-# sequences keep the features (the closed form holds (B, H, T, T) scores).
+TAYLOR_FUSED = _RESULTS + "baseds-taylor-kernel-fused-on-a-gpu-pallas_gpu_taylorpy"
+# The longest sequence at which Based's closed-form quadratic form in XLA is measured faster than
+# its features through the chunked form, forward and forward+backward (TAYLOR_PARALLEL): on a
+# CPU (float32) and on a GPU (float32 and bf16; 16-bit inputs there take the fused kernel
+# first, TAYLOR_FUSED). Longer sequences keep the features (the XLA form holds (B, H, T, T)
+# scores).
 TAYLOR_PARALLEL_CPU_LENGTH = 512
 TAYLOR_PARALLEL_GPU_LENGTH = 1024
 
@@ -149,17 +151,16 @@ def _chunked_kernel_facts(*, dims: tuple[int, int], dtypes: tuple = (), dtype=No
         all_float32=bool(dtypes) and all(jnp.dtype(d) == jnp.float32 for d in dtypes),
         precision=precision, tiling=tiling, tiling_why=tiling_why,
         closed_form=closed_form, length=length,
-        closed_form_limit=_closed_form_limit(platform, bool(dtypes) and all_16bit),
+        closed_form_limit=_closed_form_limit(platform),
     )
 
 
-def _closed_form_limit(platform: str | None, half: bool) -> int:
-    """The longest sequence at which Based's closed form is measured faster on ``platform``, for
-    16-bit inputs if ``half`` (0: not measured there, so never): a CPU in float32, a GPU in
-    bf16."""
+def _closed_form_limit(platform: str | None) -> int:
+    """The longest sequence at which Based's closed form in XLA is measured faster than the
+    features on ``platform`` (0: not measured there, so never)."""
     platform = _platform(platform)
     if platform in GPU_BACKENDS:
-        return TAYLOR_PARALLEL_GPU_LENGTH if half else 0
+        return TAYLOR_PARALLEL_GPU_LENGTH
     return TAYLOR_PARALLEL_CPU_LENGTH if platform == "cpu" else 0
 
 
@@ -190,15 +191,22 @@ def _attention_facts(*, dtype, head_dim: int, causal: bool = False, window: int 
 
 
 _CLOSED_FORM = (  # Based's Taylor map (featured_linear_attention)
+    Rule("pallas", lambda f: f["closed_form"] and f["gpu"] and f["all_16bit"],
+         "Based's Taylor map, 16-bit, on a GPU: the fused Pallas kernel of its closed form "
+         "(pallas_gpu_taylor.py; packed segment_ids included) is faster than the XLA closed "
+         "form, the {dims[0]} features through the chunked form and fla's parallel_based at "
+         "every measured length, 64 to 4096 (far enough from the features that its cost per "
+         "token, growing with the length, stays below theirs well beyond)", TAYLOR_FUSED,
+         overrides=("pallas",)),
     Rule("parallel",
          lambda f: f["closed_form"] and f["length"] <= f["closed_form_limit"],
          "Based's Taylor map at length {length} <= {closed_form_limit} on this platform: its "
          "kernel in closed form on the (T, T) scores is faster than its {dims[0]} features "
          "through the chunked form", TAYLOR_PARALLEL),
     Rule("pallas", lambda f: f["closed_form"] and f["gpu"],
-         "Based's Taylor map on a GPU: the fused Pallas kernel of its closed form "
-         "(pallas_gpu_taylor.py; packed segment_ids included); not timed, so 'auto' does not "
-         "take it", overrides=("pallas",), auto=False),
+         "Based's Taylor map on a GPU: the fused Pallas kernel of its closed form; in float32 "
+         "its IEEE matmuls make its forward pass slower than the XLA closed form's, so 'auto' "
+         "does not take it", TAYLOR_FUSED, overrides=("pallas",), auto=False),
 )
 _CHUNKED_KERNEL_PLACES = (  # where the chunked kernels do not run, whatever the inputs
     Rule("chunked", lambda f: f["segment_ids"], "packed segment_ids: the kernel has no resets",

@@ -19,12 +19,12 @@ composition: its outputs are no larger than its inputs.
 The Taylor map without decays, on a sequence not split over devices, also has a quadratic form
 with no features at all (``taylor_parallel.py``: ``phi(q) . phi(k)`` in closed form on the
 ``(T, T)`` scores): ``impl="parallel"`` runs it, and ``"auto"`` where it is measured faster
-(``seqzoo.ops.dispatch``, the ``closed_form`` rule: short sequences on a CPU in float32 and on
-a GPU in bf16); with a decay or a split sequence ``"parallel"`` is the features through
+(``seqzoo.ops.dispatch``, the ``closed_form`` rules: short sequences on a CPU and on a GPU in
+float32); with a decay or a split sequence ``"parallel"`` is the features through
 ``linear_attention``'s quadratic form. On a GPU, ``impl="pallas"`` runs the same closed form as
 one fused kernel (``pallas_gpu_taylor.py``, no ``(T, T)`` scores in memory; packed segments
-too); elsewhere, as with a decay or a split sequence, it is the features through
-``linear_attention``'s kernel. ``"auto"`` does not take the fused kernel (not timed yet).
+too), and ``"auto"`` does for 16-bit inputs at every length; elsewhere, as with a decay or a
+split sequence, ``"pallas"`` is the features through ``linear_attention``'s kernel.
 """
 
 from __future__ import annotations
