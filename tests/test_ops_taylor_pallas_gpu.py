@@ -5,11 +5,13 @@ where ``impl="pallas"`` reaches it, and ``"auto"`` for 16-bit inputs."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from gpu_lowering import triton_modules
+from gpu_lowering import dot_precisions, triton_modules
 
 from seqzoo.kernels import launch
 from seqzoo.ops import dispatch
@@ -122,6 +124,35 @@ def test_forward_and_backward_lower_to_triton_for_a_gpu(monkeypatch):
 
     modules = triton_modules(jax.value_and_grad(loss, (0, 1, 2)), q, k, v)
     assert [m.count("tt.dot ") for m in modules] == [2, 4, 3]
+
+
+@pytest.mark.parametrize("precision, expected", [
+    (None, "ieee"), ("highest", "ieee"), ("tf32x3", "tf32x3"), ("tf32", "tf32")])
+def test_float32_matmuls_lower_at_their_precision(monkeypatch, precision, expected):
+    """Float32 inputs: every matmul of the three kernels at the asked precision (None: the
+    context's, "highest" under tests/conftest.py), also through ``featured_linear_attention``;
+    bf16 inputs ignore it."""
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
+    q, k, v, _ = _inputs(1, 64, 2)
+    mask = jnp.ones((1, 64), bool)
+
+    def modules(q, k, v, precision):
+        def loss(q, k, v):
+            o = taylor_pallas_gpu(q, k, v, mask, scale=SCALE, precision=precision)
+            return jnp.sum(o.astype(jnp.float32))
+        return triton_modules(jax.value_and_grad(loss, (0, 1, 2)), q, k, v)
+
+    found = [dot_precisions(m) for m in modules(q, k, v, precision)]
+    assert [len(p) for p in found] == [2, 4, 3]
+    assert {p for m in found for p in m} == {expected}
+    half = (a.astype(jnp.bfloat16) for a in (q, k, v))
+    assert {p for m in modules(*half, precision) for p in dot_precisions(m)} == {"ieee"}
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    through = triton_modules(functools.partial(
+        featured_linear_attention, mask=mask, feature_map="taylor", scale=SCALE, impl="pallas",
+        precision=precision), q, k, v)
+    assert len(through) == 1 and set(dot_precisions(through[0])) == {expected}
 
 
 def test_auto_takes_the_fused_kernel_on_a_gpu_in_16_bit_only():

@@ -205,8 +205,9 @@ _CLOSED_FORM = (  # Based's Taylor map (featured_linear_attention)
          "through the chunked form", TAYLOR_PARALLEL),
     Rule("pallas", lambda f: f["closed_form"] and f["gpu"],
          "Based's Taylor map on a GPU: the fused Pallas kernel of its closed form; in float32 "
-         "its IEEE matmuls make its forward pass slower than the XLA closed form's, so 'auto' "
-         "does not take it", TAYLOR_FUSED, overrides=("pallas",), auto=False),
+         "timed at IEEE precision only, where its forward pass is slower than the XLA closed "
+         "form's (its tensor-core precisions are not timed), so 'auto' does not take it",
+         TAYLOR_FUSED, overrides=("pallas",), auto=False),
 )
 _CHUNKED_KERNEL_PLACES = (  # where the chunked kernels do not run, whatever the inputs
     Rule("chunked", lambda f: f["segment_ids"], "packed segment_ids: the kernel has no resets",

@@ -68,7 +68,7 @@ def featured_linear_attention(q: Array, k: Array, v: Array, mask: Array, *, feat
         if chosen == "parallel":
             return functools.partial(taylor_parallel, scale=scale)
         if chosen == "pallas" and platform in GPU_BACKENDS:
-            return functools.partial(taylor_pallas_gpu, scale=scale)
+            return functools.partial(taylor_pallas_gpu, scale=scale, precision=precision)
         return through_features
 
     return on_platform("linear_attention", impl, run, q, k, v, mask, segment_ids,

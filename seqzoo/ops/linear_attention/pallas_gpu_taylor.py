@@ -9,9 +9,10 @@ Shapes and dtypes as ``taylor_parallel``: q, k ``(B, T, H, d)`` of one dtype; v
 included); ``segment_ids`` ``(B, T)`` or None (no pair across a change of id;
 ``taylor_parallel.pair_ids``). Returns
 ``(B, T, H, dv)`` in v's dtype. Matmul operands are in the inputs' dtype (bf16 on tensor cores;
-float32 at IEEE precision, ``Precision.HIGHEST``), accumulation float32; ``p`` is computed in
-float32 and rounded to v's dtype before ``p @ v`` (as the XLA form rounds it); ``s`` and
-``dp`` stay float32, ``ds`` is rounded to the inputs' dtype for the matmuls of dq and dk.
+float32 at ``precision``: "highest" IEEE, "tf32x3" (the default) or "tf32" on tensor cores, as
+the chunked kernels' ``seqzoo.kernels.matmul_precision``), accumulation float32; ``p`` is
+computed in float32 and rounded to v's dtype before ``p @ v`` (as the XLA form rounds it); ``s``
+and ``dp`` stay float32, ``ds`` is rounded to the inputs' dtype for the matmuls of dq and dk.
 
 Layout: one program per (batch, head, block of ``BLOCK`` rows; fewer, a power of two >= 16,
 for a shorter sequence), reading q, k, v in place from
@@ -39,7 +40,8 @@ both (``benchmarks/RESULTS.md``, "Based's Taylor kernel fused on a GPU").
 
 ``featured_linear_attention(..., feature_map="taylor", impl="pallas")`` runs it on a GPU, and
 ``"auto"`` for 16-bit inputs (``seqzoo.ops.dispatch``: the closed form's ``pallas`` rules); in
-float32 its IEEE matmuls make it slower than the XLA closed form, which ``"auto"`` keeps.
+float32 (timed at IEEE precision only, where it is slower than the XLA closed form) ``"auto"``
+keeps the XLA form; its 3xTF32 default is not timed yet.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from jax.experimental import pallas as pl
 
 from seqzoo.kernels import launch
 from seqzoo.kernels.chunked_tiling import padded_width
+from seqzoo.kernels.matmul_precision import dot_precision, resolve_precision
 from seqzoo.ops.linear_attention.taylor_parallel import pair_ids, score_scale, taylor_kernel
 
 Array = jax.Array
@@ -62,12 +65,12 @@ NUM_WARPS = 4
 NUM_STAGES = 2
 
 
-def _dot(a: Array, b: Array, *, transpose_b: bool = False) -> Array:
+def _dot(a: Array, b: Array, precision: str, *, transpose_b: bool = False) -> Array:
     """``a @ b`` (or ``a @ b^T``) in the operands' dtype, float32 accumulation; float32
-    operands at IEEE precision."""
+    operands at ``precision`` (resolved: "highest", "tf32x3" or "tf32")."""
     dims = (((1,), (1 if transpose_b else 0,)), ((), ()))
-    precision = lax.Precision.HIGHEST if a.dtype == _F32 else None
-    return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=_F32)
+    preset = dot_precision(precision) if a.dtype == _F32 else None
+    return lax.dot_general(a, b, dims, precision=preset, preferred_element_type=_F32)
 
 
 def _live(query_ids, key_ids, query_pos, key_pos) -> Array:
@@ -80,7 +83,8 @@ def _positions(block: int, start) -> Array:
     return start + lax.iota(jnp.int32, block)
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, qid_ref, kid_ref, o_ref, *, d: int, scale: float):
+def _forward_kernel(q_ref, k_ref, v_ref, qid_ref, kid_ref, o_ref, *, d: int, scale: float,
+                    precision: str):
     """o of query block i: its scores against every key block j <= i."""
     block = q_ref.shape[0]
     i = pl.program_id(2)
@@ -88,17 +92,17 @@ def _forward_kernel(q_ref, k_ref, v_ref, qid_ref, kid_ref, o_ref, *, d: int, sca
 
     def body(j, acc):
         keys = pl.ds(j * block, block)
-        s = _dot(q, k_ref[keys, :], transpose_b=True) * score_scale(d)
+        s = _dot(q, k_ref[keys, :], precision, transpose_b=True) * score_scale(d)
         live = _live(query_ids, kid_ref[keys][None, :], rows, _positions(block, j * block)[None])
         p = jnp.where(live, taylor_kernel(s), 0.0).astype(v_ref.dtype)
-        return acc + _dot(p, v_ref[keys, :])
+        return acc + _dot(p, v_ref[keys, :], precision)
 
     acc = lax.fori_loop(0, i + 1, body, jnp.zeros(o_ref.shape, _F32))
     o_ref[...] = (scale * acc).astype(o_ref.dtype)
 
 
 def _key_kernel(q_ref, k_ref, v_ref, do_ref, qid_ref, kid_ref, dk_ref, dv_ref, *, d: int,
-                scale: float):
+                scale: float, precision: str):
     """dk, dv of key block j: its transposed scores ``s^T`` against every query block i >= j."""
     block = k_ref.shape[0]
     j, blocks = pl.program_id(2), q_ref.shape[0] // block
@@ -109,13 +113,13 @@ def _key_kernel(q_ref, k_ref, v_ref, do_ref, qid_ref, kid_ref, dk_ref, dv_ref, *
         dk, dv = carry
         queries = pl.ds(i * block, block)
         q, do = q_ref[queries, :], do_ref[queries, :]
-        s_t = _dot(k, q, transpose_b=True) * score_scale(d)
+        s_t = _dot(k, q, precision, transpose_b=True) * score_scale(d)
         live_t = _live(qid_ref[queries][None, :], key_ids, _positions(block, i * block)[None],
                        cols)
         p_t = jnp.where(live_t, taylor_kernel(s_t), 0.0).astype(do.dtype)
-        dp_t = scale * _dot(v, do, transpose_b=True)
+        dp_t = scale * _dot(v, do, precision, transpose_b=True)
         ds_t = jnp.where(live_t, dp_t * (1.0 + s_t), 0.0).astype(q.dtype)
-        return dk + _dot(ds_t, q), dv + _dot(p_t, do)
+        return dk + _dot(ds_t, q, precision), dv + _dot(p_t, do, precision)
 
     zeros = (jnp.zeros(dk_ref.shape, _F32), jnp.zeros(dv_ref.shape, _F32))
     dk, dv = lax.fori_loop(j, blocks, body, zeros)
@@ -124,7 +128,7 @@ def _key_kernel(q_ref, k_ref, v_ref, do_ref, qid_ref, kid_ref, dk_ref, dv_ref, *
 
 
 def _query_kernel(q_ref, k_ref, v_ref, do_ref, qid_ref, kid_ref, dq_ref, *, d: int,
-                  scale: float):
+                  scale: float, precision: str):
     """dq of query block i: its scores against every key block j <= i."""
     block = q_ref.shape[0]
     i = pl.program_id(2)
@@ -134,17 +138,18 @@ def _query_kernel(q_ref, k_ref, v_ref, do_ref, qid_ref, kid_ref, dq_ref, *, d: i
     def body(j, dq):
         keys = pl.ds(j * block, block)
         k = k_ref[keys, :]
-        s = _dot(q, k, transpose_b=True) * score_scale(d)
+        s = _dot(q, k, precision, transpose_b=True) * score_scale(d)
         live = _live(query_ids, kid_ref[keys][None, :], rows, _positions(block, j * block)[None])
-        dp = scale * _dot(do, v_ref[keys, :], transpose_b=True)
+        dp = scale * _dot(do, v_ref[keys, :], precision, transpose_b=True)
         ds = jnp.where(live, dp * (1.0 + s), 0.0).astype(q.dtype)
-        return dq + _dot(ds, k)
+        return dq + _dot(ds, k, precision)
 
     dq = lax.fori_loop(0, i + 1, body, jnp.zeros(dq_ref.shape, _F32))
     dq_ref[...] = (score_scale(d) * dq).astype(dq_ref.dtype)
 
 
-def _call(kernel, inputs, outputs, *, block: int, d: int, scale: float, name: str):
+def _call(kernel, inputs, outputs, *, block: int, d: int, scale: float, precision: str,
+          name: str):
     """One launch over the grid ``(B, H, T / block)``. ``inputs``, ``outputs``: ``(array or
     ShapeDtypeStruct, whole)`` pairs of ``(B, T, H, w)`` arrays or ``(B, T)`` ids, read a block
     of ``block`` rows at a time, or ``whole`` (every row of the program's batch and head)."""
@@ -158,7 +163,8 @@ def _call(kernel, inputs, outputs, *, block: int, d: int, scale: float, name: st
                             lambda i, m, n: (i, 0 if whole else n, m, 0))
 
     call = launch.pallas_call(
-        functools.partial(kernel, d=d, scale=scale), grid=(b, h, t // block),
+        functools.partial(kernel, d=d, scale=scale, precision=precision),
+        grid=(b, h, t // block),
         in_specs=[spec(x, whole) for x, whole in inputs],
         out_specs=[spec(x, whole) for x, whole in outputs],
         out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype) for x, _ in outputs],
@@ -166,22 +172,24 @@ def _call(kernel, inputs, outputs, *, block: int, d: int, scale: float, name: st
     return call(*(x for x, _ in inputs))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _fused(q, k, v, query_ids, key_ids, block: int, d: int, scale: float) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _fused(q, k, v, query_ids, key_ids, block: int, d: int, scale: float,
+           precision: str) -> Array:
     """``o`` on the padded inputs (``taylor_pallas_gpu``)."""
     (o,) = _call(_forward_kernel, [(q, False), (k, True), (v, True), (query_ids, False),
                                    (key_ids, True)], [(v, False)],
-                 block=block, d=d, scale=scale, name="taylor_forward")
+                 block=block, d=d, scale=scale, precision=precision, name="taylor_forward")
     return o
 
 
-def _fused_forward(q, k, v, query_ids, key_ids, block, d, scale):
-    return _fused(q, k, v, query_ids, key_ids, block, d, scale), (q, k, v, query_ids, key_ids)
+def _fused_forward(q, k, v, query_ids, key_ids, block, d, scale, precision):
+    o = _fused(q, k, v, query_ids, key_ids, block, d, scale, precision)
+    return o, (q, k, v, query_ids, key_ids)
 
 
-def _fused_backward(block, d, scale, saved, do):
+def _fused_backward(block, d, scale, precision, saved, do):
     q, k, v, query_ids, key_ids = saved
-    options = dict(block=block, d=d, scale=scale)
+    options = dict(block=block, d=d, scale=scale, precision=precision)
     dk, dv = _call(_key_kernel, [(q, True), (k, False), (v, False), (do, True),
                                  (query_ids, True), (key_ids, False)], [(k, False), (v, False)],
                    name="taylor_backward_keys", **options)
@@ -195,9 +203,12 @@ _fused.defvjp(_fused_forward, _fused_backward)
 
 
 def taylor_pallas_gpu(q: Array, k: Array, v: Array, mask: Array,
-                      segment_ids: Array | None = None, *, scale: float) -> Array:
+                      segment_ids: Array | None = None, *, scale: float,
+                      precision: str | None = None) -> Array:
     """``o``: ``(batch, length, heads, dv)`` in v's dtype, ``taylor_parallel``'s (module
-    docstring), differentiable in q, k and v."""
+    docstring), differentiable in q, k and v. ``precision``: of float32 matmuls
+    (``seqzoo.kernels.matmul_precision.resolve_precision``; bf16 inputs ignore it)."""
+    precision = resolve_precision(precision)
     t, d, dv = q.shape[1], q.shape[-1], v.shape[-1]
     block = min(BLOCK, padded_width(t))
     rows = -(-t // block) * block - t
@@ -209,5 +220,5 @@ def taylor_pallas_gpu(q: Array, k: Array, v: Array, mask: Array,
     o = _fused(padded(q, padded_width(d)), padded(k, padded_width(d)), padded(v, padded_width(dv)),
                jnp.pad(query_ids, [(0, 0), (0, rows)]),
                jnp.pad(key_ids, [(0, 0), (0, rows)], constant_values=-1),  # keys past T: dead
-               block, d, float(scale))
+               block, d, float(scale), precision)
     return o[:, :t, :, :dv]
