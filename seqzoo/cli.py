@@ -137,7 +137,8 @@ def _train(args) -> int:
         f"final test accuracy {result['test_accuracy']:.3f} (loss {result['test_loss']:.4f}) "
         f"after {result['steps']} steps in {result['seconds']:.0f}s "
         f"({result['tokens_per_second']:,.0f} tok/s); best val accuracy "
-        f"{result['best_val_accuracy']:.3f} at step {result['best_step']}; "
+        f"{result['best_val_accuracy']:.3f} at step {result['best_step']} (test there "
+        f"{result['best_test_accuracy']:.3f}); "
         f"{result['params']:,} parameters; run {run_dir}"
     )
     return 0

@@ -69,7 +69,8 @@ def test_train_writes_a_complete_run_dir(run_dir, capsys):
     assert {"config.toml", "metrics.jsonl", "summary.json", "checkpoints", "best"} <= names
     assert any(n.startswith("events.out.tfevents.") for n in names)
     splits = [json.loads(line)["split"] for line in (run_dir / "metrics.jsonl").open()]
-    assert splits.count("val") == 2 and splits[-1] == "test"
+    assert splits.count("val") == 2 and splits[-1] in ("test", "test_best")
+    assert [s for s in splits if s != "test_best"][-1] == "test"
 
 
 def test_eval_reproduces_the_final_test_accuracy(run_dir, capsys):

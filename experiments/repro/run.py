@@ -368,7 +368,7 @@ GROUPS["based_fig2_swa"] = tuple(
 ALL_RUNS = tuple(dict.fromkeys(run for group in GROUPS.values() for run in group))  # each once
 HEADER = (
     "| task | model | params | steps (of planned) | wall s | device | test acc | best val acc "
-    "| paper | command |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    "| test acc at best val (step) | paper | command |\n" + "|---" * 11 + "|\n"
 )
 
 
@@ -612,6 +612,14 @@ def wait(launched: list[Launched], kill_deadline: float) -> None:
         item.process.wait()
 
 
+def _best_test_cell(summary: dict) -> str:
+    """The test accuracy % at the best-validation checkpoint and its step (summaries from
+    before it was recorded: empty)."""
+    if summary.get("best_test_step") is None:
+        return ""
+    return f"{100 * summary['best_test_accuracy']:.2f} ({summary['best_test_step']})"
+
+
 def row(item: Launched, work: Path, device: str) -> str:
     """The run's line of the results table."""
     cfg, run_dir = item.cfg, work / "runs" / item.run.key
@@ -625,10 +633,12 @@ def row(item: Launched, work: Path, device: str) -> str:
             device,
             f"{100 * s['test_accuracy']:.2f}",
             f"{100 * s['best_val_accuracy']:.2f}",
+            _best_test_cell(s),
         ]
     else:
         failed = f"failed (exit {item.process.returncode})"
-        cells = ["", f"({cfg.optim.steps})", "", device, "killed" if item.killed else failed, ""]
+        cells = ["", f"({cfg.optim.steps})", "", device, "killed" if item.killed else failed, "",
+                 ""]
     task = cfg.task.name + (f", test at {cfg.task.test_seq_len}" if cfg.task.test_seq_len else "")
     shown = (item.run.tag,) if item.run.tag else item.run.overrides  # the command has them all
     model = cfg.model.mixer + "".join(f", {o}" for o in shown)

@@ -4,7 +4,8 @@
         every log_every:           metrics.jsonl / TensorBoard; NaN guard (the bar: every step)
         every eval_every:          validation; the best params are checkpointed
         every checkpoint_every:    params, optimizer state and step are checkpointed
-    at the end:                    test split, summary.json
+    at the end:                    test split; the test split at the best-validation
+                                   checkpoint too where that is an earlier step; summary.json
     past max_minutes (if set):     the step it finishes is the last one (evaluated, saved)
     on SIGINT / SIGTERM:           the step under way is finished and saved, then the run stops
 
@@ -46,7 +47,7 @@ import numpy as np
 from seqzoo.config import ExperimentConfig
 from seqzoo.data.progress import Progress, progress_output
 from seqzoo.runner.build import Built, build, param_count
-from seqzoo.runner.checkpoint import LATEST, Checkpoints, Restored, set_aside
+from seqzoo.runner.checkpoint import LATEST, Checkpoints, Restored, abstract, set_aside
 from seqzoo.runner.data import BatchSampler
 from seqzoo.runner.distributed import agree, barrier, is_main
 from seqzoo.runner.init_from import Initial, load_initial, write_init
@@ -295,14 +296,15 @@ class _Trainer:
             self._save(step)
         self.clock = time.perf_counter()  # evaluation and saving are not training time
 
-    def _evaluate(self, name: str) -> dict[str, float]:
-        """The current parameters on split ``name``, with a bar."""
+    def _evaluate(self, name: str, params: Any = None) -> dict[str, float]:
+        """The current parameters (or ``params``) on split ``name``, with a bar."""
         split = self.built.data[name]
         self.phase = f"the eval step (the {name} split)"
         if self.bar is not None:
             self.bar.clear()
         with eval_bar(split, self.cfg.optim.batch_size, name) as bar:
-            return evaluate(self.eval_step, self.params, split, self.built, bar)
+            params = self.params if params is None else params
+            return evaluate(self.eval_step, params, split, self.built, bar)
 
     def _save(self, step: int, pending: dict | None = None) -> None:
         """Start saving the checkpoint of ``step`` (with ``pending``: the steps not recorded)."""
@@ -330,6 +332,22 @@ class _Trainer:
         self.metrics.write(self.meta["step"], "test", result)
         return result
 
+    def test_best(self, final: dict[str, float]) -> dict[str, Any]:
+        """The test split at the best-validation checkpoint, ``{"step", "loss", "accuracy"}``
+        (``final``'s where that is the final step, or there is none), also written as the
+        ``test_best`` record of the final step: the reading of papers that report test at the
+        best validation (LRA's, S4's), and of runs whose last evaluation fell (batch norm's
+        running statistics behind a fast-moving model)."""
+        best = self.meta["best_step"]
+        never = self.meta["best_val_accuracy"] < 0  # no validation yet: no best checkpoint
+        if never or best == self.meta["step"] or "val" not in self.built.data.splits:
+            return {"step": self.meta["step"], **final}
+        self.checkpoints.best.wait_until_finished()
+        restored = self.checkpoints.restore_params(abstract(self.params), best=True)
+        result = self._evaluate("test", restored.items["params"])
+        self.metrics.write(self.meta["step"], "test_best", result)
+        return {"step": restored.step, **result}
+
     def run(self, started: float) -> dict[str, Any]:
         """Train, test and close; the summary (``started``: ``time.perf_counter()`` when the
         run began)."""
@@ -346,6 +364,7 @@ class _Trainer:
                 with self.signals:
                     self.fit()
                 test = self.test()
+                best_test = self.test_best(test)
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise
@@ -358,6 +377,9 @@ class _Trainer:
             "test_loss": test["loss"],
             "best_val_accuracy": self.meta["best_val_accuracy"],
             "best_step": self.meta["best_step"],
+            "best_test_accuracy": best_test["accuracy"],
+            "best_test_loss": best_test["loss"],
+            "best_test_step": best_test["step"],
             "steps": self.meta["step"],
             "params": param_count(self.params),
             "seconds": time.perf_counter() - started,
@@ -422,8 +444,10 @@ def train(
     stderr (``seqzoo.data.progress``; None: as the caller's ``progress_output`` says, by
     default yes: a bar on a terminal, plain lines now and then elsewhere).
     Returns the summary also written to ``summary.json``: ``test_accuracy``, ``test_loss``,
-    ``best_val_accuracy``, ``best_step``, ``steps`` (the last one trained: fewer than
-    ``optim.steps`` when ``max_minutes`` ran out), ``params``, ``seconds`` (wall),
+    ``best_val_accuracy``, ``best_step``, ``best_test_accuracy`` / ``best_test_loss`` (the test
+    split at the best-validation checkpoint of step ``best_test_step``; the final test where
+    that is the final step or the task has no val split), ``steps`` (the last one trained:
+    fewer than ``optim.steps`` when ``max_minutes`` ran out), ``params``, ``seconds`` (wall),
     ``tokens_per_second`` (training steps of this session only). Raises ``TrainingDiverged``
     on a non-finite loss, parameter or validation loss, ``RunInterrupted`` after SIGINT or
     SIGTERM (once the step under way is saved: resuming continues from it),

@@ -34,8 +34,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 def _kept_on_resume(step: int, split: str, start_step: int) -> bool:
     """Whether a run resumed after ``start_step`` keeps the record of ``split`` at ``step``:
     all of earlier steps, the train and val records of ``start_step`` (written before its
-    checkpoint), not its test record (the run writes it again when it ends)."""
-    return step < start_step or (step == start_step and split != "test")
+    checkpoint), not its test records (the run writes them again when it ends)."""
+    return step < start_step or (step == start_step and split not in ("test", "test_best"))
 
 
 class MetricsLog:
