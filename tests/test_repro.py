@@ -161,9 +161,11 @@ def test_jrt_conv_scores_the_same_rows_once_and_twice_at_one_decoder_state(tmp_p
     small = ["task.num_train=2", "task.num_val=2", "task.num_test=3"]
     configs = {run.key: apply_overrides(run_config(run, False, tmp_path)[0], small)
                for run in group}
-    twice = configs["mqar_jrt_based_conv@steps=12000@seed=0"]
-    once = configs["mqar_jrt_based_conv@steps=12000@context_repeats=1@seq_len=160@seed=0"]
-    rows, plain = tasks.build_task(twice.task)["test"], tasks.build_task(once.task)["test"]
+    data = {key: tasks.build_task(cfg.task)["test"] for key, cfg in configs.items()}  # valid
+    twice_key = "mqar_jrt_based_conv@steps=12000@seed=0"
+    once_key = "mqar_jrt_based_conv@steps=12000@context_repeats=1@seq_len=160@seed=0"
+    twice, once = configs[twice_key], configs[once_key]
+    rows, plain = data[twice_key], data[once_key]
     length = once.task.seq_len
     assert twice.task.seq_len == 2 * length and twice.task.num_queries == 16
     np.testing.assert_array_equal(rows["inputs"], np.tile(plain["inputs"], (1, 2)))

@@ -166,7 +166,8 @@ JRT_OFF = ("task.context_repeats=1", "task.seq_len=64", "task.num_queries=2")
 JRT_CONV_PROMPT = "JRT-Prompt (64 pairs + 16 queries twice) > once, BaseConv+Based (JRT s3.2)"
 JRT_CONV_RNN = "JRT-RNN > Based at the decoder's state, BaseConv first (JRT s4)"
 JRT_CONV_ONCE = ("task.context_repeats=1", "task.seq_len=160")
-JRT_CONV_ALL = ("task.num_queries=0", "task.seq_len=256")  # every key; the pairs fill half
+# every key queried: the pairs fill half the row, and the vocabulary must exceed the length
+JRT_CONV_ALL = ("task.num_queries=0", "task.seq_len=256", "task.vocab_size=512")
 
 
 def seeds(run: Run, *values: int) -> tuple[Run, ...]:
