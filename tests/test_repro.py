@@ -152,6 +152,34 @@ def test_toy_launch_of_every_run(tmp_path, group):
     _check_outputs(tmp_path, _launch(tmp_path, runs, minutes=20), runs)
 
 
+def test_jrt_conv_scores_the_same_rows_once_and_twice_at_one_decoder_state(tmp_path):
+    """``jrt_conv``: read twice is the read-once row written twice with only the second copy
+    scored (the same questions, so the accuracies compare); JRT-RNN's prefix is exactly the
+    pairs; every run has BaseConv first and the same Based widths (the decoder's state)."""
+    group = GROUPS["jrt_conv"]
+    assert len(group) == 10 and all(run.overrides[-1] in ("seed=0", "seed=1") for run in group)
+    small = ["task.num_train=2", "task.num_val=2", "task.num_test=3"]
+    configs = {run.key: apply_overrides(run_config(run, False, tmp_path)[0], small)
+               for run in group}
+    data = {key: tasks.build_task(cfg.task)["test"] for key, cfg in configs.items()}  # valid
+    twice_key = "mqar_jrt_based_conv@steps=12000@seed=0"
+    once_key = "mqar_jrt_based_conv@steps=12000@context_repeats=1@seq_len=160@seed=0"
+    twice, once = configs[twice_key], configs[once_key]
+    rows, plain = data[twice_key], data[once_key]
+    length = once.task.seq_len
+    assert twice.task.seq_len == 2 * length and twice.task.num_queries == 16
+    np.testing.assert_array_equal(rows["inputs"], np.tile(plain["inputs"], (1, 2)))
+    np.testing.assert_array_equal(rows["targets"][:, length:], plain["targets"])
+    assert (rows["targets"][:, :length] == -100).all()
+    for cfg in configs.values():
+        mixers = cfg.model.mixer.split(",")
+        assert mixers[0] == "base_conv" and cfg.model.n_layers == 2
+        options = cfg.model.mixer_options[mixers[1]]
+        assert (options["num_heads"], options["key_dim"]) == (2, 4)
+        if mixers[1] == "prefix_linear_attention":
+            assert options["prefix_length"] == 2 * cfg.task.num_kv_pairs
+
+
 def test_based_tradeoff_draws_its_points_from_the_groups_finished_runs(tmp_path):
     """``based_tradeoff.py --from-runs`` reads each point's window, feature_dim and accuracy
     from a finished run of the ``based_tradeoff`` group and passes over other runs."""

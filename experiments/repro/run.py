@@ -10,8 +10,8 @@ accuracies beside the papers' numbers, and learning curves.
 run's ``max_minutes`` cuts it at the deadline); ``--only`` takes runs from any group, by
 ``Run.key`` (the config's name, with ``@lr=...`` for a point of an lr sweep). A run may also
 name an experiment outside experiments/repro/ (``Run.folder``): issue 27's groups ``issue27``,
-``based_tradeoff`` and ``based_fig2_*`` train top-level experiments (``mqar_mom``,
-``mqar_based_recipe``, ``mqar_based_fig2``).
+``jrt_conv``, ``based_tradeoff`` and ``based_fig2_*`` train top-level experiments (``mqar_mom``,
+``mqar_jrt_based_conv``, ``mqar_based_recipe``, ``mqar_based_fig2``).
 
 Runs of tasks generated on the fly start at once. ListOps, then Pathfinder, are generated here
 first on every core into seqzoo's data cache, which their runs then read; those runs start as
@@ -158,6 +158,16 @@ CONTEXT_ONLY = ("task.repeat_scope=context", "task.num_queries=0")
 # the paper's layout on and off (explicit, so the run keys say which): the same scored rows
 JRT_ON = ("task.repeat_scope=prompt", "task.num_queries=2")
 JRT_OFF = ("task.context_repeats=1", "task.seq_len=64", "task.num_queries=2")
+# issue 27's JRT runs with BaseConv first, as every official JRT / Based setup
+# (mqar_jrt_based_conv.toml, mqar_jrt_rnn_conv_hard.toml): 64 pairs, 16 of them queried, where
+# feature_dim 4 binds a single read (CPU, 2026-12-06: 41.5% read once at 1500 steps, 100% with
+# feature_dim 16). Read once: the same scored rows, one copy; every key queried: JRT-RNN
+# against Based without JRT-Prompt (the paper's MQAR comparison at the decoder's state)
+JRT_CONV_PROMPT = "JRT-Prompt (64 pairs + 16 queries twice) > once, BaseConv+Based (JRT s3.2)"
+JRT_CONV_RNN = "JRT-RNN > Based at the decoder's state, BaseConv first (JRT s4)"
+JRT_CONV_ONCE = ("task.context_repeats=1", "task.seq_len=160")
+# every key queried: the pairs fill half the row, and the vocabulary must exceed the length
+JRT_CONV_ALL = ("task.num_queries=0", "task.seq_len=256", "task.vocab_size=512")
 
 
 def seeds(run: Run, *values: int) -> tuple[Run, ...]:
@@ -324,6 +334,22 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
                    folder=""), 0, 1),
         *seeds(Run("mqar_jrt_based", JRT_PROMPT, 0.1, ("optim.steps=24000", *JRT_OFF),
                    folder=""), 0, 1),
+    ),
+    # issue 27's JRT claims with the official short convolution: JRT-Prompt on and off,
+    # JRT-RNN against Based on the same rows, then with every key queried (memory: the train
+    # step on a CPU, benchmarks/memory_configs.py, 2026-12-06: 0.23 GB read twice at length
+    # 320, 0.09 JRT-RNN at 160; the every-key runs at 256 rounded up to 0.2)
+    "jrt_conv": (
+        *seeds(Run("mqar_jrt_based_conv", JRT_CONV_PROMPT, 0.3, ("optim.steps=12000",),
+                   folder=""), 0, 1),
+        *seeds(Run("mqar_jrt_based_conv", JRT_CONV_PROMPT, 0.1,
+                   ("optim.steps=12000", *JRT_CONV_ONCE), folder=""), 0, 1),
+        *seeds(Run("mqar_jrt_rnn_conv_hard", JRT_CONV_RNN, 0.1, ("optim.steps=12000",),
+                   folder=""), 0, 1),
+        *seeds(Run("mqar_jrt_rnn_conv_hard", JRT_CONV_RNN, 0.2,
+                   ("optim.steps=12000", *JRT_CONV_ALL), folder=""), 0, 1),
+        *seeds(Run("mqar_jrt_based_conv", JRT_CONV_RNN, 0.2,
+                   ("optim.steps=12000", *JRT_CONV_ONCE[:1], *JRT_CONV_ALL), folder=""), 0, 1),
     ),
     **{f"based_tradeoff_long_{part}": tuple(
         Run(RECIPE, "recall rises with state along each window (Based fig. 2)", 0.2,
