@@ -101,6 +101,8 @@ class _Trainer:
         cfg = self.cfg = built.cfg
         self.deadline = deadline  # time.perf_counter() after which no new step starts
         self.built, self.log, self.run_dir = built, log, run_dir
+        # the split that validates (picks the best checkpoint): the test split if there is no val
+        self.val_name = "val" if "val" in built.data.splits else "test"
         init_key, self.dropout_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
         self.optimizer = make_optimizer(cfg.optim)
         # a new run from another run's variables (init_from) or freshly initialised ones
@@ -237,7 +239,6 @@ class _Trainer:
         size = cfg.optim.batch_size
         rows = process_rows(built.mesh, size)  # this process reads only these of each batch
         sampler = BatchSampler(built.data["train"], size, cfg.seed, rows)
-        val_name = "val" if "val" in built.data.splits else "test"
         train_step = train_step_fn(built, self.optimizer, self.dropout_key)
         example = put_batch(sampler.batch(first), built.mesh, size)
         self.phase = "compiling the training step"
@@ -259,7 +260,7 @@ class _Trainer:
             evaluate_now = step % cfg.eval_every == 0 or last
             save_now = step % cfg.checkpoint_every == 0 or last
             if step % cfg.log_every == 0 or evaluate_now or save_now:
-                self._log_step(step, evaluate_now, save_now, val_name, started)
+                self._log_step(step, evaluate_now, save_now, started)
             if received is not None:
                 self._stop(step, received)
             if last:
@@ -278,15 +279,15 @@ class _Trainer:
         return agree(out_of_time), (received or signal.SIGTERM) if stop else None
 
     def _log_step(
-        self, step: int, evaluate_now: bool, save_now: bool, val_name: str, started: float
+        self, step: int, evaluate_now: bool, save_now: bool, started: float
     ) -> None:
         """The train record of ``step``, and its evaluation and checkpoint where due."""
         record = self._flush(step)
         if evaluate_now or save_now:
             self._check_params(step)
         if evaluate_now:
-            val = self._evaluate(val_name)
-            self._check_val(step, record, val, val_name)
+            val = self._evaluate(self.val_name)
+            self._check_val(step, record, val, self.val_name)
             self.metrics.write(step, "val", val)
             self.log(_eval_line(step, record, val, time.perf_counter() - started))
             if val["accuracy"] > self.meta["best_val_accuracy"]:
@@ -340,7 +341,7 @@ class _Trainer:
         running statistics behind a fast-moving model)."""
         best = self.meta["best_step"]
         never = self.meta["best_val_accuracy"] < 0  # no validation yet: no best checkpoint
-        if never or best == self.meta["step"] or "val" not in self.built.data.splits:
+        if never or best == self.meta["step"] or self.val_name != "val":
             return {"step": self.meta["step"], **final}
         self.checkpoints.best.wait_until_finished()
         restored = self.checkpoints.restore_params(abstract(self.params), best=True)
