@@ -142,12 +142,11 @@ def _chunked_kernel_facts(*, dims: tuple[int, int], dtypes: tuple = (), dtype=No
     limit = device_limit() if shared_memory is None else shared_memory
     itemsize = max((jnp.dtype(d).itemsize for d in dtypes), default=2)
     tiling, tiling_why = resolve_tiling(None, *widths, limit, itemsize=itemsize)
-    all_16bit = all(jnp.dtype(d).itemsize == 2 for d in dtypes)
     return dict(
         dims=tuple(dims), widths=widths, measured_width=MEASURED_WIDTH, per_key=per_key,
         segment_ids=_given(segment_ids), gpu=_platform(platform) in GPU_BACKENDS,
         tpu=_platform(platform) == "tpu",
-        all_16bit=all_16bit,
+        all_16bit=all(jnp.dtype(d).itemsize == 2 for d in dtypes),
         all_float32=bool(dtypes) and all(jnp.dtype(d) == jnp.float32 for d in dtypes),
         precision=precision, tiling=tiling, tiling_why=tiling_why,
         closed_form=closed_form, length=length,
