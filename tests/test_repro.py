@@ -19,6 +19,7 @@ from experiments.repro.run import (
     ALL_RUNS,
     GPU_MEMORY_GB,
     GROUPS,
+    gpu_memory_needed,
     main,
     pack_states,
     run_config,
@@ -57,10 +58,22 @@ def test_every_planned_run_has_a_config_and_each_group_fits_in_the_gpu_memory(gr
     plan = GROUPS[group]
     assert {run.experiment for run in plan} <= set(experiment_names())
     assert len({run.key for run in ALL_RUNS}) == len(ALL_RUNS)  # --only tells them apart
-    contexts = 0.6 * len(plan)  # a CUDA context per process
-    caps = sum(run.memory_fraction * GPU_MEMORY_GB for run in plan)  # what the allocators keep
-    assert caps + contexts <= 0.95 * GPU_MEMORY_GB
+    assert gpu_memory_needed(plan) <= 0.95 * GPU_MEMORY_GB
     assert all(0 < run.memory_fraction <= 0.6 for run in plan)  # none may take the GPU
+
+
+def test_an_only_selection_that_does_not_fit_the_gpu_is_refused_before_it_starts(tmp_path, capsys):
+    """Two groups that each fit but not together (the 19 runs that all died out of memory at
+    start on 2026-12-06) are refused; either group alone is not."""
+    too_many = [run.key for g in ("jrt_conv", "based_fig2_d64", "based_fig2_d48", "based_fig2_d128")
+                for run in GROUPS[g]]
+    with pytest.raises(SystemExit) as refused:
+        main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+              "--only", *too_many])
+    assert refused.value.code == 2
+    assert "split them over calls" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()  # nothing was launched
+    assert gpu_memory_needed(GROUPS["based_fig2_d48"]) <= 0.95 * GPU_MEMORY_GB
 
 
 def test_repro_models_are_within_10_percent_of_their_transformer(monkeypatch):

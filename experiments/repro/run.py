@@ -170,6 +170,14 @@ JRT_CONV_ONCE = ("task.context_repeats=1", "task.seq_len=160")
 JRT_CONV_ALL = ("task.num_queries=0", "task.seq_len=256", "task.vocab_size=512")
 
 
+def gpu_memory_needed(runs) -> float:
+    """GB that ``runs`` at once take on the GPU: their allocators' caps (``Run.memory_fraction``,
+    preallocated) and a CUDA context of about 0.6 GB per process. Groups and ``--only``
+    selections must stay within 95% of ``GPU_MEMORY_GB``: 19 runs whose caps added to 131 GB
+    all failed at start, out of memory (H100, 2026-12-06)."""
+    return sum(run.memory_fraction * GPU_MEMORY_GB + 0.6 for run in runs)
+
+
 def seeds(run: Run, *values: int) -> tuple[Run, ...]:
     """``run`` once per training seed (``seed=S`` after its overrides)."""
     return tuple(dataclasses.replace(run, overrides=(*run.overrides, f"seed={s}")) for s in values)
@@ -748,6 +756,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.only or ()) - {r.key for r in plan}
     if unknown:
         parser.error(f"unknown runs {sorted(unknown)}; known: {[r.key for r in plan]}")
+    if not args.toy and gpu_memory_needed(runs) > 0.95 * GPU_MEMORY_GB:
+        parser.error(f"these {len(runs)} runs need {gpu_memory_needed(runs):.1f} GB at once "
+                     f"(caps and CUDA contexts), more than 95% of the {GPU_MEMORY_GB:.0f} GB "
+                     "GPU: split them over calls")
     tasks = {load_experiment(run.experiment).task.name for run in runs}
     if args.save_state and len(tasks) + 3 > OUT_FILES:
         parser.error(f"--save-state with {len(tasks)} curves, the table, the archive and a pack "
