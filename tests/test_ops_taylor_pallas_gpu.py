@@ -155,10 +155,11 @@ def test_float32_matmuls_lower_at_their_precision(monkeypatch, precision, expect
     assert len(through) == 1 and set(dot_precisions(through[0])) == {expected}
 
 
-def test_auto_takes_the_fused_kernel_on_a_gpu_in_16_bit_only():
-    """``auto``: the fused kernel for 16-bit inputs on a GPU at every length, packed segments
-    included (measured faster than the XLA closed form, the features and fla); float32 keeps
-    the XLA closed form or the features (its IEEE matmuls are slower), reachable by name."""
+def test_auto_takes_the_fused_kernel_on_a_gpu_but_not_at_ieee_float32():
+    """``auto``: the fused kernel on a GPU at every length, packed segments included, for
+    16-bit inputs and for float32 at a tensor-core precision (each measured faster than the XLA
+    closed form, the features and fla); float32 at ``precision="highest"`` keeps the XLA closed
+    form or the features (the kernel's IEEE matmuls are slower), reachable by name."""
     facts = dict(dims=(273, DV), dtypes=(jnp.bfloat16,) * 3, closed_form=True)
 
     def chosen(impl, **more):
@@ -172,9 +173,20 @@ def test_auto_takes_the_fused_kernel_on_a_gpu_in_16_bit_only():
             assert chosen("auto", platform="gpu", length=length,
                           segment_ids=segment_ids) == "pallas"
             assert chosen("auto", platform="gpu", length=length, dtypes=(jnp.float32,) * 3,
-                          segment_ids=segment_ids) != "pallas"
+                          segment_ids=segment_ids, precision="highest") != "pallas"
+            for precision in ("tf32x3", "tf32"):
+                assert chosen("auto", platform="gpu", length=length, dtypes=(jnp.float32,) * 3,
+                              segment_ids=segment_ids, precision=precision) == "pallas"
+                assert chosen("auto", platform="cpu", length=length, dtypes=(jnp.float32,) * 3,
+                              segment_ids=segment_ids, precision=precision) != "pallas"
+            assert chosen("auto", platform="gpu", length=length, segment_ids=segment_ids,
+                          dtypes=(jnp.bfloat16, jnp.float32, jnp.float32),
+                          precision="tf32x3") != "pallas"  # mixed: not timed
     text = dispatch.explain("linear_attention", **facts, length=64, platform="gpu")
     assert "runs 'pallas'" in text and "fused Pallas kernel" in text
+    text = dispatch.explain("linear_attention", **{**facts, "dtypes": (jnp.float32,) * 3},
+                            length=64, platform="gpu", precision="tf32x3")
+    assert "runs 'pallas'" in text and "precision='tf32x3'" in text
     assert chosen("pallas", platform="cpu", length=64, segment_ids=True) == "chunked"
     assert chosen("pallas", platform="gpu", length=64, segment_ids=True,
                   closed_form=False) == "chunked"

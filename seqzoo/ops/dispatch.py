@@ -76,9 +76,9 @@ TAYLOR_PARALLEL = _RESULTS + "baseds-taylor-kernel-in-closed-form-the-quadratic-
 TAYLOR_FUSED = _RESULTS + "baseds-taylor-kernel-fused-on-a-gpu-pallas_gpu_taylorpy"
 # The longest sequence at which Based's closed-form quadratic form in XLA is measured faster than
 # its features through the chunked form, forward and forward+backward (TAYLOR_PARALLEL): on a
-# CPU (float32) and on a GPU (float32 and bf16; 16-bit inputs there take the fused kernel
-# first, TAYLOR_FUSED). Longer sequences keep the features (the XLA form holds (B, H, T, T)
-# scores).
+# CPU (float32) and on a GPU (float32 and bf16; on a GPU 16-bit inputs, and float32 at a
+# tensor-core precision, take the fused kernel first, TAYLOR_FUSED). Longer sequences keep the
+# features (the XLA form holds (B, H, T, T) scores).
 TAYLOR_PARALLEL_CPU_LENGTH = 512
 TAYLOR_PARALLEL_GPU_LENGTH = 1024
 
@@ -197,15 +197,22 @@ _CLOSED_FORM = (  # Based's Taylor map (featured_linear_attention)
          "every measured length, 64 to 4096 (far enough from the features that its cost per "
          "token, growing with the length, stays below theirs well beyond)", TAYLOR_FUSED,
          overrides=("pallas",)),
+    Rule("pallas",
+         lambda f: f["closed_form"] and f["gpu"] and f["all_float32"]
+         and f["precision"] != "highest",
+         "Based's Taylor map, float32 at precision={precision!r}, on a GPU: the fused Pallas "
+         "kernel's tensor-core matmuls are faster than the XLA closed form, forward and "
+         "forward+backward, at float32's error (measured at 256 and 1024; beyond 1024 'auto' "
+         "would otherwise run the features, far slower than both)", TAYLOR_FUSED),
     Rule("parallel",
          lambda f: f["closed_form"] and f["length"] <= f["closed_form_limit"],
          "Based's Taylor map at length {length} <= {closed_form_limit} on this platform: its "
          "kernel in closed form on the (T, T) scores is faster than its {dims[0]} features "
          "through the chunked form", TAYLOR_PARALLEL),
     Rule("pallas", lambda f: f["closed_form"] and f["gpu"],
-         "Based's Taylor map on a GPU: the fused Pallas kernel of its closed form; in float32 "
-         "timed at IEEE precision only, where its forward pass is slower than the XLA closed "
-         "form's (its tensor-core precisions are not timed), so 'auto' does not take it",
+         "Based's Taylor map on a GPU: the fused Pallas kernel of its closed form; at "
+         "precision='highest' (IEEE float32 matmuls) its forward pass is slower than the XLA "
+         "closed form's, and 16-bit with float32 mixed is not timed, so 'auto' does not take it",
          TAYLOR_FUSED, overrides=("pallas",), auto=False),
 )
 _CHUNKED_KERNEL_PLACES = (  # where the chunked kernels do not run, whatever the inputs
