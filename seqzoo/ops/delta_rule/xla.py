@@ -44,10 +44,11 @@ from seqzoo.ops.lean_grad import blockwise
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
-# The backward pass recomputes all batch rows in one block on a GPU: each block pays the scan over
+# The backward pass recomputes all batch rows in one block on a GPU: each block pays the scans over
 # chunks' latency again, and one block took 4.7 against 10.5 ms (four) for DeltaNet's forward +
 # backward at (4, 2048, 16, 128) bf16 on an H100 ("The delta rule's chunk-parallel XLA form
-# beside fla", benchmarks/RESULTS.md). Other backends keep ``lean_grad.BLOCKS``.
+# beside fla", benchmarks/RESULTS.md; measured with autodiff's backward pass, one scan less than
+# ``chunked_vjp.py``'s two per block). Other backends keep ``lean_grad.BLOCKS``.
 GPU_BACKWARD_BLOCKS = 1
 _unrolls: list[int] = []  # scan_unroll's stack
 
@@ -163,14 +164,28 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
     dtype only where they enter a matmul (fla stores them so). Output float32.
 
     Memory: the backward pass keeps only the arguments (``seqzoo.ops.lean_grad.blockwise``: a
-    ``custom_vjp`` that recomputes all three passes and their VJP, a block of batch rows at a
-    time: all rows at once on a GPU, ``GPU_BACKWARD_BLOCKS``), so no chunk's ``(C, C)``
-    matrices, ``U``, ``W``, ``D`` or states outlive the forward pass; the cost is one more
-    forward pass. The forward pass holds every chunk's ``(C, C)``
-    matrices at once (``n b h C^2`` floats each), the price of the chunk-parallel pass 1.
+    ``custom_vjp``, here with the VJP derived by hand in ``chunked_vjp.py``, a block of batch
+    rows at a time: all rows at once on a GPU, ``GPU_BACKWARD_BLOCKS``). It recomputes pass 1
+    and the scan's states, then runs a reverse scan over chunks carrying only the state's
+    cotangent and the rest parallel over chunks; so no chunk's ``(C, C)`` matrices, ``U``,
+    ``W``, ``D`` or states outlive the forward pass, at the cost of passes 1 and 2 once more.
+    Both passes hold every chunk's ``(C, C)`` matrices at once (``n b h C^2`` floats each), the
+    price of the chunk-parallel pass 1.
     """
-    b, t, h, _ = q.shape
+    t = q.shape[1]
     c = min(chunk_size, t)
+    from seqzoo.ops.delta_rule.chunked_vjp import chunked_core_vjp  # it builds on this module
+
+    core = blockwise(functools.partial(_chunked_core, c=c), gpu_blocks=GPU_BACKWARD_BLOCKS,
+                     vjp=functools.partial(chunked_core_vjp, c=c))
+    o, s = core(_padded(q, k, v, beta, g, s0, runs, c), ())
+    return o[:, :t], s
+
+
+def _padded(q, k, v, beta, g, s0, runs, c):
+    """``_chunked_core``'s rows: the arguments padded to whole chunks of ``c`` (identity steps,
+    ``k = b = g = 0``, in the last run) and ``before``."""
+    t = q.shape[1]
     n = -(-t // c)
     pad = n * c - t
     before = runs[:, np.maximum(np.arange(n) * c - 1, 0)] * (np.arange(n) > 0)  # (b, n)
@@ -179,12 +194,7 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
                             jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
                             for a in (q, k, v, beta, g))
         runs = jnp.pad(runs, ((0, 0), (0, pad)), mode="edge")
-    from seqzoo.ops.delta_rule.chunked_vjp import chunked_core_vjp  # it builds on this module
-
-    core = blockwise(functools.partial(_chunked_core, c=c), gpu_blocks=GPU_BACKWARD_BLOCKS,
-                     vjp=functools.partial(chunked_core_vjp, c=c))
-    o, s = core((q, k, v, beta, g, s0, runs, before), ())
-    return o[:, :t], s
+    return q, k, v, beta, g, s0, runs, before
 
 
 def _to_chunks(a: Array, c: int) -> Array:
