@@ -71,7 +71,7 @@ def chunked_core_vjp(rows, shared, cotangents, c):
 
     scores_do = _mm("...ri,...rv->...iv", scores, do, dtype=dt)
     qg_do = _mm("...rd,...rv->...dv", qg, do, dtype=dt)
-    ds0, (ds, dd) = jax.lax.scan(body, ds_final.astype(jnp.float32),
+    ds0, (ds, dd) = jax.lax.scan(body, ds_final,
                                  (scores_do, qg_do, w, kt, total), reverse=True,
                                  unroll=unroll())
 
@@ -85,7 +85,7 @@ def chunked_core_vjp(rows, shared, cotangents, c):
     bk = (bc * from_start)[..., None] * kc
     dut = (_mm("...rv,...iv->...ri", dd, bv, dtype=dt)
            + _mm("...rd,...id->...ri", dw, bk, dtype=dt))
-    da = -_mm("...ir,...ij,...kj->...rk", ut, dut, ut, dtype=jnp.float32)  # -T^T dT T^T
+    da = -_mm("...ir,...ij,...kj->...rk", ut, dut, ut)  # -T^T dT T^T in T's dtype (float32)
     dbv = _mm("...ri,...rv->...iv", ut, dd, dtype=dt)  # T^T dU
     dbk = _mm("...ri,...rd->...id", ut, dw, dtype=dt)  # T^T dW
     strict = gamma_ri * (1.0 - jnp.eye(c, dtype=gamma_ri.dtype))
