@@ -19,7 +19,8 @@ into, the forward pass, so this holds on every backend, and the recomputation's 
 intermediates exist for one block at a time (the loop's accumulators are made to wait for the
 cotangent, see ``_zero_after``). ``forward=True`` runs the forward pass block by block too,
 for functions whose forward intermediates are large (a scan's states, attention scores). The
-cost is one more forward pass of ``fn``.
+cost is one more forward pass of ``fn``. ``vjp=`` replaces autodiff's VJP of ``fn`` in that loop
+by one written by hand (the chunked delta rule's, ``delta_rule/chunked_vjp.py``).
 The values are ``fn``'s; gradients equal autodiff's up to float rounding (the sums over blocks).
 Forward-mode autodiff (``jax.jvp``) is not defined for these functions (``custom_vjp``).
 

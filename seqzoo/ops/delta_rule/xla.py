@@ -111,7 +111,9 @@ def _below_diagonal_blocks(a: Array, size: int) -> Array:
     """The lower-left ``size x size`` quarter of each ``2 size x 2 size`` block on the diagonal
     of ``a: (..., n, n)``: ``(..., n // (2 size), size, size)``, ``a[2 j s + s + p, 2 j s + q]``.
     (Sliced before a product with the identity, rather than ``jnp.diagonal``, whose backward
-    pass scatters into a zeros constant that XLA allocates once for the whole step.)"""
+    pass scattered into a zeros constant that XLA allocates once for the whole step; chosen
+    while autodiff ran through this, which the chunked form's backward pass, ``chunked_vjp.py``,
+    no longer does. The forward pass has not been timed with ``jnp.diagonal`` since.)"""
     m = a.shape[-1] // (2 * size)
     blocks = a.reshape(a.shape[:-2] + (m, 2, size, m, 2, size))[..., :, 1, :, :, 0, :]
     return _mm("...ipjq,ij->...ipq", blocks, jnp.eye(m, dtype=a.dtype))
