@@ -48,7 +48,7 @@ from seqzoo.ops.delta_rule.xla import (
     _mm,
     _states,
     _to_chunks,
-    unroll,
+    _unroll,
 )
 
 
@@ -73,7 +73,7 @@ def chunked_core_vjp(rows, shared, cotangents, c):
     qg_do = _mm("...rd,...rv->...dv", qg, do, dtype=dt)
     ds0, (ds, dd) = jax.lax.scan(body, ds_final,
                                  (scores_do, qg_do, w, kt, total), reverse=True,
-                                 unroll=unroll())
+                                 unroll=_unroll())
 
     d_kt = _mm("...rv,...dv->...rd", d, ds, dtype=dt)
     dw = -_mm("...rv,...dv->...rd", dd, entering, dtype=dt)

@@ -47,8 +47,9 @@ _HI = jax.lax.Precision.HIGHEST
 # The backward pass recomputes all batch rows in one block on a GPU: each block pays the scans over
 # chunks' latency again, and one block took 4.7 against 10.5 ms (four) for DeltaNet's forward +
 # backward at (4, 2048, 16, 128) bf16 on an H100 ("The delta rule's chunk-parallel XLA form
-# beside fla", benchmarks/RESULTS.md; measured with autodiff's backward pass, one scan less than
-# ``chunked_vjp.py``'s two per block). Other backends keep ``lean_grad.BLOCKS``.
+# beside fla", benchmarks/RESULTS.md; measured with autodiff's backward pass, which ran the same
+# two scans per block as ``chunked_vjp.py``: the forward's again and a reverse one). Other
+# backends keep ``lean_grad.BLOCKS``.
 GPU_BACKWARD_BLOCKS = 1
 _unrolls: list[int] = []  # scan_unroll's stack
 
@@ -215,18 +216,18 @@ def _from_chunks(a: Array) -> Array:
 def _chunked_core(rows, shared, c):
     """``chunked`` on a length that ``c`` divides: ``rows = (q, k, v, beta, g, s0, runs,
     before)``, ``before: (b, n)`` the run of the state entering each chunk; ``shared = ()``."""
-    q, k, v, beta, g, s0, runs, before = rows
+    dt, s0 = rows[0].dtype, rows[5]
     (qg, scores, u, w, kt, total), _ = _chunk_parts(*_chunk_inputs(rows, c))
-    s_final, entering, d = _states(s0, u, w, kt, total, q.dtype)
-    o = _mm("...rd,...dv->...rv", qg, entering, dtype=q.dtype)
-    o = o + _mm("...ri,...iv->...rv", scores, d, dtype=q.dtype)  # (n, b, h, c, dv)
+    s_final, entering, d = _states(s0, u, w, kt, total, dt)
+    o = _mm("...rd,...dv->...rv", qg, entering, dtype=dt)
+    o = o + _mm("...ri,...iv->...rv", scores, d, dtype=dt)  # (n, b, h, c, dv)
     return _from_chunks(o), s_final
 
 
 def _chunk_inputs(rows, c):
     """``_chunk_parts``' arguments from ``_chunked_core``'s rows: ``q, k, v, beta`` by chunk and
     the decays (``_decays``)."""
-    q, k, v, beta, g, s0, runs, before = rows
+    q, k, v, beta, g, _, runs, before = rows
     rc = _to_chunks(runs[..., None], c)  # (n, b, 1, c)
     g = None if g is None else _to_chunks(g, c)
     return (*(_to_chunks(a, c) for a in (q, k, v, beta)),
@@ -243,11 +244,11 @@ def _states(s0, u, w, kt, total, dt):
         d = (u - _mm("bhrd,bhdv->bhrv", w, s, dtype=dt)).astype(dt)
         return total * s + _mm("bhrd,bhrv->bhdv", kt, d, dtype=dt), (s, d)
 
-    s_final, (entering, d) = jax.lax.scan(body, s0, (u, w, kt, total), unroll=unroll())
+    s_final, (entering, d) = jax.lax.scan(body, s0, (u, w, kt, total), unroll=_unroll())
     return s_final, entering, d
 
 
-def unroll() -> int:
+def _unroll() -> int:
     """The chunks per iteration of the scans over chunks (``scan_unroll``; default 1)."""
     return _unrolls[-1] if _unrolls else 1
 
