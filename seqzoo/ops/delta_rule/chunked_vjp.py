@@ -56,8 +56,7 @@ def chunked_core_vjp(rows, shared, cotangents, c):
     """The VJP of ``xla._chunked_core(rows, shared, c)`` at ``rows`` for the cotangents ``(dO
     (b, n c, h, dv), dS_n (b, h, dk, dv))``: ``(d rows, d shared)``, None for ``g`` None,
     ``runs`` and ``before``."""
-    q, k, v, beta, g, s0, runs, before = rows
-    dt = q.dtype
+    dt, g, s0 = rows[0].dtype, rows[4], rows[5]
     do, ds_final = cotangents
     qc, kc, vc, bc, decays = _chunk_inputs(rows, c)
     (qg, scores, u, w, kt, total), (ut, qk, kk) = _chunk_parts(qc, kc, vc, bc, decays)
@@ -88,7 +87,8 @@ def chunked_core_vjp(rows, shared, cotangents, c):
     da = -_mm("...ir,...ij,...kj->...rk", ut, dut, ut)  # -T^T dT T^T in T's dtype (float32)
     dbv = _mm("...ri,...rv->...iv", ut, dd, dtype=dt)  # T^T dU
     dbk = _mm("...ri,...rd->...id", ut, dw, dtype=dt)  # T^T dW
-    strict = gamma_ri * (1.0 - jnp.eye(c, dtype=gamma_ri.dtype))
+    off_diagonal = 1.0 - jnp.eye(c, dtype=gamma_ri.dtype)
+    strict = gamma_ri * off_diagonal
     d_strict = da * bc[..., :, None] * kk  # A = diag(b) (strict * K K^T)
     dkk = da * bc[..., :, None] * strict
     dqk = d_scores * gamma_ri
@@ -104,7 +104,7 @@ def chunked_core_vjp(rows, shared, cotangents, c):
     dg = None
     if g is not None:
         dg = _decay_vjp(decays, d_total=jnp.sum(entering * ds, axis=(-2, -1)),
-                        d_gamma=d_scores * qk + d_strict * (1.0 - jnp.eye(c)),
+                        d_gamma=d_scores * qk + d_strict * off_diagonal,
                         d_from_start=jnp.sum(d_qg * qc, axis=-1) + bc * k_dbk,
                         d_to_end=jnp.sum(d_kt * kc, axis=-1))
     d_rows = (*(_from_chunks(a).astype(dt) for a in (dq, dk, dv)), _from_chunks(dbeta),
