@@ -19,7 +19,8 @@ into, the forward pass, so this holds on every backend, and the recomputation's 
 intermediates exist for one block at a time (the loop's accumulators are made to wait for the
 cotangent, see ``_zero_after``). ``forward=True`` runs the forward pass block by block too,
 for functions whose forward intermediates are large (a scan's states, attention scores). The
-cost is one more forward pass of ``fn``.
+cost is one more forward pass of ``fn``. ``vjp=`` replaces autodiff's VJP of ``fn`` in that loop
+by one written by hand (the chunked delta rule's, ``delta_rule/chunked_vjp.py``).
 The values are ``fn``'s; gradients equal autodiff's up to float rounding (the sums over blocks).
 Forward-mode autodiff (``jax.jvp``) is not defined for these functions (``custom_vjp``).
 
@@ -87,6 +88,7 @@ def blockwise(
     forward: bool = False,
     block_elements: Callable[[Any], int] | None = None,
     gpu_blocks: int | None = None,
+    vjp: Callable[[Any, Any, Any], tuple[Any, Any]] | None = None,
 ) -> Callable[[Any, Any], Any]:
     """``fn(rows, shared)`` with a backward pass that keeps only its arguments and recomputes
     ``fn`` block by block (see the module docstring). ``fn``'s outputs have the rows' leading
@@ -101,7 +103,9 @@ def blockwise(
       activations however small the step is). gpu_blocks: the fewest blocks where the default
       backend is a GPU, in place of ``BLOCKS`` (e.g. 1 for an ``fn`` that runs a sequential loop,
       whose latency each block pays again; a measured choice, see the caller), unless a
-      ``fewest_blocks`` context is active.
+      ``fewest_blocks`` context is active. vjp: ``(rows, shared, cotangent) -> (d_rows,
+      d_shared)``, ``fn``'s backward pass on one block written by hand, in place of autodiff's
+      VJP of ``fn`` (None or anything for the leaves without a cotangent: ints, bools, None).
     """
 
     if gpu_blocks is not None:
@@ -115,10 +119,10 @@ def blockwise(
             wanted = max(wanted, -(-n * row_elements(rows) // budget))
         return num_blocks(n, wanted)
 
-    def in_context(axis):  # fn as traced where it was called (see below)
-        def run(rows, shared):
+    def in_context(axis, f=fn):  # f as traced where it was called (see below)
+        def run(*args):
             with sequence_parallel(axis):
-                return fn(rows, shared)
+                return f(*args)
 
         return run
 
@@ -141,6 +145,7 @@ def blockwise(
     def bwd(context, residuals, g):
         axis, fewest = context
         fn_here = in_context(axis)
+        vjp_here = None if vjp is None else in_context(axis, vjp)
         rows, shared = residuals
         n = jax.tree.leaves(rows)[0].shape[0]
         k = blocks(rows, fewest)
@@ -157,8 +162,11 @@ def blockwise(
         def body(i, carry):
             d_shared, d_rows = carry
             part = jax.tree.map(functools.partial(block, i), rows)
-            _, vjp = jax.vjp(fn_here, part, shared)
-            dr, ds = vjp(jax.tree.map(functools.partial(block, i), g))
+            g_part = jax.tree.map(functools.partial(block, i), g)
+            if vjp_here is None:
+                dr, ds = jax.vjp(fn_here, part, shared)[1](g_part)
+            else:
+                dr, ds = vjp_here(part, shared, g_part)
             d_rows = _map_float(functools.partial(put, i), d_rows, dr)
             return _map_float(jnp.add, d_shared, ds), d_rows
 

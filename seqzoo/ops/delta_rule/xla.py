@@ -44,10 +44,12 @@ from seqzoo.ops.lean_grad import blockwise
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
-# The backward pass recomputes all batch rows in one block on a GPU: each block pays the scan over
+# The backward pass recomputes all batch rows in one block on a GPU: each block pays the scans over
 # chunks' latency again, and one block took 4.7 against 10.5 ms (four) for DeltaNet's forward +
 # backward at (4, 2048, 16, 128) bf16 on an H100 ("The delta rule's chunk-parallel XLA form
-# beside fla", benchmarks/RESULTS.md). Other backends keep ``lean_grad.BLOCKS``.
+# beside fla", benchmarks/RESULTS.md; measured with autodiff's backward pass, which ran the same
+# two scans per block as ``chunked_vjp.py``: the forward's again and a reverse one). Other
+# backends keep ``lean_grad.BLOCKS``.
 GPU_BACKWARD_BLOCKS = 1
 _unrolls: list[int] = []  # scan_unroll's stack
 
@@ -110,7 +112,9 @@ def _below_diagonal_blocks(a: Array, size: int) -> Array:
     """The lower-left ``size x size`` quarter of each ``2 size x 2 size`` block on the diagonal
     of ``a: (..., n, n)``: ``(..., n // (2 size), size, size)``, ``a[2 j s + s + p, 2 j s + q]``.
     (Sliced before a product with the identity, rather than ``jnp.diagonal``, whose backward
-    pass scatters into a zeros constant that XLA allocates once for the whole step.)"""
+    pass scattered into a zeros constant that XLA allocates once for the whole step; chosen
+    while autodiff ran through this, which the chunked form's backward pass, ``chunked_vjp.py``,
+    no longer does. The forward pass has not been timed with ``jnp.diagonal`` since.)"""
     m = a.shape[-1] // (2 * size)
     blocks = a.reshape(a.shape[:-2] + (m, 2, size, m, 2, size))[..., :, 1, :, :, 0, :]
     return _mm("...ipjq,ij->...ipq", blocks, jnp.eye(m, dtype=a.dtype))
@@ -163,14 +167,28 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
     dtype only where they enter a matmul (fla stores them so). Output float32.
 
     Memory: the backward pass keeps only the arguments (``seqzoo.ops.lean_grad.blockwise``: a
-    ``custom_vjp`` that recomputes all three passes and their VJP, a block of batch rows at a
-    time: all rows at once on a GPU, ``GPU_BACKWARD_BLOCKS``), so no chunk's ``(C, C)``
-    matrices, ``U``, ``W``, ``D`` or states outlive the forward pass; the cost is one more
-    forward pass. The forward pass holds every chunk's ``(C, C)``
-    matrices at once (``n b h C^2`` floats each), the price of the chunk-parallel pass 1.
+    ``custom_vjp``, here with the VJP derived by hand in ``chunked_vjp.py``, a block of batch
+    rows at a time: all rows at once on a GPU, ``GPU_BACKWARD_BLOCKS``). It recomputes pass 1
+    and the scan's states, then runs a reverse scan over chunks carrying only the state's
+    cotangent and the rest parallel over chunks; so no chunk's ``(C, C)`` matrices, ``U``,
+    ``W``, ``D`` or states outlive the forward pass, at the cost of passes 1 and 2 once more.
+    Both passes hold every chunk's ``(C, C)`` matrices at once (``n b h C^2`` floats each), the
+    price of the chunk-parallel pass 1.
     """
-    b, t, h, _ = q.shape
+    t = q.shape[1]
     c = min(chunk_size, t)
+    from seqzoo.ops.delta_rule.chunked_vjp import chunked_core_vjp  # it builds on this module
+
+    core = blockwise(functools.partial(_chunked_core, c=c), gpu_blocks=GPU_BACKWARD_BLOCKS,
+                     vjp=functools.partial(chunked_core_vjp, c=c))
+    o, s = core(_padded(q, k, v, beta, g, s0, runs, c), ())
+    return o[:, :t], s
+
+
+def _padded(q, k, v, beta, g, s0, runs, c):
+    """``_chunked_core``'s rows: the arguments padded to whole chunks of ``c`` (identity steps,
+    ``k = b = g = 0``, in the last run) and ``before``."""
+    t = q.shape[1]
     n = -(-t // c)
     pad = n * c - t
     before = runs[:, np.maximum(np.arange(n) * c - 1, 0)] * (np.arange(n) > 0)  # (b, n)
@@ -179,9 +197,7 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
                             jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
                             for a in (q, k, v, beta, g))
         runs = jnp.pad(runs, ((0, 0), (0, pad)), mode="edge")
-    core = blockwise(functools.partial(_chunked_core, c=c), gpu_blocks=GPU_BACKWARD_BLOCKS)
-    o, s = core((q, k, v, beta, g, s0, runs, before), ())
-    return o[:, :t], s
+    return q, k, v, beta, g, s0, runs, before
 
 
 def _to_chunks(a: Array, c: int) -> Array:
@@ -191,63 +207,96 @@ def _to_chunks(a: Array, c: int) -> Array:
     return jnp.moveaxis(a, (0, 1, 2, 3), (1, 0, 3, 2))
 
 
+def _from_chunks(a: Array) -> Array:
+    """``(n, b, h, c, ...) -> (b, n c, h, ...)``, the inverse of ``_to_chunks``."""
+    a = jnp.moveaxis(a, (0, 1, 2, 3), (1, 0, 3, 2))  # (b, n, c, h, ...)
+    return a.reshape((a.shape[0], -1) + a.shape[3:])
+
+
 def _chunked_core(rows, shared, c):
     """``chunked`` on a length that ``c`` divides: ``rows = (q, k, v, beta, g, s0, runs,
     before)``, ``before: (b, n)`` the run of the state entering each chunk; ``shared = ()``."""
-    q, k, v, beta, g, s0, runs, before = rows
-    dt = q.dtype
+    dt, s0 = rows[0].dtype, rows[5]
+    (qg, scores, u, w, kt, total), _ = _chunk_parts(*_chunk_inputs(rows, c))
+    s_final, entering, d = _states(s0, u, w, kt, total, dt)
+    o = _mm("...rd,...dv->...rv", qg, entering, dtype=dt)
+    o = o + _mm("...ri,...iv->...rv", scores, d, dtype=dt)  # (n, b, h, c, dv)
+    return _from_chunks(o), s_final
+
+
+def _chunk_inputs(rows, c):
+    """``_chunk_parts``' arguments from ``_chunked_core``'s rows: ``q, k, v, beta`` by chunk and
+    the decays (``_decays``)."""
+    q, k, v, beta, g, _, runs, before = rows
     rc = _to_chunks(runs[..., None], c)  # (n, b, 1, c)
-    parts = _chunk_parts(*(None if a is None else _to_chunks(a, c) for a in (q, k, v, beta, g)),
-                         rc, before.T[:, :, None, None])
-    qg, scores, u, w, kt, total = parts
+    g = None if g is None else _to_chunks(g, c)
+    return (*(_to_chunks(a, c) for a in (q, k, v, beta)),
+            _decays(g, rc, before.T[:, :, None, None]))
+
+
+def _states(s0, u, w, kt, total, dt):
+    """The scan over chunks carrying only ``S``: ``D = U - W S``, ``S <- total S + kt^T D``.
+    Returns the final state, the state entering each chunk ``(n, b, h, dk, dv)`` float32 and
+    ``D`` ``(n, b, h, c, dv)`` in ``dt`` (rounded as fla's ``v_new``)."""
 
     def body(s, xs):
         u, w, kt, total = xs
-        d = (u - _mm("bhrd,bhdv->bhrv", w, s, dtype=dt)).astype(dt)  # rounded as fla's v_new
+        d = (u - _mm("bhrd,bhdv->bhrv", w, s, dtype=dt)).astype(dt)
         return total * s + _mm("bhrd,bhrv->bhdv", kt, d, dtype=dt), (s, d)
 
-    s_final, (entering, d) = jax.lax.scan(body, s0, (u, w, kt, total),
-                                          unroll=_unrolls[-1] if _unrolls else 1)
-    o = _mm("...rd,...dv->...rv", qg, entering, dtype=dt)
-    o = o + _mm("...ri,...iv->...rv", scores, d, dtype=dt)  # (n, b, h, c, dv)
-    o = jnp.moveaxis(o, (0, 1, 2, 3), (1, 0, 3, 2))  # (b, n, c, h, dv)
-    return o.reshape((o.shape[0], -1) + o.shape[3:]), s_final
+    s_final, (entering, d) = jax.lax.scan(body, s0, (u, w, kt, total), unroll=_unroll())
+    return s_final, entering, d
 
 
-def _chunk_parts(q, k, v, beta, g, rc, before):
-    """Everything of every chunk that does not depend on the entering state, batched.
+def _unroll() -> int:
+    """The chunks per iteration of the scans over chunks (``scan_unroll``; default 1)."""
+    return _unrolls[-1] if _unrolls else 1
 
-    q, k ``(n, b, h, c, dk)``, v ``(n, b, h, c, dv)`` in the operand dtype; beta, g
-    ``(n, b, h, c)`` float32 (g None: no decay, every ``a_t = 1``); rc ``(n, b, 1, c)`` the run
-    of each position; before ``(n, b, 1, 1)`` the run the entering state belongs to. Returns
-    ``diag(gamma) Q`` ``(.., c, dk)``, the scores ``Q K^T * Gamma`` ``(.., c, c)``, ``U``
-    ``(.., c, dv)``, ``W`` ``(.., c, dk)``, ``K * gamma_C / gamma`` ``(.., c, dk)`` (float32)
-    and ``gamma_C`` ``(.., 1, 1)``; a segment start zeroes every decay across it."""
-    dt = q.dtype
-    c = q.shape[-2]
+
+def _decays(g, rc, before):
+    """The decays of every chunk, with a segment start zeroing every decay across it: ``Gamma``
+    ``(n, b, h, c, c)`` (``Gamma[r, i] = gamma_r / gamma_i`` for ``i <= r`` in one segment, else
+    0), ``gamma_r`` from the chunk's start ``(n, b, h, c)`` (0 after a reset), ``gamma_C /
+    gamma_i`` ``(n, b, h, c)`` (0 before a reset) and ``gamma_C`` ``(n, b, h, 1, 1)`` (0 with
+    a reset in the chunk), float32; the head axis is 1 where ``g`` is None (no decay: the masks
+    alone). g ``(n, b, h, c)`` float32 or None; rc ``(n, b, 1, c)`` the run of each position;
+    before ``(n, b, 1, 1)`` the run the entering state belongs to."""
+    c = rc.shape[-1]
     run_end = rc[..., -1:]  # (n, b, 1, 1)
     causal = jnp.tril(jnp.ones((c, c), bool))
     linked = causal & (rc[..., :, None] == rc[..., None, :])  # i <= r in one segment
     if g is None:  # DeltaNet: the decays are the masks alone (a cumsum of zeros would be folded
         # by XLA into constants of every chunk's size, read from memory: slower than gated)
-        gamma_ri, from_start, to_end, total = (
-            m.astype(jnp.float32) for m in (linked, rc == before, rc == run_end,
-                                             (run_end == before)[..., None]))
-    else:
-        cum = jnp.cumsum(g, axis=-1)  # log gamma_r
-        diff = jnp.where(linked, cum[..., :, None] - cum[..., None, :], 0.0)
-        gamma_ri = jnp.where(linked, jnp.exp(diff), 0.0)  # Gamma[r, i]
-        from_start = jnp.where(rc == before, jnp.exp(cum), 0.0)  # gamma_r; 0 after a reset
-        to_end = jnp.where(rc == run_end, jnp.exp(cum[..., -1:] - cum), 0.0)  # gamma_C / gamma_i
-        total = jnp.where(run_end == before, jnp.exp(cum[..., -1:]), 0.0)[..., None]  # gamma_C
+        return tuple(m.astype(jnp.float32) for m in (linked, rc == before, rc == run_end,
+                                                      (run_end == before)[..., None]))
+    cum = jnp.cumsum(g, axis=-1)  # log gamma_r
+    diff = jnp.where(linked, cum[..., :, None] - cum[..., None, :], 0.0)
+    gamma_ri = jnp.where(linked, jnp.exp(diff), 0.0)  # Gamma[r, i]
+    from_start = jnp.where(rc == before, jnp.exp(cum), 0.0)  # gamma_r; 0 after a reset
+    to_end = jnp.where(rc == run_end, jnp.exp(cum[..., -1:] - cum), 0.0)  # gamma_C / gamma_i
+    total = jnp.where(run_end == before, jnp.exp(cum[..., -1:]), 0.0)[..., None]  # gamma_C
+    return gamma_ri, from_start, to_end, total
 
+
+def _chunk_parts(q, k, v, beta, decays):
+    """Everything of every chunk that does not depend on the entering state, batched.
+
+    q, k ``(n, b, h, c, dk)``, v ``(n, b, h, c, dv)`` in the operand dtype; beta ``(n, b, h,
+    c)`` float32; decays ``_decays``'. Returns ``(diag(gamma) Q`` ``(.., c, dk)``, the scores
+    ``Q K^T * Gamma`` ``(.., c, c)``, ``U`` ``(.., c, dv)``, ``W`` ``(.., c, dk)``, ``K *
+    gamma_C / gamma`` ``(.., c, dk)`` (float32), ``gamma_C`` ``(.., 1, 1))`` and, for the
+    backward pass, ``(T, Q K^T, K K^T)`` ``(.., c, c)`` float32."""
+    dt = q.dtype
+    c = q.shape[-2]
+    gamma_ri, from_start, to_end, total = decays
     strict = gamma_ri * (1.0 - jnp.eye(c, dtype=gamma_ri.dtype))
-    a = beta[..., :, None] * strict * _mm("...rd,...id->...ri", k, k, dtype=dt)
-    ut = unit_lower_inverse(a)  # T, float32
+    kk = _mm("...rd,...id->...ri", k, k, dtype=dt)
+    ut = unit_lower_inverse(beta[..., :, None] * strict * kk)  # T, float32
     u = _mm("...ri,...iv->...rv", ut, beta[..., None] * v, dtype=dt)
     w = _mm("...ri,...id->...rd", ut, (beta * from_start)[..., None] * k, dtype=dt)
-    scores = _mm("...rd,...id->...ri", q, k, dtype=dt) * gamma_ri
-    return q * from_start[..., None], scores, u, w, k * to_end[..., None], total
+    qk = _mm("...rd,...id->...ri", q, k, dtype=dt)
+    parts = q * from_start[..., None], qk * gamma_ri, u, w, k * to_end[..., None], total
+    return parts, (ut, qk, kk)
 
 
 # ---- the dense mixing matrix --------------------------------------------------------------------
