@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from seqzoo.ops.delta_rule import delta_rule, delta_rule_matrix, delta_rule_step
+from seqzoo.ops.delta_rule.chunked_form import unit_lower_inverse
 from seqzoo.ops.delta_rule.reference import delta_rule_reference
-from seqzoo.ops.delta_rule.xla import unit_lower_inverse
 
 ARGS = ("q", "k", "v", "beta", "log_decay", "initial_state")
 # compiled once per configuration (an eager call compiles each of its many primitives)

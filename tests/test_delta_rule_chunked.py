@@ -24,8 +24,8 @@ from test_delta_rule import ARGS, assert_close, make
 from tpu_checks import rel_l2
 
 from seqzoo.ops.delta_rule import delta_rule
+from seqzoo.ops.delta_rule.chunked_form import scan_unroll
 from seqzoo.ops.delta_rule.reference import delta_rule_reference
-from seqzoo.ops.delta_rule.xla import scan_unroll
 
 BF16_TOL, SMALL_TOL = 8e-3, 6e-3
 

@@ -17,8 +17,8 @@ from test_delta_rule import assert_close, make
 from test_delta_rule_chunked import BF16_TOL, segments
 from tpu_checks import rel_l2
 
-from seqzoo.ops.delta_rule import xla
-from seqzoo.ops.delta_rule.xla import scan_unroll
+from seqzoo.ops.delta_rule import chunked_form, xla
+from seqzoo.ops.delta_rule.chunked_form import scan_unroll
 
 NAMES = ("q", "k", "v", "beta", "g", "s0")
 
@@ -207,6 +207,24 @@ def test_the_unroll_applies_to_every_scan_over_chunks():
     assert sorted(_scans(_grad_jaxpr(inputs))) == [(False, 1), blocks, (False, 1), (True, 1)]
     with scan_unroll(3):
         assert sorted(_scans(_grad_jaxpr(inputs))) == [blocks, (False, 3), (False, 3), (True, 3)]
+
+
+def test_a_gpu_unrolls_the_scans_over_chunks_whole_up_to_its_limit(monkeypatch):
+    """By default a GPU unrolls each of the three scans over chunks whole up to
+    ``GPU_UNROLL_CHUNKS`` chunks and rolls longer ones; a CPU rolls; ``scan_unroll`` wins."""
+    inputs = inputs_of((2, 70, 2, 8), gated=True)
+
+    def unrolls(chunk):
+        return sorted(u for _, u in _scans(_grad_jaxpr(inputs, chunk)))
+
+    assert unrolls(16) == [1, 1, 1, 1]  # this CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert chunked_form.GPU_UNROLL_CHUNKS == 32
+    five = unrolls(16)  # 5 chunks: the three scans whole (the fourth is blockwise's loop)
+    assert five.count(5) == 3 and len(five) - 3 == five.count(1)
+    assert set(unrolls(2)) == {1}  # 35 chunks: rolled
+    with scan_unroll(2):
+        assert unrolls(16).count(2) == 3
 
 
 def test_no_decay_means_no_decay_arithmetic_in_the_backward_pass():

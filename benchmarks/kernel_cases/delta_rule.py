@@ -21,8 +21,9 @@ The issue's goal (27): the XLA chunked form within 3x of fla, forward and forwar
 on a GPU (``delta_rule.xla.GPU_BACKWARD_BLOCKS``), a quarter at a time elsewhere; ``xla chunked
 4 blocks`` (forward+backward only) times the quarters (``lean_grad.fewest_blocks``), the choice
 the GPU default was measured against: each block pays the scan over chunks' latency again.
-``xla chunked unroll N`` runs ``N`` chunks per iteration of that scan (``delta_rule.xla.
-scan_unroll``; ``all``: no loop), to measure the per-iteration cost a default would save.
+``xla chunked unroll N`` runs ``N`` chunks per iteration of the scans over chunks
+(``delta_rule.chunked_form.scan_unroll``; ``all``: no loop; ``1``: rolled), beside the default
+(a GPU unrolls up to ``chunked_form.GPU_UNROLL_CHUNKS`` chunks whole, other backends roll).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 from kernel_harness import Case, floor_ms, jax_gradients, torch_variant
 
 from seqzoo.ops.delta_rule import delta_rule
-from seqzoo.ops.delta_rule.xla import scan_unroll
+from seqzoo.ops.delta_rule.chunked_form import scan_unroll
 from seqzoo.ops.dispatch import resolve
 from seqzoo.ops.lean_grad import BLOCKS, fewest_blocks
 
@@ -118,7 +119,7 @@ def case(shape, gated: bool, mode, quick: bool = False) -> Case:
     if mode == "fwd+bwd":  # the backward pass a quarter of the batch rows at a time
         variants[f"xla chunked {BLOCKS} blocks"] = xla_variant(args, do, mode, blocks=BLOCKS)
     chunks = -(-shape[1] // CHUNK)
-    for unroll, label in ((8, "8"), (chunks, "all")):
+    for unroll, label in ((1, "1"), (8, "8"), (chunks, "all")):
         variants[f"xla chunked unroll {label}"] = xla_variant(args, do, mode, unroll=unroll)
     if resolve("delta_rule", "auto").impl != "chunked":
         variants["xla auto"] = xla_variant(args, do, mode, impl="auto")

@@ -1,7 +1,7 @@
 """The chunked delta rule's backward pass, derived by hand (as fla's ``chunk_gated_delta_rule``
 backward is organised) in place of autodiff through the block inversion and the scan.
 
-Forward, per chunk ``j`` (``xla.py``'s docstring; ``_chunk_parts`` and ``_states``):
+Forward, per chunk ``j`` (``xla.py``'s docstring; ``chunk_parts`` and ``chunk_states``):
 
     D_j = U_j - W_j S_j,    S_{j+1} = total_j S_j + kt_j^T D_j,    O_j = qg_j S_j + P_j D_j
 
@@ -33,7 +33,7 @@ Masked entries (across a segment start, above the diagonal) get no gradient: eve
 passes through the same mask (a zero factor) as the forward value. Dtypes as the forward's:
 matmul operands in the operand dtype (bf16 for bf16 inputs) accumulated in float32, except
 ``dA = -T^T dT T^T``, float32 at HIGHEST as ``T`` itself; ``dS`` and every elementwise cotangent
-float32. The scans take ``xla.scan_unroll``'s unroll.
+float32. The scans take ``chunked_form.scan_unroll``'s unroll.
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seqzoo.ops.delta_rule.xla import (
-    _chunk_inputs,
-    _chunk_parts,
-    _from_chunks,
-    _mm,
-    _states,
-    _to_chunks,
-    _unroll,
+from seqzoo.ops.delta_rule.chunked_form import (
+    chunk_inputs,
+    chunk_parts,
+    chunk_states,
+    current_unroll,
+    from_chunks,
+    mm,
+    to_chunks,
 )
 
 
@@ -58,35 +58,35 @@ def chunked_core_vjp(rows, shared, cotangents, c):
     ``runs`` and ``before``."""
     dt, g, s0 = rows[0].dtype, rows[4], rows[5]
     do, ds_final = cotangents
-    qc, kc, vc, bc, decays = _chunk_inputs(rows, c)
-    (qg, scores, u, w, kt, total), (ut, qk, kk) = _chunk_parts(qc, kc, vc, bc, decays)
-    _, entering, d = _states(s0, u, w, kt, total, dt)
-    do = _to_chunks(do, c)  # (n, b, h, c, dv)
+    qc, kc, vc, bc, decays = chunk_inputs(rows, c)
+    (qg, scores, u, w, kt, total), (ut, qk, kk) = chunk_parts(qc, kc, vc, bc, decays)
+    _, entering, d = chunk_states(s0, u, w, kt, total, dt)
+    do = to_chunks(do, c)  # (n, b, h, c, dv)
 
     def body(ds, xs):  # ds = dS_{j+1}
         scores_do, qg_do, w, kt, total = xs
-        dd = scores_do + _mm("bhrd,bhdv->bhrv", kt, ds, dtype=dt)
-        return total * ds + qg_do - _mm("bhrd,bhrv->bhdv", w, dd, dtype=dt), (ds, dd)
+        dd = scores_do + mm("bhrd,bhdv->bhrv", kt, ds, dtype=dt)
+        return total * ds + qg_do - mm("bhrd,bhrv->bhdv", w, dd, dtype=dt), (ds, dd)
 
-    scores_do = _mm("...ri,...rv->...iv", scores, do, dtype=dt)
-    qg_do = _mm("...rd,...rv->...dv", qg, do, dtype=dt)
+    scores_do = mm("...ri,...rv->...iv", scores, do, dtype=dt)
+    qg_do = mm("...rd,...rv->...dv", qg, do, dtype=dt)
     ds0, (ds, dd) = jax.lax.scan(body, ds_final,
                                  (scores_do, qg_do, w, kt, total), reverse=True,
-                                 unroll=_unroll())
+                                 unroll=current_unroll(w.shape[0]))
 
-    d_kt = _mm("...rv,...dv->...rd", d, ds, dtype=dt)
-    dw = -_mm("...rv,...dv->...rd", dd, entering, dtype=dt)
-    d_qg = _mm("...rv,...dv->...rd", do, entering, dtype=dt)
-    d_scores = _mm("...rv,...iv->...ri", do, d, dtype=dt)
+    d_kt = mm("...rv,...dv->...rd", d, ds, dtype=dt)
+    dw = -mm("...rv,...dv->...rd", dd, entering, dtype=dt)
+    d_qg = mm("...rv,...dv->...rd", do, entering, dtype=dt)
+    d_scores = mm("...rv,...iv->...ri", do, d, dtype=dt)
 
     gamma_ri, from_start, to_end, _ = decays
     bv = bc[..., None] * vc
     bk = (bc * from_start)[..., None] * kc
-    dut = (_mm("...rv,...iv->...ri", dd, bv, dtype=dt)
-           + _mm("...rd,...id->...ri", dw, bk, dtype=dt))
-    da = -_mm("...ir,...ij,...kj->...rk", ut, dut, ut)  # -T^T dT T^T in T's dtype (float32)
-    dbv = _mm("...ri,...rv->...iv", ut, dd, dtype=dt)  # T^T dU
-    dbk = _mm("...ri,...rd->...id", ut, dw, dtype=dt)  # T^T dW
+    dut = (mm("...rv,...iv->...ri", dd, bv, dtype=dt)
+           + mm("...rd,...id->...ri", dw, bk, dtype=dt))
+    da = -mm("...ir,...ij,...kj->...rk", ut, dut, ut)  # -T^T dT T^T in T's dtype (float32)
+    dbv = mm("...ri,...rv->...iv", ut, dd, dtype=dt)  # T^T dU
+    dbk = mm("...ri,...rd->...id", ut, dw, dtype=dt)  # T^T dW
     off_diagonal = 1.0 - jnp.eye(c, dtype=gamma_ri.dtype)
     strict = gamma_ri * off_diagonal
     d_strict = da * bc[..., :, None] * kk  # A = diag(b) (strict * K K^T)
@@ -94,10 +94,10 @@ def chunked_core_vjp(rows, shared, cotangents, c):
     dqk = d_scores * gamma_ri
     k_dbk = jnp.sum(kc * dbk, axis=-1)
 
-    dq = from_start[..., None] * d_qg + _mm("...ri,...id->...rd", dqk, kc, dtype=dt)
+    dq = from_start[..., None] * d_qg + mm("...ri,...id->...rd", dqk, kc, dtype=dt)
     dk = ((bc * from_start)[..., None] * dbk + to_end[..., None] * d_kt
-          + _mm("...ri,...rd->...id", dqk, qc, dtype=dt)
-          + _mm("...ri,...id->...rd", dkk + jnp.swapaxes(dkk, -1, -2), kc, dtype=dt))
+          + mm("...ri,...rd->...id", dqk, qc, dtype=dt)
+          + mm("...ri,...id->...rd", dkk + jnp.swapaxes(dkk, -1, -2), kc, dtype=dt))
     dv = bc[..., None] * dbv
     dbeta = (jnp.sum(vc * dbv, axis=-1) + from_start * k_dbk
              + jnp.sum(strict * kk * da, axis=-1))
@@ -107,13 +107,13 @@ def chunked_core_vjp(rows, shared, cotangents, c):
                         d_gamma=d_scores * qk + d_strict * off_diagonal,
                         d_from_start=jnp.sum(d_qg * qc, axis=-1) + bc * k_dbk,
                         d_to_end=jnp.sum(d_kt * kc, axis=-1))
-    d_rows = (*(_from_chunks(a).astype(dt) for a in (dq, dk, dv)), _from_chunks(dbeta),
+    d_rows = (*(from_chunks(a).astype(dt) for a in (dq, dk, dv)), from_chunks(dbeta),
               dg, ds0, None, None)
     return d_rows, ()
 
 
 def _decay_vjp(decays, d_total, d_gamma, d_from_start, d_to_end):
-    """``dg`` ``(b, n c, h)`` from the cotangents of ``_decays``' outputs ``(Gamma, gamma,
+    """``dg`` ``(b, n c, h)`` from the cotangents of ``chunk_decays``' outputs ``(Gamma, gamma,
     gamma_C / gamma, gamma_C)``: each is ``exp`` of a difference of ``cum = cumsum(g)`` (or 0
     where masked), so ``d cum`` gathers ``x dx`` with the difference's signs, and ``dg`` is its
     reverse cumulative sum within the chunk."""
@@ -124,4 +124,4 @@ def _decay_vjp(decays, d_total, d_gamma, d_from_start, d_to_end):
     d_cum = d_cum - d_end
     last = jnp.sum(d_end, axis=-1) + d_total * total[..., 0, 0]
     d_cum = d_cum + last[..., None] * (jnp.arange(d_cum.shape[-1]) == d_cum.shape[-1] - 1)
-    return _from_chunks(jax.lax.cumsum(d_cum, axis=d_cum.ndim - 1, reverse=True))
+    return from_chunks(jax.lax.cumsum(d_cum, axis=d_cum.ndim - 1, reverse=True))

@@ -32,18 +32,23 @@ zeroes ``Gamma`` across it, as if ``a_t = 0`` there.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqzoo.ops.checks import check_positive_int
+from seqzoo.ops.delta_rule.chunked_form import (
+    chunk_inputs,
+    chunk_parts,
+    chunk_states,
+    from_chunks,
+    mm,
+)
+from seqzoo.ops.delta_rule.chunked_vjp import chunked_core_vjp
 from seqzoo.ops.lean_grad import blockwise
 
 Array = jax.Array
-_HI = jax.lax.Precision.HIGHEST
 # The backward pass recomputes all batch rows in one block on a GPU: each block pays the scans over
 # chunks' latency again, and one block took 4.7 against 10.5 ms (four) for DeltaNet's forward +
 # backward at (4, 2048, 16, 128) bf16 on an H100 ("The delta rule's chunk-parallel XLA form
@@ -51,32 +56,6 @@ _HI = jax.lax.Precision.HIGHEST
 # two scans per block as ``chunked_vjp.py``: the forward's again and a reverse one). Other
 # backends keep ``lean_grad.BLOCKS``.
 GPU_BACKWARD_BLOCKS = 1
-_unrolls: list[int] = []  # scan_unroll's stack
-
-
-@contextlib.contextmanager
-def scan_unroll(n: int):
-    """Within: the chunked form's scan over chunks runs ``n`` chunks per loop iteration
-    (``lax.scan``'s ``unroll``, forward and backward; read when traced). Default 1: a loop
-    iteration per chunk. A GPU pays a fixed cost per iteration, which unrolling saves at the
-    price of code size; ``benchmarks/kernel_cases/delta_rule.py`` times it (``xla chunked
-    unroll N``) before a default changes."""
-    check_positive_int(n, "scan_unroll's n")
-    _unrolls.append(n)
-    try:
-        yield
-    finally:
-        _unrolls.pop()
-
-
-def _mm(spec: str, *operands: Array, dtype=None) -> Array:
-    """``einsum`` with operands rounded to ``dtype`` (default: their common dtype), accumulated
-    in float32 or wider; float32 (and wider) operands at ``Precision.HIGHEST``: IEEE products,
-    not TF32 / bf16 passes."""
-    dtype = jnp.dtype(jnp.result_type(*operands) if dtype is None else dtype)
-    precision = _HI if dtype.itemsize >= 4 else None
-    return jnp.einsum(spec, *(a.astype(dtype) for a in operands), precision=precision,
-                      preferred_element_type=jnp.promote_types(dtype, jnp.float32))
 
 
 # ---- one step and the sequential form ---------------------------------------------------------
@@ -85,9 +64,9 @@ def recurrence_step(s, q_t, k_t, v_t, beta_t, g_t):
     ``beta_t, g_t: (b, h)``. Returns ``(S_t, o_t: (b, h, dv))``, in O(dk dv) (no dk x dk
     matrix): ``S = a S``, ``d = b (v - S^T k)``, ``S = S + k d^T``."""
     s = jnp.exp(g_t)[..., None, None] * s
-    d = beta_t[..., None] * (v_t - _mm("bhk,bhkv->bhv", k_t, s))
+    d = beta_t[..., None] * (v_t - mm("bhk,bhkv->bhv", k_t, s))
     s = s + k_t[..., :, None] * d[..., None, :]
-    return s, _mm("bhk,bhkv->bhv", q_t, s)
+    return s, mm("bhk,bhkv->bhv", q_t, s)
 
 
 def run_starts(runs: Array) -> Array:
@@ -107,43 +86,6 @@ def sequential(q, k, v, beta, g, s0, runs):
     return jnp.moveaxis(o, 0, 1), s_final
 
 
-# ---- the UT transform ---------------------------------------------------------------------------
-def _below_diagonal_blocks(a: Array, size: int) -> Array:
-    """The lower-left ``size x size`` quarter of each ``2 size x 2 size`` block on the diagonal
-    of ``a: (..., n, n)``: ``(..., n // (2 size), size, size)``, ``a[2 j s + s + p, 2 j s + q]``.
-    (Sliced before a product with the identity, rather than ``jnp.diagonal``, whose backward
-    pass scattered into a zeros constant that XLA allocates once for the whole step; chosen
-    while autodiff ran through this, which the chunked form's backward pass, ``chunked_vjp.py``,
-    no longer does. The forward pass has not been timed with ``jnp.diagonal`` since.)"""
-    m = a.shape[-1] // (2 * size)
-    blocks = a.reshape(a.shape[:-2] + (m, 2, size, m, 2, size))[..., :, 1, :, :, 0, :]
-    return _mm("...ipjq,ij->...ipq", blocks, jnp.eye(m, dtype=a.dtype))
-
-
-def unit_lower_inverse(a: Array) -> Array:
-    """``(I + A)^{-1}`` for a strictly lower-triangular ``a: (..., c, c)``.
-
-    Recursive 2 x 2 block inversion, ``[[L11, 0], [L21, L22]]^{-1} = [[L11^{-1}, 0],
-    [-L22^{-1} L21 L11^{-1}, L22^{-1}]]``, every diagonal block of one size at once: log2(c)
-    rounds of batched matrix products (``c`` padded to a power of two with identity rows). Each
-    intermediate is a block of the inverse itself, so nothing grows beyond it (unlike a Neumann
-    series, whose powers of ``A`` cancel catastrophically in float32).
-    """
-    c = a.shape[-1]
-    n = 1 << (c - 1).bit_length()
-    a = jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, n - c), (0, n - c)])
-    lead = a.shape[:-2]
-    inverse = jnp.ones(lead + (n, 1, 1), a.dtype)  # the inverses of the 1 x 1 diagonal blocks
-    size = 1
-    while size < n:
-        pairs = inverse.reshape(lead + (n // (2 * size), 2, size, size))
-        inv11, inv22 = pairs[..., 0, :, :], pairs[..., 1, :, :]
-        a21 = _below_diagonal_blocks(a, size)
-        inv21 = -_mm("...ij,...jk,...kl->...il", inv22, a21, inv11)
-        top = jnp.pad(inv11, [(0, 0)] * (inv11.ndim - 1) + [(0, size)])  # no zeros constant
-        inverse = jnp.concatenate([top, jnp.concatenate([inv21, inv22], axis=-1)], axis=-2)
-        size *= 2
-    return inverse[..., 0, :c, :c]
 
 
 # ---- the chunked form ---------------------------------------------------------------------------
@@ -153,7 +95,7 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
 
     Three passes over ``n = t / C`` chunks, as fla's ``chunk_gated_delta_rule``:
 
-    1. parallel over all chunks (``_chunk_parts``): decays, ``Gamma``, ``A``, ``T``, ``U``,
+    1. parallel over all chunks (``chunk_parts``): decays, ``Gamma``, ``A``, ``T``, ``U``,
        ``W``, the scores ``Q K^T * Gamma``, ``(n, b, h, C, .)``;
     2. a ``lax.scan`` over chunks carrying only ``S``: ``D = U - W S``,
        ``S <- gamma_C S + (K * gamma_C / gamma)^T D``, stacking ``D`` and the entering ``S``;
@@ -177,7 +119,6 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
     """
     t = q.shape[1]
     c = min(chunk_size, t)
-    from seqzoo.ops.delta_rule.chunked_vjp import chunked_core_vjp  # it builds on this module
 
     core = blockwise(functools.partial(_chunked_core, c=c), gpu_blocks=GPU_BACKWARD_BLOCKS,
                      vjp=functools.partial(chunked_core_vjp, c=c))
@@ -200,103 +141,15 @@ def _padded(q, k, v, beta, g, s0, runs, c):
     return q, k, v, beta, g, s0, runs, before
 
 
-def _to_chunks(a: Array, c: int) -> Array:
-    """``(b, n c, h, ...) -> (n, b, h, c, ...)`` (``(b, n c, h)`` -> ``(n, b, h, c)``)."""
-    b, t, h = a.shape[:3]
-    a = a.reshape((b, t // c, c, h) + a.shape[3:])
-    return jnp.moveaxis(a, (0, 1, 2, 3), (1, 0, 3, 2))
-
-
-def _from_chunks(a: Array) -> Array:
-    """``(n, b, h, c, ...) -> (b, n c, h, ...)``, the inverse of ``_to_chunks``."""
-    a = jnp.moveaxis(a, (0, 1, 2, 3), (1, 0, 3, 2))  # (b, n, c, h, ...)
-    return a.reshape((a.shape[0], -1) + a.shape[3:])
-
-
 def _chunked_core(rows, shared, c):
     """``chunked`` on a length that ``c`` divides: ``rows = (q, k, v, beta, g, s0, runs,
     before)``, ``before: (b, n)`` the run of the state entering each chunk; ``shared = ()``."""
     dt, s0 = rows[0].dtype, rows[5]
-    (qg, scores, u, w, kt, total), _ = _chunk_parts(*_chunk_inputs(rows, c))
-    s_final, entering, d = _states(s0, u, w, kt, total, dt)
-    o = _mm("...rd,...dv->...rv", qg, entering, dtype=dt)
-    o = o + _mm("...ri,...iv->...rv", scores, d, dtype=dt)  # (n, b, h, c, dv)
-    return _from_chunks(o), s_final
-
-
-def _chunk_inputs(rows, c):
-    """``_chunk_parts``' arguments from ``_chunked_core``'s rows: ``q, k, v, beta`` by chunk and
-    the decays (``_decays``)."""
-    q, k, v, beta, g, _, runs, before = rows
-    rc = _to_chunks(runs[..., None], c)  # (n, b, 1, c)
-    g = None if g is None else _to_chunks(g, c)
-    return (*(_to_chunks(a, c) for a in (q, k, v, beta)),
-            _decays(g, rc, before.T[:, :, None, None]))
-
-
-def _states(s0, u, w, kt, total, dt):
-    """The scan over chunks carrying only ``S``: ``D = U - W S``, ``S <- total S + kt^T D``.
-    Returns the final state, the state entering each chunk ``(n, b, h, dk, dv)`` float32 and
-    ``D`` ``(n, b, h, c, dv)`` in ``dt`` (rounded as fla's ``v_new``)."""
-
-    def body(s, xs):
-        u, w, kt, total = xs
-        d = (u - _mm("bhrd,bhdv->bhrv", w, s, dtype=dt)).astype(dt)
-        return total * s + _mm("bhrd,bhrv->bhdv", kt, d, dtype=dt), (s, d)
-
-    s_final, (entering, d) = jax.lax.scan(body, s0, (u, w, kt, total), unroll=_unroll())
-    return s_final, entering, d
-
-
-def _unroll() -> int:
-    """The chunks per iteration of the scans over chunks (``scan_unroll``; default 1)."""
-    return _unrolls[-1] if _unrolls else 1
-
-
-def _decays(g, rc, before):
-    """The decays of every chunk, with a segment start zeroing every decay across it: ``Gamma``
-    ``(n, b, h, c, c)`` (``Gamma[r, i] = gamma_r / gamma_i`` for ``i <= r`` in one segment, else
-    0), ``gamma_r`` from the chunk's start ``(n, b, h, c)`` (0 after a reset), ``gamma_C /
-    gamma_i`` ``(n, b, h, c)`` (0 before a reset) and ``gamma_C`` ``(n, b, h, 1, 1)`` (0 with
-    a reset in the chunk), float32; the head axis is 1 where ``g`` is None (no decay: the masks
-    alone). g ``(n, b, h, c)`` float32 or None; rc ``(n, b, 1, c)`` the run of each position;
-    before ``(n, b, 1, 1)`` the run the entering state belongs to."""
-    c = rc.shape[-1]
-    run_end = rc[..., -1:]  # (n, b, 1, 1)
-    causal = jnp.tril(jnp.ones((c, c), bool))
-    linked = causal & (rc[..., :, None] == rc[..., None, :])  # i <= r in one segment
-    if g is None:  # DeltaNet: the decays are the masks alone (a cumsum of zeros would be folded
-        # by XLA into constants of every chunk's size, read from memory: slower than gated)
-        return tuple(m.astype(jnp.float32) for m in (linked, rc == before, rc == run_end,
-                                                      (run_end == before)[..., None]))
-    cum = jnp.cumsum(g, axis=-1)  # log gamma_r
-    diff = jnp.where(linked, cum[..., :, None] - cum[..., None, :], 0.0)
-    gamma_ri = jnp.where(linked, jnp.exp(diff), 0.0)  # Gamma[r, i]
-    from_start = jnp.where(rc == before, jnp.exp(cum), 0.0)  # gamma_r; 0 after a reset
-    to_end = jnp.where(rc == run_end, jnp.exp(cum[..., -1:] - cum), 0.0)  # gamma_C / gamma_i
-    total = jnp.where(run_end == before, jnp.exp(cum[..., -1:]), 0.0)[..., None]  # gamma_C
-    return gamma_ri, from_start, to_end, total
-
-
-def _chunk_parts(q, k, v, beta, decays):
-    """Everything of every chunk that does not depend on the entering state, batched.
-
-    q, k ``(n, b, h, c, dk)``, v ``(n, b, h, c, dv)`` in the operand dtype; beta ``(n, b, h,
-    c)`` float32; decays ``_decays``'. Returns ``(diag(gamma) Q`` ``(.., c, dk)``, the scores
-    ``Q K^T * Gamma`` ``(.., c, c)``, ``U`` ``(.., c, dv)``, ``W`` ``(.., c, dk)``, ``K *
-    gamma_C / gamma`` ``(.., c, dk)`` (float32), ``gamma_C`` ``(.., 1, 1))`` and, for the
-    backward pass, ``(T, Q K^T, K K^T)`` ``(.., c, c)`` float32."""
-    dt = q.dtype
-    c = q.shape[-2]
-    gamma_ri, from_start, to_end, total = decays
-    strict = gamma_ri * (1.0 - jnp.eye(c, dtype=gamma_ri.dtype))
-    kk = _mm("...rd,...id->...ri", k, k, dtype=dt)
-    ut = unit_lower_inverse(beta[..., :, None] * strict * kk)  # T, float32
-    u = _mm("...ri,...iv->...rv", ut, beta[..., None] * v, dtype=dt)
-    w = _mm("...ri,...id->...rd", ut, (beta * from_start)[..., None] * k, dtype=dt)
-    qk = _mm("...rd,...id->...ri", q, k, dtype=dt)
-    parts = q * from_start[..., None], qk * gamma_ri, u, w, k * to_end[..., None], total
-    return parts, (ut, qk, kk)
+    (qg, scores, u, w, kt, total), _ = chunk_parts(*chunk_inputs(rows, c))
+    s_final, entering, d = chunk_states(s0, u, w, kt, total, dt)
+    o = mm("...rd,...dv->...rv", qg, entering, dtype=dt)
+    o = o + mm("...ri,...iv->...rv", scores, d, dtype=dt)  # (n, b, h, c, dv)
+    return from_chunks(o), s_final
 
 
 # ---- the dense mixing matrix --------------------------------------------------------------------
@@ -314,10 +167,10 @@ def matrix(q, k, beta, g, runs):
     def body(u, inputs):  # u: (b, h, t, dk), the columns' propagated keys (0 for j >= i)
         i, start, q_i, k_i, beta_i, g_i = inputs
         u = jnp.where(start[:, None, None, None], 0.0, u)
-        u = u - (beta_i[..., None] * _mm("bhjd,bhd->bhj", u, k_i))[..., None] * k_i[:, :, None]
+        u = u - (beta_i[..., None] * mm("bhjd,bhd->bhj", u, k_i))[..., None] * k_i[:, :, None]
         u = jnp.exp(g_i)[..., None, None] * u
         u = u.at[:, :, i].set(beta_i[..., None] * k_i)
-        return u, _mm("bhjd,bhd->bhj", u, q_i)
+        return u, mm("bhjd,bhd->bhj", u, q_i)
 
     xs = (jnp.arange(t), *(jnp.moveaxis(a, 1, 0) for a in (run_starts(runs), q, k, beta, g)))
     _, rows = jax.lax.scan(body, jnp.zeros((b, h, t, dk), q.dtype), xs)
