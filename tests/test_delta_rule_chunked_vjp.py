@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.extend.core import jaxprs_in_params
 from test_delta_rule import assert_close, make
-from test_delta_rule_chunked import BF16_TOL, segments
+from test_delta_rule_chunked import BF16_TOL, _primitives, segments
 from tpu_checks import rel_l2
 
 from seqzoo.ops.delta_rule import chunked_form, xla
@@ -177,15 +177,6 @@ def _scans(jaxpr) -> list:
             found.append((eqn.params["reverse"], eqn.params["unroll"]))
         for sub in jaxprs_in_params(eqn.params):
             found += _scans(sub)
-    return found
-
-
-def _primitives(jaxpr) -> set[str]:
-    found = set()
-    for eqn in jaxpr.eqns:
-        found.add(eqn.primitive.name)
-        for sub in jaxprs_in_params(eqn.params):
-            found |= _primitives(sub)
     return found
 
 
