@@ -19,6 +19,7 @@ from seqzoo.ops.lean_grad import (
     rms_norm,
     size_budget,
 )
+from seqzoo.parallel.context import sequence_axis, sequence_parallel
 
 
 def _normal(seed, *shape):
@@ -122,6 +123,45 @@ def test_blockwise_runs_a_given_vjp_block_by_block():
         np.testing.assert_allclose(g, v, rtol=1e-6, atol=1e-6)
     assert seen == [2]  # traced once, for blocks of 2 of the 8 rows (``BLOCKS`` = 4)
 
+
+
+def test_blockwise_keep_passes_what_fn_keeps_to_the_vjp_on_all_rows():
+    """``keep=True``: ``fn`` returns ``(out, kept)``, the call ``out``; the residuals are the
+    arguments and ``kept`` (here not of the rows' leading axis); the given VJP gets ``kept`` and
+    all rows at once, in the sequence-parallel context of the call (as without ``keep``)."""
+    def fn(rows, w):
+        x, mask = rows
+        sin = jnp.where(mask[:, None], jnp.sin(x * w), 0.0)
+        return sin, jnp.cos(x * w).T  # kept: (3, 8), transposed on purpose
+
+    def vjp(rows, w, g, cos):
+        x, mask = rows
+        seen.append((x.shape[0], sequence_axis()))
+        d = jnp.where(mask[:, None], cos.T * g, 0.0)
+        return (d * w, None), jnp.sum(d * x)
+
+    x, w = _normal(0, 8, 3), jnp.float32(0.7)
+    mask = jnp.arange(8) % 3 > 0
+    seen = []
+    lean = blockwise(fn, vjp=vjp, keep=True)
+
+    def loss(x, w):
+        with sequence_parallel("seq"):
+            out = lean((x, mask), w)
+        return jnp.sum(out**2)
+
+    got = jax.grad(loss, (0, 1))(x, w)
+    want = jax.grad(lambda x, w: jnp.sum(fn((x, mask), w)[0] ** 2), (0, 1))(x, w)
+    for g, v in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, v, rtol=1e-6, atol=1e-6)
+    assert seen == [(8, "seq")]  # one call on all 8 rows, under the call's axis
+    _, pullback = jax.vjp(lambda x: lean((x, mask), w), x)
+    kept = sorted(np.shape(a) for a in jax.tree.leaves(pullback) if np.ndim(a))
+    assert kept == [(3, 8), (8,), (8, 3)]
+    with pytest.raises(ValueError, match="keep=True"):
+        blockwise(fn, keep=True)  # no vjp
+    with pytest.raises(ValueError, match="keep=True"):
+        blockwise(fn, vjp=vjp, keep=True, forward=True)
 
 def _backward_blocks(x) -> str:
     return str(jax.make_jaxpr(jax.grad(lambda x: gelu(x, ()).sum()))(x))

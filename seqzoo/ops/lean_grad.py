@@ -20,7 +20,9 @@ intermediates exist for one block at a time (the loop's accumulators are made to
 cotangent, see ``_zero_after``). ``forward=True`` runs the forward pass block by block too,
 for functions whose forward intermediates are large (a scan's states, attention scores). The
 cost is one more forward pass of ``fn``. ``vjp=`` replaces autodiff's VJP of ``fn`` in that loop
-by one written by hand (the chunked delta rule's, ``delta_rule/chunked_vjp.py``).
+by one written by hand (the chunked delta rule's, ``delta_rule/chunked_vjp.py``); with
+``keep=True`` that VJP also gets arrays ``fn`` returns for it (its forward intermediates: no
+recomputation, no blocks; speed for memory).
 The values are ``fn``'s; gradients equal autodiff's up to float rounding (the sums over blocks).
 Forward-mode autodiff (``jax.jvp``) is not defined for these functions (``custom_vjp``).
 
@@ -88,7 +90,8 @@ def blockwise(
     forward: bool = False,
     block_elements: Callable[[Any], int] | None = None,
     gpu_blocks: int | None = None,
-    vjp: Callable[[Any, Any, Any], tuple[Any, Any]] | None = None,
+    vjp: Callable[..., tuple[Any, Any]] | None = None,
+    keep: bool = False,
 ) -> Callable[[Any, Any], Any]:
     """``fn(rows, shared)`` with a backward pass that keeps only its arguments and recomputes
     ``fn`` block by block (see the module docstring). ``fn``'s outputs have the rows' leading
@@ -106,10 +109,18 @@ def blockwise(
       ``fewest_blocks`` context is active. vjp: ``(rows, shared, cotangent) -> (d_rows,
       d_shared)``, ``fn``'s backward pass on one block written by hand, in place of autodiff's
       VJP of ``fn`` (None or anything for the leaves without a cotangent: ints, bools, None).
+      keep: ``fn`` returns ``(out, kept)`` (``kept``: any arrays, e.g. intermediates of its
+      forward pass) and the function returns ``out``; ``kept`` joins the arguments between the
+      passes and the backward pass is ``vjp(rows, shared, cotangent, kept)`` (required; its
+      cotangents in the arguments' dtypes) on all rows at once (``kept`` need not have the
+      rows' leading axis; no loop, nothing recomputed but what ``vjp`` chooses to). Needs
+      ``forward=False``.
     """
 
     if gpu_blocks is not None:
         check_positive_int(gpu_blocks, "gpu_blocks")
+    if keep and (vjp is None or forward):
+        raise ValueError("blockwise's keep=True needs a vjp and forward=False")
 
     def blocks(rows, fewest: int) -> int:
         n = jax.tree.leaves(rows)[0].shape[0]
@@ -135,18 +146,26 @@ def blockwise(
         out = jax.lax.map(lambda part: in_context(axis)(part, shared), split)
         return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
 
+    def out_and_kept(rows, shared, context):
+        out = forward_pass(rows, shared, context)
+        return out if keep else (out, ())
+
     @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
     def call(rows, shared, context):
-        return forward_pass(rows, shared, context)
+        return out_and_kept(rows, shared, context)[0]
 
     def fwd(rows, shared, context):
-        return forward_pass(rows, shared, context), (rows, shared)
+        out, kept = out_and_kept(rows, shared, context)
+        return out, (rows, shared, kept)
 
     def bwd(context, residuals, g):
         axis, fewest = context
         fn_here = in_context(axis)
         vjp_here = None if vjp is None else in_context(axis, vjp)
-        rows, shared = residuals
+        rows, shared, kept = residuals
+        if keep:
+            d_rows, d_shared = vjp_here(rows, shared, g, kept)
+            return _cotangents(d_rows, rows), _cotangents(d_shared, shared)
         n = jax.tree.leaves(rows)[0].shape[0]
         k = blocks(rows, fewest)
         size = n // k
