@@ -22,8 +22,12 @@ Array = jax.Array
 # form beside fla", benchmarks/RESULTS.md). Longer inputs stay rolled: not timed, and the
 # program grows with every chunk unrolled. Other backends roll (a CPU compiles it for tests).
 GPU_UNROLL_CHUNKS = 32
+# keep_residuals' choices: how many of ``(T, the entering states, D)`` each keeps (the ``kept``
+# of ``chunked_vjp.chunked_core_vjp``)
+KEPT = {"transform": 1, "states": 3}
 _HI = jax.lax.Precision.HIGHEST
 _unrolls: list[int] = []  # scan_unroll's stack
+_keeps: list[str] = []  # keep_residuals' stack
 
 
 @contextlib.contextmanager
@@ -39,6 +43,37 @@ def scan_unroll(n: int):
         yield
     finally:
         _unrolls.pop()
+
+
+@contextlib.contextmanager
+def keep_residuals(what: str):
+    """Within: the chunked form's backward pass takes arrays kept from its forward pass rather
+    than recomputing them from the inputs (read when traced; ``xla.chunked``). ``what``:
+
+    - ``"transform"``: ``T = (I + A)^{-1}`` of every chunk, ``(n, b, h, c, c)`` float32; the
+      backward pass skips the UT transform (``unit_lower_inverse``);
+    - ``"states"``: ``T``, the state entering every chunk ``(n, b, h, dk, dv)`` float32 and
+      ``D`` ``(n, b, h, c, dv)`` in the operand dtype; the backward pass skips the forward scan
+      too, leaving its reverse scan the only one.
+
+    Outside (the default) the backward pass keeps only the inputs and recomputes both. Speed for
+    memory, per layer: at ``(b, t, h, dk = dv = d)``, chunk ``c``, ``T`` is ``4 b t h c``
+    bytes, the states ``4 b t h d^2 / c``, ``D`` ``2 b t h d`` in bf16 (at (4, 2048, 16, 128)
+    bf16, chunk 64: 32, 128 and 32 MiB, beside 32 MiB for each of ``q, k, v``).
+    ``benchmarks/kernel_cases/delta_rule.py`` times both (``xla chunked keep transform``,
+    ``xla chunked keep states``)."""
+    if what not in KEPT:
+        raise ValueError(f"keep_residuals takes one of {tuple(KEPT)}, got {what!r}")
+    _keeps.append(what)
+    try:
+        yield
+    finally:
+        _keeps.pop()
+
+
+def kept_residuals() -> str | None:
+    """What the innermost ``keep_residuals`` keeps, None outside one (the default)."""
+    return _keeps[-1] if _keeps else None
 
 
 def mm(spec: str, *operands: Array, dtype=None) -> Array:
@@ -161,20 +196,22 @@ def chunk_decays(g, rc, before):
     return gamma_ri, from_start, to_end, total
 
 
-def chunk_parts(q, k, v, beta, decays):
+def chunk_parts(q, k, v, beta, decays, ut=None):
     """Everything of every chunk that does not depend on the entering state, batched.
 
     q, k ``(n, b, h, c, dk)``, v ``(n, b, h, c, dv)`` in the operand dtype; beta ``(n, b, h,
-    c)`` float32; decays ``chunk_decays``'. Returns ``(diag(gamma) Q`` ``(.., c, dk)``, the scores
-    ``Q K^T * Gamma`` ``(.., c, c)``, ``U`` ``(.., c, dv)``, ``W`` ``(.., c, dk)``, ``K *
-    gamma_C / gamma`` ``(.., c, dk)`` (float32), ``gamma_C`` ``(.., 1, 1))`` and, for the
-    backward pass, ``(T, Q K^T, K K^T)`` ``(.., c, c)`` float32."""
+    c)`` float32; decays ``chunk_decays``'; ut: ``T`` if known (kept from the forward pass,
+    ``keep_residuals``), else None: computed here (the UT transform). Returns ``(diag(gamma) Q``
+    ``(.., c, dk)``, the scores ``Q K^T * Gamma`` ``(.., c, c)``, ``U`` ``(.., c, dv)``, ``W``
+    ``(.., c, dk)``, ``K * gamma_C / gamma`` ``(.., c, dk)`` (float32), ``gamma_C`` ``(.., 1,
+    1))`` and, for the backward pass, ``(T, Q K^T, K K^T)`` ``(.., c, c)`` float32."""
     dt = q.dtype
     c = q.shape[-2]
     gamma_ri, from_start, to_end, total = decays
-    strict = gamma_ri * (1.0 - jnp.eye(c, dtype=gamma_ri.dtype))
     kk = mm("...rd,...id->...ri", k, k, dtype=dt)
-    ut = unit_lower_inverse(beta[..., :, None] * strict * kk)  # T, float32
+    if ut is None:
+        strict = gamma_ri * (1.0 - jnp.eye(c, dtype=gamma_ri.dtype))
+        ut = unit_lower_inverse(beta[..., :, None] * strict * kk)  # T, float32
     u = mm("...ri,...iv->...rv", ut, beta[..., None] * v, dtype=dt)
     w = mm("...ri,...id->...rd", ut, (beta * from_start)[..., None] * k, dtype=dt)
     qk = mm("...rd,...id->...ri", q, k, dtype=dt)

@@ -10,7 +10,8 @@ diag(b gamma) K``, ``T = (I + A)^{-1}``, ``A = diag(b) (K K^T * Gamma)`` strictl
 diagonal, ``kt = diag(gamma_C / gamma) K``, ``total = gamma_C``. Given ``dO_j`` and ``dS_n``
 (the final state's cotangent):
 
-1. recompute the parts (parallel over chunks) and ``S_j``, ``D_j`` (the forward scan);
+1. recompute the parts (parallel over chunks) and ``S_j``, ``D_j`` (the forward scan), or take
+   ``T`` (and ``S_j``, ``D_j``) kept from the forward pass (``chunked_form.keep_residuals``);
 2. a reverse scan over chunks carrying ``dS`` (``dS_{j+1}`` entering chunk ``j``):
 
        dD_j = P_j^T dO_j + kt_j dS_{j+1},   dS_j = total_j dS_{j+1} + qg_j^T dO_j - W_j^T dD_j
@@ -52,15 +53,18 @@ from seqzoo.ops.delta_rule.chunked_form import (
 )
 
 
-def chunked_core_vjp(rows, shared, cotangents, c):
+def chunked_core_vjp(rows, shared, cotangents, kept=(), *, c):
     """The VJP of ``xla._chunked_core(rows, shared, c)`` at ``rows`` for the cotangents ``(dO
     (b, n c, h, dv), dS_n (b, h, dk, dv))``: ``(d rows, d shared)``, None for ``g`` None,
-    ``runs`` and ``before``."""
+    ``runs`` and ``before``. ``kept``: what step 1 takes from the forward pass rather than
+    recomputing (``chunked_form.keep_residuals``): ``()``, ``(T,)`` or ``(T, S_j, D_j)``
+    (``(n, b, h, c, c)``, ``(n, b, h, dk, dv)``, ``(n, b, h, c, dv)``)."""
     dt, g, s0 = rows[0].dtype, rows[4], rows[5]
     do, ds_final = cotangents
     qc, kc, vc, bc, decays = chunk_inputs(rows, c)
-    (qg, scores, u, w, kt, total), (ut, qk, kk) = chunk_parts(qc, kc, vc, bc, decays)
-    _, entering, d = chunk_states(s0, u, w, kt, total, dt)
+    ut, *states = kept or (None,)
+    (qg, scores, u, w, kt, total), (ut, qk, kk) = chunk_parts(qc, kc, vc, bc, decays, ut)
+    entering, d = states or chunk_states(s0, u, w, kt, total, dt)[1:]
     do = to_chunks(do, c)  # (n, b, h, c, dv)
 
     def body(ds, xs):  # ds = dS_{j+1}

@@ -39,10 +39,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqzoo.ops.delta_rule.chunked_form import (
+    KEPT,
     chunk_inputs,
     chunk_parts,
     chunk_states,
     from_chunks,
+    kept_residuals,
     mm,
 )
 from seqzoo.ops.delta_rule.chunked_vjp import chunked_core_vjp
@@ -116,12 +118,24 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
     ``W``, ``D`` or states outlive the forward pass, at the cost of passes 1 and 2 once more.
     Both passes hold every chunk's ``(C, C)`` matrices at once (``n b h C^2`` floats each), the
     price of the chunk-parallel pass 1.
+
+    Within ``chunked_form.keep_residuals`` (read when traced) the backward pass instead takes
+    ``T`` (``"transform"``), or ``T``, the entering states and ``D`` (``"states"``), kept from
+    the forward pass beside the arguments (sizes in ``keep_residuals``' docstring), and skips
+    the UT transform (and the forward scan). It runs on all rows at once: row blocks exist to
+    bound the recomputation's intermediates, and what is kept already holds every row's; the
+    point is speed, memory the price.
     """
     t = q.shape[1]
     c = min(chunk_size, t)
-
-    core = blockwise(functools.partial(_chunked_core, c=c), gpu_blocks=GPU_BACKWARD_BLOCKS,
-                     vjp=functools.partial(chunked_core_vjp, c=c))
+    vjp = functools.partial(chunked_core_vjp, c=c)
+    what = kept_residuals()
+    if what is None:
+        core = blockwise(functools.partial(_chunked_core, c=c), gpu_blocks=GPU_BACKWARD_BLOCKS,
+                         vjp=vjp)
+    else:
+        core = blockwise(functools.partial(_chunked_core_keeping, c=c, kept=KEPT[what]),
+                         vjp=vjp, keep=True)
     o, s = core(_padded(q, k, v, beta, g, s0, runs, c), ())
     return o[:, :t], s
 
@@ -143,13 +157,20 @@ def _padded(q, k, v, beta, g, s0, runs, c):
 
 def _chunked_core(rows, shared, c):
     """``chunked`` on a length that ``c`` divides: ``rows = (q, k, v, beta, g, s0, runs,
-    before)``, ``before: (b, n)`` the run of the state entering each chunk; ``shared = ()``."""
+    before)``, ``before: (b, n)`` the run of the state entering each chunk; ``shared = ()``.
+    Returns ``(o, S_T)``."""
+    return _chunked_core_keeping(rows, shared, c, kept=0)[0]
+
+
+def _chunked_core_keeping(rows, shared, c, kept):
+    """``(_chunked_core``'s ``(o, S_T)``, the first ``kept`` of ``(T, S_j, D_j)``)``: what
+    ``chunked_core_vjp`` then takes as ``kept`` (``chunked_form.KEPT``)."""
     dt, s0 = rows[0].dtype, rows[5]
-    (qg, scores, u, w, kt, total), _ = chunk_parts(*chunk_inputs(rows, c))
+    (qg, scores, u, w, kt, total), (ut, _, _) = chunk_parts(*chunk_inputs(rows, c))
     s_final, entering, d = chunk_states(s0, u, w, kt, total, dt)
     o = mm("...rd,...dv->...rv", qg, entering, dtype=dt)
     o = o + mm("...ri,...iv->...rv", scores, d, dtype=dt)  # (n, b, h, c, dv)
-    return from_chunks(o), s_final
+    return (from_chunks(o), s_final), (ut, entering, d)[:kept]
 
 
 # ---- the dense mixing matrix --------------------------------------------------------------------
