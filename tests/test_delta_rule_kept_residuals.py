@@ -129,19 +129,23 @@ def test_the_backward_pass_skips_what_was_kept(gated):
     assert _dots(transform) - _dots(states) == 2
 
 
-def _kept_bytes(shape, chunk, mode, dtype) -> tuple[list, int]:
-    """The residuals of ``xla.chunked`` at ``shape`` (shapes only, nothing computed): their
-    ``(shape, dtype)`` beyond the padded arguments, and the bytes of those."""
-    inputs = {n: a.astype(dtype) if n in "qkv" else a for n, a in inputs_of(shape, True).items()}
-    inputs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), inputs)
-    runs = jax.ShapeDtypeStruct(shape[:2], jnp.int32)
+def _kept(shape, dv, chunk, mode) -> tuple[list, int]:
+    """The residuals of ``xla.chunked`` at ``shape = (b, t, h, dk)``, bf16 ``q, k, v``, gated
+    (shapes only, nothing computed): their ``(shape, dtype)`` beyond the padded arguments, and
+    the bytes of those."""
+    b, t, h, dk = shape
+    f32, bf16 = jnp.float32, jnp.bfloat16
+    inputs = {"q": (shape, bf16), "k": (shape, bf16), "v": ((b, t, h, dv), bf16),
+              "beta": ((b, t, h), f32), "g": ((b, t, h), f32), "s0": ((b, h, dk, dv), f32)}
+    inputs = {n: jax.ShapeDtypeStruct(*a) for n, a in inputs.items()}
+    runs = jax.ShapeDtypeStruct((b, t), jnp.int32)
 
     def residuals(a, runs):
         with within(mode):
             return jax.vjp(lean(chunk, runs), a)[1]
 
     def rows(a, runs):
-        return xla._padded(*(a[n] for n in NAMES), runs, min(chunk, shape[1]))
+        return xla._padded(*(a[n] for n in NAMES), runs, min(chunk, t))
 
     kept = [a for a in jax.tree.leaves(jax.eval_shape(residuals, inputs, runs)) if a.ndim]
     signature = sorted((a.shape, str(a.dtype)) for a in kept)
@@ -155,25 +159,21 @@ def test_the_residuals_are_the_arguments_and_what_is_kept(mode):
     """Beyond the (padded) arguments: nothing by default; ``T`` ``(n, b, h, c, c)`` float32;
     with "states" also the entering states ``(n, b, h, dk, dv)`` float32 and ``D`` ``(n, b,
     h, c, dv)`` in the operand dtype. bf16, ``t = 300`` in 5 chunks of 64 (the last padded)."""
-    (b, t, h, d), c, n = (2, 300, 3, 32), 64, 5
-    extra, _ = _kept_bytes((b, t, h, d), c, mode, jnp.bfloat16)
+    (b, t, h, d), dv, c, n = (2, 300, 3, 32), 33, 64, 5
+    extra, _ = _kept((b, t, h, d), dv, c, mode)
     ut = ((n, b, h, c, c), "float32")
-    states = [ut, ((n, b, h, d, d + 1), "float32"), ((n, b, h, c, d + 1), "bfloat16")]
+    states = [ut, ((n, b, h, d, dv), "float32"), ((n, b, h, c, dv), "bfloat16")]
     assert extra == sorted({None: [], "transform": [ut], "states": states}[mode])
     assert kept_residuals() is None  # the context is left behind
 
 
 def test_the_kept_sizes_at_the_issue_shape():
-    """``keep_residuals``' docstring: at (4, 2048, 16, 128) bf16, chunk 64, ``T`` is 32 MiB and
-    the states and ``D`` 128 and 32 MiB more (the formulas ``4 b t h c``, ``4 b t h d^2 / c``,
-    ``2 b t h d`` bytes, with the inputs the test makes: ``dv = d + 1``)."""
-    b, t, h, d, c = 4, 2048, 16, 128, 64
-    mib = 2**20
-    assert _kept_bytes((b, t, h, d), c, "transform", jnp.bfloat16)[1] == 4 * b * t * h * c
-    assert 4 * b * t * h * c == 32 * mib
-    states = 4 * b * t * h * d * (d + 1) // c + 2 * b * t * h * (d + 1)
-    assert _kept_bytes((b, t, h, d), c, "states", jnp.bfloat16)[1] == 32 * mib + states
-    assert 4 * b * t * h * d * d // c == 128 * mib and 2 * b * t * h * d == 32 * mib
+    """``keep_residuals``' docstring: at (4, 2048, 16, 128) bf16, chunk 64, ``T`` keeps 32 MiB
+    (``4 b t h c`` bytes) and "states" 128 + 32 MiB more (``4 b t h d^2 / c`` and ``2 b t h
+    d``), beside 32 MiB for each of ``q, k, v``."""
+    shape, mib = (4, 2048, 16, 128), 2**20
+    assert _kept(shape, 128, 64, "transform")[1] == 32 * mib
+    assert _kept(shape, 128, 64, "states")[1] == (32 + 128 + 32) * mib
 
 
 def test_keep_residuals_takes_transform_or_states():
