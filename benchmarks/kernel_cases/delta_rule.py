@@ -24,6 +24,10 @@ the GPU default was measured against: each block pays the scan over chunks' late
 ``xla chunked unroll N`` runs ``N`` chunks per iteration of the scans over chunks
 (``delta_rule.chunked_form.scan_unroll``; ``all``: no loop; ``1``: rolled), beside the default
 (a GPU unrolls up to ``chunked_form.GPU_UNROLL_CHUNKS`` chunks whole, other backends roll).
+``xla chunked keep transform`` and ``xla chunked keep states`` (forward+backward only) keep
+``T``, or ``T``, the entering states and ``D``, from the forward pass for the backward pass
+rather than recomputing them (``chunked_form.keep_residuals``: fla keeps its ``A`` / ``T``),
+at the memory its docstring states.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import jax.numpy as jnp
 from kernel_harness import Case, floor_ms, jax_gradients, torch_variant
 
 from seqzoo.ops.delta_rule import delta_rule
-from seqzoo.ops.delta_rule.chunked_form import scan_unroll
+from seqzoo.ops.delta_rule.chunked_form import KEPT, keep_residuals, scan_unroll
 from seqzoo.ops.dispatch import resolve
 from seqzoo.ops.lean_grad import BLOCKS, fewest_blocks
 
@@ -66,15 +70,18 @@ def inputs(shape, gated: bool):
     return q, k, v, beta, g, do
 
 
-def xla_variant(args, do, mode, impl="chunked", blocks=None, unroll=None):
+def xla_variant(args, do, mode, impl="chunked", blocks=None, unroll=None, keep=None):
     """``blocks``: ``lean_grad.fewest_blocks`` for the backward pass (default: its own);
-    ``unroll``: ``scan_unroll``'s chunks per iteration (default: its own)."""
+    ``unroll``: ``scan_unroll``'s chunks per iteration (default: its own); ``keep``:
+    ``keep_residuals``' what (default: keep only the inputs)."""
     def fn(q, k, v, beta, g=None):
         with contextlib.ExitStack() as within:
             if blocks is not None:
                 within.enter_context(fewest_blocks(blocks))
             if unroll is not None:
                 within.enter_context(scan_unroll(unroll))
+            if keep is not None:
+                within.enter_context(keep_residuals(keep))
             return delta_rule(q, k, v, beta, g, chunk_size=CHUNK, impl=impl)
 
     if mode == "fwd":
@@ -116,8 +123,10 @@ def case(shape, gated: bool, mode, quick: bool = False) -> Case:
     q, k, v, beta, g, do = inputs(shape, gated)
     args = (q, k, v, beta) if g is None else (q, k, v, beta, g)
     variants = {"xla chunked": xla_variant(args, do, mode)}
-    if mode == "fwd+bwd":  # the backward pass a quarter of the batch rows at a time
+    if mode == "fwd+bwd":  # the backward pass a quarter of the rows at a time; on kept arrays
         variants[f"xla chunked {BLOCKS} blocks"] = xla_variant(args, do, mode, blocks=BLOCKS)
+        for keep in KEPT:
+            variants[f"xla chunked keep {keep}"] = xla_variant(args, do, mode, keep=keep)
     chunks = -(-shape[1] // CHUNK)
     for unroll, label in ((1, "1"), (8, "8"), (chunks, "all")):
         variants[f"xla chunked unroll {label}"] = xla_variant(args, do, mode, unroll=unroll)
