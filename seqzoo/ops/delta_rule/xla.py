@@ -163,8 +163,8 @@ def _chunked_core(rows, shared, c):
 
 
 def _chunked_core_keeping(rows, shared, c, kept):
-    """``(_chunked_core``'s ``(o, S_T)``, the first ``kept`` of ``(T, S_j, D_j)``)``: what
-    ``chunked_core_vjp`` then takes as ``kept`` (``chunked_form.KEPT``)."""
+    """``((o, S_T), kept arrays)``: ``_chunked_core``'s outputs and the first ``kept`` (a count,
+    ``chunked_form.KEPT``) of ``(T, S_j, D_j)``, what ``chunked_core_vjp`` takes as ``kept``."""
     dt, s0 = rows[0].dtype, rows[5]
     (qg, scores, u, w, kt, total), (ut, _, _) = chunk_parts(*chunk_inputs(rows, c))
     s_final, entering, d = chunk_states(s0, u, w, kt, total, dt)
