@@ -110,6 +110,18 @@ def test_routing_top_k_renormalised():
     assert np.all((np.asarray(weights) > 0) == np.asarray(routed))
 
 
+@pytest.mark.parametrize("topk", [1, 2])
+def test_the_router_learns_only_with_more_than_one_memory_per_token(topk):
+    """The renormalised top-k weights: with one memory per token the weight is 1 whatever the
+    logits, so the router's gradient is zero up to float rounding of ``p / p`` (as in the
+    official layer; documented on ``topk``); with two it is not."""
+    mixer, params, x = build(num_heads=1, head_dim=4, num_memories=4, topk=topk)
+    cot = jax.random.normal(jax.random.PRNGKey(7), x.shape)
+    grads = jax.grad(lambda p: jnp.sum(mixer.apply(p, x) * cot))(params)["params"]
+    ratio = float(jnp.abs(grads["router"]["kernel"]).max() / jnp.abs(grads["k_proj"]).max())
+    assert (ratio < 1e-6) if topk == 1 else (ratio > 1e-3), ratio
+
+
 def test_memories_are_used_and_distinct():
     """Changing one memory's keys changes exactly the outputs of the tokens routed to it."""
     kw = CASES[0][0]

@@ -128,7 +128,10 @@ class MoM(DeltaRuleMixer):
       num_heads: heads ``H`` (4). head_dim: key width ``dk`` (None: ``expand_k d_model / H``).
       expand_k: ``H dk / d_model`` when ``head_dim`` is None (0.5: fla's 4 x 256 at 2048).
       expand_v: value width over ``dk`` (1, ``MomConfig``'s).
-      num_memories: routed memories ``E`` (4). topk: memories per token (2).
+      num_memories: routed memories ``E`` (4). topk: memories per token (2). With ``topk``
+        1 the router gets no gradient (the renormalised weight of the one chosen memory is 1,
+        whatever the logits, up to rounding; the official layer does the same): it stays at
+        its init.
       shared_mem: a memory every token writes to and reads from, weight 1 (True).
       use_gate: output gate ``silu(x W_g)`` after the per-head RMSNorm (True).
       conv_size (4), conv_bias (False), norm_eps (1e-5), A_init_range ((0, 16)), dt_min,
