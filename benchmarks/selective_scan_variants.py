@@ -63,27 +63,45 @@ MUFU instructions where compiled, ``libdevice``: log1pf, expf and an IEEE divisi
   from the true state: exact up to float rounding (exp(A S_s) against the product of the steps'
   exp2, ~1e-7 relative). Costs a second read of u, delta, B over P-1 segments and (P-1)/P more
   ex2s, for P times the warps.
-* ``split H wW n1 uU`` (d): H threads per channel (H = 2, 4; W = 32 / H channels: one warp per
-  program, 512 or 1024 warps): the state is n / H (H, W) tiles, tile k row r holding state
-  r n / H + k, so each thread runs n / H states; B, C, A, u, delta, z are loaded straight into
-  that (H, W) layout (array indices: no conversions), and the readout is one in-warp reduction
-  over H per step (shuffles, no barrier), with the skip and the gate distributed over it:
-  y = sum_r (sum_k C x + D u / H) silu(z), kept in the (H, W) layout (the reduction's result
-  broadcast back, stored by all H rows: the same value to the same address); ``store1d``
-  stores the reduced (W,) vector instead (its slice layout may need a conversion before the
-  store). Costs softplus and silu (4 MUFU ops) on each of the H threads of a channel.
-  ``seg P split H`` combines it with (b).
-
+* ``split H wW nN uU`` (d): H threads per channel (H = 2, 4; W = 32 N / H channels, 512 or 1024
+  warps in all): the state is n / H (H, W) tiles, tile k row r holding state r n / H + k, so
+  each thread runs n / H states; B, C, A, u, delta, z are loaded straight into that layout
+  (array indices), and the readout is one in-warp reduction over H per step (shuffles, no
+  barrier), with the skip and the gate distributed over it: y = sum_r (sum_k C x + D u / H)
+  silu(z), broadcast back over the H rows, which all store the same value to the same address.
+  Costs softplus and silu (4 MUFU ops) on each of the H threads of a channel. ``perm``: the
+  program's channels in the order (3 c) mod W (see ``_Lanes``), so that Triton gives u's and B's
+  loads one layout: without it, its coalescing pass orders u's (contiguous along the channels)
+  and B's (constant along them) differently and converts between them (warp shuffles) every
+  step. ``seg P split H`` combines (d) with (b).
 * ``tiled wW cC nN`` (c): the library kernel at launches RESULTS.md did not time.
+
+Offline (triton 3.6 compiling each kernel's Triton IR for sm_90 on a CPU, as kernels/README.md
+describes; no GPU): SASS instructions per step and warp in the time loop, registers, barriers:
+
+    library (w32 c16 n4, 4 states / thread, 1024 warps)   103 per step, 128 regs, 66 BAR / loop
+    per-n w32 n1 u4 (16 states / thread, 256 warps)        163 (20 MUFU, 35 LDG), 168 regs, 0 BAR
+    seg 4 w32 n1 u4, pass 1 / pass 2                       104 / 163, 128 / 166 regs, 0 BAR
+    split 2 w16 n1 u4 perm (8 states, 512 warps)           102 (12 MUFU, 19 LDG, 1 SHFL), 128 regs
+    split 2 w16 n1 u4 (no perm)                            112 (13 SHFL)
+    split 4 w8 n1 u4 perm (4 states, 1024 warps)            72 (8 MUFU, 11 LDG, 2 SHFL), 80 regs
+    split 4 w8 n1 u4 (no perm)                              90 (10 SHFL)
+
+Issue-bound model (1 instruction per clock per sub-partition, 528 of them, 1.755 GHz): the
+library kernel 103 x 1024 warps x 2048 steps -> 240 us (measured 263 us); split 4 perm -> 165 us;
+split 2 perm -> 115 us if its 512 warps fill 512 sub-partitions (one warp each: no latency
+hiding); per-n: 256 busy sub-partitions x 163 x 2048 -> 190 us.
 
 Lowering notes: tests/test_selective_scan_variants.py checks in interpret mode that each kernel
 equals the reference to 1e-5 in float32, and that each lowers to Triton IR on a CPU
-(``tests/gpu_lowering.py``; not compiled by Triton there). Unknowns left to the GPU: Triton's
-compile time, which grows with (memory ops) x (ops)^2 per loop body (scan_loop's docstring;
-the loop bodies here hold U x (3 + 2n) loads, most of them scalar), so U is small and ``main``
-compiles all variants in parallel (``--workers``) and reports any not compiled within
-``--compile-s`` seconds instead of waiting; register spills at U = 8 (one channel per thread);
-whether the broadcast scalar loads and the (H, W) reductions stay free of layout conversions.
+(``tests/gpu_lowering.py``). Compiled offline as above: no spills, no barriers, no shared memory
+in any new kernel. What only the GPU tells: the times, and Triton's compile time there. That is
+spent in its coalescing pass (99% of it), which grows with (tensor memory ops) x (ops)^2 per
+kernel (scan_loop's docstring): 16-36 s for split 4 and per-n, 55-70 s for split 2 and seg's
+pass 2 (U = 4) on the 2-core CPU here. ``main`` therefore compiles every variant in parallel
+(``--workers``, the slow ones submitted first) and reports any not compiled within
+``--compile-s`` seconds (default 110) instead of waiting for it; the whole run stays under the
+200 s timeout of the command above.
 """
 
 from __future__ import annotations
@@ -157,16 +175,23 @@ def _silu(x, fast: bool):
 class _Lanes:
     """Where a program's state lives: ``split`` = 1: n vectors (width,), one channel per thread;
     ``split`` = H > 1: n / H tiles (H, width), H threads per channel (H x width = 32: one warp,
-    the H threads of a channel in the same warp), tile k row r holding state r n / H + k."""
+    the H threads of a channel in the same warp), tile k row r holding state r n / H + k.
 
-    def __init__(self, block, width: int, n: int, split: int):
+    ``perm``: the program's channels in the order (3 c) mod width instead of c, so that Triton's
+    axis analysis sees no contiguity in u's, delta's, z's and out's addresses (as in B's and C's,
+    constant along the channels): its coalescing pass then gives every load the same layout
+    (the order it picks for ties) instead of two, and the per-step layout conversions between
+    them (warp shuffles) go. The hardware still coalesces the warp's accesses (same sectors)."""
+
+    def __init__(self, block, width: int, n: int, split: int, perm: bool = False):
         self.width, self.split, self.per = width, split, n // split
         self.out_cols = pl.ds(block, width)
         if split == 1:
             self.shape, self.cols = (width,), self.out_cols
         else:
             self.shape = (split, width)
-            self.cols = block + jax.lax.broadcasted_iota(jnp.int32, self.shape, 1)
+            c = jax.lax.broadcasted_iota(jnp.int32, self.shape, 1)
+            self.cols = block + ((3 * c) % width if perm else c)
             self.rows = jax.lax.broadcasted_iota(jnp.int32, self.shape, 0)
 
     def state(self, k: int):
@@ -177,13 +202,8 @@ class _Lanes:
         """Sum over the H threads of each channel: (width,)."""
         return v if self.split == 1 else jnp.sum(v, axis=0)
 
-    def one(self, v):
-        """A value replicated over the H threads of each channel, as (width,)."""
-        return v if self.split == 1 else jnp.max(v, axis=0)
 
-
-def _walk(*, refs, lanes, length, seg_len, unroll, ragged, fast, store1d, batch_id, first, x,
-          readout):
+def _walk(*, refs, lanes, length, seg_len, unroll, ragged, fast, batch_id, first, x, readout):
     """Steps ``first .. first+seg_len-1`` (rows past ``length`` leave x unchanged and are not
     written) of one program: ``x`` a list of n / split state tiles (``lanes.shape``, f32);
     returns (x, sum of dt)."""
@@ -229,10 +249,11 @@ def _walk(*, refs, lanes, length, seg_len, unroll, ragged, fast, store1d, batch_
                 continue
             # (C . x + D u) silu(z); split: the gate distributes over the sum of the H parts
             y = (y + D_ * u * (1.0 / lanes.split)) * _silu(group["z"][j].astype(_F32), fast)
-            if lanes.split > 1 and not store1d:
+            if lanes.split > 1:
                 # the sum broadcast back over the H rows, which all store the same value to the
-                # same address (a row-0 mask instead would break interpret mode, whose masked
-                # store writes the old value back where masked off)
+                # same address: the (H, width) layout kept (no conversion before the store; a
+                # row-0 mask would break interpret mode, whose masked stores write back the old
+                # value where masked off)
                 y = jnp.broadcast_to(jnp.sum(y, axis=0, keepdims=True), lanes.shape)
                 y = y.astype(out_ref.dtype)
                 if ragged:
@@ -254,8 +275,8 @@ def _walk(*, refs, lanes, length, seg_len, unroll, ragged, fast, store1d, batch_
     return list(x), dt_sum
 
 
-def _per_n_kernel(*refs, length, seg_len, unroll, width, n, split, ragged, fast, store1d,
-                  segmented, pass1):
+def _per_n_kernel(*refs, length, seg_len, unroll, width, n, split, perm, ragged, fast, segmented,
+                  pass1):
     """Grid (d / width, batch, segments). pass1: the segment's end state from zero and its
     sum of dt; else the output from the segment's initial state (zero when not segmented)."""
     refs = list(refs)
@@ -266,7 +287,7 @@ def _per_n_kernel(*refs, length, seg_len, unroll, width, n, split, ragged, fast,
         u, delta, z, B, C, A2T, D, bias = refs[:8]
         x0 = refs[8] if segmented else None
         out = refs[-1]
-    lanes = _Lanes(pl.program_id(0) * width, width, n, split)
+    lanes = _Lanes(pl.program_id(0) * width, width, n, split, perm)
     b = pl.program_id(1)
     s = pl.program_id(2) if segmented else 0
     cols = lanes.cols
@@ -279,17 +300,16 @@ def _per_n_kernel(*refs, length, seg_len, unroll, width, n, split, ragged, fast,
         x = [jnp.zeros(lanes.shape, _F32) for _ in range(lanes.per)]
     first = s * seg_len if segmented else 0
     x, dt_sum = _walk(refs=(u, delta, z, B, C, out), lanes=lanes, length=length,
-                      seg_len=seg_len, unroll=unroll, ragged=ragged, fast=fast,
-                      store1d=store1d, batch_id=b,
+                      seg_len=seg_len, unroll=unroll, ragged=ragged, fast=fast, batch_id=b,
                       first=first, x=x, readout=readout)
     if pass1:
         for k in range(lanes.per):
             x_end[b, s, lanes.state(k), cols] = x[k]
-        dt_sum_ref[b, s, lanes.out_cols] = lanes.one(dt_sum)
+        dt_sum_ref[b, s, cols] = dt_sum  # split: the H rows store the same value
 
 
 def per_n(u, delta, A, B, C, D, z, delta_bias, *, width=32, warps=1, unroll=4, segments=1,
-          split=1, bc_f32=True, fast=True, store1d=False):
+          split=1, perm=False, bc_f32=True, fast=True):
     """Variants (a) (segments=1, split=1), (b) (segments > 1) and (d) (split > 1): out
     (batch, length, d) in u's dtype.
 
@@ -298,6 +318,8 @@ def per_n(u, delta, A, B, C, D, z, delta_bias, *, width=32, warps=1, unroll=4, s
     n = A.shape[1]
     if d % width or n % split:
         raise ValueError(f"d={d} must be a multiple of width={width}, n={n} of split={split}")
+    if perm and split == 1:
+        raise ValueError("perm: for split > 1")
     seg_len = -(-length // segments)
     seg_len = -(-seg_len // unroll) * unroll  # a multiple of unroll: only the last overhangs
     segments = -(-length // seg_len)
@@ -306,8 +328,8 @@ def per_n(u, delta, A, B, C, D, z, delta_bias, *, width=32, warps=1, unroll=4, s
         B, C = B.astype(_F32), C.astype(_F32)
     bias = delta_bias.astype(_F32)
     static = dict(length=length, seg_len=seg_len, unroll=unroll, width=width, n=n, split=split,
-                  ragged=segments * seg_len != length, fast=fast, store1d=store1d,
-                  segmented=segments > 1)
+                  perm=perm,
+                  ragged=segments * seg_len != length, fast=fast, segmented=segments > 1)
     x0 = []
     if segments > 1:  # pass 1 over segments 0 .. P-2, then the carries in XLA
         ends, sums = pallas_call(
@@ -364,43 +386,42 @@ def variants(quick: bool) -> dict:
     out = {"xla (associative, reference)": reference, "pallas (library, impl=pallas)": library}
     if quick:  # interpret mode: every code path at a tiny shape (warps are ignored)
         launches = [dict(width=8, warps=1, unroll=4), dict(width=8, warps=1, unroll=4, split=2),
-                    dict(width=4, warps=1, unroll=2, split=4, segments=3),
+                    dict(width=8, warps=1, unroll=4, split=2, perm=True),
+                    dict(width=4, warps=1, unroll=2, split=4, segments=3, perm=True),
                     dict(width=8, warps=1, unroll=4, segments=3),
                     dict(width=16, warps=2, unroll=2, segments=2),
                     dict(width=8, warps=1, unroll=4, libdevice=True),
                     dict(width=8, warps=1, unroll=4, segments=3, libdevice=True),
-                    dict(width=8, warps=1, unroll=4, bf16bc=True),
-                    dict(width=8, warps=1, unroll=2, split=2, store1d=True)]
+                    dict(width=8, warps=1, unroll=4, bf16bc=True)]
         tiles = [(8, 8, 1)]
-    else:
+    else:  # Triton compile times on a 2-core CPU (triton 3.6, sm_90) in brackets
         launches = [
-            # (d): H threads per channel, one warp per program, 512 / 1024 warps
-            dict(width=16, warps=1, unroll=4, split=2), dict(width=8, warps=1, unroll=4, split=4),
-            # (b): one channel per thread, P segments: P x 256 warps
+            # (d): H threads per channel, one warp per program: 512 / 1024 warps (68 s, 16 s)
+            dict(width=16, warps=1, unroll=4, split=2, perm=True),
+            dict(width=8, warps=1, unroll=4, split=4, perm=True),
+            # (d) and (b): 1024 / 2048 warps, pass 1 over half of the sequence (~100 s, ~24 s)
+            dict(width=16, warps=1, unroll=4, split=2, segments=2, perm=True),
+            dict(width=8, warps=1, unroll=4, split=4, segments=2, perm=True),
+            # (b): one channel per thread, 4 segments: 1024 warps (67 s)
             dict(width=32, warps=1, unroll=4, segments=4),
-            dict(width=16, warps=1, unroll=4, split=2, segments=2),
-            dict(width=8, warps=1, unroll=4, split=4, segments=2),
-            dict(width=64, warps=2, unroll=4, segments=4),
-            dict(width=128, warps=4, unroll=4, segments=4),
-            dict(width=32, warps=1, unroll=4, segments=2),
-            # (a): one channel per thread, 256 warps
-            dict(width=32, warps=1, unroll=4), dict(width=64, warps=2, unroll=4),
-            dict(width=128, warps=4, unroll=4),
-            # libdevice's exp2f / log1pf / expf / division, bf16 B and C, other depths
-            dict(width=8, warps=1, unroll=4, split=4, libdevice=True),
-            dict(width=32, warps=1, unroll=4, segments=4, libdevice=True),
-            dict(width=32, warps=1, unroll=4, bf16bc=True),
-            dict(width=8, warps=1, unroll=4, split=4, store1d=True),
-            dict(width=8, warps=1, unroll=8, split=4), dict(width=8, warps=1, unroll=2, split=4),
-            dict(width=32, warps=1, unroll=4, segments=8),
-            dict(width=32, warps=1, unroll=2, segments=4),
+            # (a): one channel per thread, 256 warps (36 s)
+            dict(width=32, warps=1, unroll=4),
+            # (d) without the channel permutation: layout conversions (shuffles) every step
+            dict(width=16, warps=1, unroll=4, split=2), dict(width=8, warps=1, unroll=4, split=4),
+            # two warps per program, shallower prefetch, libdevice, bf16 B and C
+            dict(width=32, warps=2, unroll=4, split=2, perm=True),
+            dict(width=16, warps=2, unroll=4, split=4, perm=True),
+            dict(width=16, warps=1, unroll=2, split=2, perm=True),
+            dict(width=8, warps=1, unroll=2, split=4, perm=True),
+            dict(width=8, warps=1, unroll=4, split=4, perm=True, libdevice=True),
+            dict(width=8, warps=1, unroll=4, split=4, perm=True, bf16bc=True),
         ]
         tiles = [(16, 16, 2), (32, 16, 2), (64, 16, 8), (32, 32, 4)]
     for launch_ in launches:
         kw = dict(launch_)
         libdevice, bf16bc = kw.pop("libdevice", False), kw.pop("bf16bc", False)
         out[_name(**launch_)] = functools.partial(per_n, **kw, fast=not libdevice,
-                                                  bc_f32=not bf16bc)  # store1d stays in kw
+                                                  bc_f32=not bf16bc)
     for w, c, nw in tiles:
         out[f"tiled w{w} c{c} n{nw}"] = tiled(w, c, nw)
     return out
@@ -434,7 +455,7 @@ def main(argv=None) -> list[tuple[str, float, float]]:
                         "has one (besides the reference and the library's kernel)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--calls", type=int, default=10)
-    parser.add_argument("--compile-s", type=float, default=100.0,
+    parser.add_argument("--compile-s", type=float, default=110.0,
                         help="give up on variants not compiled by then")
     parser.add_argument("--workers", type=int, default=12, help="compile threads")
     args = parser.parse_args(argv)

@@ -25,13 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import selective_scan_variants as variants  # noqa: E402
 
 SHAPE = (2, 37, 16, 4)  # batch, length, d, n
-# Every kernel's code path (one channel per thread, H = 2 and 4 threads per channel, 2 and 3
-# segments: with 3 the middle one's state comes from the carry and with a zero state would miss by
-# ~1e-1), libdevice's functions, bf16 B and C (float32 here).
+# Every kernel's code path (one channel per thread, H = 2 and 4 threads per channel, channels
+# permuted or not, 2 and 3 segments: with 3 the middle one's state comes from the carry and with a
+# zero state would miss by ~1e-1), libdevice's functions, bf16 B and C (float32 here).
 CHECKED = [name for name in variants.variants(quick=True)
            if name.startswith(("per-n", "seg", "split"))]
-LOWERED = ("split 4 w8 n1 u4", "seg 2 split 2 w16 n1 u4", "per-n w32 n1 u4",
-           "seg 4 w32 n1 u4 libdevice", "per-n w32 n1 u4 bf16bc", "split 4 w8 n1 u4 store1d")
+LOWERED = ("split 4 w8 n1 u4 perm", "seg 2 split 4 w8 n1 u4 perm", "per-n w32 n1 u4",
+           "seg 4 w32 n1 u4", "split 4 w8 n1 u4 perm libdevice", "split 4 w8 n1 u4 perm bf16bc",
+           "split 4 w8 n1 u4")
 
 
 @functools.cache
@@ -66,6 +67,6 @@ def test_main_prints_a_row_per_variant(capsys):
     printed = capsys.readouterr().out
     names = [name for name, _, _ in rows]
     assert names[:2] == ["xla (associative, reference)", "pallas (library, impl=pallas)"]
-    assert names[2:] == ["seg 3 split 4 w4 n1 u2"]
+    assert names[2:] == ["seg 3 split 4 w4 n1 u2 perm"]
     assert all(ms > 0 and error <= variants.RTOL for _, ms, error in rows)
     assert all(f"| {name} |" in printed for name in names)
