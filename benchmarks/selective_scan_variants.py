@@ -33,10 +33,10 @@ one FMA, so what costs is instructions and barriers, not latency.
 
 Budget (H100, 132 SMs of 4 sub-partitions, ~1.75 GHz): each (t, d, n) needs one ex2 on the MUFU
 units, 16 per clock per SM (a warp's ex2 occupies its sub-partition's MUFU 8 clocks), so one pass
-of B L D N = 2.7e8 ex2 takes >= 73 us, and only if all 528 sub-partitions have warps: per warp
-and step 16 ex2 (128 clocks) against ~100 other instructions (1 per clock), i.e. MUFU bound.
-One channel per thread gives batch x d = 8192 threads = 256 warps: half the sub-partitions idle
-(>= ~150 us); hence (b) and (d) below. libdevice's exp2f (what jnp.exp2 lowers to) is not the
+of B L D N = 2.7e8 ex2 takes >= 73 us, and only if all 528 sub-partitions have warps. With one
+channel per thread a warp's step is 20 MUFU ops (160 clocks) against ~160 instructions issued
+(1 per clock): both limits meet; and batch x d = 8192 threads = 256 warps leave half the
+sub-partitions idle (>= ~150-190 us); hence (b) and (d) below. libdevice's exp2f (what jnp.exp2 lowers to) is not the
 bare instruction (denormal fix-ups around MUFU.EX2), so the new kernels use
 ``ex2.approx.ftz.f32`` by inline PTX where compiled (``libdevice`` variants: jnp's functions).
 
@@ -174,8 +174,9 @@ def _silu(x, fast: bool):
 
 class _Lanes:
     """Where a program's state lives: ``split`` = 1: n vectors (width,), one channel per thread;
-    ``split`` = H > 1: n / H tiles (H, width), H threads per channel (H x width = 32: one warp,
-    the H threads of a channel in the same warp), tile k row r holding state r n / H + k.
+    ``split`` = H > 1: n / H tiles (H, width), H threads per channel (H x width = 32 x warps;
+    Triton puts the H axis within a warp with ``perm``, and without it for one warp), tile k row
+    r holding state r n / H + k.
 
     ``perm``: the program's channels in the order (3 c) mod width instead of c, so that Triton's
     axis analysis sees no contiguity in u's, delta's, z's and out's addresses (as in B's and C's,
