@@ -36,9 +36,10 @@ units, 16 per clock per SM (a warp's ex2 occupies its sub-partition's MUFU 8 clo
 of B L D N = 2.7e8 ex2 takes >= 73 us, and only if all 528 sub-partitions have warps. With one
 channel per thread a warp's step is 20 MUFU ops (160 clocks) against ~160 instructions issued
 (1 per clock): both limits meet; and batch x d = 8192 threads = 256 warps leave half the
-sub-partitions idle (>= ~150-190 us); hence (b) and (d) below. libdevice's exp2f (what jnp.exp2 lowers to) is not the
-bare instruction (denormal fix-ups around MUFU.EX2), so the new kernels use
-``ex2.approx.ftz.f32`` by inline PTX where compiled (``libdevice`` variants: jnp's functions).
+sub-partitions idle (>= ~150-190 us); hence (b) and (d) below. libdevice's exp2f (what
+jnp.exp2 lowers to) is not the bare instruction (denormal fix-ups around MUFU.EX2), so the new
+kernels use ``ex2.approx.ftz.f32`` by inline PTX where compiled (``libdevice`` variants: jnp's
+functions).
 
 Variants (all new kernels: a ``fori_loop`` over groups of U steps whose loads are issued one
 group early, ``scan_loop.chunked_loop``; y stored per step; A passed as A log2(e) transposed to
