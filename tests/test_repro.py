@@ -76,7 +76,7 @@ def test_an_only_selection_that_does_not_fit_the_gpu_is_refused_before_it_starts
     assert gpu_memory_needed(GROUPS["based_fig2_d48"]) <= 0.95 * GPU_MEMORY_GB
 
 
-def test_repro_models_are_within_10_percent_of_their_transformer(monkeypatch):
+def test_repro_models_are_within_10_percent_of_their_transformer(monkeypatch, each_task_built_once):
     monkeypatch.setattr(tasks, "CACHE_DIR", None)
     toy = ["task.num_train=8", "task.num_val=8", "task.num_test=8", "optim.batch_size=8"]
     compared = 0

@@ -4,8 +4,6 @@ experiments/ (every one builds; LRA models within 10% of their task's Transforme
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -244,17 +242,9 @@ def test_selective_copying_targets_are_the_data_tokens_in_order():
         assert (targets[:20] == -100).all()
 
 
-def test_every_experiment_loads_and_builds(data_dirs, monkeypatch):
-    """Each experiment's config loads and its model builds on its task's data. The data of one
-    task config is generated once (8 listops configs share one: ~1 s each at length 2000)."""
-    built = {}
-
-    def build_task_once(task):
-        if repr(task) not in built:
-            built[repr(task)] = tasks.build_task(task)
-        return built[repr(task)]
-
-    monkeypatch.setattr(sys.modules[build.__module__], "build_task", build_task_once)
+def test_every_experiment_loads_and_builds(data_dirs, each_task_built_once):
+    """Each experiment's config loads and its model builds on its task's data (generated once
+    per task config: 8 listops experiments share one)."""
     for name in experiment_names():
         if name.startswith("lra/"):
             continue  # built above
