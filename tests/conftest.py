@@ -8,6 +8,7 @@
 """
 
 import itertools
+import sys
 
 import jax
 import pytest
@@ -43,3 +44,20 @@ def free_compiled_programs_near_the_map_limit():
         counts = memory_maps()
         if counts is not None and counts[0] > 0.6 * counts[1]:
             jax.clear_caches()
+
+
+@pytest.fixture
+def each_task_built_once(monkeypatch):
+    """The runner's ``build`` generates the data of one task config once in the test: tests that
+    build many experiments sharing a config (ListOps at length 2000: ~1 s each) reuse it."""
+    from seqzoo import tasks
+    from seqzoo.runner.build import build
+
+    built = {}
+
+    def build_task_once(task):
+        if repr(task) not in built:
+            built[repr(task)] = tasks.build_task(task)
+        return built[repr(task)]
+
+    monkeypatch.setattr(sys.modules[build.__module__], "build_task", build_task_once)

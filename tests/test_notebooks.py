@@ -29,6 +29,7 @@ CELL_TIMEOUT_S = 600
 
 def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks found in notebooks/"
+    assert set(QUICK) <= set(IDS), set(QUICK) - set(IDS)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
@@ -62,6 +63,23 @@ def check_png(png: bytes, where: str) -> None:
 SLOW_NOTEBOOKS = {"01_matrix_mixers", "03_kernels_and_scaling", "04_lra"}
 RUNS = [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if p.stem in SLOW_NOTEBOOKS else [])
         for p in NOTEBOOKS]
+# Smaller sizes under test, papermill-style, in the executed copy only (the file in git, which
+# users run, keeps its own): {notebook: {line as committed: line run here}}. Every line must be
+# found, so that an edit of the notebook fails here rather than quietly running it at full size.
+# 02 trains for 300 steps (~0.1 s each on a CPU) to show MQAR learnt; 50 still draw the loss and
+# the two evaluations (steps 1 and 50) and run every cell after them on the trained parameters.
+QUICK = {
+    "02_compose_and_train": {"STEPS, BATCH = 300, 32": "STEPS, BATCH = 50, 32"},
+}
+
+
+def quicken(notebook, stem: str) -> None:
+    """Replace ``QUICK[stem]``'s lines in the notebook's code cells; fail if one is missing."""
+    for line, quick in QUICK.get(stem, {}).items():
+        cells = [c for c in notebook.cells if c.cell_type == "code"
+                 and line in c.source.splitlines()]
+        assert len(cells) == 1, f"{stem}: the line {line!r} is in {len(cells)} code cells, not 1"
+        cells[0].source = "\n".join(quick if s == line else s for s in cells[0].source.splitlines())
 
 
 @pytest.mark.parametrize("path", RUNS)
@@ -69,6 +87,7 @@ def test_notebook_runs(path, monkeypatch):
     paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     notebook = nbformat.read(path, as_version=4)
+    quicken(notebook, path.stem)
     client = NotebookClient(
         notebook,
         kernel_name="python3",

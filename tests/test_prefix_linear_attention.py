@@ -140,14 +140,14 @@ def test_output_and_gradients_match_the_official_equations(prefix):
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params["params"])
         x64, g64 = jnp.asarray(x, jnp.float64), jnp.asarray(g, jnp.float64)
-        want_y = official_equations(p64, x64, prefix)
-        want = jax.grad(lambda p, x: jnp.sum(official_equations(p, x, prefix) * g64),
-                        argnums=(0, 1))(p64, x64)
+        want_y = jax.jit(official_equations, static_argnums=2)(p64, x64, prefix)
+        want = jax.jit(jax.grad(lambda p, x: jnp.sum(official_equations(p, x, prefix) * g64),
+                                argnums=(0, 1)))(p64, x64)
         want_y, want = np.asarray(want_y), jax.tree.map(np.asarray, want)
     np.testing.assert_allclose(np.asarray(apply(params, x), np.float64), want_y,
                                rtol=1e-4, atol=1e-6)
     for loss in (ours, dense_path):
-        got = jax.grad(loss, argnums=(0, 1))(params, x)
+        got = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)  # one program, not op by op
         got = (got[0]["params"], got[1])
         for (path, w), gw in zip(jax.tree_util.tree_leaves_with_path(want),
                                  jax.tree.leaves(got), strict=True):

@@ -242,7 +242,9 @@ def test_selective_copying_targets_are_the_data_tokens_in_order():
         assert (targets[:20] == -100).all()
 
 
-def test_every_experiment_loads_and_builds(data_dirs):
+def test_every_experiment_loads_and_builds(data_dirs, each_task_built_once):
+    """Each experiment's config loads and its model builds on its task's data (generated once
+    per task config: 8 listops experiments share one)."""
     for name in experiment_names():
         if name.startswith("lra/"):
             continue  # built above
