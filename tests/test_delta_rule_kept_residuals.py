@@ -39,9 +39,14 @@ from test_delta_rule_sequence_parallel import (
 )
 
 from seqzoo.ops.delta_rule import xla
-from seqzoo.ops.delta_rule.chunked_form import keep_residuals, kept_residuals, unit_lower_inverse
+from seqzoo.ops.delta_rule.chunked_form import (
+    GPU_KEPT,
+    keep_residuals,
+    kept_residuals,
+    unit_lower_inverse,
+)
 
-MODES = ("transform", "states")
+MODES = ("transform", "states")  # beside the CPU's default, "inputs"
 
 
 def within(mode):
@@ -157,7 +162,7 @@ def _kept(shape, dv, chunk, mode) -> tuple[list, int]:
     return signature, sum(int(np.prod(s)) * jnp.dtype(d).itemsize for s, d in signature)
 
 
-@pytest.mark.parametrize("mode", [None, *MODES], ids=["default", *MODES])
+@pytest.mark.parametrize("mode", [None, "inputs", *MODES], ids=["default", "inputs", *MODES])
 def test_the_residuals_are_the_arguments_and_what_is_kept(mode):
     """Beyond the (padded) arguments: nothing by default; ``T`` ``(n, b, h, c, c)`` float32;
     with "states" also the entering states ``(n, b, h, dk, dv)`` float32 and ``D`` ``(n, b,
@@ -166,8 +171,8 @@ def test_the_residuals_are_the_arguments_and_what_is_kept(mode):
     extra, _ = _kept((b, t, h, d), dv, c, mode)
     ut = ((n, b, h, c, c), "float32")
     states = [ut, ((n, b, h, d, dv), "float32"), ((n, b, h, c, dv), "bfloat16")]
-    assert extra == sorted({None: [], "transform": [ut], "states": states}[mode])
-    assert kept_residuals() is None  # the context is left behind
+    assert extra == sorted({None: [], "inputs": [], "transform": [ut], "states": states}[mode])
+    assert kept_residuals() == "inputs"  # the context is left behind: a CPU's default
 
 
 def test_the_kept_sizes_at_the_issue_shape():
@@ -179,9 +184,20 @@ def test_the_kept_sizes_at_the_issue_shape():
     assert _kept(shape, 128, 64, "states")[1] == (32 + 128 + 32) * mib
 
 
-def test_keep_residuals_takes_transform_or_states():
+def test_keep_residuals_takes_inputs_transform_or_states():
     with pytest.raises(ValueError, match="keep_residuals"), keep_residuals("everything"):
         pass
     with keep_residuals("transform"), keep_residuals("states"):
         assert kept_residuals() == "states"
-    assert kept_residuals() is None
+    assert kept_residuals() == "inputs"
+
+
+def test_a_gpu_keeps_the_transform_by_default(monkeypatch):
+    """On a GPU (faked: read when traced) the default keeps ``T`` (``GPU_KEPT``, fla's choice)
+    and its residuals are "transform"'s; ``keep_residuals("inputs")`` still keeps only the
+    arguments there."""
+    (b, t, h, d), dv, c, n = (2, 300, 3, 32), 33, 64, 5
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert kept_residuals() == GPU_KEPT == "transform"
+    assert _kept((b, t, h, d), dv, c, None)[0] == [((n, b, h, c, c), "float32")]
+    assert _kept((b, t, h, d), dv, c, "inputs")[0] == []

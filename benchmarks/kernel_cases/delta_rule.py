@@ -24,10 +24,12 @@ the GPU default was measured against: each block pays the scan over chunks' late
 ``xla chunked unroll N`` runs ``N`` chunks per iteration of the scans over chunks
 (``delta_rule.chunked_form.scan_unroll``; ``all``: no loop; ``1``: rolled), beside the default
 (a GPU unrolls up to ``chunked_form.GPU_UNROLL_CHUNKS`` chunks whole, other backends roll).
-``xla chunked keep transform`` and ``xla chunked keep states`` (forward+backward only) keep
-``T``, or ``T``, the entering states and ``D``, from the forward pass for the backward pass
-rather than recomputing them (``chunked_form.keep_residuals``: fla keeps its ``A`` / ``T``),
-at the memory its docstring states.
+``xla chunked keep inputs``, ``keep transform`` and ``keep states`` (forward+backward only)
+keep nothing but the arguments, ``T``, or ``T``, the entering states and ``D``, from the
+forward pass for the backward pass (``chunked_form.keep_residuals``: fla keeps its ``A`` /
+``T``), at the memory its docstring states; a GPU's default keeps ``T``
+(``chunked_form.GPU_KEPT``), other backends' the inputs. ``4 blocks`` keeps the inputs (row
+blocks exist only there).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def inputs(shape, gated: bool):
 def xla_variant(args, do, mode, impl="chunked", blocks=None, unroll=None, keep=None):
     """``blocks``: ``lean_grad.fewest_blocks`` for the backward pass (default: its own);
     ``unroll``: ``scan_unroll``'s chunks per iteration (default: its own); ``keep``:
-    ``keep_residuals``' what (default: keep only the inputs)."""
+    ``keep_residuals``' what (default: its own, ``chunked_form.kept_residuals``)."""
     def fn(q, k, v, beta, g=None):
         with contextlib.ExitStack() as within:
             if blocks is not None:
@@ -124,7 +126,8 @@ def case(shape, gated: bool, mode, quick: bool = False) -> Case:
     args = (q, k, v, beta) if g is None else (q, k, v, beta, g)
     variants = {"xla chunked": xla_variant(args, do, mode)}
     if mode == "fwd+bwd":  # the backward pass a quarter of the rows at a time; on kept arrays
-        variants[f"xla chunked {BLOCKS} blocks"] = xla_variant(args, do, mode, blocks=BLOCKS)
+        variants[f"xla chunked {BLOCKS} blocks"] = xla_variant(args, do, mode, blocks=BLOCKS,
+                                                               keep="inputs")
         for keep in KEPT:
             variants[f"xla chunked keep {keep}"] = xla_variant(args, do, mode, keep=keep)
     chunks = -(-shape[1] // CHUNK)

@@ -24,7 +24,13 @@ Array = jax.Array
 GPU_UNROLL_CHUNKS = 32
 # keep_residuals' choices: how many of ``(T, the entering states, D)`` each keeps (the ``kept``
 # of ``chunked_vjp.chunked_core_vjp``)
-KEPT = {"transform": 1, "states": 3}
+KEPT = {"inputs": 0, "transform": 1, "states": 3}
+# What a GPU keeps by default: ``T``, as fla's ``chunk_delta_rule`` keeps its ``A``. DeltaNet's
+# forward+backward at (4, 2048, 16, 128) bf16 on an H100 took 4.07 ms keeping the inputs, 3.24
+# keeping ``T`` and 3.23 keeping the states too, in one call ("The delta rule's chunk-parallel
+# XLA form beside fla", benchmarks/RESULTS.md): "states" buys nothing more for 6x the memory.
+# Other backends keep the inputs (their backward pass runs in blocks of rows, for memory).
+GPU_KEPT = "transform"
 _HI = jax.lax.Precision.HIGHEST
 _unrolls: list[int] = []  # scan_unroll's stack
 _keeps: list[str] = []  # keep_residuals' stack
@@ -47,17 +53,19 @@ def scan_unroll(n: int):
 
 @contextlib.contextmanager
 def keep_residuals(what: str):
-    """Within: the chunked form's backward pass takes arrays kept from its forward pass rather
-    than recomputing them from the inputs (read when traced; ``xla.chunked``). ``what``:
+    """Within: the chunked form's backward pass takes what ``what`` names from its forward pass
+    rather than recomputing it from the inputs (read when traced; ``xla.chunked``). ``what``:
 
+    - ``"inputs"``: nothing but the arguments; the backward pass recomputes ``T``, the states
+      and ``D`` (in blocks of batch rows off a GPU, ``lean_grad.blockwise``): the least memory;
     - ``"transform"``: ``T = (I + A)^{-1}`` of every chunk, ``(n, b, h, c, c)`` float32; the
       backward pass skips the UT transform (``unit_lower_inverse``);
     - ``"states"``: ``T``, the state entering every chunk ``(n, b, h, dk, dv)`` float32 and
       ``D`` ``(n, b, h, c, dv)`` in the operand dtype; the backward pass skips the forward scan
       too, leaving its reverse scan the only one.
 
-    Outside (the default) the backward pass keeps only the inputs and recomputes both. Speed for
-    memory, per layer: at ``(b, t, h, dk = dv = d)``, chunk ``c``, ``T`` is ``4 b t h c``
+    Outside, the default (``kept_residuals``): ``"transform"`` on a GPU (``GPU_KEPT``),
+    ``"inputs"`` elsewhere. Speed for memory, per layer: at ``(b, t, h, dk = dv = d)``, chunk ``c``, ``T`` is ``4 b t h c``
     bytes, the states ``4 b t h d^2 / c``, ``D`` ``2 b t h d`` in bf16 (at (4, 2048, 16, 128)
     bf16, chunk 64: 32, 128 and 32 MiB, beside 32 MiB for each of ``q, k, v``).
     ``benchmarks/kernel_cases/delta_rule.py`` times both (``xla chunked keep transform``,
@@ -71,9 +79,12 @@ def keep_residuals(what: str):
         _keeps.pop()
 
 
-def kept_residuals() -> str | None:
-    """What the innermost ``keep_residuals`` keeps, None outside one (the default)."""
-    return _keeps[-1] if _keeps else None
+def kept_residuals() -> str:
+    """What the innermost ``keep_residuals`` keeps; outside one, ``GPU_KEPT`` on a GPU and
+    ``"inputs"`` elsewhere (read when traced, as ``current_unroll``)."""
+    if _keeps:
+        return _keeps[-1]
+    return GPU_KEPT if jax.default_backend() in GPU_BACKENDS else "inputs"
 
 
 def mm(spec: str, *operands: Array, dtype=None) -> Array:

@@ -110,27 +110,27 @@ def chunked(q, k, v, beta, g, s0, runs, chunk_size):
     carried ``S`` stay float32; ``T``, ``D``, ``S`` and the scores are rounded to the operand
     dtype only where they enter a matmul (fla stores them so). Output float32.
 
-    Memory: the backward pass keeps only the arguments (``seqzoo.ops.lean_grad.blockwise``: a
-    ``custom_vjp``, here with the VJP derived by hand in ``chunked_vjp.py``, a block of batch
-    rows at a time: all rows at once on a GPU, ``GPU_BACKWARD_BLOCKS``). It recomputes pass 1
-    and the scan's states, then runs a reverse scan over chunks carrying only the state's
-    cotangent and the rest parallel over chunks; so no chunk's ``(C, C)`` matrices, ``U``,
-    ``W``, ``D`` or states outlive the forward pass, at the cost of passes 1 and 2 once more.
-    Both passes hold every chunk's ``(C, C)`` matrices at once (``n b h C^2`` floats each), the
-    price of the chunk-parallel pass 1.
+    Memory (``chunked_form.keep_residuals``, read when traced; by default ``"transform"`` on a
+    GPU and ``"inputs"`` elsewhere): with ``"inputs"`` the backward pass keeps only the
+    arguments (``seqzoo.ops.lean_grad.blockwise``: a ``custom_vjp``, here with the VJP derived
+    by hand in ``chunked_vjp.py``, a block of batch rows at a time: all rows at once on a GPU,
+    ``GPU_BACKWARD_BLOCKS``). It recomputes pass 1 and the scan's states, then runs a reverse
+    scan over chunks carrying only the state's cotangent and the rest parallel over chunks; so
+    no chunk's ``(C, C)`` matrices, ``U``, ``W``, ``D`` or states outlive the forward pass, at
+    the cost of passes 1 and 2 once more. Both passes hold every chunk's ``(C, C)`` matrices at
+    once (``n b h C^2`` floats each), the price of the chunk-parallel pass 1.
 
-    Within ``chunked_form.keep_residuals`` (read when traced) the backward pass instead takes
-    ``T`` (``"transform"``), or ``T``, the entering states and ``D`` (``"states"``), kept from
-    the forward pass beside the arguments (sizes in ``keep_residuals``' docstring), and skips
-    the UT transform (and the forward scan). It runs on all rows at once: row blocks exist to
-    bound the recomputation's intermediates, and what is kept already holds every row's; the
-    point is speed, memory the price.
+    With ``"transform"`` the backward pass takes ``T`` kept from the forward pass beside the
+    arguments and skips the UT transform; with ``"states"`` also the entering states and ``D``,
+    and skips the forward scan too (sizes in ``keep_residuals``' docstring). Both run on all
+    rows at once: row blocks exist to bound the recomputation's intermediates, and what is kept
+    already holds every row's; the point is speed, memory the price.
     """
     t = q.shape[1]
     c = min(chunk_size, t)
     vjp = functools.partial(chunked_core_vjp, c=c)
     what = kept_residuals()
-    if what is None:
+    if what == "inputs":
         core = blockwise(functools.partial(_chunked_core, c=c), gpu_blocks=GPU_BACKWARD_BLOCKS,
                          vjp=vjp)
     else:
