@@ -65,11 +65,11 @@ def keep_residuals(what: str):
       too, leaving its reverse scan the only one.
 
     Outside, the default (``kept_residuals``): ``"transform"`` on a GPU (``GPU_KEPT``),
-    ``"inputs"`` elsewhere. Speed for memory, per layer: at ``(b, t, h, dk = dv = d)``, chunk ``c``, ``T`` is ``4 b t h c``
-    bytes, the states ``4 b t h d^2 / c``, ``D`` ``2 b t h d`` in bf16 (at (4, 2048, 16, 128)
-    bf16, chunk 64: 32, 128 and 32 MiB, beside 32 MiB for each of ``q, k, v``).
-    ``benchmarks/kernel_cases/delta_rule.py`` times both (``xla chunked keep transform``,
-    ``xla chunked keep states``)."""
+    ``"inputs"`` elsewhere. Speed for memory, per layer: at ``(b, t, h, dk = dv = d)``, chunk
+    ``c``, ``T`` is ``4 b t h c`` bytes, the states ``4 b t h d^2 / c``, ``D`` ``2 b t h d`` in
+    bf16 (at (4, 2048, 16, 128) bf16, chunk 64: 32, 128 and 32 MiB, beside 32 MiB for each of
+    ``q, k, v``). ``benchmarks/kernel_cases/delta_rule.py`` times the three (``xla chunked keep
+    inputs``, ``keep transform``, ``keep states``)."""
     if what not in KEPT:
         raise ValueError(f"keep_residuals takes one of {tuple(KEPT)}, got {what!r}")
     _keeps.append(what)
