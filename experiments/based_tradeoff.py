@@ -159,6 +159,7 @@ def plot(records: list[dict], path: Path, series: str = "window") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for line in sorted({(r["model"], r[series]) for r in records}):
@@ -172,6 +173,7 @@ def plot(records: list[dict], path: Path, series: str = "window") -> None:
             ax.annotate(name, (r["state"], 100 * r["test_accuracy"]),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels at the decades only
     ax.set_xlabel("recurrent state (floats per sequence)")
     ax.set_ylabel("MQAR test accuracy (%)")
     ax.set_title(f"Based ({'recipe' if series == 'window' else 'fig. 2 setup'}): "
