@@ -19,14 +19,21 @@ from experiments.repro.run import (
     ALL_RUNS,
     GPU_MEMORY_GB,
     GROUPS,
+    OUT_FILES,
+    PACK_BYTES,
+    State,
+    dropped_note,
     gpu_memory_needed,
     main,
     pack_states,
+    place_states,
+    plan_states,
     run_config,
     save_state,
     split_large,
     starting_points,
     state_file,
+    state_files,
     train_command,
     unpack_state,
 )
@@ -342,6 +349,92 @@ def test_a_state_larger_than_a_returned_file_travels_in_parts(tmp_path, monkeypa
     small = out / "state_small.tar.gz"
     small.write_bytes(b"x" * 100 * 1024)
     assert split_large(small) == [small] and small.is_file()  # at the limit: kept whole
+
+
+MIB = 2**20
+MQAR_KEYS = [f"mqar_attention_d64@lr={lr}" for lr in ("0.000464", "0.01", "a", "b", "c")]
+
+
+def test_states_are_planned_within_the_files_out_returns():
+    """The call of 2026-12-06: 5 unfinished MQAR states of 31 MiB (3 parts each) and the
+    unfinished Pathfinder state of 7.6 MiB selected last, beside 3 fixed files (the table, the
+    archive, a curve). One MQAR state travels whole (3 parts) and the Pathfinder state after
+    it, whole: at most 8 files, never some parts of a state; the others are named."""
+    states = [State(key, 31 * MIB, False) for key in MQAR_KEYS]
+    states.append(State("pathfinder_s4d@steps=125000", int(7.6 * MIB), False))
+    slots = OUT_FILES - 3
+    kept, dropped = plan_states(states, slots)
+    assert [s.key for s in kept] == [MQAR_KEYS[0], "pathfinder_s4d@steps=125000"]
+    assert [s.key for s in dropped] == MQAR_KEYS[1:]
+    assert 3 + state_files([s.size for s in kept], slots) == 7 <= OUT_FILES  # 3 parts, 1 loose
+    note = dropped_note(dropped[0], OUT_FILES)
+    assert note.startswith(f"state of {MQAR_KEYS[1]} (31.0 MiB) not returned: OUT holds 8 files")
+    assert f"--only {MQAR_KEYS[1]} --save-state" in note and "even alone" not in note
+    assert "even alone it needs 7 files" in dropped_note(State("big", 100 * MIB, False), 8)
+
+
+def test_states_that_all_fit_are_all_kept_loose_or_packed():
+    states = [State(f"run{i}", (i + 1) * MIB, i % 2 == 0) for i in range(4)]
+    assert plan_states(states, 5) == ([states[1], states[3], states[0], states[2]], [])
+    assert state_files([s.size for s in states], 5) == 4  # one file each
+    assert state_files([s.size for s in states], 3) == 1  # 10 MiB in one pack
+    assert state_files([31 * MIB, 2 * MIB], 4) == 4  # 3 parts and one loose
+
+
+def test_a_finished_runs_state_yields_its_slot_to_an_unfinished_one():
+    """Listed first, the finished run's state is weighed after the unfinished one's."""
+    done, going = State("done", 10 * MIB, True), State("going", 10 * MIB, False)
+    assert plan_states([done, going], 1) == ([going], [done])
+    assert plan_states([done, going], 2) == ([going, done], [])
+
+
+def test_planned_states_are_placed_whole_and_unpack_from_out(tmp_path, monkeypatch):
+    """``place_states`` writes what the plan counted (parts of the large state, a pack of the
+    small ones where loose files would not fit) and every kept run unpacks from it."""
+    monkeypatch.setattr("experiments.repro.run.PACK_BYTES", 100 * 1024)
+    staging, out, work = tmp_path / "staging", tmp_path / "out", tmp_path / "work"
+    staging.mkdir()
+    out.mkdir()
+    staged = []
+    for key, size, done in (("big", 250, False), ("huge", 400, False), ("a", 30, True),
+                            ("b", 40, False)):
+        run_dir = tmp_path / "runs" / key
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "config.toml").write_text(key)
+        (run_dir / "blob").write_bytes(os.urandom(size * 1024))  # incompressible
+        archive = save_state(run_dir, key, staging)
+        staged.append((State(key, archive.stat().st_size, done), archive))
+    slots = 4
+    kept, dropped = plan_states([s for s, _ in staged], slots)
+    assert [s.key for s in kept] == ["big", "b", "a"] and [s.key for s in dropped] == ["huge"]
+    placed = place_states([(s, path) for s, path in staged if s in kept], out, slots)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in placed) == [
+        *(f"{state_file('big')}.part{i}" for i in range(3)), "states_1.tar"]
+    assert len(placed) == state_files([s.size for s in kept], slots) <= slots
+    for key in ("big", "a", "b"):
+        assert unpack_state(out, key, work)
+        assert (work / "runs" / key / "config.toml").read_text() == key
+    assert not unpack_state(out, "huge", work)
+
+
+def test_a_state_cut_short_is_refused_before_its_run_is_replaced(tmp_path, monkeypatch):
+    """Part 0 of 3 alone (what the device tool returned on 2026-12-06, in alphabetical order)
+    joins into an archive cut short: refused, and the run directory in WORK is kept."""
+    monkeypatch.setattr("experiments.repro.run.PACK_BYTES", 100 * 1024)
+    out, work, key = tmp_path / "out", tmp_path / "work", "pathfinder_s4d"
+    run_dir = tmp_path / "runs" / key
+    run_dir.mkdir(parents=True)
+    out.mkdir()
+    (run_dir / "blob").write_bytes(os.urandom(250 * 1024))
+    parts = split_large(save_state(run_dir, key, out))
+    for part in parts[1:]:
+        part.unlink()
+    (work / "runs" / key).mkdir(parents=True)
+    (work / "runs" / key / "kept").write_text("")
+    with pytest.raises(ValueError, match="incomplete"):
+        unpack_state(out, key, work)
+    assert (work / "runs" / key / "kept").is_file()
+    assert PACK_BYTES == 15 * MIB  # the real limit, under the device tool's 16 MiB
 
 
 @pytest.mark.slow

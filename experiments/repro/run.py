@@ -24,18 +24,28 @@ analysis on a CPU, where Mamba's selective scan is XLA's associative scan: on a 
 Pallas kernel, which keeps far less, so those are upper bounds; ListOps Mamba's is an estimate
 by hand).
 
-OUT receives at most 8 files (what the device tool returns): ``results.md`` (the table, also
-printed), ``curves_<task>.png`` per task, and ``runs.tar.gz`` (each run's config, metrics,
-summary and log). Run directories, with their checkpoints, stay under ``--work``.
+OUT receives at most ``--out-files`` files, 8 by default (``OUT_FILES``: the device tool
+returns 8, in alphabetical order, and silently drops the rest and any file over 16 MiB; if you
+write files of your own in OUT, a log say, leave room for them: ``--out-files 7``). The launcher
+counts every file it writes there: ``results.md`` (the table, also printed), ``runs.tar.gz``
+(each run's config, metrics, summary and log), ``curves_<task>.png`` per task, then the states
+below. Run directories, with their checkpoints, stay under ``--work``.
 
 A run longer than one call continues in the next one, on another machine: ``--save-state``
 also writes each run's directory (its newest checkpoint, the best ones, metrics and config) as
-``state_<key>.tar.gz`` in OUT (where one file per run would pass OUT's 8 files, the archives
-travel packed in ``states_<i>.tar`` files of at most 15 MiB each; an archive larger than that
-travels cut into ``state_<key>.tar.gz.part<i>`` files of 15 MiB); a later call given that
-folder with ``--resume-from DIR`` unpacks a run's archive, loose or from a pack, and continues
-the run with ``seqzoo train --resume`` (the same model, data, seed and batches; the data is
-generated again, identical for its seed) for that call's minutes::
+``state_<key>.tar.gz`` in OUT, in the files OUT has left (``plan_states``): an archive larger
+than 15 MiB (``PACK_BYTES``) travels cut into ``state_<key>.tar.gz.part<i>`` files of 15 MiB,
+all its parts or none; the others loose, or packed in ``states_<i>.tar`` files of at most 15
+MiB each where one file per state would not fit. The states are weighed first those of runs
+that did not reach their planned steps (they need them to continue), then the finished ones,
+each in the order the runs were selected (the group's, or ``--only``'s); each is kept if it
+fits beside those before it, else left out whole, and the table and stdout say so per run
+(``state of <key> (<size> MiB) not returned: OUT holds 8 files``): run it with ``--only <key>
+--save-state`` in a call of its own. A later call given that folder with ``--resume-from DIR``
+unpacks a run's archive, loose, joined from its parts (refused if one is missing, or the joined
+archive is cut short) or from a pack, and continues the run with ``seqzoo train --resume`` (the
+same model, data, seed and batches; the data is generated again, identical for its seed) for
+that call's minutes::
 
     python experiments/repro/run.py --out $OUT --minutes 9 --only pathfinder_s4d --save-state
     python experiments/repro/run.py --out $OUT --minutes 9 --only pathfinder_s4d --save-state \
@@ -56,6 +66,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import gzip
 import os
 import re
 import shlex
@@ -64,6 +75,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -499,24 +511,85 @@ def save_state(run_dir: Path, key: str, out: Path) -> Path:
     return path
 
 
-OUT_FILES = 8  # what the device tool returns from OUT
-PACK_BYTES = 15 * 2**20  # ... in files of at most 16 MiB each
+OUT_FILES = 8  # what the device tool returns from OUT (files past it are dropped, silently)
+PACK_BYTES = 15 * 2**20  # ... in files of at most 16 MiB each (larger ones are dropped too)
+FIXED_FILES = 2  # results.md and runs.tar.gz; then one curves_<task>.png per task, then states
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """A run's state archive as ``plan_states`` weighs it: its size in bytes and whether the run
+    reached its planned steps (a run that did not needs its state to continue)."""
+
+    key: str
+    size: int
+    finished: bool
+
+
+def _first_fit(sizes: list[int]) -> list[list[int]]:
+    """Indices of ``sizes`` in packs of at most ``PACK_BYTES`` (first fit, in order; one larger
+    than that alone in its pack)."""
+    packs: list[list[int]] = []
+    used: list[int] = []
+    for i, size in enumerate(sizes):
+        fit = next((j for j, total in enumerate(used) if total + size <= PACK_BYTES), None)
+        if fit is None:
+            packs.append([i])
+            used.append(size)
+        else:
+            packs[fit].append(i)
+            used[fit] += size
+    return packs
+
+
+def _parts(size: int) -> int:
+    """Files an archive of ``size`` bytes takes when it is larger than ``PACK_BYTES``
+    (``split_large``)."""
+    return -(-size // PACK_BYTES)
+
+
+def state_files(sizes: list[int], slots: int) -> int:
+    """Files of OUT that state archives of ``sizes`` take, laid out as ``place_states`` does:
+    each larger than ``PACK_BYTES`` in its parts; the others one file each where that fits in
+    ``slots`` files, else in first-fit packs (``pack_states``)."""
+    large = sum(_parts(size) for size in sizes if size > PACK_BYTES)
+    small = [size for size in sizes if size <= PACK_BYTES]
+    if large + len(small) <= slots:
+        return large + len(small)
+    return large + len(_first_fit(small))
+
+
+def plan_states(states: list[State], slots: int) -> tuple[list[State], list[State]]:
+    """The states that travel in ``slots`` files of OUT, and those that do not. Priority: the
+    runs that did not reach their planned steps, then the finished ones, each class in the
+    order given (the runs' selection order); in that order each state is kept if it fits beside
+    those kept before it (``state_files``), else left out whole: never some of its parts. A
+    smaller state after one left out may still fit."""
+    kept: list[State] = []
+    for state in [s for s in states if not s.finished] + [s for s in states if s.finished]:
+        if state_files([s.size for s in (*kept, state)], slots) <= slots:
+            kept.append(state)
+    dropped = [s for s in states if s not in kept]
+    return kept, dropped
+
+
+def dropped_note(state: State, out_files: int) -> str:
+    """What the table and stdout say of a state ``plan_states`` left out."""
+    note = (f"state of {state.key} ({state.size / 2**20:.1f} MiB) not returned: OUT holds "
+            f"{out_files} files; to keep it, run `--only {state.key} --save-state` in a call of "
+            "its own")
+    alone = out_files - FIXED_FILES - 1  # beside the table, the archive and its curve
+    if _parts(state.size) > alone:
+        note += (f" (even alone it needs {_parts(state.size)} files of {PACK_BYTES / 2**20:.0f} "
+                 f"MiB, more than the {alone} OUT has left)")
+    return note
 
 
 def pack_states(archives: list[Path], out: Path) -> list[Path]:
     """Move the state archives into ``out/states_<i>.tar`` packs of at most ``PACK_BYTES`` each
     (first fit, in order; an archive larger than that alone in its pack); returns the packs."""
-    packs: list[list[Path]] = []
-    sizes: list[int] = []
-    for archive in archives:
-        size = archive.stat().st_size
-        fit = next((i for i, used in enumerate(sizes) if used + size <= PACK_BYTES), None)
-        if fit is None:
-            packs.append([archive])
-            sizes.append(size)
-        else:
-            packs[fit].append(archive)
-            sizes[fit] += size
+    packs = [[archives[i] for i in pack] for pack in _first_fit([a.stat().st_size
+                                                                  for a in archives])]
     paths = []
     for i, members in enumerate(packs, 1):
         paths.append(out / f"states_{i}.tar")
@@ -526,6 +599,22 @@ def pack_states(archives: list[Path], out: Path) -> list[Path]:
         for archive in members:
             archive.unlink()
     return paths
+
+
+def place_states(kept: list[tuple[State, Path]], out: Path, slots: int) -> list[Path]:
+    """Move the archives ``plan_states`` kept (in its order) into ``out``: each larger than
+    ``PACK_BYTES`` cut into parts, the others loose where one file each fits in ``slots``, else
+    packed; returns the files written."""
+    large = [path for state, path in kept if state.size > PACK_BYTES]
+    small = [path for state, path in kept if state.size <= PACK_BYTES]
+    placed = []
+    for path in large:
+        placed += split_large(Path(shutil.move(path, out / path.name)))
+    moved = [Path(shutil.move(path, out / path.name)) for path in small]
+    if len(placed) + len(moved) > slots:
+        moved = pack_states(moved, out)
+        print(f"states packed in {', '.join(p.name for p in moved)}", flush=True)
+    return placed + moved
 
 
 def split_large(archive: Path) -> list[Path]:
@@ -569,7 +658,8 @@ def _members(path: Path) -> list[str]:
 def unpack_state(source: Path, key: str, work: Path) -> bool:
     """Unpack ``source/state_<key>.tar.gz`` (or its ``.part<i>`` files: ``split_large``), or that
     archive from a ``source/states_<i>.tar`` pack, into ``work/runs/<key>`` (replacing it);
-    False if there is none."""
+    False if there is none; ``ValueError``, leaving ``work/runs/<key>`` as it was, if a part is
+    missing or the archive is cut short (``_check_whole``) or holds another folder."""
     path = source / state_file(key)
     if not path.is_file():
         path = _joined_parts(source, state_file(key), work / "unpacked")
@@ -582,15 +672,29 @@ def unpack_state(source: Path, key: str, work: Path) -> bool:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tarfile.open(pack) as archives:
             archives.extract(state_file(key), path.parent, filter="data")
+    _check_whole(path)
     run_dir = work / "runs" / key
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
     with tarfile.open(path) as archive:
         names = archive.getnames()
         if any(Path(name).parts[0] != key or ".." in Path(name).parts for name in names):
             raise ValueError(f"{path} holds files outside the folder {key!r}")
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
         archive.extractall(work / "runs", filter="data")
     return True
+
+
+def _check_whole(path: Path) -> None:
+    """``ValueError`` unless the gzip stream ``path`` reads to its end with its checksum: a state
+    of which only the first parts came back (``.part0`` of three, from a call before
+    ``plan_states``) joins into a cut archive, which would unpack a partial run."""
+    try:
+        with gzip.open(path) as stream:
+            while stream.read(2**22):
+                pass
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"{path} is incomplete or damaged ({e}): a part of it may be missing; "
+                         "leave the run out or give its whole state") from e
 
 
 def init_source(key: str, work: Path, resume_from: Path | None) -> Path | None:
@@ -687,14 +791,50 @@ def device_name() -> str:
     return jax.devices()[0].device_kind
 
 
-def write_outputs(launched: list[Launched], work: Path, out: Path, state: bool) -> None:
-    """Print the table; write ``results.md``, ``runs.tar.gz``, with ``state`` each run's
-    ``state_<key>.tar.gz`` (packed when one file per run is too many: ``pack_states``), and
-    ``curves_<task>.png`` (the most fragile last) in ``out``."""
+def finished(item: Launched, work: Path) -> bool:
+    """Whether the run reached its planned steps (its summary says so)."""
+    run_dir = work / "runs" / item.run.key
+    if not (run_dir / SUMMARY_FILE).is_file():
+        return False
+    return read_summary(run_dir)["steps"] >= item.cfg.optim.steps
+
+
+def write_outputs(launched: list[Launched], work: Path, out: Path, state: bool,
+                  out_files: int = OUT_FILES, selected: list[str] | None = None) -> None:
+    """Print the table; write ``results.md``, ``runs.tar.gz``, with ``state`` the state of each
+    run that ``plan_states`` fits in what is left of ``out_files`` (its archive, parts or pack:
+    ``place_states``; the table and stdout name each left out), and ``curves_<task>.png`` (the
+    most fragile last) in ``out``. The archives are made in ``work/outgoing`` first: OUT never
+    holds more than ``out_files`` files. ``selected``: the run keys in the order the states
+    are weighed (``--only``'s), else ``launched``'s (the group's)."""
     from seqzoo.runner.plot import plot_runs
 
+    by_task: dict[str, list[Path]] = {}
+    for item in launched:
+        run_dir = work / "runs" / item.run.key
+        if (run_dir / "metrics.jsonl").is_file():
+            by_task.setdefault(item.cfg.task.name, []).append(run_dir)
+    staged: list[tuple[State, Path]] = []
+    if state:
+        staging = work / "outgoing"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for item in launched:
+            run_dir = work / "runs" / item.run.key
+            if (run_dir / CONFIG_FILE).is_file():
+                archive = save_state(run_dir, item.run.key, staging)
+                staged.append((State(item.run.key, archive.stat().st_size,
+                                     finished(item, work)), archive))
+                print(f"state of {item.run.key}: {staged[-1][0].size / 2**20:.1f} MiB",
+                      flush=True)
+    if selected:
+        staged.sort(key=lambda staged_state: selected.index(staged_state[0].key))
+    slots = max(out_files - FIXED_FILES - len(by_task), 0)  # the table, archive and curves
+    kept, dropped = plan_states([s for s, _ in staged], slots)
+    notes = "".join(f"\n- {dropped_note(s, out_files)}" for s in dropped)
     device = device_name()
     table = HEADER + "".join(row(item, work, device) for item in launched)
+    table += notes and f"\nWARNING, states left out:{notes}\n"
     print(table, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(table)
@@ -706,27 +846,9 @@ def write_outputs(launched: list[Launched], work: Path, out: Path, state: bool) 
             for name in (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl"):
                 if (run_dir / name).is_file():
                     archive.add(run_dir / name, arcname=f"{item.run.key}/{name}")
-    by_task: dict[str, list[Path]] = {}
-    for item in launched:
-        run_dir = work / "runs" / item.run.key
-        if (run_dir / "metrics.jsonl").is_file():
-            by_task.setdefault(item.cfg.task.name, []).append(run_dir)
-    archives, parts = [], []
-    for item in launched if state else ():
-        run_dir = work / "runs" / item.run.key
-        if (run_dir / CONFIG_FILE).is_file():
-            archive = save_state(run_dir, item.run.key, out)
-            print(f"state of {item.run.key}: {archive.stat().st_size / 2**20:.1f} MiB",
-                  flush=True)
-            pieces = split_large(archive)
-            (archives if pieces == [archive] else parts).extend(pieces)
-    others = len(by_task) + 2 + len(parts)  # the curves, the table, the archive, the parts
-    if len(archives) + others > OUT_FILES:
-        packs = pack_states(archives, out)
-        print(f"states packed in {', '.join(p.name for p in packs)}", flush=True)
-        if len(packs) + others > OUT_FILES:
-            print(f"WARNING: OUT holds {len(packs) + others} files; the device tool returns "
-                  f"{OUT_FILES}: run fewer runs per call to keep every state", flush=True)
+    place_states([(s, path) for s, path in staged if s in kept], out, slots)
+    for _, path in staged:
+        path.unlink(missing_ok=True)  # those left out
     for task, run_dirs in by_task.items():
         plot_runs(run_dirs, out / f"curves_{task}.png")
 
@@ -734,7 +856,10 @@ def write_outputs(launched: list[Launched], work: Path, out: Path, state: bool) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True,
-                        help=f"results (at most {OUT_FILES} files)")
+                        help="results (at most --out-files files)")
+    parser.add_argument("--out-files", type=int, default=OUT_FILES, metavar="N",
+                        help=f"files OUT may hold (default {OUT_FILES}, what the device tool "
+                             "returns): less if you write files of your own there")
     parser.add_argument("--minutes", type=float, default=7.5, help="wall-clock budget (7.5)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/seqzoo-repro"), help="run dirs")
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".data", help="default .data")
@@ -761,13 +886,16 @@ def main(argv: list[str] | None = None) -> int:
                      f"(caps and CUDA contexts), more than 95% of the {GPU_MEMORY_GB:.0f} GB "
                      "GPU: split them over calls")
     tasks = {load_experiment(run.experiment).task.name for run in runs}
-    if args.save_state and len(tasks) + 3 > OUT_FILES:
+    if args.save_state and len(tasks) + FIXED_FILES + 1 > args.out_files:
         parser.error(f"--save-state with {len(tasks)} curves, the table, the archive and a pack "
-                     f"of states exceeds the {OUT_FILES} files OUT may hold")
+                     f"of states exceeds the {args.out_files} files OUT may hold")
     for folder in ("runs", "logs"):
         (args.work / folder).mkdir(parents=True, exist_ok=True)
-    resumed = {run.key for run in runs
-               if args.resume_from and unpack_state(args.resume_from, run.key, args.work)}
+    try:
+        resumed = {run.key for run in runs
+                   if args.resume_from and unpack_state(args.resume_from, run.key, args.work)}
+    except ValueError as e:  # a state cut short, or holding another run's files
+        parser.error(str(e))
     env = {  # jax refuses the old name of XLA_CLIENT_MEM_FRACTION beside the new one
         **{k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_MEM_FRACTION"},
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -805,7 +933,7 @@ def main(argv: list[str] | None = None) -> int:
                             inits.get(item[0].key)) for item in waiting]
     wait(launched, kill_deadline)
     launched.sort(key=lambda item: runs.index(item.run))
-    write_outputs(launched, args.work, args.out, args.save_state)
+    write_outputs(launched, args.work, args.out, args.save_state, args.out_files, args.only)
     return 0 if all(item.process.returncode == 0 for item in launched) else 1
 
 
