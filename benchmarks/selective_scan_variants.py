@@ -103,6 +103,11 @@ pass 2 (U = 4) on the 2-core CPU here. ``main`` therefore compiles every variant
 (``--workers``, the slow ones submitted first) and reports any not compiled within
 ``--compile-s`` seconds (default 110) instead of waiting for it; the whole run stays under the
 200 s timeout of the command above.
+
+**Measured (H100, 2026-12-06; benchmarks/RESULTS.md, "Other forward formulations, timed"): every
+new formulation is slower than the library's tiled kernel** (library 0.291 ms; per-n 0.763, seg
+4 0.368, split 0.472-0.750): the issue-bound model above does not hold. The one gain is a launch
+of the tiled kernel, w16 c16 n2 (0.260 ms).
 """
 
 from __future__ import annotations
