@@ -28,6 +28,11 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   (``intra_chunk.intra_chunk_scores``, XLA: sub-chunks of 16 rows through a reference row, the
   diagonal blocks exactly; its own VJP, to q, k and G), on float32 copies of q, k holding bf16
   values, (B, T/C, C, H, D) -> (B, T/C, H, C, C) float32;
+- ``intra scores A (Pallas kernel)``: the same scores by the opt-in Pallas kernel
+  (``kernel=True``: ``pallas_gpu_intra.py``, what ``intra_kernel=True`` runs; sub-chunk pairs
+  below the diagonal as matmuls through the reference rows, the diagonal blocks column by
+  column), its forward beside XLA's; fwd+bwd adds XLA's VJP (the kernel has none). Not one of
+  the split's parts (the op runs XLA's scores);
 - ``intra A v``: ``o_intra = A v`` per chunk (``intra_chunk.intra_chunk_outputs``, bf16
   operands, float32 result; its VJP ``dA = do v^T``, ``dv = A^T do``);
 - ``intra terms (scores + A v)``: the two as the split runs them
@@ -168,6 +173,12 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
               flush=True)
         a = jnp.zeros((b, n, h, c, c), F32)
     add("intra scores A (XLA, per key)", scores, (qc, kc, cum_c), cos_cotangent(a.shape))
+
+    def kernel_scores(q, k, cum):
+        return intra_chunk.intra_chunk_scores(q, k, cum, scale=scale, sub=sub, dtype=dtype,
+                                              kernel=True)
+
+    add("intra scores A (Pallas kernel)", kernel_scores, (qc, kc, cum_c), cos_cotangent(a.shape))
 
     def a_v(a, v):
         return intra_chunk.intra_chunk_outputs(a, v, dtype)

@@ -9,15 +9,24 @@ full-sequence cumulative decay G, masked before the ``exp``, and differentiates 
 
 from __future__ import annotations
 
+import functools
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gpu_lowering import dot_precisions, triton_modules
 
 from seqzoo.kernels import launch
 from seqzoo.kernels.chunked_pass import Tiling
 from seqzoo.ops.dispatch import resolve
-from seqzoo.ops.linear_attention import intra_chunk, linear_attention, pallas_gpu_split
+from seqzoo.ops.linear_attention import (
+    intra_chunk,
+    linear_attention,
+    pallas_gpu_intra,
+    pallas_gpu_split,
+)
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention
 
 F32_TOL = 1e-5  # relative L2, outputs and every gradient (float32 matmuls at IEEE precision)
@@ -210,6 +219,72 @@ def test_pallas_intra_scores_match_the_xla_ones(dtype, tol):
         *a, scale=0.7, kernel=kernel))(q.astype(dtype), k.astype(dtype), cum)
         for kernel in (True, False))
     assert rel(got, want) < tol
+
+
+def _intra_inputs(shape, seed=3, strength=1.0):
+    """q, k normal float32 and the chunk-local cumulative log decays of ``-strength *
+    softplus(normal)`` per step, all (B, N, C, H, dk)."""
+    rng = np.random.default_rng(seed)
+    q, k, g = (jnp.asarray(rng.standard_normal(shape, np.float32)) for _ in range(3))
+    return q, k, jnp.cumsum(-strength * jax.nn.softplus(g), axis=2)
+
+
+def _kernel_and_xla_scores(q, k, cum, dtype=None):
+    """Unscaled scores by the Pallas kernel (interpret mode) and by XLA (``kernel=False``)."""
+    return tuple(jax.jit(lambda *a, kernel=kernel: intra_chunk.intra_chunk_scores(
+        *a, scale=1.0, sub=16, kernel=kernel, dtype=dtype))(q, k, cum) for kernel in (True, False))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 16, 1, 16), (1, 2, 64, 2, 128), (2, 1, 32, 1, 40)],
+                         ids=["diagonal-only", "gla-size", "dk40-padded"])
+def test_pallas_intra_scores_float32_equal_xla(shape):
+    """Float32 (IEEE matmuls): the kernel's scores are XLA's forward to float32's accuracy at
+    C = 16 (one diagonal block), at GLA's C = 64, dk = 128, and at dk = 40 (zero-padded to 64);
+    exactly zero above the diagonal."""
+    got, want = _kernel_and_xla_scores(*_intra_inputs(shape))
+    assert got.shape == want.shape == (shape[0], shape[1], shape[3], shape[2], shape[2])
+    assert rel(got, want) < F32_TOL
+    assert not np.triu(np.asarray(got), 1).any()
+
+
+def test_pallas_intra_scores_bf16_against_float32():
+    """bf16 q, k: within bf16's rounding of the decayed matmul operands of the float32 scores
+    on the same (bf16) values, and equal to XLA's on bf16 (the same roundings)."""
+    q, k, cum = _intra_inputs((1, 2, 64, 2, 32), seed=4)
+    qb, kb = q.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
+    got, want_bf16 = _kernel_and_xla_scores(qb, kb, cum)
+    _, want_f32 = _kernel_and_xla_scores(qb.astype(jnp.float32), kb.astype(jnp.float32), cum)
+    assert 1e-5 < rel(got, want_f32) < 1e-2
+    assert rel(got, want_bf16) < 1e-3
+
+
+def test_pallas_intra_scores_strong_decays_stay_finite():
+    """Decays of -1e3 per step on some keys (cumulative -6e4 at the chunk's end): no inf or NaN
+    (every exponent the kernel forms is <= 0), and XLA's values, zeros where the decays kill."""
+    q, k, cum = _intra_inputs((1, 1, 64, 2, 32), seed=5)
+    steps = jnp.diff(cum, axis=2, prepend=0.0).at[:, :, :, 0, :8].set(-1e3)
+    steps = steps.at[:, :, 20:, 1, :].add(-50.0)
+    cum = jnp.cumsum(steps, axis=2)
+    got, want = _kernel_and_xla_scores(q, k, cum)
+    assert np.isfinite(np.asarray(got)).all()
+    assert rel(got, want) < F32_TOL
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_pallas_intra_scores_lower_to_2d_triton(monkeypatch, dtype):
+    """The kernel lowers for Triton at GLA's size: one module, four matmuls below the diagonal
+    (rows 0..16 for the second sub-chunk, 0..32 for the third, 0..32 and 32..48 for the last),
+    IEEE for float32, and no tensor of rank 3 (the diagonal blocks column by column)."""
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
+    q = jnp.ones((1, 2, 64, 2, 128), dtype)
+    cum = -jnp.ones((1, 2, 64, 2, 128), jnp.float32)
+    (module,) = triton_modules(functools.partial(pallas_gpu_intra.intra_chunk_scores, sub=16,
+                                                 dtype=dtype), q, q, cum)
+    precisions = dot_precisions(module)
+    assert len(precisions) == 4
+    if dtype == jnp.float32:
+        assert set(precisions) == {"ieee"}
+    assert not re.search(r"tensor<\d+x\d+x\d+x", module)
 
 
 def test_split_lowers_for_a_gpu(monkeypatch):
