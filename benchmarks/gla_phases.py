@@ -21,7 +21,7 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
 - ``inter-chunk kernel``: the pairs in different chunks, ``o_inter_i = scale (q_i * exp(G_i))
   S_{n-1}`` for i in chunk n, ``S_n = diag(exp(G_C)) S_{n-1} + sum_j (k_j * exp(G_C - G_j))
   v_j^T``: ``pallas_gpu.gated_linear_attention(intra=False)`` at the split's tiling
-  (``launch_tiling(..., intra=False)``), its ``o_inter`` written in float32 as the split has it
+  (``pallas_gpu_split.kernel_tiling``), its ``o_inter`` written in float32 as the split has it
   (an ``extra`` of zeros); fwd+bwd adds the three backward passes (dq, dv, dk) and the decays'
   chunk-local identity;
 - ``intra scores``: ``A_ij = scale sum_d q_id k_jd exp(G_id - G_jd)`` for ``j <= i`` in one chunk
@@ -81,10 +81,7 @@ from kernel_harness import jax_gradients, median_ms, torch_variant  # noqa: E402
 from seqzoo.kernels import chunked_vjp  # noqa: E402
 from seqzoo.kernels.chunked_tiling import padded_width  # noqa: E402
 from seqzoo.ops.linear_attention import intra_chunk, linear_attention, pallas_gpu_split  # noqa: E402
-from seqzoo.ops.linear_attention.pallas_gpu import (  # noqa: E402
-    gated_linear_attention,
-    launch_tiling,
-)
+from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention  # noqa: E402
 
 SHAPE = (4, 2048, 16, 128)
 QUICK_SHAPE = (1, 64, 2, 16)
@@ -111,10 +108,11 @@ def _zero_terms(q, k, v, cum):
 
 
 def split_tiling(shape, chunk: int, dtype=jnp.bfloat16):
-    """The tiling ``pallas_gpu_split.linear_attention_kernel`` runs its kernel at."""
-    _, t, _, d = shape
-    return launch_tiling("key", t, (padded_width(d), padded_width(d)), max_chunk=chunk,
-                         intra=False, itemsize=jnp.dtype(dtype).itemsize)
+    """The tiling ``pallas_gpu_split.linear_attention_kernel`` runs its kernel at for GLA inputs
+    of ``shape`` (B, T, H, D) in ``dtype`` (``pallas_gpu_split.kernel_tiling``)."""
+    qkv = jax.ShapeDtypeStruct(tuple(shape), dtype)
+    return pallas_gpu_split.kernel_tiling(qkv, qkv, qkv, jax.ShapeDtypeStruct(tuple(shape), F32),
+                                          chunk)
 
 
 def gla_inputs(shape, dtype=jnp.bfloat16):

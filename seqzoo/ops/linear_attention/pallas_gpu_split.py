@@ -87,6 +87,16 @@ class _IntraTerms:
                                      sub=self.sub, kernel=self.kernel, dtype=self.dtype)
 
 
+def kernel_tiling(q, k, v, log_decay, chunk_size: int):
+    """The inter-chunk kernel's launch tiling for these arguments (arrays or shape-dtype structs,
+    shapes as ``linear_attention_kernel``'s): ``pallas_gpu.launch_tiling`` without the
+    intra-chunk terms; its chunk and sub-chunk are the intra terms' too."""
+    decay = None if log_decay is None else ("scalar" if log_decay.ndim == 3 else "key")
+    widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
+    return launch_tiling(decay, q.shape[1], widths, max_chunk=chunk_size, intra=False,
+                         itemsize=max(a.dtype.itemsize for a in (q, k, v)))
+
+
 def linear_attention_kernel(
     q: Array,
     k: Array,
@@ -108,10 +118,7 @@ def linear_attention_kernel(
     precision: the inter-chunk passes' float32 matmuls (module docstring). Returns ``o`` in v's
     dtype and ``S_T`` float32.
     """
-    decay = None if log_decay is None else ("scalar" if log_decay.ndim == 3 else "key")
-    widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
-    tiling = launch_tiling(decay, q.shape[1], widths, max_chunk=chunk_size, intra=False,
-                           itemsize=max(a.dtype.itemsize for a in (q, k, v)))
+    tiling = kernel_tiling(q, k, v, log_decay, chunk_size)
     lead = [None if a is None else a[None] for a in (q, k, v, log_decay, initial_state)]
     intra = _IntraTerms(float(scale), tiling.chunk, tiling.sub, intra_kernel,
                         jnp.dtype(jnp.result_type(q.dtype, k.dtype, v.dtype)))
