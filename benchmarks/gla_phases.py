@@ -1,7 +1,7 @@
 """Where GLA's ``impl="pallas_split"`` time goes: its parts timed apart, beside fla's (issue 24).
 
     PYTHONPATH=.:/tmp/site:.peers/site XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 150 \\
-        python benchmarks/gla_phases.py [--quick] [--shape B T H D]
+        python benchmarks/gla_phases.py [--quick] [--shape B T H D] [--parts all|ours|fla]
 
 Gated linear attention with a decay per key dimension (GLA), ``o_t = scale q_t S_t``,
 ``S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T``, at (B, T, H, D) = (4, 2048, 16, 128) bf16, chunk
@@ -57,6 +57,8 @@ signature) prints its error in its row; the rest go on. ``sum of fla's pieces``:
 pieces' and the backward pieces' times summed (against the whole's fwd and bwd alone).
 
 Prints a markdown table, one row per part as it is timed (ms; "-": not timed for that pass).
+``--parts ours`` times only the JAX parts, ``--parts fla`` only fla's (its Triton autotuning
+takes minutes on a first call: a GPU call with too little time for both gets one of them whole).
 ``--quick``: (1, 64, 2, 16), chunk 32, few repeats, fla skipped: on a CPU the kernels run in
 Pallas interpret mode (``seqzoo.kernels.launch``), the times are no claim.
 """
@@ -325,6 +327,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true",
                         help="a tiny shape, few repeats, no fla (CPU, interpret mode)")
     parser.add_argument("--shape", type=int, nargs=4, metavar=("B", "T", "H", "D"))
+    parser.add_argument("--parts", choices=("all", "ours", "fla"), default="all",
+                        help="the JAX parts, fla's, or both (default)")
     args = parser.parse_args(argv)
     shape = tuple(args.shape or (QUICK_SHAPE if args.quick else SHAPE))
     chunk = QUICK_CHUNK if args.quick else CHUNK
@@ -335,6 +339,15 @@ def main(argv=None) -> dict:
           f"{device.device_kind} ({device.platform}), jax {jax.__version__}", flush=True)
     print("| part | fwd ms | fwd+bwd ms | bwd alone ms |\n|---|---|---|---|", flush=True)
     timed: dict = {}
+    if args.parts != "fla":
+        time_ours(shape, chunk, repeats, calls, timed)
+    if args.parts != "ours" and not args.quick:
+        time_fla(shape, repeats, calls, timed)
+    return timed
+
+
+def time_ours(shape, chunk: int, repeats: int, calls: int, timed: dict) -> None:
+    """Time the JAX parts, then the split whole, the sum of its parts and the one-pass op."""
     try:
         parts = jax_parts(shape, chunk)
     except Exception:
@@ -356,25 +369,27 @@ def main(argv=None) -> dict:
               + " | ".join(_cell(sums.get(m)) for m in MODES) + " |", flush=True)
     time_parts({k: v for k, v in whole.items() if k != "pallas_split (whole op)"}, repeats,
                calls, timed)
-    if not args.quick:
-        try:
-            fla = fla_parts(shape)
-        except Exception:
-            traceback.print_exc()
-            fla = {}
-        if not fla:
-            print("(fla not importable or its inputs failed: no fla rows)", flush=True)
-        time_parts(fla, repeats, calls, timed)
-        sums = {}
-        for mode, prefix in (("fwd", "fla fwd:"), ("bwd", "fla bwd:")):
-            values = [row.get(mode) for name, row in timed.items() if name.startswith(prefix)]
-            if values and all(isinstance(x, float) for x in values):
-                sums[mode] = sum(values)
-        if sums:
-            timed["sum of fla's pieces"] = sums
-            print("| sum of fla's pieces | " + " | ".join(_cell(sums.get(m)) for m in MODES)
-                  + " |", flush=True)
-    return timed
+
+
+def time_fla(shape, repeats: int, calls: int, timed: dict) -> None:
+    """Time fla's whole ``chunk_gla`` and its pieces, then the sums of its pieces."""
+    try:
+        fla = fla_parts(shape)
+    except Exception:
+        traceback.print_exc()
+        fla = {}
+    if not fla:
+        print("(fla not importable or its inputs failed: no fla rows)", flush=True)
+    time_parts(fla, repeats, calls, timed)
+    sums = {}
+    for mode, prefix in (("fwd", "fla fwd:"), ("bwd", "fla bwd:")):
+        values = [row.get(mode) for name, row in timed.items() if name.startswith(prefix)]
+        if values and all(isinstance(x, float) for x in values):
+            sums[mode] = sum(values)
+    if sums:
+        timed["sum of fla's pieces"] = sums
+        print("| sum of fla's pieces | " + " | ".join(_cell(sums.get(m)) for m in MODES)
+              + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,16 @@ def test_main_prints_a_row_per_part(capsys):
     assert len(timed) == 9
     assert all(isinstance(ms, float) for row in timed.values() for ms in row.values())
     assert all(f"| {name} |" in printed for name in timed if not name.startswith("sum"))
+
+
+@pytest.mark.parametrize("parts, called", [("all", ["ours", "fla"]), ("ours", ["ours"]),
+                                           ("fla", ["fla"])])
+def test_parts_picks_what_is_timed(monkeypatch, parts, called):
+    """``--parts``: a GPU call short of time for both gets the JAX parts or fla's whole."""
+    seen = []
+    monkeypatch.setattr(gla_phases, "time_ours", lambda *a: seen.append("ours"))
+    monkeypatch.setattr(gla_phases, "time_fla", lambda *a: seen.append("fla"))
+    monkeypatch.setattr(gla_phases, "split_tiling", lambda *a: type("T", (), {"chunk": 64,
+                                                                              "sub": 16}))
+    gla_phases.main(["--parts", parts])
+    assert seen == called

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 from kernel_harness import Case
-from parallel_compile import precompile
 
 from kernel_cases.chunked_linear_attention import (
     MAMBA2,
@@ -46,6 +45,8 @@ from seqzoo.kernels.matmul_precision import PRECISIONS
 from seqzoo.ops.linear_attention import linear_attention
 from seqzoo.ops.quasiseparable import quasiseparable
 from seqzoo.ops.ssd import ssd
+
+PRECOMPILE = True  # benchmarks/kernels.py compiles the picked variants in parallel first
 
 _F32 = jnp.float32
 RTOL = 1e-2
@@ -106,4 +107,4 @@ def cases(quick: bool) -> list[Case]:
     out = [attention_case(shape, kind, mode) for kind in ("none", "head", "key")
            for mode in modes]
     out += [ssm_case(mamba2, mode, hydra=hydra) for hydra in (False, True) for mode in modes]
-    return precompile(out)
+    return out
