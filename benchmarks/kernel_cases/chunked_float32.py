@@ -16,7 +16,12 @@ Variants:
   same under "highest" and under no context (checked in ``tests/test_kernels_precision.py``)
   and one row covers both; ``pallas highest`` is the like-for-like kernel row;
 * ``pallas highest`` / ``pallas tf32x3`` / ``pallas tf32``: ``impl="pallas"`` at each
-  ``precision`` (``seqzoo.kernels.matmul_precision``).
+  ``precision`` (``seqzoo.kernels.matmul_precision``);
+* per-key decays also ``pallas_split tf32x3`` / ``pallas_split tf32``: ``impl="pallas_split"``
+  (the inter-chunk kernel at that precision, the intra-chunk scores and ``A v`` in IEEE float32),
+  the form ``auto`` runs for 16-bit per-key decays; in bf16 its backward is 2.2x the one-pass
+  kernel's speed (``benchmarks/RESULTS.md``), and the one-pass kernel's float32 backward is what
+  loses to XLA here.
 
 Per-key decays time ``xla`` last, after the kernel's rows: the XLA form holds (B, T/C, H, D, C, C)
 float32 decays (4.3 GB at this shape), and a variant that runs out of memory is reported, not
@@ -74,6 +79,12 @@ def attention_case(shape, kind, mode) -> Case:
         return fn
 
     variants = _variants(op, args, do, mode, xla_first=kind != "key")
+    if kind == "key":  # before xla, which runs last (module docstring)
+        split = {f"pallas_split {precision}": _jax_variant(op("pallas_split", precision), args,
+                                                             do, mode)
+                 for precision in ("tf32x3", "tf32")}
+        variants = {name: fn for name, fn in variants.items() if name != "xla"} | split | {
+            "xla": variants["xla"]}
     b, t, h, d = shape
     return Case(f"linear_attention {kind} {mode} precision", f"B{b} T{t} H{h} D{d} f32",
                 variants, baseline="xla" if kind != "key" else "pallas highest",
