@@ -43,6 +43,7 @@ the paper goes to 1024 (Zoology's ``SlidingAttn`` sees w + 1 keys, itself includ
     python experiments/based_tradeoff.py --out /tmp/x --windows 8 --feature-dims 4 -- optim.steps=3
     python experiments/based_tradeoff.py --out OUT --from-runs /tmp/seqzoo-repro/runs
     python experiments/based_tradeoff.py --out OUT --preset fig2 --from-runs /tmp/seqzoo-repro/runs
+    python experiments/based_tradeoff.py --reachable 8 16 32 64 128
 
 The recipe grid also trains as the ``based_tradeoff`` group of ``experiments/repro/run.py``
 (its runs at once on one GPU; continued across calls with ``--save-state`` /
@@ -56,11 +57,15 @@ Writes ``based_tradeoff.json`` (``based_fig2.json`` for fig2; one record per poi
 window, d_model, feature_dim, state floats per sequence, test accuracy, run directory) and
 ``based_tradeoff.png`` / ``based_fig2.png`` (accuracy against state, one line per window, or
 per model and d_model). Arguments after ``--`` are config overrides for every point trained here.
+The sliding-window points also record, and the figure draws dotted, the share of the test
+queries whose key-value pair lies within the window's reach (``reachable_queries``: its
+accuracy's upper bound); ``--reachable W ...`` prints that share for the fig2 task alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -72,13 +77,16 @@ sys.path.insert(0, str(ROOT))  # the checkout's seqzoo, installed or not
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 import seqzoo  # noqa: E402
 from seqzoo.config import apply_overrides  # noqa: E402
+from seqzoo.data.dataset import IGNORE_INDEX  # noqa: E402
 from seqzoo.models.sequence_model import layer_mixers, mixer_options  # noqa: E402
 from seqzoo.runner import train  # noqa: E402
 from seqzoo.runner.experiments import load_experiment  # noqa: E402
 from seqzoo.runner.rundir import SUMMARY_FILE, read_summary, run_config  # noqa: E402
+from seqzoo.tasks import build_task  # noqa: E402
 
 RECIPE = "mqar_based_recipe"
 FIG2 = "mqar_based_fig2"  # the paper's figure-2 setup (module docstring)
@@ -100,6 +108,47 @@ def state_floats(model_cfg) -> int:
         state = jax.eval_shape(lambda p, m=mixer: m.apply(p, 1, method="init_state"), params)
         total += sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(state))
     return total
+
+
+def reachable_queries(inputs: np.ndarray, targets: np.ndarray, windows,
+                      kernel_size: int = 3) -> dict[int, float]:
+    """For each window ``w`` in ``windows``, the fraction of MQAR's scored queries that a short
+    convolution of ``kernel_size`` taps followed by attention over the last ``w`` tokens can
+    answer at all: the upper bound of a window-``w`` model's accuracy (above chance).
+
+    ``inputs`` / ``targets`` are (n, l) rows of :func:`seqzoo.data.synthetic.mqar` (-100: not
+    scored). A query at position q (token ``inputs[q]`` = key k) is scored with its value v =
+    ``targets[q]``. The attention at q reads only positions p in [q - w + 1, q] (the mask's
+    ``q - p < w``), and what position p carries is the conv's field, tokens [p - K + 1, p]
+    (the residual stream adds token p itself, already in the field). To match k and return v
+    some p in the window must hold both the key token at j - 1 and the value token at j of an
+    earlier occurrence of the pair (``inputs[j - 1] == k``, ``inputs[j] == v``, j < q): p in
+    [j, j + K - 2]. So the query is reachable iff its latest such j has q - j <= w + K - 3;
+    with K = 3, iff the value token lies within the last w + 1 positions. In MQAR's layout the
+    query sits at an even position and the value at an odd one, so for even w this is the
+    value within the last w positions, the key within the last w + 1. Queries with no earlier
+    (key, value) occurrence are never reachable. ``kernel_size`` must be >= 2 (with one tap no
+    position holds a key and its value together).
+    """
+    if kernel_size < 2:  # one tap: no position holds a key and its value together
+        raise ValueError(f"kernel_size must be >= 2, got {kernel_size}")
+    rows, query = np.nonzero(targets != IGNORE_INDEX)
+    x = inputs[rows]  # (scored, l): each scored query's row
+    key, value = x[np.arange(len(rows)), query], targets[rows, query]
+    j = np.arange(1, inputs.shape[1], dtype=np.int32)  # a value's position; its key at j - 1
+    pair = (x[:, 1:] == value[:, None]) & (x[:, :-1] == key[:, None]) & (j < query[:, None])
+    latest = np.where(pair, j, -1).max(axis=1, initial=-1)  # -1: no earlier pair
+    distance = np.where(latest >= 0, query - latest, np.iinfo(np.int64).max)
+    if not len(distance):
+        raise ValueError("no scored query in targets")
+    return {w: float(np.mean(distance <= w + kernel_size - 3)) for w in windows}
+
+
+def fig2_reachable(task_cfg, windows, kernel_size: int = 3) -> dict[int, float]:
+    """:func:`reachable_queries` on the test split of MQAR config ``task_cfg`` (generated by
+    the task itself, as training tests on it; only the test split is built)."""
+    data = build_task(dataclasses.replace(task_cfg, num_train=1, num_val=0))["test"]
+    return reachable_queries(data["inputs"], data["targets"], windows, kernel_size)
 
 
 def point_override(window: int, feature_dim: int) -> str:
@@ -168,6 +217,9 @@ def plot(records: list[dict], path: Path, series: str = "window") -> None:
         label = f"{series} {line[1]}" if series == "window" else f"{line[0]}, d_model {line[1]}"
         ax.plot([r["state"] for r in rows], [100 * r["test_accuracy"] for r in rows], "o-",
                 label=label)
+        if all("reachable_queries" in r for r in rows):  # the window's bound, its colour
+            ax.plot([r["state"] for r in rows], [100 * r["reachable_queries"] for r in rows],
+                    ":", color=ax.lines[-1].get_color(), label="its reachable queries (bound)")
         for r in rows:
             name = f"f={r['feature_dim']}" if r["feature_dim"] else f"w={r['window']}"
             ax.annotate(name, (r["state"], 100 * r["test_accuracy"]),
@@ -178,7 +230,7 @@ def plot(records: list[dict], path: Path, series: str = "window") -> None:
     ax.set_ylabel("MQAR test accuracy (%)")
     ax.set_title(f"Based ({'recipe' if series == 'window' else 'fig. 2 setup'}): "
                  "recall vs state size")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(0, 0.32))  # clear of the points
     fig.tight_layout()
     fig.savefig(path, dpi=150)
 
@@ -186,14 +238,21 @@ def plot(records: list[dict], path: Path, series: str = "window") -> None:
 def record(cfg, summary: dict, run_dir: Path) -> dict:
     """One point: the run's model (``Based``, or ``sliding window`` for the fig2 preset's
     attention-only model), window (None without one), d_model, feature_dim (None without
-    Based), state floats per sequence and test accuracy."""
+    Based), state floats per sequence and test accuracy; the sliding-window model's points also
+    hold ``reachable_queries``, the fraction of its test queries the window can reach at all
+    (:func:`fig2_reachable`, over its BaseConv's kernel)."""
     options = cfg.model.mixer_options
     based = "based" in cfg.model.mixer.split(",")
-    return {"model": "Based" if based else "sliding window",
-            "window": options.get("attention", {}).get("window"), "d_model": cfg.model.d_model,
-            "feature_dim": options["based"]["key_dim"] if based else None,
-            "state": state_floats(cfg.model), "test_accuracy": summary["test_accuracy"],
-            "run": str(run_dir)}
+    window = options.get("attention", {}).get("window")
+    point = {"model": "Based" if based else "sliding window", "window": window,
+             "d_model": cfg.model.d_model,
+             "feature_dim": options["based"]["key_dim"] if based else None,
+             "state": state_floats(cfg.model), "test_accuracy": summary["test_accuracy"],
+             "run": str(run_dir)}
+    if not based and window is not None and cfg.model.mixer == FIG2_SWA[0]:
+        kernel = options.get("base_conv", {}).get("kernel_size", 3)
+        point["reachable_queries"] = fig2_reachable(cfg.task, [window], kernel)[window]
+    return point
 
 
 def trained(cfg) -> tuple:
@@ -223,7 +282,8 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     overrides = argv[argv.index("--") + 1:] if "--" in argv else []
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, help="where the json and png go (required but with "
+                   "--reachable)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="recipe",
                    help="recipe: window x feature_dim of the 5-layer recipe on the default MQAR; "
                         "fig2: the paper's figure-2 setup, d_model x feature_dim")
@@ -235,7 +295,18 @@ def main(argv=None) -> None:
                    help="fig2: also train the sliding-window model at these windows")
     p.add_argument("--from-runs", type=Path, metavar="DIR",
                    help="train nothing: the points are DIR's finished runs of the preset")
+    p.add_argument("--reachable", type=int, nargs="+", metavar="W",
+                   help="train nothing: print the fraction of the fig2 task's test queries that "
+                        "attention over the last W tokens after BaseConv can reach, per W")
     args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    if args.reachable:
+        cfg = apply_overrides(load_experiment(FIG2), overrides)  # e.g. task.seq_len=512
+        kernel = cfg.model.mixer_options["base_conv"].get("kernel_size", 3)
+        for window, share in fig2_reachable(cfg.task, args.reachable, kernel).items():
+            print(json.dumps({"window": window, "reachable_queries": share}))
+        return
+    if args.out is None:
+        p.error("--out is required")
     if args.from_runs and overrides:
         p.error("--from-runs trains nothing: overrides after -- do not apply")
     experiment, series, stem = PRESETS[args.preset]

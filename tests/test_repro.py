@@ -39,6 +39,7 @@ from experiments.repro.run import (
 )
 from seqzoo import tasks
 from seqzoo.config import apply_overrides
+from seqzoo.data.synthetic import mqar
 from seqzoo.runner import train
 from seqzoo.runner.build import build
 from seqzoo.runner.experiments import experiment_names, load_experiment, transformer_config
@@ -272,10 +273,36 @@ def test_based_tradeoff_fig2_preset_draws_only_the_fig2_runs(tmp_path):
                                   ("sliding window", 128, None, 16, 0.5)]
     assert records[0]["state"] < records[1]["state"] and records[0]["state"] < records[2]["state"]
     assert records[3]["state"] > 2 * 16 * 128  # the window's keys and values
+    assert "reachable_queries" not in records[0]  # the window's bound: 0 of 64 pairs at w=16
+    assert records[3]["reachable_queries"] == 0.0
     assert (out / "based_fig2.png").is_file()
     based_tradeoff.main(["--out", str(out), "--from-runs", str(tmp_path / "runs")])
     recipe = json.loads((out / "based_tradeoff.json").read_text())
     assert [(r["window"], r["feature_dim"], r["test_accuracy"]) for r in recipe] == [(4, 4, 0.4)]
+
+
+def test_reachable_queries_counts_the_pairs_a_window_over_the_conv_can_see():
+    """A query is reachable iff a position in the window holds, through the conv's K taps, an
+    earlier (key, value) pair of the query: the value's position j within q - j <= w + K - 3.
+    Hand-made rows: one query 2 tokens after its value, one 6 after (a lone copy of its value
+    between, which does not count), one whose pair comes only after it (never reachable)."""
+    inputs = np.array([[5, 9, 6, 8, 7, 6, 9, 5],
+                       [1, 2, 3, 4, 3, 0, 3, 2]])
+    targets = np.full(inputs.shape, -100)
+    targets[0, 5], targets[0, 7], targets[1, 4] = 8, 9, 2  # distances 2, 6, none
+    reach = based_tradeoff.reachable_queries
+    assert reach(inputs, targets, [1, 2, 5, 6, 100]) == {
+        1: 0.0, 2: 1 / 3, 5: 1 / 3, 6: 2 / 3, 100: 2 / 3}
+    assert reach(inputs, targets, [2, 3, 7], kernel_size=2) == {2: 0.0, 3: 1 / 3, 7: 2 / 3}
+    with pytest.raises(ValueError, match="kernel_size"):
+        reach(inputs, targets, [8], kernel_size=1)
+    # MQAR's rows: queries at even positions, values at odd ones, so an odd window reaches what
+    # the even one below it does; a window as long as the row reaches every query
+    data = mqar(40, 32, 8, 64, seed=3, cache_dir=None)["all"]
+    shares = reach(data["inputs"], data["targets"], range(1, 33))
+    assert all(shares[w] == shares[w - 1] for w in range(2, 33, 2))
+    assert list(shares.values()) == sorted(shares.values()) and shares[32] == 1.0
+    assert 0.0 < shares[16] < 1.0
 
 
 def test_state_keeps_the_newest_checkpoint_and_unpacks_only_into_its_run(tmp_path):
