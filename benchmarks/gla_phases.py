@@ -32,7 +32,12 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   (``kernel=True``: ``pallas_gpu_intra.py``, what ``intra_kernel=True`` runs; sub-chunk pairs
   below the diagonal as matmuls through the reference rows, the diagonal blocks column by
   column), its forward beside XLA's; fwd+bwd adds XLA's VJP (the kernel has none). Not one of
-  the split's parts (the op runs XLA's scores);
+  the split's parts (the op runs XLA's scores). Its other launches (``SCORES_VARIANTS``), a row
+  each: ``per sub-chunk`` (one program per (batch, chunk, head, sub-chunk): 4x the programs at
+  C = 64, no register spills in ptxas where the per-chunk launch spills at 255 registers), with
+  3 pipeline stages, with 8 warps; and ``bwd recomputes decays`` (XLA's and the per-sub-chunk
+  kernel's): the VJP's diagonal decays computed apart for dq and dk instead of one tensor
+  shared with the forward (``recompute_decays=True``);
 - ``intra A v``: ``o_intra = A v`` per chunk (``intra_chunk.intra_chunk_outputs``, bf16
   operands, float32 result; its VJP ``dA = do v^T``, ``dv = A^T do``);
 - ``intra terms (scores + A v)``: the two as the split runs them
@@ -82,6 +87,7 @@ from seqzoo.kernels import chunked_vjp  # noqa: E402
 from seqzoo.kernels.chunked_tiling import padded_width  # noqa: E402
 from seqzoo.ops.linear_attention import intra_chunk, linear_attention, pallas_gpu_split  # noqa: E402
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention  # noqa: E402
+from seqzoo.ops.linear_attention.pallas_gpu_intra import ScoresTiling  # noqa: E402
 
 SHAPE = (4, 2048, 16, 128)
 QUICK_SHAPE = (1, 64, 2, 16)
@@ -172,11 +178,12 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
         a = jnp.zeros((b, n, h, c, c), F32)
     add("intra scores A (XLA, per key)", scores, (qc, kc, cum_c), cos_cotangent(a.shape))
 
-    def kernel_scores(q, k, cum):
-        return intra_chunk.intra_chunk_scores(q, k, cum, scale=scale, sub=sub, dtype=dtype,
-                                              kernel=True)
+    for name, options in SCORES_VARIANTS.items():
+        def scores_variant(q, k, cum, options=options):
+            return intra_chunk.intra_chunk_scores(q, k, cum, scale=scale, sub=sub, dtype=dtype,
+                                                  **options)
 
-    add("intra scores A (Pallas kernel)", kernel_scores, (qc, kc, cum_c), cos_cotangent(a.shape))
+        add(name, scores_variant, (qc, kc, cum_c), cos_cotangent(a.shape))
 
     def a_v(a, v):
         return intra_chunk.intra_chunk_outputs(a, v, dtype)
@@ -200,6 +207,19 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
     return parts
 
 
+# The scores' other variants, a row each: ``intra_chunk.intra_chunk_scores``'s keyword arguments
+_PER_SUB_CHUNK = ScoresTiling(per_sub_chunk=True)
+SCORES_VARIANTS = {
+    "intra scores A (Pallas kernel)": dict(kernel=True),
+    "intra scores A (Pallas kernel, per sub-chunk)": dict(kernel=_PER_SUB_CHUNK),
+    "intra scores A (Pallas kernel, per sub-chunk, 3 stages)": dict(
+        kernel=ScoresTiling(per_sub_chunk=True, num_stages=3)),
+    "intra scores A (Pallas kernel, per sub-chunk, 8 warps)": dict(
+        kernel=ScoresTiling(per_sub_chunk=True, num_warps=8)),
+    "intra scores A (XLA, bwd recomputes decays)": dict(recompute_decays=True),
+    "intra scores A (Pallas kernel, per sub-chunk, bwd recomputes decays)": dict(
+        kernel=_PER_SUB_CHUNK, recompute_decays=True),
+}
 SPLIT_PARTS = ("chunk-local cumsum", "inter-chunk kernel (intra=False)",
                "intra scores A (XLA, per key)", "intra A v")
 

@@ -229,43 +229,53 @@ def _intra_inputs(shape, seed=3, strength=1.0):
     return q, k, jnp.cumsum(-strength * jax.nn.softplus(g), axis=2)
 
 
-def _kernel_and_xla_scores(q, k, cum, dtype=None):
-    """Unscaled scores by the Pallas kernel (interpret mode) and by XLA (``kernel=False``)."""
+# The kernel's launches: one program per chunk (``kernel=True``) and one per sub-chunk
+TILINGS = [pallas_gpu_intra.ScoresTiling(), pallas_gpu_intra.ScoresTiling(per_sub_chunk=True)]
+TILING_IDS = ["per-chunk", "per-sub-chunk"]
+
+
+def _kernel_and_xla_scores(q, k, cum, dtype=None, tiling=TILINGS[0]):
+    """Unscaled scores by the Pallas kernel at ``tiling`` (interpret mode) and by XLA."""
     return tuple(jax.jit(lambda *a, kernel=kernel: intra_chunk.intra_chunk_scores(
-        *a, scale=1.0, sub=16, kernel=kernel, dtype=dtype))(q, k, cum) for kernel in (True, False))
+        *a, scale=1.0, sub=16, kernel=kernel, dtype=dtype))(q, k, cum) for kernel in (tiling,
+                                                                                       False))
 
 
+@pytest.mark.parametrize("tiling", TILINGS, ids=TILING_IDS)
 @pytest.mark.parametrize("shape", [(1, 1, 16, 1, 16), (1, 2, 64, 2, 128), (2, 1, 32, 1, 40)],
                          ids=["diagonal-only", "gla-size", "dk40-padded"])
-def test_pallas_intra_scores_float32_equal_xla(shape):
+def test_pallas_intra_scores_float32_equal_xla(shape, tiling):
     """Float32 (IEEE matmuls): the kernel's scores are XLA's forward to float32's accuracy at
     C = 16 (one diagonal block), at GLA's C = 64, dk = 128, and at dk = 40 (zero-padded to 64);
     exactly zero above the diagonal."""
-    got, want = _kernel_and_xla_scores(*_intra_inputs(shape))
+    got, want = _kernel_and_xla_scores(*_intra_inputs(shape), tiling=tiling)
     assert got.shape == want.shape == (shape[0], shape[1], shape[3], shape[2], shape[2])
     assert rel(got, want) < F32_TOL
     assert not np.triu(np.asarray(got), 1).any()
 
 
-def test_pallas_intra_scores_bf16_against_float32():
+@pytest.mark.parametrize("tiling", TILINGS, ids=TILING_IDS)
+def test_pallas_intra_scores_bf16_against_float32(tiling):
     """bf16 q, k: within bf16's rounding of the decayed matmul operands of the float32 scores
     on the same (bf16) values, and equal to XLA's on bf16 (the same roundings)."""
     q, k, cum = _intra_inputs((1, 2, 64, 2, 32), seed=4)
     qb, kb = q.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
-    got, want_bf16 = _kernel_and_xla_scores(qb, kb, cum)
-    _, want_f32 = _kernel_and_xla_scores(qb.astype(jnp.float32), kb.astype(jnp.float32), cum)
+    got, want_bf16 = _kernel_and_xla_scores(qb, kb, cum, tiling=tiling)
+    _, want_f32 = _kernel_and_xla_scores(qb.astype(jnp.float32), kb.astype(jnp.float32), cum,
+                                         tiling=tiling)
     assert 1e-5 < rel(got, want_f32) < 1e-2
     assert rel(got, want_bf16) < 1e-3
 
 
-def test_pallas_intra_scores_strong_decays_stay_finite():
+@pytest.mark.parametrize("tiling", TILINGS, ids=TILING_IDS)
+def test_pallas_intra_scores_strong_decays_stay_finite(tiling):
     """Decays of -1e3 per step on some keys (cumulative -6e4 at the chunk's end): no inf or NaN
     (every exponent the kernel forms is <= 0), and XLA's values, zeros where the decays kill."""
     q, k, cum = _intra_inputs((1, 1, 64, 2, 32), seed=5)
     steps = jnp.diff(cum, axis=2, prepend=0.0).at[:, :, :, 0, :8].set(-1e3)
     steps = steps.at[:, :, 20:, 1, :].add(-50.0)
     cum = jnp.cumsum(steps, axis=2)
-    got, want = _kernel_and_xla_scores(q, k, cum)
+    got, want = _kernel_and_xla_scores(q, k, cum, tiling=tiling)
     assert np.isfinite(np.asarray(got)).all()
     assert rel(got, want) < F32_TOL
 
@@ -285,6 +295,24 @@ def test_pallas_intra_scores_lower_to_2d_triton(monkeypatch, dtype):
     if dtype == jnp.float32:
         assert set(precisions) == {"ieee"}
     assert not re.search(r"tensor<\d+x\d+x\d+x", module)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_per_sub_chunk_scores_lower_to_2d_triton(monkeypatch, dtype):
+    """``per_sub_chunk``: one module, one ``(sub, dk) x (dk, sub)`` matmul (in the loop over the
+    earlier sub-chunks), IEEE for float32, no tensor of rank 3, and a grid of C / sub = 4 times
+    the per-chunk launch's programs (the last grid axis folded into Triton's first)."""
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
+    q = jnp.ones((1, 2, 64, 2, 128), dtype)
+    cum = -jnp.ones((1, 2, 64, 2, 128), jnp.float32)
+    tiling = pallas_gpu_intra.ScoresTiling(per_sub_chunk=True)
+    (module,) = triton_modules(functools.partial(pallas_gpu_intra.intra_chunk_scores, sub=16,
+                                                 dtype=dtype, tiling=tiling), q, q, cum)
+    assert dot_precisions(module) == ["ieee"] if dtype == jnp.float32 else len(
+        dot_precisions(module)) == 1
+    assert re.search(r"tt\.dot [^\n]*tensor<16x128x\w+> \* tensor<128x16x\w+>", module)
+    assert not re.search(r"tensor<\d+x\d+x\d+x", module)
+    assert len(re.findall(r"scf\.for", module)) == 3  # earlier blocks, diagonal columns, zeros
 
 
 def test_split_lowers_for_a_gpu(monkeypatch):
