@@ -32,12 +32,15 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   (``kernel=True``: ``pallas_gpu_intra.py``, what ``intra_kernel=True`` runs; sub-chunk pairs
   below the diagonal as matmuls through the reference rows, the diagonal blocks column by
   column), its forward beside XLA's; fwd+bwd adds XLA's VJP (the kernel has none). Not one of
-  the split's parts (the op runs XLA's scores). Its other launches (``SCORES_VARIANTS``), a row
-  each: ``per sub-chunk`` (one program per (batch, chunk, head, sub-chunk): 4x the programs at
-  C = 64, no register spills in ptxas where the per-chunk launch spills at 255 registers), with
-  3 pipeline stages, with 8 warps; and ``bwd recomputes decays`` (XLA's and the per-sub-chunk
-  kernel's): the VJP's diagonal decays computed apart for dq and dk instead of one tensor
-  shared with the forward (``recompute_decays=True``);
+  the split's parts (the op runs XLA's scores). Its other launches (``SCORES_VARIANTS``,
+  ``pallas_gpu_intra.ScoresTiling``), a row each: 8 warps (the diagonal blocks' column loop in
+  ptxas: 169 instructions an iteration, 4 shuffles, where 4 warps take 431 to 455, 82
+  shuffles); ``per sub-chunk`` (one program per (batch, chunk, head, sub-chunk): 4x the
+  programs at C = 64, no register spills where the per-chunk launch spills at 255 registers),
+  with 3 pipeline stages, with 8 warps, with the diagonal blocks stored column by column
+  (``stored_diagonal``: exp2, 98 instructions an iteration at 8 warps); and ``bwd recomputes
+  decays`` (XLA's and the last kernel's): the VJP's diagonal decays computed apart for dq and
+  dk instead of one tensor shared with the forward (``recompute_decays=True``);
 - ``intra A v``: ``o_intra = A v`` per chunk (``intra_chunk.intra_chunk_outputs``, bf16
   operands, float32 result; its VJP ``dA = do v^T``, ``dv = A^T do``);
 - ``intra terms (scores + A v)``: the two as the split runs them
@@ -208,17 +211,21 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
 
 
 # The scores' other variants, a row each: ``intra_chunk.intra_chunk_scores``'s keyword arguments
-_PER_SUB_CHUNK = ScoresTiling(per_sub_chunk=True)
+_FASTEST = ScoresTiling(per_sub_chunk=True, num_warps=8, stored_diagonal=True)  # (by ptxas)
 SCORES_VARIANTS = {
     "intra scores A (Pallas kernel)": dict(kernel=True),
-    "intra scores A (Pallas kernel, per sub-chunk)": dict(kernel=_PER_SUB_CHUNK),
+    "intra scores A (Pallas kernel, 8 warps)": dict(kernel=ScoresTiling(num_warps=8)),
+    "intra scores A (Pallas kernel, per sub-chunk)": dict(
+        kernel=ScoresTiling(per_sub_chunk=True)),
     "intra scores A (Pallas kernel, per sub-chunk, 3 stages)": dict(
         kernel=ScoresTiling(per_sub_chunk=True, num_stages=3)),
     "intra scores A (Pallas kernel, per sub-chunk, 8 warps)": dict(
         kernel=ScoresTiling(per_sub_chunk=True, num_warps=8)),
+    "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal)": dict(
+        kernel=_FASTEST),
     "intra scores A (XLA, bwd recomputes decays)": dict(recompute_decays=True),
-    "intra scores A (Pallas kernel, per sub-chunk, bwd recomputes decays)": dict(
-        kernel=_PER_SUB_CHUNK, recompute_decays=True),
+    "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, bwd recomputes "
+    "decays)": dict(kernel=_FASTEST, recompute_decays=True),
 }
 SPLIT_PARTS = ("chunk-local cumsum", "inter-chunk kernel (intra=False)",
                "intra scores A (XLA, per key)", "intra A v")

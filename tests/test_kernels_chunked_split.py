@@ -315,6 +315,24 @@ def test_per_sub_chunk_scores_lower_to_2d_triton(monkeypatch, dtype):
     assert len(re.findall(r"scf\.for", module)) == 3  # earlier blocks, diagonal columns, zeros
 
 
+@pytest.mark.parametrize("per_sub_chunk", [False, True], ids=["per-chunk", "per-sub-chunk"])
+def test_stored_diagonal_lowers_with_exp2_and_no_block(monkeypatch, per_sub_chunk):
+    """``stored_diagonal``: the diagonal blocks' decays by exp2 (the rows' below the diagonal
+    still by exp), each column a ``(sub, 1)`` store, no ``(sub, sub)`` block carried through
+    the column loop; 2-D only."""
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
+    q = jnp.ones((1, 2, 64, 2, 128), jnp.bfloat16)
+    cum = -jnp.ones((1, 2, 64, 2, 128), jnp.float32)
+    tiling = pallas_gpu_intra.ScoresTiling(per_sub_chunk=per_sub_chunk, stored_diagonal=True)
+    (module,) = triton_modules(functools.partial(pallas_gpu_intra.intra_chunk_scores, sub=16,
+                                                 dtype=jnp.bfloat16, tiling=tiling), q, q, cum)
+    blocks = 1 if per_sub_chunk else 4
+    assert module.count('symbol = "__nv_exp2f"') == blocks
+    assert len(re.findall(r"tt\.store %\w+, %\w+ : tensor<16x1x!tt\.ptr<f32>>", module)) == blocks
+    assert not re.search(r"iter_args\([^)]*\) -> \(tensor<16x16xf32>\)", module)
+    assert not re.search(r"tensor<\d+x\d+x\d+x", module)
+
+
 def test_split_lowers_for_a_gpu(monkeypatch):
     """Forward and gradient lower with the Triton kernels for CUDA on this CPU machine (the
     Pallas -> Triton lowering runs; a layout or op Triton lacks fails here)."""

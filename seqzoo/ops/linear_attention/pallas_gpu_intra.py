@@ -41,8 +41,17 @@ Two launches (``ScoresTiling``):
   one sub-chunk's code: ptxas gives 136 registers at 4 warps and 1 stage, 95 at 3 stages, 126
   at 8 warps, no spills. Exponentials ``sub dk`` more per chunk than the unrolled launch (the
   first sub-chunk's decayed queries, unused): 160 dk + 1024 dk (fla's two passes: 192 dk +
-  1024 dk). Untimed on a GPU so far (``benchmarks/gla_phases.py``'s rows "intra scores A
-  (Pallas kernel, per sub-chunk...)").
+  1024 dk).
+
+Either launch at 8 warps: the ``(sub, dk)`` tiles of the diagonal blocks' column loop get a
+layout that reduces along dk in registers: 169 SASS instructions an iteration, 4 shuffles, no
+barrier, where 4 warps take 431 (per chunk) to 455 (per sub-chunk), 82 shuffles, 3 barriers
+(ptxas as above). ``stored_diagonal`` (``_diagonal_stored``: exp2, each column stored as
+computed): 98 at 8 warps. The diagonal loop over the whole grid: 226 M warp-instructions for the
+measured launch, 103 M for per sub-chunk, 8 warps, stored diagonal (an H100 issues ~0.93 G a
+millisecond). All of this is Triton 3.5's compile of the IR jax 0.10 lowers, not the GPU's jax
+0.11 Triton: untimed on a GPU so far (``benchmarks/gla_phases.py``'s rows "intra scores A
+(Pallas kernel, ...)").
 
 Unlike fla (a launch over sub-chunk pairs, then one over diagonal blocks) both parts run in the
 same program. No state, nothing sequential: the grid is parallel over every axis. Forward
@@ -65,6 +74,7 @@ from seqzoo.kernels.chunked_tiling import padded_width
 
 Array = jax.Array
 _F32 = jnp.float32
+_LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x log2 e)
 
 
 def _pieces(start: int, stop: int) -> list[tuple[int, int]]:
@@ -113,7 +123,36 @@ def _diagonal(q_i, g_i, k_ref, g_ref, r, sub: int) -> Array:
     return jnp.where(col <= lax.broadcasted_iota(jnp.int32, (sub, sub), 0), block, 0.0)
 
 
-def _kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype):
+def _diagonal_stored(q_i, g_i, k_ref, g_ref, a_ref, rows, r, sub: int) -> None:
+    """``_diagonal``'s block stored column by column into ``a_ref[rows, r + j]`` as computed
+    (masked to ``j <= i`` there: no ``(sub, sub)`` block selected into, no layout conversion),
+    the decays ``exp2(min(G_Id - G_jd, 0) log2 e)``: a multiply and libdevice's ``exp2f`` where
+    its ``expf`` takes about ten instructions. The difference is taken before the scaling:
+    scaling G first (log2 units, as fla) made ``G_I log2 e - G_j log2 e`` nonzero at i = j
+    (an FMA rounds one product and not the other): in interpret mode on a CPU, A off by 2e-4
+    relative L2, 0.3% on its diagonal, at G = -6e4 (decays of -1e3 per step)."""
+    row = lax.broadcasted_iota(jnp.int32, (sub,), 0)
+
+    def column(j, carry):
+        key = pl.ds(r + j, 1)
+        decay = jnp.exp2(jnp.minimum(g_i - g_ref[key, :], 0.0) * _LOG2E)  # (sub, dk), <= 1
+        terms = jnp.sum(q_i * k_ref[key, :].astype(_F32) * decay, axis=1)
+        a_ref[rows, pl.ds(r + j, 1)] = jnp.where(row >= j, terms, 0.0)[:, None]
+        return carry
+
+    lax.fori_loop(0, sub, column, 0)
+
+
+def _diagonal_into(a_ref, rows, q_i, g_i, k_ref, g_ref, r, sub: int, stored: bool) -> None:
+    """The diagonal block ``A[I, r:r + sub]`` into ``a_ref[rows, r:r + sub]``: ``_diagonal``'s,
+    or ``_diagonal_stored``'s where ``stored``."""
+    if stored:
+        _diagonal_stored(q_i, g_i, k_ref, g_ref, a_ref, rows, r, sub)
+    else:
+        a_ref[rows, pl.ds(r, sub)] = _diagonal(q_i, g_i, k_ref, g_ref, r, sub)
+
+
+def _kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype, stored: bool):
     """One program per chunk: every sub-chunk I unrolled, the rows before it in power-of-two
     pieces."""
     c = q_ref.shape[0]
@@ -123,12 +162,12 @@ def _kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype):
         for j0, size in _pieces(0, r):  # the sub-chunks before I, through I's first row
             earlier = pl.ds(j0, size)
             a_ref[rows, earlier] = _below(from_ref, g_r, k_ref, g_ref, earlier, dtype)
-        a_ref[rows, pl.ds(r, sub)] = _diagonal(q_i, g_i, k_ref, g_ref, r, sub)
+        _diagonal_into(a_ref, rows, q_i, g_i, k_ref, g_ref, r, sub, stored)
         for j0, size in _pieces(r + sub, c):
             a_ref[rows, pl.ds(j0, size)] = jnp.zeros((sub, size), _F32)
 
 
-def _sub_chunk_kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype):
+def _sub_chunk_kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype, stored: bool):
     """One program per sub-chunk I (the grid's last axis): its ``(sub, C)`` rows of A, the
     sub-chunks before it one ``(sub, sub)`` block each (a loop of I steps), then the diagonal
     block, then zero blocks."""
@@ -148,7 +187,7 @@ def _sub_chunk_kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype):
         return carry
 
     lax.fori_loop(0, i, earlier, 0)
-    a_ref[:, pl.ds(r, sub)] = _diagonal(q_i, g_i, k_ref, g_ref, r, sub)
+    _diagonal_into(a_ref, slice(None), q_i, g_i, k_ref, g_ref, r, sub, stored)
     lax.fori_loop(i + 1, q_ref.shape[0] // sub, later, 0)
 
 
@@ -156,10 +195,12 @@ def _sub_chunk_kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype):
 class ScoresTiling:
     """The scores kernel's launch. ``per_sub_chunk``: one program per (batch, chunk, head,
     sub-chunk) writing ``sub`` rows of A (``C / sub`` times the programs, each a fraction of the
-    code) instead of one per (batch, chunk, head) writing all C rows; ``num_warps``,
-    ``num_stages``: Triton's."""
+    code) instead of one per (batch, chunk, head) writing all C rows; ``stored_diagonal``: the
+    diagonal blocks by ``_diagonal_stored`` (exp2, columns stored as computed, as fla's diagonal
+    pass) instead of ``_diagonal``; ``num_warps``, ``num_stages``: Triton's."""
 
     per_sub_chunk: bool = False
+    stored_diagonal: bool = False
     num_warps: int = 4
     num_stages: int = 1
 
@@ -180,7 +221,8 @@ def intra_chunk_scores(q: Array, k: Array, cum: Array, *, sub: int, dtype,
         kernel, grid, rows = _kernel, (b, n, h), c
     block = pl.BlockSpec((None, None, c, None, width), lambda i, m, j, *_: (i, m, 0, j, 0))
     call = launch.pallas_call(
-        functools.partial(kernel, sub=sub, dtype=jnp.dtype(dtype)),
+        functools.partial(kernel, sub=sub, dtype=jnp.dtype(dtype),
+                          stored=tiling.stored_diagonal),
         grid=grid,
         in_specs=[block, block, block],
         out_specs=pl.BlockSpec((None, None, None, rows, c),
