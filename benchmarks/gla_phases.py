@@ -40,7 +40,9 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   with 3 pipeline stages, with 8 warps, with the diagonal blocks stored column by column
   (``stored_diagonal``: exp2, 98 instructions an iteration at 8 warps); and ``bwd recomputes
   decays`` (XLA's and the last kernel's): the VJP's diagonal decays computed apart for dq and
-  dk instead of one tensor shared with the forward (``recompute_decays=True``);
+  dk instead of one tensor shared with the forward (``recompute_decays=True``); ``VJP kernel``:
+  dq and dk by ``pallas_gpu_intra_bwd`` (``vjp_kernel=True``), no XLA in the backward but
+  ``dG = q dq - k dk``;
 - ``intra A v``: ``o_intra = A v`` per chunk (``intra_chunk.intra_chunk_outputs``, bf16
   operands, float32 result; its VJP ``dA = do v^T``, ``dv = A^T do``);
 - ``intra terms (scores + A v)``: the two as the split runs them
@@ -72,6 +74,7 @@ Pallas interpret mode (``seqzoo.kernels.launch``), the times are no claim.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 import sys
@@ -226,6 +229,8 @@ SCORES_VARIANTS = {
     "intra scores A (XLA, bwd recomputes decays)": dict(recompute_decays=True),
     "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, bwd recomputes "
     "decays)": dict(kernel=_FASTEST, recompute_decays=True),
+    "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, VJP kernel)": dict(
+        kernel=dataclasses.replace(_FASTEST, vjp_kernel=True)),
 }
 SPLIT_PARTS = ("chunk-local cumsum", "inter-chunk kernel (intra=False)",
                "intra scores A (XLA, per key)", "intra A v")

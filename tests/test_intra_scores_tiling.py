@@ -1,7 +1,8 @@
 """The per-key intra-chunk scores at each launch of their Pallas kernel (``pallas_gpu_intra``,
 interpret mode; diagonal blocks selected into a block or stored column by column) and by XLA,
-each with the VJP sharing the forward's diagonal decays or recomputing them
-(``recompute_decays``), value and every gradient apart, against a float64 NumPy
+each with XLA's VJP sharing the forward's diagonal decays or recomputing them
+(``recompute_decays``) or with the VJP's kernel (``pallas_gpu_intra_bwd``), value and every
+gradient apart, against a float64 NumPy
 evaluation of the equation itself:
 
     A_ij = sum_d q_id k_jd exp(G_id - G_jd)    j <= i in one chunk, else 0
@@ -29,6 +30,8 @@ VARIANTS = {"xla": dict(kernel=False), "per-chunk": dict(kernel=True),
             "per-chunk-stored": dict(kernel=pallas_gpu_intra.ScoresTiling(stored_diagonal=True)),
             "per-sub-chunk-stored": dict(kernel=pallas_gpu_intra.ScoresTiling(
                 per_sub_chunk=True, stored_diagonal=True, num_warps=8)),
+            "per-sub-chunk-vjp-kernel": dict(kernel=pallas_gpu_intra.ScoresTiling(
+                per_sub_chunk=True, stored_diagonal=True, num_warps=8, vjp_kernel=True)),
             "xla-recompute": dict(recompute_decays=True),
             "per-sub-chunk-recompute": dict(kernel=_PER_SUB_CHUNK, recompute_decays=True)}
 NAMES = ("A", "dq", "dk", "dG")

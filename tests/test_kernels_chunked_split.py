@@ -25,6 +25,7 @@ from seqzoo.ops.linear_attention import (
     intra_chunk,
     linear_attention,
     pallas_gpu_intra,
+    pallas_gpu_intra_bwd,
     pallas_gpu_split,
 )
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention
@@ -167,6 +168,27 @@ def test_split_op_matches_the_xla_op_float32(decay):
 
     assert_each_close(values_and_grads(op("pallas_split"), args, cotangent),
                       values_and_grads(op("chunked"), args, cotangent), F32_TOL)
+
+
+def test_split_with_every_scores_kernel_matches_the_xla_op_float32():
+    """``linear_attention_kernel`` with the scores by the per-sub-chunk kernel (8 warps, stored
+    diagonal) and their VJP by ``pallas_gpu_intra_bwd``: o, S_T and every gradient apart equal
+    ``impl="chunked"``'s; T = 77, chunks of 64."""
+    args, cotangent = inputs("key", 77, d=16)
+    tiling = pallas_gpu_intra.ScoresTiling(per_sub_chunk=True, stored_diagonal=True,
+                                           num_warps=8, vjp_kernel=True)
+
+    def split(q, k, v, g, s0):
+        return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=16**-0.5,
+                                                        initial_state=s0, chunk_size=64,
+                                                        intra_kernel=tiling)
+
+    def xla(q, k, v, g, s0):
+        return linear_attention(q, k, v, log_decay=g, initial_state=s0, chunk_size=64,
+                                return_final_state=True, impl="chunked")
+
+    assert_each_close(values_and_grads(split, args, cotangent),
+                      values_and_grads(xla, args, cotangent), F32_TOL)
 
 
 # Per decay strength (log decays logsigmoid(x) / divisor; 16 is GLA's): largest relative L2 of
@@ -333,6 +355,25 @@ def test_stored_diagonal_lowers_with_exp2_and_no_block(monkeypatch, per_sub_chun
     assert not re.search(r"tensor<\d+x\d+x\d+x", module)
 
 
+@pytest.mark.parametrize("dtype, dots", [(jnp.float32, ["ieee"] * 2), (jnp.bfloat16, 6)],
+                         ids=["f32", "bf16"])
+def test_scores_vjp_kernel_lowers_to_2d_triton(monkeypatch, dtype, dots):
+    """``pallas_gpu_intra_bwd``: one module, a ``(sub, sub) x (sub, dk)`` matmul for dq's
+    earlier sub-chunks and one for dk's later ones (bf16: each as three, ``dA`` and the decayed
+    rows split as ``hi + lo``; float32: IEEE), no tensor of rank 3."""
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
+    q = jnp.ones((1, 2, 64, 2, 128), dtype)
+    cum = -jnp.ones((1, 2, 64, 2, 128), jnp.float32)
+    d_scores = jnp.ones((1, 2, 2, 64, 64), jnp.float32)
+    tiling = pallas_gpu_intra.ScoresTiling(per_sub_chunk=True, vjp_kernel=True)
+    (module,) = triton_modules(functools.partial(pallas_gpu_intra_bwd.scores_vjp, sub=16,
+                                                 dtype=dtype, tiling=tiling), q, q, cum, d_scores)
+    precisions = dot_precisions(module)
+    assert precisions == dots if dtype == jnp.float32 else len(precisions) == dots
+    assert re.findall(r"tensor<16x16x\w+> \* tensor<16x128x\w+>", module)
+    assert not re.search(r"tensor<\d+x\d+x\d+x", module)
+
+
 def test_split_lowers_for_a_gpu(monkeypatch):
     """Forward and gradient lower with the Triton kernels for CUDA on this CPU machine (the
     Pallas -> Triton lowering runs; a layout or op Triton lacks fails here)."""
@@ -346,13 +387,21 @@ def test_split_lowers_for_a_gpu(monkeypatch):
     def grads(*args):
         return jax.grad(lambda *a: forward(*a).astype(jnp.float32).sum(), (0, 1, 2, 3))(*args)
 
-    def with_intra_kernel(q, k, v, g):
+    def with_intra_kernel(q, k, v, g, kernel=True):
         return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=0.2, chunk_size=64,
-                                                        intra_kernel=True)[0]
+                                                        intra_kernel=kernel)[0]
+
+    def grads_with_vjp_kernel(*args):
+        tiling = pallas_gpu_intra.ScoresTiling(per_sub_chunk=True, vjp_kernel=True)
+        return jax.grad(lambda *a: with_intra_kernel(*a, kernel=tiling).astype(
+            jnp.float32).sum(), (0, 1, 2, 3))(*args)
 
     for fn, kernels in ((forward, ["chunked_pass_key_inter"]),
                         (grads, ["chunked_pass_key_inter", "chunked_pass_value_inter"]),
-                        (with_intra_kernel, ["chunked_pass_key_inter", "intra_chunk_scores"])):
+                        (with_intra_kernel, ["chunked_pass_key_inter", "intra_chunk_scores"]),
+                        (grads_with_vjp_kernel, ["chunked_pass_value_inter",
+                                                 "intra_chunk_scores_sub",
+                                                 "intra_chunk_scores_vjp"])):
         text = jax.jit(fn).trace(x, x, x, g).lower(lowering_platforms=("cuda",)).as_text()
         assert all(name in text for name in kernels)
 

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqzoo.kernels.split_product import split_product
-from seqzoo.ops.linear_attention import pallas_gpu_intra
+from seqzoo.ops.linear_attention import pallas_gpu_intra, pallas_gpu_intra_bwd
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -118,8 +118,13 @@ def _scores_per_key_backward(sub, dtype, kernel, recompute, res, d_scores):
     in the forward alone; 268 MB each at (4, 2048, 16, 128), C = 64). ``recompute``: G passes
     an ``optimization_barrier`` twice, so dq's and dk's decays are distinct expressions, each
     exp fused into its one reduction (3x the diagonal exps, no (.., sub, sub, .., dk) tensor
-    in memory)."""
+    in memory). A kernel launch with ``vjp_kernel``: dq and dk by ``pallas_gpu_intra_bwd``
+    (the same terms, its own loops)."""
     q, k, cum = res
+    if kernel is not None and kernel.vjp_kernel:
+        dq, dk = pallas_gpu_intra_bwd.scores_vjp(q, k, cum, d_scores, sub=sub, dtype=dtype,
+                                                 tiling=kernel)
+        return dq, dk, q.astype(_F32) * dq - k.astype(_F32) * dk
     cum_q, cum_k = lax.optimization_barrier((cum, cum)) if recompute else (cum, cum)
     qf, kf = q.astype(_F32), k.astype(_F32)
     c = q.shape[2]

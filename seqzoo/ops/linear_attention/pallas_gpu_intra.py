@@ -55,7 +55,8 @@ millisecond). All of this is Triton 3.5's compile of the IR jax 0.10 lowers, not
 
 Unlike fla (a launch over sub-chunk pairs, then one over diagonal blocks) both parts run in the
 same program. No state, nothing sequential: the grid is parallel over every axis. Forward
-only; the VJP is ``intra_chunk._scores_per_key``'s (XLA). ``sub`` a power of two >= 16 dividing
+only; the VJP is ``intra_chunk._scores_per_key``'s (XLA), or ``pallas_gpu_intra_bwd``'s with
+``ScoresTiling.vjp_kernel``. ``sub`` a power of two >= 16 dividing
 C for Triton (its matmuls take sides >= 16; any divisor runs in interpret mode).
 """
 
@@ -197,10 +198,13 @@ class ScoresTiling:
     sub-chunk) writing ``sub`` rows of A (``C / sub`` times the programs, each a fraction of the
     code) instead of one per (batch, chunk, head) writing all C rows; ``stored_diagonal``: the
     diagonal blocks by ``_diagonal_stored`` (exp2, columns stored as computed, as fla's diagonal
-    pass) instead of ``_diagonal``; ``num_warps``, ``num_stages``: Triton's."""
+    pass) instead of ``_diagonal``; ``num_warps``, ``num_stages``: Triton's (the VJP kernel's
+    too); ``vjp_kernel``: the VJP's dq and dk by ``pallas_gpu_intra_bwd`` (one program per
+    sub-chunk) instead of XLA's einsums."""
 
     per_sub_chunk: bool = False
     stored_diagonal: bool = False
+    vjp_kernel: bool = False
     num_warps: int = 4
     num_stages: int = 1
 

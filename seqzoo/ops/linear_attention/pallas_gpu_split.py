@@ -116,7 +116,8 @@ def linear_attention_kernel(
     q, k: (B, T, H, dk); v: (B, T, H, dv); log_decay: None, (B, T, H) or (B, T, H, dk);
     initial_state: (B, H, dk, dv); intra_kernel: the per-key intra-chunk scores by the Pallas
     kernel of ``pallas_gpu_intra.py`` instead of XLA: True (one program per chunk, slower than
-    XLA's on an H100) or a ``pallas_gpu_intra.ScoresTiling`` (untimed; the default is XLA's);
+    XLA's on an H100) or a ``pallas_gpu_intra.ScoresTiling`` (its launch, and with
+    ``vjp_kernel`` the VJP by ``pallas_gpu_intra_bwd``; untimed; the default is XLA's);
     precision: the inter-chunk passes' float32 matmuls (module docstring). Returns ``o`` in v's
     dtype and ``S_T`` float32.
     """
