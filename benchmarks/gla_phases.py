@@ -51,6 +51,9 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   kernel, the intra terms summed once in float32 (``o = round(o_inter + o_intra)``), one custom
   VJP; ``sum of the split's parts``: cumsum + kernel + scores + A v (XLA fuses across parts in the
   whole op, and the whole rounds once: the sum is not the whole's time);
+- ``pallas_split (whole op, scores and VJP kernels)``: ``pallas_gpu_split.linear_attention_kernel``
+  with ``intra_kernel=ALL_KERNELS`` (the scores by the per-sub-chunk kernel, 8 warps, stored
+  diagonal, their VJP by ``pallas_gpu_intra_bwd``), timed with the parts;
 - ``pallas (one pass)``: ``impl="pallas"``, the kernel with its intra-chunk terms inside, for
   reference.
 
@@ -209,12 +212,19 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
         return fn
 
     add("pallas_split (whole op)", op("pallas_split"), (q, k, v, g), o_ct)
+
+    def split_with_kernels(q, k, v, g):
+        return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=scale, chunk_size=chunk,
+                                                        intra_kernel=ALL_KERNELS)[0]
+
+    add("pallas_split (whole op, scores and VJP kernels)", split_with_kernels, (q, k, v, g), o_ct)
     add("pallas (one pass, reference)", op("pallas"), (q, k, v, g), o_ct)
     return parts
 
 
 # The scores' other variants, a row each: ``intra_chunk.intra_chunk_scores``'s keyword arguments
 _FASTEST = ScoresTiling(per_sub_chunk=True, num_warps=8, stored_diagonal=True)  # (by ptxas)
+ALL_KERNELS = dataclasses.replace(_FASTEST, vjp_kernel=True)
 SCORES_VARIANTS = {
     "intra scores A (Pallas kernel)": dict(kernel=True),
     "intra scores A (Pallas kernel, 8 warps)": dict(kernel=ScoresTiling(num_warps=8)),
@@ -230,7 +240,7 @@ SCORES_VARIANTS = {
     "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, bwd recomputes "
     "decays)": dict(kernel=_FASTEST, recompute_decays=True),
     "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, VJP kernel)": dict(
-        kernel=dataclasses.replace(_FASTEST, vjp_kernel=True)),
+        kernel=ALL_KERNELS),
 }
 SPLIT_PARTS = ("chunk-local cumsum", "inter-chunk kernel (intra=False)",
                "intra scores A (XLA, per key)", "intra A v")

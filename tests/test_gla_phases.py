@@ -50,6 +50,9 @@ def test_the_timed_parts_add_up_to_the_op(dtype, tol):
     terms = parts["intra terms (scores + A v)"]["fwd"]()
     np.testing.assert_allclose(np.asarray(terms[0]), np.asarray(o_intra.reshape(b, t, h, d)),
                                rtol=1e-6, atol=1e-6)
+    with_kernels = parts["pallas_split (whole op, scores and VJP kernels)"]["fwd"]()
+    assert rel(with_kernels.astype(jnp.float32), whole.astype(jnp.float32)) < (
+        1e-5 if dtype == jnp.float32 else 1e-2)
     if dtype == jnp.float32:
         one_pass = parts["pallas (one pass, reference)"]["fwd"]()
         assert rel(parts_sum, one_pass) < tol
@@ -65,6 +68,6 @@ def test_a_gradient_part_runs():
 def test_main_prints_a_row_per_part(capsys):
     timed = gla_phases.main(["--quick"])
     printed = capsys.readouterr().out
-    assert len(timed) == 8 + len(gla_phases.SCORES_VARIANTS)
+    assert len(timed) == 9 + len(gla_phases.SCORES_VARIANTS)
     assert all(isinstance(ms, float) for row in timed.values() for ms in row.values())
     assert all(f"| {name} |" in printed for name in timed if not name.startswith("sum"))
