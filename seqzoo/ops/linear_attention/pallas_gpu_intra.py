@@ -56,8 +56,8 @@ millisecond). All of this is Triton 3.5's compile of the IR jax 0.10 lowers, not
 Unlike fla (a launch over sub-chunk pairs, then one over diagonal blocks) both parts run in the
 same program. No state, nothing sequential: the grid is parallel over every axis. Forward
 only; the VJP is ``intra_chunk._scores_per_key``'s (XLA), or ``pallas_gpu_intra_bwd``'s with
-``ScoresTiling.vjp_kernel``. ``sub`` a power of two >= 16 dividing
-C for Triton (its matmuls take sides >= 16; any divisor runs in interpret mode).
+``ScoresTiling.vjp_kernel``. ``sub`` a power of two >= 16 dividing C for Triton (its matmuls
+take sides >= 16; any divisor runs in interpret mode).
 """
 
 from __future__ import annotations
