@@ -32,7 +32,17 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   (``kernel=True``: ``pallas_gpu_intra.py``, what ``intra_kernel=True`` runs; sub-chunk pairs
   below the diagonal as matmuls through the reference rows, the diagonal blocks column by
   column), its forward beside XLA's; fwd+bwd adds XLA's VJP (the kernel has none). Not one of
-  the split's parts (the op runs XLA's scores);
+  the split's parts (the op runs XLA's scores). Its other launches (``SCORES_VARIANTS``,
+  ``pallas_gpu_intra.ScoresTiling``), a row each: 8 warps (the diagonal blocks' column loop in
+  ptxas: 169 instructions an iteration, 4 shuffles, where 4 warps take 431 to 455, 82
+  shuffles); ``per sub-chunk`` (one program per (batch, chunk, head, sub-chunk): 4x the
+  programs at C = 64, no register spills where the per-chunk launch spills at 255 registers),
+  with 3 pipeline stages, with 8 warps, with the diagonal blocks stored column by column
+  (``stored_diagonal``: exp2, 98 instructions an iteration at 8 warps); and ``bwd recomputes
+  decays`` (XLA's and the last kernel's): the VJP's diagonal decays computed apart for dq and
+  dk instead of one tensor shared with the forward (``recompute_decays=True``); ``VJP kernel``:
+  dq and dk by ``pallas_gpu_intra_bwd`` (``vjp_kernel=True``), no XLA in the backward but
+  ``dG = q dq - k dk``;
 - ``intra A v``: ``o_intra = A v`` per chunk (``intra_chunk.intra_chunk_outputs``, bf16
   operands, float32 result; its VJP ``dA = do v^T``, ``dv = A^T do``);
 - ``intra terms (scores + A v)``: the two as the split runs them
@@ -41,6 +51,9 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   kernel, the intra terms summed once in float32 (``o = round(o_inter + o_intra)``), one custom
   VJP; ``sum of the split's parts``: cumsum + kernel + scores + A v (XLA fuses across parts in the
   whole op, and the whole rounds once: the sum is not the whole's time);
+- ``pallas_split (whole op, scores and VJP kernels)``: ``pallas_gpu_split.linear_attention_kernel``
+  with ``intra_kernel=ALL_KERNELS`` (the scores by the per-sub-chunk kernel, 8 warps, stored
+  diagonal, their VJP by ``pallas_gpu_intra_bwd``), timed with the parts;
 - ``pallas (one pass)``: ``impl="pallas"``, the kernel with its intra-chunk terms inside, for
   reference.
 
@@ -66,6 +79,7 @@ Pallas interpret mode (``seqzoo.kernels.launch``), the times are no claim.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 import sys
@@ -84,6 +98,7 @@ from seqzoo.kernels import chunked_vjp  # noqa: E402
 from seqzoo.kernels.chunked_tiling import padded_width  # noqa: E402
 from seqzoo.ops.linear_attention import intra_chunk, linear_attention, pallas_gpu_split  # noqa: E402
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention  # noqa: E402
+from seqzoo.ops.linear_attention.pallas_gpu_intra import ScoresTiling  # noqa: E402
 
 SHAPE = (4, 2048, 16, 128)
 QUICK_SHAPE = (1, 64, 2, 16)
@@ -174,11 +189,12 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
         a = jnp.zeros((b, n, h, c, c), F32)
     add("intra scores A (XLA, per key)", scores, (qc, kc, cum_c), cos_cotangent(a.shape))
 
-    def kernel_scores(q, k, cum):
-        return intra_chunk.intra_chunk_scores(q, k, cum, scale=scale, sub=sub, dtype=dtype,
-                                              kernel=True)
+    for name, options in SCORES_VARIANTS.items():
+        def scores_variant(q, k, cum, options=options):
+            return intra_chunk.intra_chunk_scores(q, k, cum, scale=scale, sub=sub, dtype=dtype,
+                                                  **options)
 
-    add("intra scores A (Pallas kernel)", kernel_scores, (qc, kc, cum_c), cos_cotangent(a.shape))
+        add(name, scores_variant, (qc, kc, cum_c), cos_cotangent(a.shape))
 
     def a_v(a, v):
         return intra_chunk.intra_chunk_outputs(a, v, dtype)
@@ -198,10 +214,36 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
         return fn
 
     add("pallas_split (whole op)", op("pallas_split"), (q, k, v, g), o_ct)
+
+    def split_with_kernels(q, k, v, g):
+        return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=scale, chunk_size=chunk,
+                                                        intra_kernel=ALL_KERNELS)[0]
+
+    add("pallas_split (whole op, scores and VJP kernels)", split_with_kernels, (q, k, v, g), o_ct)
     add("pallas (one pass, reference)", op("pallas"), (q, k, v, g), o_ct)
     return parts
 
 
+# The scores' other variants, a row each: ``intra_chunk.intra_chunk_scores``'s keyword arguments
+_FASTEST = ScoresTiling(per_sub_chunk=True, num_warps=8, stored_diagonal=True)  # (by ptxas)
+ALL_KERNELS = dataclasses.replace(_FASTEST, vjp_kernel=True)
+SCORES_VARIANTS = {
+    "intra scores A (Pallas kernel)": dict(kernel=True),
+    "intra scores A (Pallas kernel, 8 warps)": dict(kernel=ScoresTiling(num_warps=8)),
+    "intra scores A (Pallas kernel, per sub-chunk)": dict(
+        kernel=ScoresTiling(per_sub_chunk=True)),
+    "intra scores A (Pallas kernel, per sub-chunk, 3 stages)": dict(
+        kernel=ScoresTiling(per_sub_chunk=True, num_stages=3)),
+    "intra scores A (Pallas kernel, per sub-chunk, 8 warps)": dict(
+        kernel=ScoresTiling(per_sub_chunk=True, num_warps=8)),
+    "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal)": dict(
+        kernel=_FASTEST),
+    "intra scores A (XLA, bwd recomputes decays)": dict(recompute_decays=True),
+    "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, bwd recomputes "
+    "decays)": dict(kernel=_FASTEST, recompute_decays=True),
+    "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, VJP kernel)": dict(
+        kernel=ALL_KERNELS),
+}
 SPLIT_PARTS = ("chunk-local cumsum", "inter-chunk kernel (intra=False)",
                "intra scores A (XLA, per key)", "intra A v")
 

@@ -30,8 +30,8 @@ def test_the_timed_parts_add_up_to_the_op(dtype, tol):
     b, t, h, d = shape = gla_phases.QUICK_SHAPE
     parts = gla_phases.jax_parts(shape, gla_phases.QUICK_CHUNK, dtype)
     assert set(gla_phases.SPLIT_PARTS) <= set(parts)
-    assert {"intra terms (scores + A v)", "intra scores A (Pallas kernel)",
-            "pallas_split (whole op)", "pallas (one pass, reference)"} <= set(parts)
+    assert {"intra terms (scores + A v)", "pallas_split (whole op)",
+            "pallas (one pass, reference)", *gla_phases.SCORES_VARIANTS} <= set(parts)
     assert all(set(modes) == {"fwd", "fwd+bwd"} for modes in parts.values())
     o_inter = parts["inter-chunk kernel (intra=False)"]["fwd"]()
     o_intra = parts["intra A v"]["fwd"]()
@@ -44,11 +44,15 @@ def test_the_timed_parts_add_up_to_the_op(dtype, tol):
     assert min(rel(o_inter, whole.astype(jnp.float32)),
                rel(o_intra.reshape(b, t, h, d), whole.astype(jnp.float32))) > 0.1
     xla_scores = parts["intra scores A (XLA, per key)"]["fwd"]()
-    kernel_scores = parts["intra scores A (Pallas kernel)"]["fwd"]()
-    assert rel(kernel_scores, xla_scores) < (1e-5 if dtype == jnp.float32 else 1e-3)
+    for name in gla_phases.SCORES_VARIANTS:
+        kernel_scores = parts[name]["fwd"]()
+        assert rel(kernel_scores, xla_scores) < (1e-5 if dtype == jnp.float32 else 1e-3), name
     terms = parts["intra terms (scores + A v)"]["fwd"]()
     np.testing.assert_allclose(np.asarray(terms[0]), np.asarray(o_intra.reshape(b, t, h, d)),
                                rtol=1e-6, atol=1e-6)
+    with_kernels = parts["pallas_split (whole op, scores and VJP kernels)"]["fwd"]()
+    assert rel(with_kernels.astype(jnp.float32), whole.astype(jnp.float32)) < (
+        1e-5 if dtype == jnp.float32 else 1e-2)
     if dtype == jnp.float32:
         one_pass = parts["pallas (one pass, reference)"]["fwd"]()
         assert rel(parts_sum, one_pass) < tol
@@ -64,7 +68,7 @@ def test_a_gradient_part_runs():
 def test_main_prints_a_row_per_part(capsys):
     timed = gla_phases.main(["--quick"])
     printed = capsys.readouterr().out
-    assert len(timed) == 9
+    assert len(timed) == 9 + len(gla_phases.SCORES_VARIANTS)
     assert all(isinstance(ms, float) for row in timed.values() for ms in row.values())
     assert all(f"| {name} |" in printed for name in timed if not name.startswith("sum"))
 

@@ -25,6 +25,7 @@ from seqzoo.ops.linear_attention import (
     intra_chunk,
     linear_attention,
     pallas_gpu_intra,
+    pallas_gpu_intra_bwd,
     pallas_gpu_split,
 )
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention
@@ -169,6 +170,27 @@ def test_split_op_matches_the_xla_op_float32(decay):
                       values_and_grads(op("chunked"), args, cotangent), F32_TOL)
 
 
+def test_split_with_every_scores_kernel_matches_the_xla_op_float32():
+    """``linear_attention_kernel`` with the scores by the per-sub-chunk kernel (8 warps, stored
+    diagonal) and their VJP by ``pallas_gpu_intra_bwd``: o, S_T and every gradient apart equal
+    ``impl="chunked"``'s; T = 77, chunks of 64."""
+    args, cotangent = inputs("key", 77, d=16)
+    tiling = pallas_gpu_intra.ScoresTiling(per_sub_chunk=True, stored_diagonal=True,
+                                           num_warps=8, vjp_kernel=True)
+
+    def split(q, k, v, g, s0):
+        return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=16**-0.5,
+                                                        initial_state=s0, chunk_size=64,
+                                                        intra_kernel=tiling)
+
+    def xla(q, k, v, g, s0):
+        return linear_attention(q, k, v, log_decay=g, initial_state=s0, chunk_size=64,
+                                return_final_state=True, impl="chunked")
+
+    assert_each_close(values_and_grads(split, args, cotangent),
+                      values_and_grads(xla, args, cotangent), F32_TOL)
+
+
 # Per decay strength (log decays logsigmoid(x) / divisor; 16 is GLA's): largest relative L2 of
 # each bf16 gradient against the float32 op's rounded to bf16. Measured at (1, 128, 2, 32) with
 # the parts rounded to bf16 and summed in bf16 (before), and summed in float32, rounded once
@@ -178,13 +200,21 @@ BF16_SPLIT_TOL = {16.0: dict(dq=5e-4, dk=5e-4, dv=2.6e-3, dg=1e-4),
                   1.0: dict(dq=2e-4, dk=2e-4, dv=7.5e-4, dg=1e-4)}
 
 
+_ALL_KERNELS = pallas_gpu_intra.ScoresTiling(per_sub_chunk=True, stored_diagonal=True,
+                                             num_warps=8, vjp_kernel=True)
+
+
+@pytest.mark.parametrize("scores", [False, _ALL_KERNELS], ids=["xla-scores", "scores-kernels"])
 @pytest.mark.parametrize("divisor", [16.0, 1.0], ids=["gla", "strong"])
-def test_split_bf16_gradients_are_rounded_once(divisor):
+def test_split_bf16_gradients_are_rounded_once(divisor, scores):
     """bf16 ``impl="pallas_split"``: the inter- and intra-chunk gradients join in float32 and
     are rounded to bf16 once (``chunked_vjp``'s ``extra``), each gradient apart against the
     float32 XLA op on the same bf16 values (its gradients rounded to bf16: a correctly rounded
     gradient is then exact). Summing parts already rounded to bf16 failed every dq, dk and dv
-    bound (numbers at ``BF16_SPLIT_TOL``)."""
+    bound (numbers at ``BF16_SPLIT_TOL``). ``scores``: the intra-chunk scores and their VJP by
+    XLA (the op's) or by the kernels (``linear_attention_kernel(intra_kernel=...)``; measured:
+    /16: dq 1.1e-4, dk 6.0e-5, dv 2.3e-3, dg 6.3e-6; /1: dq 3.2e-6, dk 1.1e-6, dv 5.5e-4,
+    dg 5.9e-6)."""
     keys = jax.random.split(jax.random.PRNGKey(0), 5)
     shape = (1, 128, 2, 32)
     q, k, v, do = (jax.random.normal(key, shape).astype(jnp.bfloat16) for key in keys[:4])
@@ -192,7 +222,11 @@ def test_split_bf16_gradients_are_rounded_once(divisor):
 
     def grads(impl, q, k, v):
         def loss(q, k, v, g):
-            o = linear_attention(q, k, v, log_decay=g, chunk_size=64, impl=impl)
+            if impl == "pallas_split" and scores:
+                o = pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=32**-0.5,
+                                                             chunk_size=64, intra_kernel=scores)[0]
+            else:
+                o = linear_attention(q, k, v, log_decay=g, chunk_size=64, impl=impl)
             return jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32))
 
         names = ("dq", "dk", "dv", "dg")
@@ -229,43 +263,53 @@ def _intra_inputs(shape, seed=3, strength=1.0):
     return q, k, jnp.cumsum(-strength * jax.nn.softplus(g), axis=2)
 
 
-def _kernel_and_xla_scores(q, k, cum, dtype=None):
-    """Unscaled scores by the Pallas kernel (interpret mode) and by XLA (``kernel=False``)."""
+# The kernel's launches: one program per chunk (``kernel=True``) and one per sub-chunk
+TILINGS = [pallas_gpu_intra.ScoresTiling(), pallas_gpu_intra.ScoresTiling(per_sub_chunk=True)]
+TILING_IDS = ["per-chunk", "per-sub-chunk"]
+
+
+def _kernel_and_xla_scores(q, k, cum, dtype=None, tiling=TILINGS[0]):
+    """Unscaled scores by the Pallas kernel at ``tiling`` (interpret mode) and by XLA."""
     return tuple(jax.jit(lambda *a, kernel=kernel: intra_chunk.intra_chunk_scores(
-        *a, scale=1.0, sub=16, kernel=kernel, dtype=dtype))(q, k, cum) for kernel in (True, False))
+        *a, scale=1.0, sub=16, kernel=kernel, dtype=dtype))(q, k, cum) for kernel in (tiling,
+                                                                                       False))
 
 
+@pytest.mark.parametrize("tiling", TILINGS, ids=TILING_IDS)
 @pytest.mark.parametrize("shape", [(1, 1, 16, 1, 16), (1, 2, 64, 2, 128), (2, 1, 32, 1, 40)],
                          ids=["diagonal-only", "gla-size", "dk40-padded"])
-def test_pallas_intra_scores_float32_equal_xla(shape):
+def test_pallas_intra_scores_float32_equal_xla(shape, tiling):
     """Float32 (IEEE matmuls): the kernel's scores are XLA's forward to float32's accuracy at
     C = 16 (one diagonal block), at GLA's C = 64, dk = 128, and at dk = 40 (zero-padded to 64);
     exactly zero above the diagonal."""
-    got, want = _kernel_and_xla_scores(*_intra_inputs(shape))
+    got, want = _kernel_and_xla_scores(*_intra_inputs(shape), tiling=tiling)
     assert got.shape == want.shape == (shape[0], shape[1], shape[3], shape[2], shape[2])
     assert rel(got, want) < F32_TOL
     assert not np.triu(np.asarray(got), 1).any()
 
 
-def test_pallas_intra_scores_bf16_against_float32():
+@pytest.mark.parametrize("tiling", TILINGS, ids=TILING_IDS)
+def test_pallas_intra_scores_bf16_against_float32(tiling):
     """bf16 q, k: within bf16's rounding of the decayed matmul operands of the float32 scores
     on the same (bf16) values, and equal to XLA's on bf16 (the same roundings)."""
     q, k, cum = _intra_inputs((1, 2, 64, 2, 32), seed=4)
     qb, kb = q.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
-    got, want_bf16 = _kernel_and_xla_scores(qb, kb, cum)
-    _, want_f32 = _kernel_and_xla_scores(qb.astype(jnp.float32), kb.astype(jnp.float32), cum)
+    got, want_bf16 = _kernel_and_xla_scores(qb, kb, cum, tiling=tiling)
+    _, want_f32 = _kernel_and_xla_scores(qb.astype(jnp.float32), kb.astype(jnp.float32), cum,
+                                         tiling=tiling)
     assert 1e-5 < rel(got, want_f32) < 1e-2
     assert rel(got, want_bf16) < 1e-3
 
 
-def test_pallas_intra_scores_strong_decays_stay_finite():
+@pytest.mark.parametrize("tiling", TILINGS, ids=TILING_IDS)
+def test_pallas_intra_scores_strong_decays_stay_finite(tiling):
     """Decays of -1e3 per step on some keys (cumulative -6e4 at the chunk's end): no inf or NaN
     (every exponent the kernel forms is <= 0), and XLA's values, zeros where the decays kill."""
     q, k, cum = _intra_inputs((1, 1, 64, 2, 32), seed=5)
     steps = jnp.diff(cum, axis=2, prepend=0.0).at[:, :, :, 0, :8].set(-1e3)
     steps = steps.at[:, :, 20:, 1, :].add(-50.0)
     cum = jnp.cumsum(steps, axis=2)
-    got, want = _kernel_and_xla_scores(q, k, cum)
+    got, want = _kernel_and_xla_scores(q, k, cum, tiling=tiling)
     assert np.isfinite(np.asarray(got)).all()
     assert rel(got, want) < F32_TOL
 
@@ -287,6 +331,61 @@ def test_pallas_intra_scores_lower_to_2d_triton(monkeypatch, dtype):
     assert not re.search(r"tensor<\d+x\d+x\d+x", module)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_per_sub_chunk_scores_lower_to_2d_triton(monkeypatch, dtype):
+    """``per_sub_chunk``: one module, one ``(sub, dk) x (dk, sub)`` matmul (in the loop over the
+    earlier sub-chunks), IEEE for float32, no tensor of rank 3, and a grid of C / sub = 4 times
+    the per-chunk launch's programs (the last grid axis folded into Triton's first)."""
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
+    q = jnp.ones((1, 2, 64, 2, 128), dtype)
+    cum = -jnp.ones((1, 2, 64, 2, 128), jnp.float32)
+    tiling = pallas_gpu_intra.ScoresTiling(per_sub_chunk=True)
+    (module,) = triton_modules(functools.partial(pallas_gpu_intra.intra_chunk_scores, sub=16,
+                                                 dtype=dtype, tiling=tiling), q, q, cum)
+    assert dot_precisions(module) == ["ieee"] if dtype == jnp.float32 else len(
+        dot_precisions(module)) == 1
+    assert re.search(r"tt\.dot [^\n]*tensor<16x128x\w+> \* tensor<128x16x\w+>", module)
+    assert not re.search(r"tensor<\d+x\d+x\d+x", module)
+    assert len(re.findall(r"scf\.for", module)) == 3  # earlier blocks, diagonal columns, zeros
+
+
+@pytest.mark.parametrize("per_sub_chunk", [False, True], ids=["per-chunk", "per-sub-chunk"])
+def test_stored_diagonal_lowers_with_exp2_and_no_block(monkeypatch, per_sub_chunk):
+    """``stored_diagonal``: the diagonal blocks' decays by exp2 (the rows' below the diagonal
+    still by exp), each column a ``(sub, 1)`` store, no ``(sub, sub)`` block carried through
+    the column loop; 2-D only."""
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
+    q = jnp.ones((1, 2, 64, 2, 128), jnp.bfloat16)
+    cum = -jnp.ones((1, 2, 64, 2, 128), jnp.float32)
+    tiling = pallas_gpu_intra.ScoresTiling(per_sub_chunk=per_sub_chunk, stored_diagonal=True)
+    (module,) = triton_modules(functools.partial(pallas_gpu_intra.intra_chunk_scores, sub=16,
+                                                 dtype=jnp.bfloat16, tiling=tiling), q, q, cum)
+    blocks = 1 if per_sub_chunk else 4
+    assert module.count('symbol = "__nv_exp2f"') == blocks
+    assert len(re.findall(r"tt\.store %\w+, %\w+ : tensor<16x1x!tt\.ptr<f32>>", module)) == blocks
+    assert not re.search(r"iter_args\([^)]*\) -> \(tensor<16x16xf32>\)", module)
+    assert not re.search(r"tensor<\d+x\d+x\d+x", module)
+
+
+@pytest.mark.parametrize("dtype, dots", [(jnp.float32, ["ieee"] * 2), (jnp.bfloat16, 6)],
+                         ids=["f32", "bf16"])
+def test_scores_vjp_kernel_lowers_to_2d_triton(monkeypatch, dtype, dots):
+    """``pallas_gpu_intra_bwd``: one module, a ``(sub, sub) x (sub, dk)`` matmul for dq's
+    earlier sub-chunks and one for dk's later ones (bf16: each as three, ``dA`` and the decayed
+    rows split as ``hi + lo``; float32: IEEE), no tensor of rank 3."""
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
+    q = jnp.ones((1, 2, 64, 2, 128), dtype)
+    cum = -jnp.ones((1, 2, 64, 2, 128), jnp.float32)
+    d_scores = jnp.ones((1, 2, 2, 64, 64), jnp.float32)
+    tiling = pallas_gpu_intra.ScoresTiling(per_sub_chunk=True, vjp_kernel=True)
+    (module,) = triton_modules(functools.partial(pallas_gpu_intra_bwd.scores_vjp, sub=16,
+                                                 dtype=dtype, tiling=tiling), q, q, cum, d_scores)
+    precisions = dot_precisions(module)
+    assert precisions == dots if dtype == jnp.float32 else len(precisions) == dots
+    assert re.findall(r"tensor<16x16x\w+> \* tensor<16x128x\w+>", module)
+    assert not re.search(r"tensor<\d+x\d+x\d+x", module)
+
+
 def test_split_lowers_for_a_gpu(monkeypatch):
     """Forward and gradient lower with the Triton kernels for CUDA on this CPU machine (the
     Pallas -> Triton lowering runs; a layout or op Triton lacks fails here)."""
@@ -300,13 +399,21 @@ def test_split_lowers_for_a_gpu(monkeypatch):
     def grads(*args):
         return jax.grad(lambda *a: forward(*a).astype(jnp.float32).sum(), (0, 1, 2, 3))(*args)
 
-    def with_intra_kernel(q, k, v, g):
+    def with_intra_kernel(q, k, v, g, kernel=True):
         return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=0.2, chunk_size=64,
-                                                        intra_kernel=True)[0]
+                                                        intra_kernel=kernel)[0]
+
+    def grads_with_vjp_kernel(*args):
+        tiling = pallas_gpu_intra.ScoresTiling(per_sub_chunk=True, vjp_kernel=True)
+        return jax.grad(lambda *a: with_intra_kernel(*a, kernel=tiling).astype(
+            jnp.float32).sum(), (0, 1, 2, 3))(*args)
 
     for fn, kernels in ((forward, ["chunked_pass_key_inter"]),
                         (grads, ["chunked_pass_key_inter", "chunked_pass_value_inter"]),
-                        (with_intra_kernel, ["chunked_pass_key_inter", "intra_chunk_scores"])):
+                        (with_intra_kernel, ["chunked_pass_key_inter", "intra_chunk_scores"]),
+                        (grads_with_vjp_kernel, ["chunked_pass_value_inter",
+                                                 "intra_chunk_scores_sub",
+                                                 "intra_chunk_scores_vjp"])):
         text = jax.jit(fn).trace(x, x, x, g).lower(lowering_platforms=("cuda",)).as_text()
         assert all(name in text for name in kernels)
 

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqzoo.kernels.split_product import split_product
-from seqzoo.ops.linear_attention import pallas_gpu_intra
+from seqzoo.ops.linear_attention import pallas_gpu_intra, pallas_gpu_intra_bwd
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -74,15 +74,17 @@ def _reference_factors(cum: Array, r: int, sub: int) -> tuple[Array, Array]:
     return jnp.exp(cum[:, :, r:r + sub] - ref), jnp.exp(ref - cum[:, :, :r])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _scores_per_key(q: Array, k: Array, cum: Array, sub: int, dtype, kernel: bool) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _scores_per_key(q: Array, k: Array, cum: Array, sub: int, dtype,
+                    kernel: pallas_gpu_intra.ScoresTiling | None, recompute: bool) -> Array:
     """Per-key decays, sub-chunk by sub-chunk (module docstring). (B, N, C, H, dk) float32 q, k
     holding values of ``dtype`` (the matmul operands') -> (B, N, H, C, C), unscaled, zero above
     the diagonal; float32 gradients. ``kernel``: by the Pallas kernel of ``pallas_gpu_intra.py``
-    (same sub-chunks) instead of XLA."""
-    if kernel:
+    (same sub-chunks) at that launch tiling instead of XLA. ``recompute``: the backward's own
+    diagonal decays, once for dq and once for dk (``_scores_per_key_backward``)."""
+    if kernel is not None:
         return pallas_gpu_intra.intra_chunk_scores(q.astype(dtype), k.astype(dtype), cum,
-                                                   sub=sub, dtype=dtype)
+                                                   sub=sub, dtype=dtype, tiling=kernel)
     b, n, c, h, dk = q.shape
     qf, kf = q, k
     rows = []
@@ -99,17 +101,31 @@ def _scores_per_key(q: Array, k: Array, cum: Array, sub: int, dtype, kernel: boo
     return jnp.concatenate(rows, axis=-2)
 
 
-def _scores_per_key_forward(q, k, cum, sub, dtype, kernel):
+def _scores_per_key_forward(q, k, cum, sub, dtype, kernel, recompute):
     residuals = (q.astype(dtype), k.astype(dtype), cum)  # exact: the values are dtype's
-    return _scores_per_key(q, k, cum, sub, dtype, kernel), residuals
+    return _scores_per_key(q, k, cum, sub, dtype, kernel, recompute), residuals
 
 
-def _scores_per_key_backward(sub, dtype, kernel, res, d_scores):
+def _scores_per_key_backward(sub, dtype, kernel, recompute, res, d_scores):
     """``dq_i = sum_j dA_ij k_j exp(G_i - G_j)``, ``dk_j = sum_i dA_ij q_i exp(G_i - G_j)`` by
     the forward's sub-chunks (diagonal blocks as elementwise products reduced over the other
-    row, never stored), and ``dG = q dq - k dk``: A depends on G only through ``G_i - G_j``.
-    The difference cancels, so the matmuls split their float32 operands (``_einsum``)."""
+    row), and ``dG = q dq - k dk``: A depends on G only through ``G_i - G_j``. The difference
+    cancels, so the matmuls split their float32 operands (``_einsum``).
+
+    The diagonal decays ``exp(min(G_i - G_j, 0))``, (B, N, sub, sub, H, dk) per sub-chunk, are
+    one expression for the forward's A, dq and dk: XLA computes it once and, as it feeds three
+    reductions, writes it out (on the CPU backend: 4 such tensors in the forward+backward, none
+    in the forward alone; 268 MB each at (4, 2048, 16, 128), C = 64). ``recompute``: G passes
+    an ``optimization_barrier`` twice, so dq's and dk's decays are distinct expressions, each
+    exp fused into its one reduction (3x the diagonal exps, no (.., sub, sub, .., dk) tensor
+    in memory). A kernel launch with ``vjp_kernel``: dq and dk by ``pallas_gpu_intra_bwd``
+    (the same terms, its own loops)."""
     q, k, cum = res
+    if kernel is not None and kernel.vjp_kernel:
+        dq, dk = pallas_gpu_intra_bwd.scores_vjp(q, k, cum, d_scores, sub=sub, dtype=dtype,
+                                                 tiling=kernel)
+        return dq, dk, q.astype(_F32) * dq - k.astype(_F32) * dk
+    cum_q, cum_k = lax.optimization_barrier((cum, cum)) if recompute else (cum, cum)
     qf, kf = q.astype(_F32), k.astype(_F32)
     c = q.shape[2]
     dq_rows, dk = [], jnp.zeros(k.shape, _F32)
@@ -117,9 +133,10 @@ def _scores_per_key_backward(sub, dtype, kernel, res, d_scores):
         q_i, k_i = qf[:, :, r:r + sub], kf[:, :, r:r + sub]
         d_rows = jnp.moveaxis(d_scores[..., r:r + sub, :], 2, -1)  # (B, N, sub, C, H)
         d_diag = jnp.where(_causal(sub)[..., None], d_rows[:, :, :, r:r + sub], 0.0)[..., None]
-        decay = _diagonal_decay(cum[:, :, r:r + sub])
-        dq_i = jnp.sum(d_diag * k_i[:, :, None] * decay, axis=3)
-        dk = dk.at[:, :, r:r + sub].add(jnp.sum(d_diag * q_i[:, :, :, None] * decay, axis=2))
+        dq_i = jnp.sum(d_diag * k_i[:, :, None] * _diagonal_decay(cum_q[:, :, r:r + sub]),
+                       axis=3)
+        dk = dk.at[:, :, r:r + sub].add(jnp.sum(
+            d_diag * q_i[:, :, :, None] * _diagonal_decay(cum_k[:, :, r:r + sub]), axis=2))
         if r:
             from_ref, to_ref = _reference_factors(cum, r, sub)
             d_earlier = d_scores[..., r:r + sub, :r]  # (B, N, H, sub, r)
@@ -136,10 +153,11 @@ _scores_per_key.defvjp(_scores_per_key_forward, _scores_per_key_backward)
 
 
 def _scores(q: Array, k: Array, cum: Array | None, scale: float, sub: int, dtype,
-            kernel: bool) -> Array:
+            kernel: pallas_gpu_intra.ScoresTiling | None, recompute: bool) -> Array:
     c = q.shape[2]
     if cum is not None and cum.ndim == 5:
-        return scale * _scores_per_key(q.astype(_F32), k.astype(_F32), cum, sub, dtype, kernel)
+        return scale * _scores_per_key(q.astype(_F32), k.astype(_F32), cum, sub, dtype, kernel,
+                                       recompute)
     scores = _einsum("bnihd,bnjhd->bnhij", q, k, dtype) * scale
     if cum is None:
         return jnp.where(_causal(c), scores, 0.0)
@@ -148,18 +166,33 @@ def _scores(q: Array, k: Array, cum: Array | None, scale: float, sub: int, dtype
     return scores * jnp.exp(jnp.where(_causal(c), diff, -jnp.inf))
 
 
-def intra_chunk_scores(q: Array, k: Array, cum: Array | None, *, scale: float,
-                       sub: int = 16, kernel: bool = False, dtype=None) -> Array:
+def intra_chunk_scores(q: Array, k: Array, cum: Array | None, *, scale: float, sub: int = 16,
+                       kernel: bool | pallas_gpu_intra.ScoresTiling = False,
+                       dtype=None, recompute_decays: bool = False) -> Array:
     """``A: (B, N, H, C, C)`` float32 of the module docstring.
 
     q, k: (B, N, C, H, dk) (N chunks of C steps); cum: the chunk-local inclusive cumulative sum
     of the log decays, float32: None, (B, N, C, H) per head or (B, N, C, H, dk) per key
     dimension; sub: rows per sub-chunk for per-key decays (dividing C); kernel: per-key scores
-    by the Pallas kernel (``pallas_gpu_intra.py``; C a power of two >= 16), the VJP still XLA's;
-    dtype: the matmul operands' (default q's and k's; float32 q, k then hold its values).
+    by the Pallas kernel (``pallas_gpu_intra.py``; C a power of two >= 16), the VJP still XLA's:
+    True at its default launch (one program per chunk) or a ``pallas_gpu_intra.ScoresTiling``;
+    dtype: the matmul operands' (default q's and k's; float32 q, k then hold its values);
+    recompute_decays: per-key decays' VJP recomputes the diagonal blocks' decays for dq and for
+    dk instead of sharing the forward's (``_scores_per_key_backward``; same values).
     """
     dtype = jnp.result_type(q.dtype, k.dtype) if dtype is None else dtype
-    return _scores(q, k, cum, float(scale), min(sub, q.shape[2]), jnp.dtype(dtype), kernel)
+    tiling = kernel_tiling(kernel)
+    return _scores(q, k, cum, float(scale), min(sub, q.shape[2]), jnp.dtype(dtype), tiling,
+                   recompute_decays)
+
+
+def kernel_tiling(kernel: bool | pallas_gpu_intra.ScoresTiling
+                  ) -> pallas_gpu_intra.ScoresTiling | None:
+    """``intra_chunk_scores``'s ``kernel`` as the kernel's launch: None for XLA (False), the
+    default launch for True."""
+    if isinstance(kernel, pallas_gpu_intra.ScoresTiling):
+        return kernel
+    return pallas_gpu_intra.ScoresTiling() if kernel else None
 
 
 def intra_chunk_outputs(scores: Array, v: Array, dtype=None) -> Array:

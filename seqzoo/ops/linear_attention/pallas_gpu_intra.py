@@ -1,21 +1,19 @@
-"""The intra-chunk scores of per-key decays as a Pallas kernel, one program per (batch, chunk,
-head): ``intra_chunk.py``'s forward on a parallel grid, organised as fla's ``chunk_gla_fwd_A``
-kernels (``chunk_gla_fwd_intra_gk``: one pass for the sub-chunk pairs below the diagonal, one
-for the diagonal blocks, column by column).
+"""The intra-chunk scores of per-key decays as a Pallas kernel: ``intra_chunk.py``'s forward on
+a parallel grid, organised as fla's ``chunk_gla_fwd_A`` kernels (``chunk_gla_fwd_intra_gk``: one
+pass for the sub-chunk pairs below the diagonal, one for the diagonal blocks, column by column).
 
     A_ij = sum_d q_id k_jd exp(G_id - G_jd)    j <= i in one chunk of C steps, else 0
 
 A program reads its chunk's ``q, k: (C, dk)`` (the inputs' dtype) and ``G: (C, dk)`` float32
-(the chunk-local cumulative log decays, non-increasing down the chunk) and writes
-``A: (C, C)`` float32, sub-chunk I by sub-chunk I of ``sub`` rows (first row r, rows
+(the chunk-local cumulative log decays, non-increasing down the chunk) and writes rows of
+``A: (C, C)`` float32 sub-chunk I by sub-chunk I of ``sub`` rows (first row r, rows
 ``i = r .. r + sub - 1``), every element of A written once:
 
 * below the diagonal block (``j < r``): through I's first row as reference,
   ``exp(G_i - G_j) = exp(G_i - G_r) exp(G_r - G_j)``, both factors <= 1, so
   ``A[I, :r] = (q_I exp(G_I - G_r)) (k_J exp(G_r - G_J))^T``: the decayed query rows
-  ``(sub, dk)`` once per I, then only the rows before I are read (``pl.ds``) and decayed, in
-  power-of-two pieces (r = 48: rows 0..32 and 32..48; Triton's tensors have power-of-two
-  sides), one ``(sub, dk) x (dk, piece)`` matmul each, operands rounded to the inputs' dtype,
+  ``(sub, dk)`` once per I, then only the rows before I are read (``pl.ds``) and decayed, one
+  ``(sub, dk) x (dk, rows)`` matmul per piece of them, operands rounded to the inputs' dtype,
   float32 accumulation (IEEE for float32);
 * the diagonal block ``A[I, r:r + sub]`` exactly, a loop over its ``sub`` columns j (a
   ``fori_loop``): ``sum_d q_Id k_jd exp(min(G_Id - G_jd, 0))``, a ``(sub, dk)`` product reduced
@@ -23,25 +21,48 @@ A program reads its chunk's ``q, k: (C, dk)`` (the inputs' dtype) and ``G: (C, d
   causal mask ``j <= i``. The ``min`` makes every exponent <= 0 (rows above the diagonal, masked
   anyway, included): nothing overflows however strong the decays. Every tensor is 2-D;
   ``(sub, sub, dk)`` is never formed;
-* right of the diagonal block (``j >= r + sub``): zeros, in power-of-two pieces.
+* right of the diagonal block (``j >= r + sub``): zeros.
 
-Per program that is ``C (C - sub) / 2 * dk`` multiply-adds and
-``(C - sub) dk + C (C - sub) / (2 sub) dk`` exponentials below the diagonal (144 dk at C = 64,
-sub = 16; the previous version of this kernel decayed all C rows against every reference: 240
-dk, and multiplied against all C columns), and ``C sub dk`` of each on the diagonal blocks
-(as before, but as 2-D ``(sub, dk)`` products reduced along dk, where the previous version
-formed ``(sub, sub, 16)`` products over slices of dk and reduced them across threads). Unlike
-fla (a launch over sub-chunk pairs, then one over diagonal blocks) both parts run in the same
-program. No state, nothing sequential: the grid is parallel over every axis. Forward only; the
-VJP is ``intra_chunk._scores_per_key``'s (XLA). ``sub`` a power of two >= 16 dividing C for
-Triton (its matmuls take sides >= 16; any divisor runs in interpret mode).
+Two launches (``ScoresTiling``):
 
-Timing: the earlier version measured slower than XLA's scores on an H100; this rewrite is
-untimed on a GPU so far (``benchmarks/gla_phases.py``'s row "intra scores A (Pallas kernel)").
+* one program per (batch, chunk, head) (the default, ``kernel=True``): every sub-chunk I
+  unrolled in the program, the rows before I in power-of-two pieces (r = 48: rows 0..32 and
+  32..48; Triton's tensors have power-of-two sides). Per program ``C (C - sub) / 2 * dk``
+  multiply-adds and ``(C - sub) dk + C (C - sub) / (2 sub) dk`` exponentials below the diagonal
+  (144 dk at C = 64, sub = 16) and ``C sub dk`` of each on the diagonal blocks (1024 dk). At
+  GLA's (4, 2048, 16, 128) bf16 that is 2048 programs; ptxas (sm_90a, Triton 3.5 on this IR)
+  gives it 255 registers and 568 bytes of spill stores / 712 of loads per thread at 4 warps
+  (8 warps: 255 and 96 / 128), so at most two 4-warp programs share an SM: measured 1.145 ms
+  on an H100, slower than XLA's 0.995;
+* ``per_sub_chunk``: one program per (batch, chunk, head, sub-chunk), the grid's last axis,
+  writing its ``(sub, C)`` rows: the sub-chunks before I one ``(sub, sub)`` block each (a loop
+  of I steps: one ``(sub, dk) x (dk, sub)`` matmul), the diagonal block, then zero blocks (a
+  loop). C / sub times the programs (8192 at GLA's shape, fla's diagonal pass's count), each
+  one sub-chunk's code: ptxas gives 136 registers at 4 warps and 1 stage, 95 at 3 stages, 126
+  at 8 warps, no spills. Exponentials ``sub dk`` more per chunk than the unrolled launch (the
+  first sub-chunk's decayed queries, unused): 160 dk + 1024 dk (fla's two passes: 192 dk +
+  1024 dk).
+
+Either launch at 8 warps: the ``(sub, dk)`` tiles of the diagonal blocks' column loop get a
+layout that reduces along dk in registers: 169 SASS instructions an iteration, 4 shuffles, no
+barrier, where 4 warps take 431 (per chunk) to 455 (per sub-chunk), 82 shuffles, 3 barriers
+(ptxas as above). ``stored_diagonal`` (``_diagonal_stored``: exp2, each column stored as
+computed): 98 at 8 warps. The diagonal loop over the whole grid: 226 M warp-instructions for the
+measured launch, 103 M for per sub-chunk, 8 warps, stored diagonal (an H100 issues ~0.93 G a
+millisecond). All of this is Triton 3.5's compile of the IR jax 0.10 lowers, not the GPU's jax
+0.11 Triton: untimed on a GPU so far (``benchmarks/gla_phases.py``'s rows "intra scores A
+(Pallas kernel, ...)").
+
+Unlike fla (a launch over sub-chunk pairs, then one over diagonal blocks) both parts run in the
+same program. No state, nothing sequential: the grid is parallel over every axis. Forward
+only; the VJP is ``intra_chunk._scores_per_key``'s (XLA), or ``pallas_gpu_intra_bwd``'s with
+``ScoresTiling.vjp_kernel``. ``sub`` a power of two >= 16 dividing C for Triton (its matmuls
+take sides >= 16; any divisor runs in interpret mode).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -54,6 +75,7 @@ from seqzoo.kernels.chunked_tiling import padded_width
 
 Array = jax.Array
 _F32 = jnp.float32
+_LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x log2 e)
 
 
 def _pieces(start: int, stop: int) -> list[tuple[int, int]]:
@@ -67,38 +89,128 @@ def _pieces(start: int, stop: int) -> list[tuple[int, int]]:
     return pieces
 
 
-def _kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype):
-    c = q_ref.shape[0]
+def _from_reference(q_ref, g_ref, r, sub: int, dtype):
+    """Sub-chunk I's rows from row ``r`` (static or traced): ``q_I, G_I: (sub, dk)`` float32,
+    ``G_r: (1, dk)`` and the decayed queries ``q_I exp(G_I - G_r)`` in ``dtype``."""
+    rows = pl.ds(r, sub)
+    q_i, g_i = q_ref[rows, :].astype(_F32), g_ref[rows, :]
+    g_r = g_ref[pl.ds(r, 1), :]
+    return q_i, g_i, g_r, (q_i * jnp.exp(g_i - g_r)).astype(dtype)
+
+
+def _below(from_ref, g_r, k_ref, g_ref, earlier, dtype) -> Array:
+    """``A[I, earlier] = (q_I exp(G_I - G_r)) (k_J exp(G_r - G_J))^T`` for rows ``earlier``
+    before I (a ``pl.ds``): one ``(sub, dk) x (dk, rows)`` matmul, float32 accumulation (IEEE
+    for float32)."""
+    to_ref = k_ref[earlier, :].astype(_F32) * jnp.exp(g_r - g_ref[earlier, :])
     precision = lax.Precision.HIGHEST if dtype == _F32 else None
+    return lax.dot_general(from_ref, to_ref.astype(dtype), (((1,), (1,)), ((), ())),
+                           precision=precision, preferred_element_type=_F32)
+
+
+def _diagonal(q_i, g_i, k_ref, g_ref, r, sub: int) -> Array:
+    """The diagonal block ``A[I, r:r + sub]``, ``(sub, sub)`` float32, column by column: column
+    j is ``sum_d q_Id k_jd exp(min(G_Id - G_jd, 0))`` (a ``(sub, dk)`` product reduced over dk),
+    then the causal mask ``j <= i``."""
     col = lax.broadcasted_iota(jnp.int32, (sub, sub), 1)
-    causal = col <= lax.broadcasted_iota(jnp.int32, (sub, sub), 0)
+
+    def column(j, block):
+        key = pl.ds(r + j, 1)
+        decay = jnp.exp(jnp.minimum(g_i - g_ref[key, :], 0.0))  # (sub, dk), <= 1
+        terms = q_i * k_ref[key, :].astype(_F32) * decay
+        return jnp.where(col == j, jnp.sum(terms, axis=1)[:, None], block)
+
+    block = lax.fori_loop(0, sub, column, jnp.zeros((sub, sub), _F32))
+    return jnp.where(col <= lax.broadcasted_iota(jnp.int32, (sub, sub), 0), block, 0.0)
+
+
+def _diagonal_stored(q_i, g_i, k_ref, g_ref, a_ref, rows, r, sub: int) -> None:
+    """``_diagonal``'s block stored column by column into ``a_ref[rows, r + j]`` as computed
+    (masked to ``j <= i`` there: no ``(sub, sub)`` block selected into, no layout conversion),
+    the decays ``exp2(min(G_Id - G_jd, 0) log2 e)``: a multiply and libdevice's ``exp2f`` where
+    its ``expf`` takes about ten instructions. The difference is taken before the scaling:
+    scaling G first (log2 units, as fla) made ``G_I log2 e - G_j log2 e`` nonzero at i = j
+    (an FMA rounds one product and not the other): in interpret mode on a CPU, A off by 2e-4
+    relative L2, 0.3% on its diagonal, at G = -6e4 (decays of -1e3 per step)."""
+    row = lax.broadcasted_iota(jnp.int32, (sub,), 0)
+
+    def column(j, carry):
+        key = pl.ds(r + j, 1)
+        decay = jnp.exp2(jnp.minimum(g_i - g_ref[key, :], 0.0) * _LOG2E)  # (sub, dk), <= 1
+        terms = jnp.sum(q_i * k_ref[key, :].astype(_F32) * decay, axis=1)
+        a_ref[rows, pl.ds(r + j, 1)] = jnp.where(row >= j, terms, 0.0)[:, None]
+        return carry
+
+    lax.fori_loop(0, sub, column, 0)
+
+
+def _diagonal_into(a_ref, rows, q_i, g_i, k_ref, g_ref, r, sub: int, stored: bool) -> None:
+    """The diagonal block ``A[I, r:r + sub]`` into ``a_ref[rows, r:r + sub]``: ``_diagonal``'s,
+    or ``_diagonal_stored``'s where ``stored``."""
+    if stored:
+        _diagonal_stored(q_i, g_i, k_ref, g_ref, a_ref, rows, r, sub)
+    else:
+        a_ref[rows, pl.ds(r, sub)] = _diagonal(q_i, g_i, k_ref, g_ref, r, sub)
+
+
+def _kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype, stored: bool):
+    """One program per chunk: every sub-chunk I unrolled, the rows before it in power-of-two
+    pieces."""
+    c = q_ref.shape[0]
     for r in range(0, c, sub):
         rows = pl.ds(r, sub)
-        q_i = q_ref[rows, :].astype(_F32)  # (sub, dk)
-        g_i = g_ref[rows, :]
-        if r:  # the sub-chunks before I, through I's first row
-            g_r = g_ref[pl.ds(r, 1), :]  # (1, dk)
-            from_ref = (q_i * jnp.exp(g_i - g_r)).astype(dtype)
-            for j0, size in _pieces(0, r):
-                earlier = pl.ds(j0, size)
-                to_ref = k_ref[earlier, :].astype(_F32) * jnp.exp(g_r - g_ref[earlier, :])
-                a_ref[rows, earlier] = lax.dot_general(
-                    from_ref, to_ref.astype(dtype), (((1,), (1,)), ((), ())),
-                    precision=precision, preferred_element_type=_F32)
-
-        def column(j, block, r=r, q_i=q_i, g_i=g_i):
-            key = pl.ds(r + j, 1)
-            decay = jnp.exp(jnp.minimum(g_i - g_ref[key, :], 0.0))  # (sub, dk), <= 1
-            terms = q_i * k_ref[key, :].astype(_F32) * decay
-            return jnp.where(col == j, jnp.sum(terms, axis=1)[:, None], block)
-
-        block = lax.fori_loop(0, sub, column, jnp.zeros((sub, sub), _F32))
-        a_ref[rows, pl.ds(r, sub)] = jnp.where(causal, block, 0.0)
+        q_i, g_i, g_r, from_ref = _from_reference(q_ref, g_ref, r, sub, dtype)
+        for j0, size in _pieces(0, r):  # the sub-chunks before I, through I's first row
+            earlier = pl.ds(j0, size)
+            a_ref[rows, earlier] = _below(from_ref, g_r, k_ref, g_ref, earlier, dtype)
+        _diagonal_into(a_ref, rows, q_i, g_i, k_ref, g_ref, r, sub, stored)
         for j0, size in _pieces(r + sub, c):
             a_ref[rows, pl.ds(j0, size)] = jnp.zeros((sub, size), _F32)
 
 
-def intra_chunk_scores(q: Array, k: Array, cum: Array, *, sub: int, dtype) -> Array:
+def _sub_chunk_kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype, stored: bool):
+    """One program per sub-chunk I (the grid's last axis): its ``(sub, C)`` rows of A, the
+    sub-chunks before it one ``(sub, sub)`` block each (a loop of I steps), then the diagonal
+    block, then zero blocks."""
+    i = pl.program_id(3)
+    r = pl.multiple_of(i * sub, sub)
+    q_i, g_i, g_r, from_ref = _from_reference(q_ref, g_ref, r, sub, dtype)
+
+    def block(j):
+        return pl.ds(pl.multiple_of(j * sub, sub), sub)
+
+    def earlier(j, carry):
+        a_ref[:, block(j)] = _below(from_ref, g_r, k_ref, g_ref, block(j), dtype)
+        return carry
+
+    def later(j, carry):
+        a_ref[:, block(j)] = jnp.zeros((sub, sub), _F32)
+        return carry
+
+    lax.fori_loop(0, i, earlier, 0)
+    _diagonal_into(a_ref, slice(None), q_i, g_i, k_ref, g_ref, r, sub, stored)
+    lax.fori_loop(i + 1, q_ref.shape[0] // sub, later, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoresTiling:
+    """The scores kernel's launch. ``per_sub_chunk``: one program per (batch, chunk, head,
+    sub-chunk) writing ``sub`` rows of A (``C / sub`` times the programs, each a fraction of the
+    code) instead of one per (batch, chunk, head) writing all C rows; ``stored_diagonal``: the
+    diagonal blocks by ``_diagonal_stored`` (exp2, columns stored as computed, as fla's diagonal
+    pass) instead of ``_diagonal``; ``num_warps``, ``num_stages``: Triton's (the VJP kernel's
+    too); ``vjp_kernel``: the VJP's dq and dk by ``pallas_gpu_intra_bwd`` (one program per
+    sub-chunk) instead of XLA's einsums."""
+
+    per_sub_chunk: bool = False
+    stored_diagonal: bool = False
+    vjp_kernel: bool = False
+    num_warps: int = 4
+    num_stages: int = 1
+
+
+def intra_chunk_scores(q: Array, k: Array, cum: Array, *, sub: int, dtype,
+                       tiling: ScoresTiling = ScoresTiling()) -> Array:
     """q, k: (B, N, C, H, dk) (C a power of two >= 16, ``sub`` dividing it); cum: (B, N, C, H,
     dk) float32, the chunk-local cumulative log decays. Returns unscaled ``A: (B, N, H, C, C)``
     float32, zero above the diagonal. dk is zero-padded to a power of two >= 16 (zero q, k:
@@ -107,15 +219,21 @@ def intra_chunk_scores(q: Array, k: Array, cum: Array, *, sub: int, dtype) -> Ar
     width = padded_width(dk)
     pad = [(0, 0)] * 4 + [(0, width - dk)]
     q, k, cum = (jnp.pad(x, pad) for x in (q, k, cum))
-    block = pl.BlockSpec((None, None, c, None, width), lambda i, m, j: (i, m, 0, j, 0))
+    if tiling.per_sub_chunk:
+        kernel, grid, rows = _sub_chunk_kernel, (b, n, h, c // sub), sub
+    else:
+        kernel, grid, rows = _kernel, (b, n, h), c
+    block = pl.BlockSpec((None, None, c, None, width), lambda i, m, j, *_: (i, m, 0, j, 0))
     call = launch.pallas_call(
-        functools.partial(_kernel, sub=sub, dtype=jnp.dtype(dtype)),
-        grid=(b, n, h),
+        functools.partial(kernel, sub=sub, dtype=jnp.dtype(dtype),
+                          stored=tiling.stored_diagonal),
+        grid=grid,
         in_specs=[block, block, block],
-        out_specs=pl.BlockSpec((None, None, None, c, c), lambda i, m, j: (i, m, j, 0, 0)),
+        out_specs=pl.BlockSpec((None, None, None, rows, c),
+                               lambda i, m, j, *row: (i, m, j, *(row or (0,)), 0)),
         out_shape=jax.ShapeDtypeStruct((b, n, h, c, c), _F32),
-        num_warps=4,
-        num_stages=1,
-        name="intra_chunk_scores",
+        num_warps=tiling.num_warps,
+        num_stages=tiling.num_stages,
+        name="intra_chunk_scores_sub" if tiling.per_sub_chunk else "intra_chunk_scores",
     )
     return call(q, k, cum)

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from seqzoo.kernels.chunked_tiling import padded_width
-from seqzoo.ops.linear_attention import intra_chunk
+from seqzoo.ops.linear_attention import intra_chunk, pallas_gpu_intra
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention, launch_tiling
 
 Array = jax.Array
@@ -55,13 +55,15 @@ def _in_chunks(x: Array | None, chunk: int) -> Array | None:
 
 
 def intra_chunk_attention(q: Array, k: Array, v: Array, cum: Array | None, *, scale: float,
-                          chunk: int, sub: int = 16, kernel: bool = False, dtype=None) -> Array:
+                          chunk: int, sub: int = 16,
+                          kernel: bool | pallas_gpu_intra.ScoresTiling = False,
+                          dtype=None) -> Array:
     """``o_intra: (D, B, T, H, dv)`` float32 for chunks of ``chunk`` steps from t = 0, in the
     layout of ``chunked_vjp``'s ``extra``: q, k (D, B, T, H, dk), v (D, B, T, H, dv), T a
     multiple of ``chunk``; cum: None or the chunk-local cumulative log decays, float32,
     (D, B, T, H) or (D, B, T, H, dk). ``dtype``: the matmul operands' (default q's; float32 q,
     k, v holding its values keep float32 gradients). ``kernel``: per-key scores by the Pallas
-    kernel (``intra_chunk.intra_chunk_scores``)."""
+    kernel (True or its launch tiling: ``intra_chunk.intra_chunk_scores``)."""
     lead = q.shape[:2]
     q, k, v, cum = (None if x is None else x.reshape(-1, *x.shape[2:]) for x in (q, k, v, cum))
     q, k, v, cum = (_in_chunks(x, chunk) for x in (q, k, v, cum))
@@ -79,7 +81,7 @@ class _IntraTerms:
     scale: float
     chunk: int
     sub: int
-    kernel: bool
+    kernel: bool | pallas_gpu_intra.ScoresTiling
     dtype: jnp.dtype
 
     def __call__(self, q: Array, k: Array, v: Array, cum: Array | None) -> Array:
@@ -106,15 +108,16 @@ def linear_attention_kernel(
     scale: float,
     initial_state: Array | None = None,
     chunk_size: int = 64,
-    intra_kernel: bool = False,
+    intra_kernel: bool | pallas_gpu_intra.ScoresTiling = False,
     precision: str | None = None,
 ) -> tuple[Array, Array]:
     """``seqzoo.ops.linear_attention`` (no segment_ids) as ``o_inter + o_intra``.
 
     q, k: (B, T, H, dk); v: (B, T, H, dv); log_decay: None, (B, T, H) or (B, T, H, dk);
     initial_state: (B, H, dk, dv); intra_kernel: the per-key intra-chunk scores by the Pallas
-    kernel of ``pallas_gpu_intra.py`` instead of XLA (its rewrite untimed on a GPU; the
-    default is XLA's);
+    kernel of ``pallas_gpu_intra.py`` instead of XLA: True (one program per chunk, slower than
+    XLA's on an H100) or a ``pallas_gpu_intra.ScoresTiling`` (its launch, and with
+    ``vjp_kernel`` the VJP by ``pallas_gpu_intra_bwd``; untimed; the default is XLA's);
     precision: the inter-chunk passes' float32 matmuls (module docstring). Returns ``o`` in v's
     dtype and ``S_T`` float32.
     """
