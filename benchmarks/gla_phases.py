@@ -2,6 +2,7 @@
 
     PYTHONPATH=.:/tmp/site:.peers/site XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 150 \\
         python benchmarks/gla_phases.py [--quick] [--shape B T H D] [--parts all|ours|fla]
+                                        [--rows TEXT[,TEXT]]
 
 Gated linear attention with a decay per key dimension (GLA), ``o_t = scale q_t S_t``,
 ``S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T``, at (B, T, H, D) = (4, 2048, 16, 128) bf16, chunk
@@ -72,6 +73,8 @@ pieces' and the backward pieces' times summed (against the whole's fwd and bwd a
 Prints a markdown table, one row per part as it is timed (ms; "-": not timed for that pass).
 ``--parts ours`` times only the JAX parts, ``--parts fla`` only fla's (its Triton autotuning
 takes minutes on a first call: a GPU call with too little time for both gets one of them whole).
+``--rows``: only the JAX parts whose name contains one of the comma-separated texts (each row
+compiles apart: a call can time the rows it needs).
 ``--quick``: (1, 64, 2, 16), chunk 32, few repeats, fla skipped: on a CPU the kernels run in
 Pallas interpret mode (``seqzoo.kernels.launch``), the times are no claim.
 """
@@ -371,6 +374,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--shape", type=int, nargs=4, metavar=("B", "T", "H", "D"))
     parser.add_argument("--parts", choices=("all", "ours", "fla"), default="all",
                         help="the JAX parts, fla's, or both (default)")
+    parser.add_argument("--rows", help="only the JAX parts whose name contains one of these "
+                        "comma-separated texts")
     args = parser.parse_args(argv)
     shape = tuple(args.shape or (QUICK_SHAPE if args.quick else SHAPE))
     chunk = QUICK_CHUNK if args.quick else CHUNK
@@ -382,19 +387,24 @@ def main(argv=None) -> dict:
     print("| part | fwd ms | fwd+bwd ms | bwd alone ms |\n|---|---|---|---|", flush=True)
     timed: dict = {}
     if args.parts != "fla":
-        time_ours(shape, chunk, repeats, calls, timed)
+        time_ours(shape, chunk, repeats, calls, timed,
+                  rows=None if args.rows is None else args.rows.split(","))
     if args.parts != "ours" and not args.quick:
         time_fla(shape, repeats, calls, timed)
     return timed
 
 
-def time_ours(shape, chunk: int, repeats: int, calls: int, timed: dict) -> None:
-    """Time the JAX parts, then the split whole, the sum of its parts and the one-pass op."""
+def time_ours(shape, chunk: int, repeats: int, calls: int, timed: dict,
+              rows: list[str] | None = None) -> None:
+    """Time the JAX parts (those whose name contains one of ``rows``' texts; all when None),
+    then the split whole, the sum of its parts and the one-pass op."""
     try:
         parts = jax_parts(shape, chunk)
     except Exception:
         traceback.print_exc()
         parts = {}
+    if rows is not None:
+        parts = {name: modes for name, modes in parts.items() if any(t in name for t in rows)}
     whole = {name: parts.pop(name) for name in ("pallas_split (whole op)",
                                                 "pallas (one pass, reference)") if name in parts}
     time_parts(parts, repeats, calls, timed)

@@ -84,3 +84,19 @@ def test_parts_picks_what_is_timed(monkeypatch, parts, called):
                                                                               "sub": 16}))
     gla_phases.main(["--parts", parts])
     assert seen == called
+
+
+def test_rows_picks_the_parts_timed(monkeypatch):
+    """``--rows``: only the named JAX parts compile and run (each row compiles apart)."""
+    names = ["chunk-local cumsum", "intra scores A (XLA, per key)",
+             "intra scores A (Pallas kernel, 8 warps)", "pallas_split (whole op)",
+             "pallas (one pass, reference)"]
+    monkeypatch.setattr(gla_phases, "jax_parts", lambda *a: {n: {} for n in names})
+    timed_names = []
+    monkeypatch.setattr(gla_phases, "time_parts",
+                        lambda parts, *a: timed_names.extend(parts))
+    gla_phases.time_ours((1, 64, 2, 16), 32, 1, 1, {}, rows=["scores A (", "whole op"])
+    assert timed_names == names[1:4]
+    timed_names.clear()
+    gla_phases.time_ours((1, 64, 2, 16), 32, 1, 1, {})
+    assert sorted(timed_names) == sorted(names)
