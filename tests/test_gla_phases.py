@@ -78,7 +78,7 @@ def test_main_prints_a_row_per_part(capsys):
 def test_parts_picks_what_is_timed(monkeypatch, parts, called):
     """``--parts``: a GPU call short of time for both gets the JAX parts or fla's whole."""
     seen = []
-    monkeypatch.setattr(gla_phases, "time_ours", lambda *a: seen.append("ours"))
+    monkeypatch.setattr(gla_phases, "time_ours", lambda *a, **kw: seen.append("ours"))
     monkeypatch.setattr(gla_phases, "time_fla", lambda *a: seen.append("fla"))
     monkeypatch.setattr(gla_phases, "split_tiling", lambda *a: type("T", (), {"chunk": 64,
                                                                               "sub": 16}))
