@@ -54,7 +54,22 @@ def forward_and_gradients(fn: Callable, argnums: tuple[int, ...]) -> Callable:
     return jax.value_and_grad(loss, argnums=tuple(i + 1 for i in argnums))
 
 
-def jax_gradients(fn: Callable, args: tuple, cotangent, argnums=None) -> Callable[[], Any]:
+@dataclasses.dataclass(frozen=True)
+class JitCall:
+    """A variant: one call of ``fn`` (a jitted function, or its compiled executable) on fixed
+    ``args``, returning its output's item ``pick`` (the whole output when None).
+    ``parallel_compile.precompile`` swaps ``fn`` for its executable, compiled ahead."""
+
+    fn: Callable
+    args: tuple
+    pick: int | None = None
+
+    def __call__(self) -> Any:
+        out = self.fn(*self.args)
+        return out if self.pick is None else out[self.pick]
+
+
+def jax_gradients(fn: Callable, args: tuple, cotangent, argnums=None) -> JitCall:
     """A JAX variant's forward+backward: one jitted call of ``forward_and_gradients``, returning
     the gradients w.r.t. ``argnums`` (default: every argument); the loss is computed in the same
     executable (whose outputs are ready together) and dropped. The cotangent is an argument of
@@ -62,8 +77,7 @@ def jax_gradients(fn: Callable, args: tuple, cotangent, argnums=None) -> Callabl
     which took seconds per variant for the (2, 32768, 4, 64) cases on an H200 and ran the
     segments rows past their limit."""
     argnums = tuple(range(len(args))) if argnums is None else tuple(argnums)
-    step = jax.jit(forward_and_gradients(fn, argnums))
-    return lambda: step(cotangent, *args)[1]
+    return JitCall(jax.jit(forward_and_gradients(fn, argnums)), (cotangent, *args), pick=1)
 
 
 def floor_ms(bytes_moved: float, flops: float = 0.0) -> float:

@@ -8,12 +8,11 @@ Runs the cases of every module in benchmarks/kernel_cases/ (``--only`` picks mod
 ``--match`` cases whose "kernel shape" contains one of the comma-separated TEXTs, e.g.
 ``"linear_attention key fwd B4"``; ``--variants`` the variants whose name contains one of its
 comma-separated TEXTs, the first of them the reference the others are checked against, plus the
-case's baseline), compiles only what was picked (a module with ``PRECOMPILE = True`` compiles its
-picked variants in parallel first: ``parallel_compile.py``), prints one line per variant as it
-goes, then a markdown table (the one quoted in benchmarks/RESULTS.md). ``--quick`` uses small
-shapes: on a CPU it exercises the kernels in Pallas interpret mode and checks their agreement; its
-times are no claim. Exit status 1 if any variant disagrees with its reference beyond the case's
-tolerance.
+case's baseline), compiles only what was picked, each case's variants in parallel before they are
+timed (``parallel_compile.py``), prints one line per variant as it goes, then a markdown table
+(the one quoted in benchmarks/RESULTS.md). ``--quick`` uses small shapes: on a CPU it exercises
+the kernels in Pallas interpret mode and checks their agreement; its times are no claim. Exit
+status 1 if any variant disagrees with its reference beyond the case's tolerance.
 """
 
 from __future__ import annotations
@@ -76,10 +75,8 @@ def main(argv=None) -> int:
     print(f"# {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
     rows = []
     for module in case_modules(args.only.split(",") if args.only else None):
-        cases = picked(module.cases(args.quick), _texts(args.match), _texts(args.variants))
-        if getattr(module, "PRECOMPILE", False):
-            precompile(cases)
-        for case in cases:
+        for case in picked(module.cases(args.quick), _texts(args.match), _texts(args.variants)):
+            precompile([case])
             case_rows = run_case(case, repeats=args.repeats, calls=args.calls)
             for r in case_rows:
                 print(f"  {r.kernel} | {r.shape} | {r.variant}: {r.ms:.3f} ms, err {r.error:.1e}",

@@ -1,17 +1,25 @@
 """``benchmarks/kernels.py`` picks cases (``--match``) and variants (``--variants``) before
 anything compiles: a GPU call that asks for one row must not pay for compiling the module's
-others (on an H100 a module's every case compiled in parallel took the whole call)."""
+others (on an H100 a module's every case compiled in parallel took the whole call); and each
+picked case's variants, forward and forward+backward, compile in parallel before it is timed
+(the gradient variants used to compile one after another as they first ran)."""
 
 from __future__ import annotations
 
+import functools
 import sys
 import types
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import kernels  # noqa: E402
-from kernel_harness import Case  # noqa: E402
+from kernel_harness import Case, jax_gradients  # noqa: E402
+from parallel_compile import precompile  # noqa: E402
 
 
 def _case(kernel, shape, names, baseline=None):
@@ -44,14 +52,31 @@ def test_a_case_left_without_variants_is_dropped():
     assert kernels.picked([case], None, ["w64"]) == []
 
 
-def test_only_the_picked_cases_compile_and_run(monkeypatch, capsys):
-    compiled, ran = [], []
-    eager = types.SimpleNamespace(cases=lambda quick: CASES)
-    batched = types.SimpleNamespace(cases=lambda quick: CASES, PRECOMPILE=True)
-    monkeypatch.setattr(kernels, "case_modules", lambda only: [eager, batched])
-    monkeypatch.setattr(kernels, "precompile", lambda cases: compiled.append(
-        [(c.shape, list(c.variants)) for c in cases]))
-    monkeypatch.setattr(kernels, "run_case", lambda case, **kw: ran.append(case.shape) or [])
+def test_only_the_picked_cases_compile_each_before_it_runs(monkeypatch):
+    events = []
+    module = types.SimpleNamespace(cases=lambda quick: CASES)
+    monkeypatch.setattr(kernels, "case_modules", lambda only: [module, module])
+    monkeypatch.setattr(kernels, "precompile", lambda cases: events.extend(
+        ("compile", c.shape, tuple(c.variants)) for c in cases))
+    monkeypatch.setattr(kernels, "run_case",
+                        lambda case, **kw: events.append(("run", case.shape)) or [])
     assert kernels.main(["--match", "L80", "--variants", "pallas"]) == 0
-    assert compiled == [[("B1 L80", ["xla", "pallas"])]]  # only the module that batches compiles
-    assert ran == ["B1 L80", "B1 L80"]
+    assert events == [("compile", "B1 L80", ("xla", "pallas")), ("run", "B1 L80")] * 2
+
+
+def test_precompile_compiles_forward_and_gradient_variants():
+    """Both kinds of JAX variant (``partial(jitted, *args)`` and ``jax_gradients``' ``JitCall``)
+    become calls of compiled executables with the same results; torch-like callables stay."""
+    x = jnp.linspace(-1.0, 1.0, 8)
+    fwd = functools.partial(jax.jit(jnp.sin), x)
+    grads = jax_gradients(jnp.sin, (x,), jnp.ones_like(x))
+    other = lambda: x  # noqa: E731
+    case = Case("sin", "8", {"fwd": fwd, "grads": grads, "other": other})
+    want = {name: v() for name, v in case.variants.items()}
+    precompile([case])
+    assert not hasattr(case.variants["fwd"].func, "lower")  # an executable now
+    assert not hasattr(case.variants["grads"].fn, "lower")
+    assert case.variants["other"] is other
+    for name, v in case.variants.items():
+        np.testing.assert_allclose(np.asarray(jax.tree.leaves(v())[0]),
+                                   np.asarray(jax.tree.leaves(want[name])[0]))

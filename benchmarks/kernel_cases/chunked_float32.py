@@ -51,8 +51,6 @@ from seqzoo.ops.linear_attention import linear_attention
 from seqzoo.ops.quasiseparable import quasiseparable
 from seqzoo.ops.ssd import ssd
 
-PRECOMPILE = True  # benchmarks/kernels.py compiles the picked variants in parallel first
-
 _F32 = jnp.float32
 RTOL = 1e-2
 

@@ -29,8 +29,6 @@ from kernel_cases.chunked_linear_attention import (
 from seqzoo.ops.linear_attention import linear_attention
 from seqzoo.ops.linear_attention.pallas_gpu import AUTO_MIN_SEGMENTS, proposed_segments
 
-PRECOMPILE = True  # benchmarks/kernels.py compiles the picked variants in parallel first
-
 SHAPES = [(2, 32768, 4, 64), (1, 65536, 2, 128)]
 SEGMENTS = (1, 4, 8, 16, 32, 64)
 QUICK_SHAPES, QUICK_SEGMENTS = [(1, 80, 2, 16)], (1, 2, 4)

@@ -21,8 +21,6 @@ from kernel_harness import Case, floor_ms, jax_gradients
 from seqzoo.ops.quasiseparable import quasiseparable
 from seqzoo.ops.ssd import ssd
 
-PRECOMPILE = True  # benchmarks/kernels.py compiles the picked variants in parallel first
-
 LISTOPS = (32, 2000, 3, 64, 64)
 SHAPES = [(LISTOPS, jnp.float32), (LISTOPS, jnp.bfloat16), ((2, 4096, 32, 64, 128), jnp.bfloat16)]
 QUICK = [((2, 40, 2, 8, 4), jnp.float32)]

@@ -20,8 +20,6 @@ from kernel_harness import Case, floor_ms, jax_gradients
 from seqzoo.ops.scan import linear_recurrence
 from seqzoo.ops.scan import pallas_gpu_recurrence as kernel
 
-PRECOMPILE = True  # benchmarks/kernels.py compiles the picked variants in parallel first
-
 MAIN = (8, 4096, 2048)
 SCALING = [(32, 1024, 2048), (16, 2048, 2048), (8, 4096, 2048), (4, 8192, 2048),
            (2, 16384, 2048), (1, 32768, 2048), (1, 65536, 1024)]

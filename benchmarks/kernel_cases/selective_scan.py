@@ -22,8 +22,6 @@ from kernel_harness import Case, floor_ms, jax_gradients
 from seqzoo.ops.scan import pallas_gpu_selective as kernel
 from seqzoo.ops.scan import selective_scan
 
-PRECOMPILE = True  # benchmarks/kernels.py compiles the picked variants in parallel first
-
 MAIN = (4, 2048, 2048, 16)  # batch, length, d, n
 SWEEP = {"fwd": [(32, 16, 4), (16, 16, 2), (16, 8, 2), (64, 8, 4)],
          "fwd+bwd": [(32, 16, 4), (16, 8, 2)]}
