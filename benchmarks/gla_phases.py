@@ -1,8 +1,11 @@
 """Where GLA's ``impl="pallas_split"`` time goes: its parts timed apart, beside fla's (issue 24).
 
-    PYTHONPATH=.:/tmp/site:.peers/site XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 150 \\
+    PYTHONPATH=.:/tmp/site:.peers/site XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 500 \\
         python benchmarks/gla_phases.py [--quick] [--shape B T H D] [--parts all|ours|fla]
                                         [--rows TEXT[,TEXT]]
+
+(On an H100 the JAX rows take ~5 minutes together, most of it compiling, and fla's first-call Triton
+autotuning ~3 more: one call of 600 s fits ``--parts ours`` or ``--parts fla``, not both.)
 
 Gated linear attention with a decay per key dimension (GLA), ``o_t = scale q_t S_t``,
 ``S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T``, at (B, T, H, D) = (4, 2048, 16, 128) bf16, chunk
