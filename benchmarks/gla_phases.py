@@ -184,9 +184,13 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
     qc, kc, vc = (a.reshape(b, n, c, h, d) for a in (qf, kf, vf))
     cum_c = cum.reshape(b, n, c, h, d)
 
-    def scores(q, k, cum):
-        return intra_chunk.intra_chunk_scores(q, k, cum, scale=scale, sub=sub, dtype=dtype)
+    def scores_with(**options):
+        def scores(q, k, cum):
+            return intra_chunk.intra_chunk_scores(q, k, cum, scale=scale, sub=sub, dtype=dtype,
+                                                  **options)
+        return scores
 
+    scores = scores_with()  # XLA's, what the split runs
     try:
         a = jax.jit(scores)(qc, kc, cum_c)
     except Exception as exc:  # (A v is still timed, on zeros)
@@ -196,11 +200,7 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
     add("intra scores A (XLA, per key)", scores, (qc, kc, cum_c), cos_cotangent(a.shape))
 
     for name, options in SCORES_VARIANTS.items():
-        def scores_variant(q, k, cum, options=options):
-            return intra_chunk.intra_chunk_scores(q, k, cum, scale=scale, sub=sub, dtype=dtype,
-                                                  **options)
-
-        add(name, scores_variant, (qc, kc, cum_c), cos_cotangent(a.shape))
+        add(name, scores_with(**options), (qc, kc, cum_c), cos_cotangent(a.shape))
 
     def a_v(a, v):
         return intra_chunk.intra_chunk_outputs(a, v, dtype)

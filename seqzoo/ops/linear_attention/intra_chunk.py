@@ -181,13 +181,13 @@ def intra_chunk_scores(q: Array, k: Array, cum: Array | None, *, scale: float, s
     dk instead of sharing the forward's (``_scores_per_key_backward``; same values).
     """
     dtype = jnp.result_type(q.dtype, k.dtype) if dtype is None else dtype
-    tiling = kernel_tiling(kernel)
+    tiling = _scores_tiling(kernel)
     return _scores(q, k, cum, float(scale), min(sub, q.shape[2]), jnp.dtype(dtype), tiling,
                    recompute_decays)
 
 
-def kernel_tiling(kernel: bool | pallas_gpu_intra.ScoresTiling
-                  ) -> pallas_gpu_intra.ScoresTiling | None:
+def _scores_tiling(kernel: bool | pallas_gpu_intra.ScoresTiling
+                   ) -> pallas_gpu_intra.ScoresTiling | None:
     """``intra_chunk_scores``'s ``kernel`` as the kernel's launch: None for XLA (False), the
     default launch for True."""
     if isinstance(kernel, pallas_gpu_intra.ScoresTiling):

@@ -192,6 +192,13 @@ def _sub_chunk_kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype, stored: bo
     lax.fori_loop(i + 1, q_ref.shape[0] // sub, later, 0)
 
 
+def padded_keys(*xs: Array) -> tuple[Array, ...]:
+    """Each ``(B, N, C, H, dk)`` array with dk zero-padded to a power of two >= 16 (Triton's
+    tensor sides; zero q, k: the padded columns add nothing to A or its gradients)."""
+    width = padded_width(xs[0].shape[-1])
+    return tuple(jnp.pad(x, [(0, 0)] * 4 + [(0, width - x.shape[-1])]) for x in xs)
+
+
 @dataclasses.dataclass(frozen=True)
 class ScoresTiling:
     """The scores kernel's launch. ``per_sub_chunk``: one program per (batch, chunk, head,
@@ -215,10 +222,9 @@ def intra_chunk_scores(q: Array, k: Array, cum: Array, *, sub: int, dtype,
     dk) float32, the chunk-local cumulative log decays. Returns unscaled ``A: (B, N, H, C, C)``
     float32, zero above the diagonal. dk is zero-padded to a power of two >= 16 (zero q, k:
     the padded columns add nothing)."""
-    b, n, c, h, dk = q.shape
-    width = padded_width(dk)
-    pad = [(0, 0)] * 4 + [(0, width - dk)]
-    q, k, cum = (jnp.pad(x, pad) for x in (q, k, cum))
+    b, n, c, h, _ = q.shape
+    q, k, cum = padded_keys(q, k, cum)
+    width = q.shape[-1]
     if tiling.per_sub_chunk:
         kernel, grid, rows = _sub_chunk_kernel, (b, n, h, c // sub), sub
     else:

@@ -42,9 +42,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from seqzoo.kernels import launch
-from seqzoo.kernels.chunked_tiling import padded_width
 from seqzoo.kernels.split_product import split_product
-from seqzoo.ops.linear_attention.pallas_gpu_intra import ScoresTiling
+from seqzoo.ops.linear_attention.pallas_gpu_intra import ScoresTiling, padded_keys
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -107,9 +106,8 @@ def scores_vjp(q: Array, k: Array, cum: Array, d_scores: Array, *, sub: int, dty
     scores. Returns ``dq, dk: (B, N, C, H, dk)`` float32 (module docstring). ``tiling``: its
     ``num_warps`` and ``num_stages`` (the launch is always per sub-chunk)."""
     b, n, c, h, dk = q.shape
-    width = padded_width(dk)
-    pad = [(0, 0)] * 4 + [(0, width - dk)]
-    q, k, cum = (jnp.pad(x, pad) for x in (q, k, cum))
+    q, k, cum = padded_keys(q, k, cum)
+    width = q.shape[-1]
     chunk = pl.BlockSpec((None, None, c, None, width), lambda i, m, j, p: (i, m, 0, j, 0))
     rows = pl.BlockSpec((None, None, sub, None, width), lambda i, m, j, p: (i, m, p, j, 0))
     call = launch.pallas_call(
