@@ -145,6 +145,30 @@ def gla_inputs(shape, dtype=jnp.bfloat16):
     return q, k, v, g / DECAY_DIVISOR
 
 
+# The scores' other variants, a row each: ``intra_chunk.intra_chunk_scores``'s keyword arguments
+_FASTEST = ScoresTiling(per_sub_chunk=True, num_warps=8, stored_diagonal=True)  # (by ptxas)
+ALL_KERNELS = dataclasses.replace(_FASTEST, vjp_kernel=True)
+SCORES_VARIANTS = {
+    "intra scores A (Pallas kernel)": dict(kernel=True),
+    "intra scores A (Pallas kernel, 8 warps)": dict(kernel=ScoresTiling(num_warps=8)),
+    "intra scores A (Pallas kernel, per sub-chunk)": dict(
+        kernel=ScoresTiling(per_sub_chunk=True)),
+    "intra scores A (Pallas kernel, per sub-chunk, 3 stages)": dict(
+        kernel=ScoresTiling(per_sub_chunk=True, num_stages=3)),
+    "intra scores A (Pallas kernel, per sub-chunk, 8 warps)": dict(
+        kernel=ScoresTiling(per_sub_chunk=True, num_warps=8)),
+    "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal)": dict(
+        kernel=_FASTEST),
+    "intra scores A (XLA, bwd recomputes decays)": dict(recompute_decays=True),
+    "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, bwd recomputes "
+    "decays)": dict(kernel=_FASTEST, recompute_decays=True),
+    "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, VJP kernel)": dict(
+        kernel=ALL_KERNELS),
+}
+SPLIT_PARTS = ("chunk-local cumsum", "inter-chunk kernel (intra=False)",
+               "intra scores A (XLA, per key)", "intra A v")
+
+
 def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
     """Part name -> {mode: a function of no arguments running that part once (jitted, inputs
     bound)}. The forward functions return: the chunk-local cumsum (1, B, T, H, D) float32, the
@@ -228,30 +252,6 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
     add("pallas_split (whole op, scores and VJP kernels)", split_with_kernels, (q, k, v, g), o_ct)
     add("pallas (one pass, reference)", op("pallas"), (q, k, v, g), o_ct)
     return parts
-
-
-# The scores' other variants, a row each: ``intra_chunk.intra_chunk_scores``'s keyword arguments
-_FASTEST = ScoresTiling(per_sub_chunk=True, num_warps=8, stored_diagonal=True)  # (by ptxas)
-ALL_KERNELS = dataclasses.replace(_FASTEST, vjp_kernel=True)
-SCORES_VARIANTS = {
-    "intra scores A (Pallas kernel)": dict(kernel=True),
-    "intra scores A (Pallas kernel, 8 warps)": dict(kernel=ScoresTiling(num_warps=8)),
-    "intra scores A (Pallas kernel, per sub-chunk)": dict(
-        kernel=ScoresTiling(per_sub_chunk=True)),
-    "intra scores A (Pallas kernel, per sub-chunk, 3 stages)": dict(
-        kernel=ScoresTiling(per_sub_chunk=True, num_stages=3)),
-    "intra scores A (Pallas kernel, per sub-chunk, 8 warps)": dict(
-        kernel=ScoresTiling(per_sub_chunk=True, num_warps=8)),
-    "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal)": dict(
-        kernel=_FASTEST),
-    "intra scores A (XLA, bwd recomputes decays)": dict(recompute_decays=True),
-    "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, bwd recomputes "
-    "decays)": dict(kernel=_FASTEST, recompute_decays=True),
-    "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, VJP kernel)": dict(
-        kernel=ALL_KERNELS),
-}
-SPLIT_PARTS = ("chunk-local cumsum", "inter-chunk kernel (intra=False)",
-               "intra scores A (XLA, per key)", "intra A v")
 
 
 def fla_parts(shape) -> Parts:
