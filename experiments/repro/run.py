@@ -178,6 +178,7 @@ JRT_OFF = ("task.context_repeats=1", "task.seq_len=64", "task.num_queries=2")
 JRT_CONV_PROMPT = "JRT-Prompt (64 pairs + 16 queries twice) > once, BaseConv+Based (JRT s3.2)"
 JRT_CONV_RNN = "JRT-RNN > Based at the decoder's state, BaseConv first (JRT s4)"
 JRT_CONV_ONCE = ("task.context_repeats=1", "task.seq_len=160")
+JRT_DEEP = ("model.n_layers=4",)  # two recall layers: BaseConv, Based, BaseConv, Based
 # every key queried: the pairs fill half the row, and the vocabulary must exceed the length
 JRT_CONV_ALL = ("task.num_queries=0", "task.seq_len=256", "task.vocab_size=512")
 
@@ -370,6 +371,16 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
                    ("optim.steps=12000", *JRT_CONV_ALL), folder=""), 0, 1),
         *seeds(Run("mqar_jrt_based_conv", JRT_CONV_RNN, 0.2,
                    ("optim.steps=12000", *JRT_CONV_ONCE[:1], *JRT_CONV_ALL), folder=""), 0, 1),
+    ),
+    # JRT-Prompt with two recall layers (BaseConv, Based, BaseConv, Based): with one linear-
+    # attention layer the second read cannot help (its state is a sum over the tokens, the same
+    # terms again), so selective storage on the second read needs a layer before the storing one
+    # that has seen the queries (memory: 2 x jrt_conv's per layer)
+    "jrt_deep": tuple(
+        Run("mqar_jrt_based_conv", JRT_CONV_PROMPT, memory,
+            ("optim.steps=12000", *JRT_DEEP, *once, f"seed={s}"), folder="",
+            tag=f"l4{name}@steps=12000@seed={s}")
+        for name, once, memory in (("", (), 0.5), ("_once", JRT_CONV_ONCE, 0.2)) for s in (0, 1)
     ),
     **{f"based_tradeoff_long_{part}": tuple(
         Run(RECIPE, "recall rises with state along each window (Based fig. 2)", 0.2,
