@@ -10,8 +10,8 @@ accuracies beside the papers' numbers, and learning curves.
 run's ``max_minutes`` cuts it at the deadline); ``--only`` takes runs from any group, by
 ``Run.key`` (the config's name, with ``@lr=...`` for a point of an lr sweep). A run may also
 name an experiment outside experiments/repro/ (``Run.folder``): issue 27's groups ``issue27``,
-``jrt_conv``, ``based_tradeoff`` and ``based_fig2_*`` train top-level experiments (``mqar_mom``,
-``mqar_jrt_based_conv``, ``mqar_based_recipe``, ``mqar_based_fig2``).
+``jrt_conv``, ``jrt_deep``, ``based_tradeoff`` and ``based_fig2_*`` train top-level experiments
+(``mqar_mom``, ``mqar_jrt_based_conv``, ``mqar_based_recipe``, ``mqar_based_fig2``).
 
 Runs of tasks generated on the fly start at once. ListOps, then Pathfinder, are generated here
 first on every core into seqzoo's data cache, which their runs then read; those runs start as
