@@ -36,7 +36,8 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   (``kernel=True``: ``pallas_gpu_intra.py``, what ``intra_kernel=True`` runs; sub-chunk pairs
   below the diagonal as matmuls through the reference rows, the diagonal blocks column by
   column), its forward beside XLA's; fwd+bwd adds XLA's VJP (the kernel has none). Not one of
-  the split's parts (the op runs XLA's scores). Its other launches (``SCORES_VARIANTS``,
+  the split's parts (the op's own for float32; for bf16 the op runs the last variant's kernels,
+  ``pallas_gpu_intra.MEASURED``). Its other launches (``SCORES_VARIANTS``,
   ``pallas_gpu_intra.ScoresTiling``), a row each: 8 warps (the diagonal blocks' column loop in
   ptxas: 169 instructions an iteration, 4 shuffles, where 4 warps take 431 to 455, 82
   shuffles); ``per sub-chunk`` (one program per (batch, chunk, head, sub-chunk): 4x the
@@ -53,11 +54,13 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   (``pallas_gpu_split.intra_chunk_attention``, the kernel's ``extra``), from q, k, v, G;
 - ``pallas_split (whole op)``: ``linear_attention(..., impl="pallas_split")``: the cumsum, the
   kernel, the intra terms summed once in float32 (``o = round(o_inter + o_intra)``), one custom
-  VJP; ``sum of the split's parts``: cumsum + kernel + scores + A v (XLA fuses across parts in the
-  whole op, and the whole rounds once: the sum is not the whole's time);
-- ``pallas_split (whole op, scores and VJP kernels)``: ``pallas_gpu_split.linear_attention_kernel``
-  with ``intra_kernel=ALL_KERNELS`` (the scores by the per-sub-chunk kernel, 8 warps, stored
-  diagonal, their VJP by ``pallas_gpu_intra_bwd``), timed with the parts;
+  VJP; for bf16 its scores and their VJP by the kernels (``pallas_gpu_intra.MEASURED``: the
+  per-sub-chunk kernel, 8 warps, stored diagonal, the VJP by ``pallas_gpu_intra_bwd``);
+  ``sum of the split's parts``: cumsum + kernel + XLA's scores + A v (XLA fuses across parts in
+  the whole op, and the whole rounds once: the sum is not the whole's time);
+- ``pallas_split (whole op, XLA scores)``: ``pallas_gpu_split.linear_attention_kernel`` with
+  ``intra_kernel=False`` (the op's form before the kernels were its default), timed with the
+  parts;
 - ``pallas (one pass)``: ``impl="pallas"``, the kernel with its intra-chunk terms inside, for
   reference.
 
@@ -85,7 +88,6 @@ Pallas interpret mode (``seqzoo.kernels.launch``), the times are no claim.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import math
 import sys
@@ -104,7 +106,7 @@ from seqzoo.kernels import chunked_vjp  # noqa: E402
 from seqzoo.kernels.chunked_tiling import padded_width  # noqa: E402
 from seqzoo.ops.linear_attention import intra_chunk, linear_attention, pallas_gpu_split  # noqa: E402
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention  # noqa: E402
-from seqzoo.ops.linear_attention.pallas_gpu_intra import ScoresTiling  # noqa: E402
+from seqzoo.ops.linear_attention.pallas_gpu_intra import MEASURED, ScoresTiling  # noqa: E402
 
 SHAPE = (4, 2048, 16, 128)
 QUICK_SHAPE = (1, 64, 2, 16)
@@ -147,7 +149,7 @@ def gla_inputs(shape, dtype=jnp.bfloat16):
 
 # The scores' other variants, a row each: ``intra_chunk.intra_chunk_scores``'s keyword arguments
 _FASTEST = ScoresTiling(per_sub_chunk=True, num_warps=8, stored_diagonal=True)  # (by ptxas)
-ALL_KERNELS = dataclasses.replace(_FASTEST, vjp_kernel=True)
+ALL_KERNELS = MEASURED  # _FASTEST with the VJP kernel: the split's bf16 default
 SCORES_VARIANTS = {
     "intra scores A (Pallas kernel)": dict(kernel=True),
     "intra scores A (Pallas kernel, 8 warps)": dict(kernel=ScoresTiling(num_warps=8)),
@@ -214,7 +216,7 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
                                                   **options)
         return scores
 
-    scores = scores_with()  # XLA's, what the split runs
+    scores = scores_with()  # XLA's, what the split runs for float32
     try:
         a = jax.jit(scores)(qc, kc, cum_c)
     except Exception as exc:  # (A v is still timed, on zeros)
@@ -245,11 +247,11 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
 
     add("pallas_split (whole op)", op("pallas_split"), (q, k, v, g), o_ct)
 
-    def split_with_kernels(q, k, v, g):
+    def split_with_xla_scores(q, k, v, g):
         return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=scale, chunk_size=chunk,
-                                                        intra_kernel=ALL_KERNELS)[0]
+                                                        intra_kernel=False)[0]
 
-    add("pallas_split (whole op, scores and VJP kernels)", split_with_kernels, (q, k, v, g), o_ct)
+    add("pallas_split (whole op, XLA scores)", split_with_xla_scores, (q, k, v, g), o_ct)
     add("pallas (one pass, reference)", op("pallas"), (q, k, v, g), o_ct)
     return parts
 

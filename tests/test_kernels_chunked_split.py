@@ -200,21 +200,19 @@ BF16_SPLIT_TOL = {16.0: dict(dq=5e-4, dk=5e-4, dv=2.6e-3, dg=1e-4),
                   1.0: dict(dq=2e-4, dk=2e-4, dv=7.5e-4, dg=1e-4)}
 
 
-_ALL_KERNELS = pallas_gpu_intra.ScoresTiling(per_sub_chunk=True, stored_diagonal=True,
-                                             num_warps=8, vjp_kernel=True)
-
-
-@pytest.mark.parametrize("scores", [False, _ALL_KERNELS], ids=["xla-scores", "scores-kernels"])
+@pytest.mark.parametrize("scores", [None, False, pallas_gpu_intra.ScoresTiling(per_sub_chunk=True)],
+                         ids=["op-default-kernels", "xla-scores", "per-sub-chunk-xla-vjp"])
 @pytest.mark.parametrize("divisor", [16.0, 1.0], ids=["gla", "strong"])
 def test_split_bf16_gradients_are_rounded_once(divisor, scores):
     """bf16 ``impl="pallas_split"``: the inter- and intra-chunk gradients join in float32 and
     are rounded to bf16 once (``chunked_vjp``'s ``extra``), each gradient apart against the
     float32 XLA op on the same bf16 values (its gradients rounded to bf16: a correctly rounded
     gradient is then exact). Summing parts already rounded to bf16 failed every dq, dk and dv
-    bound (numbers at ``BF16_SPLIT_TOL``). ``scores``: the intra-chunk scores and their VJP by
-    XLA (the op's) or by the kernels (``linear_attention_kernel(intra_kernel=...)``; measured:
-    /16: dq 1.1e-4, dk 6.0e-5, dv 2.3e-3, dg 6.3e-6; /1: dq 3.2e-6, dk 1.1e-6, dv 5.5e-4,
-    dg 5.9e-6)."""
+    bound (numbers at ``BF16_SPLIT_TOL``). ``scores``: the op itself (None: for bf16 its
+    scores and their VJP by the kernels, ``pallas_gpu_intra.MEASURED``; measured: /16: dq
+    1.1e-4, dk 6.0e-5, dv 2.3e-3, dg 6.3e-6; /1: dq 3.2e-6, dk 1.1e-6, dv 5.5e-4, dg 5.9e-6),
+    XLA's scores (False), or the scores' kernel with XLA's VJP
+    (``linear_attention_kernel(intra_kernel=...)``)."""
     keys = jax.random.split(jax.random.PRNGKey(0), 5)
     shape = (1, 128, 2, 32)
     q, k, v, do = (jax.random.normal(key, shape).astype(jnp.bfloat16) for key in keys[:4])
@@ -222,7 +220,7 @@ def test_split_bf16_gradients_are_rounded_once(divisor, scores):
 
     def grads(impl, q, k, v):
         def loss(q, k, v, g):
-            if impl == "pallas_split" and scores:
+            if impl == "pallas_split" and scores is not None:
                 o = pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=32**-0.5,
                                                              chunk_size=64, intra_kernel=scores)[0]
             else:
@@ -408,14 +406,19 @@ def test_split_lowers_for_a_gpu(monkeypatch):
         return jax.grad(lambda *a: with_intra_kernel(*a, kernel=tiling).astype(
             jnp.float32).sum(), (0, 1, 2, 3))(*args)
 
-    for fn, kernels in ((forward, ["chunked_pass_key_inter"]),
-                        (grads, ["chunked_pass_key_inter", "chunked_pass_value_inter"]),
+    for fn, kernels in ((forward, ["chunked_pass_key_inter", "intra_chunk_scores_sub"]),
+                        (grads, ["chunked_pass_key_inter", "chunked_pass_value_inter",
+                                 "intra_chunk_scores_vjp"]),
                         (with_intra_kernel, ["chunked_pass_key_inter", "intra_chunk_scores"]),
                         (grads_with_vjp_kernel, ["chunked_pass_value_inter",
                                                  "intra_chunk_scores_sub",
                                                  "intra_chunk_scores_vjp"])):
         text = jax.jit(fn).trace(x, x, x, g).lower(lowering_platforms=("cuda",)).as_text()
         assert all(name in text for name in kernels)
+    # the op's default takes XLA's scores for float32 inputs (the kernels are timed for bf16)
+    x32 = x.astype(jnp.float32)
+    text = jax.jit(forward).trace(x32, x32, x32, g).lower(lowering_platforms=("cuda",)).as_text()
+    assert "chunked_pass_key_inter" in text and "intra_chunk_scores" not in text
 
 
 def test_dispatch_takes_the_split_for_per_key_decays_and_routes_it():

@@ -67,17 +67,19 @@ def propose_segments(batch: int, heads: int, length: int, value_blocks: int = 1,
                      min_chunks: int = 4) -> int:
     """A number of segments for ``segments=`` (a proposal for benchmarks to sweep around).
 
-    The smallest power of two P with ``batch * heads * value_blocks * P >= programs_per_sm *
+    The largest power of two P with ``batch * heads * value_blocks * P <= programs_per_sm *
     sm_count`` (programs of one launch against the GPU's streaming multiprocessors), capped so
     that each segment keeps ``min_chunks`` chunks of ``chunk`` steps; 1 where ``sm_count`` is
     unknown (None) or one launch already fills the GPU. Pure: a function of its arguments only.
+    (Rounding down: the best measured counts on an H100, 132 multiprocessors, all launch 256
+    programs, benchmarks/RESULTS.md "Long sequences with few heads".)
     """
     if sm_count is None:
         return 1
     programs = batch * heads * value_blocks
     cap = max(1, length // (min_chunks * chunk))
     p = 1
-    while programs * p < programs_per_sm * sm_count and 2 * p <= cap:
+    while programs * 2 * p <= programs_per_sm * sm_count and 2 * p <= cap:
         p *= 2
     return p
 

@@ -151,8 +151,9 @@ def linear_attention(
         ``"parallel"`` (the quadratic form), ``"sequential"`` (a scan), ``"pallas"`` (the
         chunked kernels, forward and backward; its chunk is ``chunk_size`` capped at its tuned
         size; with ``segment_ids`` it falls back to ``"chunked"``), ``"pallas_split"`` (for
-        per-key decays: the kernel for the terms across chunks, the intra-chunk scores in XLA
-        parallel over chunks; ``"pallas"`` on a TPU, ``"chunked"`` with ``segment_ids``) or
+        per-key decays: the kernel for the terms across chunks, the intra-chunk scores parallel
+        over chunks, by Pallas kernels for 16-bit inputs and XLA for float32; ``"pallas"`` on a
+        TPU, ``"chunked"`` with ``segment_ids``) or
         ``"auto"``
         (``seqzoo.ops.explain("linear_attention", ...)`` says what it picks and why).
         ``"chunk"`` and ``"recurrent"`` are the deprecated names of ``"chunked"`` and

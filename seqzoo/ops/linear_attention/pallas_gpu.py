@@ -75,7 +75,7 @@ from seqzoo.kernels.matmul_precision import resolve_precision
 
 Array = jax.Array
 # ``impl="auto"`` cuts the sequence into segments where the proposal reaches this many: at
-# (2, 32768, 4, 64) bf16 on an H100 the proposed 64 ran 3.6x (no decay) and 3.3x (per-head decay)
+# (2, 32768, 4, 64) bf16 on an H100 the proposed 32 ran 3.8x (no decay) and 3.6x (per-head decay)
 # the forward pass without segments, and 8 already 2.8x ("Long sequences with few heads",
 # benchmarks/RESULTS.md); fewer segments (a launch that nearly fills the GPU) are not measured.
 AUTO_MIN_SEGMENTS = 8
