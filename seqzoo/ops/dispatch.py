@@ -264,8 +264,9 @@ _CHUNKED_KERNEL = (
 _PER_KEY_SPLIT = (
     Rule("pallas_split", lambda f: f["per_key"],
          "per-key decays, 16-bit: the split form (the kernel across chunks, the intra-chunk "
-         "scores in XLA) is faster than the one-pass kernel and than XLA's chunked form, still "
-         "slower than fla's chunk_gla (issue 24)", PER_KEY_SPLIT),
+         "scores and their VJP by their own kernels) is faster than the one-pass kernel and "
+         "than XLA's chunked form, still slower than fla's chunk_gla (issue 24)",
+         PER_KEY_SPLIT),
 )
 _SCAN_RULES = (
     Rule("pallas", lambda f: f["tpu"],
