@@ -141,11 +141,19 @@ def test_auto_on_a_gpu_takes_the_kernel_for_float32_on_tensor_cores(op, precisio
     assert resolve("quasiseparable", "auto", **facts).impl == "chunked"  # not measured in float32
 
 
-def test_auto_keeps_float32_per_key_decays_on_xla():
+@pytest.mark.parametrize("precision", ["tf32x3", "tf32"])
+def test_auto_takes_the_split_for_float32_per_key_decays_on_tensor_cores(precision):
     facts = dict(dims=(128, 128), dtypes=(jnp.float32,), platform="gpu", shared_memory=H200,
-                 precision="tf32x3", per_key=True)
+                 precision=precision, per_key=True)
     chosen = resolve("linear_attention", "auto", **facts)
-    assert chosen.impl == "chunked" and "per-key" in chosen.why
+    assert chosen.impl == "pallas_split" and "per-key" in chosen.why
+    assert f"precision={precision!r}" in chosen.why and chosen.measured.endswith("issue-24-item-3")
+    ieee = resolve("linear_attention", "auto", **{**facts, "precision": "highest"})
+    assert ieee.impl == "chunked" and "precision='highest'" in ieee.why
+    mixed = resolve("linear_attention", "auto", **{**facts, "dtypes": (jnp.bfloat16, jnp.float32)})
+    assert mixed.impl == "chunked" and "mixed" in mixed.why
+    wide = resolve("linear_attention", "auto", **{**facts, "dims": (256, 128)})
+    assert wide.impl == "chunked" and "measured up to 128" in wide.why
 
 
 def test_auto_on_a_gpu_takes_the_split_form_for_per_key_decays():
@@ -154,6 +162,21 @@ def test_auto_on_a_gpu_takes_the_split_form_for_per_key_decays():
     chosen = resolve("linear_attention", "auto", **facts)
     assert chosen.impl == "pallas_split" and "per-key" in chosen.why and chosen.measured
     assert resolve("linear_attention", "auto", **{**facts, "platform": "tpu"}).impl == "pallas"
+
+
+def test_auto_takes_the_split_at_fla_gla_layer_widths_only():
+    """dk 96, dv 192 (fla's GLA at d_model 768, 4 heads) pads to (128, 256): measured for the
+    split; wider keys, float32, and the one-pass kernel's other cases keep XLA there."""
+    facts = dict(dims=(96, 192), dtypes=(jnp.bfloat16,), per_key=True, platform="gpu",
+                 shared_memory=H200)
+    chosen = resolve("linear_attention", "auto", **facts)
+    assert chosen.impl == "pallas_split" and "(96, 192)" in chosen.why
+    assert chosen.measured == dispatch.E2E_THROUGHPUT
+    for other in (dict(dims=(192, 192)), dict(dims=(96, 512)), dict(per_key=False),
+                  dict(dtypes=(jnp.float32,), precision="tf32x3")):
+        wide = resolve("linear_attention", "auto", **{**facts, **other})
+        assert wide.impl == "chunked" and "measured up to 128" in wide.why, other
+    assert resolve("linear_attention", "auto", **{**facts, "platform": "cpu"}).impl == "chunked"
 
 
 @pytest.mark.parametrize("op", ["linear_attention", "ssd", "quasiseparable"])

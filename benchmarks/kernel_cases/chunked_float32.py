@@ -9,8 +9,8 @@ Mamba-2's SSD and Hydra's quasiseparable mixer at (2, 4096, 32, 64, 128), every 
 Variants:
 
 * ``xla``: the op's chunked XLA path, the reference every error is measured against and the
-  baseline of the speedups (``impl="auto"`` runs it for float32 per-key decays, for Hydra and
-  at precision "highest"; the kernel elsewhere). It is IEEE float32 whatever
+  baseline of the speedups (``impl="auto"`` runs it for Hydra and at precision "highest"; the
+  kernel, or for per-key decays ``pallas_split``, elsewhere). It is IEEE float32 whatever
   ``jax.default_matmul_precision`` says: its einsums pass ``Precision.HIGHEST``
   (``seqzoo/ops/linear_attention/xla.py``, ``seqzoo/ops/ssd/xla.py``), so its lowering is the
   same under "highest" and under no context (checked in ``tests/test_kernels_precision.py``)
@@ -25,11 +25,11 @@ Variants:
 
 Per-key decays time ``xla`` last, after the kernel's rows: the XLA form holds (B, T/C, H, D, C, C)
 float32 decays (4.3 GB at this shape), and a variant that runs out of memory is reported, not
-fatal, unless it is the reference; there ``pallas highest`` is the reference and the baseline,
-and ``xla``'s row is what decides whether ``auto`` may take the kernel for float32 per-key
-decays (not yet measured). The tolerance (1e-2 relative L2) only flags a broken path; the
-error column is the measurement (TF32 ~1e-3 expected). ``--quick``: tiny shapes in interpret
-mode, where every precision computes IEEE (no claim).
+fatal, unless it is the reference; there ``pallas highest`` is the reference and the baseline, and
+``xla``'s row against ``pallas_split``'s is why ``auto`` takes the split for float32 per-key decays
+at a tensor-core precision (benchmarks/RESULTS.md, issue 24 item 3). The tolerance (1e-2 relative
+L2) only flags a broken path; the error column is the measurement (TF32 ~1e-3 expected).
+``--quick``: tiny shapes in interpret mode, where every precision computes IEEE (no claim).
 """
 
 from __future__ import annotations

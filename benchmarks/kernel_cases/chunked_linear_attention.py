@@ -4,16 +4,17 @@ Shapes (B, T, H, D); GLA also at fla's layer shape (B, T, H, dk, dv) = ``GLA_LAY
 ``benchmarks/train_throughput.py`` trains (``--match "Dk96 Dv192"``).
 
 Variants: ``xla`` (the op's XLA path), ``pallas`` (``impl="pallas"``), for per-key decays
-``pallas_split`` (``impl="pallas_split"``: the kernel's inter-chunk pass + intra-chunk scores in
-XLA, issue 24) and ``pallas_split A kernel`` (the same with the scores' Pallas kernel) and, when
-importable,
-flash-linear-attention 0.6.0's Triton kernels on the same inputs as torch tensors (layout
-(B, T, H, D) for both): ``chunk_linear_attn`` (no decay, ``normalize=False``),
-``chunk_simple_gla`` (a decay per head; refuses to run on Hopper with triton 3.6, reported as a
-failed variant) and ``chunk_gla`` (a decay per key). Forward, and forward+backward as the
-gradients of ``sum(o * do)`` w.r.t. q, k, v and the log decays. The floor is the larger of the
-memory floor (q, k, v, o, do, dq, dk, dv in bf16, log decays and their gradient in f32; forward:
-q, k, v, o and g) and the matmul floor (chunk 64; backward twice the forward's flops).
+``pallas_split`` (``impl="pallas_split"``: the kernel's inter-chunk pass + the intra-chunk scores,
+for 16-bit inputs by their Pallas kernels ``pallas_gpu_intra.MEASURED``, issue 24) and
+``pallas_split A kernel`` (the same with the scores' first launch: one program per chunk, XLA's
+VJP) and, when importable, flash-linear-attention 0.6.0's Triton kernels on the same inputs as
+torch tensors (layout (B, T, H, D) for both): ``chunk_linear_attn`` (no decay,
+``normalize=False``), ``chunk_simple_gla`` (a decay per head; its backward refuses to run on Hopper
+with triton 3.6, fla #640, reported as a failed variant) and ``chunk_gla`` (a decay per key).
+Forward, and forward+backward as the gradients of ``sum(o * do)`` w.r.t. q, k, v and the log
+decays. The floor is the larger of the memory floor (q, k, v, o, do, dq, dk, dv in bf16, log decays
+and their gradient in f32; forward: q, k, v, o and g) and the matmul floor (chunk 64; backward
+twice the forward's flops).
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ def _attention_floor(shape, kind, mode) -> float:
 
 
 def _split_with_scores_kernel(q, k, v, g):
-    """``impl="pallas_split"`` with the intra-chunk scores by their Pallas kernel."""
+    """``impl="pallas_split"`` with the intra-chunk scores' first launch (one program per chunk,
+    XLA's VJP)."""
     return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=q.shape[-1] ** -0.5,
                                                     chunk_size=64, intra_kernel=True)[0]
 

@@ -67,6 +67,7 @@ CHUNKED_SSD = _RESULTS + (
 )
 PER_KEY_SPLIT = _RESULTS + "glas-per-key-decay-split-in-two-implpallas_split-issue-24-item-1"
 FLOAT32_KERNEL = _RESULTS + "float32-the-chunked-kernel-at-each-matmul-precision-issue-24-item-3"
+E2E_THROUGHPUT = _RESULTS + "end-to-end-lm-training-throughput-issue-24-item-5"
 SCAN_KERNELS = _RESULTS + "linear-recurrence-and-selective-scan-kernels-issue-7-kernels-1-and-2"
 TPU_MODEL = _RESULTS + "tpu-predicted-not-measured"
 FUSED_ATTENTION = _RESULTS + (
@@ -239,16 +240,28 @@ _FLOAT32_XLA = (  # float32 inputs where the kernel is not the faster path (line
          "float32 at precision='highest' (IEEE, no tensor cores): XLA's matmuls are faster "
          "than the kernel's", FLOAT32_KERNEL),
 )
-_FLOAT32_PER_KEY = (
-    Rule("chunked", lambda f: f["all_float32"] and f["per_key"],
-         "float32 per-key decays: the kernel runs there but is not timed beside XLA's float32 "
-         "per-key form", FLOAT32_KERNEL),
+_FLOAT32_PER_KEY_SPLIT = (  # after _FLOAT32_XLA: precision 'highest' has taken XLA already
+    Rule("pallas_split", lambda f: f["all_float32"] and f["per_key"],
+         "float32 per-key decays at precision={precision!r}: the split form (the inter-chunk "
+         "kernel's tensor-core matmuls, the intra-chunk scores in IEEE float32) is faster than "
+         "XLA's float32 per-key form, forward and forward+backward, at float32's error "
+         "('tf32x3'); at 'highest' the split is not timed and XLA runs",
+         FLOAT32_KERNEL),
 )
 _FLOAT32_KERNEL = (
     Rule("pallas", lambda f: f["all_float32"],
          "float32 at precision={precision!r}: the kernel's tensor-core matmuls are faster than "
          "XLA's IEEE ones ('tf32x3' keeps float32's accuracy; 'highest' would take XLA)",
          FLOAT32_KERNEL),
+)
+_PER_KEY_SPLIT_WIDE = (  # before _CHUNKED_KERNEL_FITS: the split is measured at fla's GLA widths
+    Rule("pallas_split",
+         lambda f: f["per_key"] and f["all_16bit"] and f["tiling"] is not None
+         and f["widths"][0] <= f["measured_width"] < f["widths"][1] <= 2 * f["measured_width"],
+         "per-key decays, 16-bit, widths {dims} (padded {widths}): the split form is measured "
+         "at fla's GLA layer widths (key 96, value 192), faster than XLA's chunked form there, "
+         "the op's forward and a GLA language model's training step",
+         E2E_THROUGHPUT),
 )
 _CHUNKED_KERNEL_FITS = (  # on a GPU: XLA where the kernel's tiling is unmeasured
     Rule("chunked", lambda f: max(f["widths"]) > f["measured_width"],
@@ -304,7 +317,8 @@ POLICY = {
     "linear_attention": Policy(("chunked", "parallel", "sequential", "pallas", "pallas_split"),
                                _chunked_kernel_facts,
                                _CLOSED_FORM + _CHUNKED_KERNEL_PLACES + _FLOAT32_XLA
-                               + _FLOAT32_PER_KEY + _CHUNKED_KERNEL_FITS + _PER_KEY_SPLIT
+                               + _PER_KEY_SPLIT_WIDE + _CHUNKED_KERNEL_FITS
+                               + _FLOAT32_PER_KEY_SPLIT + _PER_KEY_SPLIT
                                + _FLOAT32_KERNEL + _CHUNKED_KERNEL),
     "ssd": Policy(_CHUNKED, _chunked_kernel_facts,
                   _CHUNKED_KERNEL_PLACES + _FLOAT32_XLA + _CHUNKED_KERNEL_FITS + _FLOAT32_KERNEL

@@ -167,8 +167,9 @@ def linear_attention(
         else "tf32x3" (``seqzoo.kernels.matmul_precision``). 16-bit inputs, the TPU kernel
         (float32 at HIGHEST) and the XLA forms (IEEE float32: their einsums pass
         ``Precision.HIGHEST``, whatever the context) do not read it; interpret mode computes
-        IEEE. On a GPU, ``"auto"`` takes the kernel for float32 inputs without per-key decays
-        unless this resolves to "highest" (then XLA's IEEE form is the faster).
+        IEEE. On a GPU, ``"auto"`` takes the kernel for float32 inputs without per-key decays,
+        and ``"pallas_split"`` for float32 per-key decays, unless this resolves to "highest"
+        (then XLA's IEEE form runs).
       segments: where the Pallas kernel runs (``impl="pallas"``, or ``"auto"`` when it picks
         the kernel), cut the sequence into this many segments run in parallel as extra batch
         rows of one launch, their states combined after it (``seqzoo.kernels.chunked_segments``;
