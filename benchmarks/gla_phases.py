@@ -28,6 +28,9 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   (``pallas_gpu_split.kernel_tiling``), its ``o_inter`` written in float32 as the split has it
   (an ``extra`` of zeros); fwd+bwd adds the three backward passes (dq, dv, dk) and the decays'
   chunk-local identity;
+- ``inter-chunk kernel (intra=False, ...)``: the same at other launches (``INTER_VARIANTS``:
+  value blocks of 32, twice the programs; 8 warps; 3 stages), for the launch the split should
+  take (its default is the kernel's tuned tiling, timed for the one-pass kernel);
 - ``intra scores``: ``A_ij = scale sum_d q_id k_jd exp(G_id - G_jd)`` for ``j <= i`` in one chunk
   (``intra_chunk.intra_chunk_scores``, XLA: sub-chunks of 16 rows through a reference row, the
   diagonal blocks exactly; its own VJP, to q, k and G), on float32 copies of q, k holding bf16
@@ -167,6 +170,16 @@ SCORES_VARIANTS = {
     "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, VJP kernel)": dict(
         kernel=MEASURED),
 }
+# The inter-chunk kernel at other launches, a row each: ``Tiling`` fields replaced in the split's.
+# (4, 2048, 16, 128) launches B * H * (D / block_v) = 128 programs on an H100's 132
+# multiprocessors, one each: value blocks of 32 launch 256 (two a multiprocessor, as the
+# segments' best counts); 8 warps or 3 stages hide more of one program's latency instead.
+INTER_VARIANTS = {
+    "inter-chunk kernel (intra=False, block_v 32)": dict(block_v=32),
+    "inter-chunk kernel (intra=False, 8 warps)": dict(num_warps=8),
+    "inter-chunk kernel (intra=False, 3 stages)": dict(num_stages=3),
+    "inter-chunk kernel (intra=False, block_v 32, 8 warps)": dict(block_v=32, num_warps=8),
+}
 SPLIT_PARTS = ("chunk-local cumsum", "inter-chunk kernel (intra=False)",
                "intra scores A (XLA, per key)", "intra A v")
 
@@ -198,12 +211,16 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
     cum = jax.jit(cumsum)(g)  # (1, B, T, H, D) float32, as the split's custom VJP has it
     add("chunk-local cumsum", cumsum, (g,), cos_cotangent(cum.shape))
 
-    def inter(q, k, v, g):
-        lead = [a[None] for a in (q, k, v, g)]
-        return gated_linear_attention(*lead, None, None, scale=scale, tiling=tiling,
-                                      intra=False, extra=_zero_terms)[0][0]
+    def inter_with(launch):
+        def inter(q, k, v, g):
+            lead = [a[None] for a in (q, k, v, g)]
+            return gated_linear_attention(*lead, None, None, scale=scale, tiling=launch,
+                                          intra=False, extra=_zero_terms)[0][0]
+        return inter
 
-    add("inter-chunk kernel (intra=False)", inter, (q, k, v, g), o_ct)
+    add("inter-chunk kernel (intra=False)", inter_with(tiling), (q, k, v, g), o_ct)
+    for name, fields in INTER_VARIANTS.items():
+        add(name, inter_with(dataclasses.replace(tiling, **fields)), (q, k, v, g), o_ct)
 
     # The intra terms' inputs as the split hands them over: float32 copies holding dtype's values
     qf, kf, vf = (a.astype(F32) for a in (q, k, v))

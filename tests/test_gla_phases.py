@@ -31,9 +31,12 @@ def test_the_timed_parts_add_up_to_the_op(dtype, tol):
     parts = gla_phases.jax_parts(shape, gla_phases.QUICK_CHUNK, dtype)
     assert set(gla_phases.SPLIT_PARTS) <= set(parts)
     assert {"intra terms (scores + A v)", "pallas_split (whole op)",
-            "pallas (one pass, reference)", *gla_phases.SCORES_VARIANTS} <= set(parts)
+            "pallas (one pass, reference)", *gla_phases.SCORES_VARIANTS,
+            *gla_phases.INTER_VARIANTS} <= set(parts)
     assert all(set(modes) == {"fwd", "fwd+bwd"} for modes in parts.values())
     o_inter = parts["inter-chunk kernel (intra=False)"]["fwd"]()
+    for name in gla_phases.INTER_VARIANTS:  # another launch, the same sums
+        assert rel(parts[name]["fwd"](), o_inter) < tol, name
     o_intra = parts["intra A v"]["fwd"]()
     whole = parts["pallas_split (whole op)"]["fwd"]()
     assert o_inter.shape == whole.shape == (b, t, h, d)
@@ -68,7 +71,7 @@ def test_a_gradient_part_runs():
 def test_main_prints_a_row_per_part(capsys):
     timed = gla_phases.main(["--quick"])
     printed = capsys.readouterr().out
-    assert len(timed) == 9 + len(gla_phases.SCORES_VARIANTS)
+    assert len(timed) == 9 + len(gla_phases.SCORES_VARIANTS) + len(gla_phases.INTER_VARIANTS)
     assert all(isinstance(ms, float) for row in timed.values() for ms in row.values())
     assert all(f"| {name} |" in printed for name in timed if not name.startswith("sum"))
 
