@@ -1,8 +1,9 @@
 """The chunked kernels on a sequence cut into parallel segments (``segments=``, issue 24).
 
 Pallas interpret mode on CPU: outputs, final states and every gradient (initial state and decays
-included) with segments against the kernel without them and the XLA op, each leaf apart; odd
-lengths; bf16 against the float32 op; causality; bad counts; lowering for a GPU.
+included) with segments against the kernel without them and the XLA op, each leaf apart (the
+split form ``pallas_split`` too); odd lengths; bf16 against the float32 op; causality; bad
+counts; lowering for a GPU.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import numpy as np
 import pytest
 
 from seqzoo.kernels import launch
-from seqzoo.kernels.chunked_segments import propose_segments
-from seqzoo.ops.linear_attention import linear_attention, pallas_gpu
+from seqzoo.kernels.chunked_segments import propose_segments, segmented
+from seqzoo.ops.linear_attention import linear_attention, pallas_gpu, pallas_gpu_split
 from seqzoo.ops.linear_attention.pallas_gpu import auto_segments
 from seqzoo.ops.ssd import ssd
 from tests.test_kernels_bf16_gradients import TOL, TOL_STEP
@@ -56,10 +57,11 @@ def assert_each_close(got, want, tol, tol_step=None):
 
 
 def check_f32(decay, segments, initial, t=100, against=("pallas", "chunked"), strength=0.05,
-              tol=F32_TOL):
-    """Segments against each implementation in ``against`` (no segments), float32."""
+              tol=F32_TOL, impl="pallas"):
+    """``impl`` with segments against each implementation in ``against`` (no segments),
+    float32."""
     args, cot = inputs(decay, t=t, initial=initial, strength=strength)
-    got = value_and_grads(partial(attention, "pallas", segments), args, cot)
+    got = value_and_grads(partial(attention, impl, segments), args, cot)
     for impl in against:
         assert_each_close(got, value_and_grads(partial(attention, impl, None), args, cot), tol)
 
@@ -67,6 +69,41 @@ def check_f32(decay, segments, initial, t=100, against=("pallas", "chunked"), st
 def test_segments_equal_the_op():
     """Per-key decays, 3 segments of 34 steps (the last one padded), an initial state."""
     check_f32("key", 3, True, against=("sequential",))
+
+
+@pytest.mark.parametrize("decay, segments", [("key", 3), ("head", 4), (None, 2)])
+def test_split_with_segments_equals_the_op(monkeypatch, decay, segments):
+    """``impl="pallas_split"`` (the inter-chunk kernel plus the intra-chunk scores) on
+    segments, float32: output, final state and every gradient against the scan; the padded
+    last segment (34 steps: two chunks of 16 and a padded one) included."""
+    counts = []
+
+    def counted(attention, count):
+        counts.append(count)
+        return segmented(attention, count)
+
+    monkeypatch.setattr(pallas_gpu_split, "segmented", counted)
+    check_f32(decay, segments, True, against=("sequential",), impl="pallas_split")
+    assert counts and set(counts) == {segments}  # the launch really ran on segments
+
+
+def test_split_segments_shorter_than_the_chunk():
+    """Segments of 20 steps with ``chunk_size=64``: the launch's chunk is a segment's (32), for
+    the inter-chunk kernel and the intra-chunk terms alike; float32 against the scan."""
+    args, cot = inputs("key", t=80)
+
+    def run(impl, segments, q, k, v, g, s0):
+        return linear_attention(q, k, v, log_decay=g, initial_state=s0, return_final_state=True,
+                                chunk_size=64, impl=impl, segments=segments)
+
+    assert_each_close(value_and_grads(partial(run, "pallas_split", 4), args, cot),
+                      value_and_grads(partial(run, "sequential", None), args, cot), F32_TOL)
+
+
+def test_split_with_segments_bf16_against_the_f32_op():
+    """bf16 per-key decays: the split's scores and their VJP by the kernels
+    (``pallas_gpu_intra.MEASURED``) inside each segment, each gradient apart."""
+    check_bf16("key", 3, impl="pallas_split")
 
 
 @pytest.mark.slow
@@ -86,12 +123,12 @@ def test_strong_decays_are_finite_and_exact(decay):
     check_f32(decay, 3, True, against=("sequential",), strength=20.0, tol=1e-4)
 
 
-def check_bf16(decay, segments, reference="chunked"):
-    """bf16 inputs with segments against the float32 op on the same values, as the kernels'
-    bf16 test (``tests/test_kernels_bf16_gradients.py``'s tolerances)."""
+def check_bf16(decay, segments, reference="chunked", impl="pallas"):
+    """bf16 inputs with segments (``impl``) against the float32 op on the same values, as the
+    kernels' bf16 test (``tests/test_kernels_bf16_gradients.py``'s tolerances)."""
     (q, k, v, g, s0), cot = inputs(decay, t=100, seed=1)
     low = [a.astype(jnp.bfloat16) for a in (q, k, v)]
-    got = value_and_grads(partial(attention, "pallas", segments), (*low, g, s0), cot)
+    got = value_and_grads(partial(attention, impl, segments), (*low, g, s0), cot)
     want = value_and_grads(partial(attention, reference, None),
                            (*(a.astype(jnp.float32) for a in low), g, s0), cot)
     assert got[0][0].dtype == jnp.bfloat16
@@ -122,7 +159,7 @@ def test_causal_across_segments():
 @pytest.mark.parametrize("segments, impl, match", [
     (0, "pallas", "positive int"), (2.0, "pallas", "positive int"), (True, "pallas", "positive"),
     (101, "pallas", "exceeds the sequence length 100"), (2, "chunked", "impl='chunked'"),
-    (2, "pallas_split", "impl=.pallas_split."),
+    (2, "parallel", "impl='parallel'"),
 ])
 def test_bad_segments_say_why(segments, impl, match):
     (q, k, v, *_), _ = inputs(None, initial=False)
@@ -168,6 +205,26 @@ def test_lowers_for_a_gpu_and_a_tpu_on_this_machine(monkeypatch, platform, call)
 
     assert launches(loss) == 1
     assert launches(jax.grad(loss, range(5))) == 4
+
+
+def test_the_split_with_segments_lowers_for_a_gpu(monkeypatch):
+    """bf16 per-key decays, ``impl="pallas_split"`` on 4 segments, lowered for CUDA: the
+    inter-chunk kernel and the scores' kernel forward; backward adds the three passes and the
+    scores' VJP kernel."""
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
+    (q, k, v, g, s0), _ = inputs("key", initial=True)
+    low = [a.astype(jnp.bfloat16) for a in (q, k, v)]
+
+    def loss(q, k, v, g, s0):
+        o, s = attention("pallas_split", 4, q, k, v, g, s0)
+        return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
+
+    def launches(f):
+        lowered = jax.jit(f).trace(*low, g, s0).lower(lowering_platforms=("cuda",))
+        return lowered.as_text().count("custom_call @__gpu$xla.gpu.triton")
+
+    assert launches(loss) == 2
+    assert launches(jax.grad(loss, range(5))) == 6
 
 
 def test_proposed_segments():

@@ -12,6 +12,11 @@ flash-linear-attention's kernel where importable (the baseline then; otherwise
 the kernel without segments). Issue 24's goal: at least as fast as fla; on the H200 at
 (2, 32768, 4, 64) without decay the kernel took 1.041 / 3.123 ms against fla's
 ``chunk_linear_attn`` 0.471 / 1.819 ms.
+
+A decay per key (GLA) runs the split form instead (``impl="pallas_split"``, what ``auto`` takes
+there; ``segments=`` is its user's option, not taken by ``auto``): at the two shapes above and at
+GLA's (4, 2048, 16, 128) with ``GLA_SEGMENTS`` (its 128 programs nearly fill an H100 once;
+two segments launch two a multiprocessor), beside fla's ``chunk_gla``.
 """
 
 from __future__ import annotations
@@ -31,37 +36,43 @@ from seqzoo.ops.linear_attention.pallas_gpu import AUTO_MIN_SEGMENTS, proposed_s
 
 SHAPES = [(2, 32768, 4, 64), (1, 65536, 2, 128)]
 SEGMENTS = (1, 4, 8, 16, 32, 64)
+GLA_SHAPE, GLA_SEGMENTS = (4, 2048, 16, 128), (1, 2, 4)
 QUICK_SHAPES, QUICK_SEGMENTS = [(1, 80, 2, 16)], (1, 2, 4)
 
 
 def segments_case(shape, kind, mode, counts) -> Case:
-    """Linear attention (no decay or a decay per head), bf16, by the kernel on each segment
-    count of ``counts`` and the proposed one."""
+    """Linear attention, bf16, by the kernel (``impl="pallas"``; the split form for a decay per
+    key) on each segment count of ``counts`` and the proposed one."""
     q, k, v, g, do = attention_inputs(shape, kind)
     args = (q, k, v) if g is None else (q, k, v, g)
     b, t, h, d = shape
+    impl = "pallas_split" if kind == "key" else "pallas"
     proposed = proposed_segments(b, h, t, d)
-    label = " (proposed, auto)" if proposed >= AUTO_MIN_SEGMENTS else " (proposed)"
+    auto = impl == "pallas" and proposed >= AUTO_MIN_SEGMENTS
+    label = " (proposed, auto)" if auto else " (proposed)"
 
     def op(segments):
         def fn(q, k, v, g=None):
-            return linear_attention(q, k, v, log_decay=g, chunk_size=64, impl="pallas",
+            return linear_attention(q, k, v, log_decay=g, chunk_size=64, impl=impl,
                                     segments=segments)
         return fn
 
-    variants = {"pallas": _jax_variant(op(None), args, do, mode)}
+    variants = {impl: _jax_variant(op(None), args, do, mode)}
     for p in dict.fromkeys((*counts, proposed)):
-        name = f"pallas P{p}" + (label if p == proposed else "")
+        name = f"{impl} P{p}" + (label if p == proposed else "")
         variants[name] = _jax_variant(op(p), args, do, mode)
     fla = _fla_variant(kind, mode, q, k, v, g, do)
     if fla is not None:
         variants[f"fla {FLA[kind]}"] = fla
     return Case(f"linear_attention {kind} {mode} segments", f"B{b} T{t} H{h} D{d} bf16",
-                variants, baseline=f"fla {FLA[kind]}" if fla is not None else "pallas",
+                variants, baseline=f"fla {FLA[kind]}" if fla is not None else impl,
                 floor_ms=_attention_floor(shape, kind, mode), rtol=RTOL[mode])
 
 
 def cases(quick: bool) -> list[Case]:
     shapes, counts = (QUICK_SHAPES, QUICK_SEGMENTS) if quick else (SHAPES, SEGMENTS)
-    return [segments_case(shape, kind, mode, counts) for shape in shapes
-            for kind in ("none", "head") for mode in ("fwd", "fwd+bwd")]
+    plan = [(shape, kind, counts) for shape in shapes for kind in ("none", "head", "key")]
+    if not quick:
+        plan.append((GLA_SHAPE, "key", GLA_SEGMENTS))
+    return [segments_case(shape, kind, mode, counts) for shape, kind, counts in plan
+            for mode in ("fwd", "fwd+bwd")]

@@ -49,7 +49,8 @@ _HI = jax.lax.Precision.HIGHEST
 
 def check_segments(segments, length: int, impl: str = "pallas") -> None:
     """``segments`` must be None or an int in [1, length] (every segment at least one step),
-    and an op's ``impl`` one that may run the kernel (``"pallas"`` or ``"auto"``)."""
+    and an op's ``impl`` one that may run the kernel (``"pallas"``, ``"pallas_split"`` or
+    ``"auto"``)."""
     if segments is None:
         return
     if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
@@ -57,7 +58,7 @@ def check_segments(segments, length: int, impl: str = "pallas") -> None:
     if segments > length:
         raise ValueError(f"segments={segments} exceeds the sequence length {length}: every "
                          "segment needs at least one step")
-    if impl not in ("auto", "pallas"):
+    if impl not in ("auto", "pallas", "pallas_split"):
         raise ValueError(f"segments splits the Pallas kernel's sequence; impl={impl!r} does not "
                          "take it (its chunks already run in parallel)")
 

@@ -85,7 +85,7 @@ def linear_attention_local(q, k, v, log_decay, initial_state, *, scale: float, c
             parts = segments
             if parts is None and impl == "auto" and chosen == "pallas" and platform != "tpu":
                 parts = pallas_gpu.auto_segments(b, h, t, dv)  # long sequences, few heads
-            split = {} if parts is None else {"segments": parts}  # impl "pallas" only
+            split = {} if parts is None else {"segments": parts}
             if platform == "tpu":  # float32 at HIGHEST: TF32 is a GPU format
                 kernel = pallas_tpu.linear_attention_kernel
             else:
@@ -170,13 +170,16 @@ def linear_attention(
         IEEE. On a GPU, ``"auto"`` takes the kernel for float32 inputs without per-key decays,
         and ``"pallas_split"`` for float32 per-key decays, unless this resolves to "highest"
         (then XLA's IEEE form runs).
-      segments: where the Pallas kernel runs (``impl="pallas"``, or ``"auto"`` when it picks
-        the kernel), cut the sequence into this many segments run in parallel as extra batch
-        rows of one launch, their states combined after it (``seqzoo.kernels.chunked_segments``;
-        for long sequences with few heads). None: one segment, the kernel walks the whole
-        sequence; but where ``"auto"`` picks the GPU kernel for a launch that would leave most
-        of the GPU idle, ``pallas_gpu.auto_segments``' count (measured faster, and than fla,
-        at (2, 32768, 4, 64)). An int in [1, length]; refused with an explicit XLA ``impl``.
+      segments: where the Pallas kernel runs (``impl="pallas"`` or ``"pallas_split"``, or
+        ``"auto"`` when it picks one), cut the sequence into this many segments run in parallel
+        as extra batch rows of one launch, their states combined after it
+        (``seqzoo.kernels.chunked_segments``; for long sequences with few heads). None: one
+        segment, the kernel walks the whole sequence; but where ``"auto"`` picks the one-pass
+        GPU kernel for a launch that would leave most of the GPU idle,
+        ``pallas_gpu.auto_segments``' count (measured faster, and than fla, at
+        (2, 32768, 4, 64) and (1, 65536, 2, 128)); ``"pallas_split"`` takes a count only when
+        given one (not timed with segments). An int in [1, length]; refused with an explicit
+        XLA ``impl``.
 
     Returns:
       ``o: (batch, length, heads, dv)`` in ``v``'s dtype, and ``S_T`` if asked. Computation is

@@ -37,10 +37,12 @@ scores and ``A v`` stay IEEE float32 (XLA's einsums and the scores' kernel at ``
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels.chunked_segments import segmented
 from seqzoo.kernels.chunked_tiling import padded_width
 from seqzoo.ops.linear_attention import intra_chunk, pallas_gpu_intra
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention, launch_tiling
@@ -90,13 +92,15 @@ class _IntraTerms:
                                      sub=self.sub, kernel=self.kernel, dtype=self.dtype)
 
 
-def kernel_tiling(q, k, v, log_decay, chunk_size: int):
+def kernel_tiling(q, k, v, log_decay, chunk_size: int, segments: int | None = None):
     """The inter-chunk kernel's launch tiling for these arguments (arrays or shape-dtype structs,
-    shapes as ``linear_attention_kernel``'s): ``pallas_gpu.launch_tiling`` without the
-    intra-chunk terms; its chunk and sub-chunk are the intra terms' too."""
+    shapes as ``linear_attention_kernel``'s), on ``segments`` segments of the sequence:
+    ``pallas_gpu.launch_tiling`` without the intra-chunk terms for one launch's length (a
+    segment's); its chunk and sub-chunk are the intra terms' too."""
     decay = None if log_decay is None else ("scalar" if log_decay.ndim == 3 else "key")
     widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
-    return launch_tiling(decay, q.shape[1], widths, max_chunk=chunk_size, intra=False,
+    length = q.shape[1] if segments is None else -(-q.shape[1] // segments)
+    return launch_tiling(decay, length, widths, max_chunk=chunk_size, intra=False,
                          itemsize=max(a.dtype.itemsize for a in (q, k, v)))
 
 
@@ -111,6 +115,7 @@ def linear_attention_kernel(
     chunk_size: int = 64,
     intra_kernel: bool | pallas_gpu_intra.ScoresTiling | None = None,
     precision: str | None = None,
+    segments: int | None = None,
 ) -> tuple[Array, Array]:
     """``seqzoo.ops.linear_attention`` (no segment_ids) as ``o_inter + o_intra``.
 
@@ -122,10 +127,13 @@ def linear_attention_kernel(
     ``pallas_gpu_intra.MEASURED`` (kernels for the scores and their VJP, 1.4x XLA's on an H100)
     where q, k and v are all 16-bit and the chunk a power of two >= 16, XLA's otherwise
     (float32 scores: not timed);
-    precision: the inter-chunk passes' float32 matmuls (module docstring). Returns ``o`` in v's
-    dtype and ``S_T`` float32.
+    precision: the inter-chunk passes' float32 matmuls (module docstring); segments: None, or
+    the number of parallel segments the sequence is cut into, each segment's inter- and
+    intra-chunk terms in one launch from a zero state, the states entering each segment added
+    after it (``seqzoo.kernels.chunked_segments``: its ``o`` is rounded to v's dtype once more).
+    Returns ``o`` in v's dtype and ``S_T`` float32.
     """
-    tiling = kernel_tiling(q, k, v, log_decay, chunk_size)
+    tiling = kernel_tiling(q, k, v, log_decay, chunk_size, segments)
     if intra_kernel is None:  # the kernels take chunks of a power of two >= 16 steps
         half = all(a.dtype.itemsize == 2 for a in (q, k, v))
         fits = tiling.chunk >= 16 and tiling.chunk & (tiling.chunk - 1) == 0
@@ -133,6 +141,9 @@ def linear_attention_kernel(
     lead = [None if a is None else a[None] for a in (q, k, v, log_decay, initial_state)]
     intra = _IntraTerms(float(scale), tiling.chunk, tiling.sub, intra_kernel,
                         jnp.dtype(jnp.result_type(q.dtype, k.dtype, v.dtype)))
-    o, final = gated_linear_attention(*lead[:4], None, lead[4], scale=scale, tiling=tiling,
-                                      intra=False, precision=precision, extra=intra)
+    attention = functools.partial(gated_linear_attention, tiling=tiling, intra=False,
+                                  precision=precision, extra=intra)
+    if segments is not None:
+        attention = segmented(attention, segments)
+    o, final = attention(*lead[:4], None, lead[4], scale=scale)
     return o[0], final[0]
