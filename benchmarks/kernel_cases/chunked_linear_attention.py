@@ -10,7 +10,8 @@ for 16-bit inputs by their Pallas kernels ``pallas_gpu_intra.MEASURED``, issue 2
 VJP) and, when importable, flash-linear-attention 0.6.0's Triton kernels on the same inputs as
 torch tensors (layout (B, T, H, D) for both): ``chunk_linear_attn`` (no decay,
 ``normalize=False``), ``chunk_simple_gla`` (a decay per head; its backward refuses to run on Hopper
-with triton 3.6, fla #640, reported as a failed variant) and ``chunk_gla`` (a decay per key).
+with triton 3.6, fla #640, reported as a failed variant, and is timed past that check as
+``fla chunk_simple_gla #640 guard off``: ``fla_guard.py``) and ``chunk_gla`` (a decay per key).
 Forward, and forward+backward as the gradients of ``sum(o * do)`` w.r.t. q, k, v and the log
 decays. The floor is the larger of the memory floor (q, k, v, o, do, dq, dk, dv in bf16, log decays
 and their gradient in f32; forward: q, k, v, o and g) and the matmul floor (chunk 64; backward
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from kernel_harness import Case, floor_ms, jax_gradients, torch_variant
 
+from kernel_cases.fla_guard import LABEL, unguarded
 from seqzoo.kernels.chunked_pass import Tiling
 from seqzoo.ops.linear_attention import linear_attention, pallas_gpu_split
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention
@@ -90,8 +92,9 @@ def _jax_variant(fn, args, cotangent, mode):
     return jax_gradients(fn, args, cotangent)
 
 
-def _fla_variant(kind, mode, q, k, v, g, do, scale=None):
-    """fla 0.6.0 on the same values as torch tensors; None where fla is not importable."""
+def _fla_variant(kind, mode, q, k, v, g, do, scale=None, guard=True):
+    """fla 0.6.0 on the same values as torch tensors; None where fla is not importable.
+    ``guard=False``: past fla's Hopper check on its gated backward (``fla_guard``)."""
     try:
         import torch
         from fla.ops.gla import chunk_gla
@@ -105,7 +108,22 @@ def _fla_variant(kind, mode, q, k, v, g, do, scale=None):
     fn = {"none": lambda q, k, v: chunk_linear_attn(q, k, v, scale, normalize=False)[0],
           "head": lambda q, k, v, g: chunk_simple_gla(q, k, v, g, scale=scale)[0],
           "key": lambda q, k, v, g: chunk_gla(q, k, v, g, scale)[0]}[kind]
-    return torch_variant(fn, leaves, grad_out, mode)
+    call = torch_variant(fn, leaves, grad_out, mode)
+    return call if guard else unguarded(call)
+
+
+def fla_variants(kind, mode, q, k, v, g, do) -> dict:
+    """``{"fla <kernel>": variant}`` where fla imports (else empty), and for a decay per head's
+    forward+backward (``chunk_simple_gla``, whose backward fla refuses on Hopper with this
+    Triton) the same past the check, ``"fla <kernel> #640 guard off"``."""
+    fla = _fla_variant(kind, mode, q, k, v, g, do)
+    if fla is None:
+        return {}
+    variants = {f"fla {FLA[kind]}": fla}
+    if kind == "head" and mode != "fwd":
+        variants[f"fla {FLA[kind]} {LABEL}"] = _fla_variant(kind, mode, q, k, v, g, do,
+                                                            guard=False)
+    return variants
 
 
 def _attention_floor(shape, kind, mode) -> float:
@@ -143,13 +161,12 @@ def attention_case(shape, kind, mode, *, with_xla=True) -> Case:
         variants["pallas_split"] = _jax_variant(op("pallas_split"), args, do, mode)
         variants["pallas_split A kernel"] = _jax_variant(_split_with_scores_kernel, args, do,
                                                          mode)
-    fla = _fla_variant(kind, mode, q, k, v, g, do)
-    if fla is not None:
-        variants[f"fla {FLA[kind]}"] = fla
+    fla = fla_variants(kind, mode, q, k, v, g, do)
+    variants.update(fla)
     b, t, h, dk, dv = _dims(shape)
     widths = f"D{dk}" if dk == dv else f"Dk{dk} Dv{dv}"
     return Case(f"linear_attention {kind} {mode}", f"B{b} T{t} H{h} {widths} bf16", variants,
-                baseline=f"fla {FLA[kind]}" if fla is not None else "xla",
+                baseline=f"fla {FLA[kind]}" if fla else "xla",
                 floor_ms=_attention_floor(shape, kind, mode), rtol=RTOL[mode])
 
 

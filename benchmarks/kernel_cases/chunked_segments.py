@@ -27,9 +27,9 @@ from kernel_cases.chunked_linear_attention import (
     FLA,
     RTOL,
     _attention_floor,
-    _fla_variant,
     _jax_variant,
     attention_inputs,
+    fla_variants,
 )
 from seqzoo.ops.linear_attention import linear_attention
 from seqzoo.ops.linear_attention.pallas_gpu import AUTO_MIN_SEGMENTS, proposed_segments
@@ -61,11 +61,10 @@ def segments_case(shape, kind, mode, counts) -> Case:
     for p in dict.fromkeys((*counts, proposed)):
         name = f"{impl} P{p}" + (label if p == proposed else "")
         variants[name] = _jax_variant(op(p), args, do, mode)
-    fla = _fla_variant(kind, mode, q, k, v, g, do)
-    if fla is not None:
-        variants[f"fla {FLA[kind]}"] = fla
+    fla = fla_variants(kind, mode, q, k, v, g, do)
+    variants.update(fla)
     return Case(f"linear_attention {kind} {mode} segments", f"B{b} T{t} H{h} D{d} bf16",
-                variants, baseline=f"fla {FLA[kind]}" if fla is not None else impl,
+                variants, baseline=f"fla {FLA[kind]}" if fla else impl,
                 floor_ms=_attention_floor(shape, kind, mode), rtol=RTOL[mode])
 
 

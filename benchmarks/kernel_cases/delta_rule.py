@@ -10,13 +10,14 @@ with ``--quick`` only, and, when importable, fla's Triton kernels ``chunk_gated_
 DeltaNet) and ``chunk_delta_rule`` (DeltaNet, no decay) as torch tensors (fla 0.6.0: build it with
 ../shared/anchors/make_peer_site.sh and put it on PYTHONPATH); on Hopper with Triton 3.4 to 3.7.0
 fla refuses its gated backward (fla #640: that compiler gets it wrong), so ``fla
-chunk_gated_delta_rule #640 guard off`` runs it past the check, for its time (its error column
-says how wrong it is). Same math for both: L2-normalised q and k, ``beta = sigmoid(.)`` in (0, 1),
-``log_decay = logsigmoid(. + 4) < 0``, scale ``dk ** -0.5`` (both defaults), no initial state; so
-outputs and gradients are compared too (``RTOL``). Forward, and forward+backward as the gradients
-of ``sum(o * do)`` w.r.t. q, k, v, beta and the log decay. The floor is the larger of the memory
-floor (q, k, v, o, do and their gradients in bf16, beta and the log decay in f32) and the matmul
-floor of the chunked algorithm (chunk 64; backward twice the forward's flops).
+chunk_gated_delta_rule #640 guard off`` runs it past the check, for its time (its error column says
+how wrong it is; ``kernel_cases/fla_guard.py``). Same math for both: L2-normalised q and k, ``beta
+= sigmoid(.)`` in (0, 1), ``log_decay = logsigmoid(. + 4) < 0``, scale ``dk ** -0.5`` (both
+defaults), no initial state; so outputs and gradients are compared too (``RTOL``). Forward, and
+forward+backward as the gradients of ``sum(o * do)`` w.r.t. q, k, v, beta and the log decay. The
+floor is the larger of the memory floor (q, k, v, o, do and their gradients in bf16, beta and the
+log decay in f32) and the matmul floor of the chunked algorithm (chunk 64; backward twice the
+forward's flops).
 
 The issue's goal (27): the XLA chunked form within 3x of fla, forward and forward+backward
 (benchmarks/RESULTS.md). ``xla chunked`` recomputes the backward pass on all batch rows at once
@@ -43,6 +44,7 @@ import jax
 import jax.numpy as jnp
 from kernel_harness import Case, floor_ms, jax_gradients, torch_variant
 
+from kernel_cases.fla_guard import LABEL, unguarded
 from seqzoo.ops.delta_rule import delta_rule
 from seqzoo.ops.delta_rule.chunked_form import KEPT, keep_residuals, scan_unroll
 from seqzoo.ops.dispatch import resolve
@@ -93,24 +95,10 @@ def xla_variant(args, do, mode, impl="chunked", blocks=None, unroll=None, keep=N
     return jax_gradients(fn, args, do)
 
 
-@contextlib.contextmanager
-def without_fla_hopper_guard():
-    """fla 0.6.0 refuses its gated backward (``chunk_bwd_dqkwg``) on Hopper with Triton >= 3.4
-    and < 3.7.1, whose compiler gives it wrong results there (fla #640); within this context it
-    runs anyway, for its time only (its error against ours says how wrong it is)."""
-    from fla.ops.common import chunk_o
-    saved = chunk_o.TRITON_ABOVE_3_7_1
-    chunk_o.TRITON_ABOVE_3_7_1 = True
-    try:
-        yield
-    finally:
-        chunk_o.TRITON_ABOVE_3_7_1 = saved
-
-
 def fla_variant(args, do, mode, gated: bool, guard: bool = True):
     """fla on the same values as torch tensors, gradients in our argument order; None where fla
     is not importable. ``guard=False`` runs fla's gated backward where fla refuses it
-    (``without_fla_hopper_guard``)."""
+    (``fla_guard.unguarded``)."""
     try:
         import torch
         from fla.ops.delta_rule import chunk_delta_rule
@@ -126,14 +114,7 @@ def fla_variant(args, do, mode, gated: bool, guard: bool = True):
         def fn(q, k, v, beta):
             return chunk_delta_rule(q=q, k=k, v=v, beta=beta)[0]
     call = torch_variant(fn, leaves, grad_out, mode)
-    if guard:
-        return call
-
-    def unguarded():
-        with without_fla_hopper_guard():  # the check is in the backward pass
-            return call()
-
-    return unguarded
+    return call if guard else unguarded(call)
 
 
 def floor(shape, mode) -> float:
@@ -166,8 +147,8 @@ def case(shape, gated: bool, mode, quick: bool = False) -> Case:
     if fla is not None:
         variants[f"fla {FLA[gated]}"] = fla
         if gated and mode == "fwd+bwd":
-            variants[f"fla {FLA[gated]} #640 guard off"] = fla_variant(args, do, mode, gated,
-                                                                       guard=False)
+            variants[f"fla {FLA[gated]} {LABEL}"] = fla_variant(args, do, mode, gated,
+                                                                guard=False)
     b, t, h, d = shape
     name = "gated delta rule" if gated else "delta rule"
     return Case(f"{name} {mode}", f"B{b} T{t} H{h} D{d} bf16", variants,
