@@ -222,7 +222,7 @@ def test_split_bf16_gradients_are_rounded_once(divisor, scores, shape):
     keys = jax.random.split(jax.random.PRNGKey(0), 5)
     *lead, dk, dv = shape
     q, k, v, do = (jax.random.normal(key, (*lead, width)).astype(jnp.bfloat16)
-                   for key, width in zip(keys, (dk, dk, dv, dv), strict=False))
+                   for key, width in zip(keys[:4], (dk, dk, dv, dv), strict=True))
     g = jax.nn.log_sigmoid(jax.random.normal(keys[4], (*lead, dk))) / divisor
 
     def grads(impl, q, k, v):

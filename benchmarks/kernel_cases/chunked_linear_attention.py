@@ -112,17 +112,17 @@ def _fla_variant(kind, mode, q, k, v, g, do, scale=None, guard=True):
     return call if guard else unguarded(call)
 
 
-def fla_variants(kind, mode, q, k, v, g, do) -> dict:
+def fla_variants(kind, mode, q, k, v, g, do, scale=None) -> dict:
     """``{"fla <kernel>": variant}`` where fla imports (else empty), and for a decay per head's
     forward+backward (``chunk_simple_gla``, whose backward fla refuses on Hopper with this
     Triton) the same past the check, ``"fla <kernel> #640 guard off"``."""
-    fla = _fla_variant(kind, mode, q, k, v, g, do)
+    fla = _fla_variant(kind, mode, q, k, v, g, do, scale=scale)
     if fla is None:
         return {}
     variants = {f"fla {FLA[kind]}": fla}
     if kind == "head" and mode != "fwd":
         variants[f"fla {FLA[kind]} {LABEL}"] = _fla_variant(kind, mode, q, k, v, g, do,
-                                                            guard=False)
+                                                            scale=scale, guard=False)
     return variants
 
 
@@ -211,10 +211,9 @@ def ssm_case(shape, mode, *, hydra: bool) -> Case:
                 for name, impl in (("xla", "chunked"), ("pallas", "pallas"))}
     if not hydra:  # SSD as simple GLA: q = C, k = B, v = x dt, g = dt A, scale 1
         heads = shape[2]
-        fla = _fla_variant("head", mode, C.repeat(heads, 2), B.repeat(heads, 2),
-                           (x * dt[0][..., None]).astype(x.dtype), dt[0] * A, do, scale=1.0)
-        if fla is not None:
-            variants["fla chunk_simple_gla"] = fla
+        as_gla = (C.repeat(heads, 2), B.repeat(heads, 2),
+                  (x * dt[0][..., None]).astype(x.dtype), dt[0] * A, do)
+        variants.update(fla_variants("head", mode, *as_gla, scale=1.0))
     b, t, h, p, n = shape
     name = "quasiseparable (Hydra)" if hydra else "ssd (Mamba-2)"
     return Case(f"{name} {mode}", f"B{b} T{t} H{h} P{p} N{n} bf16", variants, baseline="xla",
