@@ -92,9 +92,8 @@ def _jax_variant(fn, args, cotangent, mode):
     return jax_gradients(fn, args, cotangent)
 
 
-def _fla_variant(kind, mode, q, k, v, g, do, scale=None, guard=True):
-    """fla 0.6.0 on the same values as torch tensors; None where fla is not importable.
-    ``guard=False``: past fla's Hopper check on its gated backward (``fla_guard``)."""
+def _fla_variant(kind, mode, q, k, v, g, do, scale=None):
+    """fla 0.6.0 on the same values as torch tensors; None where fla is not importable."""
     try:
         import torch
         from fla.ops.gla import chunk_gla
@@ -108,21 +107,19 @@ def _fla_variant(kind, mode, q, k, v, g, do, scale=None, guard=True):
     fn = {"none": lambda q, k, v: chunk_linear_attn(q, k, v, scale, normalize=False)[0],
           "head": lambda q, k, v, g: chunk_simple_gla(q, k, v, g, scale=scale)[0],
           "key": lambda q, k, v, g: chunk_gla(q, k, v, g, scale)[0]}[kind]
-    call = torch_variant(fn, leaves, grad_out, mode)
-    return call if guard else unguarded(call)
+    return torch_variant(fn, leaves, grad_out, mode)
 
 
 def fla_variants(kind, mode, q, k, v, g, do, scale=None) -> dict:
     """``{"fla <kernel>": variant}`` where fla imports (else empty), and for a decay per head's
     forward+backward (``chunk_simple_gla``, whose backward fla refuses on Hopper with this
-    Triton) the same past the check, ``"fla <kernel> #640 guard off"``."""
+    Triton) the same call past the check, ``"fla <kernel> #640 guard off"``."""
     fla = _fla_variant(kind, mode, q, k, v, g, do, scale=scale)
     if fla is None:
         return {}
     variants = {f"fla {FLA[kind]}": fla}
     if kind == "head" and mode != "fwd":
-        variants[f"fla {FLA[kind]} {LABEL}"] = _fla_variant(kind, mode, q, k, v, g, do,
-                                                            scale=scale, guard=False)
+        variants[f"fla {FLA[kind]} {LABEL}"] = unguarded(fla)
     return variants
 
 

@@ -90,6 +90,11 @@ def device_sm_count() -> int | None:
     return getattr(jax.devices()[0], "core_count", None)
 
 
+def segment_length(length: int, segments: int) -> int:
+    """L = ceil(T / P): the steps of every segment (the last one padded to it)."""
+    return -(-length // segments)
+
+
 def _split(x: Array | None, segments: int, steps: int) -> Array | None:
     """(1, B, T, ...) -> (1, B * segments, steps, ...), zero-padded at the end to segments*steps."""
     if x is None:
@@ -137,7 +142,7 @@ def segmented(attention: Callable, segments: int) -> Callable:
             raise ValueError(f"segments run one causal direction, got reverse={reverse}")
         batch, length, heads, dk, dv = v.shape[1], q.shape[2], v.shape[3], q.shape[4], v.shape[4]
         check_segments(segments, length)
-        steps = -(-length // segments)
+        steps = segment_length(length, segments)
         g = None if g is None else g.astype(_F32)
         o_loc, local = attention(*(_split(a, segments, steps) for a in (q, k, v, g, key_scale)),
                                  None, scale=scale, reverse=(False,), **options)

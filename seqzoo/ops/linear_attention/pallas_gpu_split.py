@@ -42,7 +42,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from seqzoo.kernels.chunked_segments import segmented
+from seqzoo.kernels.chunked_segments import segment_length, segmented
 from seqzoo.kernels.chunked_tiling import padded_width
 from seqzoo.ops.linear_attention import intra_chunk, pallas_gpu_intra
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention, launch_tiling
@@ -99,7 +99,7 @@ def kernel_tiling(q, k, v, log_decay, chunk_size: int, segments: int | None = No
     segment's); its chunk and sub-chunk are the intra terms' too."""
     decay = None if log_decay is None else ("scalar" if log_decay.ndim == 3 else "key")
     widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
-    length = q.shape[1] if segments is None else -(-q.shape[1] // segments)
+    length = q.shape[1] if segments is None else segment_length(q.shape[1], segments)
     return launch_tiling(decay, length, widths, max_chunk=chunk_size, intra=False,
                          itemsize=max(a.dtype.itemsize for a in (q, k, v)))
 
