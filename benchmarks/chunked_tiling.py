@@ -1,15 +1,18 @@
 """Which tilings of the chunked kernel compile on this GPU, and how fast the ones that do run.
 
     python benchmarks/chunked_tiling.py [--decay key] [--widths 128,64,256:64] [--time B,T,H]
+                                        [--inter]
     python benchmarks/chunked_tiling.py --resolved     # what resolve_tiling picks, checked
 
 For every candidate ``Tiling`` (chunk, block_v, num_warps, num_stages, slice) and key:value
 widths, compiles forward+backward of ``gated_linear_attention`` (bf16) at a small length and
 prints ``fits`` or the shared memory the compiler asked for (the number in its "Shared memory
 size limit exceeded" error) next to ``chunked_tiling.shared_memory_bytes``'s estimate; then
-times every tiling that fits at ``--time`` (forward and forward+backward, ms). ``--resolved``
-instead runs the tiling ``resolve_tiling`` picks for this GPU at every decay and width from 16
-to 256, and prints its relative error against the op's XLA path (output and each gradient).
+times every tiling that fits at ``--time`` (forward and forward+backward, ms); ``--inter``:
+the pass without its intra-chunk terms (``intra=False``, what ``impl="pallas_split"``
+launches). ``--resolved`` instead runs the tiling ``resolve_tiling`` picks for this GPU at
+every decay and width from 16 to 256, and prints its relative error against the op's XLA path
+(output and each gradient).
 """
 
 from __future__ import annotations
@@ -49,9 +52,9 @@ def inputs(b, t, h, widths, decay):
     return q, k, v, g
 
 
-def functions(tiling, decay):
+def functions(tiling, decay, intra=True):
     def fwd(q, k, v, g):
-        return gated_linear_attention(q, k, v, g, scale=1.0, tiling=tiling)[0]
+        return gated_linear_attention(q, k, v, g, scale=1.0, tiling=tiling, intra=intra)[0]
 
     def loss(q, k, v, g):
         o = fwd(q, k, v, g).astype(jnp.float32)
@@ -72,10 +75,12 @@ def candidates():
 
 
 def verdict(job) -> str:
-    """``fits``, or the compiler's requested shared memory, for one (width, tiling, decay)."""
-    widths, tiling, decay = job
+    """``fits``, or the compiler's requested shared memory, for one (width, tiling, decay,
+    intra)."""
+    widths, tiling, decay, intra = job
     try:
-        functions(tiling, decay)[1].lower(*inputs(1, 2 * tiling.chunk, 1, widths, decay)).compile()
+        grad = functions(tiling, decay, intra)[1]
+        grad.lower(*inputs(1, 2 * tiling.chunk, 1, widths, decay)).compile()
         return "fits"
     except Exception as e:  # the compiler's own verdict is the measurement
         asked = re.search(r"requested (\d+)", str(e))
@@ -113,18 +118,21 @@ def main(argv=None) -> None:
     parser.add_argument("--widths", default="128,64")
     parser.add_argument("--time", default="4,2048,16")
     parser.add_argument("--resolved", action="store_true")
+    parser.add_argument("--inter", action="store_true", help="the inter-chunk pass alone")
     args = parser.parse_args(argv)
-    decay = None if args.decay == "none" else args.decay
-    print(f"# {jax.devices()[0].device_kind}, jax {jax.__version__}, decay {decay}", flush=True)
+    decay, intra = (None if args.decay == "none" else args.decay), not args.inter
+    print(f"# {jax.devices()[0].device_kind}, jax {jax.__version__}, decay {decay}, "
+          f"intra {intra}", flush=True)
     if args.resolved:
         check_resolved(decay)
         return
-    jobs = [(w, tiling, decay) for w in parse_widths(args.widths) for tiling in candidates()]
+    jobs = [(w, tiling, decay, intra) for w in parse_widths(args.widths)
+            for tiling in candidates()]
     with ThreadPoolExecutor(8) as pool:  # XLA compiles outside the GIL
         verdicts = list(pool.map(verdict, jobs))
     fitting = []
-    for (widths, tiling, _), said in zip(jobs, verdicts, strict=True):
-        estimate = shared_memory_bytes(tiling, decay, *widths)
+    for (widths, tiling, _, _), said in zip(jobs, verdicts, strict=True):
+        estimate = shared_memory_bytes(tiling, decay, *widths, intra)
         print(f"widths {widths} {tiling} | estimate {estimate} | {said}", flush=True)
         if said == "fits":
             fitting.append((widths, tiling))
@@ -132,7 +140,7 @@ def main(argv=None) -> None:
         return
     b, t, h = (int(x) for x in args.time.split(","))
     for widths, tiling in fitting:
-        fwd, fb = functions(tiling, decay)
+        fwd, fb = functions(tiling, decay, intra)
         x = inputs(b, t, h, widths, decay)
         times = [median_ms(functools.partial(f, *x), repeats=3, calls=3) for f in (fwd, fb)]
         print(f"time widths {widths} {tiling} | fwd {times[0]:.3f} ms | fwd+bwd {times[1]:.3f} ms",

@@ -29,8 +29,8 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   (an ``extra`` of zeros); fwd+bwd adds the three backward passes (dq, dv, dk) and the decays'
   chunk-local identity;
 - ``inter-chunk kernel (intra=False, ...)``: the same at other launches (``INTER_VARIANTS``:
-  value blocks of 32, twice the programs; 8 warps; 3 stages), for the launch the split should
-  take (its default is the kernel's tuned tiling, timed for the one-pass kernel);
+  value blocks of 64, the launch before ``chunked_tiling.INTER_PER_DIMENSION``; 8 warps; two
+  stages);
 - ``intra scores``: ``A_ij = scale sum_d q_id k_jd exp(G_id - G_jd)`` for ``j <= i`` in one chunk
   (``intra_chunk.intra_chunk_scores``, XLA: sub-chunks of 16 rows through a reference row, the
   diagonal blocks exactly; its own VJP, to q, k and G), on float32 copies of q, k holding bf16
@@ -171,14 +171,15 @@ SCORES_VARIANTS = {
         kernel=MEASURED),
 }
 # The inter-chunk kernel at other launches, a row each: ``Tiling`` fields replaced in the split's.
-# (4, 2048, 16, 128) launches B * H * (D / block_v) = 128 programs on an H100's 132
-# multiprocessors, one each: value blocks of 32 launch 256 (two a multiprocessor, as the
-# segments' best counts); 8 warps or 3 stages hide more of one program's latency instead.
+# The split's launch (value blocks of 32) runs B * H * (D / 32) = 256 programs at
+# (4, 2048, 16, 128), two per multiprocessor of an H100; value blocks of 64 run one each (the
+# launch until 2026-12-07: 1.620 against 1.523 ms forward+backward); 8 warps (forward 0.395
+# against 0.440 ms at blocks of 64) or two stages (three asked for more shared memory than an
+# H100 has) hide more of one program's latency instead.
 INTER_VARIANTS = {
-    "inter-chunk kernel (intra=False, block_v 32)": dict(block_v=32),
+    "inter-chunk kernel (intra=False, block_v 64)": dict(block_v=64),
     "inter-chunk kernel (intra=False, 8 warps)": dict(num_warps=8),
-    "inter-chunk kernel (intra=False, 3 stages)": dict(num_stages=3),
-    "inter-chunk kernel (intra=False, block_v 32, 8 warps)": dict(block_v=32, num_warps=8),
+    "inter-chunk kernel (intra=False, 2 stages)": dict(num_stages=2),
 }
 SPLIT_PARTS = ("chunk-local cumsum", "inter-chunk kernel (intra=False)",
                "intra scores A (XLA, per key)", "intra A v")

@@ -1,8 +1,9 @@
 """The chunked kernel's tilings fit the GPU's shared memory (``seqzoo.kernels.chunked_tiling``).
 
 The model is checked against what the compiler said on an H200 (``benchmarks/chunked_tiling.py``
-of 2026-12-05, bf16 forward+backward): tilings that failed must be predicted not to fit, the
-ones that compiled must be predicted to fit; then every resolved tiling fits its device.
+of 2026-12-05, bf16 forward+backward; the split's inter-chunk pass on an H100, 2026-12-07):
+tilings that failed must be predicted not to fit, the ones that compiled must be predicted to
+fit; then every resolved tiling fits its device.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from seqzoo.kernels.chunked_pass import Tiling
 from seqzoo.kernels.chunked_tiling import (
     CANDIDATES,
     DEVICE_LIMITS,
+    INTER_PER_DIMENSION,
     resolve_tiling,
     shared_memory_bytes,
 )
@@ -41,6 +43,37 @@ MEASURED_FLOAT32 = {
     (None, 128, 64, 64, 2): "fits",
     ("scalar", 128, 64, 64, 2): "fits",
 }
+
+
+# The inter-chunk pass alone (per-key decays, intra=False: impl="pallas_split"), bf16, on an H100,
+# 2026-12-07 (benchmarks/chunked_tiling.py --decay key --inter --widths 128,128:256; the failure
+# from benchmarks/gla_phases.py's 3-stage row): (max width, chunk, block_v, num_stages) -> the
+# compiler's requested bytes, or "fits"
+MEASURED_INTER = {
+    **{(w, c, b, s): "fits" for w in (128, 256) for c in (64, 32) for b in (64, 32)
+       for s in (1, 2)},
+    (128, 64, 64, 3): 238_592,
+}
+
+
+@pytest.mark.parametrize("measured", MEASURED_INTER, ids=str)
+def test_the_inter_chunk_model_agrees_with_the_compiler(measured):
+    width, chunk, block_v, stages = measured
+    tiling = Tiling(chunk=chunk, block_v=block_v, num_stages=stages)
+    estimate = shared_memory_bytes(tiling, "key", 128, width, intra=False)
+    said = MEASURED_INTER[measured]
+    if said == "fits":
+        assert estimate <= H200
+    else:
+        assert said > H200 and estimate >= said
+
+
+def test_the_split_takes_its_measured_launch_at_fla_widths():
+    """Chunks of 64 at GLA's layer widths (key 96 -> 128, value 192 -> 256), not 32: the
+    inter-chunk pass at chunk 32 ran 2.4x slower forward+backward on an H100."""
+    for widths in ((128, 128), (128, 256)):
+        tiling, _ = resolve_tiling("key", *widths, H200, intra=False)
+        assert tiling == INTER_PER_DIMENSION and tiling.chunk == 64
 
 
 @pytest.mark.parametrize("itemsize, measured",

@@ -7,8 +7,9 @@ Variants: ``xla`` (the op's XLA path), ``pallas`` (``impl="pallas"``), for per-k
 ``pallas_split`` (``impl="pallas_split"``: the kernel's inter-chunk pass + the intra-chunk scores,
 for 16-bit inputs by their Pallas kernels ``pallas_gpu_intra.MEASURED``, issue 24) and
 ``pallas_split A kernel`` (the same with the scores' first launch: one program per chunk, XLA's
-VJP) and, when importable, flash-linear-attention 0.6.0's Triton kernels on the same inputs as
-torch tensors (layout (B, T, H, D) for both): ``chunk_linear_attn`` (no decay,
+VJP), at ``GLA_LAYER`` the split's inter-chunk kernel at other launches (``SPLIT_LAUNCHES``)
+and, when importable, flash-linear-attention 0.6.0's Triton kernels on the same inputs as torch
+tensors (layout (B, T, H, D) for both): ``chunk_linear_attn`` (no decay,
 ``normalize=False``), ``chunk_simple_gla`` (a decay per head; its backward refuses to run on Hopper
 with triton 3.6, fla #640, reported as a failed variant, and is timed past that check as
 ``fla chunk_simple_gla #640 guard off``: ``fla_guard.py``) and ``chunk_gla`` (a decay per key).
@@ -60,6 +61,15 @@ SWEEP = {
     ("ssd", "fwd+bwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 32, 4, 2, 32)],
 }
 QUICK_SWEEP = [(16, 16, 16, 4, 2, 16), (32, 16, 16, 4, 2, 16)]
+# The split's inter-chunk kernel at other launches (``linear_attention_kernel``'s ``tiling``), at
+# fla's layer widths only: there the shared-memory fit of the inter-chunk pass (not fitted to a
+# compiler's numbers, ``chunked_tiling._PER_ROW``) gives it chunks of 32 where 128 wide takes 64
+SPLIT_LAUNCHES = {
+    "pallas_split C64 s1": Tiling(chunk=64, num_stages=1),
+    "pallas_split C64 s2": Tiling(chunk=64, num_stages=2),
+    "pallas_split C64 s1 w8": Tiling(chunk=64, num_stages=1, num_warps=8),
+    "pallas_split C32 s2": Tiling(chunk=32, num_stages=2),
+}
 FLA = {"none": "chunk_linear_attn", "head": "chunk_simple_gla", "key": "chunk_gla"}
 RTOL = {"fwd": 2e-2, "fwd+bwd": 5e-2}  # bf16 against the reference variant (relative L2)
 
@@ -140,8 +150,17 @@ def _split_with_scores_kernel(q, k, v, g):
                                                     chunk_size=64, intra_kernel=True)[0]
 
 
-def attention_case(shape, kind, mode, *, with_xla=True) -> Case:
-    """Linear attention with no decay, a decay per head or per key, bf16."""
+def _split_at(tiling):
+    """``impl="pallas_split"`` with its inter-chunk kernel at ``tiling``."""
+    def split(q, k, v, g):
+        return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=q.shape[-1] ** -0.5,
+                                                        chunk_size=64, tiling=tiling)[0]
+    return split
+
+
+def attention_case(shape, kind, mode, *, with_xla=True, split_launches=False) -> Case:
+    """Linear attention with no decay, a decay per head or per key, bf16; with
+    ``split_launches``, the split at ``SPLIT_LAUNCHES`` too."""
     q, k, v, g, do = attention_inputs(shape, kind)
     args = (q, k, v) if g is None else (q, k, v, g)
 
@@ -158,6 +177,8 @@ def attention_case(shape, kind, mode, *, with_xla=True) -> Case:
         variants["pallas_split"] = _jax_variant(op("pallas_split"), args, do, mode)
         variants["pallas_split A kernel"] = _jax_variant(_split_with_scores_kernel, args, do,
                                                          mode)
+    for name, tiling in SPLIT_LAUNCHES.items() if split_launches else ():
+        variants[name] = _jax_variant(_split_at(tiling), args, do, mode)
     fla = fla_variants(kind, mode, q, k, v, g, do)
     variants.update(fla)
     b, t, h, dk, dv = _dims(shape)
@@ -266,7 +287,8 @@ def cases(quick: bool) -> list[Case]:
     out += [ssm_case(mamba2, mode, hydra=hydra) for hydra in (False, True) for mode in modes]
     out += [case for shape in shapes[1:] for case in attention(shape, ("none", "head"))]
     out += [case for shape in shapes[1:] for case in attention(shape, ("key",))]
-    out += [attention_case(gla_layer, "key", mode) for mode in modes]  # with XLA: it fits
+    out += [attention_case(gla_layer, "key", mode, split_launches=True)  # with XLA: it fits
+            for mode in modes]
     for (kind, mode), tilings in SWEEP.items():
         shape = mamba2 if kind == "ssd" else shapes[min(1, len(shapes) - 1)]
         out.append(tiling_case(shape, kind, mode, QUICK_SWEEP if quick else tilings))

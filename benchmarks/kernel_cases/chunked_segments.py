@@ -15,8 +15,10 @@ the kernel without segments). Issue 24's goal: at least as fast as fla; on the H
 
 A decay per key (GLA) runs the split form instead (``impl="pallas_split"``, what ``auto`` takes
 there; ``segments=`` is its user's option, not taken by ``auto``): at the two shapes above and at
-GLA's (4, 2048, 16, 128) with ``GLA_SEGMENTS`` (its 128 programs nearly fill an H100 once;
-two segments launch two a multiprocessor), beside fla's ``chunk_gla``.
+GLA's (4, 2048, 16, 128) with ``GLA_SEGMENTS`` (its 256 programs fill an H100 twice; P = 32,
+one chunk of 64 per segment, is fla's ``chunk_gla`` structure: no walk, every chunk's local
+state and outputs in parallel, the states entering the chunks in XLA, then every chunk's
+``q S_in`` in one batched matmul), beside fla's ``chunk_gla``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from seqzoo.ops.linear_attention.pallas_gpu import AUTO_MIN_SEGMENTS, proposed_s
 
 SHAPES = [(2, 32768, 4, 64), (1, 65536, 2, 128)]
 SEGMENTS = (1, 4, 8, 16, 32, 64)
-GLA_SHAPE, GLA_SEGMENTS = (4, 2048, 16, 128), (1, 2, 4)
+GLA_SHAPE, GLA_SEGMENTS = (4, 2048, 16, 128), (1, 2, 4, 8, 32)
 QUICK_SHAPES, QUICK_SEGMENTS = [(1, 80, 2, 16)], (1, 2, 4)
 
 

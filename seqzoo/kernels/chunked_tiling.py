@@ -29,6 +29,11 @@ import jax
 
 from seqzoo.kernels.chunked_pass import TUNED, TUNED_PER_DIMENSION, Tiling
 
+# The split's inter-chunk pass (per-key decays, no intra-chunk terms): the fastest forward+backward
+# of the H100 sweep at (8, 2048, 4) and widths 128 and 128:256 (benchmarks/RESULTS.md), at both
+# widths (w 128: two stages a little faster still, w 256: slower)
+INTER_PER_DIMENSION = Tiling(block_v=32, num_stages=1)
+
 # Compute capability -> the most dynamic shared memory one block may opt into (bytes).
 DEVICE_LIMITS = {
     "8.0": 166_912,  # A100
@@ -37,10 +42,16 @@ DEVICE_LIMITS = {
     "9.0": 232_448,  # H100, H200
     "10.0": 232_448,
 }
-# bytes per (stage, chunk row) per unit of width w and of block_v: the fit above
-# (``"inter_per_dimension"``, the inter-chunk-only pass with per-key decays, is not fitted: the
-# scalar fit plus 4 w bytes per row for its float32 decays, until a GPU run says otherwise)
-_PER_ROW = {"per_dimension": (23, 7), "whole": (10, 3), "inter_per_dimension": (14, 3)}
+# bytes per (stage, chunk row) per unit of width w and of block_v: the fit above, and for
+# ``"inter_per_dimension"`` (the inter-chunk-only pass with per-key decays, what
+# ``impl="pallas_split"`` launches) the H100's verdicts of 2026-12-07
+# (``benchmarks/chunked_tiling.py --decay key --inter --widths 128,128:256``): every tiling of
+# chunk 32 or 64, value block 32 or 64 and 1 or 2 stages compiled at w 128 and w 256 (the
+# largest: chunk 64, block 64, 2 stages at w 256), and chunk 64, block 64, 3 stages at w 128
+# asked for 238592 bytes (``benchmarks/gla_phases.py``). (4, 12) predicts all of them, that
+# failure at 245760; the earlier guess (14, 3) refused chunk 64 at w 256, whose pass runs
+# 2.4x faster than chunk 32's (benchmarks/RESULTS.md)
+_PER_ROW = {"per_dimension": (23, 7), "whole": (10, 3), "inter_per_dimension": (4, 12)}
 _FLOAT32 = (247_296, 217_088)  # float32 operands: the fit times this ratio (see above)
 
 CANDIDATES = {  # in order of preference; the first is what the kernel was tuned at
@@ -56,10 +67,9 @@ CANDIDATES = {  # in order of preference; the first is what the kernel was tuned
         Tiling(chunk=32, block_v=32, num_stages=1, slice=16),
         Tiling(chunk=16, block_v=32, num_stages=1, slice=16),
     ),
-    "inter_per_dimension": (  # not measured: the scalar kernel's candidates
-        TUNED,
+    "inter_per_dimension": (  # forward+backward on an H100 at (8, 2048, 4), 2026-12-07
+        INTER_PER_DIMENSION,
         Tiling(num_stages=1),
-        Tiling(chunk=32, num_stages=1),
         Tiling(chunk=32, block_v=32, num_stages=1),
     ),
 }

@@ -62,9 +62,6 @@ FUSED_DTYPES = (jnp.bfloat16, jnp.float16)  # the dtypes cuDNN's flash attention
 
 _RESULTS = "benchmarks/RESULTS.md#"
 CHUNKED_KERNELS = _RESULTS + "chunked-linear-attention-kernels-issue-7-kernels-3-and-4-bf16"
-CHUNKED_SSD = _RESULTS + (
-    "mamba-2s-ssd-and-hydras-quasiseparable-mixer-on-the-chunked-kernels-and-a-training-step"
-)
 PER_KEY_SPLIT = _RESULTS + "glas-per-key-decay-split-in-two-implpallas_split-issue-24-item-1"
 FLOAT32_KERNEL = _RESULTS + "float32-the-chunked-kernel-at-each-matmul-precision-issue-24-item-3"
 E2E_THROUGHPUT = _RESULTS + "end-to-end-lm-training-throughput-issue-24-item-5"
@@ -227,13 +224,7 @@ _CHUNKED_KERNEL_PLACES = (  # where the chunked kernels do not run, whatever the
          overrides=("pallas_split",)),
     Rule("chunked", lambda f: not f["gpu"], "no Pallas kernel is wired for this platform"),
 )
-_FLOAT32_UNMEASURED = (  # the quasiseparable mixer: its float32 kernel is not timed
-    Rule("chunked", lambda f: not f["all_16bit"],
-         "float32: XLA's matmuls are faster than the kernel's IEEE ones (precision='highest'); "
-         "its tensor-core precisions 'tf32x3' and 'tf32' are not measured for this op, a "
-         "user's choice with impl='pallas'", CHUNKED_SSD),
-)
-_FLOAT32_XLA = (  # float32 inputs where the kernel is not the faster path (linear attention, SSD)
+_FLOAT32_XLA = (  # float32 inputs where the kernel is not the faster path
     Rule("chunked", lambda f: not f["all_16bit"] and not f["all_float32"],
          "16-bit and float32 inputs mixed: the kernel is not measured there"),
     Rule("chunked", lambda f: f["all_float32"] and f["precision"] == "highest",
@@ -311,6 +302,10 @@ _ATTENTION_RULES = (
     Rule("cudnn", lambda f: True, "bf16/fp16 flash attention", FUSED_ATTENTION),
 )
 _CHUNKED = ("chunked", "sequential", "pallas")
+# Mamba-2's SSD and Hydra's quasiseparable mixer (SSD both ways): the kernel in 16-bit, and in
+# float32 at a tensor-core precision (both measured: FLOAT32_KERNEL)
+_SSD_RULES = (_CHUNKED_KERNEL_PLACES + _FLOAT32_XLA + _CHUNKED_KERNEL_FITS + _FLOAT32_KERNEL
+              + _CHUNKED_KERNEL)
 _SCANS = ("associative", "sequential", "pallas")
 
 POLICY = {
@@ -320,12 +315,8 @@ POLICY = {
                                + _PER_KEY_SPLIT_WIDE + _CHUNKED_KERNEL_FITS
                                + _FLOAT32_PER_KEY_SPLIT + _PER_KEY_SPLIT
                                + _FLOAT32_KERNEL + _CHUNKED_KERNEL),
-    "ssd": Policy(_CHUNKED, _chunked_kernel_facts,
-                  _CHUNKED_KERNEL_PLACES + _FLOAT32_XLA + _CHUNKED_KERNEL_FITS + _FLOAT32_KERNEL
-                  + _CHUNKED_KERNEL),
-    "quasiseparable": Policy(_CHUNKED, _chunked_kernel_facts,
-                             _CHUNKED_KERNEL_PLACES + _FLOAT32_UNMEASURED + _CHUNKED_KERNEL_FITS
-                             + _CHUNKED_KERNEL),
+    "ssd": Policy(_CHUNKED, _chunked_kernel_facts, _SSD_RULES),
+    "quasiseparable": Policy(_CHUNKED, _chunked_kernel_facts, _SSD_RULES),
     "linear_recurrence": Policy(_SCANS, _scan_facts, _SCAN_RULES),
     "selective_scan": Policy(_SCANS, _scan_facts, _SCAN_RULES),
     "attention": Policy(("parallel", "cudnn", "splash", "tokamax"), _attention_facts,

@@ -42,6 +42,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels.chunked_pass import Tiling
 from seqzoo.kernels.chunked_segments import segment_length, segmented
 from seqzoo.kernels.chunked_tiling import padded_width
 from seqzoo.ops.linear_attention import intra_chunk, pallas_gpu_intra
@@ -92,15 +93,16 @@ class _IntraTerms:
                                      sub=self.sub, kernel=self.kernel, dtype=self.dtype)
 
 
-def kernel_tiling(q, k, v, log_decay, chunk_size: int, segments: int | None = None):
+def kernel_tiling(q, k, v, log_decay, chunk_size: int, segments: int | None = None,
+                  tiling: Tiling | None = None):
     """The inter-chunk kernel's launch tiling for these arguments (arrays or shape-dtype structs,
     shapes as ``linear_attention_kernel``'s), on ``segments`` segments of the sequence:
     ``pallas_gpu.launch_tiling`` without the intra-chunk terms for one launch's length (a
-    segment's); its chunk and sub-chunk are the intra terms' too."""
+    segment's), from ``tiling`` where given; its chunk and sub-chunk are the intra terms' too."""
     decay = None if log_decay is None else ("scalar" if log_decay.ndim == 3 else "key")
     widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
     length = q.shape[1] if segments is None else segment_length(q.shape[1], segments)
-    return launch_tiling(decay, length, widths, max_chunk=chunk_size, intra=False,
+    return launch_tiling(decay, length, widths, tiling=tiling, max_chunk=chunk_size, intra=False,
                          itemsize=max(a.dtype.itemsize for a in (q, k, v)))
 
 
@@ -116,6 +118,7 @@ def linear_attention_kernel(
     intra_kernel: bool | pallas_gpu_intra.ScoresTiling | None = None,
     precision: str | None = None,
     segments: int | None = None,
+    tiling: Tiling | None = None,
 ) -> tuple[Array, Array]:
     """``seqzoo.ops.linear_attention`` (no segment_ids) as ``o_inter + o_intra``.
 
@@ -130,10 +133,13 @@ def linear_attention_kernel(
     precision: the inter-chunk passes' float32 matmuls (module docstring); segments: None, or
     the number of parallel segments the sequence is cut into, each segment's inter- and
     intra-chunk terms in one launch from a zero state, the states entering each segment added
-    after it (``seqzoo.kernels.chunked_segments``: its ``o`` is rounded to v's dtype once more).
+    after it (``seqzoo.kernels.chunked_segments``: its ``o`` is rounded to v's dtype once more);
+    tiling: the inter-chunk kernel's launch (``seqzoo.kernels.chunked_pass.Tiling``; default
+    ``kernel_tiling``'s, the first candidate that fits this GPU), its chunk capped at
+    ``chunk_size`` and the sequence's length, and the intra-chunk terms' chunk and sub-chunk.
     Returns ``o`` in v's dtype and ``S_T`` float32.
     """
-    tiling = kernel_tiling(q, k, v, log_decay, chunk_size, segments)
+    tiling = kernel_tiling(q, k, v, log_decay, chunk_size, segments, tiling)
     if intra_kernel is None:  # the kernels take chunks of a power of two >= 16 steps
         half = all(a.dtype.itemsize == 2 for a in (q, k, v))
         fits = tiling.chunk >= 16 and tiling.chunk & (tiling.chunk - 1) == 0
