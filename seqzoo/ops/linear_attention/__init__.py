@@ -178,8 +178,8 @@ def linear_attention(
         GPU kernel for a launch that would leave most of the GPU idle,
         ``pallas_gpu.auto_segments``' count (measured faster, and than fla, at
         (2, 32768, 4, 64) and (1, 65536, 2, 128)); ``"pallas_split"`` takes a count only when
-        given one (not timed with segments). An int in [1, length]; refused with an explicit
-        XLA ``impl``.
+        given one (1, 2 or 4 segments ran slower than none at (4, 2048, 16, 128)). An int in
+        [1, length]; refused with an explicit XLA ``impl``.
 
     Returns:
       ``o: (batch, length, heads, dv)`` in ``v``'s dtype, and ``S_T`` if asked. Computation is
