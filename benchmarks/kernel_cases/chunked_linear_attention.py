@@ -61,14 +61,15 @@ SWEEP = {
     ("ssd", "fwd+bwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 32, 4, 2, 32)],
 }
 QUICK_SWEEP = [(16, 16, 16, 4, 2, 16), (32, 16, 16, 4, 2, 16)]
-# The split's inter-chunk kernel at other launches (``linear_attention_kernel``'s ``tiling``), at
-# fla's layer widths only: there the shared-memory fit of the inter-chunk pass (not fitted to a
-# compiler's numbers, ``chunked_tiling._PER_ROW``) gives it chunks of 32 where 128 wide takes 64
+# The split's inter-chunk kernel at other launches than its own (``pallas_split``: chunk 64, value
+# blocks of 32, one stage, ``chunked_tiling.INTER_PER_DIMENSION``), by ``linear_attention_kernel``'s
+# ``tiling``, at fla's layer widths only (C: chunk, bv: value block, s: stages, w: warps)
 SPLIT_LAUNCHES = {
-    "pallas_split C64 s1": Tiling(chunk=64, num_stages=1),
-    "pallas_split C64 s2": Tiling(chunk=64, num_stages=2),
-    "pallas_split C64 s1 w8": Tiling(chunk=64, num_stages=1, num_warps=8),
-    "pallas_split C32 s2": Tiling(chunk=32, num_stages=2),
+    "pallas_split C64 bv64 s1": Tiling(chunk=64, num_stages=1),
+    "pallas_split C64 bv64 s2": Tiling(chunk=64, num_stages=2),
+    "pallas_split C64 bv32 s2": Tiling(chunk=64, block_v=32, num_stages=2),
+    "pallas_split C64 bv64 s1 w8": Tiling(chunk=64, num_stages=1, num_warps=8),
+    "pallas_split C32 bv64 s1": Tiling(chunk=32, num_stages=1),
 }
 FLA = {"none": "chunk_linear_attn", "head": "chunk_simple_gla", "key": "chunk_gla"}
 RTOL = {"fwd": 2e-2, "fwd+bwd": 5e-2}  # bf16 against the reference variant (relative L2)

@@ -15,10 +15,10 @@ the kernel without segments). Issue 24's goal: at least as fast as fla; on the H
 
 A decay per key (GLA) runs the split form instead (``impl="pallas_split"``, what ``auto`` takes
 there; ``segments=`` is its user's option, not taken by ``auto``): at the two shapes above and at
-GLA's (4, 2048, 16, 128) with ``GLA_SEGMENTS`` (its 256 programs fill an H100 twice; P = 32,
-one chunk of 64 per segment, is fla's ``chunk_gla`` structure: no walk, every chunk's local
-state and outputs in parallel, the states entering the chunks in XLA, then every chunk's
-``q S_in`` in one batched matmul), beside fla's ``chunk_gla``.
+GLA's (4, 2048, 16, 128) with ``GLA_SEGMENTS`` (its 256 programs, two a multiprocessor of an
+H100, times P; P = 32, one chunk of 64 per segment, is fla's ``chunk_gla`` structure: no walk,
+every chunk's local state and outputs in parallel, the states entering the chunks in XLA, then
+every chunk's ``q S_in`` in one batched matmul), beside fla's ``chunk_gla``.
 """
 
 from __future__ import annotations
