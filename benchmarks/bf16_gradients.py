@@ -3,7 +3,8 @@
     python benchmarks/bf16_gradients.py [--quick] [--only ssd,quasiseparable,...]
 
 For every kernel: inputs drawn in float32, rounded to bf16; the kernel (``impl="pallas"``; for
-"keydecay split" linear attention's ``impl="pallas_split"``) runs
+"keydecay split" linear attention's ``impl="pallas_split"``; the "segments" rows with and without
+``segments=``) runs
 on the bf16 inputs, the reference (the op's XLA path, ``impl`` below) on the same rounded values
 in float32. Printed: the relative L2 error ``||got - ref|| / ||ref||`` of the output and of every
 gradient of ``sum(out * g)`` separately. Where the peer is importable (mamba_ssm's Triton SSD,
@@ -131,7 +132,17 @@ def run_quasiseparable(shape):
                                      args, diff, g, ("dt_fwd", "dt_bwd")))]
 
 
-def run_linear_attention(shape, decay: str | None, impl: str = "pallas"):
+def run_segments(shape, decay: str, impl: str):
+    """``impl`` with and without ``segments=`` (P = min(32, T / 64): ``auto``'s count at
+    (2, 32768, 4, 64), one chunk of 64 per segment at (4, 2048, 16, 128) and at the quick
+    shape), each scored against the float32 XLA op."""
+    segments = min(32, shape[1] // 64)
+    return [row for parts in (None, segments)
+            for row in run_linear_attention(shape, decay, impl, parts)]
+
+
+def run_linear_attention(shape, decay: str | None, impl: str = "pallas",
+                         segments: int | None = None):
     b, l, h, d = shape
     k = jax.random.split(jax.random.PRNGKey(2), 5)
     args = dict(q=normal(k[0], (b, l, h, d)) * d ** -0.5, k=normal(k[1], (b, l, h, d)),
@@ -142,9 +153,10 @@ def run_linear_attention(shape, decay: str | None, impl: str = "pallas"):
         args["log_decay"] = jax.nn.log_sigmoid(normal(k[3], gshape) + 3.0)
         diff += ("log_decay",)
     g = normal(k[4], (b, l, h, d))
-    return [(f"seqzoo {impl}", errors(functools.partial(linear_attention, impl=impl),
-                                      functools.partial(linear_attention, impl="chunked"),
-                                      args, diff, g, ("log_decay",)))]
+    label = f"seqzoo {impl}" + ("" if segments is None else f", {segments} segments")
+    return [(label, errors(functools.partial(linear_attention, impl=impl, segments=segments),
+                           functools.partial(linear_attention, impl="chunked"),
+                           args, diff, g, ("log_decay",)))]
 
 
 def run_selective_scan(shape):
@@ -179,6 +191,8 @@ SHAPES = {
     "linear_attention headdecay": ([(4, 2048, 16, 128)], (1, 100, 2, 16)),
     "linear_attention keydecay": ([(2, 1024, 4, 64)], (1, 100, 2, 16)),
     "linear_attention keydecay split": ([(2, 1024, 4, 64)], (1, 100, 2, 16)),
+    "linear_attention headdecay segments": ([(2, 32768, 4, 64)], (1, 512, 2, 64)),
+    "linear_attention keydecay split segments": ([(4, 2048, 16, 128)], (1, 512, 2, 64)),
     "selective_scan": ([(4, 2048, 1024, 16)], (1, 100, 8, 4)),
     "linear_recurrence": ([(8, 4096, 2048)], (1, 100, 8)),
 }
@@ -189,6 +203,10 @@ RUNS = {
     "linear_attention headdecay": lambda shape, peers: run_linear_attention(shape, "head"),
     "linear_attention keydecay": lambda shape, peers: run_linear_attention(shape, "key"),
     "linear_attention keydecay split": lambda shape, peers: run_linear_attention(
+        shape, "key", "pallas_split"),
+    "linear_attention headdecay segments": lambda shape, peers: run_segments(
+        shape, "head", "pallas"),
+    "linear_attention keydecay split segments": lambda shape, peers: run_segments(
         shape, "key", "pallas_split"),
     "selective_scan": lambda shape, peers: run_selective_scan(shape),
     "linear_recurrence": lambda shape, peers: run_recurrence(shape),
