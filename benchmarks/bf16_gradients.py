@@ -1,6 +1,6 @@
 """bf16 accuracy of every Pallas kernel, output and each gradient apart, against float32.
 
-    python benchmarks/bf16_gradients.py [--quick] [--only ssd,quasiseparable,...]
+    python benchmarks/bf16_gradients.py [--quick] [--only ssd,quasiseparable,...] [--rounded]
 
 For every kernel: inputs drawn in float32, rounded to bf16; the kernel (``impl="pallas"``; for
 "keydecay split" linear attention's ``impl="pallas_split"``; the "segments" rows with and without
@@ -34,10 +34,18 @@ def rel(got, ref) -> float:
     return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
+ROUNDED = []  # ``--rounded``: score against the reference rounded to each result's dtype
+
+
 def errors(fn, ref_fn, args: dict, diff: tuple[str, ...], g, f32=()) -> dict[str, float]:
     """Relative errors of ``fn`` on ``args`` rounded to bf16 (but those named in ``f32``: step
     sizes and decays, which the layers pass in float32) against ``ref_fn`` on the same values
-    in float32: the output ``y`` and ``d<name>`` for every name in ``diff``."""
+    in float32: the output ``y`` and ``d<name>`` for every name in ``diff``. With ``ROUNDED``
+    the cotangent ``g`` holds bf16 values (a bf16 output's cotangent is rounded to bf16 on its
+    way in) and the reference is rounded to each result's dtype: a correctly rounded result
+    scores 0, so what is left is the rounding inside the kernel."""
+    if ROUNDED:
+        g = g.astype(BF16).astype(jnp.float32)
     def value_and_grads(f, a, g):  # every array an argument: none is folded as a constant
         def loss(d):
             y = f(**{**a, **d})
@@ -49,8 +57,13 @@ def errors(fn, ref_fn, args: dict, diff: tuple[str, ...], g, f32=()) -> dict[str
     up = {n: (x.astype(jnp.float32) if x.dtype == BF16 else x) for n, x in low.items()}
     y, grads = jax.jit(functools.partial(value_and_grads, fn))(low, g)
     y_ref, grads_ref = jax.jit(functools.partial(value_and_grads, ref_fn))(up, g)
-    out = {"y": rel(y.astype(jnp.float32), y_ref)}
-    out.update({f"d{n}": rel(grads[n].astype(jnp.float32), grads_ref[n]) for n in diff})
+    def score(got, ref):
+        if ROUNDED:
+            ref = ref.astype(got.dtype)
+        return rel(got.astype(jnp.float32), ref.astype(jnp.float32))
+
+    out = {"y": score(y, y_ref)}
+    out.update({f"d{n}": score(grads[n], grads_ref[n]) for n in diff})
     return out
 
 
@@ -218,7 +231,11 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", help="comma-separated kernel names (prefixes)")
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--rounded", action="store_true",
+                        help="against the float32 reference rounded to each result's dtype")
     args = parser.parse_args(argv)
+    if args.rounded:
+        ROUNDED.append(True)
     print(f"# {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
     for name, (shapes, quick) in SHAPES.items():
         if args.only and not any(name.startswith(o) for o in args.only.split(",")):
