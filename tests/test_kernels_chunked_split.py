@@ -191,6 +191,34 @@ def test_split_with_every_scores_kernel_matches_the_xla_op_float32():
                       values_and_grads(xla, args, cotangent), F32_TOL)
 
 
+def test_split_at_a_given_launch_matches_the_xla_op_float32(monkeypatch):
+    """``linear_attention_kernel(tiling=...)``: the inter-chunk kernel runs at the launch asked
+    for (chunks of 32, value blocks of 16: two of them at d 32, two stages), the intra-chunk
+    terms at its chunk; o, S_T and every gradient apart equal ``impl="chunked"``'s, T = 77."""
+    args, cotangent = inputs("key", 77, d=32)
+    launched = []
+
+    def recorded(*a, tiling, extra, **kw):
+        launched.append((tiling, extra.chunk))
+        return gated_linear_attention(*a, tiling=tiling, extra=extra, **kw)
+
+    monkeypatch.setattr(pallas_gpu_split, "gated_linear_attention", recorded)
+    asked = Tiling(chunk=32, block_v=16, num_stages=2)
+
+    def split(q, k, v, g, s0):
+        return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=32**-0.5,
+                                                        initial_state=s0, chunk_size=64,
+                                                        tiling=asked)
+
+    def xla(q, k, v, g, s0):
+        return linear_attention(q, k, v, log_decay=g, initial_state=s0, chunk_size=64,
+                                return_final_state=True, impl="chunked")
+
+    assert_each_close(values_and_grads(split, args, cotangent),
+                      values_and_grads(xla, args, cotangent), F32_TOL)
+    assert launched and all(t == asked and chunk == 32 for t, chunk in launched)
+
+
 # Per decay strength (log decays logsigmoid(x) / divisor; 16 is GLA's): largest relative L2 of
 # each bf16 gradient against the float32 op's rounded to bf16. Measured at (1, 128, 2, 32) with
 # the parts rounded to bf16 and summed in bf16 (before), and summed in float32, rounded once
