@@ -174,14 +174,20 @@ def test_split_with_every_scores_kernel_matches_the_xla_op_float32():
     """``linear_attention_kernel`` with the scores by the per-sub-chunk kernel (8 warps, stored
     diagonal) and their VJP by ``pallas_gpu_intra_bwd``: o, S_T and every gradient apart equal
     ``impl="chunked"``'s; T = 77, chunks of 64."""
-    args, cotangent = inputs("key", 77, d=16)
     tiling = pallas_gpu_intra.ScoresTiling(per_sub_chunk=True, stored_diagonal=True,
                                            num_warps=8, vjp_kernel=True)
+    assert_kernel_matches_xla(16, intra_kernel=tiling)
+
+
+def assert_kernel_matches_xla(d, **options):
+    """``linear_attention_kernel(..., **options)`` with chunks of 64 against ``impl="chunked"``
+    in float32: o, S_T and every gradient apart; per-key decays, T = 77, width ``d``."""
+    args, cotangent = inputs("key", 77, d=d)
 
     def split(q, k, v, g, s0):
-        return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=16**-0.5,
+        return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=d**-0.5,
                                                         initial_state=s0, chunk_size=64,
-                                                        intra_kernel=tiling)
+                                                        **options)
 
     def xla(q, k, v, g, s0):
         return linear_attention(q, k, v, log_decay=g, initial_state=s0, chunk_size=64,
@@ -195,7 +201,6 @@ def test_split_at_a_given_launch_matches_the_xla_op_float32(monkeypatch):
     """``linear_attention_kernel(tiling=...)``: the inter-chunk kernel runs at the launch asked
     for (chunks of 32, value blocks of 16: two of them at d 32, two stages), the intra-chunk
     terms at its chunk; o, S_T and every gradient apart equal ``impl="chunked"``'s, T = 77."""
-    args, cotangent = inputs("key", 77, d=32)
     launched = []
 
     def recorded(*a, tiling, extra, **kw):
@@ -204,18 +209,7 @@ def test_split_at_a_given_launch_matches_the_xla_op_float32(monkeypatch):
 
     monkeypatch.setattr(pallas_gpu_split, "gated_linear_attention", recorded)
     asked = Tiling(chunk=32, block_v=16, num_stages=2)
-
-    def split(q, k, v, g, s0):
-        return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=32**-0.5,
-                                                        initial_state=s0, chunk_size=64,
-                                                        tiling=asked)
-
-    def xla(q, k, v, g, s0):
-        return linear_attention(q, k, v, log_decay=g, initial_state=s0, chunk_size=64,
-                                return_final_state=True, impl="chunked")
-
-    assert_each_close(values_and_grads(split, args, cotangent),
-                      values_and_grads(xla, args, cotangent), F32_TOL)
+    assert_kernel_matches_xla(32, tiling=asked)
     assert launched and all(t == asked and chunk == 32 for t, chunk in launched)
 
 
