@@ -29,9 +29,9 @@ import jax
 
 from seqzoo.kernels.chunked_pass import TUNED, TUNED_PER_DIMENSION, Tiling
 
-# The split's inter-chunk pass (per-key decays, no intra-chunk terms): the fastest forward+backward
-# of the H100 sweep at (8, 2048, 4) and widths 128 and 128:256 (benchmarks/RESULTS.md), at both
-# widths (w 128: two stages a little faster still, w 256: slower)
+# The split's inter-chunk pass (per-key decays, no intra-chunk terms), from the H100 sweep at
+# (8, 2048, 4) (benchmarks/RESULTS.md): the fastest forward+backward at key width 128 and value
+# width 256, and within 9% of the fastest at 128 (two stages there; 28% slower at 256)
 INTER_PER_DIMENSION = Tiling(block_v=32, num_stages=1)
 
 # Compute capability -> the most dynamic shared memory one block may opt into (bytes).
