@@ -46,7 +46,9 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   shuffles); ``per sub-chunk`` (one program per (batch, chunk, head, sub-chunk): 4x the
   programs at C = 64, no register spills where the per-chunk launch spills at 255 registers),
   with 3 pipeline stages, with 8 warps, with the diagonal blocks stored column by column
-  (``stored_diagonal``: exp2, 98 instructions an iteration at 8 warps); and ``bwd recomputes
+  (``stored_diagonal``: exp2, 98 instructions an iteration at 8 warps), and that at 2 warps
+  and at 1 (fla autotunes its diagonal pass over 1, 2, 4 and 8 warps: a (16, dk) tile is
+  small, and a small program leaves room for more of them per multiprocessor); and ``bwd recomputes
   decays`` (XLA's and the last kernel's): the VJP's diagonal decays computed apart for dq and
   dk instead of one tensor shared with the forward (``recompute_decays=True``); ``VJP kernel``:
   dq and dk by ``pallas_gpu_intra_bwd`` (``vjp_kernel=True``), no XLA in the backward but
@@ -167,6 +169,12 @@ SCORES_VARIANTS = {
     "intra scores A (XLA, bwd recomputes decays)": dict(recompute_decays=True),
     "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, bwd recomputes "
     "decays)": dict(kernel=_FASTEST, recompute_decays=True),
+    "intra scores A (Pallas kernel, per sub-chunk, 2 warps, stored diagonal)": dict(
+        kernel=dataclasses.replace(_FASTEST, num_warps=2)),
+    "intra scores A (Pallas kernel, per sub-chunk, 1 warp, stored diagonal)": dict(
+        kernel=dataclasses.replace(_FASTEST, num_warps=1)),
+    "intra scores A (Pallas kernel, per sub-chunk, 2 warps, stored diagonal, VJP kernel)": dict(
+        kernel=dataclasses.replace(MEASURED, num_warps=2)),
     "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, VJP kernel)": dict(
         kernel=MEASURED),
 }
