@@ -34,7 +34,7 @@ def rel(got, ref) -> float:
     return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
-ROUNDED = []  # ``--rounded``: score against the reference rounded to each result's dtype
+ROUNDED = False  # ``--rounded``: score against the reference rounded to each result's dtype
 
 
 def errors(fn, ref_fn, args: dict, diff: tuple[str, ...], g, f32=()) -> dict[str, float]:
@@ -46,6 +46,7 @@ def errors(fn, ref_fn, args: dict, diff: tuple[str, ...], g, f32=()) -> dict[str
     scores 0, so what is left is the rounding inside the kernel."""
     if ROUNDED:
         g = g.astype(BF16).astype(jnp.float32)
+
     def value_and_grads(f, a, g):  # every array an argument: none is folded as a constant
         def loss(d):
             y = f(**{**a, **d})
@@ -57,6 +58,7 @@ def errors(fn, ref_fn, args: dict, diff: tuple[str, ...], g, f32=()) -> dict[str
     up = {n: (x.astype(jnp.float32) if x.dtype == BF16 else x) for n, x in low.items()}
     y, grads = jax.jit(functools.partial(value_and_grads, fn))(low, g)
     y_ref, grads_ref = jax.jit(functools.partial(value_and_grads, ref_fn))(up, g)
+
     def score(got, ref):
         if ROUNDED:
             ref = ref.astype(got.dtype)
@@ -234,8 +236,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rounded", action="store_true",
                         help="against the float32 reference rounded to each result's dtype")
     args = parser.parse_args(argv)
-    if args.rounded:
-        ROUNDED.append(True)
+    global ROUNDED
+    ROUNDED = args.rounded
     print(f"# {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
     for name, (shapes, quick) in SHAPES.items():
         if args.only and not any(name.startswith(o) for o in args.only.split(",")):
