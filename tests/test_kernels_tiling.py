@@ -61,11 +61,7 @@ def test_the_inter_chunk_model_agrees_with_the_compiler(measured):
     width, chunk, block_v, stages = measured
     tiling = Tiling(chunk=chunk, block_v=block_v, num_stages=stages)
     estimate = shared_memory_bytes(tiling, "key", 128, width, intra=False)
-    said = MEASURED_INTER[measured]
-    if said == "fits":
-        assert estimate <= H200
-    else:
-        assert said > H200 and estimate >= said
+    assert_predicted(estimate, MEASURED_INTER[measured])
 
 
 def test_the_split_takes_its_measured_launch_at_fla_widths():
@@ -82,11 +78,18 @@ def test_the_model_agrees_with_the_compiler(itemsize, measured):
     decay, width, chunk, block_v, stages = measured
     tiling = Tiling(chunk=chunk, block_v=block_v, num_stages=stages, slice=16)
     estimate = shared_memory_bytes(tiling, decay, width, width, itemsize=itemsize)
-    said = (MEASURED if itemsize == 2 else MEASURED_FLOAT32)[measured]
+    assert_predicted(estimate, (MEASURED if itemsize == 2 else MEASURED_FLOAT32)[measured],
+                     slack=0.99)
+
+
+def assert_predicted(estimate, said, slack=1.0):
+    """The model's ``estimate`` agrees with the compiler's verdict ``said`` on an H200 / H100:
+    within the limit where it compiled ("fits"), else at least ``slack`` times the bytes it
+    asked for (which exceed the limit)."""
     if said == "fits":
         assert estimate <= H200
     else:
-        assert said > H200 and estimate >= 0.99 * said
+        assert said > H200 and estimate >= slack * said
 
 
 def test_float32_per_key_decays_take_a_smaller_tiling_than_bf16():

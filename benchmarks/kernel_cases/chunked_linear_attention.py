@@ -144,18 +144,13 @@ def _attention_floor(shape, kind, mode) -> float:
     return floor_ms(tensors, flops)
 
 
-def _split_with_scores_kernel(q, k, v, g):
-    """``impl="pallas_split"`` with the intra-chunk scores' first launch (one program per chunk,
-    XLA's VJP)."""
-    return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=q.shape[-1] ** -0.5,
-                                                    chunk_size=64, intra_kernel=True)[0]
-
-
-def _split_at(tiling):
-    """``impl="pallas_split"`` with its inter-chunk kernel at ``tiling``."""
+def _split_with(**options):
+    """``impl="pallas_split"`` with ``pallas_gpu_split.linear_attention_kernel``'s ``options``:
+    ``intra_kernel=True`` (the intra-chunk scores' first launch: one program per chunk, XLA's
+    VJP) or ``tiling=`` (its inter-chunk kernel at another launch)."""
     def split(q, k, v, g):
         return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=q.shape[-1] ** -0.5,
-                                                        chunk_size=64, tiling=tiling)[0]
+                                                        chunk_size=64, **options)[0]
     return split
 
 
@@ -176,10 +171,10 @@ def attention_case(shape, kind, mode, *, with_xla=True, split_launches=False) ->
     variants["pallas"] = _jax_variant(op("pallas"), args, do, mode)
     if kind == "key":
         variants["pallas_split"] = _jax_variant(op("pallas_split"), args, do, mode)
-        variants["pallas_split A kernel"] = _jax_variant(_split_with_scores_kernel, args, do,
-                                                         mode)
+        variants["pallas_split A kernel"] = _jax_variant(_split_with(intra_kernel=True), args,
+                                                         do, mode)
     for name, tiling in SPLIT_LAUNCHES.items() if split_launches else ():
-        variants[name] = _jax_variant(_split_at(tiling), args, do, mode)
+        variants[name] = _jax_variant(_split_with(tiling=tiling), args, do, mode)
     fla = fla_variants(kind, mode, q, k, v, g, do)
     variants.update(fla)
     b, t, h, dk, dv = _dims(shape)
