@@ -39,8 +39,8 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   (``kernel=True``: ``pallas_gpu_intra.py``, what ``intra_kernel=True`` runs; sub-chunk pairs
   below the diagonal as matmuls through the reference rows, the diagonal blocks column by
   column), its forward beside XLA's; fwd+bwd adds XLA's VJP (the kernel has none). Not one of
-  the split's parts (the op's own for float32; for bf16 the op runs the last variant's kernels,
-  ``pallas_gpu_intra.MEASURED``). Its other launches (``SCORES_VARIANTS``,
+  the split's parts (the op's own for float32; for bf16 the op runs ``pallas_gpu_intra.MEASURED``,
+  the row "2 warps, stored diagonal, VJP kernel"). Its other launches (``SCORES_VARIANTS``,
   ``pallas_gpu_intra.ScoresTiling``), a row each: 8 warps (the diagonal blocks' column loop in
   ptxas: 169 instructions an iteration, 4 shuffles, where 4 warps take 431 to 455, 82
   shuffles); ``per sub-chunk`` (one program per (batch, chunk, head, sub-chunk): 4x the
@@ -52,7 +52,7 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   decays`` (XLA's and the last kernel's): the VJP's diagonal decays computed apart for dq and
   dk instead of one tensor shared with the forward (``recompute_decays=True``); ``VJP kernel``:
   dq and dk by ``pallas_gpu_intra_bwd`` (``vjp_kernel=True``), no XLA in the backward but
-  ``dG = q dq - k dk``;
+  ``dG = q dq - k dk``, at 2 warps (``MEASURED``), 8 and 1;
 - ``intra A v``: ``o_intra = A v`` per chunk (``intra_chunk.intra_chunk_outputs``, bf16
   operands, float32 result; its VJP ``dA = do v^T``, ``dv = A^T do``);
 - ``intra terms (scores + A v)``: the two as the split runs them
@@ -60,7 +60,7 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
 - ``pallas_split (whole op)``: ``linear_attention(..., impl="pallas_split")``: the cumsum, the
   kernel, the intra terms summed once in float32 (``o = round(o_inter + o_intra)``), one custom
   VJP; for bf16 its scores and their VJP by the kernels (``pallas_gpu_intra.MEASURED``: the
-  per-sub-chunk kernel, 8 warps, stored diagonal, the VJP by ``pallas_gpu_intra_bwd``);
+  per-sub-chunk kernel, 2 warps, stored diagonal, the VJP by ``pallas_gpu_intra_bwd``);
   ``sum of the split's parts``: cumsum + kernel + XLA's scores + A v (XLA fuses across parts in
   the whole op, and the whole rounds once: the sum is not the whole's time);
 - ``pallas_split (whole op, XLA scores)``: ``pallas_gpu_split.linear_attention_kernel`` with
@@ -154,7 +154,7 @@ def gla_inputs(shape, dtype=jnp.bfloat16):
 
 
 # The scores' other variants, a row each: ``intra_chunk.intra_chunk_scores``'s keyword arguments
-_FASTEST = dataclasses.replace(MEASURED, vjp_kernel=False)  # the split's bf16 launch, XLA's VJP
+_STORED = ScoresTiling(per_sub_chunk=True, stored_diagonal=True)  # XLA's VJP
 SCORES_VARIANTS = {
     "intra scores A (Pallas kernel)": dict(kernel=True),
     "intra scores A (Pallas kernel, 8 warps)": dict(kernel=ScoresTiling(num_warps=8)),
@@ -165,18 +165,20 @@ SCORES_VARIANTS = {
     "intra scores A (Pallas kernel, per sub-chunk, 8 warps)": dict(
         kernel=ScoresTiling(per_sub_chunk=True, num_warps=8)),
     "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal)": dict(
-        kernel=_FASTEST),
+        kernel=dataclasses.replace(_STORED, num_warps=8)),
     "intra scores A (XLA, bwd recomputes decays)": dict(recompute_decays=True),
     "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, bwd recomputes "
-    "decays)": dict(kernel=_FASTEST, recompute_decays=True),
+    "decays)": dict(kernel=dataclasses.replace(_STORED, num_warps=8), recompute_decays=True),
     "intra scores A (Pallas kernel, per sub-chunk, 2 warps, stored diagonal)": dict(
-        kernel=dataclasses.replace(_FASTEST, num_warps=2)),
+        kernel=dataclasses.replace(_STORED, num_warps=2)),
     "intra scores A (Pallas kernel, per sub-chunk, 1 warp, stored diagonal)": dict(
-        kernel=dataclasses.replace(_FASTEST, num_warps=1)),
+        kernel=dataclasses.replace(_STORED, num_warps=1)),
     "intra scores A (Pallas kernel, per sub-chunk, 2 warps, stored diagonal, VJP kernel)": dict(
-        kernel=dataclasses.replace(MEASURED, num_warps=2)),
-    "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, VJP kernel)": dict(
         kernel=MEASURED),
+    "intra scores A (Pallas kernel, per sub-chunk, 8 warps, stored diagonal, VJP kernel)": dict(
+        kernel=dataclasses.replace(MEASURED, num_warps=8)),
+    "intra scores A (Pallas kernel, per sub-chunk, 1 warp, stored diagonal, VJP kernel)": dict(
+        kernel=dataclasses.replace(MEASURED, num_warps=1)),
 }
 # The inter-chunk kernel at other launches, a row each: ``Tiling`` fields replaced in the split's.
 # The split's launch (value blocks of 32) runs B * H * (D / 32) = 256 programs at

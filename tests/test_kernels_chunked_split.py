@@ -171,12 +171,10 @@ def test_split_op_matches_the_xla_op_float32(decay):
 
 
 def test_split_with_every_scores_kernel_matches_the_xla_op_float32():
-    """``linear_attention_kernel`` with the scores by the per-sub-chunk kernel (8 warps, stored
-    diagonal) and their VJP by ``pallas_gpu_intra_bwd``: o, S_T and every gradient apart equal
-    ``impl="chunked"``'s; T = 77, chunks of 64."""
-    tiling = pallas_gpu_intra.ScoresTiling(per_sub_chunk=True, stored_diagonal=True,
-                                           num_warps=8, vjp_kernel=True)
-    assert_kernel_matches_xla(16, intra_kernel=tiling)
+    """``linear_attention_kernel`` with the scores by ``pallas_gpu_intra.MEASURED`` (the
+    per-sub-chunk kernel, stored diagonal) and their VJP by ``pallas_gpu_intra_bwd``: o, S_T and
+    every gradient apart equal ``impl="chunked"``'s; T = 77, chunks of 64."""
+    assert_kernel_matches_xla(16, intra_kernel=pallas_gpu_intra.MEASURED)
 
 
 def assert_kernel_matches_xla(d, **options):

@@ -217,10 +217,9 @@ class ScoresTiling:
 
 
 # The split's scores for 16-bit inputs (``pallas_gpu_split.linear_attention_kernel``'s default):
-# per sub-chunk, 8 warps, stored diagonal, the VJP kernel. At (4, 2048, 16, 128) bf16 on an H100
-# the scores took 0.607 / 1.641 ms (fwd / fwd+bwd) against XLA's 1.000 / 2.335, and the whole
-# op 0.999 / 3.421 against 1.648 / 4.433 (benchmarks/RESULTS.md, "The scores' launches timed").
-MEASURED = ScoresTiling(per_sub_chunk=True, stored_diagonal=True, vjp_kernel=True, num_warps=8)
+# per sub-chunk, 2 warps, stored diagonal, the VJP kernel; measured against XLA's scores and the
+# kernel's other launches in benchmarks/RESULTS.md, "The scores kernel at 2 warps".
+MEASURED = ScoresTiling(per_sub_chunk=True, stored_diagonal=True, vjp_kernel=True, num_warps=2)
 
 
 def intra_chunk_scores(q: Array, k: Array, cum: Array, *, sub: int, dtype,

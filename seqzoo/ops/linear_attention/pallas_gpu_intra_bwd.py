@@ -28,8 +28,9 @@ diagonal blocks (XLA's VJP forms the diagonal decays once, ``C sub dk``, and sha
 between dq, dk and the forward through memory). At GLA's (4, 2048, 16, 128) bf16: 8192
 programs; ptxas (sm_90a, Triton 3.5 on the IR jax 0.10 lowers) gives 122 registers at 8 warps,
 no spills (4 warps: 128, 4 bytes spilled), the diagonal loop 312 SASS instructions an
-iteration at 8 warps: ~330 M warp-instructions over the grid. Untimed on a GPU so far
-(``benchmarks/gla_phases.py``'s row "... VJP kernel").
+iteration at 8 warps: ~330 M warp-instructions over the grid. Timed by
+``benchmarks/gla_phases.py``'s rows "... VJP kernel" (the op's default launch,
+``pallas_gpu_intra.MEASURED``, runs it at 2 warps).
 """
 
 from __future__ import annotations
