@@ -24,13 +24,18 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   (``chunked_vjp._chunk_cumsum``, what the split's custom VJP computes first);
 - ``inter-chunk kernel``: the pairs in different chunks, ``o_inter_i = scale (q_i * exp(G_i))
   S_{n-1}`` for i in chunk n, ``S_n = diag(exp(G_C)) S_{n-1} + sum_j (k_j * exp(G_C - G_j))
-  v_j^T``: ``pallas_gpu.gated_linear_attention(intra=False)`` at the split's tiling
-  (``pallas_gpu_split.kernel_tiling``), its ``o_inter`` written in float32 as the split has it
+  v_j^T``: ``pallas_gpu.gated_linear_attention(intra=False)`` at the split's tilings
+  (``pallas_gpu_split.kernel_tiling``, the forward at ``forward_tiling``'s where it has its
+  own), its ``o_inter`` written in float32 as the split has it
   (an ``extra`` of zeros); fwd+bwd adds the three backward passes (dq, dv, dk) and the decays'
   chunk-local identity;
-- ``inter-chunk kernel (intra=False, ...)``: the same at other launches (``INTER_VARIANTS``:
-  value blocks of 64, the launch before ``chunked_tiling.INTER_PER_DIMENSION``; 8 warps; two
-  stages);
+- ``inter-chunk kernel (intra=False, states pass + outputs)``: its forward as a states pass
+  and a chunk-parallel output pass (``chunked_states.states_then_outputs``, fla's structure;
+  the split's ``states_forward=True``);
+- ``inter-chunk kernel (intra=False, ...)``: the same with every pass at one launch
+  (``INTER_VARIANTS``: the backward's, ``chunked_tiling.INTER_PER_DIMENSION``, the split's
+  launch until its forward took its own; with value blocks of 64, the launch before that; 8
+  warps; two stages);
 - ``intra scores``: ``A_ij = scale sum_d q_id k_jd exp(G_id - G_jd)`` for ``j <= i`` in one chunk
   (``intra_chunk.intra_chunk_scores``, XLA: sub-chunks of 16 rows through a reference row, the
   diagonal blocks exactly; its own VJP, to q, k and G), on float32 copies of q, k holding bf16
@@ -109,6 +114,7 @@ from kernel_cases.chunked_linear_attention import attention_inputs  # noqa: E402
 from kernel_harness import jax_gradients, median_ms, torch_variant  # noqa: E402
 
 from seqzoo.kernels import chunked_vjp  # noqa: E402
+from seqzoo.kernels.chunked_states import states_then_outputs  # noqa: E402
 from seqzoo.kernels.chunked_tiling import padded_width  # noqa: E402
 from seqzoo.ops.linear_attention import intra_chunk, linear_attention, pallas_gpu_split  # noqa: E402
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention  # noqa: E402
@@ -187,6 +193,9 @@ SCORES_VARIANTS = {
 # against 0.440 ms at blocks of 64) or two stages (three asked for more shared memory than an
 # H100 has) hide more of one program's latency instead.
 INTER_VARIANTS = {
+    "inter-chunk kernel (intra=False, states pass + outputs)": dict(
+        forward_run=states_then_outputs),
+    "inter-chunk kernel (intra=False, one launch)": {},
     "inter-chunk kernel (intra=False, block_v 64)": dict(block_v=64),
     "inter-chunk kernel (intra=False, 8 warps)": dict(num_warps=8),
     "inter-chunk kernel (intra=False, 2 stages)": dict(num_stages=2),
@@ -222,16 +231,21 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
     cum = jax.jit(cumsum)(g)  # (1, B, T, H, D) float32, as the split's custom VJP has it
     add("chunk-local cumsum", cumsum, (g,), cos_cotangent(cum.shape))
 
-    def inter_with(launch):
+    def inter_with(launch, forward=None, forward_run=None):
         def inter(q, k, v, g):
             lead = [a[None] for a in (q, k, v, g)]
             return gated_linear_attention(*lead, None, None, scale=scale, tiling=launch,
-                                          intra=False, extra=_zero_terms)[0][0]
+                                          intra=False, extra=_zero_terms,
+                                          forward_tiling=forward, forward_run=forward_run)[0][0]
         return inter
 
-    add("inter-chunk kernel (intra=False)", inter_with(tiling), (q, k, v, g), o_ct)
+    forward = pallas_gpu_split.forward_tiling(q, k, v, g)
+    add("inter-chunk kernel (intra=False)", inter_with(tiling, forward), (q, k, v, g), o_ct)
     for name, fields in INTER_VARIANTS.items():
-        add(name, inter_with(dataclasses.replace(tiling, **fields)), (q, k, v, g), o_ct)
+        run = fields.get("forward_run")
+        launch = dataclasses.replace(
+            tiling, **{f: x for f, x in fields.items() if f != "forward_run"})
+        add(name, inter_with(launch, forward if run else None, run), (q, k, v, g), o_ct)
 
     # The intra terms' inputs as the split hands them over: float32 copies holding dtype's values
     qf, kf, vf = (a.astype(F32) for a in (q, k, v))

@@ -1,16 +1,17 @@
 """Check then time every Pallas kernel against its XLA path and outside baselines.
 
     python benchmarks/kernels.py [--only NAME[,NAME]] [--match TEXT] [--variants TEXT]
-                                 [--quick] [--repeats 7] [--calls 10]
+                                 [--no-baseline] [--quick] [--repeats 7] [--calls 10]
     seqzoo bench kernels [...]
 
 Runs the cases of every module in benchmarks/kernel_cases/ (``--only`` picks modules by name,
 ``--match`` cases whose "kernel shape" contains one of the comma-separated TEXTs, e.g.
 ``"linear_attention key fwd B4"``; ``--variants`` the variants whose name contains one of its
-comma-separated TEXTs, the first of them the reference the others are checked against, plus the
-case's baseline), compiles only what was picked, each case's variants in parallel before they are
-timed (``parallel_compile.py``), prints one line per variant as it goes, then a markdown table
-(the one quoted in benchmarks/RESULTS.md). ``--quick`` uses small shapes: on a CPU it exercises
+comma-separated TEXTs or equals one written ``=NAME``, the first of them the reference the others
+are checked against, plus the case's baseline unless ``--no-baseline``), compiles only what was
+picked, each case's variants in parallel before they are timed (``parallel_compile.py``),
+prints one line per variant as it goes, then a markdown table (the one quoted in
+benchmarks/RESULTS.md). ``--quick`` uses small shapes: on a CPU it exercises
 the kernels in Pallas interpret mode and checks their agreement; its times are no claim. Exit
 status 1 if any variant disagrees with its reference beyond the case's tolerance.
 """
@@ -44,19 +45,27 @@ def _texts(arg: str | None) -> list[str] | None:
     return None if arg is None else arg.split(",")
 
 
-def picked(cases: list[Case], match: list[str] | None, variants: list[str] | None) -> list[Case]:
+def _named(name: str, texts: list[str]) -> bool:
+    """Whether ``name`` contains one of ``texts``, or equals one written ``=NAME``."""
+    return any(name == t[1:] if t.startswith("=") else t in name for t in texts)
+
+
+def picked(cases: list[Case], match: list[str] | None, variants: list[str] | None,
+           baseline: bool = True) -> list[Case]:
     """The cases whose "kernel shape" contains one of ``match``'s texts (every case when None),
-    each cut to the variants whose name contains one of ``variants``' texts (every variant when
-    None; the first kept is the reference) plus its baseline; a case left without a variant is
-    dropped."""
+    each cut to the variants ``variants`` names (``_named``; every variant when None; the first
+    kept is the reference) plus its baseline unless ``baseline`` is False (then a baseline not
+    named has no column to divide by); a case left without a variant is dropped."""
     out = []
     for case in cases:
         if match is not None and not any(t in f"{case.kernel} {case.shape}" for t in match):
             continue
         kept = {name: fn for name, fn in case.variants.items()
-                if variants is None or name == case.baseline or any(t in name for t in variants)}
+                if variants is None or (baseline and name == case.baseline)
+                or _named(name, variants)}
         if kept:
-            out.append(dataclasses.replace(case, variants=kept))
+            base = case.baseline if case.baseline in kept else None
+            out.append(dataclasses.replace(case, variants=kept, baseline=base))
     return out
 
 
@@ -67,7 +76,11 @@ def main(argv=None) -> int:
     parser.add_argument("--match", help="only cases whose 'kernel shape' contains one of these "
                         "comma-separated texts")
     parser.add_argument("--variants", help="only variants whose name contains one of these "
-                        "comma-separated texts (and each case's baseline)")
+                        "comma-separated texts, or is one written =NAME (and each case's "
+                        "baseline)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="with --variants: drop each case's baseline unless named (an "
+                        "outside peer whose first call autotunes for minutes)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--calls", type=int, default=10, help="back-to-back calls per timing")
     args = parser.parse_args(argv)
@@ -75,7 +88,8 @@ def main(argv=None) -> int:
     print(f"# {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
     rows = []
     for module in case_modules(args.only.split(",") if args.only else None):
-        for case in picked(module.cases(args.quick), _texts(args.match), _texts(args.variants)):
+        for case in picked(module.cases(args.quick), _texts(args.match), _texts(args.variants),
+                           baseline=not args.no_baseline):
             precompile([case])
             case_rows = run_case(case, repeats=args.repeats, calls=args.calls)
             for r in case_rows:

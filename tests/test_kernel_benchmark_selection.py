@@ -47,6 +47,18 @@ def test_variants_keep_the_baseline_and_the_first_kept_is_the_reference():
     assert list(CASES[0].variants) == ["xla", "pallas", "pallas w16", "fla x"]  # not mutated
 
 
+def test_exact_names_and_no_baseline():
+    """``=NAME`` keeps that variant only (not every name containing it); without the baseline
+    the case has none to divide by, unless it is named."""
+    got = kernels.picked(CASES, ["scan fwd B4"], ["=pallas"], baseline=False)
+    assert [list(c.variants) for c in got] == [["pallas"]] and got[0].baseline is None
+    got = kernels.picked(CASES, ["scan fwd B4"], ["=pallas", "w16"])
+    assert list(got[0].variants) == ["pallas", "pallas w16", "fla x"]
+    assert got[0].baseline == "fla x"
+    got = kernels.picked(CASES, ["scan fwd B4"], ["fla"], baseline=False)
+    assert got[0].baseline == "fla x"
+
+
 def test_a_case_left_without_variants_is_dropped():
     case = _case("scan fwd", "B4", ["xla", "pallas"])  # no baseline
     assert kernels.picked([case], None, ["w64"]) == []

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from gpu_lowering import dot_precisions, triton_modules
 
-from seqzoo.kernels import launch
-from seqzoo.kernels.chunked_pass import Tiling
+from seqzoo.kernels import chunked_tiling, launch
+from seqzoo.kernels.chunked_pass import Tiling, chunked_pass
 from seqzoo.ops.dispatch import resolve
 from seqzoo.ops.linear_attention import (
     intra_chunk,
     linear_attention,
+    pallas_gpu,
     pallas_gpu_intra,
     pallas_gpu_intra_bwd,
     pallas_gpu_split,
@@ -209,6 +210,66 @@ def test_split_at_a_given_launch_matches_the_xla_op_float32(monkeypatch):
     asked = Tiling(chunk=32, block_v=16, num_stages=2)
     assert_kernel_matches_xla(32, tiling=asked)
     assert launched and all(t == asked and chunk == 32 for t, chunk in launched)
+
+
+def test_split_on_the_states_forward_matches_the_xla_op_float32():
+    """``linear_attention_kernel(states_forward=True)``: the inter-chunk forward as a states
+    pass and a chunk-parallel output (``seqzoo.kernels.chunked_states``); o, S_T and every
+    gradient apart equal ``impl="chunked"``'s; T = 77, chunks of 64, width 32."""
+    assert_kernel_matches_xla(32, states_forward=True)
+
+
+def test_split_forward_takes_its_own_launch_for_bf16_per_key_decays(monkeypatch):
+    """bf16 per-key decays: the inter-chunk kernel's forward at ``INTER_FORWARD`` (value blocks
+    of 64, two stages), its backward passes at ``kernel_tiling``'s; float32, scalar decays and
+    a launch asked for run every pass at one tiling."""
+    launched = []
+
+    def recorded(*a, forward_tiling, **kw):
+        launched.append(forward_tiling)
+        return gated_linear_attention(*a, forward_tiling=forward_tiling, **kw)
+
+    monkeypatch.setattr(pallas_gpu_split, "gated_linear_attention", recorded)
+    x = jnp.ones((1, 32, 2, 32), jnp.bfloat16)
+    key, head = -jnp.ones((1, 32, 2, 32), jnp.float32), -jnp.ones((1, 32, 2), jnp.float32)
+    for q, g, tiling in ((x, key, None), (x.astype(jnp.float32), key, None), (x, head, None),
+                         (x, key, Tiling(block_v=16, num_stages=1))):
+        pallas_gpu_split.linear_attention_kernel(q, q, q, g, scale=0.2, tiling=tiling)
+    assert launched == [chunked_tiling.INTER_FORWARD, None, None, None]
+
+
+@pytest.mark.parametrize("dv", [64, 48], ids=["blocks-of-64", "width-48-blocks-of-16"])
+def test_separate_forward_launch_changes_no_value_or_gradient_float32(dv, monkeypatch):
+    """The inter-chunk pass with its forward at ``INTER_FORWARD`` and its backward at value
+    blocks of 16 against every pass at blocks of 16: o, S_T and every gradient apart equal in
+    float32 (a launch changes rounding only), the forward launched at two stages and the three
+    backward passes at one. At dv 48 the padded width (48) is not a multiple of 64: the
+    forward keeps the backward's block (``pallas_gpu.forward_launch``)."""
+    launches = []
+
+    def recorded(*a, tiling, **kw):
+        launches.append((tiling.block_v, tiling.num_stages))
+        return chunked_pass(*a, tiling=tiling, **kw)
+
+    monkeypatch.setattr(pallas_gpu, "chunked_pass", recorded)
+    args, cotangent = inputs("key", 77, d=16)
+    rng = np.random.default_rng(1)
+    args["v"] = jnp.asarray(rng.standard_normal((1, 77, 2, dv), np.float32))
+    args["s0"] = jnp.asarray(rng.standard_normal((1, 2, 16, dv), np.float32))
+    cotangent = jnp.asarray(rng.standard_normal((1, 77, 2, dv), np.float32))
+    backward = Tiling(block_v=16, num_stages=1)
+
+    def inter(forward_tiling):
+        def fn(q, k, v, g, s0):
+            o, final = gated_linear_attention(q[None], k[None], v[None], g[None], None, s0[None],
+                                              scale=0.25, tiling=backward, intra=False,
+                                              forward_tiling=forward_tiling)
+            return o[0], final[0]
+        return fn
+
+    separate = values_and_grads(inter(chunked_tiling.INTER_FORWARD), args, cotangent)
+    assert launches == [(64 if dv == 64 else 16, 2)] + [(16, 1)] * 3
+    assert_each_close(separate, values_and_grads(inter(None), args, cotangent), F32_TOL)
 
 
 # Per decay strength (log decays logsigmoid(x) / divisor; 16 is GLA's): largest relative L2 of

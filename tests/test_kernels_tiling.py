@@ -14,7 +14,9 @@ from seqzoo.kernels.chunked_pass import Tiling
 from seqzoo.kernels.chunked_tiling import (
     CANDIDATES,
     DEVICE_LIMITS,
+    INTER_FORWARD,
     INTER_PER_DIMENSION,
+    resolve_inter_forward,
     resolve_tiling,
     shared_memory_bytes,
 )
@@ -70,6 +72,18 @@ def test_the_split_takes_its_measured_launch_at_fla_widths():
     for widths in ((128, 128), (128, 256)):
         tiling, _ = resolve_tiling("key", *widths, H200, intra=False)
         assert tiling == INTER_PER_DIMENSION and tiling.chunk == 64
+
+
+def test_the_split_forward_takes_its_own_launch_where_it_fits():
+    """The forward's launch (value blocks of 64, two stages: compiled at both widths on an
+    H100) at fla's widths in bf16; not on an A100's shared memory at value width 256, nor for
+    float32 operands (untimed there): then the forward runs at the backward's launch."""
+    assert (INTER_FORWARD.chunk, INTER_FORWARD.block_v, INTER_FORWARD.num_stages) == (64, 64, 2)
+    for widths in ((128, 128), (128, 256)):
+        assert resolve_inter_forward(*widths, H200) == INTER_FORWARD
+        assert resolve_inter_forward(*widths, H200, itemsize=4) is None
+    assert resolve_inter_forward(128, 256, DEVICE_LIMITS["8.0"]) is None
+    assert resolve_inter_forward(128, 256, None) == INTER_FORWARD  # interpret mode: no limit
 
 
 @pytest.mark.parametrize("itemsize, measured",

@@ -5,13 +5,15 @@ Shapes (B, T, H, D); GLA also at fla's layer shape (B, T, H, dk, dv) = ``GLA_LAY
 
 Variants: ``xla`` (the op's XLA path), ``pallas`` (``impl="pallas"``), for per-key decays
 ``pallas_split`` (``impl="pallas_split"``: the kernel's inter-chunk pass + the intra-chunk scores,
-for 16-bit inputs by their Pallas kernels ``pallas_gpu_intra.MEASURED``, issue 24) and
+for 16-bit inputs by their Pallas kernels ``pallas_gpu_intra.MEASURED``, issue 24),
 ``pallas_split A kernel`` (the same with the scores' first launch: one program per chunk, XLA's
-VJP), at ``GLA_LAYER`` the split's inter-chunk kernel at other launches (``SPLIT_LAUNCHES``)
-and, when importable, flash-linear-attention 0.6.0's Triton kernels on the same inputs as torch
-tensors (layout (B, T, H, D) for both): ``chunk_linear_attn`` (no decay,
-``normalize=False``), ``chunk_simple_gla`` (a decay per head; its backward refuses to run on Hopper
-with triton 3.6, fla #640, reported as a failed variant, and is timed past that check as
+VJP), ``pallas_split states forward`` (its inter-chunk forward as a states pass and an output
+pass parallel over chunks, ``seqzoo.kernels.chunked_states``), at ``GLA_LAYER`` the split's
+inter-chunk kernel at other launches (``SPLIT_LAUNCHES``), and, when importable,
+flash-linear-attention 0.6.0's Triton kernels on the same inputs as torch tensors (layout
+(B, T, H, D) for both): ``chunk_linear_attn`` (no decay, ``normalize=False``),
+``chunk_simple_gla`` (a decay per head; its backward refuses to run on Hopper with triton 3.6,
+fla #640, reported as a failed variant, and is timed past that check as
 ``fla chunk_simple_gla #640 guard off``: ``fla_guard.py``) and ``chunk_gla`` (a decay per key).
 Forward, and forward+backward as the gradients of ``sum(o * do)`` w.r.t. q, k, v and the log
 decays. The floor is the larger of the memory floor (q, k, v, o, do, dq, dk, dv in bf16, log decays
@@ -61,10 +63,13 @@ SWEEP = {
     ("ssd", "fwd+bwd"): [(64, 16, 64, 4, 2, 32), (64, 16, 32, 4, 2, 32)],
 }
 QUICK_SWEEP = [(16, 16, 16, 4, 2, 16), (32, 16, 16, 4, 2, 16)]
-# The split's inter-chunk kernel at other launches than its own (``pallas_split``: chunk 64, value
-# blocks of 32, one stage, ``chunked_tiling.INTER_PER_DIMENSION``), by ``linear_attention_kernel``'s
-# ``tiling``, at fla's layer widths only (C: chunk, bv: value block, s: stages, w: warps)
+# The split's inter-chunk kernel at other launches than its own (``pallas_split``: the forward at
+# chunk 64, value blocks of 64, two stages, ``chunked_tiling.INTER_FORWARD``, the backward passes
+# at value blocks of 32, one stage, ``INTER_PER_DIMENSION``), by ``linear_attention_kernel``'s
+# ``tiling`` (every pass at it), at fla's layer widths only (C: chunk, bv: value block, s:
+# stages, w: warps)
 SPLIT_LAUNCHES = {
+    "pallas_split C64 bv32 s1": Tiling(chunk=64, block_v=32, num_stages=1),
     "pallas_split C64 bv64 s1": Tiling(chunk=64, num_stages=1),
     "pallas_split C64 bv64 s2": Tiling(chunk=64, num_stages=2),
     "pallas_split C64 bv32 s2": Tiling(chunk=64, block_v=32, num_stages=2),
@@ -147,7 +152,7 @@ def _attention_floor(shape, kind, mode) -> float:
 def _split_with(**options):
     """``impl="pallas_split"`` with ``pallas_gpu_split.linear_attention_kernel``'s ``options``:
     ``intra_kernel=True`` (the intra-chunk scores' first launch: one program per chunk, XLA's
-    VJP) or ``tiling=`` (its inter-chunk kernel at another launch)."""
+    VJP), ``tiling=`` (its inter-chunk kernel at another launch) or ``states_forward=True``."""
     def split(q, k, v, g):
         return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=q.shape[-1] ** -0.5,
                                                         chunk_size=64, **options)[0]
@@ -173,6 +178,8 @@ def attention_case(shape, kind, mode, *, with_xla=True, split_launches=False) ->
         variants["pallas_split"] = _jax_variant(op("pallas_split"), args, do, mode)
         variants["pallas_split A kernel"] = _jax_variant(_split_with(intra_kernel=True), args,
                                                          do, mode)
+        variants["pallas_split states forward"] = _jax_variant(
+            _split_with(states_forward=True), args, do, mode)
     for name, tiling in SPLIT_LAUNCHES.items() if split_launches else ():
         variants[name] = _jax_variant(_split_with(tiling=tiling), args, do, mode)
     fla = fla_variants(kind, mode, q, k, v, g, do)

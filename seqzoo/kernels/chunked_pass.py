@@ -145,12 +145,14 @@ class _Pass:
     boundaries: bool  # write the state at every chunk boundary ("sb")
     has_partner: bool  # dot the state at every boundary with a partner's ("pb" -> "dots")
     intra: bool  # pairs within a chunk too (False: only pairs in different chunks)
+    outputs: bool = True  # False: the states only (no q, no out)
 
 
 def _whole_chunk(spec: _Pass, refs: dict, rev, t0, state):
     """Scalar or no decay: the C x C block of scores at once. Writes the chunk, returns S."""
     c, dt, sp = spec.tiling.chunk, spec.operands, spec.split
-    q, k, v = (_rows(refs[n], t0, c) for n in "qkv")
+    k, v = (_rows(refs[n], t0, c) for n in "kv")
+    q = _rows(refs["q"], t0, c) if spec.outputs else None
     q_in = k_out = decay = None
     if spec.decay == "scalar":
         cum = _rows(refs["g"], t0, c)
@@ -161,12 +163,13 @@ def _whole_chunk(spec: _Pass, refs: dict, rev, t0, state):
     if spec.has_key_scale:
         key_scale = _rows(refs["ks"], t0, c)
         k_out = key_scale if k_out is None else k_out * key_scale
-    out = _scaled(_dot(q, state, dt, split=sp) * spec.scale, q_in)
-    if spec.intra:
-        out = out + _dot(_chunk_scores(spec, refs, rev, t0, q, k), v, dt, split=sp)
-    if spec.has_row_scale:
-        out = out * _rows(refs["rs"], t0, c)[:, None]
-    refs["o"][pl.ds(t0, c), :] = out.astype(refs["o"].dtype)
+    if spec.outputs:
+        out = _scaled(_dot(q, state, dt, split=sp) * spec.scale, q_in)
+        if spec.intra:
+            out = out + _dot(_chunk_scores(spec, refs, rev, t0, q, k), v, dt, split=sp)
+        if spec.has_row_scale:
+            out = out * _rows(refs["rs"], t0, c)[:, None]
+        refs["o"][pl.ds(t0, c), :] = out.astype(refs["o"].dtype)
     carried = state if decay is None else state * decay
     return carried + _dot(_scaled(k, k_out), v, dt, ta=True, split=sp)
 
@@ -229,7 +232,7 @@ def _sub_chunks(spec: _Pass, refs: dict, rev, t0, state):
     key = spec.decay == "key"
     last = _rows(refs["g"], t0 + c - 1, 1)
     key_scale = _rows(refs["ks"], t0, c) if spec.has_key_scale else None
-    for r in range(0, c, sub):
+    for r in range(0, c, sub) if spec.outputs else ():
         q = _rows(refs["q"], t0 + r, sub).astype(_F32)
         cum_i = _rows(refs["g"], t0 + r, sub)
         q_in = _pick(rev, jnp.exp(last - cum_i), jnp.exp(cum_i))
@@ -299,8 +302,8 @@ def _kernel(*refs, spec: _Pass, names: tuple[str, ...]):
     def step(i, state):
         m = _pick(rev, n - 1 - i, i)
         new = chunk_fn(spec, refs, rev, pl.multiple_of(m * c, c), state)
-        if spec.boundaries or spec.has_partner:
-            _at_boundary(refs, m, _pick(rev, state, new))
+        if spec.boundaries or spec.has_partner:  # states only: the state entering chunk m
+            _at_boundary(refs, m, _pick(rev, state, new) if spec.outputs else state)
         return new
 
     refs["sf"][...] = lax.fori_loop(0, n, step, state)
@@ -313,7 +316,7 @@ def _at_boundary(refs: dict, m, state: Array) -> None:
     dk = state.shape[0]
     rows = pl.ds(pl.multiple_of(m * dk, dk), dk)
     if "sb" in refs:
-        refs["sb"][rows, :] = state
+        refs["sb"][rows, :] = state.astype(refs["sb"].dtype)
     if "pb" in refs:
         refs["dots"][pl.ds(m, 1), :] = jnp.sum(refs["pb"][rows, :] * state, axis=0, keepdims=True)
 
@@ -358,7 +361,9 @@ def chunked_pass(
     partner: Array | None = None,
     intra: bool = True,
     precision: str = "highest",
-) -> tuple[Array, ...]:
+    outputs: bool = True,
+    boundary_dtype=None,
+) -> tuple[Array | None, ...]:
     """One launch of the chunked kernel (module docstring); no padding, no autodiff.
 
     Every input has a leading direction axis D (1 = shared by all directions, or
@@ -386,6 +391,10 @@ def chunked_pass(
         read each chunk as one block (``tiling.sub`` is ignored).
       precision: of float32 matmuls, ``"highest"`` (IEEE), ``"tf32x3"`` or ``"tf32"``
         (``seqzoo.kernels.matmul_precision``); IEEE in interpret mode whatever it says.
+      outputs: False computes the states only (q is not read, ``out`` is None), and the
+        boundary states are then the states entering each chunk n (causal: before chunk n;
+        reverse: after it), what a chunk-parallel output pass reads (``chunked_states``).
+      boundary_dtype: the boundary states' dtype (default float32).
     Returns ``out: (len(reverse), B, T, H, dv)`` in ``out_dtype`` (default v's), the final
     states ``(len(reverse), B, H, dk, dv)`` float32, then the boundary states and the dots where
     asked for (in that order).
@@ -404,7 +413,7 @@ def chunked_pass(
         tiling = dataclasses.replace(tiling, sub=tiling.chunk)
     spec = _Pass(float(scale), tuple(reverse), decay, tiling, key_scale is not None,
                  row_scale is not None, initial_state is not None, operands, split,
-                 boundaries, partner is not None, intra)
+                 boundaries, partner is not None, intra, outputs)
     g_block = {None: None, "scalar": (length,), "key": (length, dk), "value": (length, bv)}
     named = [("q", q, (length, dk), False), ("k", k, (length, dk), False),
              ("v", v, (length, bv), True), ("g", g, g_block[decay], decay == "value"),
@@ -424,10 +433,11 @@ def chunked_pass(
         names += ("pb",)
     out_dtype = v.dtype if out_dtype is None else out_dtype
     outs = [("o", jax.ShapeDtypeStruct((dirs, batch, length, heads, dv), out_dtype), length),
-            ("sf", jax.ShapeDtypeStruct((dirs, batch, heads, dk, dv), _F32), None)]
+            ("sf", jax.ShapeDtypeStruct((dirs, batch, heads, dk, dv), _F32), None)][
+                0 if outputs else 1:]
     if boundaries:
-        outs.append(("sb", jax.ShapeDtypeStruct((dirs, batch, chunks * dk, heads, dv), _F32),
-                     chunks * dk))
+        outs.append(("sb", jax.ShapeDtypeStruct((dirs, batch, chunks * dk, heads, dv),
+                                                boundary_dtype or _F32), chunks * dk))
     if partner is not None:
         outs.append(("dots", jax.ShapeDtypeStruct((dirs, batch, chunks, heads, dv), _F32), chunks))
     out_specs = [_state_spec(dirs == 1, dk, bv) if rows is None
@@ -440,6 +450,8 @@ def chunked_pass(
         out_shape=[shape for _, shape, _ in outs],
         num_warps=tiling.num_warps,
         num_stages=tiling.num_stages,
-        name=f"chunked_pass_{decay or 'nodecay'}{'' if intra else '_inter'}",
+        name=f"chunked_pass_{decay or 'nodecay'}{'' if intra else '_inter'}"
+             f"{'' if outputs else '_states'}",
     )
-    return tuple(call(*inputs))
+    results = tuple(call(*inputs))
+    return results if outputs else (None, *results)

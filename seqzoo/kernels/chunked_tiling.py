@@ -33,6 +33,10 @@ from seqzoo.kernels.chunked_pass import TUNED, TUNED_PER_DIMENSION, Tiling
 # (8, 2048, 4) (benchmarks/RESULTS.md): the fastest forward+backward at key width 128 and value
 # width 256, and within 9% of the fastest at 128 (two stages there; 28% slower at 256)
 INTER_PER_DIMENSION = Tiling(block_v=32, num_stages=1)
+# Its forward launch alone (``pallas_gpu.forward_launch``), bf16: the fastest forward of the same
+# sweep at widths 128 and 128:256 and of the op at fla's widths in two calls (benchmarks/RESULTS.md,
+# "Separate forward and backward launches"); two stages slow its backward passes
+INTER_FORWARD = Tiling(num_stages=2)
 
 # Compute capability -> the most dynamic shared memory one block may opt into (bytes).
 DEVICE_LIMITS = {
@@ -115,6 +119,16 @@ def device_limit() -> int | None:
     limit) or for a compute capability not in ``DEVICE_LIMITS`` (then nothing is assumed)."""
     capability = getattr(jax.devices()[0], "compute_capability", None)
     return None if capability is None else DEVICE_LIMITS.get(capability)
+
+
+def resolve_inter_forward(dk: int, dv: int, limit: int | None,
+                          itemsize: int = 2) -> Tiling | None:
+    """``INTER_FORWARD`` for the inter-chunk pass with per-key decays at these padded widths
+    where it fits ``limit`` (always off a GPU: None), for 16-bit operands (measured there);
+    None otherwise (the forward then runs at the backward passes' tiling)."""
+    need = shared_memory_bytes(INTER_FORWARD, "key", dk, dv, intra=False, itemsize=itemsize)
+    fits = limit is None or need <= limit
+    return INTER_FORWARD if itemsize == 2 and fits else None
 
 
 def resolve_tiling(decay: str | None, dk: int, dv: int, limit: int | None,

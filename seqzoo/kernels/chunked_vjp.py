@@ -55,6 +55,8 @@ class _Static:
     precision: str = "highest"  # of float32 matmuls (``chunked_pass``'s ``precision``)
     extra: Callable | None = None  # float32 terms added before rounding (module docstring)
     contracted_width: int | None = None  # v's width in the dq, dk passes (None: v's own)
+    forward: Tiling | None = None  # the forward pass's launch (``tiling``'s chunk); None: tiling
+    forward_run: Callable | None = None  # the forward pass, as ``run`` (None: ``run``)
 
 
 def _chunk_cumsum(g: Array, chunk: int) -> Array:
@@ -98,8 +100,9 @@ def _chunked(q, k, v, g, ks, s0, st: _Static):
 def _forward(q, k, v, g, ks, s0, st: _Static, differentiated: bool = True):
     cum = None if g is None else _chunk_cumsum(g, st.tiling.chunk)
     widen = {} if st.extra is None else {"out_dtype": _F32}
-    out, final = st.run(q, k, v, cum, ks, None, s0, scale=st.scale, reverse=st.reverse,
-                        decay=st.decay, tiling=st.tiling, **_options(st), **widen)
+    run = st.forward_run or st.run
+    out, final = run(q, k, v, cum, ks, None, s0, scale=st.scale, reverse=st.reverse,
+                     decay=st.decay, tiling=st.forward or st.tiling, **_options(st), **widen)
     extra_vjp = None
     if st.extra is not None:
         as_f32 = [x.astype(_F32) for x in (q, k, v)]
@@ -192,7 +195,9 @@ def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
                    reverse: tuple[bool, ...], tiling, widths: tuple[int, int],
                    run: Callable, intra: bool = True,
                    precision: str = "highest", extra: Callable | None = None,
-                   contracted_width: int | None = None) -> tuple[Array, Array]:
+                   contracted_width: int | None = None,
+                   forward_tiling=None, forward_run: Callable | None = None,
+                   ) -> tuple[Array, Array]:
     """Chunked gated linear attention on the passes ``run`` (layout and arguments as
     ``seqzoo.ops.linear_attention.pallas_gpu.gated_linear_attention``): the inputs zero-padded
     to a multiple of ``tiling.chunk`` steps and to the key / value ``widths`` (identity steps,
@@ -202,7 +207,14 @@ def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
     terms on the padded inputs (module docstring). ``contracted_width``: the value width of the
     passes that contract over it (dq and dk: v and do their keys), v and do zero-padded further
     to it there (Triton's power of two, where ``widths`` only pads the value width to a multiple
-    of the value block); None: ``widths``' value width."""
+    of the value block); None: ``widths``' value width. ``forward_tiling``: the forward pass's
+    launch where it differs from the backward passes' (``tiling``), with ``tiling``'s chunk and
+    a value block tiling ``widths``' value width; None: ``tiling`` for every pass.
+    ``forward_run``: the forward pass where another computation of ``run``'s sums serves it
+    (``seqzoo.kernels.chunked_states``); None: ``run``."""
+    if forward_tiling is not None and forward_tiling.chunk != tiling.chunk:
+        raise ValueError(f"the forward's chunk {forward_tiling.chunk} is not the backward's "
+                         f"{tiling.chunk}: the decays' cumulative sums are per chunk")
     length, dk, dv = q.shape[2], q.shape[-1], v.shape[-1]
     if extra is not None and (reverse != (False,) or key_scale is not None or any(
             x is not None and (x.shape[0], x.shape[3]) != (1, v.shape[3]) for x in (q, k, g))):
@@ -218,6 +230,6 @@ def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
         _padded(as_f32[1], {2: steps}),
         _padded(as_f32[2], {3: wk, 4: wv}),
         _Static(float(scale), tuple(reverse), decay, tiling, run, intra, precision, extra,
-                contracted_width),
+                contracted_width, forward_tiling, forward_run),
     )
     return out[:, :, :length, :, :dv], final[..., :dk, :dv]

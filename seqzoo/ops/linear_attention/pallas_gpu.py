@@ -112,6 +112,8 @@ def gated_linear_attention(
     intra: bool = True,
     precision: str | None = None,
     extra: Callable | None = None,
+    forward_tiling: Tiling | None = None,
+    forward_run: Callable | None = None,
 ) -> tuple[Array, Array]:
     """Chunked gated linear attention in one or two directions, differentiable in every input.
 
@@ -130,6 +132,10 @@ def gated_linear_attention(
       extra: ``extra(q, k, v, cum)``, float32 terms on the padded inputs added to ``o`` before
         its rounding, their gradients joined in float32 (``seqzoo.kernels.chunked_vjp``; one
         causal direction, no key_scale, q, k, g with v's heads).
+      forward_tiling: the forward pass's launch where it differs from the backward passes'
+        (``forward_launch``); None: ``launch_tiling``'s for every pass.
+      forward_run: the forward pass by another computation of its sums
+        (``seqzoo.kernels.chunked_states.states_then_outputs``); None: ``chunked_pass``.
     Returns ``o: (len(reverse), B, T, H, dv)`` in v's dtype and the final states
     ``(len(reverse), B, H, dk, dv)`` float32 (for a reverse direction: the state before t=0).
     """
@@ -141,9 +147,24 @@ def gated_linear_attention(
     tiling = launch_tiling(decay, q.shape[2], (wk, wv), tiling=tiling, max_chunk=max_chunk,
                            intra=intra, itemsize=max(a.dtype.itemsize for a in (q, k, v)))
     widths = (wk, padded_value_width(v.shape[-1], tiling.block_v))  # whole value blocks
+    if forward_tiling is not None:
+        forward_tiling = forward_launch(forward_tiling, tiling, widths[1])
     return padded_chunked(q, k, v, g, key_scale, initial_state, scale=scale, reverse=reverse,
                           tiling=tiling, widths=widths, run=chunked_pass, intra=intra,
-                          precision=precision, extra=extra, contracted_width=wv)
+                          precision=precision, extra=extra, contracted_width=wv,
+                          forward_tiling=forward_tiling, forward_run=forward_run)
+
+
+def forward_launch(forward: Tiling, tiling: Tiling, value_width: int) -> Tiling:
+    """``forward`` with ``tiling``'s chunk and sub-chunk (the passes share the decays' chunk
+    sums), and its value block where that tiles ``value_width`` (the padded width every pass
+    runs at: ``padded_value_width`` for ``tiling``'s block) in whole power-of-two blocks (a
+    multiple of it, or a power of two below it: one block clipped to the width), else
+    ``tiling``'s block."""
+    block = forward.block_v
+    if value_width % block and padded_width(value_width) != value_width:
+        block = tiling.block_v
+    return dataclasses.replace(forward, chunk=tiling.chunk, sub=tiling.sub, block_v=block)
 
 
 def proposed_segments(batch: int, heads: int, length: int, dv: int,

@@ -44,7 +44,8 @@ import jax.numpy as jnp
 
 from seqzoo.kernels.chunked_pass import Tiling
 from seqzoo.kernels.chunked_segments import segment_length, segmented
-from seqzoo.kernels.chunked_tiling import padded_width
+from seqzoo.kernels.chunked_states import states_then_outputs
+from seqzoo.kernels.chunked_tiling import device_limit, padded_width, resolve_inter_forward
 from seqzoo.ops.linear_attention import intra_chunk, pallas_gpu_intra
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention, launch_tiling
 
@@ -106,6 +107,18 @@ def kernel_tiling(q, k, v, log_decay, chunk_size: int, segments: int | None = No
                          itemsize=max(a.dtype.itemsize for a in (q, k, v)))
 
 
+def forward_tiling(q, k, v, log_decay, tiling: Tiling | None = None) -> Tiling | None:
+    """The inter-chunk kernel's forward launch where it differs from its backward passes'
+    (``chunked_tiling.resolve_inter_forward``: per-key decays, 16-bit operands, where it fits
+    this GPU); None (every pass at ``kernel_tiling``'s) for other decays or a ``tiling`` asked
+    for."""
+    if tiling is not None or log_decay is None or log_decay.ndim == 3:
+        return None
+    widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
+    return resolve_inter_forward(*widths, device_limit(),
+                                 max(a.dtype.itemsize for a in (q, k, v)))
+
+
 def linear_attention_kernel(
     q: Array,
     k: Array,
@@ -119,6 +132,7 @@ def linear_attention_kernel(
     precision: str | None = None,
     segments: int | None = None,
     tiling: Tiling | None = None,
+    states_forward: bool = False,
 ) -> tuple[Array, Array]:
     """``seqzoo.ops.linear_attention`` (no segment_ids) as ``o_inter + o_intra``.
 
@@ -135,10 +149,15 @@ def linear_attention_kernel(
     intra-chunk terms in one launch from a zero state, the states entering each segment added
     after it (``seqzoo.kernels.chunked_segments``: its ``o`` is rounded to v's dtype once more);
     tiling: the inter-chunk kernel's launch (``seqzoo.kernels.chunked_pass.Tiling``; default
-    ``kernel_tiling``'s, the first candidate that fits this GPU), its chunk capped at
-    ``chunk_size`` and the sequence's length, and the intra-chunk terms' chunk and sub-chunk.
+    ``kernel_tiling``'s, the first candidate that fits this GPU, and the forward's own launch
+    where ``forward_tiling`` has one), its chunk capped at ``chunk_size`` and the sequence's
+    length, and the intra-chunk terms' chunk and sub-chunk; a tiling asked for runs every pass.
+    states_forward: per-key decays' inter-chunk forward as a states pass and an output pass
+    parallel over chunks (``seqzoo.kernels.chunked_states``, fla's structure) instead of the
+    kernel's one walk (not yet timed; the backward is the same).
     Returns ``o`` in v's dtype and ``S_T`` float32.
     """
+    forward = forward_tiling(q, k, v, log_decay, tiling)
     tiling = kernel_tiling(q, k, v, log_decay, chunk_size, segments, tiling)
     if intra_kernel is None:  # the kernels take chunks of a power of two >= 16 steps
         half = all(a.dtype.itemsize == 2 for a in (q, k, v))
@@ -147,8 +166,11 @@ def linear_attention_kernel(
     lead = [None if a is None else a[None] for a in (q, k, v, log_decay, initial_state)]
     intra = _IntraTerms(float(scale), tiling.chunk, tiling.sub, intra_kernel,
                         jnp.dtype(jnp.result_type(q.dtype, k.dtype, v.dtype)))
+    if states_forward and (log_decay is None or log_decay.ndim == 3):
+        raise ValueError("states_forward is for per-key decays")
     attention = functools.partial(gated_linear_attention, tiling=tiling, intra=False,
-                                  precision=precision, extra=intra)
+                                  precision=precision, extra=intra, forward_tiling=forward,
+                                  forward_run=states_then_outputs if states_forward else None)
     if segments is not None:
         attention = segmented(attention, segments)
     o, final = attention(*lead[:4], None, lead[4], scale=scale)
