@@ -94,7 +94,8 @@ def test_states_then_outputs_refuses_what_it_does_not_compute():
 
 def test_split_on_the_states_forward_lowers_for_a_gpu(monkeypatch):
     """Forward and gradient of the split with ``states_forward`` lower with the Triton kernels
-    for CUDA on this CPU machine: the states-only walk forward, the usual backward passes."""
+    for CUDA on this CPU machine: the states-only walk and the output kernel forward (two key
+    blocks of 64 at width 128), the usual backward passes."""
     monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
     x = jnp.ones((1, 128, 2, 128), jnp.bfloat16)
     g = -jnp.ones((1, 128, 2, 128), jnp.float32)
@@ -106,7 +107,8 @@ def test_split_on_the_states_forward_lowers_for_a_gpu(monkeypatch):
     def grads(*args):
         return jax.grad(lambda *a: forward(*a).astype(jnp.float32).sum(), (0, 1, 2, 3))(*args)
 
-    for fn, kernels in ((forward, ["chunked_pass_key_inter_states"]),
-                        (grads, ["chunked_pass_key_inter_states", "chunked_pass_value_inter"])):
+    for fn, kernels in ((forward, ["chunked_pass_key_inter_states", "chunked_states_outputs"]),
+                        (grads, ["chunked_pass_key_inter_states", "chunked_states_outputs",
+                                 "chunked_pass_value_inter"])):
         text = jax.jit(fn).trace(x, x, x, g).lower(lowering_platforms=("cuda",)).as_text()
         assert all(name in text for name in kernels)
