@@ -432,9 +432,10 @@ def chunked_pass(
         inputs.append(partner)
         names += ("pb",)
     out_dtype = v.dtype if out_dtype is None else out_dtype
-    outs = [("o", jax.ShapeDtypeStruct((dirs, batch, length, heads, dv), out_dtype), length),
-            ("sf", jax.ShapeDtypeStruct((dirs, batch, heads, dk, dv), _F32), None)][
-                0 if outputs else 1:]
+    outs = [("sf", jax.ShapeDtypeStruct((dirs, batch, heads, dk, dv), _F32), None)]
+    if outputs:
+        outs.insert(0, ("o", jax.ShapeDtypeStruct((dirs, batch, length, heads, dv), out_dtype),
+                        length))
     if boundaries:
         outs.append(("sb", jax.ShapeDtypeStruct((dirs, batch, chunks * dk, heads, dv),
                                                 boundary_dtype or _F32), chunks * dk))
