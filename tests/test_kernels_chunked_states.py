@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_kernels_chunked_split import rel
 
 from seqzoo.kernels import launch
 from seqzoo.kernels.chunked_pass import Tiling, chunked_pass
@@ -18,12 +19,6 @@ from seqzoo.kernels.chunked_vjp import _chunk_cumsum
 from seqzoo.ops.linear_attention import pallas_gpu_split
 
 TILING = Tiling(chunk=32, block_v=32, num_stages=1)
-
-
-def rel(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert np.isfinite(got).all()
-    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
 
 
 def inputs(dtype, t=96, h=2, dk=32, dv=64, seed=0):

@@ -94,17 +94,24 @@ class _IntraTerms:
                                      sub=self.sub, kernel=self.kernel, dtype=self.dtype)
 
 
+def _launch_facts(q, k, v, log_decay) -> tuple[str | None, tuple[int, int], int]:
+    """The decay kind, the padded (key, value) widths and the operands' itemsize the launch
+    tilings are chosen by."""
+    decay = None if log_decay is None else ("scalar" if log_decay.ndim == 3 else "key")
+    widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
+    return decay, widths, max(a.dtype.itemsize for a in (q, k, v))
+
+
 def kernel_tiling(q, k, v, log_decay, chunk_size: int, segments: int | None = None,
                   tiling: Tiling | None = None):
     """The inter-chunk kernel's launch tiling for these arguments (arrays or shape-dtype structs,
     shapes as ``linear_attention_kernel``'s), on ``segments`` segments of the sequence:
     ``pallas_gpu.launch_tiling`` without the intra-chunk terms for one launch's length (a
     segment's), from ``tiling`` where given; its chunk and sub-chunk are the intra terms' too."""
-    decay = None if log_decay is None else ("scalar" if log_decay.ndim == 3 else "key")
-    widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
+    decay, widths, itemsize = _launch_facts(q, k, v, log_decay)
     length = q.shape[1] if segments is None else segment_length(q.shape[1], segments)
     return launch_tiling(decay, length, widths, tiling=tiling, max_chunk=chunk_size, intra=False,
-                         itemsize=max(a.dtype.itemsize for a in (q, k, v)))
+                         itemsize=itemsize)
 
 
 def forward_tiling(q, k, v, log_decay, tiling: Tiling | None = None) -> Tiling | None:
@@ -112,11 +119,10 @@ def forward_tiling(q, k, v, log_decay, tiling: Tiling | None = None) -> Tiling |
     (``chunked_tiling.resolve_inter_forward``: per-key decays, 16-bit operands, where it fits
     this GPU); None (every pass at ``kernel_tiling``'s) for other decays or a ``tiling`` asked
     for."""
-    if tiling is not None or log_decay is None or log_decay.ndim == 3:
+    decay, widths, itemsize = _launch_facts(q, k, v, log_decay)
+    if tiling is not None or decay != "key":
         return None
-    widths = (padded_width(q.shape[-1]), padded_width(v.shape[-1]))
-    return resolve_inter_forward(*widths, device_limit(),
-                                 max(a.dtype.itemsize for a in (q, k, v)))
+    return resolve_inter_forward(*widths, device_limit(), itemsize)
 
 
 def linear_attention_kernel(
@@ -141,9 +147,9 @@ def linear_attention_kernel(
     kernel of ``pallas_gpu_intra.py`` instead of XLA: True (one program per chunk, slower than
     XLA's on an H100) or a ``pallas_gpu_intra.ScoresTiling`` (its launch, and with
     ``vjp_kernel`` the VJP by ``pallas_gpu_intra_bwd``); False: XLA's; None (the default):
-    ``pallas_gpu_intra.MEASURED`` (kernels for the scores and their VJP, 1.4x XLA's on an H100)
-    where q, k and v are all 16-bit and the chunk a power of two >= 16, XLA's otherwise
-    (float32 scores: not timed);
+    ``pallas_gpu_intra.MEASURED`` (kernels for the scores and their VJP, faster than XLA's on
+    an H100: benchmarks/RESULTS.md) where q, k and v are all 16-bit and the chunk a power of
+    two >= 16, XLA's otherwise (float32 scores: not timed);
     precision: the inter-chunk passes' float32 matmuls (module docstring); segments: None, or
     the number of parallel segments the sequence is cut into, each segment's inter- and
     intra-chunk terms in one launch from a zero state, the states entering each segment added
@@ -154,7 +160,8 @@ def linear_attention_kernel(
     length, and the intra-chunk terms' chunk and sub-chunk; a tiling asked for runs every pass.
     states_forward: per-key decays' inter-chunk forward as a states pass and an output pass
     parallel over chunks (``seqzoo.kernels.chunked_states``, fla's structure) instead of the
-    kernel's one walk (not yet timed; the backward is the same).
+    kernel's one walk (not yet timed; the backward is the same; other decays are refused by
+    ``states_then_outputs``).
     Returns ``o`` in v's dtype and ``S_T`` float32.
     """
     forward = forward_tiling(q, k, v, log_decay, tiling)
@@ -166,8 +173,6 @@ def linear_attention_kernel(
     lead = [None if a is None else a[None] for a in (q, k, v, log_decay, initial_state)]
     intra = _IntraTerms(float(scale), tiling.chunk, tiling.sub, intra_kernel,
                         jnp.dtype(jnp.result_type(q.dtype, k.dtype, v.dtype)))
-    if states_forward and (log_decay is None or log_decay.ndim == 3):
-        raise ValueError("states_forward is for per-key decays")
     attention = functools.partial(gated_linear_attention, tiling=tiling, intra=False,
                                   precision=precision, extra=intra, forward_tiling=forward,
                                   forward_run=states_then_outputs if states_forward else None)
