@@ -108,6 +108,19 @@ def test_linear_attention_f32(decay, t):
     compare(kernel_attention, xla_attention, args, rng, jnp.float32, F32_TOL)
 
 
+def test_linear_attention_segments_bf16():
+    """Two parallel segments of 150 steps (``chunked_segments``: the launch takes float32
+    copies of q, k, v and its passes their bf16 values), per-key decays, against the float32
+    op."""
+    rng = np.random.default_rng(9)
+    args = attention_args("key", jnp.bfloat16, 300, rng)
+
+    def kernel(q, k, v, g, s0):
+        return linear_attention_kernel(q, k, v, g, scale=0.3, initial_state=s0, segments=2)
+
+    compare(kernel, xla_attention, args, rng, jnp.bfloat16, BF16_TOL)
+
+
 def hydra_args(dtype, t, rng, heads=2, groups=1):
     """x (1, t, 2, 24), dt > 0 per direction, A < 0, B, C per direction (groups of heads)."""
     x = normal(rng, 1, t, heads, 24, dtype=dtype)

@@ -57,6 +57,7 @@ class _Static:
     contracted_width: int | None = None  # v's width in the dq, dk passes (None: v's own)
     forward: Tiling | None = None  # the forward pass's launch (``tiling``'s chunk); None: tiling
     forward_run: Callable | None = None  # the forward pass, as ``run`` (None: ``run``)
+    operands: tuple | None = None  # q, k, v's dtypes where they arrive as float32 copies
 
 
 def _chunk_cumsum(g: Array, chunk: int) -> Array:
@@ -78,14 +79,24 @@ def _per_head(x: Array, heads: int) -> Array:
     return jnp.repeat(x, heads // x.shape[3], axis=3)
 
 
-def _like(grad: Array, x: Array, head_axis: int = 3) -> Array:
-    """A per-direction, per-head gradient summed back to ``x``'s directions and heads."""
+def _like(grad: Array, x: Array, head_axis: int = 3, dtype=None) -> Array:
+    """A per-direction, per-head gradient summed back to ``x``'s directions and heads, in
+    ``dtype`` (default x's)."""
     dirs, heads = grad.shape[0], grad.shape[head_axis]
     split = (*grad.shape[:head_axis], x.shape[head_axis], heads // x.shape[head_axis])
     grad = grad.reshape(*split, *grad.shape[head_axis + 1:]).sum(head_axis + 1)
     if x.shape[0] == 1 and dirs > 1:
         grad = grad.sum(0, keepdims=True)
-    return grad.astype(x.dtype)
+    return grad.astype(x.dtype if dtype is None else dtype)
+
+
+def _narrowed(xs, st: _Static) -> list:
+    """q, k, v as the passes take them: in their own dtypes (``st.operands``) where they arrive
+    as float32 copies (``padded_chunked``'s ``operands``; widening then narrowing is exact, and
+    XLA drops the pair)."""
+    if st.operands is None:
+        return list(xs)
+    return [x.astype(dtype) for x, dtype in zip(xs, st.operands, strict=True)]
 
 
 def _transposed(state: Array | None) -> Array | None:
@@ -99,9 +110,10 @@ def _chunked(q, k, v, g, ks, s0, st: _Static):
 
 def _forward(q, k, v, g, ks, s0, st: _Static, differentiated: bool = True):
     cum = None if g is None else _chunk_cumsum(g, st.tiling.chunk)
-    widen = {} if st.extra is None else {"out_dtype": _F32}
+    widen = {} if st.extra is None and st.operands is None else {"out_dtype": _F32}
     run = st.forward_run or st.run
-    out, final = run(q, k, v, cum, ks, None, s0, scale=st.scale, reverse=st.reverse,
+    q_n, k_n, v_n = _narrowed((q, k, v), st)
+    out, final = run(q_n, k_n, v_n, cum, ks, None, s0, scale=st.scale, reverse=st.reverse,
                      decay=st.decay, tiling=st.forward or st.tiling, **_options(st), **widen)
     extra_vjp = None
     if st.extra is not None:
@@ -111,7 +123,7 @@ def _forward(q, k, v, g, ks, s0, st: _Static, differentiated: bool = True):
         else:
             terms = st.extra(*as_f32, cum)
         out = (out + terms).astype(v.dtype)
-    return (out, final), (q, k, v, g, cum, ks, s0, extra_vjp)
+    return (out, final), (q_n, k_n, v_n, g, cum, ks, s0, extra_vjp)
 
 
 def _options(st: _Static) -> dict:
@@ -142,6 +154,7 @@ def _decay_grads(dcum: Array, dots: Array, st: _Static, extra: Array | None = No
 def _backward(st: _Static, res, cotangents):
     q, k, v, g, cum, ks, s0, extra_vjp = res
     do, ds_final = cotangents
+    do = do.astype(v.dtype)  # a widened output's cotangent: the passes take v's dtype
     flipped = tuple(not r for r in st.reverse)
     # The dq and dk passes contract over the value width: v, do and the states' value rows
     # zero-padded to ``contracted_width`` there (padded_chunked)
@@ -175,7 +188,9 @@ def _backward(st: _Static, res, cotangents):
         dq, dk, dv = dq + extra[0], dk + extra[1], dv + extra[2]
     grads_ks = None if ks is None else _like(jnp.sum(k_heads * dk_eff, axis=-1), ks)
     grads_s0 = None if s0 is None else _like(ds0, s0, head_axis=2)
-    return (_like(dq, q), _like(dk, k), _like(dv, v), grads_g, grads_ks, grads_s0)
+    wide = None if st.operands is None else _F32  # the primals are float32 copies
+    return (_like(dq, q, dtype=wide), _like(dk, k, dtype=wide), _like(dv, v, dtype=wide),
+            grads_g, grads_ks, grads_s0)
 
 
 _chunked.defvjp(_forward, _backward)
@@ -197,7 +212,7 @@ def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
                    precision: str = "highest", extra: Callable | None = None,
                    contracted_width: int | None = None,
                    forward_tiling=None, forward_run: Callable | None = None,
-                   ) -> tuple[Array, Array]:
+                   operands: tuple | None = None) -> tuple[Array, Array]:
     """Chunked gated linear attention on the passes ``run`` (layout and arguments as
     ``seqzoo.ops.linear_attention.pallas_gpu.gated_linear_attention``): the inputs zero-padded
     to a multiple of ``tiling.chunk`` steps and to the key / value ``widths`` (identity steps,
@@ -211,7 +226,11 @@ def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
     launch where it differs from the backward passes' (``tiling``), with ``tiling``'s chunk and
     a value block tiling ``widths``' value width; None: ``tiling`` for every pass.
     ``forward_run``: the forward pass where another computation of ``run``'s sums serves it
-    (``seqzoo.kernels.chunked_states``); None: ``run``."""
+    (``seqzoo.kernels.chunked_states``); None: ``run``. ``operands``: q, k, v are float32
+    copies holding values of these three dtypes: the passes take them narrowed back (exact),
+    ``o`` and the gradients of q, k, v stay float32 (``o``'s cotangent is rounded to v's dtype
+    for the passes), for a caller that adds terms of its own before one rounding
+    (``seqzoo.kernels.chunked_segments``)."""
     if forward_tiling is not None and forward_tiling.chunk != tiling.chunk:
         raise ValueError(f"the forward's chunk {forward_tiling.chunk} is not the backward's "
                          f"{tiling.chunk}: the decays' cumulative sums are per chunk")
@@ -222,6 +241,10 @@ def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
     decay = None if g is None else ("scalar" if g.ndim == 4 else "key")
     steps, (wk, wv) = -(-length // tiling.chunk) * tiling.chunk, widths
     as_f32 = [None if x is None else x.astype(_F32) for x in (g, key_scale, initial_state)]
+    if operands is not None and any(x.dtype != _F32 for x in (q, k, v)):
+        raise ValueError("operands: q, k, v must be float32 copies of their values")
+    operands = None if operands is None or all(_F32 == d for d in operands) else tuple(
+        jnp.dtype(d) for d in operands)
     out, final = _chunked(
         _padded(q, {2: steps, 4: wk}),
         _padded(k, {2: steps, 4: wk}),
@@ -230,6 +253,6 @@ def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
         _padded(as_f32[1], {2: steps}),
         _padded(as_f32[2], {3: wk, 4: wv}),
         _Static(float(scale), tuple(reverse), decay, tiling, run, intra, precision, extra,
-                contracted_width, forward_tiling, forward_run),
+                contracted_width, forward_tiling, forward_run, operands),
     )
     return out[:, :, :length, :, :dv], final[..., :dk, :dv]

@@ -540,6 +540,7 @@ def gated_linear_attention(
     reverse: tuple[bool, ...] = (False,),
     tiling: Tiling | None = None,
     max_chunk: int | None = None,
+    operands: tuple | None = None,
 ) -> tuple[Array, Array]:
     """Chunked gated linear attention on the Mosaic-TPU kernels, differentiable in every input.
 
@@ -548,21 +549,24 @@ def gated_linear_attention(
     key; key_scale Mamba-2's dt; initial state in, float32 final states out; ``reverse`` per
     direction). Any T (padded to the chunk with identity steps), any dk, dv (zero-padded to a
     multiple of 128). tiling: default ``pick_tiling`` for this device; max_chunk caps the chunk
-    but never below 128 (an op's ``chunk_size`` of 64 runs at 128: the same result).
+    but never below 128 (an op's ``chunk_size`` of 64 runs at 128: the same result);
+    operands: q, k, v as float32 copies of values of these dtypes, which the passes take
+    (``chunked_vjp.padded_chunked``: ``o`` and q, k, v's gradients stay float32).
     """
     if scale == 0:
         raise ValueError("scale must be non-zero")
     decay = None if g is None else ("scalar" if g.ndim == 4 else "key")
     dk, dv = q.shape[-1], v.shape[-1]
     if tiling is None:
-        tiling = pick_tiling(decay, dk, dv, jnp.dtype(v.dtype).itemsize)
+        tiling = pick_tiling(decay, dk, dv, jnp.dtype((operands or [v.dtype])[-1]).itemsize)
     if max_chunk is not None and max_chunk < tiling.chunk:
         chunk = max(LANES, max_chunk // LANES * LANES)
         tiling = dataclasses.replace(tiling, chunk=chunk, sub=min(tiling.sub, chunk))
     if tiling.interpret is None:  # decided now: the backward passes are built later, elsewhere
         tiling = dataclasses.replace(tiling, interpret=not common.on_tpu())
     return padded_chunked(q, k, v, g, key_scale, initial_state, scale=scale, reverse=reverse,
-                          tiling=tiling, widths=(_lanes(dk), _lanes(dv)), run=mosaic_pass)
+                          tiling=tiling, widths=(_lanes(dk), _lanes(dv)), run=mosaic_pass,
+                          operands=operands)
 
 
 def linear_attention_kernel(

@@ -61,6 +61,7 @@ import functools
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 
 from seqzoo.kernels.chunked_pass import TUNED, Tiling, chunked_pass
 from seqzoo.kernels.chunked_segments import device_sm_count, propose_segments, segmented
@@ -114,6 +115,7 @@ def gated_linear_attention(
     extra: Callable | None = None,
     forward_tiling: Tiling | None = None,
     forward_run: Callable | None = None,
+    operands: tuple | None = None,
 ) -> tuple[Array, Array]:
     """Chunked gated linear attention in one or two directions, differentiable in every input.
 
@@ -136,6 +138,9 @@ def gated_linear_attention(
         (``forward_launch``); None: ``launch_tiling``'s for every pass.
       forward_run: the forward pass by another computation of its sums
         (``seqzoo.kernels.chunked_states.states_then_outputs``); None: ``chunked_pass``.
+      operands: q, k, v are float32 copies of values of these three dtypes, which the passes
+        take (and the launch is chosen for); ``o`` and q, k, v's gradients then stay float32
+        (``seqzoo.kernels.chunked_vjp.padded_chunked``).
     Returns ``o: (len(reverse), B, T, H, dv)`` in v's dtype and the final states
     ``(len(reverse), B, H, dk, dv)`` float32 (for a reverse direction: the state before t=0).
     """
@@ -144,15 +149,17 @@ def gated_linear_attention(
     precision = resolve_precision(precision)  # once: the backward passes are traced later
     decay = None if g is None else ("scalar" if g.ndim == 4 else "key")
     wk, wv = padded_width(q.shape[-1]), padded_width(v.shape[-1])
+    dtypes = operands or (q.dtype, k.dtype, v.dtype)
     tiling = launch_tiling(decay, q.shape[2], (wk, wv), tiling=tiling, max_chunk=max_chunk,
-                           intra=intra, itemsize=max(a.dtype.itemsize for a in (q, k, v)))
+                           intra=intra, itemsize=max(jnp.dtype(d).itemsize for d in dtypes))
     widths = (wk, padded_value_width(v.shape[-1], tiling.block_v))  # whole value blocks
     if forward_tiling is not None:
         forward_tiling = forward_launch(forward_tiling, tiling, widths[1])
     return padded_chunked(q, k, v, g, key_scale, initial_state, scale=scale, reverse=reverse,
                           tiling=tiling, widths=widths, run=chunked_pass, intra=intra,
                           precision=precision, extra=extra, contracted_width=wv,
-                          forward_tiling=forward_tiling, forward_run=forward_run)
+                          forward_tiling=forward_tiling, forward_run=forward_run,
+                          operands=operands)
 
 
 def forward_launch(forward: Tiling, tiling: Tiling, value_width: int) -> Tiling:
