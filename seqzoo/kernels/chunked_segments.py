@@ -30,15 +30,16 @@ q, k: (1, B, T, H_qk, dk); v: (1, B, T, H, dv); g: None, (1, B, T, H_g) or (1, B
 key_scale: (1, B, T, H_s) (inside the pass: it scales k only); initial_state: (1, B, H, dk, dv).
 Numerics: float32 states and decays; the correction ``q S_in`` is a matmul in the inputs' dtype
 (bf16 operands for bf16 inputs, as the kernel's own inter-chunk ``q S``; IEEE float32 for float32
-ones) with float32 accumulation; a scalar decay scales its rows after it (no decayed copy of q).
-One rounding of each result, as the kernel alone: the launch takes q, k, v as float32 copies of
-their values (``chunked_vjp.padded_chunked``'s ``operands``; its passes still read them in their
-own dtype) and returns ``o_loc`` and the gradients of q, k, v in float32; the correction's
-gradients are float32 too (``operand_einsum``), so ``o`` is rounded to v's dtype once, after
-the sum, and each gradient once, at the input. (Rounding ``o_loc`` first, and each part's
-gradients apart, took bf16 dq from 2.3e-3 to 3.2e-3 and the decays' gradient from 1.7e-3 to
-2.7e-3 relative L2 against the float32 op, per-key decays at (1, 100, 2, 16) in 3 segments;
-``tests/test_kernels_segments.py``.)
+ones) with float32 accumulation, the decays (a scalar one broadcast) on the queries' columns.
+Each gradient is rounded once, as in the kernel alone: the launch takes q, k, v as float32
+copies of their values (``chunked_vjp.padded_chunked``'s ``operands``; its passes still read
+them in their own dtype) and returns the gradients of q, k, v in float32, and the correction's
+gradients are float32 too (``operand_einsum``), so they join before the one rounding at the
+input. The correction's dq stays further from the correctly rounded one than the kernel's
+own: ``S_in`` comes from the launches' final states, accumulated from bf16-rounded decayed
+keys. ``o_loc`` is rounded to v's dtype before the correction is added (one rounding more than
+the kernel alone): a float32 ``o_loc`` would write and read two more bytes per element in a
+forward pass whose lead over fla's is small (benchmarks/RESULTS.md, "Joined in float32").
 """
 
 from __future__ import annotations
@@ -170,8 +171,8 @@ def segmented(attention: Callable, segments: int) -> Callable:
         states = entering[:, :, :segments].reshape(1, batch * segments, heads, dk, dv)
         correction = operand_einsum("dblhk,dbhkv->dblhv", queries, states,
                                     dtypes[0] if jnp.dtype(dtypes[0]).itemsize == 2 else _F32)
-        o = o_loc + scale * correction
+        o = o_loc.astype(_F32) + scale * correction
         o = o.reshape(1, batch, segments * steps, heads, dv)[:, :, :length]
-        return o.astype(dtypes[2]), entering[:, :, segments]
+        return o.astype(o_loc.dtype), entering[:, :, segments]
 
     return run

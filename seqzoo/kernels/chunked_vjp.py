@@ -110,7 +110,7 @@ def _chunked(q, k, v, g, ks, s0, st: _Static):
 
 def _forward(q, k, v, g, ks, s0, st: _Static, differentiated: bool = True):
     cum = None if g is None else _chunk_cumsum(g, st.tiling.chunk)
-    widen = {} if st.extra is None and st.operands is None else {"out_dtype": _F32}
+    widen = {} if st.extra is None else {"out_dtype": _F32}
     run = st.forward_run or st.run
     q_n, k_n, v_n = _narrowed((q, k, v), st)
     out, final = run(q_n, k_n, v_n, cum, ks, None, s0, scale=st.scale, reverse=st.reverse,
@@ -122,7 +122,7 @@ def _forward(q, k, v, g, ks, s0, st: _Static, differentiated: bool = True):
             terms, extra_vjp = jax.vjp(st.extra, *as_f32, cum)
         else:
             terms = st.extra(*as_f32, cum)
-        out = (out + terms).astype(v.dtype)
+        out = (out + terms).astype(v_n.dtype)
     return (out, final), (q_n, k_n, v_n, g, cum, ks, s0, extra_vjp)
 
 
@@ -154,7 +154,6 @@ def _decay_grads(dcum: Array, dots: Array, st: _Static, extra: Array | None = No
 def _backward(st: _Static, res, cotangents):
     q, k, v, g, cum, ks, s0, extra_vjp = res
     do, ds_final = cotangents
-    do = do.astype(v.dtype)  # a widened output's cotangent: the passes take v's dtype
     flipped = tuple(not r for r in st.reverse)
     # The dq and dk passes contract over the value width: v, do and the states' value rows
     # zero-padded to ``contracted_width`` there (padded_chunked)
@@ -228,9 +227,9 @@ def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
     ``forward_run``: the forward pass where another computation of ``run``'s sums serves it
     (``seqzoo.kernels.chunked_states``); None: ``run``. ``operands``: q, k, v are float32
     copies holding values of these three dtypes: the passes take them narrowed back (exact),
-    ``o`` and the gradients of q, k, v stay float32 (``o``'s cotangent is rounded to v's dtype
-    for the passes), for a caller that adds terms of its own before one rounding
-    (``seqzoo.kernels.chunked_segments``)."""
+    ``o`` comes out in v's own dtype and the gradients of q, k, v stay float32, for a caller
+    that adds gradients of its own before one rounding (``seqzoo.kernels.chunked_segments``).
+    """
     if forward_tiling is not None and forward_tiling.chunk != tiling.chunk:
         raise ValueError(f"the forward's chunk {forward_tiling.chunk} is not the backward's "
                          f"{tiling.chunk}: the decays' cumulative sums are per chunk")

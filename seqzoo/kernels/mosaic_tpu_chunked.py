@@ -551,7 +551,7 @@ def gated_linear_attention(
     multiple of 128). tiling: default ``pick_tiling`` for this device; max_chunk caps the chunk
     but never below 128 (an op's ``chunk_size`` of 64 runs at 128: the same result);
     operands: q, k, v as float32 copies of values of these dtypes, which the passes take
-    (``chunked_vjp.padded_chunked``: ``o`` and q, k, v's gradients stay float32).
+    (``chunked_vjp.padded_chunked``: ``o`` in v's own dtype, q, k, v's gradients float32).
     """
     if scale == 0:
         raise ValueError("scale must be non-zero")

@@ -2,16 +2,18 @@
 
 For float32 ``a``, ``b`` and a matmul dtype ``dtype`` (bf16, or float32 for IEEE products):
 
-    out = einsum(spec, round(a), round(b))                    float32 accumulation
-    d a = einsum(out_spec, b_spec -> a_spec)(round(do), round(b))       float32
-    d b = einsum(a_spec, out_spec -> b_spec)(round(a), round(do))       float32
+    out = einsum(spec, round(a), round(b))                       float32 accumulation
+    d a = einsum(out_spec, b_spec -> a_spec)(round(do), split(b))          float32
+    d b = einsum(a_spec, out_spec -> b_spec)(split(a), round(do))          float32
 
-``round`` rounds to ``dtype`` (exact for float32 copies of values of it). Autodiff through
+``round`` rounds to ``dtype`` (exact for float32 copies of values of it); ``split`` keeps a
+float32 operand's accuracy as ``hi + lo`` in ``dtype`` (``split_product``: two products), as
+the chunked kernels' gradient passes do with their float32 states. Autodiff through
 ``a.astype(dtype)`` would round each gradient to ``dtype`` (a transposed product's result takes
-its operand's dtype) before the caller adds it to others; here it stays float32, so a caller
-whose other gradients are float32 rounds the sum once (``seqzoo.kernels.chunked_segments``).
-Every index of an operand must appear in the other operand or the output (the transposed
-products then exist as einsums).
+its operand's dtype) before the caller adds it to others, and take it from the rounded
+operand; here it stays float32, so a caller whose other gradients are float32 rounds the sum
+once (``seqzoo.kernels.chunked_segments``). Every index of an operand must appear in the other
+operand or the output (the transposed products then exist as einsums).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from seqzoo.kernels.split_product import split_product
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -36,10 +40,14 @@ def _specs(spec: str) -> tuple[str, str, str]:
     return a, b, out
 
 
-def _product(spec: str, a: Array, b: Array, dtype) -> Array:
+def _product(spec: str, a: Array, b: Array, dtype, split: bool = False) -> Array:
     precision = lax.Precision.HIGHEST if dtype == _F32 else None
-    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), precision=precision,
-                      preferred_element_type=_F32)
+
+    def product(a_part, b_part):
+        return jnp.einsum(spec, a_part, b_part, precision=precision,
+                          preferred_element_type=_F32)
+
+    return split_product(product, a, b, dtype, split=split)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
@@ -48,14 +56,15 @@ def _einsum(spec: str, a: Array, b: Array, dtype) -> Array:
 
 
 def _einsum_forward(spec, a, b, dtype):
-    return _product(spec, a, b, dtype), (a.astype(dtype), b.astype(dtype))
+    return _product(spec, a, b, dtype), (a, b)
 
 
 def _einsum_backward(spec, dtype, res, d_out):
     a, b = res
     sa, sb, so = _specs(spec)
-    return (_product(f"{so},{sb}->{sa}", d_out, b, dtype),
-            _product(f"{sa},{so}->{sb}", a, d_out, dtype))
+    d_out = d_out.astype(dtype)  # rounded, never split
+    return (_product(f"{so},{sb}->{sa}", d_out, b, dtype, split=True),
+            _product(f"{sa},{so}->{sb}", a, d_out, dtype, split=True))
 
 
 _einsum.defvjp(_einsum_forward, _einsum_backward)

@@ -139,9 +139,10 @@ def gated_linear_attention(
       forward_run: the forward pass by another computation of its sums
         (``seqzoo.kernels.chunked_states.states_then_outputs``); None: ``chunked_pass``.
       operands: q, k, v are float32 copies of values of these three dtypes, which the passes
-        take (and the launch is chosen for); ``o`` and q, k, v's gradients then stay float32
-        (``seqzoo.kernels.chunked_vjp.padded_chunked``).
-    Returns ``o: (len(reverse), B, T, H, dv)`` in v's dtype and the final states
+        take (and the launch is chosen for); ``o`` is in v's own dtype and q, k, v's
+        gradients stay float32 (``seqzoo.kernels.chunked_vjp.padded_chunked``).
+    Returns ``o: (len(reverse), B, T, H, dv)`` in v's dtype (``operands``' for v) and the final
+    states
     ``(len(reverse), B, H, dk, dv)`` float32 (for a reverse direction: the state before t=0).
     """
     if scale == 0:
