@@ -60,6 +60,9 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   ``dG = q dq - k dk``, at 2 warps (``MEASURED``), 8 and 1;
 - ``intra A v``: ``o_intra = A v`` per chunk (``intra_chunk.intra_chunk_outputs``, bf16
   operands, float32 result; its VJP ``dA = do v^T``, ``dv = A^T do``);
+- ``intra A v (Pallas kernel)``, ``pallas_split (whole op, A v kernel)``: the same product by
+  ``pallas_gpu_intra_outputs`` (A and v read in their own layouts, no transposes), alone and in
+  the whole op (``ScoresTiling.outputs_kernel``);
 - ``intra terms (scores + A v)``: the two as the split runs them
   (``pallas_gpu_split.intra_chunk_attention``, the kernel's ``extra``), from q, k, v, G;
 - ``pallas_split (whole op)``: ``linear_attention(..., impl="pallas_split")``: the cumsum, the
@@ -275,6 +278,11 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
 
     add("intra A v", a_v, (a, vc), cos_cotangent(vc.shape))
 
+    def a_v_kernel(a, v):
+        return intra_chunk.intra_chunk_outputs(a, v, dtype, kernel=True)
+
+    add("intra A v (Pallas kernel)", a_v_kernel, (a, vc), cos_cotangent(vc.shape))
+
     def intra_terms(q, k, v, cum):
         return pallas_gpu_split.intra_chunk_attention(q, k, v, cum, scale=scale, chunk=c,
                                                       sub=sub, dtype=dtype)
@@ -294,6 +302,13 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
                                                         intra_kernel=False)[0]
 
     add("pallas_split (whole op, XLA scores)", split_with_xla_scores, (q, k, v, g), o_ct)
+
+    def split_with_outputs_kernel(q, k, v, g):
+        tiling = dataclasses.replace(MEASURED, outputs_kernel=True)
+        return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=scale, chunk_size=chunk,
+                                                        intra_kernel=tiling)[0]
+
+    add("pallas_split (whole op, A v kernel)", split_with_outputs_kernel, (q, k, v, g), o_ct)
     add("pallas (one pass, reference)", op("pallas"), (q, k, v, g), o_ct)
     return parts
 

@@ -9,6 +9,7 @@ full-sequence cumulative decay G, masked before the ``exp``, and differentiates 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 
@@ -27,6 +28,7 @@ from seqzoo.ops.linear_attention import (
     pallas_gpu,
     pallas_gpu_intra,
     pallas_gpu_intra_bwd,
+    pallas_gpu_intra_outputs,
     pallas_gpu_split,
 )
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention
@@ -217,6 +219,51 @@ def test_split_on_the_states_forward_matches_the_xla_op_float32():
     pass and a chunk-parallel output (``seqzoo.kernels.chunked_states``); o, S_T and every
     gradient apart equal ``impl="chunked"``'s; T = 77, chunks of 64, width 32."""
     assert_kernel_matches_xla(32, states_forward=True)
+
+
+def test_split_with_the_outputs_kernel_matches_the_xla_op_float32(monkeypatch):
+    """``A v`` by ``pallas_gpu_intra_outputs`` (``ScoresTiling.outputs_kernel``) inside the
+    split: o, S_T and every gradient apart equal ``impl="chunked"``'s (T = 77, chunks of 64,
+    width 32: one value block of 32), and the kernel really ran."""
+    calls, kernel = [], pallas_gpu_intra_outputs.intra_outputs
+
+    def counted(scores, v, dtype, **kw):
+        calls.append(v.shape)
+        return kernel(scores, v, dtype, **kw)
+
+    monkeypatch.setattr(pallas_gpu_intra_outputs, "intra_outputs", counted)
+    tiling = dataclasses.replace(pallas_gpu_intra.MEASURED, outputs_kernel=True)
+    assert_kernel_matches_xla(32, intra_kernel=tiling)
+    assert calls
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-6)],
+                         ids=["f32", "bf16"])
+@pytest.mark.parametrize("dv", [48, 256])
+def test_outputs_kernel_equals_xla_product(dtype, tol, dv):
+    """``A v`` by the kernel against XLA's product on the same operands (A and v rounded to
+    ``dtype``, float32 accumulation): value widths 48 (blocks of 16) and 256 (two of 128),
+    chunks of 64, (B, N, H) = (2, 3, 2)."""
+    rng = np.random.default_rng(4)
+    scores = jnp.asarray(np.tril(rng.standard_normal((2, 3, 2, 64, 64))), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((2, 3, 64, 2, dv)), jnp.float32).astype(dtype)
+    got = pallas_gpu_intra_outputs.intra_outputs(scores, v, dtype)
+    want = jnp.einsum("bnhij,bnjhe->bnihe", scores.astype(dtype).astype(jnp.float32),
+                      v.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+    assert got.dtype == jnp.float32 and rel(got, want) < tol
+
+
+def test_outputs_kernel_lowers_to_one_dot_per_program(monkeypatch):
+    """Lowered for a GPU at GLA's size (chunk 64, dv 128, bf16): one Triton module with one
+    ``(64, 64) x (64, 128)`` matmul; a width no block of 16 divides is refused."""
+    monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
+    scores = jnp.ones((1, 2, 2, 64, 64), jnp.float32)
+    v = jnp.ones((1, 2, 64, 2, 128), jnp.bfloat16)
+    (module,) = triton_modules(functools.partial(pallas_gpu_intra_outputs.intra_outputs,
+                                                 dtype=jnp.bfloat16), scores, v)
+    assert re.search(r"tt\.dot [^\n]*tensor<64x64xbf16> \* tensor<64x128xbf16>", module)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        pallas_gpu_intra_outputs.intra_outputs(scores, v[..., :24], jnp.bfloat16)
 
 
 def test_split_forward_takes_its_own_launch_for_bf16_per_key_decays(monkeypatch):

@@ -8,7 +8,8 @@ Variants: ``xla`` (the op's XLA path), ``pallas`` (``impl="pallas"``), for per-k
 for 16-bit inputs by their Pallas kernels ``pallas_gpu_intra.MEASURED``, issue 24),
 ``pallas_split A kernel`` (the same with the scores' first launch: one program per chunk, XLA's
 VJP), ``pallas_split states forward`` (its inter-chunk forward as a states pass and an output
-pass parallel over chunks, ``seqzoo.kernels.chunked_states``), at ``GLA_LAYER`` the split's
+pass parallel over chunks, ``seqzoo.kernels.chunked_states``), ``pallas_split A v kernel`` (its
+``A v`` by ``pallas_gpu_intra_outputs``, no transposes), at ``GLA_LAYER`` the split's
 inter-chunk kernel at other launches (``SPLIT_LAUNCHES``), and, when importable,
 flash-linear-attention 0.6.0's Triton kernels on the same inputs as torch tensors (layout
 (B, T, H, D) for both): ``chunk_linear_attn`` (no decay, ``normalize=False``),
@@ -23,6 +24,7 @@ twice the forward's flops).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -33,6 +35,7 @@ from kernel_cases.fla_guard import LABEL, unguarded
 from seqzoo.kernels.chunked_pass import Tiling
 from seqzoo.ops.linear_attention import linear_attention, pallas_gpu_split
 from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention
+from seqzoo.ops.linear_attention.pallas_gpu_intra import MEASURED
 from seqzoo.ops.quasiseparable import quasiseparable
 from seqzoo.ops.ssd import ssd
 from seqzoo.ops.ssd.pallas_gpu import ssd_kernel
@@ -180,6 +183,9 @@ def attention_case(shape, kind, mode, *, with_xla=True, split_launches=False) ->
                                                          do, mode)
         variants["pallas_split states forward"] = _jax_variant(
             _split_with(states_forward=True), args, do, mode)
+        variants["pallas_split A v kernel"] = _jax_variant(
+            _split_with(intra_kernel=dataclasses.replace(MEASURED, outputs_kernel=True)), args,
+            do, mode)
     for name, tiling in SPLIT_LAUNCHES.items() if split_launches else ():
         variants[name] = _jax_variant(_split_with(tiling=tiling), args, do, mode)
     fla = fla_variants(kind, mode, q, k, v, g, do)

@@ -39,7 +39,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqzoo.kernels.split_product import split_product
-from seqzoo.ops.linear_attention import pallas_gpu_intra, pallas_gpu_intra_bwd
+from seqzoo.ops.linear_attention import (
+    pallas_gpu_intra,
+    pallas_gpu_intra_bwd,
+    pallas_gpu_intra_outputs,
+)
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -195,26 +199,32 @@ def _scores_tiling(kernel: bool | pallas_gpu_intra.ScoresTiling
     return pallas_gpu_intra.ScoresTiling() if kernel else None
 
 
-def intra_chunk_outputs(scores: Array, v: Array, dtype=None) -> Array:
+def intra_chunk_outputs(scores: Array, v: Array, dtype=None, kernel: bool = False) -> Array:
     """``o_intra = A v`` per chunk: scores (B, N, H, C, C) float32, v (B, N, C, H, dv) ->
     (B, N, C, H, dv) float32; the matmul's operands in ``dtype`` (default v's; a float32 v then
     holds its values, and its gradient stays float32). Its VJP takes ``do`` in ``dtype`` too:
-    ``dA = do v^T``, ``dv = A^T do`` with A split in ``hi + lo`` (``_einsum``)."""
+    ``dA = do v^T``, ``dv = A^T do`` with A split in ``hi + lo`` (``_einsum``). ``kernel``: the
+    forward product by ``pallas_gpu_intra_outputs`` (no transposes; C a power of two >= 16 and
+    dv a multiple of 16, else XLA's), the VJP still XLA's."""
     dtype = jnp.dtype(v.dtype if dtype is None else dtype)
-    return _outputs(scores, v.astype(_F32), dtype)
+    c, dv = scores.shape[-1], v.shape[-1]
+    fits = pallas_gpu_intra_outputs.value_block(dv) is not None and c >= 16 and not c & (c - 1)
+    return _outputs(scores, v.astype(_F32), dtype, kernel and fits)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _outputs(scores: Array, v: Array, dtype) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _outputs(scores: Array, v: Array, dtype, kernel: bool) -> Array:
     """``intra_chunk_outputs`` on a float32 ``v`` holding values of ``dtype``."""
+    if kernel:
+        return pallas_gpu_intra_outputs.intra_outputs(scores, v, dtype)
     return _einsum("bnhij,bnjhe->bnihe", scores, v, dtype)
 
 
-def _outputs_forward(scores, v, dtype):
-    return _outputs(scores, v, dtype), (scores, v.astype(dtype))  # exact: dtype's values
+def _outputs_forward(scores, v, dtype, kernel):
+    return _outputs(scores, v, dtype, kernel), (scores, v.astype(dtype))  # exact: dtype's
 
 
-def _outputs_backward(dtype, res, do):
+def _outputs_backward(dtype, kernel, res, do):
     scores, v = res
     do = do.astype(dtype)
     d_scores = _einsum("bnihe,bnjhe->bnhij", do, v, dtype)

@@ -207,11 +207,13 @@ class ScoresTiling:
     diagonal blocks by ``_diagonal_stored`` (exp2, columns stored as computed, as fla's diagonal
     pass) instead of ``_diagonal``; ``num_warps``, ``num_stages``: Triton's (the VJP kernel's
     too); ``vjp_kernel``: the VJP's dq and dk by ``pallas_gpu_intra_bwd`` (one program per
-    sub-chunk) instead of XLA's einsums."""
+    sub-chunk) instead of XLA's einsums; ``outputs_kernel``: the split's ``A v`` by
+    ``pallas_gpu_intra_outputs`` (on A's and v's own layouts) instead of XLA's batched matmul."""
 
     per_sub_chunk: bool = False
     stored_diagonal: bool = False
     vjp_kernel: bool = False
+    outputs_kernel: bool = False
     num_warps: int = 4
     num_stages: int = 1
 

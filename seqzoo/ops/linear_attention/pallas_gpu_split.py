@@ -68,13 +68,15 @@ def intra_chunk_attention(q: Array, k: Array, v: Array, cum: Array | None, *, sc
     multiple of ``chunk``; cum: None or the chunk-local cumulative log decays, float32,
     (D, B, T, H) or (D, B, T, H, dk). ``dtype``: the matmul operands' (default q's; float32 q,
     k, v holding its values keep float32 gradients). ``kernel``: per-key scores by the Pallas
-    kernel (True or its launch tiling: ``intra_chunk.intra_chunk_scores``)."""
+    kernel (True or its launch tiling: ``intra_chunk.intra_chunk_scores``; a tiling with
+    ``outputs_kernel`` takes ``A v`` to ``pallas_gpu_intra_outputs`` too)."""
     lead = q.shape[:2]
     q, k, v, cum = (None if x is None else x.reshape(-1, *x.shape[2:]) for x in (q, k, v, cum))
     q, k, v, cum = (_in_chunks(x, chunk) for x in (q, k, v, cum))
     scores = intra_chunk.intra_chunk_scores(q, k, cum, scale=scale, sub=sub, kernel=kernel,
                                             dtype=dtype)
-    out = intra_chunk.intra_chunk_outputs(scores, v, dtype)
+    outputs_kernel = isinstance(kernel, pallas_gpu_intra.ScoresTiling) and kernel.outputs_kernel
+    out = intra_chunk.intra_chunk_outputs(scores, v, dtype, kernel=outputs_kernel)
     return out.reshape(*lead, -1, *out.shape[3:])
 
 
