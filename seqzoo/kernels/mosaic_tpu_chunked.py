@@ -558,7 +558,8 @@ def gated_linear_attention(
     decay = None if g is None else ("scalar" if g.ndim == 4 else "key")
     dk, dv = q.shape[-1], v.shape[-1]
     if tiling is None:
-        tiling = pick_tiling(decay, dk, dv, jnp.dtype((operands or [v.dtype])[-1]).itemsize)
+        value_dtype = v.dtype if operands is None else operands[2]
+        tiling = pick_tiling(decay, dk, dv, jnp.dtype(value_dtype).itemsize)
     if max_chunk is not None and max_chunk < tiling.chunk:
         chunk = max(LANES, max_chunk // LANES * LANES)
         tiling = dataclasses.replace(tiling, chunk=chunk, sub=min(tiling.sub, chunk))

@@ -142,8 +142,8 @@ def gated_linear_attention(
         take (and the launch is chosen for); ``o`` is in v's own dtype and q, k, v's
         gradients stay float32 (``seqzoo.kernels.chunked_vjp.padded_chunked``).
     Returns ``o: (len(reverse), B, T, H, dv)`` in v's dtype (``operands``' for v) and the final
-    states
-    ``(len(reverse), B, H, dk, dv)`` float32 (for a reverse direction: the state before t=0).
+    states ``(len(reverse), B, H, dk, dv)`` float32 (for a reverse direction: the state before
+    t=0).
     """
     if scale == 0:
         raise ValueError("scale must be non-zero")
