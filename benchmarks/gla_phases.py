@@ -21,7 +21,9 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
 (restarting at every chunk) and ``o = o_inter + o_intra``:
 
 - ``chunk-local cumsum``: ``G_t = sum_{s <= t in t's chunk} g_s``, float32
-  (``chunked_vjp._chunk_cumsum``, what the split's custom VJP computes first);
+  (``chunked_vjp._chunk_cumsum``, what the split's custom VJP computes first); ``(Pallas
+  kernel)``: the same by ``seqzoo.kernels.chunk_cumsum`` (forward only, as the split's
+  ``cumsum_kernel=True`` runs it);
 - ``inter-chunk kernel``: the pairs in different chunks, ``o_inter_i = scale (q_i * exp(G_i))
   S_{n-1}`` for i in chunk n, ``S_n = diag(exp(G_C)) S_{n-1} + sum_j (k_j * exp(G_C - G_j))
   v_j^T``: ``pallas_gpu.gated_linear_attention(intra=False)`` at the split's tilings
@@ -117,6 +119,7 @@ from kernel_cases.chunked_linear_attention import attention_inputs  # noqa: E402
 from kernel_harness import jax_gradients, median_ms, torch_variant  # noqa: E402
 
 from seqzoo.kernels import chunked_vjp  # noqa: E402
+from seqzoo.kernels.chunk_cumsum import chunk_cumsum  # noqa: E402
 from seqzoo.kernels.chunked_states import states_then_outputs  # noqa: E402
 from seqzoo.kernels.chunked_tiling import padded_width  # noqa: E402
 from seqzoo.ops.linear_attention import intra_chunk, linear_attention, pallas_gpu_split  # noqa: E402
@@ -233,6 +236,8 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
 
     cum = jax.jit(cumsum)(g)  # (1, B, T, H, D) float32, as the split's custom VJP has it
     add("chunk-local cumsum", cumsum, (g,), cos_cotangent(cum.shape))
+    parts["chunk-local cumsum (Pallas kernel)"] = {"fwd": functools.partial(
+        jax.jit(lambda g: chunk_cumsum(g[None], c)), g)}
 
     def inter_with(launch, forward=None, forward_run=None):
         def inter(q, k, v, g):

@@ -9,7 +9,8 @@ for 16-bit inputs by their Pallas kernels ``pallas_gpu_intra.MEASURED``, issue 2
 ``pallas_split A kernel`` (the same with the scores' first launch: one program per chunk, XLA's
 VJP), ``pallas_split states forward`` (its inter-chunk forward as a states pass and an output
 pass parallel over chunks, ``seqzoo.kernels.chunked_states``), ``pallas_split A v kernel`` (its
-``A v`` by ``pallas_gpu_intra_outputs``, no transposes), at ``GLA_LAYER`` the split's
+``A v`` by ``pallas_gpu_intra_outputs``, no transposes), ``pallas_split cumsum kernel`` (the
+decays' chunk-local sums by ``seqzoo.kernels.chunk_cumsum``), at ``GLA_LAYER`` the split's
 inter-chunk kernel at other launches (``SPLIT_LAUNCHES``), and, when importable,
 flash-linear-attention 0.6.0's Triton kernels on the same inputs as torch tensors (layout
 (B, T, H, D) for both): ``chunk_linear_attn`` (no decay, ``normalize=False``),
@@ -186,6 +187,8 @@ def attention_case(shape, kind, mode, *, with_xla=True, split_launches=False) ->
         variants["pallas_split A v kernel"] = _jax_variant(
             _split_with(intra_kernel=dataclasses.replace(MEASURED, outputs_kernel=True)), args,
             do, mode)
+        variants["pallas_split cumsum kernel"] = _jax_variant(
+            _split_with(cumsum_kernel=True), args, do, mode)
     for name, tiling in SPLIT_LAUNCHES.items() if split_launches else ():
         variants[name] = _jax_variant(_split_with(tiling=tiling), args, do, mode)
     fla = fla_variants(kind, mode, q, k, v, g, do)

@@ -58,6 +58,7 @@ class _Static:
     forward: Tiling | None = None  # the forward pass's launch (``tiling``'s chunk); None: tiling
     forward_run: Callable | None = None  # the forward pass, as ``run`` (None: ``run``)
     operands: tuple | None = None  # q, k, v's dtypes where they arrive as float32 copies
+    cumsum: Callable | None = None  # the chunk-local cumulative sum (None: ``_chunk_cumsum``)
 
 
 def _chunk_cumsum(g: Array, chunk: int) -> Array:
@@ -109,7 +110,7 @@ def _chunked(q, k, v, g, ks, s0, st: _Static):
 
 
 def _forward(q, k, v, g, ks, s0, st: _Static, differentiated: bool = True):
-    cum = None if g is None else _chunk_cumsum(g, st.tiling.chunk)
+    cum = None if g is None else (st.cumsum or _chunk_cumsum)(g, st.tiling.chunk)
     widen = {} if st.extra is None else {"out_dtype": _F32}
     run = st.forward_run or st.run
     q_n, k_n, v_n = _narrowed((q, k, v), st)
@@ -211,7 +212,8 @@ def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
                    precision: str = "highest", extra: Callable | None = None,
                    contracted_width: int | None = None,
                    forward_tiling=None, forward_run: Callable | None = None,
-                   operands: tuple | None = None) -> tuple[Array, Array]:
+                   operands: tuple | None = None,
+                   cumsum: Callable | None = None) -> tuple[Array, Array]:
     """Chunked gated linear attention on the passes ``run`` (layout and arguments as
     ``seqzoo.ops.linear_attention.pallas_gpu.gated_linear_attention``): the inputs zero-padded
     to a multiple of ``tiling.chunk`` steps and to the key / value ``widths`` (identity steps,
@@ -229,6 +231,8 @@ def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
     copies holding values of these three dtypes: the passes take them narrowed back (exact),
     ``o`` comes out in v's own dtype and the gradients of q, k, v stay float32, for a caller
     that adds gradients of its own before one rounding (``seqzoo.kernels.chunked_segments``).
+    ``cumsum``: ``cumsum(g, chunk)``, the forward's chunk-local cumulative sum of the padded
+    float32 decays (``seqzoo.kernels.chunk_cumsum``); None: XLA's.
     """
     if forward_tiling is not None and forward_tiling.chunk != tiling.chunk:
         raise ValueError(f"the forward's chunk {forward_tiling.chunk} is not the backward's "
@@ -252,6 +256,6 @@ def padded_chunked(q, k, v, g, key_scale, initial_state, *, scale: float,
         _padded(as_f32[1], {2: steps}),
         _padded(as_f32[2], {3: wk, 4: wv}),
         _Static(float(scale), tuple(reverse), decay, tiling, run, intra, precision, extra,
-                contracted_width, forward_tiling, forward_run, operands),
+                contracted_width, forward_tiling, forward_run, operands, cumsum),
     )
     return out[:, :, :length, :, :dv], final[..., :dk, :dv]

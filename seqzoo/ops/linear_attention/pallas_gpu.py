@@ -63,6 +63,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels.chunk_cumsum import chunk_cumsum
+from seqzoo.kernels.chunk_cumsum import fits as chunk_cumsum_fits
 from seqzoo.kernels.chunked_pass import TUNED, Tiling, chunked_pass
 from seqzoo.kernels.chunked_segments import device_sm_count, propose_segments, segmented
 from seqzoo.kernels.chunked_tiling import (
@@ -116,6 +118,7 @@ def gated_linear_attention(
     forward_tiling: Tiling | None = None,
     forward_run: Callable | None = None,
     operands: tuple | None = None,
+    cumsum_kernel: bool = False,
 ) -> tuple[Array, Array]:
     """Chunked gated linear attention in one or two directions, differentiable in every input.
 
@@ -141,6 +144,8 @@ def gated_linear_attention(
       operands: q, k, v are float32 copies of values of these three dtypes, which the passes
         take (and the launch is chosen for); ``o`` is in v's own dtype and q, k, v's
         gradients stay float32 (``seqzoo.kernels.chunked_vjp.padded_chunked``).
+      cumsum_kernel: per-key decays' chunk-local cumulative sum by
+        ``seqzoo.kernels.chunk_cumsum`` (where its tiles fit) instead of XLA's.
     Returns ``o: (len(reverse), B, T, H, dv)`` in v's dtype (``operands``' for v) and the final
     states ``(len(reverse), B, H, dk, dv)`` float32 (for a reverse direction: the state before
     t=0).
@@ -160,7 +165,8 @@ def gated_linear_attention(
                           tiling=tiling, widths=widths, run=chunked_pass, intra=intra,
                           precision=precision, extra=extra, contracted_width=wv,
                           forward_tiling=forward_tiling, forward_run=forward_run,
-                          operands=operands)
+                          operands=operands, cumsum=chunk_cumsum if cumsum_kernel and decay == (
+                              "key") and chunk_cumsum_fits(tiling.chunk, wk) else None)
 
 
 def forward_launch(forward: Tiling, tiling: Tiling, value_width: int) -> Tiling:

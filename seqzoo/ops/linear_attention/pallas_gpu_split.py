@@ -141,6 +141,7 @@ def linear_attention_kernel(
     segments: int | None = None,
     tiling: Tiling | None = None,
     states_forward: bool = False,
+    cumsum_kernel: bool = False,
 ) -> tuple[Array, Array]:
     """``seqzoo.ops.linear_attention`` (no segment_ids) as ``o_inter + o_intra``.
 
@@ -162,8 +163,12 @@ def linear_attention_kernel(
     length, and the intra-chunk terms' chunk and sub-chunk; a tiling asked for runs every pass.
     states_forward: per-key decays' inter-chunk forward as a states pass and an output pass
     parallel over chunks (``seqzoo.kernels.chunked_states``, fla's structure) instead of the
-    kernel's one walk (not yet timed; the backward is the same; other decays are refused by
+    kernel's one walk (slower than the walk at its own launch on an H100: benchmarks/
+    RESULTS.md, "The forward's own launch and the states forward timed"; kept as the place to
+    fuse ``A v`` into; the backward is the same; other decays are refused by
     ``states_then_outputs``).
+    cumsum_kernel: the decays' chunk-local cumulative sum by ``seqzoo.kernels.chunk_cumsum``
+    instead of XLA's (an option until timed).
     Returns ``o`` in v's dtype and ``S_T`` float32.
     """
     forward = forward_tiling(q, k, v, log_decay, tiling)
@@ -177,7 +182,8 @@ def linear_attention_kernel(
                         jnp.dtype(jnp.result_type(q.dtype, k.dtype, v.dtype)))
     attention = functools.partial(gated_linear_attention, tiling=tiling, intra=False,
                                   precision=precision, extra=intra, forward_tiling=forward,
-                                  forward_run=states_then_outputs if states_forward else None)
+                                  forward_run=states_then_outputs if states_forward else None,
+                                  cumsum_kernel=cumsum_kernel)
     if segments is not None:
         attention = segmented(attention, segments)
     o, final = attention(*lead[:4], None, lead[4], scale=scale)
