@@ -33,11 +33,16 @@ def test_the_timed_parts_add_up_to_the_op(dtype, tol):
     assert {"intra terms (scores + A v)", "pallas_split (whole op)",
             "pallas (one pass, reference)", *gla_phases.SCORES_VARIANTS,
             *gla_phases.INTER_VARIANTS} <= set(parts)
-    assert all(set(modes) == {"fwd", "fwd+bwd"} for modes in parts.values())
+    forward_only = {"chunk-local cumsum (Pallas kernel)"}  # a kernel with no VJP of its own
+    assert all(set(modes) == ({"fwd"} if name in forward_only else {"fwd", "fwd+bwd"})
+               for name, modes in parts.items())
+    cum = parts["chunk-local cumsum"]["fwd"]()
+    assert rel(parts["chunk-local cumsum (Pallas kernel)"]["fwd"](), cum) < 1e-6
     o_inter = parts["inter-chunk kernel (intra=False)"]["fwd"]()
     for name in gla_phases.INTER_VARIANTS:  # another launch, the same sums
         assert rel(parts[name]["fwd"](), o_inter) < tol, name
     o_intra = parts["intra A v"]["fwd"]()
+    assert rel(parts["intra A v (Pallas kernel)"]["fwd"](), o_intra) < 1e-6
     whole = parts["pallas_split (whole op)"]["fwd"]()
     assert o_inter.shape == whole.shape == (b, t, h, d)
     assert o_intra.shape == (b, t // gla_phases.QUICK_CHUNK, gla_phases.QUICK_CHUNK, h, d)
@@ -53,6 +58,8 @@ def test_the_timed_parts_add_up_to_the_op(dtype, tol):
     terms = parts["intra terms (scores + A v)"]["fwd"]()
     np.testing.assert_allclose(np.asarray(terms[0]), np.asarray(o_intra.reshape(b, t, h, d)),
                                rtol=1e-6, atol=1e-6)
+    with_outputs_kernel = parts["pallas_split (whole op, A v kernel)"]["fwd"]()
+    assert rel(with_outputs_kernel.astype(jnp.float32), whole.astype(jnp.float32)) < 1e-6
     with_xla_scores = parts["pallas_split (whole op, XLA scores)"]["fwd"]()
     assert rel(with_xla_scores.astype(jnp.float32), whole.astype(jnp.float32)) < (
         1e-5 if dtype == jnp.float32 else 1e-2)

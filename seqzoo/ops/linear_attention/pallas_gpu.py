@@ -161,12 +161,13 @@ def gated_linear_attention(
     widths = (wk, padded_value_width(v.shape[-1], tiling.block_v))  # whole value blocks
     if forward_tiling is not None:
         forward_tiling = forward_launch(forward_tiling, tiling, widths[1])
+    kernel_sums = cumsum_kernel and decay == "key" and chunk_cumsum_fits(tiling.chunk, wk)
+    cumsum = chunk_cumsum if kernel_sums else None
     return padded_chunked(q, k, v, g, key_scale, initial_state, scale=scale, reverse=reverse,
                           tiling=tiling, widths=widths, run=chunked_pass, intra=intra,
                           precision=precision, extra=extra, contracted_width=wv,
                           forward_tiling=forward_tiling, forward_run=forward_run,
-                          operands=operands, cumsum=chunk_cumsum if cumsum_kernel and decay == (
-                              "key") and chunk_cumsum_fits(tiling.chunk, wk) else None)
+                          operands=operands, cumsum=cumsum)
 
 
 def forward_launch(forward: Tiling, tiling: Tiling, value_width: int) -> Tiling:
