@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from seqzoo.kernels import launch
+from seqzoo.kernels.chunked_tiling import padded_width
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -24,7 +25,7 @@ _F32 = jnp.float32
 def fits(chunk: int, width: int) -> bool:
     """Whether the kernel takes this chunk and key width (Triton's tile sides: powers of two
     >= 16)."""
-    return all(n >= 16 and not n & (n - 1) for n in (chunk, width))
+    return all(padded_width(n) == n for n in (chunk, width))
 
 
 def _kernel(g_ref, cum_ref):

@@ -207,8 +207,7 @@ def intra_chunk_outputs(scores: Array, v: Array, dtype=None, kernel: bool = Fals
     forward product by ``pallas_gpu_intra_outputs`` (no transposes; C a power of two >= 16 and
     dv a multiple of 16, else XLA's), the VJP still XLA's."""
     dtype = jnp.dtype(v.dtype if dtype is None else dtype)
-    c, dv = scores.shape[-1], v.shape[-1]
-    fits = pallas_gpu_intra_outputs.value_block(dv) is not None and c >= 16 and not c & (c - 1)
+    fits = pallas_gpu_intra_outputs.fits(scores.shape[-1], v.shape[-1])
     return _outputs(scores, v.astype(_F32), dtype, kernel and fits)
 
 

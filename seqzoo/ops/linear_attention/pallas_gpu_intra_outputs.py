@@ -22,6 +22,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from seqzoo.kernels import launch
+from seqzoo.kernels.chunked_tiling import padded_width
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -31,6 +32,12 @@ def value_block(dv: int) -> int | None:
     """The value block: the largest of 128, 64, 32, 16 dividing ``dv`` (Triton's tile sides are
     powers of two >= 16); None where none does (the caller keeps XLA's product)."""
     return next((bv for bv in (128, 64, 32, 16) if dv % bv == 0), None)
+
+
+def fits(chunk: int, dv: int) -> bool:
+    """Whether the kernel takes this chunk (a power of two >= 16) and value width (a
+    ``value_block``)."""
+    return padded_width(chunk) == chunk and value_block(dv) is not None
 
 
 def _kernel(a_ref, v_ref, o_ref, *, dtype):
@@ -44,11 +51,10 @@ def intra_outputs(scores: Array, v: Array, dtype, *, num_warps: int = 4) -> Arra
     """``A v`` (module docstring); the chunk C a power of two >= 16 and dv a multiple of 16."""
     b, n, h, c, _ = scores.shape
     dv = v.shape[-1]
-    bv = value_block(dv)
-    if bv is None or c < 16 or c & (c - 1):
+    if not fits(c, dv):
         raise ValueError(f"the A v kernel takes a chunk that is a power of two >= 16 and a "
                          f"value width that is a multiple of 16, got {c} and {dv}")
-    dtype = jnp.dtype(dtype)
+    dtype, bv = jnp.dtype(dtype), value_block(dv)
     rows = pl.BlockSpec((None, None, c, None, bv), lambda i, m, j, e: (i, m, 0, j, e))
     call = launch.pallas_call(
         functools.partial(_kernel, dtype=dtype),

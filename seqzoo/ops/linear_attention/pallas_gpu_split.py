@@ -175,7 +175,7 @@ def linear_attention_kernel(
     tiling = kernel_tiling(q, k, v, log_decay, chunk_size, segments, tiling)
     if intra_kernel is None:  # the kernels take chunks of a power of two >= 16 steps
         half = all(a.dtype.itemsize == 2 for a in (q, k, v))
-        fits = tiling.chunk >= 16 and tiling.chunk & (tiling.chunk - 1) == 0
+        fits = padded_width(tiling.chunk) == tiling.chunk
         intra_kernel = pallas_gpu_intra.MEASURED if half and fits else False
     lead = [None if a is None else a[None] for a in (q, k, v, log_decay, initial_state)]
     intra = _IntraTerms(float(scale), tiling.chunk, tiling.sub, intra_kernel,
