@@ -62,15 +62,18 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
   ``dG = q dq - k dk``, at 2 warps (``MEASURED``), 8 and 1;
 - ``intra A v``: ``o_intra = A v`` per chunk (``intra_chunk.intra_chunk_outputs``, bf16
   operands, float32 result; its VJP ``dA = do v^T``, ``dv = A^T do``);
-- ``intra A v (Pallas kernel)``, ``pallas_split (whole op, A v kernel)``: the same product by
-  ``pallas_gpu_intra_outputs`` (A and v read in their own layouts, no transposes), alone and in
-  the whole op (``ScoresTiling.outputs_kernel``);
+- ``intra A v (Pallas kernel)``: the same product by ``pallas_gpu_intra_outputs`` (A and v
+  read in their own layouts, no transposes; ``ScoresTiling.outputs_kernel``, the split's
+  default);
 - ``intra terms (scores + A v)``: the two as the split runs them
   (``pallas_gpu_split.intra_chunk_attention``, the kernel's ``extra``), from q, k, v, G;
 - ``pallas_split (whole op)``: ``linear_attention(..., impl="pallas_split")``: the cumsum, the
   kernel, the intra terms summed once in float32 (``o = round(o_inter + o_intra)``), one custom
   VJP; for bf16 its scores and their VJP by the kernels (``pallas_gpu_intra.MEASURED``: the
-  per-sub-chunk kernel, 2 warps, stored diagonal, the VJP by ``pallas_gpu_intra_bwd``);
+  per-sub-chunk kernel, 2 warps, stored diagonal, the VJP by ``pallas_gpu_intra_bwd``, ``A v``
+  by its kernel, one-instruction exponentials; the sums by ``chunk_cumsum``);
+  ``pallas_split (whole op, XLA cumsum, XLA A v, libdevice exp)``: without the last three
+  (the split's defaults before 2026-12-07);
   ``sum of the split's parts``: cumsum + kernel + XLA's scores + A v (XLA fuses across parts in
   the whole op, and the whole rounds once: the sum is not the whole's time);
 - ``pallas_split (whole op, XLA scores)``: ``pallas_gpu_split.linear_attention_kernel`` with
@@ -308,12 +311,14 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
 
     add("pallas_split (whole op, XLA scores)", split_with_xla_scores, (q, k, v, g), o_ct)
 
-    def split_with_outputs_kernel(q, k, v, g):
-        tiling = dataclasses.replace(MEASURED, outputs_kernel=True)
+    def split_without_s23(q, k, v, g):
+        tiling = dataclasses.replace(MEASURED, outputs_kernel=False, approx_exp=False)
         return pallas_gpu_split.linear_attention_kernel(q, k, v, g, scale=scale, chunk_size=chunk,
-                                                        intra_kernel=tiling)[0]
+                                                        intra_kernel=tiling,
+                                                        cumsum_kernel=False)[0]
 
-    add("pallas_split (whole op, A v kernel)", split_with_outputs_kernel, (q, k, v, g), o_ct)
+    add("pallas_split (whole op, XLA cumsum, XLA A v, libdevice exp)", split_without_s23,
+        (q, k, v, g), o_ct)
     add("pallas (one pass, reference)", op("pallas"), (q, k, v, g), o_ct)
     return parts
 

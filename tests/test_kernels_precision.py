@@ -133,7 +133,7 @@ def test_ssd_and_quasiseparable_pass_it_to_every_pass(monkeypatch):
 
 def test_pallas_split_passes_it_to_its_inter_chunk_passes(monkeypatch):
     """Per-key decays, forward and backward: four inter-chunk passes at tf32x3 (the intra-chunk
-    scores are XLA's, IEEE)."""
+    scores are XLA's, IEEE), and the chunk-local sums' kernel (no product)."""
     monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
     (q, k, v, g, _), _ = attention_inputs("key", jnp.float32, t=32, seed=10)
 
@@ -142,7 +142,9 @@ def test_pallas_split_passes_it_to_its_inter_chunk_passes(monkeypatch):
                                         impl="pallas_split", precision="tf32x3"))
 
     modules = triton_modules(jax.grad(loss, (0, 1, 2, 3)), q, k, v, g)
-    assert len(modules) == 4
+    passes = [m for m in modules if "chunk_cumsum" not in m]
+    assert len(modules) == 5 and len(passes) == 4
+    assert all(dot_precisions(m) for m in passes)
     assert {p for m in modules for p in dot_precisions(m)} == {"tf32x3"}
 
 

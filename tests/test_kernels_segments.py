@@ -245,10 +245,11 @@ def test_lowers_for_a_gpu_and_a_tpu_on_this_machine(monkeypatch, platform, call)
 
 def test_the_split_with_segments_lowers_for_a_gpu(monkeypatch):
     """bf16 per-key decays, ``impl="pallas_split"`` on 4 segments, lowered for CUDA: the
-    inter-chunk kernel and the scores' kernel forward; backward adds the three passes and the
-    scores' VJP kernel."""
+    chunk-local sums', the inter-chunk, the scores' and the ``A v`` kernels forward; the
+    gradient (the loss's value unused: no ``A v``) adds the three passes and the scores' VJP
+    kernel."""
     monkeypatch.setattr(launch, "kernels_compiled", lambda: True)
-    assert launches_with_segments("pallas_split", "key", "cuda", TRITON_CALL) == (2, 6)
+    assert launches_with_segments("pallas_split", "key", "cuda", TRITON_CALL) == (4, 7)
 
 
 def test_proposed_segments():

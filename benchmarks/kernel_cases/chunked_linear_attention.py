@@ -8,9 +8,10 @@ Variants: ``xla`` (the op's XLA path), ``pallas`` (``impl="pallas"``), for per-k
 for 16-bit inputs by their Pallas kernels ``pallas_gpu_intra.MEASURED``, issue 24),
 ``pallas_split A kernel`` (the same with the scores' first launch: one program per chunk, XLA's
 VJP), ``pallas_split states forward`` (its inter-chunk forward as a states pass and an output
-pass parallel over chunks, ``seqzoo.kernels.chunked_states``), ``pallas_split A v kernel`` (its
-``A v`` by ``pallas_gpu_intra_outputs``, no transposes), ``pallas_split cumsum kernel`` (the
-decays' chunk-local sums by ``seqzoo.kernels.chunk_cumsum``), at ``GLA_LAYER`` the split's
+pass parallel over chunks, ``seqzoo.kernels.chunked_states``), ``WITHOUT_S23`` (the split without
+its three defaults of 2026-12-07: XLA's chunk-local sums instead of ``seqzoo.kernels.
+chunk_cumsum``, XLA's ``A v`` instead of ``pallas_gpu_intra_outputs``, libdevice's exponentials
+instead of ``seqzoo.kernels.approx_exp``'s), at ``GLA_LAYER`` the split's
 inter-chunk kernel at other launches (``SPLIT_LAUNCHES``), and, when importable,
 flash-linear-attention 0.6.0's Triton kernels on the same inputs as torch tensors (layout
 (B, T, H, D) for both): ``chunk_linear_attn`` (no decay, ``normalize=False``),
@@ -50,6 +51,9 @@ QUICK_SHAPES, QUICK_MAMBA2 = [(1, 80, 2, 16)], (1, 80, 2, 16, 16)
 # it in value blocks (forward, dv) and at 256 where one contracts over it (dq, dk); the op's
 # impl="auto" refuses it (MEASURED_WIDTH: pow2-padded 256 > 128)
 GLA_LAYER, QUICK_GLA_LAYER = (8, 2048, 4, 96, 192), (1, 80, 2, 16, 32)
+# The split without the defaults it took on 2026-12-07 (the cumsum and A v kernels, one-instruction
+# exponentials): what they gained, timed beside it.
+WITHOUT_S23 = "pallas_split XLA cumsum and A v and libdevice exp"
 # Where the XLA path is timed too (its compilations take most of a run's time): the first
 # shape, and the per-key kind where its (B, T/C, H, D, C, C) decays fit (not on the second).
 XLA_AT = {(SHAPES[0], "none"), (SHAPES[0], "head"), (SHAPES[0], "key"), (SHAPES[2], "key")}
@@ -184,11 +188,10 @@ def attention_case(shape, kind, mode, *, with_xla=True, split_launches=False) ->
                                                          do, mode)
         variants["pallas_split states forward"] = _jax_variant(
             _split_with(states_forward=True), args, do, mode)
-        variants["pallas_split A v kernel"] = _jax_variant(
-            _split_with(intra_kernel=dataclasses.replace(MEASURED, outputs_kernel=True)), args,
-            do, mode)
-        variants["pallas_split cumsum kernel"] = _jax_variant(
-            _split_with(cumsum_kernel=True), args, do, mode)
+        variants[WITHOUT_S23] = _jax_variant(
+            _split_with(intra_kernel=dataclasses.replace(MEASURED, outputs_kernel=False,
+                                                         approx_exp=False),
+                        cumsum_kernel=False), args, do, mode)
     for name, tiling in SPLIT_LAUNCHES.items() if split_launches else ():
         variants[name] = _jax_variant(_split_with(tiling=tiling), args, do, mode)
     fla = fla_variants(kind, mode, q, k, v, g, do)

@@ -3,7 +3,8 @@
 Variants: ``xla`` (the op's associative scan over (B, L, D, N) f32 states, the reference) and
 ``pallas`` (``impl="pallas"``: the fused kernel's default launch), plus launch sweeps of the
 kernel (``w`` channels per program, ``c`` steps per chunk, forward and checkpoint interval alike,
-``n`` warps). Mamba's call: u, delta,
+``n`` warps) and ``pallas libdevice exp`` (the default launch, the decays by libdevice's
+``exp2f`` instead of ``seqzoo.kernels.approx_exp``'s instruction, the default). Mamba's call: u, delta,
 z, B, C in bf16, A = -exp(A_log) and D, delta_bias in f32, softplus on delta, shared B and C.
 Forward, and forward+backward as the gradients of ``sum(out * g)`` w.r.t. every input. The floor
 is the memory floor: u, delta, z, B, C, out (forward) plus u, delta, z, B, C, g, du, ddelta, dz,
@@ -64,13 +65,14 @@ def _variant(fn, shape, groups, packed, mode):
     return jax_gradients(call, (kwargs,), g)
 
 
-def _launch(width, chunk, warps):
+def _launch(width, chunk, warps, approx_exp=True):
     def fn(segment_ids=None, **kw):
         resets = None if segment_ids is None else jnp.concatenate(
             [jnp.zeros_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
             axis=1)
         return kernel.selective_scan(**kw, delta_softplus=True, resets=resets, width=width,
-                                     chunk=chunk, checkpoint=chunk, num_warps=warps)[0]
+                                     chunk=chunk, checkpoint=chunk, num_warps=warps,
+                                     approx_exp=approx_exp)[0]
     return fn
 
 
@@ -83,6 +85,10 @@ def case(shape, mode, *, groups=None, packed=False, sweep=()) -> Case:
     for width, chunk, warps in sweep:
         variants[f"pallas w{width} c{chunk} n{warps}"] = _variant(
             _launch(width, chunk, warps), shape, groups, packed, mode)
+    width, chunk, warps = kernel.WIDTH, kernel.CHUNK if mode == "fwd" else kernel.CHECKPOINT, \
+        kernel.NUM_WARPS
+    variants["pallas libdevice exp"] = _variant(_launch(width, chunk, warps, approx_exp=False),
+                                                shape, groups, packed, mode)
     b, l, d, n = shape
     seq, bc = 2 * b * l * d, 2 * b * l * n * (groups or 1)
     bytes_moved = 4 * seq + 2 * bc if mode == "fwd" else 10 * seq + 4 * bc

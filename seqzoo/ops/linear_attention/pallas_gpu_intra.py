@@ -16,10 +16,10 @@ A program reads its chunk's ``q, k: (C, dk)`` (the inputs' dtype) and ``G: (C, d
   ``(sub, dk) x (dk, rows)`` matmul per piece of them, operands rounded to the inputs' dtype,
   float32 accumulation (IEEE for float32);
 * the diagonal block ``A[I, r:r + sub]`` exactly, a loop over its ``sub`` columns j (a
-  ``fori_loop``): ``sum_d q_Id k_jd exp(min(G_Id - G_jd, 0))``, a ``(sub, dk)`` product reduced
-  over dk into column j of a ``(sub, sub)`` float32 block (``where(col == j, ...)``), then the
-  causal mask ``j <= i``. The ``min`` makes every exponent <= 0 (rows above the diagonal, masked
-  anyway, included): nothing overflows however strong the decays. Every tensor is 2-D;
+  ``fori_loop``): ``sum_d q_Id k_jd exp(G_Id - G_jd)``, a ``(sub, dk)`` product reduced over dk
+  into column j of a ``(sub, sub)`` float32 block (``where(col == j, ...)``), then the causal
+  mask ``j <= i``, which also drops the rows above the diagonal, whose positive exponents may
+  overflow (each row's sum is its own: nothing reaches a kept row). Every tensor is 2-D;
   ``(sub, sub, dk)`` is never formed;
 * right of the diagonal block (``j >= r + sub``): zeros.
 
@@ -70,12 +70,11 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from seqzoo.kernels import launch
+from seqzoo.kernels import approx_exp, launch
 from seqzoo.kernels.chunked_tiling import padded_width
 
 Array = jax.Array
 _F32 = jnp.float32
-_LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x log2 e)
 
 
 def _pieces(start: int, stop: int) -> list[tuple[int, int]]:
@@ -89,98 +88,111 @@ def _pieces(start: int, stop: int) -> list[tuple[int, int]]:
     return pieces
 
 
-def _from_reference(q_ref, g_ref, r, sub: int, dtype):
+def _from_reference(q_ref, g_ref, r, sub: int, dtype, approx: bool):
     """Sub-chunk I's rows from row ``r`` (static or traced): ``q_I, G_I: (sub, dk)`` float32,
-    ``G_r: (1, dk)`` and the decayed queries ``q_I exp(G_I - G_r)`` in ``dtype``."""
+    ``G_r: (1, dk)`` and the decayed queries ``q_I exp(G_I - G_r)`` in ``dtype`` (``approx``:
+    ``approx_exp.exp``'s instruction)."""
     rows = pl.ds(r, sub)
     q_i, g_i = q_ref[rows, :].astype(_F32), g_ref[rows, :]
     g_r = g_ref[pl.ds(r, 1), :]
-    return q_i, g_i, g_r, (q_i * jnp.exp(g_i - g_r)).astype(dtype)
+    return q_i, g_i, g_r, (q_i * approx_exp.exp(g_i - g_r, approx)).astype(dtype)
 
 
-def _below(from_ref, g_r, k_ref, g_ref, earlier, dtype) -> Array:
+def _below(from_ref, g_r, k_ref, g_ref, earlier, dtype, approx: bool) -> Array:
     """``A[I, earlier] = (q_I exp(G_I - G_r)) (k_J exp(G_r - G_J))^T`` for rows ``earlier``
     before I (a ``pl.ds``): one ``(sub, dk) x (dk, rows)`` matmul, float32 accumulation (IEEE
     for float32)."""
-    to_ref = k_ref[earlier, :].astype(_F32) * jnp.exp(g_r - g_ref[earlier, :])
+    to_ref = k_ref[earlier, :].astype(_F32) * approx_exp.exp(g_r - g_ref[earlier, :], approx)
     precision = lax.Precision.HIGHEST if dtype == _F32 else None
     return lax.dot_general(from_ref, to_ref.astype(dtype), (((1,), (1,)), ((), ())),
                            precision=precision, preferred_element_type=_F32)
 
 
-def _diagonal(q_i, g_i, k_ref, g_ref, r, sub: int) -> Array:
-    """The diagonal block ``A[I, r:r + sub]``, ``(sub, sub)`` float32, column by column: column
-    j is ``sum_d q_Id k_jd exp(min(G_Id - G_jd, 0))`` (a ``(sub, dk)`` product reduced over dk),
-    then the causal mask ``j <= i``."""
+def _column_sums(q_i, g_i, k_ref, g_ref, r, j, sub: int, approx: bool) -> Array:
+    """Column ``r + j`` of A on I's rows, unmasked: ``sum_d q_Id k_jd exp2((G_Id - G_jd) log2 e)``,
+    ``(sub,)`` float32. Key j's row is read once per row of I (an index vector of ``sub``
+    copies of ``r + j``), a ``(sub, dk)`` tile of one row repeated: Triton then lays the loop's tensors out as the queries' tiles (dk within threads,
+    2 shuffle rounds a row sum at 2 warps); read as a ``(1, dk)`` row and broadcast, they took
+    that row's layout (dk over every lane of both warps: 5 shuffle rounds and a trip through
+    shared memory a row sum, 2.3x the loop's instructions; ptxas of Triton 3.6 for sm_90a).
+    No ``min(., 0)`` on the exponent: on rows above the diagonal (``i < j``, masked by the
+    caller, each row's sum its own) it may overflow to inf or nan; on the others it is <= 0 up
+    to rounding. The difference is taken before the scaling: scaling G first (log2 units, as
+    fla) made ``G_I log2 e - G_j log2 e`` nonzero at i = j (an FMA rounds one product and not
+    the other): in interpret mode on a CPU, A off by 2e-4 relative L2, 0.3% on its diagonal,
+    at G = -6e4 (decays of -1e3 per step). ``approx``: ``approx_exp``'s instruction."""
+    key = jnp.full((sub,), r + j, jnp.int32)
+    decay = approx_exp.exp2((g_i - g_ref[key, :]) * approx_exp.LOG2E, approx)
+    return jnp.sum(q_i * k_ref[key, :].astype(_F32) * decay, axis=1)
+
+
+def _diagonal(q_i, g_i, k_ref, g_ref, r, sub: int, approx: bool) -> Array:
+    """The diagonal block ``A[I, r:r + sub]``, ``(sub, sub)`` float32, column by column
+    (``_column_sums`` into column j of the block, ``where(col == j, ...)``), then the causal
+    mask ``j <= i``."""
     col = lax.broadcasted_iota(jnp.int32, (sub, sub), 1)
 
     def column(j, block):
-        key = pl.ds(r + j, 1)
-        decay = jnp.exp(jnp.minimum(g_i - g_ref[key, :], 0.0))  # (sub, dk), <= 1
-        terms = q_i * k_ref[key, :].astype(_F32) * decay
-        return jnp.where(col == j, jnp.sum(terms, axis=1)[:, None], block)
+        sums = _column_sums(q_i, g_i, k_ref, g_ref, r, j, sub, approx)
+        return jnp.where(col == j, sums[:, None], block)
 
     block = lax.fori_loop(0, sub, column, jnp.zeros((sub, sub), _F32))
     return jnp.where(col <= lax.broadcasted_iota(jnp.int32, (sub, sub), 0), block, 0.0)
 
 
-def _diagonal_stored(q_i, g_i, k_ref, g_ref, a_ref, rows, r, sub: int) -> None:
+def _diagonal_stored(q_i, g_i, k_ref, g_ref, a_ref, rows, r, sub: int, approx: bool) -> None:
     """``_diagonal``'s block stored column by column into ``a_ref[rows, r + j]`` as computed
-    (masked to ``j <= i`` there: no ``(sub, sub)`` block selected into, no layout conversion),
-    the decays ``exp2(min(G_Id - G_jd, 0) log2 e)``: a multiply and libdevice's ``exp2f`` where
-    its ``expf`` takes about ten instructions. The difference is taken before the scaling:
-    scaling G first (log2 units, as fla) made ``G_I log2 e - G_j log2 e`` nonzero at i = j
-    (an FMA rounds one product and not the other): in interpret mode on a CPU, A off by 2e-4
-    relative L2, 0.3% on its diagonal, at G = -6e4 (decays of -1e3 per step)."""
+    (masked to ``j <= i`` there: no ``(sub, sub)`` block selected into, no layout
+    conversion)."""
     row = lax.broadcasted_iota(jnp.int32, (sub,), 0)
 
     def column(j, carry):
-        key = pl.ds(r + j, 1)
-        decay = jnp.exp2(jnp.minimum(g_i - g_ref[key, :], 0.0) * _LOG2E)  # (sub, dk), <= 1
-        terms = jnp.sum(q_i * k_ref[key, :].astype(_F32) * decay, axis=1)
-        a_ref[rows, pl.ds(r + j, 1)] = jnp.where(row >= j, terms, 0.0)[:, None]
+        sums = _column_sums(q_i, g_i, k_ref, g_ref, r, j, sub, approx)
+        a_ref[rows, pl.ds(r + j, 1)] = jnp.where(row >= j, sums, 0.0)[:, None]
         return carry
 
     lax.fori_loop(0, sub, column, 0)
 
 
-def _diagonal_into(a_ref, rows, q_i, g_i, k_ref, g_ref, r, sub: int, stored: bool) -> None:
+def _diagonal_into(a_ref, rows, q_i, g_i, k_ref, g_ref, r, sub: int, stored: bool,
+                   approx: bool) -> None:
     """The diagonal block ``A[I, r:r + sub]`` into ``a_ref[rows, r:r + sub]``: ``_diagonal``'s,
     or ``_diagonal_stored``'s where ``stored``."""
     if stored:
-        _diagonal_stored(q_i, g_i, k_ref, g_ref, a_ref, rows, r, sub)
+        _diagonal_stored(q_i, g_i, k_ref, g_ref, a_ref, rows, r, sub, approx)
     else:
-        a_ref[rows, pl.ds(r, sub)] = _diagonal(q_i, g_i, k_ref, g_ref, r, sub)
+        a_ref[rows, pl.ds(r, sub)] = _diagonal(q_i, g_i, k_ref, g_ref, r, sub, approx)
 
 
-def _kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype, stored: bool):
+def _kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype, stored: bool, approx: bool):
     """One program per chunk: every sub-chunk I unrolled, the rows before it in power-of-two
     pieces."""
     c = q_ref.shape[0]
     for r in range(0, c, sub):
         rows = pl.ds(r, sub)
-        q_i, g_i, g_r, from_ref = _from_reference(q_ref, g_ref, r, sub, dtype)
+        q_i, g_i, g_r, from_ref = _from_reference(q_ref, g_ref, r, sub, dtype, approx)
         for j0, size in _pieces(0, r):  # the sub-chunks before I, through I's first row
             earlier = pl.ds(j0, size)
-            a_ref[rows, earlier] = _below(from_ref, g_r, k_ref, g_ref, earlier, dtype)
-        _diagonal_into(a_ref, rows, q_i, g_i, k_ref, g_ref, r, sub, stored)
+            a_ref[rows, earlier] = _below(from_ref, g_r, k_ref, g_ref, earlier, dtype, approx)
+        _diagonal_into(a_ref, rows, q_i, g_i, k_ref, g_ref, r, sub, stored, approx)
         for j0, size in _pieces(r + sub, c):
             a_ref[rows, pl.ds(j0, size)] = jnp.zeros((sub, size), _F32)
 
 
-def _sub_chunk_kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype, stored: bool):
+def _sub_chunk_kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype, stored: bool,
+                      approx: bool):
     """One program per sub-chunk I (the grid's last axis): its ``(sub, C)`` rows of A, the
     sub-chunks before it one ``(sub, sub)`` block each (a loop of I steps), then the diagonal
     block, then zero blocks."""
     i = pl.program_id(3)
     r = pl.multiple_of(i * sub, sub)
-    q_i, g_i, g_r, from_ref = _from_reference(q_ref, g_ref, r, sub, dtype)
+    q_i, g_i, g_r, from_ref = _from_reference(q_ref, g_ref, r, sub, dtype, approx)
 
     def block(j):
         return pl.ds(pl.multiple_of(j * sub, sub), sub)
 
     def earlier(j, carry):
-        a_ref[:, block(j)] = _below(from_ref, g_r, k_ref, g_ref, block(j), dtype)
+        a_ref[:, block(j)] = _below(from_ref, g_r, k_ref, g_ref, block(j), dtype, approx)
         return carry
 
     def later(j, carry):
@@ -188,7 +200,7 @@ def _sub_chunk_kernel(q_ref, k_ref, g_ref, a_ref, *, sub: int, dtype, stored: bo
         return carry
 
     lax.fori_loop(0, i, earlier, 0)
-    _diagonal_into(a_ref, slice(None), q_i, g_i, k_ref, g_ref, r, sub, stored)
+    _diagonal_into(a_ref, slice(None), q_i, g_i, k_ref, g_ref, r, sub, stored, approx)
     lax.fori_loop(i + 1, q_ref.shape[0] // sub, later, 0)
 
 
@@ -208,20 +220,25 @@ class ScoresTiling:
     pass) instead of ``_diagonal``; ``num_warps``, ``num_stages``: Triton's (the VJP kernel's
     too); ``vjp_kernel``: the VJP's dq and dk by ``pallas_gpu_intra_bwd`` (one program per
     sub-chunk) instead of XLA's einsums; ``outputs_kernel``: the split's ``A v`` by
-    ``pallas_gpu_intra_outputs`` (on A's and v's own layouts) instead of XLA's batched matmul."""
+    ``pallas_gpu_intra_outputs`` (on A's and v's own layouts) instead of XLA's batched matmul;
+    ``approx_exp``: the scores' and their VJP kernel's exponentials by ``seqzoo.kernels.
+    approx_exp`` (one ``ex2.approx`` each, as Triton's ``tl.exp``) instead of libdevice's."""
 
     per_sub_chunk: bool = False
     stored_diagonal: bool = False
     vjp_kernel: bool = False
     outputs_kernel: bool = False
+    approx_exp: bool = False
     num_warps: int = 4
     num_stages: int = 1
 
 
 # The split's scores for 16-bit inputs (``pallas_gpu_split.linear_attention_kernel``'s default):
-# per sub-chunk, 2 warps, stored diagonal, the VJP kernel; measured against XLA's scores and the
-# kernel's other launches in benchmarks/RESULTS.md, "The scores kernel at 2 warps".
-MEASURED = ScoresTiling(per_sub_chunk=True, stored_diagonal=True, vjp_kernel=True, num_warps=2)
+# per sub-chunk, 2 warps, stored diagonal, the VJP kernel (benchmarks/RESULTS.md, "The scores
+# kernel at 2 warps"), ``A v`` by its kernel and one-instruction exponentials (RESULTS.md, "The
+# cumsum and A v kernels and one-instruction exponentials timed").
+MEASURED = ScoresTiling(per_sub_chunk=True, stored_diagonal=True, vjp_kernel=True,
+                        outputs_kernel=True, approx_exp=True, num_warps=2)
 
 
 def intra_chunk_scores(q: Array, k: Array, cum: Array, *, sub: int, dtype,
@@ -240,7 +257,7 @@ def intra_chunk_scores(q: Array, k: Array, cum: Array, *, sub: int, dtype,
     block = pl.BlockSpec((None, None, c, None, width), lambda i, m, j, *_: (i, m, 0, j, 0))
     call = launch.pallas_call(
         functools.partial(kernel, sub=sub, dtype=jnp.dtype(dtype),
-                          stored=tiling.stored_diagonal),
+                          stored=tiling.stored_diagonal, approx=tiling.approx_exp),
         grid=grid,
         in_specs=[block, block, block],
         out_specs=pl.BlockSpec((None, None, None, rows, c),

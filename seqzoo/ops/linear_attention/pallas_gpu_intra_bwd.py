@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from seqzoo.kernels import launch
+from seqzoo.kernels import approx_exp, launch
 from seqzoo.kernels.split_product import split_product
 from seqzoo.ops.linear_attention.pallas_gpu_intra import ScoresTiling, padded_keys
 
@@ -62,7 +62,8 @@ def _dot(a: Array, b: Array, dtype, contract_a: int) -> Array:
     return split_product(product, a, b, dtype, split=True)
 
 
-def _kernel(q_ref, k_ref, g_ref, da_ref, dq_ref, dk_ref, *, sub: int, dtype):
+def _kernel(q_ref, k_ref, g_ref, da_ref, dq_ref, dk_ref, *, sub: int, dtype, approx: bool):
+    exp = functools.partial(approx_exp.exp, approx=approx)
     i = pl.program_id(3)
     r = pl.multiple_of(i * sub, sub)
     rows = pl.ds(r, sub)
@@ -73,16 +74,16 @@ def _kernel(q_ref, k_ref, g_ref, da_ref, dq_ref, dk_ref, *, sub: int, dtype):
         return pl.ds(pl.multiple_of(j * sub, sub), sub)
 
     def earlier(j, acc):
-        to_first = k_ref[block(j), :].astype(_F32) * jnp.exp(g_r - g_ref[block(j), :])
+        to_first = k_ref[block(j), :].astype(_F32) * exp(g_r - g_ref[block(j), :])
         return acc + _dot(da_ref[rows, block(j)], to_first, dtype, 1)
 
     def later(j, acc):
-        from_last = q_ref[block(j), :].astype(_F32) * jnp.exp(g_ref[block(j), :] - g_l)
+        from_last = q_ref[block(j), :].astype(_F32) * exp(g_ref[block(j), :] - g_l)
         return acc + _dot(da_ref[block(j), rows], from_last, dtype, 0)
 
     zeros = jnp.zeros(g_i.shape, _F32)
-    dq = lax.fori_loop(0, i, earlier, zeros) * jnp.exp(g_i - g_r)
-    dk = lax.fori_loop(i + 1, q_ref.shape[0] // sub, later, zeros) * jnp.exp(g_l - g_i)
+    dq = lax.fori_loop(0, i, earlier, zeros) * exp(g_i - g_r)
+    dk = lax.fori_loop(i + 1, q_ref.shape[0] // sub, later, zeros) * exp(g_l - g_i)
     row = lax.broadcasted_iota(jnp.int32, (sub, 1), 0)
 
     def diagonal(t, carry):
@@ -91,8 +92,8 @@ def _kernel(q_ref, k_ref, g_ref, da_ref, dq_ref, dk_ref, *, sub: int, dtype):
         g_t = g_ref[step, :]
         d_col = jnp.where(row >= t, da_ref[rows, step], 0.0)  # dA[I, t]: (sub, 1)
         d_row = jnp.where(row <= t, da_ref[step, rows].T, 0.0)  # dA[t, I]^T: (sub, 1)
-        dq = dq + d_col * k_ref[step, :].astype(_F32) * jnp.exp(jnp.minimum(g_i - g_t, 0.0))
-        dk = dk + d_row * q_ref[step, :].astype(_F32) * jnp.exp(jnp.minimum(g_t - g_i, 0.0))
+        dq = dq + d_col * k_ref[step, :].astype(_F32) * exp(jnp.minimum(g_i - g_t, 0.0))
+        dk = dk + d_row * q_ref[step, :].astype(_F32) * exp(jnp.minimum(g_t - g_i, 0.0))
         return dq, dk
 
     dq, dk = lax.fori_loop(0, sub, diagonal, (dq, dk))
@@ -105,14 +106,14 @@ def scores_vjp(q: Array, k: Array, cum: Array, d_scores: Array, *, sub: int, dty
     """q, k: (B, N, C, H, dk) in ``dtype`` (C a power of two >= 16, ``sub`` dividing it); cum:
     (B, N, C, H, dk) float32; d_scores: (B, N, H, C, C) float32, the cotangent of the unscaled
     scores. Returns ``dq, dk: (B, N, C, H, dk)`` float32 (module docstring). ``tiling``: its
-    ``num_warps`` and ``num_stages`` (the launch is always per sub-chunk)."""
+    ``num_warps``, ``num_stages`` and ``approx_exp`` (the launch is always per sub-chunk)."""
     b, n, c, h, dk = q.shape
     q, k, cum = padded_keys(q, k, cum)
     width = q.shape[-1]
     chunk = pl.BlockSpec((None, None, c, None, width), lambda i, m, j, p: (i, m, 0, j, 0))
     rows = pl.BlockSpec((None, None, sub, None, width), lambda i, m, j, p: (i, m, p, j, 0))
     call = launch.pallas_call(
-        functools.partial(_kernel, sub=sub, dtype=jnp.dtype(dtype)),
+        functools.partial(_kernel, sub=sub, dtype=jnp.dtype(dtype), approx=tiling.approx_exp),
         grid=(b, n, h, c // sub),
         in_specs=[chunk, chunk, chunk,
                   pl.BlockSpec((None, None, None, c, c), lambda i, m, j, p: (i, m, j, 0, 0))],

@@ -141,7 +141,7 @@ def linear_attention_kernel(
     segments: int | None = None,
     tiling: Tiling | None = None,
     states_forward: bool = False,
-    cumsum_kernel: bool = False,
+    cumsum_kernel: bool = True,
 ) -> tuple[Array, Array]:
     """``seqzoo.ops.linear_attention`` (no segment_ids) as ``o_inter + o_intra``.
 
@@ -150,8 +150,8 @@ def linear_attention_kernel(
     kernel of ``pallas_gpu_intra.py`` instead of XLA: True (one program per chunk, slower than
     XLA's on an H100) or a ``pallas_gpu_intra.ScoresTiling`` (its launch, and with
     ``vjp_kernel`` the VJP by ``pallas_gpu_intra_bwd``); False: XLA's; None (the default):
-    ``pallas_gpu_intra.MEASURED`` (kernels for the scores and their VJP, faster than XLA's on
-    an H100: benchmarks/RESULTS.md) where q, k and v are all 16-bit and the chunk a power of
+    ``pallas_gpu_intra.MEASURED`` (kernels for the scores, their VJP and ``A v``, faster than
+    XLA's on an H100: benchmarks/RESULTS.md) where q, k and v are all 16-bit and the chunk a power of
     two >= 16, XLA's otherwise (float32 scores: not timed);
     precision: the inter-chunk passes' float32 matmuls (module docstring); segments: None, or
     the number of parallel segments the sequence is cut into, each segment's inter- and
@@ -167,8 +167,9 @@ def linear_attention_kernel(
     RESULTS.md, "The forward's own launch and the states forward timed"; kept as the place to
     fuse ``A v`` into; the backward is the same; other decays are refused by
     ``states_then_outputs``).
-    cumsum_kernel: the decays' chunk-local cumulative sum by ``seqzoo.kernels.chunk_cumsum``
-    instead of XLA's (an option until timed).
+    cumsum_kernel: per-key decays' chunk-local cumulative sum by ``seqzoo.kernels.chunk_cumsum``
+    where it fits (float32 decays, power-of-two chunk and key width) instead of XLA's (the
+    default: faster on an H100, benchmarks/RESULTS.md).
     Returns ``o`` in v's dtype and ``S_T`` float32.
     """
     forward = forward_tiling(q, k, v, log_decay, tiling)

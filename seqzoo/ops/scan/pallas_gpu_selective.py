@@ -37,6 +37,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from seqzoo.kernels import approx_exp
 from seqzoo.kernels.launch import pallas_call
 from seqzoo.kernels.scan_loop import (
     ChannelBlock,
@@ -76,6 +77,7 @@ class Config:
     checkpoint: int
     width: int
     num_warps: int
+    approx_exp: bool
 
     @property
     def blocks(self) -> int:
@@ -147,10 +149,10 @@ class _Program:
             rows["keep"] = split_rows(tiles["keep"].astype(_F32)[:, None])
         return rows
 
-    @staticmethod
-    def decay(rows, j, A2):
-        """keep exp(dt A) of step j, (width, n), as exp2(dt A log2(e)): one ex2 instruction."""
-        decay = jnp.exp2(rows["dt"][j][:, None] * A2)
+    def decay(self, rows, j, A2):
+        """keep exp(dt A) of step j, (width, n), as exp2(dt A log2(e)): libdevice's exp2f, or
+        with ``approx_exp`` one ``ex2.approx.ftz`` (``seqzoo.kernels.approx_exp``)."""
+        decay = approx_exp.exp2(rows["dt"][j][:, None] * A2, self.cfg.approx_exp)
         if "keep" in rows:
             decay = decay * rows["keep"][j][:, None]
         return decay
@@ -346,7 +348,8 @@ def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Arra
                    delta_softplus: bool = False, initial_state: Array | None = None,
                    resets: Array | None = None, *, chunk: int = CHUNK,
                    checkpoint: int = CHECKPOINT, width: int = WIDTH,
-                   num_warps: int = NUM_WARPS) -> tuple[Array, Array]:
+                   num_warps: int = NUM_WARPS, approx_exp: bool = True
+                   ) -> tuple[Array, Array]:
     """Mamba-1's selective scan by the kernel; arguments as ``seqzoo.ops.selective_scan`` (the
     public entry point, ``impl="pallas"``, which validates them), except ``resets``:
     (batch, length) bool, True where the state is zeroed before the step (segment starts).
@@ -354,7 +357,8 @@ def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Arra
     chunk (steps per chunk of the forward pass), checkpoint (steps per chunk when
     differentiated, forward and backward: the checkpoint interval), both powers of two, width
     (channels per program) and num_warps tune the launch; none changes results beyond
-    rounding. Returns (out: (batch, length, d) in u's dtype, final state: (batch, d, n)
+    rounding; approx_exp: the decays by ``seqzoo.kernels.approx_exp.exp2`` (its error
+    bound; the default, faster on an H100: benchmarks/RESULTS.md) or libdevice's exp2f. Returns (out: (batch, length, d) in u's dtype, final state: (batch, d, n)
     float32).
     """
     batch, length, d = u.shape
@@ -371,7 +375,7 @@ def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Arra
     cfg = Config(
         length=length, channels=d, state=n_pad, group_size=group_size, softplus=delta_softplus,
         gate=z is not None, resets=resets is not None, chunk=chunk, checkpoint=checkpoint,
-        width=_block_width(d, group_size, width), num_warps=num_warps,
+        width=_block_width(d, group_size, width), num_warps=num_warps, approx_exp=approx_exp,
     )
     out, last = _scan(
         cfg, u, delta, pad_state(A), pad_state(B), pad_state(C),

@@ -1,0 +1,96 @@
+"""``seqzoo.kernels.approx_exp``: jnp's functions where interpreted, one ``ex2.approx.ftz.f32``
+per element where lowered for a GPU (no libdevice call left), in the kernels that take it."""
+
+from __future__ import annotations
+
+import dataclasses
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from gpu_lowering import triton_modules
+from jax.experimental import pallas as pl
+
+from seqzoo.kernels import approx_exp, launch
+from seqzoo.ops.linear_attention import pallas_gpu_intra, pallas_gpu_intra_bwd
+from seqzoo.ops.scan import pallas_gpu_selective
+
+compiled = mock.patch.object(launch, "kernels_compiled", lambda: True)
+
+
+def _elementwise(fn, approx):
+    def kernel(x_ref, o_ref):
+        o_ref[...] = fn(x_ref[...], approx)
+    return lambda x: launch.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
+
+
+@pytest.mark.parametrize("fn, ref", [(approx_exp.exp, np.exp), (approx_exp.exp2, np.exp2)])
+def test_interpreted_is_jnp(fn, ref):
+    """On a CPU the kernel is interpreted: the exact functions, whatever ``approx`` says."""
+    x = jnp.linspace(-80.0, 5.0, 64, dtype=jnp.float32).reshape(4, 16)
+    for approx in (True, False):
+        out = _elementwise(fn, approx)(x)
+        np.testing.assert_allclose(np.asarray(out), ref(np.asarray(x, np.float64)), rtol=2e-6)
+
+
+@pytest.mark.parametrize("fn, libdevice", [(approx_exp.exp, "__nv_expf"),
+                                           (approx_exp.exp2, "__nv_exp2f")])
+def test_lowers_to_one_instruction(fn, libdevice):
+    x = jnp.zeros((16, 16), jnp.float32)
+    with compiled:
+        (fast,) = triton_modules(_elementwise(fn, True), x)
+        (exact,) = triton_modules(_elementwise(fn, False), x)
+    assert fast.count("ex2.approx.ftz.f32") == 1 and "__nv_exp" not in fast
+    assert libdevice in exact and "ex2.approx" not in exact
+
+
+def test_refuses_16_bit():
+    with compiled, pytest.raises(TypeError, match="approx_exp takes float32"):
+        triton_modules(_elementwise(approx_exp.exp2, True), jnp.zeros((16, 16), jnp.bfloat16))
+
+
+def _exponentials(module: str) -> tuple[int, int]:
+    return module.count("ex2.approx.ftz.f32"), module.count("__nv_exp")
+
+
+def test_gla_scores_kernels_take_it():
+    """The scores kernel (both launches, both diagonals) and its VJP kernel: every exponential
+    one instruction with ``approx_exp``, none without."""
+    q = jnp.ones((1, 1, 64, 1, 64), jnp.bfloat16)
+    g = jnp.zeros((1, 1, 64, 1, 64), jnp.float32)
+    d_scores = jnp.zeros((1, 1, 1, 64, 64), jnp.float32)
+    for base in (pallas_gpu_intra.MEASURED, pallas_gpu_intra.ScoresTiling()):
+        for approx in (False, True):
+            tiling = dataclasses.replace(base, approx_exp=approx)
+            with compiled:
+                (scores,) = triton_modules(lambda q, k, g: pallas_gpu_intra.intra_chunk_scores(
+                    q, k, g, sub=16, dtype=jnp.bfloat16, tiling=tiling), q, q, g)
+                (vjp,) = triton_modules(lambda q, k, g, d: pallas_gpu_intra_bwd.scores_vjp(
+                    q, k, g, d, sub=16, dtype=jnp.bfloat16, tiling=tiling), q, q, g, d_scores)
+            for module in (scores, vjp):
+                fast, libdevice = _exponentials(module)
+                assert (fast > 0, libdevice > 0) == (approx, not approx)
+
+
+def test_selective_scan_takes_it():
+    """The selective scan's forward and backward kernels: the decays by one instruction."""
+    b, length, d, n = 1, 16, 32, 16
+    u = jnp.ones((b, length, d), jnp.bfloat16)
+    A = -jnp.ones((d, n), jnp.float32)
+    B = jnp.ones((b, length, n), jnp.bfloat16)
+
+    def loss(u, approx):
+        out, _ = pallas_gpu_selective.selective_scan(u, u, A, B, B, delta_softplus=True,
+                                                     approx_exp=approx)
+        return out.astype(jnp.float32).sum()
+
+    for approx in (False, True):
+        with compiled:
+            modules = triton_modules(jax.grad(lambda u: loss(u, approx)), u)
+        assert len(modules) == 2  # the forward saving checkpoints, the backward
+        for module in modules:
+            fast, _ = _exponentials(module)
+            assert (fast > 0) == approx
+            assert ("__nv_exp2f" in module) == (not approx)
