@@ -4,6 +4,7 @@ per element where lowered for a GPU (no libdevice call left), in the kernels tha
 from __future__ import annotations
 
 import dataclasses
+import functools
 from unittest import mock
 
 import jax
@@ -11,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from gpu_lowering import triton_modules
-from jax.experimental import pallas as pl
 
 from seqzoo.kernels import approx_exp, launch
 from seqzoo.ops.linear_attention import pallas_gpu_intra, pallas_gpu_intra_bwd
@@ -65,10 +65,12 @@ def test_gla_scores_kernels_take_it():
         for approx in (False, True):
             tiling = dataclasses.replace(base, approx_exp=approx)
             with compiled:
-                (scores,) = triton_modules(lambda q, k, g: pallas_gpu_intra.intra_chunk_scores(
-                    q, k, g, sub=16, dtype=jnp.bfloat16, tiling=tiling), q, q, g)
-                (vjp,) = triton_modules(lambda q, k, g, d: pallas_gpu_intra_bwd.scores_vjp(
-                    q, k, g, d, sub=16, dtype=jnp.bfloat16, tiling=tiling), q, q, g, d_scores)
+                (scores,) = triton_modules(functools.partial(
+                    pallas_gpu_intra.intra_chunk_scores, sub=16, dtype=jnp.bfloat16,
+                    tiling=tiling), q, q, g)
+                (vjp,) = triton_modules(functools.partial(
+                    pallas_gpu_intra_bwd.scores_vjp, sub=16, dtype=jnp.bfloat16, tiling=tiling),
+                    q, q, g, d_scores)
             for module in (scores, vjp):
                 fast, libdevice = _exponentials(module)
                 assert (fast > 0, libdevice > 0) == (approx, not approx)
@@ -88,7 +90,7 @@ def test_selective_scan_takes_it():
 
     for approx in (False, True):
         with compiled:
-            modules = triton_modules(jax.grad(lambda u: loss(u, approx)), u)
+            modules = triton_modules(jax.grad(functools.partial(loss, approx=approx)), u)
         assert len(modules) == 2  # the forward saving checkpoints, the backward
         for module in modules:
             fast, _ = _exponentials(module)

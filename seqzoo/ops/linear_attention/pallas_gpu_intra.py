@@ -109,10 +109,11 @@ def _below(from_ref, g_r, k_ref, g_ref, earlier, dtype, approx: bool) -> Array:
 
 
 def _column_sums(q_i, g_i, k_ref, g_ref, r, j, sub: int, approx: bool) -> Array:
-    """Column ``r + j`` of A on I's rows, unmasked: ``sum_d q_Id k_jd exp2((G_Id - G_jd) log2 e)``,
-    ``(sub,)`` float32. Key j's row is read once per row of I (an index vector of ``sub``
-    copies of ``r + j``), a ``(sub, dk)`` tile of one row repeated: Triton then lays the loop's tensors out as the queries' tiles (dk within threads,
-    2 shuffle rounds a row sum at 2 warps); read as a ``(1, dk)`` row and broadcast, they took
+    """Column ``r + j`` of A on I's rows, unmasked: ``(sub,)`` float32,
+    ``sum_d q_Id k_jd exp2((G_Id - G_jd) log2 e)``. Key j's row is read once per row of I (an
+    index vector of ``sub`` copies of ``r + j``), a ``(sub, dk)`` tile of one row repeated:
+    Triton then lays the loop's tensors out as the queries' tiles (dk within threads, 2
+    shuffle rounds a row sum at 2 warps); read as a ``(1, dk)`` row and broadcast, they took
     that row's layout (dk over every lane of both warps: 5 shuffle rounds and a trip through
     shared memory a row sum, 2.3x the loop's instructions; ptxas of Triton 3.6 for sm_90a).
     No ``min(., 0)`` on the exponent: on rows above the diagonal (``i < j``, masked by the

@@ -151,8 +151,8 @@ def linear_attention_kernel(
     XLA's on an H100) or a ``pallas_gpu_intra.ScoresTiling`` (its launch, and with
     ``vjp_kernel`` the VJP by ``pallas_gpu_intra_bwd``); False: XLA's; None (the default):
     ``pallas_gpu_intra.MEASURED`` (kernels for the scores, their VJP and ``A v``, faster than
-    XLA's on an H100: benchmarks/RESULTS.md) where q, k and v are all 16-bit and the chunk a power of
-    two >= 16, XLA's otherwise (float32 scores: not timed);
+    XLA's on an H100: benchmarks/RESULTS.md) where q, k and v are all 16-bit and the chunk a
+    power of two >= 16, XLA's otherwise (float32 scores: not timed);
     precision: the inter-chunk passes' float32 matmuls (module docstring); segments: None, or
     the number of parallel segments the sequence is cut into, each segment's inter- and
     intra-chunk terms in one launch from a zero state, the states entering each segment added

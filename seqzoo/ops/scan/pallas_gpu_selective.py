@@ -358,8 +358,8 @@ def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Arra
     differentiated, forward and backward: the checkpoint interval), both powers of two, width
     (channels per program) and num_warps tune the launch; none changes results beyond
     rounding; approx_exp: the decays by ``seqzoo.kernels.approx_exp.exp2`` (its error
-    bound; the default, faster on an H100: benchmarks/RESULTS.md) or libdevice's exp2f. Returns (out: (batch, length, d) in u's dtype, final state: (batch, d, n)
-    float32).
+    bound; the default, faster on an H100: benchmarks/RESULTS.md) or libdevice's exp2f.
+    Returns (out: (batch, length, d) in u's dtype, final state: (batch, d, n) float32).
     """
     batch, length, d = u.shape
     n = A.shape[1]
