@@ -7,8 +7,8 @@ kernel (``w`` channels per program, ``c`` steps per chunk, forward and checkpoin
 ``exp2f`` instead of ``seqzoo.kernels.approx_exp``'s instruction, the default). Mamba's call:
 u, delta, z, B, C in bf16, A = -exp(A_log) and D, delta_bias in f32, softplus on delta, shared B
 and C. Forward, and forward+backward as the gradients of ``sum(out * g)`` w.r.t. every input. The
-floor is the memory floor: u, delta, z, B, C, out (forward) plus u, delta, z, B, C, g, du, ddelta, dz,
-dB, dC (backward), in bf16. Also ragged shapes with B/C groups and packed segments, and a state
+floor is the memory floor: u, delta, z, B, C, out (forward) plus u, delta, z, B, C, g, du, ddelta,
+dz, dB, dC (backward), in bf16. Also ragged shapes with B/C groups and packed segments, and a state
 size that is not a power of two (correctness on the GPU).
 """
 
