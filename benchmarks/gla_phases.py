@@ -34,6 +34,8 @@ part before them), timed forward (``fwd``) and forward+backward (``fwd+bwd``: th
 - ``inter-chunk kernel (intra=False, states pass + outputs)``: its forward as a states pass
   and a chunk-parallel output pass (``chunked_states.states_then_outputs``, fla's structure;
   the split's ``states_forward=True``);
+- ``inter-chunk kernel (intra=False, approx exp)``: at the split's launches, the decays'
+  exponentials by ``seqzoo.kernels.approx_exp`` (``Tiling.approx_exp``);
 - ``inter-chunk kernel (intra=False, ...)``: the same with every pass at one launch
   (``INTER_VARIANTS``: the backward's, ``chunked_tiling.INTER_PER_DIMENSION``, the split's
   launch until its forward took its own; with value blocks of 64, the launch before that; 8
@@ -209,6 +211,8 @@ INTER_VARIANTS = {
     "inter-chunk kernel (intra=False, 8 warps)": dict(num_warps=8),
     "inter-chunk kernel (intra=False, 2 stages)": dict(num_stages=2),
 }
+# The inter-chunk kernel at the split's launches, its decays by ``seqzoo.kernels.approx_exp``.
+APPROX_INTER = "inter-chunk kernel (intra=False, approx exp)"
 SPLIT_PARTS = ("chunk-local cumsum", "inter-chunk kernel (intra=False)",
                "intra scores A (XLA, per key)", "intra A v")
 
@@ -257,6 +261,8 @@ def jax_parts(shape, chunk: int = CHUNK, dtype=jnp.bfloat16) -> Parts:
         launch = dataclasses.replace(
             tiling, **{f: x for f, x in fields.items() if f != "forward_run"})
         add(name, inter_with(launch, forward if run else None, run), (q, k, v, g), o_ct)
+    approx = functools.partial(dataclasses.replace, approx_exp=True)
+    add(APPROX_INTER, inter_with(approx(tiling), forward and approx(forward)), (q, k, v, g), o_ct)
 
     # The intra terms' inputs as the split hands them over: float32 copies holding dtype's values
     qf, kf, vf = (a.astype(F32) for a in (q, k, v))

@@ -1,5 +1,6 @@
 """``seqzoo.kernels.approx_exp``: jnp's functions where interpreted, one ``ex2.approx.ftz.f32``
-per element where lowered for a GPU (no libdevice call left), in the kernels that take it."""
+per element where lowered for a GPU (no libdevice call left), in the kernels that take it: the
+GLA scores and their VJP, the selective scan, the chunked passes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import pytest
 from gpu_lowering import triton_modules
 
 from seqzoo.kernels import approx_exp, launch
+from seqzoo.kernels.chunked_pass import Tiling
 from seqzoo.ops.linear_attention import pallas_gpu_intra, pallas_gpu_intra_bwd
+from seqzoo.ops.linear_attention.pallas_gpu import gated_linear_attention
 from seqzoo.ops.scan import pallas_gpu_selective
 
 compiled = mock.patch.object(launch, "kernels_compiled", lambda: True)
@@ -96,3 +99,28 @@ def test_selective_scan_takes_it():
             fast, _ = _exponentials(module)
             assert (fast > 0) == approx
             assert ("__nv_exp2f" in module) == (not approx)
+
+
+@pytest.mark.parametrize("decay", ["scalar", "key"])
+def test_chunked_passes_take_it(decay):
+    """The chunked kernel's passes, forward and backward: every exponential one instruction
+    with ``Tiling.approx_exp``, libdevice's ``expf`` without."""
+    b, t, h, d = 1, 64, 2, 32
+    q = jnp.ones((1, b, t, h, d), jnp.bfloat16)
+    g = -jnp.ones((1, b, t, h) + ((d,) if decay == "key" else ()), jnp.float32)
+
+    def loss(q, g, tiling):
+        o, _ = gated_linear_attention(q, q, q, g, None, None, scale=0.5, tiling=tiling)
+        return o.astype(jnp.float32).sum()
+
+    for approx in (False, True):
+        tiling = Tiling(chunk=32, approx_exp=approx)
+        with compiled:
+            modules = triton_modules(jax.grad(functools.partial(loss, tiling=tiling), (0, 1)),
+                                     q, g)
+        passes = [m for m in modules if "chunked_pass" in m]
+        assert len(passes) == 4  # the forward, then dq, dv and dk
+        for module in passes:
+            fast, _ = _exponentials(module)
+            assert (fast > 0) == approx
+            assert ("__nv_expf" in module) == (not approx)

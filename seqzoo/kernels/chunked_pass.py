@@ -48,7 +48,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from seqzoo.kernels import launch
+from seqzoo.kernels import approx_exp, launch
 from seqzoo.kernels.matmul_precision import dot_precision, resolve_precision
 from seqzoo.kernels.split_product import split_product
 
@@ -63,7 +63,9 @@ class Tiling:
 
     chunk: steps per chunk (a power of two >= 16). sub: rows per sub-chunk for per-dimension
     decays (a power of two >= 16 dividing ``chunk``). block_v: value columns per program (a power
-    of two >= 16; clipped to the value width). num_warps / num_stages: Triton's.
+    of two >= 16; clipped to the value width). num_warps / num_stages: Triton's. approx_exp: the
+    decays' exponentials by ``seqzoo.kernels.approx_exp`` (one ``ex2.approx`` each) instead of
+    libdevice's ``expf``.
     """
 
     chunk: int = 64
@@ -72,6 +74,7 @@ class Tiling:
     num_warps: int = 4
     num_stages: int = 2
     slice: int = 32
+    approx_exp: bool = False
 
 
 # What the ops use where it fits (``chunked_tiling.resolve_tiling``): for no or scalar decays the
@@ -79,6 +82,11 @@ class Tiling:
 # (4, 2048, 16, 128) (benchmarks/RESULTS.md).
 TUNED = Tiling()
 TUNED_PER_DIMENSION = Tiling(chunk=32, slice=16)
+
+
+def _exp(spec: _Pass, x: Array) -> Array:
+    """``exp(x)`` in a kernel, by ``approx_exp`` where the pass's tiling asks for it."""
+    return approx_exp.exp(x, spec.tiling.approx_exp)
 
 
 def _pick(rev, if_reverse, if_causal):
@@ -157,9 +165,9 @@ def _whole_chunk(spec: _Pass, refs: dict, rev, t0, state):
     if spec.decay == "scalar":
         cum = _rows(refs["g"], t0, c)
         last = _rows(refs["g"], t0 + c - 1, 1)
-        from_start, to_end = jnp.exp(cum), jnp.exp(last - cum)
+        from_start, to_end = _exp(spec, cum), _exp(spec, last - cum)
         q_in, k_out = _pick(rev, to_end, from_start), _pick(rev, from_start, to_end)
-        decay = jnp.exp(last)
+        decay = _exp(spec, last)
     if spec.has_key_scale:
         key_scale = _rows(refs["ks"], t0, c)
         k_out = key_scale if k_out is None else k_out * key_scale
@@ -185,7 +193,7 @@ def _chunk_scores(spec: _Pass, refs: dict, rev, t0, q: Array, k: Array) -> Array
     if spec.decay == "scalar":
         cum = _rows(refs["g"], t0, c)
         diff = _pick(rev, cum[None, :] - cum[:, None], cum[:, None] - cum[None, :])
-        scores = scores * jnp.exp(jnp.where(live, diff, -jnp.inf))
+        scores = scores * _exp(spec, jnp.where(live, diff, -jnp.inf))
     else:
         scores = jnp.where(live, scores, 0.0)
     if spec.has_key_scale:
@@ -193,10 +201,10 @@ def _chunk_scores(spec: _Pass, refs: dict, rev, t0, q: Array, k: Array) -> Array
     return scores
 
 
-def _pairwise_decay(cum: Array, sign) -> Array:
+def _pairwise_decay(spec: _Pass, cum: Array, sign) -> Array:
     """``exp(min(+-(G_i - G_j), 0))``: (rows, cols) -> (rows, rows, cols), exact on the live
     triangle (where the difference is <= 0), never overflowing elsewhere."""
-    return jnp.exp(jnp.minimum(sign * (cum[:, None, :] - cum[None, :, :]), 0.0))
+    return _exp(spec, jnp.minimum(sign * (cum[:, None, :] - cum[None, :, :]), 0.0))
 
 
 def _diagonal_scores(spec: _Pass, refs: dict, sign, r0) -> Array:
@@ -208,7 +216,7 @@ def _diagonal_scores(spec: _Pass, refs: dict, sign, r0) -> Array:
     for d0 in range(0, dk, width):
         cols = pl.ds(d0, width)
         q, k = (refs[n][rows, cols].astype(_F32) for n in "qk")
-        terms = q[:, None, :] * k[None, :, :] * _pairwise_decay(refs["g"][rows, cols], sign)
+        terms = q[:, None, :] * k[None, :, :] * _pairwise_decay(spec, refs["g"][rows, cols], sign)
         scores = scores + jnp.sum(terms, axis=2)
     return scores
 
@@ -218,7 +226,7 @@ def _diagonal_values(spec: _Pass, refs: dict, sign, r0, weights: Array) -> Array
     (one (sub, sub, block_v) product; value-decay passes keep block_v <= slice)."""
     rows = pl.ds(r0, spec.tiling.sub)
     v = refs["v"][rows, :].astype(_F32)
-    decay = _pairwise_decay(refs["g"][rows, :], sign)
+    decay = _pairwise_decay(spec, refs["g"][rows, :], sign)
     return jnp.sum(weights[:, :, None] * v[None, :, :] * decay, axis=1)
 
 
@@ -235,7 +243,7 @@ def _sub_chunks(spec: _Pass, refs: dict, rev, t0, state):
     for r in range(0, c, sub) if spec.outputs else ():
         q = _rows(refs["q"], t0 + r, sub).astype(_F32)
         cum_i = _rows(refs["g"], t0 + r, sub)
-        q_in = _pick(rev, jnp.exp(last - cum_i), jnp.exp(cum_i))
+        q_in = _pick(rev, _exp(spec, last - cum_i), _exp(spec, cum_i))
         if key:
             out = _dot(q * q_in, state, dt, split=sp) * spec.scale
         else:
@@ -246,11 +254,11 @@ def _sub_chunks(spec: _Pass, refs: dict, rev, t0, state):
             out = out * _rows(refs["rs"], t0 + r, sub)[:, None]
         refs["o"][pl.ds(t0 + r, sub), :] = out.astype(refs["o"].dtype)
     cum, k, v = _rows(refs["g"], t0, c), _rows(refs["k"], t0, c), _rows(refs["v"], t0, c)
-    k_out = _pick(rev, jnp.exp(cum), jnp.exp(last - cum))
+    k_out = _pick(rev, _exp(spec, cum), _exp(spec, last - cum))
     if key:
-        carried = state * jnp.exp(last).reshape(-1, 1)
+        carried = state * _exp(spec, last).reshape(-1, 1)
         return carried + _dot(_scaled(k * k_out, key_scale), v, dt, ta=True, split=sp)
-    return state * jnp.exp(last) + _dot(_scaled(k, key_scale), v * k_out, dt, ta=True,
+    return state * _exp(spec, last) + _dot(_scaled(k, key_scale), v * k_out, dt, ta=True,
                                         split=sp)
 
 
@@ -267,8 +275,8 @@ def _within_chunk(spec: _Pass, refs: dict, rev, t0, r: int, q: Array, cum_i: Arr
     j = lax.broadcasted_iota(jnp.int32, (sub, sub), 1)
     ref = _rows(refs["g"], t0 + _pick(rev, r + sub - 1, r), 1)  # reference row of I
     cum = _rows(refs["g"], t0, c)
-    to_ref = jnp.exp(jnp.minimum(sign * (ref - cum), 0.0))  # exact on the live columns
-    from_ref = jnp.exp(sign * (cum_i - ref))  # <= 1 on every row of I
+    to_ref = _exp(spec, jnp.minimum(sign * (ref - cum), 0.0))  # exact on the live columns
+    from_ref = _exp(spec, sign * (cum_i - ref))  # <= 1 on every row of I
     if key:
         scores = _dot(q * from_ref, _rows(refs["k"], t0, c) * to_ref, dt, tb=True, split=sp)
         diagonal = _diagonal_scores(spec, refs, sign, t0 + r)
