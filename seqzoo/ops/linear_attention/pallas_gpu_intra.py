@@ -30,28 +30,19 @@ Two launches (``ScoresTiling``):
   32..48; Triton's tensors have power-of-two sides). Per program ``C (C - sub) / 2 * dk``
   multiply-adds and ``(C - sub) dk + C (C - sub) / (2 sub) dk`` exponentials below the diagonal
   (144 dk at C = 64, sub = 16) and ``C sub dk`` of each on the diagonal blocks (1024 dk). At
-  GLA's (4, 2048, 16, 128) bf16 that is 2048 programs; ptxas (sm_90a, Triton 3.5 on this IR)
-  gives it 255 registers and 568 bytes of spill stores / 712 of loads per thread at 4 warps
-  (8 warps: 255 and 96 / 128), so at most two 4-warp programs share an SM: measured 1.145 ms
-  on an H100, slower than XLA's 0.995;
+  GLA's (4, 2048, 16, 128) bf16 that is 2048 programs, each at ptxas' 255 registers (slower
+  than XLA's scores on an H100);
 * ``per_sub_chunk``: one program per (batch, chunk, head, sub-chunk), the grid's last axis,
   writing its ``(sub, C)`` rows: the sub-chunks before I one ``(sub, sub)`` block each (a loop
   of I steps: one ``(sub, dk) x (dk, sub)`` matmul), the diagonal block, then zero blocks (a
   loop). C / sub times the programs (8192 at GLA's shape, fla's diagonal pass's count), each
-  one sub-chunk's code: ptxas gives 136 registers at 4 warps and 1 stage, 95 at 3 stages, 126
-  at 8 warps, no spills. Exponentials ``sub dk`` more per chunk than the unrolled launch (the
-  first sub-chunk's decayed queries, unused): 160 dk + 1024 dk (fla's two passes: 192 dk +
-  1024 dk).
+  one sub-chunk's code, no register spills. Exponentials ``sub dk`` more per chunk than the
+  unrolled launch (the first sub-chunk's decayed queries, unused): 160 dk + 1024 dk (fla's two
+  passes: 192 dk + 1024 dk).
 
-Either launch at 8 warps: the ``(sub, dk)`` tiles of the diagonal blocks' column loop get a
-layout that reduces along dk in registers: 169 SASS instructions an iteration, 4 shuffles, no
-barrier, where 4 warps take 431 (per chunk) to 455 (per sub-chunk), 82 shuffles, 3 barriers
-(ptxas as above). ``stored_diagonal`` (``_diagonal_stored``: exp2, each column stored as
-computed): 98 at 8 warps. The diagonal loop over the whole grid: 226 M warp-instructions for the
-measured launch, 103 M for per sub-chunk, 8 warps, stored diagonal (an H100 issues ~0.93 G a
-millisecond). All of this is Triton 3.5's compile of the IR jax 0.10 lowers, not the GPU's jax
-0.11 Triton: untimed on a GPU so far (``benchmarks/gla_phases.py``'s rows "intra scores A
-(Pallas kernel, ...)").
+The diagonal blocks' column loop reads key j's row as a ``(sub, dk)`` tile (``_column_sums``)
+so that Triton keeps dk within threads for the row sums; its machine code, launch by launch, is
+in benchmarks/RESULTS.md (sections on the scores kernel, issue 24), not here.
 
 Unlike fla (a launch over sub-chunk pairs, then one over diagonal blocks) both parts run in the
 same program. No state, nothing sequential: the grid is parallel over every axis. Forward
