@@ -49,6 +49,14 @@ def test_lowers_to_one_instruction(fn, libdevice):
     assert libdevice in exact and "ex2.approx" not in exact
 
 
+def test_no_inline_ptx_for_rocm():
+    """Compiled for a GPU that is not NVIDIA's (``launch.ptx_inlinable`` False): libdevice."""
+    x = jnp.zeros((16, 16), jnp.float32)
+    with compiled, mock.patch.object(launch, "ptx_inlinable", lambda: False):
+        (module,) = triton_modules(_elementwise(approx_exp.exp, True), x)
+    assert "__nv_expf" in module and "ex2.approx" not in module
+
+
 def test_refuses_16_bit():
     with compiled, pytest.raises(TypeError, match="approx_exp takes float32"):
         triton_modules(_elementwise(approx_exp.exp2, True), jnp.zeros((16, 16), jnp.bfloat16))

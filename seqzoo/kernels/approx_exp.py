@@ -10,8 +10,9 @@ below 2^-22 (PTX ISA), subnormal inputs and results flushed to zero (a decay bel
 becomes 0). ``exp``'s argument is rounded once more by the multiply: a relative error of about
 ``|x| 2^-24`` in the result (1e-5 at x = -100, where the result is 4e-44 anyway).
 
-``approx=False``, or a kernel interpreted on a CPU (``launch.kernels_compiled()`` False),
-gives ``jnp.exp`` / ``jnp.exp2`` unchanged. float32 only (the kernels' decays are float32).
+``approx=False``, a kernel interpreted on a CPU (``launch.kernels_compiled()`` False) or
+compiled for ROCm (no PTX) gives ``jnp.exp`` / ``jnp.exp2`` unchanged. float32 only (the
+kernels' decays are float32).
 """
 
 from __future__ import annotations
@@ -36,16 +37,16 @@ def _ex2_approx(x: Array) -> Array:
 
 
 def _compiled(approx: bool) -> bool:
-    return approx and launch.kernels_compiled()
+    return approx and launch.ptx_inlinable()
 
 
 def exp2(x: Array, approx: bool = True) -> Array:
     """``2^x`` elementwise in a Pallas kernel: ``ex2.approx.ftz.f32`` where ``approx`` and
-    compiled for a GPU, else ``jnp.exp2``."""
+    compiled for an NVIDIA GPU, else ``jnp.exp2``."""
     return _ex2_approx(x) if _compiled(approx) else jnp.exp2(x)
 
 
 def exp(x: Array, approx: bool = True) -> Array:
     """``e^x`` elementwise in a Pallas kernel: ``exp2(x log2 e)`` by ``ex2.approx.ftz.f32``
-    where ``approx`` and compiled for a GPU, else ``jnp.exp``."""
+    where ``approx`` and compiled for an NVIDIA GPU, else ``jnp.exp``."""
     return _ex2_approx(x * LOG2E) if _compiled(approx) else jnp.exp(x)

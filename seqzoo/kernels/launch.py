@@ -28,6 +28,11 @@ def kernels_compiled() -> bool:
     return jax.default_backend() in GPU_BACKENDS
 
 
+def ptx_inlinable() -> bool:
+    """True where kernels are compiled for an NVIDIA GPU (inline PTX assembles), not ROCm's."""
+    return kernels_compiled() and "rocm" not in jax.devices()[0].client.platform_version.lower()
+
+
 def pallas_call(kernel, *, num_warps: int = 4, num_stages: int = 1, **kwargs):
     """``pl.pallas_call`` compiled through Triton on a GPU, interpreted anywhere else.
 
