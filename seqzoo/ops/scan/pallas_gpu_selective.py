@@ -52,7 +52,6 @@ from seqzoo.kernels.scan_loop import (
 
 Array = jax.Array
 _F32 = jnp.float32
-_LOG2E = 1.4426950408889634  # exp(x) = exp2(x log2(e))
 # Steps per chunk of the forward pass, steps per chunk when differentiating (the checkpoint
 # interval, forward and backward: the backward holds a chunk of states in registers and spills
 # them with 16), channels and warps per program: chosen on an H100 (kernels/README.md).
@@ -166,7 +165,7 @@ def _forward_kernel(*refs, cfg: Config, save: bool):
     out, last = refs.pop(0), refs.pop(0)
     ckpt = refs.pop(0) if save else None
     prog = _Program(cfg)
-    A2 = prog.channels(A, (cfg.state,)) * _LOG2E
+    A2 = prog.channels(A, (cfg.state,)) * approx_exp.LOG2E
     D_, bias_ = prog.channels(D), prog.channels(bias)
     seq_refs = {"u": u, "delta": delta} | ({"z": z} if cfg.gate else {})
 
@@ -203,7 +202,7 @@ def _backward_kernel(*refs, cfg: Config):
     prog = _Program(cfg)
     blk = prog.block
     A_ = prog.channels(A, (cfg.state,))
-    A2, D_, bias_ = A_ * _LOG2E, prog.channels(D), prog.channels(bias)
+    A2, D_, bias_ = A_ * approx_exp.LOG2E, prog.channels(D), prog.channels(bias)
     seq_refs = {"u": u, "delta": delta, "g": g} | ({"z": z} if cfg.gate else {})
 
     def load_chunk(start):
