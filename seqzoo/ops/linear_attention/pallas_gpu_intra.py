@@ -106,7 +106,7 @@ def _column_sums(q_i, g_i, k_ref, g_ref, r, j, sub: int, approx: bool) -> Array:
     Triton then lays the loop's tensors out as the queries' tiles (dk within threads, 2
     shuffle rounds a row sum at 2 warps); read as a ``(1, dk)`` row and broadcast, they took
     that row's layout (dk over every lane of both warps: 5 shuffle rounds and a trip through
-    shared memory a row sum, 2.3x the loop's instructions; ptxas of Triton 3.6 for sm_90a).
+    shared memory a row sum; benchmarks/RESULTS.md counts both loops' instructions).
     No ``min(., 0)`` on the exponent: on rows above the diagonal (``i < j``, masked by the
     caller, each row's sum its own) it may overflow to inf or nan; on the others it is <= 0 up
     to rounding. The difference is taken before the scaling: scaling G first (log2 units, as
