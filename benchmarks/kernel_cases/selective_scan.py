@@ -85,10 +85,10 @@ def case(shape, mode, *, groups=None, packed=False, sweep=()) -> Case:
     for width, chunk, warps in sweep:
         variants[f"pallas w{width} c{chunk} n{warps}"] = _variant(
             _launch(width, chunk, warps), shape, groups, packed, mode)
-    width, chunk, warps = kernel.WIDTH, kernel.CHUNK if mode == "fwd" else kernel.CHECKPOINT, \
-        kernel.NUM_WARPS
-    variants["pallas libdevice exp"] = _variant(_launch(width, chunk, warps, approx_exp=False),
-                                                shape, groups, packed, mode)
+    chunk = kernel.CHUNK if mode == "fwd" else kernel.CHECKPOINT  # the default launch's
+    variants["pallas libdevice exp"] = _variant(
+        _launch(kernel.WIDTH, chunk, kernel.NUM_WARPS, approx_exp=False), shape, groups, packed,
+        mode)
     b, l, d, n = shape
     seq, bc = 2 * b * l * d, 2 * b * l * n * (groups or 1)
     bytes_moved = 4 * seq + 2 * bc if mode == "fwd" else 10 * seq + 4 * bc
