@@ -39,14 +39,15 @@ import jax.numpy as jnp
 
 from seqzoo.kernels import approx_exp
 from seqzoo.kernels.launch import pallas_call
+from seqzoo.kernels.softplus import softplus
 from seqzoo.kernels.scan_loop import (
     ChannelBlock,
     Rows,
     chunked_loop,
     load,
     next_power_of_2,
+    select_row,
     split_rows,
-    stack_rows,
     store,
 )
 
@@ -91,10 +92,6 @@ class Config:
         return self.length % self.chunk != 0
 
 
-def _softplus(x):
-    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
-
-
 class _Program:
     """One program's block of channels and its group's B, C; a chunk's tiles and rows."""
 
@@ -109,6 +106,12 @@ class _Program:
     def channels(self, ref, trailing=()):
         """A per-channel parameter (d, ...) of this block, in f32."""
         return self.block.load(ref, (), trailing=trailing).astype(_F32)
+
+    def store_row(self, ref, row, value) -> None:
+        """Row ``row`` of a (batch, length, d) output, this block's channels (not written
+        past the sequence's end)."""
+        self.block.store_row(ref, (self.block.batch,), row, value,
+                             self.cfg.length if self.cfg.ragged else None)
 
     def state(self, ref, lead=()):
         return self.block.load(ref, (self.block.batch, *lead), trailing=(self.cfg.state,))
@@ -129,16 +132,18 @@ class _Program:
             tiles["keep"] = load(keep, (b, rows.index), rows.mask(()), fill=1.0)
         return tiles
 
-    def discretize(self, start, tiles, bias):
+    def discretize(self, start, tiles, bias, grad: bool = False):
         """dt = softplus(delta + bias) and dt u, (chunk, width), on whole tiles (neither depends
-        on the state); dt is 0 on steps past the end, which then leave the state as it is."""
-        dt = tiles["delta"].astype(_F32) + bias[None]
+        on the state); dt is 0 on steps past the end, which then leave the state as it is.
+        ``grad``: also d dt / d delta (softplus' derivative, or 1)."""
+        dt, slope = tiles["delta"].astype(_F32) + bias[None], 1.0
         if self.cfg.softplus:
-            dt = _softplus(dt)
+            dt, slope = softplus(dt, self.cfg.approx_exp, grad=True)
         if self.cfg.ragged:
             inside = start + jnp.arange(self.cfg.chunk) < self.cfg.length
             dt = jnp.where(inside[:, None], dt, 0.0)
-        return dt, dt * tiles["u"].astype(_F32)
+        discrete = dt, dt * tiles["u"].astype(_F32)
+        return (*discrete, slope) if grad else discrete
 
     @staticmethod
     def split(tiles) -> dict:
@@ -173,13 +178,13 @@ def _forward_kernel(*refs, cfg: Config, save: bool):
         if save:
             prog.store_state(ckpt, x, (start // cfg.chunk,))
         dt, dtu = prog.discretize(start, tiles, bias_)
-        skip = D_[None] * tiles["u"].astype(_F32)
-        rows = prog.split(tiles | {"dt": dt, "dtu": dtu})
-        ys = []
+        rows = prog.split({k: v for k, v in tiles.items() if k in ("B", "C", "keep")}
+                          | {"dt": dt, "dtu": dtu})
+        cx = jnp.zeros_like(dt)  # C_t . x_t, (chunk, width), a row a step
         for j in range(cfg.chunk):
             x = prog.decay(rows, j, A2) * x + rows["dtu"][j][:, None] * rows["B"][j][None, :]
-            ys.append(jnp.sum(x * rows["C"][j][None, :], axis=1))
-        y = stack_rows(ys) + skip
+            cx = select_row(cx, j, jnp.sum(x * rows["C"][j][None, :], axis=1))
+        y = cx + D_[None] * tiles["u"].astype(_F32)
         if cfg.gate:
             y = y * jax.nn.silu(tiles["z"].astype(_F32))
         prog.block.store(out, (prog.block.batch,), y, prog.rows(start))
@@ -212,7 +217,7 @@ def _backward_kernel(*refs, cfg: Config):
     def run(start, loaded, carry):
         tiles, x_in = loaded
         mu, dA_acc, dD_acc, dbias_acc = carry
-        dt, dtu = prog.discretize(start, tiles, bias_)
+        dt, dtu, slope = prog.discretize(start, tiles, bias_, grad=True)
         u_, g_ = tiles["u"].astype(_F32), tiles["g"].astype(_F32)
         if cfg.gate:  # out = y silu(z): dy = g silu(z), dz = g y silu'(z)
             z_ = tiles["z"].astype(_F32)
@@ -226,25 +231,26 @@ def _backward_kernel(*refs, cfg: Config):
         for j in range(cfg.chunk):  # recompute the chunk's states from its checkpoint
             states.append(prog.decay(rows, j, A2) * states[-1]
                           + rows["dtu"][j][:, None] * rows["B"][j][None, :])
-        names = ("cx", "lam_b", "d_dt", "dB", "dC")
-        grads = {name: [None] * cfg.chunk for name in names}
+        n = cfg.state
+        grads = {name: jnp.zeros_like(dt) for name in ("cx", "lam_b", "d_dt")}
+        grads |= {name: jnp.zeros((cfg.chunk, n), _F32) for name in ("dB", "dC")}
         for j in reversed(range(cfg.chunk)):
             decay = prog.decay(rows, j, A2)
             x_prev, x_j = states[j], states[j + 1]
             b_j, c_j, dy_j = rows["B"][j], rows["C"][j], rows["dy"][j]
-            grads["cx"][j] = jnp.sum(x_j * c_j[None, :], axis=1)  # C . x_t, for dz
             lam = mu + dy_j[:, None] * c_j[None, :]
-            grads["dC"][j] = jnp.sum(dy_j[:, None] * x_j, axis=0)
-            grads["dB"][j] = jnp.sum(lam * rows["dtu"][j][:, None], axis=0)
-            grads["lam_b"][j] = jnp.sum(lam * b_j[None, :], axis=1)
             d_decay = lam * decay * x_prev  # d(decay x_{t-1}) / d(dt A), per (channel, n)
-            grads["d_dt"][j] = jnp.sum(d_decay * A_, axis=1)
+            step_grads = {
+                "cx": jnp.sum(x_j * c_j[None, :], axis=1),  # C . x_t, for dz
+                "lam_b": jnp.sum(lam * b_j[None, :], axis=1),
+                "d_dt": jnp.sum(d_decay * A_, axis=1),
+                "dC": jnp.sum(dy_j[:, None] * x_j, axis=0),
+                "dB": jnp.sum(lam * rows["dtu"][j][:, None], axis=0)}
+            grads = {k: select_row(grads[k], j, v) for k, v in step_grads.items()}
             dA_acc = dA_acc + d_decay * rows["dt"][j][:, None]
             mu = decay * lam
-        lam_b = stack_rows(grads["lam_b"])
-        d_dt = stack_rows(grads["d_dt"]) + u_ * lam_b
-        if cfg.softplus:
-            d_dt = d_dt * jax.nn.sigmoid(tiles["delta"].astype(_F32) + bias_[None])
+        lam_b = grads["lam_b"]
+        d_dt = (grads["d_dt"] + u_ * lam_b) * slope
         if cfg.ragged:
             inside = start + jnp.arange(cfg.chunk) < cfg.length
             d_dt = jnp.where(inside[:, None], d_dt, 0.0)
@@ -252,11 +258,11 @@ def _backward_kernel(*refs, cfg: Config):
         blk.store(du, (blk.batch,), D_[None] * dy + dt * lam_b, rows_)
         blk.store(ddelta, (blk.batch,), d_dt, rows_)
         if cfg.gate:
-            y = stack_rows(grads["cx"]) + D_[None] * u_
+            y = grads["cx"] + D_[None] * u_
             blk.store(dz, (blk.batch,), g_ * y * sig * (1.0 + z_ * (1.0 - sig)), rows_)
         for ref, name in ((dB, "dB"), (dC, "dC")):
             index = (blk.batch, rows_.index, blk.start // cfg.width, slice(None))
-            store(ref, index, stack_rows(grads[name]), rows_.mask((cfg.state,)))
+            store(ref, index, grads[name], rows_.mask((n,)))
         return (mu, dA_acc, dD_acc + jnp.sum(dy * u_, axis=0),
                 dbias_acc + jnp.sum(d_dt, axis=0))
 
