@@ -231,9 +231,13 @@ def _backward_kernel(*refs, cfg: Config):
         for j in range(cfg.chunk):  # recompute the chunk's states from its checkpoint
             states.append(prog.decay(rows, j, A2) * states[-1]
                           + rows["dtu"][j][:, None] * rows["B"][j][None, :])
-        n = cfg.state
+        n, parts = cfg.state, min(cfg.num_warps, cfg.width)
+
+        def by_part(terms):  # (width, n) -> (parts, n): sums over each warp's channels
+            return jnp.sum(terms.reshape(parts, -1, n), axis=1)
+
         grads = {name: jnp.zeros_like(dt) for name in ("cx", "lam_b", "d_dt")}
-        grads |= {name: jnp.zeros((cfg.chunk, n), _F32) for name in ("dB", "dC")}
+        grads |= {name: jnp.zeros((cfg.chunk, parts, n), _F32) for name in ("dB", "dC")}
         for j in reversed(range(cfg.chunk)):
             decay = prog.decay(rows, j, A2)
             x_prev, x_j = states[j], states[j + 1]
@@ -244,8 +248,8 @@ def _backward_kernel(*refs, cfg: Config):
                 "cx": jnp.sum(x_j * c_j[None, :], axis=1),  # C . x_t, for dz
                 "lam_b": jnp.sum(lam * b_j[None, :], axis=1),
                 "d_dt": jnp.sum(d_decay * A_, axis=1),
-                "dC": jnp.sum(dy_j[:, None] * x_j, axis=0),
-                "dB": jnp.sum(lam * rows["dtu"][j][:, None], axis=0)}
+                "dC": by_part(dy_j[:, None] * x_j),
+                "dB": by_part(lam * rows["dtu"][j][:, None])}
             grads = {k: select_row(grads[k], j, v) for k, v in step_grads.items()}
             dA_acc = dA_acc + d_decay * rows["dt"][j][:, None]
             mu = decay * lam
@@ -262,7 +266,7 @@ def _backward_kernel(*refs, cfg: Config):
             blk.store(dz, (blk.batch,), g_ * y * sig * (1.0 + z_ * (1.0 - sig)), rows_)
         for ref, name in ((dB, "dB"), (dC, "dC")):
             index = (blk.batch, rows_.index, blk.start // cfg.width, slice(None))
-            store(ref, index, grads[name], rows_.mask((n,)))
+            store(ref, index, grads[name].sum(1), rows_.mask((n,)))
         return (mu, dA_acc, dD_acc + jnp.sum(dy * u_, axis=0),
                 dbias_acc + jnp.sum(d_dt, axis=0))
 
