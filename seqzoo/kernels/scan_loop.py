@@ -89,8 +89,7 @@ def select_row(tile, j: int, row):
     A loop that computes a tile's rows one step at a time collects them this way rather than by
     ``stack_rows``: Triton converts each row once to the tile's layout (one shared-memory trip)
     and the select itself is per register, where the join tree of ``stack_rows`` converts
-    layouts at every level (the selective scan's forward loop: 29 conversions and 66 barriers
-    a chunk of 16 steps with ``stack_rows``, 16 and 40 with this)."""
+    layouts at every level (benchmarks/RESULTS.md counts both in the selective scan)."""
     step = jax.lax.broadcasted_iota(jnp.int32, tile.shape, 0)
     return jnp.where(step == j, row[None], tile)
 
@@ -187,17 +186,6 @@ class ChannelBlock:
              fill: float = 0.0):
         """``ref[*lead, (rows,) block channels, :...]`` -> ((count,) width, *trailing)."""
         return load(ref, *self.index_mask(lead, rows, trailing), fill)
-
-    def store_row(self, ref, lead: tuple, row, value, length: int | None = None) -> None:
-        """``ref[*lead, row, block channels, :...] = value`` for one (traced) row index, not
-        written when ``row >= length`` (``length`` None: always written). A loop that stores
-        each step's row as it is computed needs no ``stack_rows`` (whose joins cost layout
-        conversions through shared memory)."""
-        index, mask = self.index_mask((*lead, row), None, value.shape[1:])
-        if length is not None:
-            inside = jnp.broadcast_to(row < length, value.shape)
-            mask = inside if mask is None else mask & inside
-        store(ref, index, value, mask)
 
     def store(self, ref, lead: tuple, value, rows: Rows | None = None) -> None:
         """``ref[*lead, (rows,) block channels, :...] = value`` (cast to ref's dtype), masked."""

@@ -107,12 +107,6 @@ class _Program:
         """A per-channel parameter (d, ...) of this block, in f32."""
         return self.block.load(ref, (), trailing=trailing).astype(_F32)
 
-    def store_row(self, ref, row, value) -> None:
-        """Row ``row`` of a (batch, length, d) output, this block's channels (not written
-        past the sequence's end)."""
-        self.block.store_row(ref, (self.block.batch,), row, value,
-                             self.cfg.length if self.cfg.ragged else None)
-
     def state(self, ref, lead=()):
         return self.block.load(ref, (self.block.batch, *lead), trailing=(self.cfg.state,))
 
