@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from gpu_lowering import triton_modules
+from test_kernels_approx_exp import compiled
 
 from seqzoo.kernels import launch, softplus
 from seqzoo.ops.scan import pallas_gpu_selective
-from test_kernels_approx_exp import compiled
 
 
 def _relative(got, want):

@@ -39,7 +39,6 @@ import jax.numpy as jnp
 
 from seqzoo.kernels import approx_exp
 from seqzoo.kernels.launch import pallas_call
-from seqzoo.kernels.softplus import softplus
 from seqzoo.kernels.scan_loop import (
     ChannelBlock,
     Rows,
@@ -50,6 +49,7 @@ from seqzoo.kernels.scan_loop import (
     split_rows,
     store,
 )
+from seqzoo.kernels.softplus import softplus
 
 Array = jax.Array
 _F32 = jnp.float32
