@@ -374,6 +374,11 @@ def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Arra
     def pad_state(x):  # zeros past n: A = 0, B = C = 0 and x0 = 0 keep those states at 0
         return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n_pad - n)])
 
+    # B and C in float32 before the kernels (d / group_size times smaller than u): every
+    # thread holds all of a chunk's B and C rows for its states, so 16-bit tiles would be
+    # unpacked element by element in every thread (benchmarks/RESULTS.md counts it).
+    B, C = (pad_state(x).astype(_F32) for x in (B, C))
+
     x0 = jnp.zeros((batch, d, n), _F32) if initial_state is None else initial_state
     cfg = Config(
         length=length, channels=d, state=n_pad, group_size=group_size, softplus=delta_softplus,
@@ -381,7 +386,7 @@ def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Arra
         width=_block_width(d, group_size, width), num_warps=num_warps, approx_exp=approx_exp,
     )
     out, last = _scan(
-        cfg, u, delta, pad_state(A), pad_state(B), pad_state(C),
+        cfg, u, delta, pad_state(A), B, C,
         jnp.zeros((d,), _F32) if D is None else D,
         jnp.zeros((d,), _F32) if delta_bias is None else delta_bias,
         pad_state(x0), z,
