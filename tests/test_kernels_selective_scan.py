@@ -50,6 +50,31 @@ def test_values_and_gradients_packed(groups):
     check_against_reference(PALLAS, inputs, ids)
 
 
+def test_gradients_with_b_c_summed_within_warps():
+    """dB and dC summed over each warp's channels every step and across warps once a chunk
+    (``Config.bc_parts`` below the channel block: n = 16, 2 warps, checkpoints of 32 steps;
+    the other tests keep every channel apart a chunk long), 40 steps: a ragged second chunk."""
+    rng = np.random.default_rng(3)
+    length, n = 40, 16
+
+    def normal(*shape, shift=0.0):
+        return jnp.asarray(rng.standard_normal(shape, np.float32) + shift)
+
+    inputs = dict(u=normal(BATCH, length, D_INNER), delta=normal(BATCH, length, D_INNER, shift=-1),
+                  A=-jnp.exp(normal(D_INNER, n)), B=normal(BATCH, length, n),
+                  C=normal(BATCH, length, n), D=normal(D_INNER), z=normal(BATCH, length, D_INNER),
+                  delta_bias=normal(D_INNER), initial_state=normal(BATCH, D_INNER, n))
+    launch = dict(chunk=32, checkpoint=32, width=D_INNER, num_warps=2)
+    cfg = kernel.Config(length, D_INNER, n, D_INNER, True, True, False, approx_exp=True,
+                        **launch)
+    assert cfg.bc_parts == 2
+
+    def fn(segment_ids=None, **kw):
+        return kernel.selective_scan(**kw, delta_softplus=True, **launch)
+
+    check_against_reference(fn, inputs, None)
+
+
 def test_minimal_arguments_odd_sizes_and_vanishing_decays():
     """No D, z, delta_bias, initial state; d=6 (not a multiple of the channel block) and n=3
     (padded to 4 inside); one channel's decay underflows to exactly 0 (A = -1e4)."""

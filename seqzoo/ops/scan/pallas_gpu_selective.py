@@ -91,6 +91,15 @@ class Config:
     def ragged(self) -> bool:
         return self.length % self.chunk != 0
 
+    @property
+    def bc_parts(self) -> int:
+        """The backward's dB, dC terms are kept a chunk long as (chunk, parts, n), each step's
+        summed over width / parts channels, and over the parts once at the chunk's end: every
+        channel apart (no per-step sum: shuffles and shared memory) where that holds at most
+        32 values a thread, else one part per warp (a step's sums within warps)."""
+        per_thread = self.chunk * self.width * self.state // (32 * self.num_warps)
+        return self.width if per_thread <= 32 else min(self.num_warps, self.width)
+
 
 class _Program:
     """One program's block of channels and its group's B, C; a chunk's tiles and rows."""
@@ -225,9 +234,9 @@ def _backward_kernel(*refs, cfg: Config):
         for j in range(cfg.chunk):  # recompute the chunk's states from its checkpoint
             states.append(prog.decay(rows, j, A2) * states[-1]
                           + rows["dtu"][j][:, None] * rows["B"][j][None, :])
-        n, parts = cfg.state, min(cfg.num_warps, cfg.width)
+        n, parts = cfg.state, cfg.bc_parts
 
-        def by_part(terms):  # (width, n) -> (parts, n): sums over each warp's channels
+        def by_part(terms):  # (width, n) -> (parts, n): summed over each part's channels
             return jnp.sum(terms.reshape(parts, -1, n), axis=1)
 
         grads = {name: jnp.zeros_like(dt) for name in ("cx", "lam_b", "d_dt")}
