@@ -20,17 +20,16 @@ The program of sub-chunk I (rows ``r .. r + sub - 1``, last row ``l = r + sub - 
   IEEE for float32, as ``intra_chunk._scores_per_key_backward``'s XLA einsums;
 * the diagonal block, one loop over its ``sub`` steps t: ``dq_I += [i >= t] dA[I, t] k_t
   exp(min(G_I - G_t, 0))`` and ``dk_I += [j <= t] dA[t, I] q_t exp(min(G_t - G_I, 0))``, 2-D
-  ``(sub, dk)`` products (exponents <= 0: nothing overflows).
+  ``(sub, dk)`` products (exponents <= 0: nothing overflows), accumulated from zeros in the
+  elementwise layout and added to the matmuls' terms after the loop.
 
 ``dG = q dq - k dk`` is the caller's (elementwise). Exponentials per chunk: ``2 C dk`` for the
 references plus the earlier / later rows' ``C (C - sub) / sub dk``, and ``2 C sub dk`` on the
 diagonal blocks (XLA's VJP forms the diagonal decays once, ``C sub dk``, and shares them
 between dq, dk and the forward through memory). At GLA's (4, 2048, 16, 128) bf16: 8192
-programs; ptxas (sm_90a, Triton 3.5 on the IR jax 0.10 lowers) gives 122 registers at 8 warps,
-no spills (4 warps: 128, 4 bytes spilled), the diagonal loop 312 SASS instructions an
-iteration at 8 warps: ~330 M warp-instructions over the grid. Timed by
-``benchmarks/gla_phases.py``'s rows "... VJP kernel" (the op's default launch,
-``pallas_gpu_intra.MEASURED``, runs it at 2 warps).
+programs. Timed by ``benchmarks/gla_phases.py``'s rows "... VJP kernel" (the op's default
+launch, ``pallas_gpu_intra.MEASURED``, runs it at 2 warps); its machine code is counted in
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -96,9 +95,11 @@ def _kernel(q_ref, k_ref, g_ref, da_ref, dq_ref, dk_ref, *, sub: int, dtype, app
         dk = dk + d_row * q_ref[step, :].astype(_F32) * exp(jnp.minimum(g_t - g_i, 0.0))
         return dq, dk
 
-    dq, dk = lax.fori_loop(0, sub, diagonal, (dq, dk))
-    dq_ref[...] = dq
-    dk_ref[...] = dk
+    # from zeros, added after: carried in the elementwise layout, not the matmuls' (which cost a
+    # layout conversion of both (sub, dk) terms every step)
+    dq_diagonal, dk_diagonal = lax.fori_loop(0, sub, diagonal, (zeros, zeros))
+    dq_ref[...] = dq + dq_diagonal
+    dk_ref[...] = dk + dk_diagonal
 
 
 def scores_vjp(q: Array, k: Array, cum: Array, d_scores: Array, *, sub: int, dtype,
