@@ -21,7 +21,9 @@ The program of sub-chunk I (rows ``r .. r + sub - 1``, last row ``l = r + sub - 
 * the diagonal block, one loop over its ``sub`` steps t: ``dq_I += [i >= t] dA[I, t] k_t
   exp(min(G_I - G_t, 0))`` and ``dk_I += [j <= t] dA[t, I] q_t exp(min(G_t - G_I, 0))``, 2-D
   ``(sub, dk)`` products (exponents <= 0: nothing overflows), accumulated from zeros in the
-  elementwise layout and added to the matmuls' terms after the loop.
+  elementwise layout and added to the matmuls' terms after the loop. The masks ``[i >= t]``,
+  ``[j <= t]`` are dA's zeros above the diagonal, set by ``scores_vjp`` before the launch (one
+  elementwise pass over dA instead of 32 compares and selects in every step of every program).
 
 ``dG = q dq - k dk`` is the caller's (elementwise). Exponentials per chunk: ``2 C dk`` for the
 references plus the earlier / later rows' ``C (C - sub) / sub dk``, and ``2 C sub dk`` on the
@@ -83,14 +85,13 @@ def _kernel(q_ref, k_ref, g_ref, da_ref, dq_ref, dk_ref, *, sub: int, dtype, app
     zeros = jnp.zeros(g_i.shape, _F32)
     dq = lax.fori_loop(0, i, earlier, zeros) * exp(g_i - g_r)
     dk = lax.fori_loop(i + 1, q_ref.shape[0] // sub, later, zeros) * exp(g_l - g_i)
-    row = lax.broadcasted_iota(jnp.int32, (sub, 1), 0)
 
     def diagonal(t, carry):
         dq, dk = carry
         step = pl.ds(r + t, 1)
         g_t = g_ref[step, :]
-        d_col = jnp.where(row >= t, da_ref[rows, step], 0.0)  # dA[I, t]: (sub, 1)
-        d_row = jnp.where(row <= t, da_ref[step, rows].T, 0.0)  # dA[t, I]^T: (sub, 1)
+        d_col = da_ref[rows, step]  # dA[I, t]: (sub, 1), zero for rows before t
+        d_row = da_ref[step, rows].T  # dA[t, I]^T: (sub, 1), zero for rows after t
         dq = dq + d_col * k_ref[step, :].astype(_F32) * exp(jnp.minimum(g_i - g_t, 0.0))
         dk = dk + d_row * q_ref[step, :].astype(_F32) * exp(jnp.minimum(g_t - g_i, 0.0))
         return dq, dk
@@ -124,5 +125,6 @@ def scores_vjp(q: Array, k: Array, cum: Array, d_scores: Array, *, sub: int, dty
         num_stages=tiling.num_stages,
         name="intra_chunk_scores_vjp",
     )
-    dq, dk_ = call(q, k, cum, d_scores)
+    causal = jnp.tril(jnp.ones((c, c), bool))  # dA above the diagonal: A's constant zeros
+    dq, dk_ = call(q, k, cum, jnp.where(causal, d_scores, 0.0))
     return dq[..., :dk], dk_[..., :dk]
