@@ -87,23 +87,29 @@ def test_gla_scores_kernels_take_it():
                 assert (fast > 0, libdevice > 0) == (approx, not approx)
 
 
-def test_selective_scan_takes_it():
-    """The selective scan's forward and backward kernels: the decays by one instruction."""
+def selective_scan_modules(approx: bool) -> list[str]:
+    """The Triton modules of the selective scan's gradient lowered for a GPU (bf16, softplus):
+    the forward saving checkpoints, then the backward."""
     b, length, d, n = 1, 16, 32, 16
     u = jnp.ones((b, length, d), jnp.bfloat16)
     A = -jnp.ones((d, n), jnp.float32)
     B = jnp.ones((b, length, n), jnp.bfloat16)
 
-    def loss(u, approx):
+    def loss(u):
         out, _ = pallas_gpu_selective.selective_scan(u, u, A, B, B, delta_softplus=True,
                                                      approx_exp=approx)
         return out.astype(jnp.float32).sum()
 
+    with compiled:
+        modules = triton_modules(jax.grad(loss), u)
+    assert len(modules) == 2
+    return modules
+
+
+def test_selective_scan_takes_it():
+    """The selective scan's forward and backward kernels: the decays by one instruction."""
     for approx in (False, True):
-        with compiled:
-            modules = triton_modules(jax.grad(functools.partial(loss, approx=approx)), u)
-        assert len(modules) == 2  # the forward saving checkpoints, the backward
-        for module in modules:
+        for module in selective_scan_modules(approx):
             fast, _ = _exponentials(module)
             assert (fast > 0) == approx
             assert ("__nv_exp2f" in module) == (not approx)

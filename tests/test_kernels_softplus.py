@@ -7,11 +7,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from gpu_lowering import triton_modules
-from test_kernels_approx_exp import compiled
+from test_kernels_approx_exp import selective_scan_modules
 
 from seqzoo.kernels import launch, softplus
-from seqzoo.ops.scan import pallas_gpu_selective
 
 
 def _relative(got, want):
@@ -46,17 +44,5 @@ def test_softplus_and_sigmoid_in_a_kernel():
 
 
 def test_selective_scan_calls_no_log1pf():
-    b, length, d, n = 1, 16, 32, 16
-    u = jnp.ones((b, length, d), jnp.bfloat16)
-    A = -jnp.ones((d, n), jnp.float32)
-    B = jnp.ones((b, length, n), jnp.bfloat16)
-
-    def loss(u):
-        out, _ = pallas_gpu_selective.selective_scan(u, u, A, B, B, delta_softplus=True)
-        return out.astype(jnp.float32).sum()
-
-    with compiled:
-        modules = triton_modules(jax.grad(loss), u)
-    assert len(modules) == 2
-    for module in modules:
+    for module in selective_scan_modules(approx=True):
         assert "log1p" not in module and "ex2.approx" in module
