@@ -64,10 +64,11 @@ def test_gradients_with_b_c_summed_within_warps():
                   A=-jnp.exp(normal(D_INNER, n)), B=normal(BATCH, length, n),
                   C=normal(BATCH, length, n), D=normal(D_INNER), z=normal(BATCH, length, D_INNER),
                   delta_bias=normal(D_INNER), initial_state=normal(BATCH, D_INNER, n))
-    launch = dict(chunk=32, checkpoint=32, width=D_INNER, num_warps=2)
+    launch = dict(chunk=32, checkpoint=32, width=D_INNER, num_warps=2, grad_width=D_INNER,
+                  grad_num_warps=2)
     cfg = kernel.Config(length, D_INNER, n, D_INNER, True, True, False, approx_exp=True,
                         **launch)
-    assert cfg.bc_parts == 2
+    assert cfg.differentiated().bc_parts == 2
 
     def fn(segment_ids=None, **kw):
         return kernel.selective_scan(**kw, delta_softplus=True, **launch)

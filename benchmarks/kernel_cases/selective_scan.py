@@ -3,13 +3,14 @@
 Variants: ``xla`` (the op's associative scan over (B, L, D, N) f32 states, the reference) and
 ``pallas`` (``impl="pallas"``: the fused kernel's default launch), plus launch sweeps of the
 kernel (``w`` channels per program, ``c`` steps per chunk, forward and checkpoint interval alike,
-``n`` warps) and ``pallas libdevice exp`` (the default launch, the decays by libdevice's
-``exp2f`` instead of ``seqzoo.kernels.approx_exp``'s instruction, the default). Mamba's call:
-u, delta, z, B, C in bf16, A = -exp(A_log) and D, delta_bias in f32, softplus on delta, shared B
-and C. Forward, and forward+backward as the gradients of ``sum(out * g)`` w.r.t. every input. The
-floor is the memory floor: u, delta, z, B, C, out (forward) plus u, delta, z, B, C, g, du, ddelta,
-dz, dB, dC (backward), in bf16. Also ragged shapes with B/C groups and packed segments, and a state
-size that is not a power of two (correctness on the GPU).
+``n`` warps; when differentiating, the launch of both passes) and ``pallas libdevice exp`` (the
+default launch, the decays by libdevice's ``exp2f`` instead of ``seqzoo.kernels.approx_exp``'s
+instruction, the default). Mamba's call: u, delta, z, B, C in bf16, A = -exp(A_log) and D,
+delta_bias in f32, softplus on delta, shared B and C. Forward, and forward+backward as the
+gradients of ``sum(out * g)`` w.r.t. every input. The floor is the memory floor: u, delta, z, B,
+C, out (forward) plus u, delta, z, B, C, g, du, ddelta, dz, dB, dC (backward), in bf16. Also
+ragged shapes with B/C groups and packed segments, and a state size that is not a power of two
+(correctness on the GPU).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from seqzoo.ops.scan import selective_scan
 
 MAIN = (4, 2048, 2048, 16)  # batch, length, d, n
 SWEEP = {"fwd": [(16, 16, 2), (32, 16, 2), (16, 16, 1), (8, 16, 1)],
-         "fwd+bwd": [(16, 8, 2), (32, 8, 2), (16, 8, 1), (8, 8, 1)]}
+         "fwd+bwd": [(32, 8, 4), (16, 8, 2), (16, 8, 1), (4, 8, 1)]}  # the forward's; around
 ODD = [((2, 1000, 300, 16), 3, True), ((2, 777, 64, 12), None, False)]  # groups, packed
 QUICK_MAIN, QUICK_SWEEP = (2, 40, 16, 4), {"fwd": [(8, 8, 4)], "fwd+bwd": [(8, 8, 4)]}
 RTOL = {"fwd": 1e-2, "fwd+bwd": 2e-2}  # bf16 outputs and gradients (relative L2)
@@ -70,8 +71,9 @@ def _launch(width, chunk, warps, approx_exp=True):
         resets = None if segment_ids is None else jnp.concatenate(
             [jnp.zeros_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
             axis=1)
-        return kernel.selective_scan(**kw, delta_softplus=True, resets=resets, width=width,
-                                     chunk=chunk, checkpoint=chunk, num_warps=warps,
+        return kernel.selective_scan(**kw, delta_softplus=True, resets=resets, chunk=chunk,
+                                     width=width, num_warps=warps, checkpoint=chunk,
+                                     grad_width=width, grad_num_warps=warps,
                                      approx_exp=approx_exp)[0]
     return fn
 
@@ -85,10 +87,10 @@ def case(shape, mode, *, groups=None, packed=False, sweep=()) -> Case:
     for width, chunk, warps in sweep:
         variants[f"pallas w{width} c{chunk} n{warps}"] = _variant(
             _launch(width, chunk, warps), shape, groups, packed, mode)
-    chunk = kernel.CHUNK if mode == "fwd" else kernel.CHECKPOINT  # the default launch's
+    default = ((kernel.WIDTH, kernel.CHUNK, kernel.NUM_WARPS) if mode == "fwd" else
+               (kernel.GRAD_WIDTH, kernel.CHECKPOINT, kernel.GRAD_NUM_WARPS))
     variants["pallas libdevice exp"] = _variant(
-        _launch(kernel.WIDTH, chunk, kernel.NUM_WARPS, approx_exp=False), shape, groups, packed,
-        mode)
+        _launch(*default, approx_exp=False), shape, groups, packed, mode)
     b, l, d, n = shape
     seq, bc = 2 * b * l * d, 2 * b * l * n * (groups or 1)
     bytes_moved = 4 * seq + 2 * bc if mode == "fwd" else 10 * seq + 4 * bc

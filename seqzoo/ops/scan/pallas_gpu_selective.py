@@ -53,13 +53,16 @@ from seqzoo.kernels.softplus import softplus
 
 Array = jax.Array
 _F32 = jnp.float32
-# Steps per chunk of the forward pass, steps per chunk when differentiating (the checkpoint
-# interval, forward and backward: the backward holds a chunk of states in registers and spills
-# them with 16), channels and warps per program: chosen on an H100 (kernels/README.md).
+# The forward pass's launch (steps per chunk, channels and warps per program), and the launch
+# when differentiating (the checkpoint interval, forward and backward: the backward holds a chunk
+# of states in registers and spills them with 16; channels and warps per program of both): each
+# the fastest of a sweep on an H100 (benchmarks/RESULTS.md, "Linear recurrence and selective scan").
 CHUNK = 16
-CHECKPOINT = 8
 WIDTH = 32
 NUM_WARPS = 4
+CHECKPOINT = 8
+GRAD_WIDTH = 8
+GRAD_NUM_WARPS = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +80,14 @@ class Config:
     checkpoint: int
     width: int
     num_warps: int
+    grad_width: int
+    grad_num_warps: int
     approx_exp: bool
+
+    def differentiated(self) -> Config:
+        """The launch of the forward pass that saves checkpoints and of the backward pass."""
+        return dataclasses.replace(self, chunk=self.checkpoint, width=self.grad_width,
+                                   num_warps=self.grad_num_warps)
 
     @property
     def blocks(self) -> int:
@@ -312,13 +322,12 @@ def _scan(cfg: Config, u, delta, A, B, C, D, bias, x0, z, keep):
 
 def _scan_fwd(cfg, u, delta, A, B, C, D, bias, x0, z, keep):
     inputs = (u, delta, A, B, C, D, bias, x0, z, keep)
-    out, last, ckpt = _forward(dataclasses.replace(cfg, chunk=cfg.checkpoint), inputs,
-                               save=True)
+    out, last, ckpt = _forward(cfg.differentiated(), inputs, save=True)
     return (out, last), (inputs, ckpt)
 
 
 def _scan_bwd(cfg, residuals, cotangents):
-    cfg = dataclasses.replace(cfg, chunk=cfg.checkpoint)
+    cfg = cfg.differentiated()
     (u, delta, A, B, C, D, bias, x0, z, keep), ckpt = residuals
     g, g_last = cotangents
     batch = u.shape[0]
@@ -359,18 +368,20 @@ def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Arra
                    z: Array | None = None, delta_bias: Array | None = None,
                    delta_softplus: bool = False, initial_state: Array | None = None,
                    resets: Array | None = None, *, chunk: int = CHUNK,
-                   checkpoint: int = CHECKPOINT, width: int = WIDTH,
-                   num_warps: int = NUM_WARPS, approx_exp: bool = True
+                   width: int = WIDTH, num_warps: int = NUM_WARPS,
+                   checkpoint: int = CHECKPOINT, grad_width: int = GRAD_WIDTH,
+                   grad_num_warps: int = GRAD_NUM_WARPS, approx_exp: bool = True
                    ) -> tuple[Array, Array]:
     """Mamba-1's selective scan by the kernel; arguments as ``seqzoo.ops.selective_scan`` (the
     public entry point, ``impl="pallas"``, which validates them), except ``resets``:
     (batch, length) bool, True where the state is zeroed before the step (segment starts).
 
-    chunk (steps per chunk of the forward pass), checkpoint (steps per chunk when
-    differentiated, forward and backward: the checkpoint interval), both powers of two, width
-    (channels per program) and num_warps tune the launch; none changes results beyond
-    rounding; approx_exp: the decays by ``seqzoo.kernels.approx_exp.exp2`` (its error
-    bound; the default, faster on an H100: benchmarks/RESULTS.md) or libdevice's exp2f.
+    chunk, width, num_warps: the forward pass's launch (steps per chunk, a power of two;
+    channels and warps per program); checkpoint, grad_width, grad_num_warps: the same when
+    differentiated, for the forward pass that saves the state every ``checkpoint`` steps and
+    for the backward pass; none changes results beyond rounding. approx_exp: the decays by
+    ``seqzoo.kernels.approx_exp.exp2`` (its error bound; the default, faster on an H100:
+    benchmarks/RESULTS.md) or libdevice's exp2f.
     Returns (out: (batch, length, d) in u's dtype, final state: (batch, d, n) float32).
     """
     batch, length, d = u.shape
@@ -392,7 +403,9 @@ def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Arra
     cfg = Config(
         length=length, channels=d, state=n_pad, group_size=group_size, softplus=delta_softplus,
         gate=z is not None, resets=resets is not None, chunk=chunk, checkpoint=checkpoint,
-        width=_block_width(d, group_size, width), num_warps=num_warps, approx_exp=approx_exp,
+        width=_block_width(d, group_size, width), num_warps=num_warps,
+        grad_width=_block_width(d, group_size, grad_width), grad_num_warps=grad_num_warps,
+        approx_exp=approx_exp,
     )
     out, last = _scan(
         cfg, u, delta, pad_state(A), B, C,
