@@ -76,6 +76,20 @@ def test_gradients_with_b_c_summed_within_warps():
     check_against_reference(fn, inputs, None)
 
 
+
+@pytest.mark.parametrize("groups", [None, 2], ids=["shared-BC", "g2"])
+def test_gradients_at_a_launch_of_their_own(groups):
+    """Differentiated, the forward that saves checkpoints and the backward run at their own
+    launch (``grad_width``, ``grad_num_warps``), here narrower than the forward's: four blocks
+    of 2 channels write partial dB, dC that the wrapper sums (within each group)."""
+    launch = dict(chunk=16, width=D_INNER, num_warps=4, checkpoint=4, grad_width=2,
+                  grad_num_warps=1)
+
+    def fn(segment_ids=None, **kw):
+        return kernel.selective_scan(**kw, delta_softplus=True, **launch)
+
+    check_against_reference(fn, make_inputs(21, groups), None)
+
 def test_minimal_arguments_odd_sizes_and_vanishing_decays():
     """No D, z, delta_bias, initial state; d=6 (not a multiple of the channel block) and n=3
     (padded to 4 inside); one channel's decay underflows to exactly 0 (A = -1e4)."""

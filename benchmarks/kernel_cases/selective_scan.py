@@ -26,7 +26,7 @@ from seqzoo.ops.scan import selective_scan
 
 MAIN = (4, 2048, 2048, 16)  # batch, length, d, n
 SWEEP = {"fwd": [(16, 16, 2), (32, 16, 2), (16, 16, 1), (8, 16, 1)],
-         "fwd+bwd": [(32, 8, 4), (16, 8, 2), (16, 8, 1), (4, 8, 1)]}  # the forward's; around
+         "fwd+bwd": [(32, 8, 4), (16, 8, 2), (16, 8, 1), (4, 8, 1)]}  # w32 n4, around w8 n1
 ODD = [((2, 1000, 300, 16), 3, True), ((2, 777, 64, 12), None, False)]  # groups, packed
 QUICK_MAIN, QUICK_SWEEP = (2, 40, 16, 4), {"fwd": [(8, 8, 4)], "fwd+bwd": [(8, 8, 4)]}
 RTOL = {"fwd": 1e-2, "fwd+bwd": 2e-2}  # bf16 outputs and gradients (relative L2)
