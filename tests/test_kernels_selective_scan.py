@@ -31,6 +31,17 @@ REFERENCE = partial(reference, delta_softplus=True)
 GRAD_TOL = dict(rtol=1e-4, atol=1e-4)  # sums over the sequence (dA, dD, d delta_bias)
 
 
+def at_launch(**launch):
+    """The kernel (softplus, no packed segments) at the given launch parameters, called as the
+    op is by ``check_against_reference``."""
+
+    def fn(segment_ids=None, **kw):
+        assert segment_ids is None
+        return kernel.selective_scan(**kw, delta_softplus=True, **launch)
+
+    return fn
+
+
 def check_against_reference(fn, inputs, segment_ids, ref=REFERENCE):
     length = inputs["u"].shape[1]
     d, n = inputs["A"].shape
@@ -70,11 +81,7 @@ def test_gradients_with_b_c_summed_within_warps():
                         **launch)
     assert cfg.differentiated().bc_parts == 2
 
-    def fn(segment_ids=None, **kw):
-        return kernel.selective_scan(**kw, delta_softplus=True, **launch)
-
-    check_against_reference(fn, inputs, None)
-
+    check_against_reference(at_launch(**launch), inputs, None)
 
 
 @pytest.mark.parametrize("groups", [None, 2], ids=["shared-BC", "g2"])
@@ -85,10 +92,8 @@ def test_gradients_at_a_launch_of_their_own(groups):
     launch = dict(chunk=16, width=D_INNER, num_warps=4, checkpoint=4, grad_width=2,
                   grad_num_warps=1)
 
-    def fn(segment_ids=None, **kw):
-        return kernel.selective_scan(**kw, delta_softplus=True, **launch)
+    check_against_reference(at_launch(**launch), make_inputs(21, groups), None)
 
-    check_against_reference(fn, make_inputs(21, groups), None)
 
 def test_minimal_arguments_odd_sizes_and_vanishing_decays():
     """No D, z, delta_bias, initial state; d=6 (not a multiple of the channel block) and n=3
