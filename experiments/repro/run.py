@@ -242,9 +242,11 @@ GROUPS = {  # each fits one call on an H100 (memory: tests/test_repro.py); --gro
     ),
     # the curriculum's second training seed: contour 9 from scratch (one call), then contour 14
     # from it (the next call, --resume-from the first's state)
-    "pathfinder_curriculum_seed1": (
+    "pathfinder_contour9_seed1": (
         Run("pathfinder_s4d", "diagnostic: LRA reports contour 14 only", 4.1, (
             "task.difficulty=curv_contour_length_9", "optim.steps=50000", "seed=1")),
+    ),
+    "pathfinder_curriculum_seed1": (
         Run("pathfinder_s4d", "S4 94.20 (200 epochs); target >= 80", 4.1, (
             "task.difficulty=curv_contour_length_14", "optim.steps=50000", "seed=1"),
             init_from="pathfinder_s4d@difficulty=curv_contour_length_9@steps=50000@seed=1"),
