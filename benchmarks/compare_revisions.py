@@ -48,8 +48,8 @@ def prepare(revisions: list[str], into: Path) -> None:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True,
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-        for name in LEFT_OUT:
-            shutil.rmtree(folder / name, ignore_errors=True)
+        for left_out in LEFT_OUT:
+            shutil.rmtree(folder / left_out, ignore_errors=True)
     (into / "ORDER").write_text("\n".join(names) + "\n")
 
 
