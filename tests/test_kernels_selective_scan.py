@@ -76,21 +76,25 @@ def test_gradients_with_b_c_summed_within_warps():
                   C=normal(BATCH, length, n), D=normal(D_INNER), z=normal(BATCH, length, D_INNER),
                   delta_bias=normal(D_INNER), initial_state=normal(BATCH, D_INNER, n))
     launch = dict(chunk=32, checkpoint=32, width=D_INNER, num_warps=2, grad_width=D_INNER,
-                  grad_num_warps=2)
+                  grad_num_warps=2, save_width=D_INNER, save_num_warps=2)
     cfg = kernel.Config(length, D_INNER, n, D_INNER, True, True, False, approx_exp=True,
                         **launch)
-    assert cfg.differentiated().bc_parts == 2
+    assert cfg.backward().bc_parts == 2
 
     check_against_reference(at_launch(**launch), inputs, None)
 
 
+@pytest.mark.parametrize("saving", ["as-backward", "as-forward"])
 @pytest.mark.parametrize("groups", [None, 2], ids=["shared-BC", "g2"])
-def test_gradients_at_a_launch_of_their_own(groups):
-    """Differentiated, the forward that saves checkpoints and the backward run at their own
-    launch (``grad_width``, ``grad_num_warps``), here narrower than the forward's: four blocks
-    of 2 channels write partial dB, dC that the wrapper sums (within each group)."""
+def test_gradients_at_a_launch_of_their_own(groups, saving):
+    """Differentiated, the backward runs at its own launch (``grad_width``,
+    ``grad_num_warps``), here narrower than the forward's: four blocks of 2 channels write
+    partial dB, dC that the wrapper sums (within each group); the forward that saves the
+    checkpoints runs at the backward's launch or at the forward's (``save_width``,
+    ``save_num_warps``: one block of every channel), the checkpoints the same either way."""
+    save = (2, 1) if saving == "as-backward" else (D_INNER, 4)
     launch = dict(chunk=16, width=D_INNER, num_warps=4, checkpoint=4, grad_width=2,
-                  grad_num_warps=1)
+                  grad_num_warps=1, save_width=save[0], save_num_warps=save[1])
 
     check_against_reference(at_launch(**launch), make_inputs(21, groups), None)
 

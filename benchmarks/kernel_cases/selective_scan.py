@@ -1,16 +1,17 @@
 """Mamba-1's selective scan (issue 7, kernel 2).
 
 Variants: ``xla`` (the op's associative scan over (B, L, D, N) f32 states, the reference) and
-``pallas`` (``impl="pallas"``: the fused kernel's default launch), plus launch sweeps of the
-kernel (``w`` channels per program, ``c`` steps per chunk, forward and checkpoint interval alike,
-``n`` warps; when differentiating, the launch of both passes) and ``pallas libdevice exp`` (the
-default launch, the decays by libdevice's ``exp2f`` instead of ``seqzoo.kernels.approx_exp``'s
-instruction, the default). Mamba's call: u, delta, z, B, C in bf16, A = -exp(A_log) and D,
-delta_bias in f32, softplus on delta, shared B and C. Forward, and forward+backward as the
-gradients of ``sum(out * g)`` w.r.t. every input. The floor is the memory floor: u, delta, z, B,
-C, out (forward) plus u, delta, z, B, C, g, du, ddelta, dz, dB, dC (backward), in bf16. Also
-ragged shapes with B/C groups and packed segments, and a state size that is not a power of two
-(correctness on the GPU).
+``pallas`` (``impl="pallas"``: the fused kernel's default launch), plus launch sweeps of the kernel
+(``w`` channels per program, ``c`` steps per chunk, forward and checkpoint interval alike, ``n``
+warps; when differentiating, the launch of both passes), ``pallas libdevice exp`` (the default
+launch, the decays by libdevice's ``exp2f`` instead of ``seqzoo.kernels.approx_exp``'s instruction,
+the default) and, forward+backward, ``pallas save w32 n4`` (the default differentiated launch but
+the forward that saves checkpoints at the forward's width and warps). Mamba's call: u, delta, z, B,
+C in bf16, A = -exp(A_log) and D, delta_bias in f32, softplus on delta, shared B and C. Forward, and
+forward+backward as the gradients of ``sum(out * g)`` w.r.t. every input. The floor is the memory
+floor: u, delta, z, B, C, out (forward) plus u, delta, z, B, C, g, du, ddelta, dz, dB, dC
+(backward), in bf16. Also ragged shapes with B/C groups and packed segments, and a state size that
+is not a power of two (correctness on the GPU).
 """
 
 from __future__ import annotations
@@ -66,7 +67,11 @@ def _variant(fn, shape, groups, packed, mode):
     return jax_gradients(call, (kwargs,), g)
 
 
-def _launch(width, chunk, warps, approx_exp=True):
+def _launch(width, chunk, warps, approx_exp=True, save=None):
+    """The kernel with every pass at (width, chunk, warps), but the forward that saves
+    checkpoints at ``save`` = (width, warps) if given."""
+    save_width, save_warps = save or (width, warps)
+
     def fn(segment_ids=None, **kw):
         resets = None if segment_ids is None else jnp.concatenate(
             [jnp.zeros_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
@@ -74,6 +79,7 @@ def _launch(width, chunk, warps, approx_exp=True):
         return kernel.selective_scan(**kw, delta_softplus=True, resets=resets, chunk=chunk,
                                      width=width, num_warps=warps, checkpoint=chunk,
                                      grad_width=width, grad_num_warps=warps,
+                                     save_width=save_width, save_num_warps=save_warps,
                                      approx_exp=approx_exp)[0]
     return fn
 
@@ -91,6 +97,10 @@ def case(shape, mode, *, groups=None, packed=False, sweep=()) -> Case:
                (kernel.GRAD_WIDTH, kernel.CHECKPOINT, kernel.GRAD_NUM_WARPS))
     variants["pallas libdevice exp"] = _variant(
         _launch(*default, approx_exp=False), shape, groups, packed, mode)
+    if mode == "fwd+bwd" and sweep:  # the checkpoints saved at the forward's width and warps
+        save = (kernel.WIDTH, kernel.NUM_WARPS)
+        variants[f"pallas save w{save[0]} n{save[1]}"] = _variant(
+            _launch(*default, save=save), shape, groups, packed, mode)
     b, l, d, n = shape
     seq, bc = 2 * b * l * d, 2 * b * l * n * (groups or 1)
     bytes_moved = 4 * seq + 2 * bc if mode == "fwd" else 10 * seq + 4 * bc

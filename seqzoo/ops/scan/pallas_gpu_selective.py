@@ -53,16 +53,19 @@ from seqzoo.kernels.softplus import softplus
 
 Array = jax.Array
 _F32 = jnp.float32
-# The forward pass's launch (steps per chunk, channels and warps per program), and the launch
-# when differentiating (the checkpoint interval, forward and backward: the backward holds a chunk
-# of states in registers and spills them with 16; channels and warps per program of both): each
-# the fastest of a sweep on an H100 (benchmarks/RESULTS.md, "Linear recurrence and selective scan").
+# The forward pass's launch (steps per chunk, channels and warps per program), and the launches
+# when differentiating: the checkpoint interval (the backward holds a chunk of states in
+# registers and spills them with 16), the backward's channels and warps per program, and those of
+# the forward that saves the checkpoints (the backward's until timed apart): each the fastest of
+# a sweep on an H100 (benchmarks/RESULTS.md, "Linear recurrence and selective scan").
 CHUNK = 16
 WIDTH = 32
 NUM_WARPS = 4
 CHECKPOINT = 8
 GRAD_WIDTH = 8
 GRAD_NUM_WARPS = 1
+SAVE_WIDTH = GRAD_WIDTH
+SAVE_NUM_WARPS = GRAD_NUM_WARPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +85,17 @@ class Config:
     num_warps: int
     grad_width: int
     grad_num_warps: int
+    save_width: int
+    save_num_warps: int
     approx_exp: bool
 
-    def differentiated(self) -> Config:
-        """The launch of the forward pass that saves checkpoints and of the backward pass."""
+    def saving(self) -> Config:
+        """The launch of the forward pass that saves checkpoints (when differentiated)."""
+        return dataclasses.replace(self, chunk=self.checkpoint, width=self.save_width,
+                                   num_warps=self.save_num_warps)
+
+    def backward(self) -> Config:
+        """The launch of the backward pass."""
         return dataclasses.replace(self, chunk=self.checkpoint, width=self.grad_width,
                                    num_warps=self.grad_num_warps)
 
@@ -322,12 +332,12 @@ def _scan(cfg: Config, u, delta, A, B, C, D, bias, x0, z, keep):
 
 def _scan_fwd(cfg, u, delta, A, B, C, D, bias, x0, z, keep):
     inputs = (u, delta, A, B, C, D, bias, x0, z, keep)
-    out, last, ckpt = _forward(cfg.differentiated(), inputs, save=True)
+    out, last, ckpt = _forward(cfg.saving(), inputs, save=True)
     return (out, last), (inputs, ckpt)
 
 
 def _scan_bwd(cfg, residuals, cotangents):
-    cfg = cfg.differentiated()
+    cfg = cfg.backward()
     (u, delta, A, B, C, D, bias, x0, z, keep), ckpt = residuals
     g, g_last = cotangents
     batch = u.shape[0]
@@ -370,16 +380,19 @@ def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Arra
                    resets: Array | None = None, *, chunk: int = CHUNK,
                    width: int = WIDTH, num_warps: int = NUM_WARPS,
                    checkpoint: int = CHECKPOINT, grad_width: int = GRAD_WIDTH,
-                   grad_num_warps: int = GRAD_NUM_WARPS, approx_exp: bool = True
+                   grad_num_warps: int = GRAD_NUM_WARPS, save_width: int = SAVE_WIDTH,
+                   save_num_warps: int = SAVE_NUM_WARPS, approx_exp: bool = True
                    ) -> tuple[Array, Array]:
     """Mamba-1's selective scan by the kernel; arguments as ``seqzoo.ops.selective_scan`` (the
     public entry point, ``impl="pallas"``, which validates them), except ``resets``:
     (batch, length) bool, True where the state is zeroed before the step (segment starts).
 
     chunk, width, num_warps: the forward pass's launch (steps per chunk, a power of two;
-    channels and warps per program); checkpoint, grad_width, grad_num_warps: the same when
-    differentiated, for the forward pass that saves the state every ``checkpoint`` steps and
-    for the backward pass; none changes results beyond rounding. approx_exp: the decays by
+    channels and warps per program); when differentiated, the state is saved every
+    ``checkpoint`` steps by a forward pass at ``save_width`` channels and ``save_num_warps``
+    warps per program, and the backward pass runs at ``grad_width`` and ``grad_num_warps``
+    (the checkpoints' layout does not depend on a launch); none changes results beyond
+    rounding. approx_exp: the decays by
     ``seqzoo.kernels.approx_exp.exp2`` (its error bound; the default, faster on an H100:
     benchmarks/RESULTS.md) or libdevice's exp2f.
     Returns (out: (batch, length, d) in u's dtype, final state: (batch, d, n) float32).
@@ -405,6 +418,7 @@ def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Arra
         gate=z is not None, resets=resets is not None, chunk=chunk, checkpoint=checkpoint,
         width=_block_width(d, group_size, width), num_warps=num_warps,
         grad_width=_block_width(d, group_size, grad_width), grad_num_warps=grad_num_warps,
+        save_width=_block_width(d, group_size, save_width), save_num_warps=save_num_warps,
         approx_exp=approx_exp,
     )
     out, last = _scan(
