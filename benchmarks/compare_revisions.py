@@ -45,11 +45,11 @@ def prepare(revisions: list[str], into: Path) -> None:
         folder = into / name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True,
-                                 capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev, "--", ".",
+             *(f":(exclude){path}" for path in LEFT_OUT)],
+            check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-        for left_out in LEFT_OUT:
-            shutil.rmtree(folder / left_out, ignore_errors=True)
     (into / "ORDER").write_text("\n".join(names) + "\n")
 
 

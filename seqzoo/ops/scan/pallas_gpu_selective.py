@@ -392,9 +392,8 @@ def selective_scan(u: Array, delta: Array, A: Array, B: Array, C: Array, D: Arra
     ``checkpoint`` steps by a forward pass at ``save_width`` channels and ``save_num_warps``
     warps per program, and the backward pass runs at ``grad_width`` and ``grad_num_warps``
     (the checkpoints' layout does not depend on a launch); none changes results beyond
-    rounding. approx_exp: the decays by
-    ``seqzoo.kernels.approx_exp.exp2`` (its error bound; the default, faster on an H100:
-    benchmarks/RESULTS.md) or libdevice's exp2f.
+    rounding. approx_exp: the decays by ``seqzoo.kernels.approx_exp.exp2`` (its error bound;
+    the default, faster on an H100: benchmarks/RESULTS.md) or libdevice's exp2f.
     Returns (out: (batch, length, d) in u's dtype, final state: (batch, d, n) float32).
     """
     batch, length, d = u.shape
